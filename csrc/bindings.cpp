@@ -1,0 +1,109 @@
+// deepfuse._C: the one pybind11 module. It includes no torch headers: callers pass raw device
+// pointers (as integers; 0 for "absent"), sizes, strides, a dtype code and the CUDA stream handle,
+// so one build serves every torch version. The GIL is released around launches; CUDA errors
+// surface as RuntimeError with the CUDA error string, bad arguments as ValueError.
+#include <pybind11/pybind11.h>
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "linear_act.h"
+
+namespace py = pybind11;
+
+namespace {
+
+const void* as_ptr(std::uintptr_t address) { return reinterpret_cast<const void*>(address); }
+void* as_mut_ptr(std::uintptr_t address) { return reinterpret_cast<void*>(address); }
+cudaStream_t as_stream(std::uintptr_t handle) { return reinterpret_cast<cudaStream_t>(handle); }
+
+void require_positive_or_zero(const char* name, int64_t value) {
+  if (value < 0) throw py::value_error(std::string(name) + " must be >= 0, got " + std::to_string(value));
+}
+
+void require_pointer(const char* name, std::uintptr_t address) {
+  if (address == 0) throw py::value_error(std::string(name) + " must be a device pointer, got 0");
+}
+
+// (ok, message): whether a CUDA device is usable, and the CUDA error string when not.
+py::tuple device_status() {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky-free error so later calls report their own
+    return py::make_tuple(false, std::string(cudaGetErrorName(err)) + ": " + cudaGetErrorString(err));
+  }
+  if (count == 0) return py::make_tuple(false, std::string("no CUDA device"));
+  return py::make_tuple(true, std::string());
+}
+
+void linear_act_fwd(std::uintptr_t x, int64_t x_stride_m, int64_t x_stride_k, std::uintptr_t weight,
+                    int64_t w_stride_n, int64_t w_stride_k, std::uintptr_t bias, std::uintptr_t y,
+                    std::uintptr_t preact, int64_t M, int64_t N, int64_t K, int dtype, int activation,
+                    std::uintptr_t stream) {
+  require_positive_or_zero("M", M);
+  require_positive_or_zero("N", N);
+  require_positive_or_zero("K", K);
+  if (M > 0 && N > 0) {
+    require_pointer("y", y);
+    if (K > 0) {
+      require_pointer("x", x);
+      require_pointer("weight", weight);
+    }
+  }
+  const deepfuse::LinearActFwdArgs args{as_ptr(x), x_stride_m,  x_stride_k,    as_ptr(weight), w_stride_n,
+                                        w_stride_k, as_ptr(bias), as_mut_ptr(y), as_mut_ptr(preact), M,
+                                        N,          K,            dtype,         activation};
+  py::gil_scoped_release release;
+  deepfuse::linear_act_fwd(args, as_stream(stream));
+}
+
+void linear_act_bwd(std::uintptr_t grad_y, std::uintptr_t saved, std::uintptr_t x, int64_t x_stride_m,
+                    int64_t x_stride_k, std::uintptr_t weight, int64_t w_stride_n, int64_t w_stride_k,
+                    std::uintptr_t grad_x, std::uintptr_t grad_weight, std::uintptr_t grad_bias, int64_t M, int64_t N,
+                    int64_t K, int dtype, int activation, std::uintptr_t stream) {
+  require_positive_or_zero("M", M);
+  require_positive_or_zero("N", N);
+  require_positive_or_zero("K", K);
+  if (activation != 0 && M > 0 && N > 0) require_pointer("saved", saved);
+  const deepfuse::LinearActBwdArgs args{as_ptr(grad_y),     as_ptr(saved),          as_ptr(x),
+                                        x_stride_m,         x_stride_k,             as_ptr(weight),
+                                        w_stride_n,         w_stride_k,             as_mut_ptr(grad_x),
+                                        as_mut_ptr(grad_weight), as_mut_ptr(grad_bias), M,
+                                        N,                  K,                      dtype,
+                                        activation};
+  py::gil_scoped_release release;
+  deepfuse::linear_act_bwd(args, as_stream(stream));
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "deepfuse CUDA C++ kernels (raw pointers in; no torch headers)";
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const std::invalid_argument& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    }
+  });
+
+  m.attr("DTYPE_CODES") = py::dict(py::arg("float32") = 0, py::arg("float16") = 1, py::arg("bfloat16") = 2);
+  m.attr("ACTIVATION_CODES") =
+      py::dict(py::arg("none") = 0, py::arg("relu") = 1, py::arg("leaky_relu") = 2, py::arg("gelu") = 3,
+               py::arg("gelu_tanh") = 4, py::arg("silu") = 5, py::arg("sigmoid") = 6, py::arg("tanh") = 7);
+  m.attr("CUDA_RUNTIME_VERSION") = CUDART_VERSION;
+
+  m.def("device_status", &device_status, "(ok, message): whether a CUDA device is usable, else the CUDA error");
+  m.def("linear_act_fwd", &linear_act_fwd, "y = act(x @ W^T + b); optionally also writes the pre-activation",
+        py::arg("x"), py::arg("x_stride_m"), py::arg("x_stride_k"), py::arg("weight"), py::arg("w_stride_n"),
+        py::arg("w_stride_k"), py::arg("bias"), py::arg("y"), py::arg("preact"), py::arg("M"), py::arg("N"),
+        py::arg("K"), py::arg("dtype"), py::arg("activation"), py::arg("stream"));
+  m.def("linear_act_bwd", &linear_act_bwd, "dx, dW, db of linear_act with the activation derivative fused",
+        py::arg("grad_y"), py::arg("saved"), py::arg("x"), py::arg("x_stride_m"), py::arg("x_stride_k"),
+        py::arg("weight"), py::arg("w_stride_n"), py::arg("w_stride_k"), py::arg("grad_x"), py::arg("grad_weight"),
+        py::arg("grad_bias"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("dtype"), py::arg("activation"),
+        py::arg("stream"));
+}

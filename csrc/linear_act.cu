@@ -1,0 +1,93 @@
+// linear_act on the fused GEMM (fused_gemm.cuh):
+//   forward   y = act(x W^T + b)                  one GEMM, bias and activation in the epilogue
+//   backward  dz = dy * act'(saved) is never stored: it is formed while loading tiles, in both
+//             dx = dz W        (M x K)            and
+//             dW = dz^T x      (N x K), whose first column of tiles also sums db = sum_m dz.
+#include <stdexcept>
+
+#include "fused_gemm.cuh"
+#include "linear_act.h"
+
+namespace deepfuse {
+
+namespace {
+
+void check_codes(int dtype, int activation) {
+  if (dtype < 0 || dtype > static_cast<int>(DType::kBFloat16)) throw std::invalid_argument("linear_act: bad dtype code");
+  if (activation < 0 || activation >= kNumActivations) throw std::invalid_argument("linear_act: bad activation code");
+}
+
+}  // namespace
+
+void linear_act_fwd(const LinearActFwdArgs& args, cudaStream_t stream) {
+  check_codes(args.dtype, args.activation);
+  check_device_ready();
+  FusedGemmParams p;
+  p.a = args.x;
+  p.a_stride_m = args.x_stride_m;
+  p.a_stride_k = args.x_stride_k;
+  // B[k, n] = W[n, k]
+  p.b = args.weight;
+  p.b_stride_k = args.w_stride_k;
+  p.b_stride_n = args.w_stride_n;
+  p.bias = args.bias;
+  p.c = args.y;
+  p.c_stride_m = args.N;
+  p.c_stride_n = 1;
+  p.c_preact = args.preact;
+  p.act = static_cast<Activation>(args.activation);
+  p.M = args.M;
+  p.N = args.N;
+  p.K = args.K;
+  launch_fused_gemm(p, static_cast<DType>(args.dtype), stream);
+}
+
+void linear_act_bwd(const LinearActBwdArgs& args, cudaStream_t stream) {
+  check_codes(args.dtype, args.activation);
+  check_device_ready();
+  const auto act = static_cast<Activation>(args.activation);
+  const auto dtype = static_cast<DType>(args.dtype);
+  if (args.grad_x != nullptr) {
+    // dx[m, k] = sum_n dz[m, n] W[n, k]
+    FusedGemmParams p;
+    p.a = args.grad_y;
+    p.a_stride_m = args.N;
+    p.a_stride_k = 1;
+    p.a_saved = args.saved;
+    p.grad_act = act;
+    p.b = args.weight;
+    p.b_stride_k = args.w_stride_n;
+    p.b_stride_n = args.w_stride_k;
+    p.c = args.grad_x;
+    p.c_stride_m = args.K;
+    p.c_stride_n = 1;
+    p.M = args.M;
+    p.N = args.K;
+    p.K = args.N;
+    launch_fused_gemm(p, dtype, stream);
+  }
+  if (args.grad_weight != nullptr || args.grad_bias != nullptr) {
+    // dW[n, k] = sum_m dz[m, n] x[m, k]; A = dz^T through swapped strides.
+    // Without grad_weight we still run it for db (rare: frozen weight, trainable bias).
+    if (args.grad_weight == nullptr) throw std::invalid_argument("linear_act_bwd: grad_bias needs grad_weight storage");
+    FusedGemmParams p;
+    p.a = args.grad_y;
+    p.a_stride_m = 1;
+    p.a_stride_k = args.N;
+    p.a_saved = args.saved;
+    p.grad_act = act;
+    p.b = args.x;
+    p.b_stride_k = args.x_stride_m;
+    p.b_stride_n = args.x_stride_k;
+    p.c = args.grad_weight;
+    p.c_stride_m = args.K;
+    p.c_stride_n = 1;
+    p.row_sum = args.grad_bias;
+    p.M = args.N;
+    p.N = args.K;
+    p.K = args.M;
+    launch_fused_gemm(p, dtype, stream);
+  }
+}
+
+}  // namespace deepfuse

@@ -1,0 +1,39 @@
+// linear_act: y = act(x @ W^T + b), forward and backward, on raw device pointers.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace deepfuse {
+
+struct LinearActFwdArgs {
+  const void* x;  // (M, K), strides (x_stride_m, x_stride_k)
+  int64_t x_stride_m, x_stride_k;
+  const void* weight;  // (N, K), strides (w_stride_n, w_stride_k)
+  int64_t w_stride_n, w_stride_k;
+  const void* bias;  // (N,) contiguous, or null
+  void* y;           // (M, N) contiguous
+  void* preact;      // (M, N) contiguous, or null: z = x @ W^T + b, saved for backward
+  int64_t M, N, K;
+  int dtype, activation;
+};
+
+struct LinearActBwdArgs {
+  const void* grad_y;  // (M, N) contiguous
+  const void* saved;   // (M, N) contiguous: z for gelu/gelu_tanh/silu, y otherwise (unused for "none")
+  const void* x;
+  int64_t x_stride_m, x_stride_k;
+  const void* weight;
+  int64_t w_stride_n, w_stride_k;
+  void* grad_x;       // (M, K) contiguous, or null when not needed
+  void* grad_weight;  // (N, K) contiguous, or null when not needed
+  void* grad_bias;    // (N,), or null when there is no bias
+  int64_t M, N, K;
+  int dtype, activation;
+};
+
+void linear_act_fwd(const LinearActFwdArgs& args, cudaStream_t stream);
+void linear_act_bwd(const LinearActBwdArgs& args, cudaStream_t stream);
+
+}  // namespace deepfuse

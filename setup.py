@@ -1,0 +1,69 @@
+"""Build deepfuse: pure-Python package plus the optional CUDA C++ module deepfuse._C (built with CMake).
+
+Environment:
+  DEEPFUSE_SKIP_CUDA=1        install without _C (the triton and torch backends still work)
+  DEEPFUSE_CUDA_ARCHS="90;90a" CUDA architectures for CMake (default 90: sm_90 SASS + PTX)
+  DEEPFUSE_BUILD_JOBS=N       parallel compile jobs
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).parent.resolve()
+
+
+def _cuda_build_skip_reason():
+    if os.environ.get("DEEPFUSE_SKIP_CUDA", "0") not in ("", "0"):
+        return "DEEPFUSE_SKIP_CUDA is set"
+    if shutil.which("nvcc") is None and not Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc").exists():
+        return "nvcc was not found on PATH or in CUDA_HOME"
+    return None
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name):
+        super().__init__(name, sources=[])
+
+
+class CMakeBuild(build_ext):
+    def run(self):
+        reason = _cuda_build_skip_reason()
+        if reason:
+            print(f"deepfuse: building without the CUDA module deepfuse._C ({reason}); triton and torch backends only.")
+            return
+        super().run()
+
+    def build_extension(self, ext):
+        import pybind11
+
+        out_dir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
+        build_dir = Path(self.build_temp).resolve() / ext.name
+        build_dir.mkdir(parents=True, exist_ok=True)
+        nvcc = shutil.which("nvcc") or str(Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc"))
+        config = [
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            f"-DCMAKE_CUDA_COMPILER={nvcc}",
+            "-DCMAKE_BUILD_TYPE=Release",
+            f"-DCMAKE_CUDA_ARCHITECTURES={os.environ.get('DEEPFUSE_CUDA_ARCHS', '90')}",
+        ]
+        if shutil.which("ninja"):
+            config.append("-GNinja")
+        jobs = os.environ.get("DEEPFUSE_BUILD_JOBS", str(os.cpu_count() or 2))
+        subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build_dir), *config], check=True)
+        subprocess.run(["cmake", "--build", str(build_dir), "--parallel", jobs], check=True)
+
+
+setup(
+    packages=["deepfuse", "deepfuse.ops", "deepfuse.nn", "deepfuse.bench", "deepfuse.kernels"],
+    package_dir={"deepfuse": "python/deepfuse", "deepfuse.kernels": "kernels"},
+    ext_modules=[CMakeExtension("deepfuse._C")],
+    cmdclass={"build_ext": CMakeBuild},
+)
