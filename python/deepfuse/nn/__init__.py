@@ -1,0 +1,5 @@
+"""Drop-in torch.nn modules built on deepfuse's fused ops."""
+
+from deepfuse.nn.linear import FusedLinear
+
+__all__ = ["FusedLinear"]

@@ -1,0 +1,261 @@
+"""Triton kernels for linear_act: y = act(x @ W^T + b), forward and backward.
+
+Forward is one tiled GEMM with bias and activation applied to the fp32 accumulator before the single
+cast on store. Backward never writes dz = dy * act'(saved): both backward GEMMs form it while loading
+their tiles — dx = dz @ W and dW = dz^T @ x — and the dW programs of the first K-column also sum
+db = sum_m dz. ``saved`` is z (pre-activation) for gelu/gelu_tanh/silu and y for the others.
+
+Layouts: x (M, K) and W (N, K) with any strides; outputs contiguous. dtypes fp32/fp16/bf16, fp32
+accumulation. fp32 dots are IEEE unless torch allows TF32 for matmuls.
+"""
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .activations import activation_grad, apply_activation
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _configs(block_shapes):
+    """Autotune configs from (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); one small config
+    when interpreting (the interpreter cannot autotune over several)."""
+    if INTERPRET:
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
+        for bm, bn, bk, w, s in block_shapes
+    ]
+
+
+# Standard Hopper-friendly GEMM tiles (Triton tutorial 03's set, plus 128x256 for large problems).
+_GEMM_SHAPES = [
+    (128, 256, 64, 8, 3),
+    (128, 128, 64, 8, 3),
+    (128, 128, 32, 4, 4),
+    (128, 64, 64, 4, 4),
+    (64, 128, 64, 4, 4),
+    (64, 64, 64, 4, 4),
+    (64, 32, 32, 4, 5),
+    (32, 64, 32, 4, 5),
+]
+
+
+@triton.jit
+def _mma(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    # The interpreter multiplies raw bf16 bits in tl.dot; upcasting there keeps results right.
+    if UPCAST_DOT:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _grouped_tile(pid, num_rows, num_cols, GROUP: tl.constexpr):
+    """Maps a linear program id to (row tile, column tile), GROUP row tiles at a time, for L2 reuse."""
+    group_size = GROUP * num_cols
+    group_id = pid // group_size
+    first_row = group_id * GROUP
+    rows_in_group = tl.minimum(num_rows - first_row, GROUP)
+    row = first_row + (pid % group_size) % rows_in_group
+    col = (pid % group_size) // rows_in_group
+    return row, col
+
+
+@triton.autotune(configs=_configs(_GEMM_SHAPES), key=["M", "N", "K", "ACTIVATION", "HAS_BIAS"])
+@triton.jit
+def _linear_act_fwd_kernel(
+    # pointers
+    x_ptr, w_ptr, bias_ptr, y_ptr, preact_ptr,
+    # sizes
+    M, N, K,
+    # strides
+    stride_xm, stride_xk, stride_wn, stride_wk,
+    # meta-parameters
+    ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE_PREACT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    pid_m, pid_n = _grouped_tile(tl.program_id(0).to(tl.int64), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < K
+        a = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)  # fmt: skip
+        b = tl.load(w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn,
+                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)  # fmt: skip
+        acc = _mma(a, b, acc, DOT_PRECISION, UPCAST_DOT)
+
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    out_offsets = offs_m[:, None] * N + offs_n[None, :]
+    out_mask = mask_m[:, None] & mask_n[None, :]
+    if SAVE_PREACT:
+        tl.store(preact_ptr + out_offsets, acc.to(preact_ptr.dtype.element_ty), mask=out_mask)
+    y = apply_activation(acc, ACTIVATION)
+    tl.store(y_ptr + out_offsets, y.to(y_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _load_grad_preact(dy_ptr, saved_ptr, offsets, mask, ACTIVATION: tl.constexpr):
+    """dz = dy * act'(saved) for one tile, rounded to the input dtype (as torch's unfused backward stores it)."""
+    dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0)
+    if ACTIVATION == 0:
+        return dy
+    saved = tl.load(saved_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    return (dy.to(tl.float32) * activation_grad(saved, ACTIVATION)).to(dy.dtype)
+
+
+@triton.autotune(configs=_configs(_GEMM_SHAPES), key=["M", "N", "K", "ACTIVATION"])
+@triton.jit
+def _linear_act_bwd_dx_kernel(
+    # pointers: dy and saved are (M, N) contiguous; dx is (M, K) contiguous
+    dy_ptr, saved_ptr, w_ptr, dx_ptr,
+    # sizes
+    M, N, K,
+    # strides of W (N, K)
+    stride_wn, stride_wk,
+    # meta-parameters (BLOCK_N tiles dx's K columns; BLOCK_K tiles the reduction over N)
+    ACTIVATION: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    pid_m, pid_k = _grouped_tile(tl.program_id(0).to(tl.int64), tl.cdiv(M, BLOCK_M), tl.cdiv(K, BLOCK_N), GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = pid_k * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_k = offs_k < K
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_K):
+        offs_n = n0 + tl.arange(0, BLOCK_K)
+        mask_n = offs_n < N
+        dz = _load_grad_preact(dy_ptr, saved_ptr, offs_m[:, None] * N + offs_n[None, :],
+                               mask_m[:, None] & mask_n[None, :], ACTIVATION)  # fmt: skip
+        w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk,
+                    mask=mask_n[:, None] & mask_k[None, :], other=0.0)  # fmt: skip
+        acc = _mma(dz, w, acc, DOT_PRECISION, UPCAST_DOT)
+
+    tl.store(dx_ptr + offs_m[:, None] * K + offs_k[None, :], acc.to(dx_ptr.dtype.element_ty),
+             mask=mask_m[:, None] & mask_k[None, :])  # fmt: skip
+
+
+@triton.autotune(configs=_configs(_GEMM_SHAPES), key=["M", "N", "K", "ACTIVATION", "HAS_BIAS"])
+@triton.jit
+def _linear_act_bwd_dw_kernel(
+    # pointers: dy and saved are (M, N) contiguous; dw is (N, K) contiguous; db is (N,)
+    dy_ptr, saved_ptr, x_ptr, dw_ptr, db_ptr,
+    # sizes
+    M, N, K,
+    # strides of x (M, K)
+    stride_xm, stride_xk,
+    # meta-parameters (BLOCK_M tiles dW's N rows, BLOCK_N its K columns, BLOCK_K the reduction over M)
+    ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    num_k_tiles = tl.maximum(tl.cdiv(K, BLOCK_N), 1)  # one column of programs even when K == 0, for db
+    pid_n, pid_k = _grouped_tile(tl.program_id(0).to(tl.int64), tl.cdiv(N, BLOCK_M), num_k_tiles, GROUP_M)
+    offs_n = pid_n * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = pid_k * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    mask_k = offs_k < K
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    db = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for m0 in range(0, M, BLOCK_K):
+        offs_m = m0 + tl.arange(0, BLOCK_K)
+        mask_m = offs_m < M
+        # dz^T tile (BLOCK_M rows of n, BLOCK_K columns of m)
+        dz_t = _load_grad_preact(dy_ptr, saved_ptr, offs_m[None, :] * N + offs_n[:, None],
+                                 mask_n[:, None] & mask_m[None, :], ACTIVATION)  # fmt: skip
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)  # fmt: skip
+        acc = _mma(dz_t, x, acc, DOT_PRECISION, UPCAST_DOT)
+        if HAS_BIAS:
+            db += tl.sum(dz_t.to(tl.float32), axis=1)
+
+    tl.store(dw_ptr + offs_n[:, None] * K + offs_k[None, :], acc.to(dw_ptr.dtype.element_ty),
+             mask=mask_n[:, None] & mask_k[None, :])  # fmt: skip
+    if HAS_BIAS:
+        # Every K-column of programs summed the same dz; the first one writes it.
+        tl.store(db_ptr + offs_n, db.to(db_ptr.dtype.element_ty), mask=mask_n & (pid_k == 0))
+
+
+def _dot_flags(dtype: torch.dtype) -> dict:
+    precision = "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    return {"DOT_PRECISION": precision, "UPCAST_DOT": INTERPRET and dtype == torch.bfloat16}
+
+
+def _gemm_grid(rows: int, cols: int):
+    return lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(cols, meta["BLOCK_N"]),)
+
+
+def linear_act_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation_code: int,
+                   save_preact: bool) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Launches the forward kernel. x: (M, K), weight: (N, K), bias: (N,) or None, all validated by the caller.
+
+    Returns (y, preact), both (M, N) contiguous; preact is an empty tensor unless ``save_preact``.
+    """
+    M, K = x.shape
+    N = weight.shape[0]
+    y = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    preact = torch.empty((M, N) if save_preact else (0,), device=x.device, dtype=x.dtype)
+    if M == 0 or N == 0:
+        return y, preact
+    bias_arg = bias.contiguous() if bias is not None else y  # never read without HAS_BIAS
+    _linear_act_fwd_kernel[_gemm_grid(M, N)](
+        x, weight, bias_arg, y, preact if save_preact else y,
+        M, N, K,
+        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
+        ACTIVATION=activation_code, HAS_BIAS=bias is not None, SAVE_PREACT=save_preact, **_dot_flags(x.dtype),
+    )  # fmt: skip
+    return y, preact
+
+
+def linear_act_bwd(grad_y: torch.Tensor, saved: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                   activation_code: int, has_bias: bool, need_grad_x: bool,
+                   need_grad_weight: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Launches the backward kernels. grad_y, saved: (M, N); x: (M, K); weight: (N, K).
+
+    Returns (grad_x, grad_weight, grad_bias); the ones not asked for are empty tensors.
+    """
+    M, K = x.shape
+    N = weight.shape[0]
+    grad_y = grad_y.contiguous()
+    saved = saved.contiguous() if activation_code != 0 else grad_y
+    empty = x.new_empty((0,))
+    flags = _dot_flags(x.dtype)
+    grad_x, grad_weight, grad_bias = empty, empty, empty
+    if need_grad_x:
+        grad_x = torch.empty((M, K), device=x.device, dtype=x.dtype)
+        if N == 0:
+            grad_x.zero_()
+        elif M > 0 and K > 0:
+            _linear_act_bwd_dx_kernel[_gemm_grid(M, K)](
+                grad_y, saved, weight, grad_x, M, N, K, weight.stride(0), weight.stride(1),
+                ACTIVATION=activation_code, **flags,
+            )  # fmt: skip
+    if need_grad_weight or has_bias:
+        # db comes out of the dW kernel, so dW storage exists whenever db is asked for.
+        grad_weight = torch.empty((N, K), device=x.device, dtype=x.dtype)
+        grad_bias = torch.empty((N,), device=x.device, dtype=x.dtype) if has_bias else empty
+        if M == 0:
+            grad_weight.zero_()
+            grad_bias.zero_()
+        elif N > 0:
+            # With K == 0 there are no dW tiles, but one column of programs still sums db.
+            _linear_act_bwd_dw_kernel[_gemm_grid(N, max(K, 1))](
+                grad_y, saved, x, grad_weight, grad_bias if has_bias else grad_weight, M, N, K,
+                x.stride(0), x.stride(1), ACTIVATION=activation_code, HAS_BIAS=has_bias, **flags,
+            )  # fmt: skip
+        if not need_grad_weight:
+            grad_weight = empty
+    return grad_x, grad_weight, grad_bias

@@ -1,0 +1,36 @@
+"""cupy arrays in, cupy arrays out: ops convert them zero-copy through DLPack.
+
+cupy is optional (``pip install deepfuse[cupy]``); nothing here imports it unless a cupy array arrives.
+"""
+
+import functools
+
+import torch
+
+
+def is_cupy_array(value) -> bool:
+    return type(value).__module__.partition(".")[0] == "cupy"
+
+
+def _to_cupy(value):
+    if isinstance(value, torch.Tensor):
+        import cupy
+
+        return cupy.from_dlpack(value.detach())
+    if isinstance(value, tuple):
+        return tuple(_to_cupy(v) for v in value)
+    return value
+
+
+def accepts_cupy(op):
+    """Lets ``op`` take cupy arrays for any tensor argument; its tensors then come back as cupy arrays."""
+
+    @functools.wraps(op)
+    def wrapper(*args, **kwargs):
+        if not any(is_cupy_array(v) for v in (*args, *kwargs.values()) if not isinstance(v, torch.Tensor)):
+            return op(*args, **kwargs)
+        args = tuple(torch.from_dlpack(v) if is_cupy_array(v) else v for v in args)
+        kwargs = {k: torch.from_dlpack(v) if is_cupy_array(v) else v for k, v in kwargs.items()}
+        return _to_cupy(op(*args, **kwargs))
+
+    return wrapper

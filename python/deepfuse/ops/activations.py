@@ -1,0 +1,66 @@
+"""Activation names shared by every fused op, their torch reference and their derivative.
+
+The order of ACTIVATIONS is the integer code the kernels use (kernels/activations.py, csrc/common.cuh).
+"""
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = ("none", "relu", "leaky_relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh")
+ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
+# Backward needs z for these; the others take their derivative from y = act(z), so forward stores nothing extra.
+NEEDS_PREACTIVATION = frozenset({"gelu", "gelu_tanh", "silu"})
+LEAKY_RELU_SLOPE = 0.01
+
+
+def check_activation(activation: str) -> None:
+    if activation not in ACTIVATION_CODES:
+        raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))}, got {activation!r}")
+
+
+def activation_ref(z: torch.Tensor, activation: str) -> torch.Tensor:
+    """act(z) with torch's own functions (the numerical spec)."""
+    if activation == "none":
+        return z
+    if activation == "relu":
+        return F.relu(z)
+    if activation == "leaky_relu":
+        return F.leaky_relu(z, LEAKY_RELU_SLOPE)
+    if activation == "gelu":
+        return F.gelu(z)
+    if activation == "gelu_tanh":
+        return F.gelu(z, approximate="tanh")
+    if activation == "silu":
+        return F.silu(z)
+    if activation == "sigmoid":
+        return torch.sigmoid(z)
+    if activation == "tanh":
+        return torch.tanh(z)
+    check_activation(activation)
+    raise AssertionError(activation)
+
+
+def activation_grad_ref(saved: torch.Tensor, activation: str) -> torch.Tensor:
+    """d act / d z from ``saved`` (z for NEEDS_PREACTIVATION, else y = act(z)); mirrors the kernels."""
+    if activation == "none":
+        return torch.ones_like(saved)
+    if activation == "relu":
+        return (saved > 0).to(saved.dtype)
+    if activation == "leaky_relu":
+        return torch.where(saved > 0, 1.0, LEAKY_RELU_SLOPE).to(saved.dtype)
+    if activation == "gelu":
+        cdf = 0.5 * (1.0 + torch.erf(saved * 0.7071067811865476))
+        return cdf + saved * 0.3989422804014327 * torch.exp(-0.5 * saved * saved)
+    if activation == "gelu_tanh":
+        k = 0.7978845608028654
+        t = torch.tanh(k * (saved + 0.044715 * saved**3))
+        return 0.5 * (1.0 + t) + 0.5 * saved * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * saved * saved)
+    if activation == "silu":
+        s = torch.sigmoid(saved)
+        return s * (1.0 + saved * (1.0 - s))
+    if activation == "sigmoid":
+        return saved * (1.0 - saved)
+    if activation == "tanh":
+        return 1.0 - saved * saved
+    check_activation(activation)
+    raise AssertionError(activation)

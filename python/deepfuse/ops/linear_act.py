@@ -1,0 +1,252 @@
+"""linear_act: y = act(x @ weight.T + bias), forward and backward fused.
+
+Forward: one GEMM with bias and activation applied to the fp32 accumulator. Backward: dx = dz @ W and
+dW = dz^T @ x with dz = dy * act'(saved) formed while loading tiles (never written), db summed inside
+the dW kernel. Saved for backward: x, W and z (gelu, gelu_tanh, silu) or y (the other activations).
+
+dtypes: float32, float16, bfloat16 on every backend (fp32 accumulation), float64 on torch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from deepfuse import backend as _backend
+from deepfuse.ops._interop import accepts_cupy
+from deepfuse.ops._validation import check_same_dtype_and_device, check_tensor, kernel_dtype_reason
+from deepfuse.ops.activations import (
+    ACTIVATION_CODES,
+    NEEDS_PREACTIVATION,
+    activation_grad_ref,
+    activation_ref,
+    check_activation,
+)
+
+
+def linear_act_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                   activation: str = "none") -> torch.Tensor:  # fmt: skip
+    """The spec: ``act(F.linear(x, weight, bias))`` in plain torch (CPU-safe, differentiable)."""
+    return activation_ref(F.linear(x, weight, bias), activation)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backend implementations (2-D x, validated inputs)
+# ---------------------------------------------------------------------------------------------
+
+
+def _empty_like_none(x: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((0,))
+
+
+def _fwd_torch(x, weight, bias, activation, save_preact):
+    z = F.linear(x, weight, bias)
+    y = activation_ref(z, activation)
+    if y is z:  # custom ops may not return an output aliasing another
+        y = z.clone() if save_preact else z
+    return y, (z if save_preact else _empty_like_none(x))
+
+
+def _bwd_torch(grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_grad_weight):
+    if activation == "none":
+        grad_z = grad_y
+    else:
+        grad_z = (grad_y.float() * activation_grad_ref(saved.float(), activation)).to(grad_y.dtype)
+    empty = _empty_like_none(x)
+    grad_x = grad_z @ weight if need_grad_x else empty
+    grad_weight = grad_z.t() @ x if need_grad_weight else empty
+    grad_bias = grad_z.sum(0) if has_bias else empty
+    return grad_x, grad_weight, grad_bias
+
+
+def _fwd_triton(x, weight, bias, activation, save_preact):
+    from deepfuse.kernels.linear_act import linear_act_fwd
+
+    return linear_act_fwd(x, weight, bias, ACTIVATION_CODES[activation], save_preact)
+
+
+def _bwd_triton(grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_grad_weight):
+    from deepfuse.kernels.linear_act import linear_act_bwd
+
+    return linear_act_bwd(grad_y, saved, x, weight, ACTIVATION_CODES[activation], has_bias, need_grad_x,
+                          need_grad_weight)  # fmt: skip
+
+
+def _pointer(t: torch.Tensor | None) -> int:
+    return 0 if t is None or t.numel() == 0 else t.data_ptr()
+
+
+def _fwd_cuda(x, weight, bias, activation, save_preact):
+    from deepfuse import _C
+
+    M, K = x.shape
+    N = weight.shape[0]
+    y = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    preact = torch.empty((M, N) if save_preact else (0,), device=x.device, dtype=x.dtype)
+    bias = bias.contiguous() if bias is not None else None
+    with torch.cuda.device(x.device):
+        _C.linear_act_fwd(
+            _pointer(x), x.stride(0), x.stride(1), _pointer(weight), weight.stride(0), weight.stride(1),
+            _pointer(bias), _pointer(y), _pointer(preact), M, N, K,
+            _backend.DTYPE_CODES[x.dtype], ACTIVATION_CODES[activation], torch.cuda.current_stream().cuda_stream,
+        )  # fmt: skip
+    return y, preact
+
+
+def _bwd_cuda(grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_grad_weight):
+    from deepfuse import _C
+
+    M, K = x.shape
+    N = weight.shape[0]
+    grad_y = grad_y.contiguous()
+    saved = saved.contiguous()
+    empty = _empty_like_none(x)
+    grad_x = torch.empty((M, K), device=x.device, dtype=x.dtype) if need_grad_x else empty
+    # The dW kernel also sums db, so it needs dW storage whenever there is a bias.
+    grad_weight = torch.empty((N, K), device=x.device, dtype=x.dtype) if need_grad_weight or has_bias else empty
+    grad_bias = torch.empty((N,), device=x.device, dtype=x.dtype) if has_bias else empty
+    with torch.cuda.device(x.device):
+        _C.linear_act_bwd(
+            _pointer(grad_y), _pointer(saved), _pointer(x), x.stride(0), x.stride(1),
+            _pointer(weight), weight.stride(0), weight.stride(1),
+            _pointer(grad_x), _pointer(grad_weight), _pointer(grad_bias) if has_bias else 0, M, N, K,
+            _backend.DTYPE_CODES[x.dtype], ACTIVATION_CODES[activation], torch.cuda.current_stream().cuda_stream,
+        )  # fmt: skip
+    return grad_x, (grad_weight if need_grad_weight else empty), grad_bias
+
+
+_FWD = {"torch": _fwd_torch, "triton": _fwd_triton, "cuda": _fwd_cuda}
+_BWD = {"torch": _bwd_torch, "triton": _bwd_triton, "cuda": _bwd_cuda}
+
+
+# ---------------------------------------------------------------------------------------------
+# Custom ops: opaque to torch.compile, with fake (meta) implementations and autograd
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("deepfuse::linear_act_fwd", mutates_args=())
+def linear_act_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str,
+                   save_preact: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(y, preact) for 2-D x; preact is (M, N) when save_preact, else empty."""
+    return _FWD[backend](x, weight, bias, activation, save_preact)
+
+
+@linear_act_fwd.register_fake
+def _(x, weight, bias, activation, save_preact, backend):
+    M, N = x.shape[0], weight.shape[0]
+    return x.new_empty((M, N)), x.new_empty((M, N) if save_preact else (0,))
+
+
+@torch.library.custom_op("deepfuse::linear_act_bwd", mutates_args=())
+def linear_act_bwd(grad_y: torch.Tensor, saved: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, activation: str,
+                   has_bias: bool, need_grad_x: bool, need_grad_weight: bool,
+                   backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(grad_x, grad_weight, grad_bias); those not asked for are empty."""
+    return _BWD[backend](grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_grad_weight)
+
+
+@linear_act_bwd.register_fake
+def _(grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_grad_weight, backend):
+    empty = x.new_empty((0,))
+    return (x.new_empty(x.shape) if need_grad_x else empty, weight.new_empty(weight.shape) if need_grad_weight else empty,
+            weight.new_empty(weight.shape[:1]) if has_bias else empty)  # fmt: skip
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, activation, save_preact, backend = inputs
+    y, preact = output
+    if activation in NEEDS_PREACTIVATION and not save_preact:
+        saved = None  # backward then refuses with a clear error: the pre-activation was not kept
+    else:
+        saved = preact if activation in NEEDS_PREACTIVATION else y
+    ctx.save_for_backward(x, weight, saved)
+    ctx.activation, ctx.has_bias, ctx.backend = activation, bias is not None, backend
+
+
+def _backward(ctx, grad_y, grad_preact):
+    x, weight, saved = ctx.saved_tensors
+    if saved is None:
+        raise RuntimeError(f"deepfuse::linear_act_fwd ran with save_preact=False, but {ctx.activation!r} needs the "
+                           "pre-activation for backward; call deepfuse.ops.linear_act, which sets it")  # fmt: skip
+    need_grad_x, need_grad_weight, need_grad_bias = ctx.needs_input_grad[:3]
+    grad_x, grad_weight, grad_bias = linear_act_bwd(grad_y, saved, x, weight, ctx.activation,
+                                                    ctx.has_bias and need_grad_bias, need_grad_x, need_grad_weight,
+                                                    ctx.backend)  # fmt: skip
+    return (grad_x if need_grad_x else None, grad_weight if need_grad_weight else None,
+            grad_bias if ctx.has_bias and need_grad_bias else None, None, None, None)  # fmt: skip
+
+
+linear_act_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dispatch rules and the public function
+# ---------------------------------------------------------------------------------------------
+
+
+def _supports(backend, x, weight, bias=None, activation="none"):
+    if backend == "torch":
+        return None
+    return kernel_dtype_reason("x", x)
+
+
+def _preference(x, weight, bias=None, activation="none"):
+    # A simple rule until measured tables exist: Triton's autotuned tensor-core GEMM for fp16/bf16,
+    # then the CUDA C++ kernel. fp32 stays on cuBLAS (torch): our fp32 kernels compute exact fp32
+    # products and are not expected to beat cuBLAS there. (Not yet measured on the GPU.)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return ("triton", "cuda", "torch")
+    return ("torch",)
+
+
+_backend.register_op(_backend.OpSpec("linear_act", _supports, _preference, lambda x, *a, **k: x.device))
+
+
+def _validate(x, weight, bias, activation):
+    check_tensor("x", x, min_ndim=1)
+    check_tensor("weight", weight, ndim=2)
+    if weight.shape[1] != x.shape[-1]:
+        raise ValueError(f"weight must have shape (out_features, in_features={x.shape[-1]}) to match x's last "
+                         f"dimension, got {tuple(weight.shape)}")  # fmt: skip
+    if bias is not None:
+        check_tensor("bias", bias, ndim=1)
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias must have shape (out_features={weight.shape[0]},), got {tuple(bias.shape)}")
+    check_activation(activation)
+
+
+def _autocast(x, weight, bias):
+    device_type = x.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype(device_type)
+    return x.to(dtype), weight.to(dtype), (bias.to(dtype) if bias is not None else None)
+
+
+@accepts_cupy
+def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str = "none", *,
+               backend: str | None = None) -> torch.Tensor:  # fmt: skip
+    """y = act(x @ weight.T + bias), fused, differentiable.
+
+    Args:
+        x: (..., in_features)
+        weight: (out_features, in_features)
+        bias: (out_features,) or None
+        activation: one of deepfuse.ops.ACTIVATIONS ("none", "relu", "leaky_relu" (slope 0.01), "gelu" (erf),
+            "gelu_tanh", "silu", "sigmoid", "tanh")
+        backend: "torch", "triton", "cuda" or None (automatic; see deepfuse.explain("linear_act", ...)).
+
+    Returns: (..., out_features), x's dtype (the autocast dtype under torch.autocast).
+    Accepts cupy arrays for x, weight, bias and then returns a cupy array.
+
+    Equivalent PyTorch: linear_act_ref
+    """
+    _validate(x, weight, bias, activation)
+    check_same_dtype_and_device("x", x, weight=weight, bias=bias)
+    x, weight, bias = _autocast(x, weight, bias)
+    chosen = _backend.choose_backend("linear_act", backend, x, weight, bias, activation)
+    in_features, out_features = weight.shape[1], weight.shape[0]
+    x2d = x.reshape(-1, in_features)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    y, _ = linear_act_fwd(x2d, weight, bias, activation, needs_grad and activation in NEEDS_PREACTIVATION, chosen)
+    return y.reshape(*x.shape[:-1], out_features)
