@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import utils
 from .activations import activation_grad, apply_activation
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -206,8 +207,8 @@ def linear_act_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     """
     M, K = x.shape
     N = weight.shape[0]
-    y = torch.empty((M, N), device=x.device, dtype=x.dtype)
-    preact = torch.empty((M, N) if save_preact else (0,), device=x.device, dtype=x.dtype)
+    y = utils.empty_output((M, N), x)
+    preact = utils.empty_output((M, N) if save_preact else (0,), x)
     if M == 0 or N == 0:
         return y, preact
     bias_arg = bias.contiguous() if bias is not None else y  # never read without HAS_BIAS
@@ -231,11 +232,11 @@ def linear_act_bwd(grad_y: torch.Tensor, saved: torch.Tensor, x: torch.Tensor, w
     N = weight.shape[0]
     grad_y = grad_y.contiguous()
     saved = saved.contiguous() if activation_code != 0 else grad_y
-    empty = x.new_empty((0,))
     flags = _dot_flags(x.dtype)
-    grad_x, grad_weight, grad_bias = empty, empty, empty
+    # Outputs not asked for are fresh empty tensors (custom-op outputs may not alias each other).
+    grad_x, grad_weight, grad_bias = x.new_empty((0,)), x.new_empty((0,)), x.new_empty((0,))
     if need_grad_x:
-        grad_x = torch.empty((M, K), device=x.device, dtype=x.dtype)
+        grad_x = utils.empty_output((M, K), x)
         if N == 0:
             grad_x.zero_()
         elif M > 0 and K > 0:
@@ -245,8 +246,9 @@ def linear_act_bwd(grad_y: torch.Tensor, saved: torch.Tensor, x: torch.Tensor, w
             )  # fmt: skip
     if need_grad_weight or has_bias:
         # db comes out of the dW kernel, so dW storage exists whenever db is asked for.
-        grad_weight = torch.empty((N, K), device=x.device, dtype=x.dtype)
-        grad_bias = torch.empty((N,), device=x.device, dtype=x.dtype) if has_bias else empty
+        grad_weight = utils.empty_output((N, K), x)
+        if has_bias:
+            grad_bias = utils.empty_output((N,), x)
         if M == 0:
             grad_weight.zero_()
             grad_bias.zero_()
@@ -257,5 +259,5 @@ def linear_act_bwd(grad_y: torch.Tensor, saved: torch.Tensor, x: torch.Tensor, w
                 x.stride(0), x.stride(1), ACTIVATION=activation_code, HAS_BIAS=has_bias, **flags,
             )  # fmt: skip
         if not need_grad_weight:
-            grad_weight = empty
+            grad_weight = x.new_empty((0,))
     return grad_x, grad_weight, grad_bias

@@ -28,8 +28,8 @@ KERNEL_DTYPES = tuple(DTYPE_CODES)
 _backend_stack: list[str] = []
 
 
-class BackendUnavailableError(RuntimeError):
-    """A backend was requested that cannot run this call (not built, no GPU, unsupported input)."""
+class BackendUnavailableError(ValueError):
+    """The requested ``backend`` cannot run this call (not built, no GPU, unsupported dtype); says why."""
 
 
 def triton_interpreting() -> bool:

@@ -47,7 +47,7 @@ def activation_grad_ref(saved: torch.Tensor, activation: str) -> torch.Tensor:
     if activation == "relu":
         return (saved > 0).to(saved.dtype)
     if activation == "leaky_relu":
-        return torch.where(saved > 0, 1.0, LEAKY_RELU_SLOPE).to(saved.dtype)
+        return torch.where(saved > 0, torch.ones_like(saved), torch.full_like(saved, LEAKY_RELU_SLOPE))
     if activation == "gelu":
         cdf = 0.5 * (1.0 + torch.erf(saved * 0.7071067811865476))
         return cdf + saved * 0.3989422804014327 * torch.exp(-0.5 * saved * saved)

@@ -9,10 +9,13 @@ dtypes: float32, float16, bfloat16 on every backend (fp32 accumulation), float64
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from deepfuse import backend as _backend
+from deepfuse.kernels import utils as _kernel_utils
 from deepfuse.ops._interop import accepts_cupy
 from deepfuse.ops._validation import check_same_dtype_and_device, check_tensor, kernel_dtype_reason
 from deepfuse.ops.activations import (
@@ -35,7 +38,8 @@ def linear_act_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 # ---------------------------------------------------------------------------------------------
 
 
-def _empty_like_none(x: torch.Tensor) -> torch.Tensor:
+def _nothing(x: torch.Tensor) -> torch.Tensor:
+    """Placeholder for an output not asked for; a fresh one each time, as custom-op outputs may not alias."""
     return x.new_empty((0,))
 
 
@@ -44,18 +48,19 @@ def _fwd_torch(x, weight, bias, activation, save_preact):
     y = activation_ref(z, activation)
     if y is z:  # custom ops may not return an output aliasing another
         y = z.clone() if save_preact else z
-    return y, (z if save_preact else _empty_like_none(x))
+    return y, (z if save_preact else _nothing(x))
 
 
 def _bwd_torch(grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_grad_weight):
     if activation == "none":
         grad_z = grad_y
     else:
-        grad_z = (grad_y.float() * activation_grad_ref(saved.float(), activation)).to(grad_y.dtype)
-    empty = _empty_like_none(x)
-    grad_x = grad_z @ weight if need_grad_x else empty
-    grad_weight = grad_z.t() @ x if need_grad_weight else empty
-    grad_bias = grad_z.sum(0) if has_bias else empty
+        # fp32 math for the half types (as the kernels do), float64 stays float64.
+        compute = torch.promote_types(grad_y.dtype, torch.float32)
+        grad_z = (grad_y.to(compute) * activation_grad_ref(saved.to(compute), activation)).to(grad_y.dtype)
+    grad_x = grad_z @ weight if need_grad_x else _nothing(x)
+    grad_weight = grad_z.t() @ x if need_grad_weight else _nothing(x)
+    grad_bias = grad_z.sum(0) if has_bias else _nothing(x)
     return grad_x, grad_weight, grad_bias
 
 
@@ -81,8 +86,8 @@ def _fwd_cuda(x, weight, bias, activation, save_preact):
 
     M, K = x.shape
     N = weight.shape[0]
-    y = torch.empty((M, N), device=x.device, dtype=x.dtype)
-    preact = torch.empty((M, N) if save_preact else (0,), device=x.device, dtype=x.dtype)
+    y = _kernel_utils.empty_output((M, N), x)
+    preact = _kernel_utils.empty_output((M, N) if save_preact else (0,), x)
     bias = bias.contiguous() if bias is not None else None
     with torch.cuda.device(x.device):
         _C.linear_act_fwd(
@@ -100,11 +105,10 @@ def _bwd_cuda(grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_
     N = weight.shape[0]
     grad_y = grad_y.contiguous()
     saved = saved.contiguous()
-    empty = _empty_like_none(x)
-    grad_x = torch.empty((M, K), device=x.device, dtype=x.dtype) if need_grad_x else empty
+    grad_x = _kernel_utils.empty_output((M, K), x) if need_grad_x else _nothing(x)
     # The dW kernel also sums db, so it needs dW storage whenever there is a bias.
-    grad_weight = torch.empty((N, K), device=x.device, dtype=x.dtype) if need_grad_weight or has_bias else empty
-    grad_bias = torch.empty((N,), device=x.device, dtype=x.dtype) if has_bias else empty
+    grad_weight = _kernel_utils.empty_output((N, K), x) if need_grad_weight or has_bias else _nothing(x)
+    grad_bias = _kernel_utils.empty_output((N,), x) if has_bias else _nothing(x)
     with torch.cuda.device(x.device):
         _C.linear_act_bwd(
             _pointer(grad_y), _pointer(saved), _pointer(x), x.stride(0), x.stride(1),
@@ -112,7 +116,7 @@ def _bwd_cuda(grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_
             _pointer(grad_x), _pointer(grad_weight), _pointer(grad_bias) if has_bias else 0, M, N, K,
             _backend.DTYPE_CODES[x.dtype], ACTIVATION_CODES[activation], torch.cuda.current_stream().cuda_stream,
         )  # fmt: skip
-    return grad_x, (grad_weight if need_grad_weight else empty), grad_bias
+    return grad_x, (grad_weight if need_grad_weight else _nothing(x)), grad_bias
 
 
 _FWD = {"torch": _fwd_torch, "triton": _fwd_triton, "cuda": _fwd_cuda}
@@ -147,9 +151,9 @@ def linear_act_bwd(grad_y: torch.Tensor, saved: torch.Tensor, x: torch.Tensor, w
 
 @linear_act_bwd.register_fake
 def _(grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_grad_weight, backend):
-    empty = x.new_empty((0,))
-    return (x.new_empty(x.shape) if need_grad_x else empty, weight.new_empty(weight.shape) if need_grad_weight else empty,
-            weight.new_empty(weight.shape[:1]) if has_bias else empty)  # fmt: skip
+    return (x.new_empty(x.shape) if need_grad_x else _nothing(x),
+            weight.new_empty(weight.shape) if need_grad_weight else _nothing(x),
+            weight.new_empty(weight.shape[:1]) if has_bias else _nothing(x))  # fmt: skip
 
 
 def _setup_context(ctx, inputs, output):
@@ -246,7 +250,7 @@ def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     x, weight, bias = _autocast(x, weight, bias)
     chosen = _backend.choose_backend("linear_act", backend, x, weight, bias, activation)
     in_features, out_features = weight.shape[1], weight.shape[0]
-    x2d = x.reshape(-1, in_features)
+    x2d = x.reshape(math.prod(x.shape[:-1]), in_features)  # not -1: ambiguous when in_features == 0
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     y, _ = linear_act_fwd(x2d, weight, bias, activation, needs_grad and activation in NEEDS_PREACTIVATION, chosen)
     return y.reshape(*x.shape[:-1], out_features)
