@@ -21,7 +21,10 @@ ROOT = Path(__file__).parent.resolve()
 def _cuda_build_skip_reason():
     if os.environ.get("DEEPFUSE_SKIP_CUDA", "0") not in ("", "0"):
         return "DEEPFUSE_SKIP_CUDA is set"
-    if shutil.which("nvcc") is None and not Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc").exists():
+    if (
+        shutil.which("nvcc") is None
+        and not Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc").exists()
+    ):
         return "nvcc was not found on PATH or in CUDA_HOME"
     return None
 

@@ -1,10 +1,10 @@
 """deepfuse: fused GPU kernels (Triton and CUDA C++) behind drop-in torch.nn layers.
 
-    import deepfuse
-    y = deepfuse.ops.linear_act(x, w, b, "gelu")             # automatic backend
-    layer = deepfuse.nn.FusedLinear(512, 2048, activation="gelu")
-    with deepfuse.use_backend("triton"): ...
-    print(deepfuse.explain("linear_act", x, w, b, "gelu"))
+import deepfuse
+y = deepfuse.ops.linear_act(x, w, b, "gelu")             # automatic backend
+layer = deepfuse.nn.FusedLinear(512, 2048, activation="gelu")
+with deepfuse.use_backend("triton"): ...
+print(deepfuse.explain("linear_act", x, w, b, "gelu"))
 """
 
 from deepfuse import nn, ops

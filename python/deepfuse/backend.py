@@ -178,7 +178,9 @@ def choose_backend(op_name: str, backend: str | None, *args, **kwargs) -> str:
     if requested is not None:
         reason = unusable_reason(op, requested, *args, **kwargs)
         if reason is not None:
-            raise BackendUnavailableError(f"{op_name}: backend {requested!r} (from {source}) cannot run this call: {reason}")
+            raise BackendUnavailableError(
+                f"{op_name}: backend {requested!r} (from {source}) cannot run this call: {reason}"
+            )
         return requested
     order = _automatic_order(op, *args, **kwargs)
     for name in order:

@@ -28,7 +28,9 @@ def accepts_cupy(op):
     @functools.wraps(op)
     def wrapper(*args, **kwargs):
         # torch.compile traces tensors only, so there is nothing to convert while compiling.
-        if torch.compiler.is_compiling() or not any(is_cupy_array(v) for v in (*args, *kwargs.values()) if not isinstance(v, torch.Tensor)):
+        if torch.compiler.is_compiling() or not any(
+            is_cupy_array(v) for v in (*args, *kwargs.values()) if not isinstance(v, torch.Tensor)
+        ):
             return op(*args, **kwargs)
         args = tuple(torch.from_dlpack(v) if is_cupy_array(v) else v for v in args)
         kwargs = {k: torch.from_dlpack(v) if is_cupy_array(v) else v for k, v in kwargs.items()}

@@ -29,7 +29,9 @@ def check_same_dtype_and_device(reference_name: str, reference: torch.Tensor, **
         if value.device != reference.device:
             raise ValueError(f"{name} is on {value.device} but {reference_name} is on {reference.device}")
         if value.dtype != reference.dtype:
-            raise TypeError(f"{name}.dtype is {value.dtype} but {reference_name}.dtype is {reference.dtype}; they must match")
+            raise TypeError(
+                f"{name}.dtype is {value.dtype} but {reference_name}.dtype is {reference.dtype}; they must match"
+            )
 
 
 def kernel_dtype_reason(name: str, tensor: torch.Tensor) -> str | None:

@@ -1,0 +1,43 @@
+# deepfuse — two commands on a fresh machine: `make demo` and `make test`.
+# Everything runs in .venv (created on first use). Where torch, triton and pytest are already importable
+# (a GPU machine with no package registry), the venv reuses them and installs nothing from the network.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.deepfuse-installed
+PYTEST := $(PY) -m pytest -p no:cacheprovider
+
+.PHONY: install build test test-gpu bench demo lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py CMakeLists.txt requirements-dev.txt $(wildcard csrc/*)
+	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -c "import torch, triton, pytest, pybind11, cmake" 2>/dev/null || { \
+	  $(PY) -m pip install -q "torch==$(TORCH_VERSION)" && \
+	  $(PY) -m pip install -q -c .ci/constraints.txt -r requirements-dev.txt; }
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $(STAMP)
+
+build: install  ## rebuild deepfuse._C after editing csrc/
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+
+test: install  ## CPU tests: reference checks, Triton kernels through the interpreter, _C build and errors
+	$(PYTEST) -q -m "not gpu and not slow" tests
+
+test-gpu: install  ## GPU tests (needs a CUDA device): both kernels, every dtype, large shapes
+	$(PYTEST) -q -m gpu tests
+
+bench: install  ## linear_act benchmark; results under benchmarks/results/<gpu>/
+	$(PY) benchmarks/bench_linear_act.py
+
+demo: install  ## the main job: a small network on FusedLinear layers, checked against torch
+	$(PY) -m deepfuse demo
+
+lint: install
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf build python/deepfuse/_C*.so *.egg-info python/*.egg-info

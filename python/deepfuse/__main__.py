@@ -1,0 +1,5 @@
+import sys
+
+from deepfuse.cli import main
+
+sys.exit(main())

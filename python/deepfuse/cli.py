@@ -1,0 +1,49 @@
+"""Command line: ``deepfuse demo`` and ``deepfuse bench`` (also ``python -m deepfuse ...``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _demo(args) -> int:
+    from deepfuse import demo
+
+    result = demo.run(steps=args.steps, backend=args.backend)
+    # The demo is also a check: the fused network must train like the torch one.
+    if result["max_loss_gap"] > 1e-2 or result["losses"][-1] >= result["losses"][0]:
+        print("demo FAILED: the fused network did not match or did not learn", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _bench(args) -> int:
+    from deepfuse.bench import linear_act as bench_linear_act
+
+    if args.op not in ("linear_act", "all"):
+        print(f"unknown op {args.op!r}; available: linear_act, all", file=sys.stderr)
+        return 2
+    bench_linear_act.main(quick=args.quick, dtype=args.dtype, modes=args.modes.split(","), out_dir=args.out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="deepfuse", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="train a small FusedLinear network and compare it with torch")
+    demo.add_argument("--steps", type=int, default=300)
+    demo.add_argument("--backend", choices=["torch", "triton", "cuda"], default=None)
+    demo.set_defaults(run=_demo)
+    bench = commands.add_parser("bench", help="benchmark ops against eager torch and torch.compile")
+    bench.add_argument("op", nargs="?", default="all")
+    bench.add_argument("--quick", action="store_true", help="fewer shapes")
+    bench.add_argument("--dtype", default="bf16", choices=["fp16", "bf16", "fp32"])
+    bench.add_argument("--modes", default="fwd,fwdbwd")
+    bench.add_argument("--out", default="benchmarks/results")
+    bench.set_defaults(run=_bench)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
