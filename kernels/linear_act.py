@@ -9,64 +9,16 @@ Layouts: x (M, K) and W (N, K) with any strides; outputs contiguous. dtypes fp32
 accumulation. fp32 dots are IEEE unless torch allows TF32 for matmuls.
 """
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from . import utils
-from .activations import activation_grad, apply_activation
-
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _configs(block_shapes):
-    """Autotune configs from (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); one small config
-    when interpreting (the interpreter cannot autotune over several)."""
-    if INTERPRET:
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
-        for bm, bn, bk, w, s in block_shapes
-    ]
+from .activations import apply_activation
+from .gemm_common import GEMM_SHAPES, autotune_configs, dot_flags, grouped_tile, load_grad_preact, mma
 
 
-# Standard Hopper-friendly GEMM tiles (Triton tutorial 03's set, plus 128x256 for large problems).
-_GEMM_SHAPES = [
-    (128, 256, 64, 8, 3),
-    (128, 128, 64, 8, 3),
-    (128, 128, 32, 4, 4),
-    (128, 64, 64, 4, 4),
-    (64, 128, 64, 4, 4),
-    (64, 64, 64, 4, 4),
-    (64, 32, 32, 4, 5),
-    (32, 64, 32, 4, 5),
-]
-
-
-@triton.jit
-def _mma(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
-    # The interpreter multiplies raw bf16 bits in tl.dot; upcasting there keeps results right.
-    if UPCAST_DOT:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-
-
-@triton.jit
-def _grouped_tile(pid, num_rows, num_cols, GROUP: tl.constexpr):
-    """Maps a linear program id to (row tile, column tile), GROUP row tiles at a time, for L2 reuse."""
-    group_size = GROUP * num_cols
-    group_id = pid // group_size
-    first_row = group_id * GROUP
-    rows_in_group = tl.minimum(num_rows - first_row, GROUP)
-    row = first_row + (pid % group_size) % rows_in_group
-    col = (pid % group_size) // rows_in_group
-    return row, col
-
-
-@triton.autotune(configs=_configs(_GEMM_SHAPES), key=["M", "N", "K", "ACTIVATION", "HAS_BIAS"])
+@triton.autotune(configs=autotune_configs(GEMM_SHAPES), key=["M", "N", "K", "ACTIVATION", "HAS_BIAS"])
 @triton.jit
 def _linear_act_fwd_kernel(
     # pointers
@@ -80,7 +32,7 @@ def _linear_act_fwd_kernel(
     DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
-    pid_m, pid_n = _grouped_tile(tl.program_id(0).to(tl.int64), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
+    pid_m, pid_n = grouped_tile(tl.program_id(0).to(tl.int64), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
@@ -94,7 +46,7 @@ def _linear_act_fwd_kernel(
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)  # fmt: skip
         b = tl.load(w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn,
                     mask=mask_k[:, None] & mask_n[None, :], other=0.0)  # fmt: skip
-        acc = _mma(a, b, acc, DOT_PRECISION, UPCAST_DOT)
+        acc = mma(a, b, acc, DOT_PRECISION, UPCAST_DOT)
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
@@ -106,17 +58,7 @@ def _linear_act_fwd_kernel(
     tl.store(y_ptr + out_offsets, y.to(y_ptr.dtype.element_ty), mask=out_mask)
 
 
-@triton.jit
-def _load_grad_preact(dy_ptr, saved_ptr, offsets, mask, ACTIVATION: tl.constexpr):
-    """dz = dy * act'(saved) for one tile, rounded to the input dtype (as torch's unfused backward stores it)."""
-    dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0)
-    if ACTIVATION == 0:
-        return dy
-    saved = tl.load(saved_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    return (dy.to(tl.float32) * activation_grad(saved, ACTIVATION)).to(dy.dtype)
-
-
-@triton.autotune(configs=_configs(_GEMM_SHAPES), key=["M", "N", "K", "ACTIVATION"])
+@triton.autotune(configs=autotune_configs(GEMM_SHAPES), key=["M", "N", "K", "ACTIVATION"])
 @triton.jit
 def _linear_act_bwd_dx_kernel(
     # pointers: dy and saved are (M, N) contiguous; dx is (M, K) contiguous
@@ -129,7 +71,7 @@ def _linear_act_bwd_dx_kernel(
     ACTIVATION: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
-    pid_m, pid_k = _grouped_tile(tl.program_id(0).to(tl.int64), tl.cdiv(M, BLOCK_M), tl.cdiv(K, BLOCK_N), GROUP_M)
+    pid_m, pid_k = grouped_tile(tl.program_id(0).to(tl.int64), tl.cdiv(M, BLOCK_M), tl.cdiv(K, BLOCK_N), GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = pid_k * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
@@ -139,17 +81,17 @@ def _linear_act_bwd_dx_kernel(
     for n0 in range(0, N, BLOCK_K):
         offs_n = n0 + tl.arange(0, BLOCK_K)
         mask_n = offs_n < N
-        dz = _load_grad_preact(dy_ptr, saved_ptr, offs_m[:, None] * N + offs_n[None, :],
+        dz = load_grad_preact(dy_ptr, saved_ptr, offs_m[:, None] * N + offs_n[None, :],
                                mask_m[:, None] & mask_n[None, :], ACTIVATION)  # fmt: skip
         w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk,
                     mask=mask_n[:, None] & mask_k[None, :], other=0.0)  # fmt: skip
-        acc = _mma(dz, w, acc, DOT_PRECISION, UPCAST_DOT)
+        acc = mma(dz, w, acc, DOT_PRECISION, UPCAST_DOT)
 
     tl.store(dx_ptr + offs_m[:, None] * K + offs_k[None, :], acc.to(dx_ptr.dtype.element_ty),
              mask=mask_m[:, None] & mask_k[None, :])  # fmt: skip
 
 
-@triton.autotune(configs=_configs(_GEMM_SHAPES), key=["M", "N", "K", "ACTIVATION", "HAS_BIAS"])
+@triton.autotune(configs=autotune_configs(GEMM_SHAPES), key=["M", "N", "K", "ACTIVATION", "HAS_BIAS"])
 @triton.jit
 def _linear_act_bwd_dw_kernel(
     # pointers: dy and saved are (M, N) contiguous; dw is (N, K) contiguous; db is (N,)
@@ -163,7 +105,7 @@ def _linear_act_bwd_dw_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
     num_k_tiles = tl.maximum(tl.cdiv(K, BLOCK_N), 1)  # one column of programs even when K == 0, for db
-    pid_n, pid_k = _grouped_tile(tl.program_id(0).to(tl.int64), tl.cdiv(N, BLOCK_M), num_k_tiles, GROUP_M)
+    pid_n, pid_k = grouped_tile(tl.program_id(0).to(tl.int64), tl.cdiv(N, BLOCK_M), num_k_tiles, GROUP_M)
     offs_n = pid_n * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = pid_k * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
@@ -175,11 +117,11 @@ def _linear_act_bwd_dw_kernel(
         offs_m = m0 + tl.arange(0, BLOCK_K)
         mask_m = offs_m < M
         # dz^T tile (BLOCK_M rows of n, BLOCK_K columns of m)
-        dz_t = _load_grad_preact(dy_ptr, saved_ptr, offs_m[None, :] * N + offs_n[:, None],
+        dz_t = load_grad_preact(dy_ptr, saved_ptr, offs_m[None, :] * N + offs_n[:, None],
                                  mask_n[:, None] & mask_m[None, :], ACTIVATION)  # fmt: skip
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)  # fmt: skip
-        acc = _mma(dz_t, x, acc, DOT_PRECISION, UPCAST_DOT)
+        acc = mma(dz_t, x, acc, DOT_PRECISION, UPCAST_DOT)
         if HAS_BIAS:
             db += tl.sum(dz_t.to(tl.float32), axis=1)
 
@@ -188,11 +130,6 @@ def _linear_act_bwd_dw_kernel(
     if HAS_BIAS:
         # Every K-column of programs summed the same dz; the first one writes it.
         tl.store(db_ptr + offs_n, db.to(db_ptr.dtype.element_ty), mask=mask_n & (pid_k == 0))
-
-
-def _dot_flags(dtype: torch.dtype) -> dict:
-    precision = "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
-    return {"DOT_PRECISION": precision, "UPCAST_DOT": INTERPRET and dtype == torch.bfloat16}
 
 
 def _gemm_grid(rows: int, cols: int):
@@ -216,7 +153,7 @@ def linear_act_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         x, weight, bias_arg, y, preact if save_preact else y,
         M, N, K,
         x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
-        ACTIVATION=activation_code, HAS_BIAS=bias is not None, SAVE_PREACT=save_preact, **_dot_flags(x.dtype),
+        ACTIVATION=activation_code, HAS_BIAS=bias is not None, SAVE_PREACT=save_preact, **dot_flags(x.dtype),
     )  # fmt: skip
     return y, preact
 
@@ -232,7 +169,7 @@ def linear_act_bwd(grad_y: torch.Tensor, saved: torch.Tensor, x: torch.Tensor, w
     N = weight.shape[0]
     grad_y = grad_y.contiguous()
     saved = saved.contiguous() if activation_code != 0 else grad_y
-    flags = _dot_flags(x.dtype)
+    flags = dot_flags(x.dtype)
     # Outputs not asked for are fresh empty tensors (custom-op outputs may not alias each other).
     grad_x, grad_weight, grad_bias = x.new_empty((0,)), x.new_empty((0,)), x.new_empty((0,))
     if need_grad_x:
