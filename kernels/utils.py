@@ -8,8 +8,10 @@ import torch
 POISON_OUTPUTS = os.environ.get("DEEPFUSE_POISON_OUTPUTS", "0") == "1"
 
 
-def empty_output(shape, like: torch.Tensor) -> torch.Tensor:
-    out = torch.empty(shape, device=like.device, dtype=like.dtype)
+def empty_output(
+    shape, like: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format
+) -> torch.Tensor:
+    out = torch.empty(shape, device=like.device, dtype=like.dtype, memory_format=memory_format)
     if POISON_OUTPUTS and out.is_floating_point():
         out.fill_(float("nan"))
     return out

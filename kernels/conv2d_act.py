@@ -1,0 +1,262 @@
+"""Triton kernels for conv2d_act: y = act(conv2d(x, W) + b + residual), forward and backward, as implicit GEMMs.
+
+Forward: rows are output pixels (n, oh, ow), columns output channels of one group, the reduction runs
+over filter taps (kh, kw) and input-channel blocks, gathering x on the fly (no im2col in memory); bias,
+residual and activation are applied to the fp32 accumulator. Backward forms dz = dy * act'(saved) while
+loading tiles (as linear_act does), in
+  dx: rows are input pixels (n, ih, iw), columns input channels; the reduction runs over taps and output
+      channels, keeping only the output pixels that the stride actually reaches;
+  dW: rows are output channels, columns (kh, kw, ci), the reduction over output pixels; the first
+      column of programs also sums db.
+Every tensor is addressed through its logical NCHW strides, so NCHW and channels_last inputs both work
+(channels_last gives unit-stride channel loads). Groups run on the second grid axis; depthwise is groups == C.
+Padding is (top, left); the output size, passed in, implies bottom/right padding (asymmetric "same").
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from . import utils
+from .activations import apply_activation
+from .gemm_common import GEMM_SHAPES, autotune_configs, dot_flags, grouped_tile, load_grad_preact, mma
+
+
+@triton.autotune(configs=autotune_configs(GEMM_SHAPES), key=["M", "COUT_G", "CIN_G", "KH", "KW", "ACTIVATION"])
+@triton.jit
+def _conv2d_act_fwd_kernel(
+    # pointers
+    x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, preact_ptr,
+    # sizes: M = batch * OH * OW
+    M, H, W, OH, OW, CIN_G, COUT_G,
+    # geometry
+    SH, SW, PH, PW, DH, DW,
+    # strides (logical NCHW order for x, residual, y; (Cout, Cin_g, KH, KW) for W)
+    sxn, sxc, sxh, sxw, swo, swi, swh, sww, srn, src, srh, srw, syn, syc, syh, syw,
+    # meta-parameters
+    KH: tl.constexpr, KW: tl.constexpr, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, SAVE_PREACT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    group = tl.program_id(1)
+    pid_m, pid_n = grouped_tile(tl.program_id(0).to(tl.int64), tl.cdiv(M, BLOCK_M), tl.cdiv(COUT_G, BLOCK_N), GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    n_idx = offs_m // (OH * OW)
+    oh = (offs_m // OW) % OH
+    ow = offs_m % OW
+    offs_co_g = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_co = offs_co_g < COUT_G
+    offs_co = group * COUT_G + offs_co_g
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for tap in range(KH * KW):
+        kh = tap // KW
+        kw = tap % KW
+        ih = oh * SH - PH + kh * DH
+        iw = ow * SW - PW + kw * DW
+        row_ok = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        x_rows = x_ptr + n_idx * sxn + ih * sxh + iw * sxw
+        for c0 in range(0, CIN_G, BLOCK_K):
+            offs_c = c0 + tl.arange(0, BLOCK_K)
+            mask_c = offs_c < CIN_G
+            a = tl.load(x_rows[:, None] + (group * CIN_G + offs_c)[None, :] * sxc,
+                        mask=row_ok[:, None] & mask_c[None, :], other=0.0)  # fmt: skip
+            b = tl.load(w_ptr + offs_co[None, :] * swo + offs_c[:, None] * swi + kh * swh + kw * sww,
+                        mask=mask_c[:, None] & mask_co[None, :], other=0.0)  # fmt: skip
+            acc = mma(a, b, acc, DOT_PRECISION, UPCAST_DOT)
+
+    out_mask = mask_m[:, None] & mask_co[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_co, mask=mask_co, other=0.0).to(tl.float32)[None, :]
+    if HAS_RESIDUAL:
+        res_offsets = (n_idx * srn + oh * srh + ow * srw)[:, None] + offs_co[None, :] * src
+        acc += tl.load(res_ptr + res_offsets, mask=out_mask, other=0.0).to(tl.float32)
+    out_offsets = (n_idx * syn + oh * syh + ow * syw)[:, None] + offs_co[None, :] * syc
+    if SAVE_PREACT:
+        tl.store(preact_ptr + out_offsets, acc.to(preact_ptr.dtype.element_ty), mask=out_mask)
+    y = apply_activation(acc, ACTIVATION)
+    tl.store(y_ptr + out_offsets, y.to(y_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.autotune(configs=autotune_configs(GEMM_SHAPES), key=["M", "COUT_G", "CIN_G", "KH", "KW", "ACTIVATION"])
+@triton.jit
+def _conv2d_act_bwd_dx_kernel(
+    # pointers: dy and saved share strides
+    dy_ptr, saved_ptr, w_ptr, dx_ptr,
+    # sizes: M = batch * H * W (input pixels)
+    M, H, W, OH, OW, CIN_G, COUT_G,
+    # geometry
+    SH, SW, PH, PW, DH, DW,
+    # strides
+    sdn, sdc, sdh, sdw, swo, swi, swh, sww, sxn, sxc, sxh, sxw,
+    # meta-parameters (BLOCK_N tiles input channels, BLOCK_K output channels)
+    KH: tl.constexpr, KW: tl.constexpr, ACTIVATION: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    group = tl.program_id(1)
+    pid_m, pid_n = grouped_tile(tl.program_id(0).to(tl.int64), tl.cdiv(M, BLOCK_M), tl.cdiv(CIN_G, BLOCK_N), GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    n_idx = offs_m // (H * W)
+    ih = (offs_m // W) % H
+    iw = offs_m % W
+    offs_ci_g = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_ci = offs_ci_g < CIN_G
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for tap in range(KH * KW):
+        kh = tap // KW
+        kw = tap % KW
+        th = ih + PH - kh * DH
+        tw = iw + PW - kw * DW
+        # Clamp before dividing: the bounds checks below reject what the clamp changed.
+        oh = tl.maximum(th, 0) // SH
+        ow = tl.maximum(tw, 0) // SW
+        row_ok = mask_m & (th >= 0) & (tw >= 0) & (th % SH == 0) & (tw % SW == 0) & (oh < OH) & (ow < OW)
+        dy_rows = n_idx * sdn + oh * sdh + ow * sdw
+        for c0 in range(0, COUT_G, BLOCK_K):
+            offs_co_g = c0 + tl.arange(0, BLOCK_K)
+            mask_co = offs_co_g < COUT_G
+            offs_co = group * COUT_G + offs_co_g
+            dz = load_grad_preact(dy_ptr, saved_ptr, dy_rows[:, None] + offs_co[None, :] * sdc,
+                                  row_ok[:, None] & mask_co[None, :], ACTIVATION)  # fmt: skip
+            w = tl.load(w_ptr + offs_co[:, None] * swo + offs_ci_g[None, :] * swi + kh * swh + kw * sww,
+                        mask=mask_co[:, None] & mask_ci[None, :], other=0.0)  # fmt: skip
+            acc = mma(dz, w, acc, DOT_PRECISION, UPCAST_DOT)
+
+    dx_offsets = (n_idx * sxn + ih * sxh + iw * sxw)[:, None] + (group * CIN_G + offs_ci_g)[None, :] * sxc
+    tl.store(dx_ptr + dx_offsets, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_ci[None, :])
+
+
+@triton.autotune(configs=autotune_configs(GEMM_SHAPES), key=["M", "COUT_G", "CIN_G", "KH", "KW", "ACTIVATION"])
+@triton.jit
+def _conv2d_act_bwd_dw_kernel(
+    # pointers: dy and saved share strides; dw is (Cout, Cin_g, KH, KW) contiguous
+    dy_ptr, saved_ptr, x_ptr, dw_ptr, db_ptr,
+    # sizes: M = batch * OH * OW (the reduction)
+    M, H, W, OH, OW, CIN_G, COUT_G,
+    # geometry
+    SH, SW, PH, PW, DH, DW,
+    # strides
+    sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw,
+    # meta-parameters (BLOCK_M tiles output channels, BLOCK_N the (kh, kw, ci) columns, BLOCK_K pixels)
+    KH: tl.constexpr, KW: tl.constexpr, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    group = tl.program_id(1)
+    num_cols = CIN_G * KH * KW
+    pid_co, pid_j = grouped_tile(tl.program_id(0).to(tl.int64), tl.cdiv(COUT_G, BLOCK_M), tl.cdiv(num_cols, BLOCK_N),
+                                 GROUP_M)  # fmt: skip
+    offs_co_g = pid_co * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_co = offs_co_g < COUT_G
+    offs_co = group * COUT_G + offs_co_g
+    offs_j = pid_j * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_j = offs_j < num_cols
+    kh = offs_j // (KW * CIN_G)
+    kw = (offs_j // CIN_G) % KW
+    ci = group * CIN_G + offs_j % CIN_G
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    db = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for m0 in range(0, M, BLOCK_K):
+        offs_m = m0 + tl.arange(0, BLOCK_K)
+        mask_m = offs_m < M
+        n_idx = offs_m // (OH * OW)
+        oh = (offs_m // OW) % OH
+        ow = offs_m % OW
+        dz_t = load_grad_preact(dy_ptr, saved_ptr, (n_idx * sdn + oh * sdh + ow * sdw)[None, :] + offs_co[:, None] * sdc,
+                                mask_co[:, None] & mask_m[None, :], ACTIVATION)  # fmt: skip
+        ih = oh[:, None] * SH - PH + kh[None, :] * DH
+        iw = ow[:, None] * SW - PW + kw[None, :] * DW
+        x_ok = mask_m[:, None] & mask_j[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        x = tl.load(x_ptr + n_idx[:, None] * sxn + ci[None, :] * sxc + ih * sxh + iw * sxw, mask=x_ok, other=0.0)
+        acc = mma(dz_t, x, acc, DOT_PRECISION, UPCAST_DOT)
+        if HAS_BIAS:
+            db += tl.sum(dz_t.to(tl.float32), axis=1)
+
+    # dw[co, ci_local, kh, kw], contiguous
+    dw_offsets = offs_co[:, None] * num_cols + ((offs_j % CIN_G) * (KH * KW) + kh * KW + kw)[None, :]
+    tl.store(dw_ptr + dw_offsets, acc.to(dw_ptr.dtype.element_ty), mask=mask_co[:, None] & mask_j[None, :])
+    if HAS_BIAS:
+        tl.store(db_ptr + offs_co, db.to(db_ptr.dtype.element_ty), mask=mask_co & (pid_j == 0))
+
+
+def _grid(rows: int, cols: int, groups: int):
+    return lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(cols, meta["BLOCK_N"]), groups)
+
+
+def _strides4(t: torch.Tensor) -> tuple[int, int, int, int]:
+    return tuple(t.stride())
+
+
+def conv2d_act_fwd(x, weight, bias, residual, out, preact, stride, padding, dilation, groups, activation_code):
+    """Launches the forward kernel into ``out`` (and ``preact`` when not None), both shaped (N, Cout, OH, OW).
+
+    padding is (top, left); out's shape fixes OH, OW. Inputs are validated by the caller.
+    """
+    batch, cin, H, W = x.shape
+    cout, cin_g, KH, KW = weight.shape
+    OH, OW = out.shape[2:]
+    M = batch * OH * OW
+    if M == 0 or cout == 0:
+        return
+    _conv2d_act_fwd_kernel[_grid(M, cout // groups, groups)](
+        x, weight, bias if bias is not None else out, residual if residual is not None else out, out,
+        preact if preact is not None else out,
+        M, H, W, OH, OW, cin_g, cout // groups,
+        *stride, *padding, *dilation,
+        *_strides4(x), *_strides4(weight), *_strides4(residual if residual is not None else out),
+        *_strides4(out),
+        KH=KH, KW=KW, ACTIVATION=activation_code, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
+        SAVE_PREACT=preact is not None, **dot_flags(x.dtype),
+    )  # fmt: skip
+
+
+def conv2d_act_bwd(grad_z_source, saved, x, weight, stride, padding, dilation, groups, activation_code, has_bias,
+                   need_grad_x, need_grad_weight, memory_format):  # fmt: skip
+    """(grad_x, grad_weight, grad_bias) with dz = grad_z_source * act'(saved) formed in the loaders.
+
+    grad_z_source and saved must share strides; grad_x comes in ``memory_format``. Outputs not asked for are None.
+    """
+    batch, cin, H, W = x.shape
+    cout, cin_g, KH, KW = weight.shape
+    OH, OW = grad_z_source.shape[2:]
+    cout_g = cout // groups
+    flags = dot_flags(x.dtype)
+    grad_x = grad_weight = grad_bias = None
+    saved = saved if activation_code != 0 else grad_z_source
+    if need_grad_x:
+        grad_x = utils.empty_output(x.shape, x, memory_format)
+        if batch * H * W > 0 and cin > 0:
+            if cout_g == 0 or batch * OH * OW == 0:
+                grad_x.zero_()
+            else:
+                _conv2d_act_bwd_dx_kernel[_grid(batch * H * W, cin_g, groups)](
+                    grad_z_source, saved, weight, grad_x,
+                    batch * H * W, H, W, OH, OW, cin_g, cout_g,
+                    *stride, *padding, *dilation,
+                    *_strides4(grad_z_source), *_strides4(weight), *_strides4(grad_x),
+                    KH=KH, KW=KW, ACTIVATION=activation_code, **flags,
+                )  # fmt: skip
+    if need_grad_weight or has_bias:
+        dw = utils.empty_output(weight.shape, x)
+        db = utils.empty_output((cout,), x) if has_bias else None
+        if cout > 0:
+            if batch * OH * OW == 0:
+                dw.zero_()
+                if db is not None:
+                    db.zero_()
+            else:
+                _conv2d_act_bwd_dw_kernel[_grid(cout_g, max(cin_g * KH * KW, 1), groups)](
+                    grad_z_source, saved, x, dw, db if db is not None else dw,
+                    batch * OH * OW, H, W, OH, OW, cin_g, cout_g,
+                    *stride, *padding, *dilation,
+                    *_strides4(grad_z_source), *_strides4(x),
+                    KH=KH, KW=KW, ACTIVATION=activation_code, HAS_BIAS=has_bias, **flags,
+                )  # fmt: skip
+        grad_weight = dw if need_grad_weight else None
+        grad_bias = db
+    return grad_x, grad_weight, grad_bias
