@@ -167,8 +167,8 @@ def _conv2d_act_bwd_dw_kernel(
         n_idx = offs_m // (OH * OW)
         oh = (offs_m // OW) % OH
         ow = offs_m % OW
-        dz_t = load_grad_preact(dy_ptr, saved_ptr, (n_idx * sdn + oh * sdh + ow * sdw)[None, :] + offs_co[:, None] * sdc,
-                                mask_co[:, None] & mask_m[None, :], ACTIVATION)  # fmt: skip
+        dz_offsets = (n_idx * sdn + oh * sdh + ow * sdw)[None, :] + offs_co[:, None] * sdc
+        dz_t = load_grad_preact(dy_ptr, saved_ptr, dz_offsets, mask_co[:, None] & mask_m[None, :], ACTIVATION)
         ih = oh[:, None] * SH - PH + kh[None, :] * DH
         iw = ow[:, None] * SW - PW + kw[None, :] * DW
         x_ok = mask_m[:, None] & mask_j[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)

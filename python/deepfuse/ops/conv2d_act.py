@@ -171,8 +171,10 @@ def _bwd_triton(grad_y, saved, x, weight, stride, pad, dilation, groups, activat
         grad_y, saved, code = grad_residual, grad_residual, 0
     else:
         saved = saved.contiguous(memory_format=fmt)
-    grad_x, grad_weight, grad_bias = conv2d_act_bwd(grad_y, saved, x, weight, stride, (pad[0], pad[2]), dilation,
-                                                    groups, code, has_bias, need_grad_x, need_grad_weight, fmt)  # fmt: skip
+    grad_x, grad_weight, grad_bias = conv2d_act_bwd(
+        grad_y, saved, x, weight, stride, (pad[0], pad[2]), dilation, groups, code, has_bias, need_grad_x,
+        need_grad_weight, fmt,
+    )  # fmt: skip
     return (
         grad_x if grad_x is not None else _nothing(x),
         grad_weight if grad_weight is not None else _nothing(x),
@@ -287,7 +289,8 @@ _backend.register_op(_backend.OpSpec("conv2d_act", _supports, _preference, lambd
 def _validate(x, weight, bias, residual, groups, activation):
     check_tensor("x", x)
     if x.ndim not in (3, 4):
-        raise ValueError(f"x must be (batch, channels, height, width) or (channels, height, width), got shape {tuple(x.shape)}")  # fmt: skip
+        raise ValueError(f"x must be (batch, channels, height, width) or (channels, height, width), "
+                         f"got shape {tuple(x.shape)}")  # fmt: skip
     check_tensor("weight", weight, ndim=4)
     if not isinstance(groups, int) or groups < 1:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
@@ -296,8 +299,8 @@ def _validate(x, weight, bias, residual, groups, activation):
         raise ValueError(f"groups={groups} must divide both x's channels ({in_channels}) and weight's out_channels "
                          f"({out_channels})")  # fmt: skip
     if weight.shape[1] * groups != in_channels:
-        raise ValueError(f"weight must have shape (out_channels, in_channels / groups = {in_channels // groups}, kH, kW) "
-                         f"for x with {in_channels} channels, got {tuple(weight.shape)}")  # fmt: skip
+        raise ValueError(f"weight must have shape (out_channels, in_channels / groups = {in_channels // groups}, "
+                         f"kH, kW) for x with {in_channels} channels, got {tuple(weight.shape)}")  # fmt: skip
     if bias is not None:
         check_tensor("bias", bias, ndim=1)
         if bias.shape[0] != out_channels:
