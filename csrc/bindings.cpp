@@ -67,7 +67,12 @@ void linear_act_bwd(std::uintptr_t grad_y, std::uintptr_t saved, std::uintptr_t 
   require_positive_or_zero("M", M);
   require_positive_or_zero("N", N);
   require_positive_or_zero("K", K);
-  if (activation != 0 && M > 0 && N > 0) require_pointer("saved", saved);
+  if (M > 0 && N > 0) {
+    require_pointer("grad_y", grad_y);
+    if (activation != 0) require_pointer("saved", saved);
+    if (grad_x != 0 && K > 0) require_pointer("weight", weight);
+    if (grad_weight != 0 && K > 0) require_pointer("x", x);
+  }
   const deepfuse::LinearActBwdArgs args{as_ptr(grad_y),     as_ptr(saved),          as_ptr(x),
                                         x_stride_m,         x_stride_k,             as_ptr(weight),
                                         w_stride_n,         w_stride_k,             as_mut_ptr(grad_x),
@@ -82,14 +87,7 @@ void linear_act_bwd(std::uintptr_t grad_y, std::uintptr_t saved, std::uintptr_t 
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "deepfuse CUDA C++ kernels (raw pointers in; no torch headers)";
-  py::register_exception_translator([](std::exception_ptr p) {
-    try {
-      if (p) std::rethrow_exception(p);
-    } catch (const std::invalid_argument& e) {
-      PyErr_SetString(PyExc_ValueError, e.what());
-    }
-  });
-
+  // std::invalid_argument -> ValueError, std::runtime_error (CUDA errors) -> RuntimeError: pybind11's defaults.
   m.attr("DTYPE_CODES") = py::dict(py::arg("float32") = 0, py::arg("float16") = 1, py::arg("bfloat16") = 2);
   m.attr("ACTIVATION_CODES") =
       py::dict(py::arg("none") = 0, py::arg("relu") = 1, py::arg("leaky_relu") = 2, py::arg("gelu") = 3,

@@ -24,7 +24,7 @@ struct FusedGemmParams {
   const void* b = nullptr;
   int64_t b_stride_k = 0, b_stride_n = 0;
   const void* bias = nullptr;  // (N) or null
-  void* c = nullptr;
+  void* c = nullptr;  // null: only row_sum is wanted (one column of tiles runs)
   int64_t c_stride_m = 0, c_stride_n = 0;
   void* c_preact = nullptr;  // optional, same strides as c
   void* row_sum = nullptr;   // optional (M), contiguous
@@ -59,7 +59,7 @@ __device__ __forceinline__ void load_tile(const T* __restrict__ src, const T* __
 // Writes one output element: bias, optional pre-activation, activation, cast once.
 template <typename T>
 __device__ __forceinline__ void store_output(const FusedGemmParams& p, int64_t m, int64_t n, float acc) {
-  if (m >= p.M || n >= p.N) return;
+  if (p.c == nullptr || m >= p.M || n >= p.N) return;
   if (p.bias != nullptr) acc += to_float(static_cast<const T*>(p.bias)[n]);
   const int64_t offset = m * p.c_stride_m + n * p.c_stride_n;
   if (p.c_preact != nullptr) static_cast<T*>(p.c_preact)[offset] = from_float<T>(acc);
@@ -87,7 +87,7 @@ template <typename T>
 __global__ void __launch_bounds__(128) fused_gemm_wmma_kernel(const FusedGemmParams p) {
   using namespace nvcuda;
   constexpr int BM = 64, BN = 64, BK = 32, NTHREADS = 128;
-  // Pads keep WMMA's ldm a multiple of 8 elements (16 for fp32 staging) and spread banks.
+  // Pads keep WMMA's ldm a multiple of 8 halves (4 floats for the fp32 staging tile) and spread banks.
   constexpr int LDA = BK + 8, LDB = BN + 8, LDC = BN + 4;
   __shared__ __align__(128) T smem_a[BM * LDA];
   __shared__ __align__(128) T smem_b[BK * LDB];
@@ -197,9 +197,10 @@ __global__ void __launch_bounds__(256) fused_gemm_simt_kernel(const FusedGemmPar
 inline void launch_fused_gemm(const FusedGemmParams& p, DType dtype, cudaStream_t stream) {
   if (p.M == 0 || (p.N == 0 && p.row_sum == nullptr)) return;
   constexpr int64_t kTile = 64;  // BM == BN == 64 for both kernels
-  // One column of tiles even when N == 0, so that row_sum is still written.
-  const int64_t tiles_n = p.N == 0 ? 1 : ceil_div(p.N, kTile);
+  // One column of tiles when N == 0 or C is not wanted: row_sum is still written.
+  const int64_t tiles_n = (p.N == 0 || p.c == nullptr) ? 1 : ceil_div(p.N, kTile);
   if (tiles_n > 65535) throw std::invalid_argument("deepfuse fused GEMM: N too large (more than 65535 column tiles)");
+  if (ceil_div(p.M, kTile) > 0x7fffffff) throw std::invalid_argument("deepfuse fused GEMM: M too large");
   const dim3 grid(static_cast<unsigned>(ceil_div(p.M, kTile)), static_cast<unsigned>(tiles_n));
   switch (dtype) {
     case DType::kFloat16:

@@ -67,9 +67,8 @@ void linear_act_bwd(const LinearActBwdArgs& args, cudaStream_t stream) {
     launch_fused_gemm(p, dtype, stream);
   }
   if (args.grad_weight != nullptr || args.grad_bias != nullptr) {
-    // dW[n, k] = sum_m dz[m, n] x[m, k]; A = dz^T through swapped strides.
-    // Without grad_weight we still run it for db (rare: frozen weight, trainable bias).
-    if (args.grad_weight == nullptr) throw std::invalid_argument("linear_act_bwd: grad_bias needs grad_weight storage");
+    // dW[n, k] = sum_m dz[m, n] x[m, k]; A = dz^T through swapped strides. Without grad_weight (frozen
+    // weight, trainable bias) only the first column of tiles runs, for db.
     FusedGemmParams p;
     p.a = args.grad_y;
     p.a_stride_m = 1;

@@ -8,6 +8,8 @@ import deepfuse
 from deepfuse.ops import ACTIVATIONS, linear_act, linear_act_ref
 from deepfuse.ops.linear_act import linear_act_bwd, linear_act_fwd
 from tests.conftest import HAS_GPU
+from tests.reference import check_against_reference as check_op_against_reference
+from tests.reference import forward_backward as _forward_backward
 from tests.tolerances import ATOL, assert_close_to_reference, max_error
 
 # (M, N, K): primes, size-1 and non-multiples of the 32/64 blocks, K = 2^n + 17.
@@ -28,23 +30,12 @@ def make_inputs(M, N, K, dtype, device="cpu", bias=True, seed=0, leading=()):
 
 
 def forward_backward(fn, x, w, b, dy):
-    """fn(x, w, b) and the gradients of <fn(...), dy> for every input that exists."""
-    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, w, b)]
-    y = fn(*leaves)
-    y.backward(dy)
-    return y.detach(), [t.grad if t is not None else None for t in leaves]
+    return _forward_backward(fn, (x, w, b), dy)
 
 
 def check_against_reference(backend, x, w, b, dy, activation):
-    dtype = x.dtype
-    ours, our_grads = forward_backward(lambda *a: linear_act(*a, activation, backend=backend), x, w, b, dy)
-    mine, torch_grads = forward_backward(lambda *a: linear_act_ref(*a, activation), x, w, b, dy)
-    up = lambda t: None if t is None else t.double()  # noqa: E731
-    ref, ref_grads = forward_backward(lambda *a: linear_act_ref(*a, activation), up(x), up(w), up(b), dy.double())
-    assert_close_to_reference("y", ours, ref, mine, dtype)
-    for name, got, theirs, expected in zip(("dx", "dw", "db"), our_grads, torch_grads, ref_grads, strict=True):
-        if expected is not None:
-            assert_close_to_reference(name, got, expected, theirs, dtype)
+    check_op_against_reference(lambda *a: linear_act(*a, activation, backend=backend),
+                               lambda *a: linear_act_ref(*a, activation), (x, w, b), dy, ("x", "w", "b"))  # fmt: skip
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -219,6 +210,23 @@ def test_gpu_non_contiguous_and_deterministic(backend):
     assert torch.equal(first[0], second[0])
     for a, b_ in zip(first[1], second[1], strict=True):
         assert torch.equal(a, b_)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_edge_shapes(backend, poison_outputs):
+    # empty batch, no input features (y = act(b)), one row, one output, frozen weight with a trainable bias
+    for shape in [(0, 5, 7), (6, 5, 0), (1, 1, 1), (3, 1, 300)]:
+        x, w, b, dy = make_inputs(*shape, torch.float16, device="cuda", seed=15)
+        check_against_reference(backend, x, w, b, dy, "sigmoid")
+    x, w, b, dy = make_inputs(33, 17, 40, torch.float16, device="cuda", seed=16)
+    b.requires_grad_()
+    linear_act(x, w, b, "gelu", backend=backend).backward(dy)
+    b64 = b.detach().double().requires_grad_()
+    linear_act_ref(x.double(), w.double(), b64, "gelu").backward(dy.double())
+    b16 = b.detach().clone().requires_grad_()
+    linear_act_ref(x, w, b16, "gelu").backward(dy)
+    assert_close_to_reference("db", b.grad, b64.grad, b16.grad, torch.float16)
 
 
 @pytest.mark.gpu

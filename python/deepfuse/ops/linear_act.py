@@ -106,8 +106,7 @@ def _bwd_cuda(grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_
     grad_y = grad_y.contiguous()
     saved = saved.contiguous()
     grad_x = _kernel_utils.empty_output((M, K), x) if need_grad_x else _nothing(x)
-    # The dW kernel also sums db, so it needs dW storage whenever there is a bias.
-    grad_weight = _kernel_utils.empty_output((N, K), x) if need_grad_weight or has_bias else _nothing(x)
+    grad_weight = _kernel_utils.empty_output((N, K), x) if need_grad_weight else _nothing(x)
     grad_bias = _kernel_utils.empty_output((N,), x) if has_bias else _nothing(x)
     with torch.cuda.device(x.device):
         _C.linear_act_bwd(
@@ -116,7 +115,7 @@ def _bwd_cuda(grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_
             _pointer(grad_x), _pointer(grad_weight), _pointer(grad_bias) if has_bias else 0, M, N, K,
             _backend.DTYPE_CODES[x.dtype], ACTIVATION_CODES[activation], torch.cuda.current_stream().cuda_stream,
         )  # fmt: skip
-    return grad_x, (grad_weight if need_grad_weight else _nothing(x)), grad_bias
+    return grad_x, grad_weight, grad_bias
 
 
 _FWD = {"torch": _fwd_torch, "triton": _fwd_triton, "cuda": _fwd_cuda}

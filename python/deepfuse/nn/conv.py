@@ -1,0 +1,103 @@
+"""FusedConv2d (nn.Conv2d + activation, BatchNorm folding) and ConvBNAct (Conv2d → BatchNorm2d → activation)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from deepfuse.ops.activations import activation_ref, check_activation
+from deepfuse.ops.conv2d_act import conv2d_act
+
+
+def fold_batch_norm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d):
+    """(weight, bias) of one convolution equal to conv → bn with bn's running statistics (eval mode).
+
+    Computed in float32 at least, then cast back to weight's dtype.
+    """
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("bn must track running statistics (track_running_stats=True) to be folded")
+    if bn.num_features != weight.shape[0]:
+        raise ValueError(f"bn has {bn.num_features} features but the convolution has {weight.shape[0]} out_channels")
+    compute = torch.promote_types(weight.dtype, torch.float32)
+    scale = torch.rsqrt(bn.running_var.to(compute) + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.to(compute)
+    shift = -bn.running_mean.to(compute) if bias is None else bias.to(compute) - bn.running_mean.to(compute)
+    shift = shift * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.to(compute)
+    return (weight.to(compute) * scale[:, None, None, None]).to(weight.dtype), shift.to(weight.dtype)
+
+
+def _check_zero_padding(padding_mode: str) -> None:
+    if padding_mode != "zeros":
+        raise NotImplementedError(f"deepfuse convolutions pad with zeros only, got padding_mode={padding_mode!r}")
+
+
+class FusedConv2d(nn.Conv2d):
+    """Drop-in for ``nn.Conv2d`` followed by an activation (same arguments, parameters, init and state_dict).
+
+    Input (N, C_in, H, W) or (C_in, H, W), NCHW or channels_last; the output keeps the input's memory format.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, activation: str = "none", device=None,
+                 dtype=None) -> None:  # fmt: skip
+        check_activation(activation)
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                         groups=groups, bias=bias, device=device, dtype=dtype)  # fmt: skip
+        self.activation = activation
+
+    def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        return conv2d_act(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                          self.activation, residual=residual)  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, activation={self.activation!r}"
+
+    @classmethod
+    def from_torch(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None, activation: str = "none") -> FusedConv2d:
+        """A FusedConv2d equal to ``conv`` (→ ``bn`` in eval mode, folded in) → activation."""
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
+        _check_zero_padding(conv.padding_mode)
+        fused = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    conv.groups, bias=conv.bias is not None or bn is not None, activation=activation,
+                    device=conv.weight.device, dtype=conv.weight.dtype)  # fmt: skip
+        with torch.no_grad():
+            weight, bias = (conv.weight, conv.bias) if bn is None else fold_batch_norm(conv.weight, conv.bias, bn)
+            fused.weight.copy_(weight)
+            if bias is not None:
+                fused.bias.copy_(bias)
+        return fused
+
+
+class ConvBNAct(nn.Sequential):
+    """Conv2d → BatchNorm2d → activation, with the state_dict of ``nn.Sequential(nn.Conv2d, nn.BatchNorm2d)``.
+
+    Training: the convolution runs fused (bias), BatchNorm uses batch statistics, then the activation.
+    Eval: BatchNorm's running statistics are folded into the convolution and the activation fused with it —
+    one kernel.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = False, activation: str = "relu", eps: float = 1e-5,
+                 momentum: float | None = 0.1, device=None, dtype=None) -> None:  # fmt: skip
+        check_activation(activation)
+        factory = {"device": device, "dtype": dtype}
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, **factory),
+            nn.BatchNorm2d(out_channels, eps=eps, momentum=momentum, **factory),
+        )
+        self.activation = activation
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        conv, bn = self[0], self[1]
+        geometry = (conv.stride, conv.padding, conv.dilation, conv.groups)
+        if self.training or bn.running_mean is None:
+            return activation_ref(bn(conv2d_act(input, conv.weight, conv.bias, *geometry)), self.activation)
+        weight, bias = fold_batch_norm(conv.weight, conv.bias, bn)
+        return conv2d_act(input, weight, bias, *geometry, self.activation)
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation!r}"
