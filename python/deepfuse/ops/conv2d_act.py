@@ -133,10 +133,16 @@ def _bwd_torch(grad_y, saved, x, weight, stride, pad, dilation, groups, activati
         grad_x = grad_x.contiguous(memory_format=output_memory_format(x))
     return (
         grad_x,
-        grad_weight if need_grad_weight else _nothing(x),
+        grad_weight.contiguous() if need_grad_weight else _nothing(x),  # cuDNN may hand it back channels_last
         grad_z.sum((0, 2, 3)) if has_bias else _nothing(x),
-        grad_z.clone() if need_grad_residual and grad_z is grad_y else (grad_z if need_grad_residual else _nothing(x)),
+        _grad_residual(grad_z, grad_y, x) if need_grad_residual else _nothing(x),
     )
+
+
+def _grad_residual(grad_z, grad_y, x):
+    """dz in x's memory format, never aliasing grad_y (custom-op outputs may not alias inputs)."""
+    out = grad_z.contiguous(memory_format=output_memory_format(x))
+    return out.clone() if out is grad_y else out
 
 
 def _out_shape(x, weight, stride, pad, dilation):
@@ -166,8 +172,7 @@ def _bwd_triton(grad_y, saved, x, weight, stride, pad, dilation, groups, activat
     grad_residual = _nothing(x)
     if need_grad_residual:
         # The residual's gradient is dz: write it once and let the GEMMs read it without the activation.
-        grad_residual = _grad_preact(grad_y, saved, activation)
-        grad_residual = grad_residual.clone() if grad_residual is grad_y else grad_residual
+        grad_residual = _grad_residual(_grad_preact(grad_y, saved, activation), grad_y, x)
         grad_y, saved, code = grad_residual, grad_residual, 0
     else:
         saved = saved.contiguous(memory_format=fmt)
