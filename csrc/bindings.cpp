@@ -3,12 +3,15 @@
 // so one build serves every torch version. The GIL is released around launches; CUDA errors
 // surface as RuntimeError with the CUDA error string, bad arguments as ValueError.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cuda_runtime.h>
 
+#include <array>
 #include <cstdint>
 #include <string>
 
+#include "conv2d_act.h"
 #include "linear_act.h"
 
 namespace py = pybind11;
@@ -83,6 +86,63 @@ void linear_act_bwd(std::uintptr_t grad_y, std::uintptr_t saved, std::uintptr_t 
   deepfuse::linear_act_bwd(args, as_stream(stream));
 }
 
+using Shape16 = std::array<int64_t, 16>;
+using Strides = std::array<int64_t, 4>;
+
+deepfuse::ConvShape conv_shape(const Shape16& v) {
+  for (int64_t value : v) require_positive_or_zero("conv shape entry", value);
+  return {v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12], v[13], v[14], v[15]};
+}
+
+deepfuse::Strides4 strides4(const Strides& v) { return {v[0], v[1], v[2], v[3]}; }
+
+void conv2d_act_fwd(const Shape16& shape, std::uintptr_t x, const Strides& x_strides, std::uintptr_t weight,
+                    const Strides& w_strides, std::uintptr_t bias, std::uintptr_t residual,
+                    const Strides& residual_strides, std::uintptr_t y, std::uintptr_t preact, const Strides& y_strides,
+                    int dtype, int activation, std::uintptr_t stream) {
+  const deepfuse::ConvShape s = conv_shape(shape);
+  if (s.batch * s.out_height * s.out_width > 0 && s.out_channels > 0) {
+    require_pointer("y", y);
+    require_pointer("x", x);
+    require_pointer("weight", weight);
+  }
+  const deepfuse::Conv2dActFwdArgs args{s,         as_ptr(x),         strides4(x_strides), as_ptr(weight),
+                                        strides4(w_strides), as_ptr(bias), as_ptr(residual),
+                                        strides4(residual_strides), as_mut_ptr(y), as_mut_ptr(preact),
+                                        strides4(y_strides), dtype, activation};
+  py::gil_scoped_release release;
+  deepfuse::conv2d_act_fwd(args, as_stream(stream));
+}
+
+void conv2d_act_bwd(const Shape16& shape, std::uintptr_t grad_y, std::uintptr_t saved, const Strides& grad_y_strides,
+                    std::uintptr_t x, const Strides& x_strides, std::uintptr_t weight, const Strides& w_strides,
+                    std::uintptr_t grad_x, const Strides& grad_x_strides, std::uintptr_t grad_weight,
+                    std::uintptr_t grad_bias, int dtype, int activation, std::uintptr_t stream) {
+  const deepfuse::ConvShape s = conv_shape(shape);
+  if (s.batch * s.out_height * s.out_width > 0 && s.out_channels > 0) {
+    require_pointer("grad_y", grad_y);
+    if (activation != 0) require_pointer("saved", saved);
+    require_pointer("weight", weight);
+    require_pointer("x", x);
+  }
+  const deepfuse::Conv2dActBwdArgs args{s,
+                                        as_ptr(grad_y),
+                                        as_ptr(saved),
+                                        strides4(grad_y_strides),
+                                        as_ptr(x),
+                                        strides4(x_strides),
+                                        as_ptr(weight),
+                                        strides4(w_strides),
+                                        as_mut_ptr(grad_x),
+                                        strides4(grad_x_strides),
+                                        as_mut_ptr(grad_weight),
+                                        as_mut_ptr(grad_bias),
+                                        dtype,
+                                        activation};
+  py::gil_scoped_release release;
+  deepfuse::conv2d_act_bwd(args, as_stream(stream));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -104,4 +164,15 @@ PYBIND11_MODULE(_C, m) {
         py::arg("weight"), py::arg("w_stride_n"), py::arg("w_stride_k"), py::arg("grad_x"), py::arg("grad_weight"),
         py::arg("grad_bias"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("dtype"), py::arg("activation"),
         py::arg("stream"));
+  m.def("conv2d_act_fwd", &conv2d_act_fwd,
+        "y = act(conv2d(x, W) + b + residual). shape: (batch, C, H, W, Cout, OH, OW, KH, KW, SH, SW, pad_top, "
+        "pad_left, DH, DW, groups); strides are logical NCHW strides (W: Cout, Cin/groups, KH, KW)",
+        py::arg("shape"), py::arg("x"), py::arg("x_strides"), py::arg("weight"), py::arg("w_strides"),
+        py::arg("bias"), py::arg("residual"), py::arg("residual_strides"), py::arg("y"), py::arg("preact"),
+        py::arg("y_strides"), py::arg("dtype"), py::arg("activation"), py::arg("stream"));
+  m.def("conv2d_act_bwd", &conv2d_act_bwd,
+        "dx, dW, db of conv2d_act with the activation derivative fused; grad_weight is contiguous",
+        py::arg("shape"), py::arg("grad_y"), py::arg("saved"), py::arg("grad_y_strides"), py::arg("x"),
+        py::arg("x_strides"), py::arg("weight"), py::arg("w_strides"), py::arg("grad_x"), py::arg("grad_x_strides"),
+        py::arg("grad_weight"), py::arg("grad_bias"), py::arg("dtype"), py::arg("activation"), py::arg("stream"));
 }

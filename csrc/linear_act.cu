@@ -19,22 +19,20 @@ void check_codes(int dtype, int activation) {
 
 }  // namespace
 
+using StridedGemm = FusedGemm<StridedMatrix, StridedMatrix, StridedMatrix>;
+
 void linear_act_fwd(const LinearActFwdArgs& args, cudaStream_t stream) {
   check_codes(args.dtype, args.activation);
   check_device_ready();
-  FusedGemmParams p;
+  StridedGemm p;
   p.a = args.x;
-  p.a_stride_m = args.x_stride_m;
-  p.a_stride_k = args.x_stride_k;
-  // B[k, n] = W[n, k]
-  p.b = args.weight;
-  p.b_stride_k = args.w_stride_k;
-  p.b_stride_n = args.w_stride_n;
+  p.a_addr = {args.M, args.K, args.x_stride_m, args.x_stride_k};
+  p.b = args.weight;  // B[k, n] = W[n, k]
+  p.b_addr = {args.K, args.N, args.w_stride_k, args.w_stride_n};
   p.bias = args.bias;
   p.c = args.y;
-  p.c_stride_m = args.N;
-  p.c_stride_n = 1;
   p.c_preact = args.preact;
+  p.c_addr = {args.M, args.N, args.N, 1};
   p.act = static_cast<Activation>(args.activation);
   p.M = args.M;
   p.N = args.N;
@@ -49,18 +47,15 @@ void linear_act_bwd(const LinearActBwdArgs& args, cudaStream_t stream) {
   const auto dtype = static_cast<DType>(args.dtype);
   if (args.grad_x != nullptr) {
     // dx[m, k] = sum_n dz[m, n] W[n, k]
-    FusedGemmParams p;
+    StridedGemm p;
     p.a = args.grad_y;
-    p.a_stride_m = args.N;
-    p.a_stride_k = 1;
     p.a_saved = args.saved;
     p.grad_act = act;
+    p.a_addr = {args.M, args.N, args.N, 1};
     p.b = args.weight;
-    p.b_stride_k = args.w_stride_n;
-    p.b_stride_n = args.w_stride_k;
+    p.b_addr = {args.N, args.K, args.w_stride_n, args.w_stride_k};
     p.c = args.grad_x;
-    p.c_stride_m = args.K;
-    p.c_stride_n = 1;
+    p.c_addr = {args.M, args.K, args.K, 1};
     p.M = args.M;
     p.N = args.K;
     p.K = args.N;
@@ -69,18 +64,15 @@ void linear_act_bwd(const LinearActBwdArgs& args, cudaStream_t stream) {
   if (args.grad_weight != nullptr || args.grad_bias != nullptr) {
     // dW[n, k] = sum_m dz[m, n] x[m, k]; A = dz^T through swapped strides. Without grad_weight (frozen
     // weight, trainable bias) only the first column of tiles runs, for db.
-    FusedGemmParams p;
+    StridedGemm p;
     p.a = args.grad_y;
-    p.a_stride_m = 1;
-    p.a_stride_k = args.N;
     p.a_saved = args.saved;
     p.grad_act = act;
+    p.a_addr = {args.N, args.M, 1, args.N};
     p.b = args.x;
-    p.b_stride_k = args.x_stride_m;
-    p.b_stride_n = args.x_stride_k;
+    p.b_addr = {args.M, args.K, args.x_stride_m, args.x_stride_k};
     p.c = args.grad_weight;
-    p.c_stride_m = args.K;
-    p.c_stride_n = 1;
+    p.c_addr = {args.N, args.K, args.K, 1};
     p.row_sum = args.grad_bias;
     p.M = args.N;
     p.N = args.K;

@@ -178,5 +178,28 @@ def test_compiles_fullgraph():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", GPU_CASES.values(), ids=GPU_CASES.keys())
-def test_gpu_triton_model_layers(case, dtype, poison_outputs):
-    check_case("triton", case, dtype, device="cuda")
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_model_layers(backend, case, dtype, poison_outputs):
+    check_case(backend, case, dtype, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", CPU_CASES.values(), ids=CPU_CASES.keys())
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_odd_geometry(backend, case, poison_outputs):
+    check_case(backend, case, torch.float16, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_opcheck(backend):
+    x = torch.randn(2, 4, 7, 6, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(6, 2, 3, 3, device="cuda", dtype=torch.float16)
+    b = torch.randn(6, device="cuda", dtype=torch.float16)
+    r = torch.randn(2, 6, 4, 3, device="cuda", dtype=torch.float16)
+    geometry = ([2, 2], [1, 1, 1, 1], [1, 1], 2)
+    torch.library.opcheck(conv2d_act_fwd, (x.requires_grad_(), w, b, r, *geometry, "gelu", True, backend))
+    dy, saved = torch.randn_like(r), torch.randn_like(r)
+    torch.library.opcheck(
+        conv2d_act_bwd, (dy, saved, x.detach(), w, *geometry, "gelu", True, True, True, True, backend)
+    )

@@ -1,0 +1,210 @@
+// conv2d_act as implicit GEMMs on the fused GEMM (fused_gemm.cuh); no im2col buffer is ever written.
+//   forward  rows = output pixels (n, oh, ow), cols = output channels of the group,
+//            reduction k = (kh, kw, ci) with ci fastest (unit stride in channels_last)
+//   dx       rows = input pixels (n, ih, iw), cols = input channels, reduction k = (kh, kw, co):
+//            only output pixels the stride reaches contribute
+//   dW (+db) rows = output channels, cols = (kh, kw, ci), reduction over output pixels
+// dz = dy * act'(saved) is formed in the loaders of both backward GEMMs; the group is blockIdx.z.
+#include <stdexcept>
+
+#include "conv2d_act.h"
+#include "fused_gemm.cuh"
+
+namespace deepfuse {
+
+namespace {
+
+// Output pixel m -> (n, oh, ow) for an (OH, OW) plane.
+struct PixelIndex {
+  int64_t n, h, w;
+};
+__device__ __forceinline__ PixelIndex split_pixel(int64_t m, int64_t height, int64_t width) {
+  return {m / (height * width), (m / width) % height, m % width};
+}
+
+// Forward A: (output pixel m, k = (kh, kw, ci)) -> x[n, g * cin_g + ci, ih, iw].
+struct InputPatches {
+  ConvShape s;
+  Strides4 x;
+  int64_t cin_g;
+  __device__ __forceinline__ bool offset(int64_t m, int64_t k, int64_t& off) const {
+    if (m >= s.batch * s.out_height * s.out_width || k >= s.kernel_h * s.kernel_w * cin_g) return false;
+    const PixelIndex p = split_pixel(m, s.out_height, s.out_width);
+    const int64_t ci = k % cin_g, tap = k / cin_g;
+    const int64_t ih = p.h * s.stride_h - s.pad_top + (tap / s.kernel_w) * s.dilation_h;
+    const int64_t iw = p.w * s.stride_w - s.pad_left + (tap % s.kernel_w) * s.dilation_w;
+    if (ih < 0 || ih >= s.height || iw < 0 || iw >= s.width) return false;
+    off = p.n * x.n + (blockIdx.z * cin_g + ci) * x.c + ih * x.h + iw * x.w;
+    return true;
+  }
+  __device__ __forceinline__ bool cols_contiguous() const { return x.c == 1; }
+};
+
+// Weight as a GEMM operand with rows = (kh, kw, c_inner) (c_inner fastest) and cols = c_outer, where
+// (inner, outer) = (ci, co) in forward and (co, ci) in dx.
+struct WeightTaps {
+  ConvShape s;
+  Strides4 w;
+  int64_t inner_g, outer_g;
+  bool inner_is_input_channel;
+  __device__ __forceinline__ bool offset(int64_t k, int64_t col, int64_t& off) const {
+    if (k >= s.kernel_h * s.kernel_w * inner_g || col >= outer_g) return false;
+    const int64_t inner = k % inner_g, tap = k / inner_g;
+    const int64_t ci = inner_is_input_channel ? inner : col;
+    const int64_t co = blockIdx.z * (inner_is_input_channel ? outer_g : inner_g) + (inner_is_input_channel ? col : inner);
+    off = co * w.n + ci * w.c + (tap / s.kernel_w) * w.h + (tap % s.kernel_w) * w.w;
+    return true;
+  }
+  __device__ __forceinline__ bool cols_contiguous() const { return (inner_is_input_channel ? w.n : w.c) == 1; }
+};
+
+// (pixel m of an (H, W) plane, channel c of the group) -> tensor[n, g * channels_g + c, h, w].
+struct PixelChannels {
+  int64_t batch, height, width, channels_g;
+  Strides4 t;
+  __device__ __forceinline__ bool offset(int64_t m, int64_t c, int64_t& off) const {
+    if (m >= batch * height * width || c >= channels_g) return false;
+    const PixelIndex p = split_pixel(m, height, width);
+    off = p.n * t.n + (blockIdx.z * channels_g + c) * t.c + p.h * t.h + p.w * t.w;
+    return true;
+  }
+  __device__ __forceinline__ bool cols_contiguous() const { return t.c == 1; }
+};
+
+// dx A: (input pixel m, k = (kh, kw, co)) -> dy[n, g * cout_g + co, oh, ow] where the tap reaches it.
+struct OutputGradTaps {
+  ConvShape s;
+  Strides4 dy;
+  int64_t cout_g;
+  __device__ __forceinline__ bool offset(int64_t m, int64_t k, int64_t& off) const {
+    if (m >= s.batch * s.height * s.width || k >= s.kernel_h * s.kernel_w * cout_g) return false;
+    const PixelIndex p = split_pixel(m, s.height, s.width);
+    const int64_t co = k % cout_g, tap = k / cout_g;
+    const int64_t th = p.h + s.pad_top - (tap / s.kernel_w) * s.dilation_h;
+    const int64_t tw = p.w + s.pad_left - (tap % s.kernel_w) * s.dilation_w;
+    if (th < 0 || tw < 0 || th % s.stride_h != 0 || tw % s.stride_w != 0) return false;
+    const int64_t oh = th / s.stride_h, ow = tw / s.stride_w;
+    if (oh >= s.out_height || ow >= s.out_width) return false;
+    off = p.n * dy.n + (blockIdx.z * cout_g + co) * dy.c + oh * dy.h + ow * dy.w;
+    return true;
+  }
+  __device__ __forceinline__ bool cols_contiguous() const { return dy.c == 1; }
+};
+
+// dW A: (output channel co of the group, output pixel m) -> dy[n, g * cout_g + co, oh, ow].
+struct OutputGradByChannel {
+  ConvShape s;
+  Strides4 dy;
+  int64_t cout_g;
+  __device__ __forceinline__ bool offset(int64_t co, int64_t m, int64_t& off) const {
+    if (co >= cout_g || m >= s.batch * s.out_height * s.out_width) return false;
+    const PixelIndex p = split_pixel(m, s.out_height, s.out_width);
+    off = p.n * dy.n + (blockIdx.z * cout_g + co) * dy.c + p.h * dy.h + p.w * dy.w;
+    return true;
+  }
+  __device__ __forceinline__ bool cols_contiguous() const { return dy.c != 1 && dy.w == 1; }
+};
+
+// dW B: (output pixel m, j = (kh, kw, ci)) -> x[n, g * cin_g + ci, ih, iw]: InputPatches with its
+// operands swapped (rows are the reduction here).
+struct InputPatchesByPixel {
+  InputPatches patches;
+  __device__ __forceinline__ bool offset(int64_t m, int64_t j, int64_t& off) const { return patches.offset(m, j, off); }
+  __device__ __forceinline__ bool cols_contiguous() const { return patches.cols_contiguous(); }
+};
+
+// dW C: (co of the group, j = (kh, kw, ci)) -> dW[g * cout_g + co, ci, kh, kw], contiguous.
+struct WeightGradTaps {
+  ConvShape s;
+  int64_t cin_g, cout_g;
+  __device__ __forceinline__ bool offset(int64_t co, int64_t j, int64_t& off) const {
+    if (co >= cout_g || j >= s.kernel_h * s.kernel_w * cin_g) return false;
+    const int64_t ci = j % cin_g, tap = j / cin_g;
+    off = ((blockIdx.z * cout_g + co) * cin_g + ci) * s.kernel_h * s.kernel_w + tap;
+    return true;
+  }
+  __device__ __forceinline__ bool cols_contiguous() const { return false; }
+};
+
+void check_args(const ConvShape& s, int dtype, int activation) {
+  if (dtype < 0 || dtype > static_cast<int>(DType::kBFloat16)) throw std::invalid_argument("conv2d_act: bad dtype code");
+  if (activation < 0 || activation >= kNumActivations) throw std::invalid_argument("conv2d_act: bad activation code");
+  if (s.groups < 1 || s.in_channels % s.groups != 0 || s.out_channels % s.groups != 0) {
+    throw std::invalid_argument("conv2d_act: groups must divide in_channels and out_channels");
+  }
+  if (s.stride_h < 1 || s.stride_w < 1 || s.dilation_h < 1 || s.dilation_w < 1 || s.kernel_h < 1 || s.kernel_w < 1) {
+    throw std::invalid_argument("conv2d_act: stride, dilation and kernel size must be >= 1");
+  }
+}
+
+}  // namespace
+
+void conv2d_act_fwd(const Conv2dActFwdArgs& args, cudaStream_t stream) {
+  const ConvShape& s = args.shape;
+  check_args(s, args.dtype, args.activation);
+  check_device_ready();
+  const int64_t cin_g = s.in_channels / s.groups, cout_g = s.out_channels / s.groups;
+  FusedGemm<InputPatches, WeightTaps, PixelChannels> p;
+  p.a = args.x;
+  p.a_addr = {s, args.x_strides, cin_g};
+  p.b = args.weight;
+  p.b_addr = {s, args.w_strides, cin_g, cout_g, true};
+  p.bias = args.bias;
+  p.residual = args.residual;
+  p.residual_addr = {s.batch, s.out_height, s.out_width, cout_g, args.residual_strides};
+  p.c = args.y;
+  p.c_preact = args.preact;
+  p.c_addr = {s.batch, s.out_height, s.out_width, cout_g, args.y_strides};
+  p.group_channels = cout_g;
+  p.act = static_cast<Activation>(args.activation);
+  p.M = s.batch * s.out_height * s.out_width;
+  p.N = cout_g;
+  p.K = s.kernel_h * s.kernel_w * cin_g;
+  p.groups = static_cast<int>(s.groups);
+  launch_fused_gemm(p, static_cast<DType>(args.dtype), stream);
+}
+
+void conv2d_act_bwd(const Conv2dActBwdArgs& args, cudaStream_t stream) {
+  const ConvShape& s = args.shape;
+  check_args(s, args.dtype, args.activation);
+  check_device_ready();
+  const int64_t cin_g = s.in_channels / s.groups, cout_g = s.out_channels / s.groups;
+  const auto act = static_cast<Activation>(args.activation);
+  const auto dtype = static_cast<DType>(args.dtype);
+  if (args.grad_x != nullptr) {
+    FusedGemm<OutputGradTaps, WeightTaps, PixelChannels> p;
+    p.a = args.grad_y;
+    p.a_saved = args.saved;
+    p.grad_act = act;
+    p.a_addr = {s, args.grad_y_strides, cout_g};
+    p.b = args.weight;
+    p.b_addr = {s, args.w_strides, cout_g, cin_g, false};
+    p.c = args.grad_x;
+    p.c_addr = {s.batch, s.height, s.width, cin_g, args.grad_x_strides};
+    p.M = s.batch * s.height * s.width;
+    p.N = cin_g;
+    p.K = s.kernel_h * s.kernel_w * cout_g;
+    p.groups = static_cast<int>(s.groups);
+    launch_fused_gemm(p, dtype, stream);
+  }
+  if (args.grad_weight != nullptr || args.grad_bias != nullptr) {
+    FusedGemm<OutputGradByChannel, InputPatchesByPixel, WeightGradTaps> p;
+    p.a = args.grad_y;
+    p.a_saved = args.saved;
+    p.grad_act = act;
+    p.a_addr = {s, args.grad_y_strides, cout_g};
+    p.b = args.x;
+    p.b_addr = {InputPatches{s, args.x_strides, cin_g}};
+    p.c = args.grad_weight;
+    p.c_addr = {s, cin_g, cout_g};
+    p.row_sum = args.grad_bias;
+    p.group_channels = cout_g;
+    p.M = cout_g;
+    p.N = s.kernel_h * s.kernel_w * cin_g;
+    p.K = s.batch * s.out_height * s.out_width;
+    p.groups = static_cast<int>(s.groups);
+    launch_fused_gemm(p, dtype, stream);
+  }
+}
+
+}  // namespace deepfuse

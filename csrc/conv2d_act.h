@@ -1,0 +1,56 @@
+// conv2d_act: y = act(conv2d(x, W) + b + residual), forward and backward, on raw device pointers.
+// Every 4-D tensor is described by its logical NCHW strides (so NCHW and channels_last both work);
+// W is (Cout, Cin / groups, KH, KW) with its strides.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace deepfuse {
+
+struct ConvShape {
+  int64_t batch, in_channels, height, width;  // x
+  int64_t out_channels, out_height, out_width;
+  int64_t kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, groups;
+};
+
+struct Strides4 {
+  int64_t n, c, h, w;  // for W: out channel, in channel, kh, kw
+};
+
+struct Conv2dActFwdArgs {
+  ConvShape shape;
+  const void* x;
+  Strides4 x_strides;
+  const void* weight;
+  Strides4 w_strides;
+  const void* bias;      // (Cout,) contiguous, or null
+  const void* residual;  // output-shaped, or null
+  Strides4 residual_strides;
+  void* y;
+  void* preact;  // or null; same strides as y
+  Strides4 y_strides;
+  int dtype, activation;
+};
+
+struct Conv2dActBwdArgs {
+  ConvShape shape;
+  const void* grad_y;  // output-shaped
+  const void* saved;   // same strides as grad_y (unused for activation "none")
+  Strides4 grad_y_strides;
+  const void* x;
+  Strides4 x_strides;
+  const void* weight;
+  Strides4 w_strides;
+  void* grad_x;  // or null
+  Strides4 grad_x_strides;
+  void* grad_weight;  // (Cout, Cin/groups, KH, KW) contiguous, or null
+  void* grad_bias;    // (Cout,), or null
+  int dtype, activation;
+};
+
+void conv2d_act_fwd(const Conv2dActFwdArgs& args, cudaStream_t stream);
+void conv2d_act_bwd(const Conv2dActBwdArgs& args, cudaStream_t stream);
+
+}  // namespace deepfuse
