@@ -30,8 +30,8 @@ test: install  ## CPU tests: reference checks, Triton kernels through the interp
 test-gpu: install  ## GPU tests (needs a CUDA device): both kernels, every dtype, large shapes
 	$(PYTEST) -q -m gpu tests
 
-bench: install  ## linear_act benchmark; results under benchmarks/results/<gpu>/
-	$(PY) benchmarks/bench_linear_act.py
+bench: install  ## every op's benchmark; results under benchmarks/results/<gpu>/
+	$(PY) -m deepfuse bench all
 
 demo: install  ## the main job: a small network on FusedLinear layers, checked against torch
 	$(PY) -m deepfuse demo

@@ -17,13 +17,22 @@ def _demo(args) -> int:
     return 0
 
 
-def _bench(args) -> int:
-    from deepfuse.bench import linear_act as bench_linear_act
+BENCH_OPS = ("linear_act", "conv2d_act")
+DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
-    if args.op not in ("linear_act", "all"):
-        print(f"unknown op {args.op!r}; available: linear_act, all", file=sys.stderr)
+
+def _bench(args) -> int:
+    import importlib
+
+    import torch
+
+    if args.op not in (*BENCH_OPS, "all"):
+        print(f"unknown op {args.op!r}; available: {', '.join(BENCH_OPS)}, all", file=sys.stderr)
         return 2
-    bench_linear_act.main(quick=args.quick, dtype=args.dtype, modes=args.modes.split(","), out_dir=args.out)
+    for op in BENCH_OPS if args.op == "all" else (args.op,):
+        module = importlib.import_module(f"deepfuse.bench.{op}")
+        module.main(quick=args.quick, dtype=getattr(torch, DTYPES[args.dtype]), modes=args.modes.split(","),
+                    out_dir=args.out)  # fmt: skip
     return 0
 
 
@@ -37,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = commands.add_parser("bench", help="benchmark ops against eager torch and torch.compile")
     bench.add_argument("op", nargs="?", default="all")
     bench.add_argument("--quick", action="store_true", help="fewer shapes")
-    bench.add_argument("--dtype", default="bf16", choices=["fp16", "bf16", "fp32"])
+    bench.add_argument("--dtype", default="bf16", choices=list(DTYPES))
     bench.add_argument("--modes", default="fwd,fwdbwd")
     bench.add_argument("--out", default="benchmarks/results")
     bench.set_defaults(run=_bench)

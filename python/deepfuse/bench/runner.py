@@ -1,0 +1,104 @@
+"""The loop every op benchmark shares: shapes x modes x providers, timed the same way, one row each."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from deepfuse.bench import records
+from deepfuse.bench.timing import measure, peak_memory_mb
+
+
+@dataclass
+class Case:
+    """One shape of one op: its inputs (those needing gradients marked), the upstream gradient, its cost."""
+
+    op: str
+    shape: str
+    inputs: tuple  # passed to each provider as provider(*inputs)
+    grad_output: torch.Tensor
+    fwd_flops: int
+    fwd_min_bytes: int
+
+
+def _timed_call(fn: Callable, mode: str, case: Case) -> Callable[[], object]:
+    if mode == "fwd":
+
+        def forward():
+            with torch.no_grad():
+                return fn(*case.inputs)
+
+        return forward
+
+    leaves = [t for t in case.inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+
+    def forward_backward():
+        for t in leaves:
+            t.grad = None
+        fn(*case.inputs).backward(case.grad_output)
+
+    return forward_backward
+
+
+def run(cases: list[Case], providers: dict[str, Callable], modes, device: torch.device) -> list[dict]:
+    """Rows for every case x mode x provider. fwd+bwd counts 3x the forward FLOPs and 2x its bytes."""
+    ceiling = records.ceiling_for(torch.cuda.get_device_name(device) if device.type == "cuda" else None)
+    rows = []
+    for case in cases:
+        for mode in modes:
+            flops = case.fwd_flops * (1 if mode == "fwd" else 3)
+            min_bytes = case.fwd_min_bytes * (1 if mode == "fwd" else 2)
+            for provider, fn in providers.items():
+                call = _timed_call(fn, mode, case)
+                try:
+                    timing = measure(call, device)
+                except Exception as error:  # a provider that fails is reported, not hidden
+                    warnings.warn(f"{provider} failed on {case.op} {case.shape} {mode}: {error}", stacklevel=1)
+                    continue
+                dtype = case.grad_output.dtype
+                tflops = flops / timing["median_ms"] / 1e9
+                rows.append({
+                    "op": case.op, "shape": case.shape, "mode": mode, "provider": provider,
+                    "dtype": str(dtype).removeprefix("torch."), **timing, "tflops": tflops,
+                    "gbps": min_bytes / timing["median_ms"] / 1e6,
+                    "pct_of_peak": 100 * tflops / ceiling["tflops"] if ceiling and dtype != torch.float32 else None,
+                    "peak_mem_mb": peak_memory_mb(call, device),
+                })  # fmt: skip
+                print(f"{case.op:>11} {case.shape:>28} {mode:>6} {provider:>28} {timing['median_ms']:9.4f} ms "
+                      f"{tflops:8.2f} TFLOP/s")  # fmt: skip
+    return rows
+
+
+def deepfuse_providers(op: Callable, **op_kwargs) -> dict[str, Callable]:
+    """The deepfuse backends usable here, each as provider(*inputs)."""
+    import deepfuse
+
+    providers = {}
+    for name in ("triton", "cuda"):
+        if deepfuse.available_backends()[name][0]:
+            providers[name] = lambda *a, _name=name: op(*a, **op_kwargs, backend=_name)
+    return providers
+
+
+def compiled_providers(eager: Callable) -> dict[str, Callable]:
+    return {
+        "torch_compile": torch.compile(eager),
+        "torch_compile_max_autotune": torch.compile(eager, mode="max-autotune-no-cudagraphs"),
+    }
+
+
+def main(op: str, cases_for: Callable, providers_for: Callable, *, quick: bool, dtype: torch.dtype, modes,
+         out_dir) -> list[dict]:  # fmt: skip
+    """Runs one op's benchmark on the GPU, or a CPU smoke run of the torch provider."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type != "cuda":
+        print("No GPU: a CPU smoke run of the torch provider on a tiny shape. CPU numbers are not GPU performance.")
+        dtype = torch.float32
+    cases = cases_for(device, dtype, quick)
+    rows = run(cases, providers_for(device), modes, device)
+    path = records.write_results(rows, records.environment(), out_dir, op)
+    print(f"results: {path}")
+    return rows
