@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One prepared run on a lent GPU machine (device time is short): build _C there, run the GPU tests,
+# compute-sanitizer on the CUDA kernels, then the quick benchmarks. Logs and results go to $OUT
+# (or ./gpu-out), to be committed under benchmarks/results/<gpu>/ with their raw logs.
+#   bash benchmarks/gpu_session.sh [--full]     (--full: the whole benchmark sweep instead of --quick)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+QUICK=--quick
+[ "${1:-}" = "--full" ] && QUICK=
+
+{ nvidia-smi; python -c "import torch, triton; print(torch.__version__, triton.__version__)"; } >"$OUT/env.log" 2>&1
+DEEPFUSE_BUILD_JOBS=16 pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
+python -m pytest -q -m gpu -p no:cacheprovider tests >"$OUT/test-gpu.log" 2>&1; echo "gpu tests rc=$?" | tee -a "$OUT/summary.log"
+tail -5 "$OUT/test-gpu.log" >>"$OUT/summary.log"
+compute-sanitizer --tool memcheck --error-exitcode 9 python -m pytest -q -m gpu -p no:cacheprovider \
+  tests/ops/test_linear_act.py::test_gpu_edge_shapes tests/ops/test_conv2d_act.py::test_gpu_odd_geometry \
+  -k cuda >"$OUT/sanitizer.log" 2>&1; echo "compute-sanitizer rc=$?" | tee -a "$OUT/summary.log"
+python -m deepfuse bench all $QUICK --dtype bf16 --out "$OUT/results" >"$OUT/bench.log" 2>&1; echo "bench rc=$?" | tee -a "$OUT/summary.log"
+cat "$OUT/summary.log"
