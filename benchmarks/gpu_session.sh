@@ -5,7 +5,8 @@
 #   bash benchmarks/gpu_session.sh [--full]     (--full: the whole benchmark sweep instead of --quick)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu-out}
+FINAL=${OUT:-gpu-out}
+OUT=$FINAL/run  # packed into $FINAL/gpu-run.tar.gz at the end (the device tool returns at most 8 files)
 mkdir -p "$OUT"
 QUICK=--quick
 [ "${1:-}" = "--full" ] && QUICK=
@@ -19,3 +20,4 @@ compute-sanitizer --tool memcheck --error-exitcode 9 python -m pytest -q -m gpu 
   -k cuda >"$OUT/sanitizer.log" 2>&1; echo "compute-sanitizer rc=$?" | tee -a "$OUT/summary.log"
 python -m deepfuse bench all $QUICK --dtype bf16 --out "$OUT/results" >"$OUT/bench.log" 2>&1; echo "bench rc=$?" | tee -a "$OUT/summary.log"
 cat "$OUT/summary.log"
+tar czf "$FINAL/gpu-run.tar.gz" -C "$FINAL" run && cp "$OUT/summary.log" "$FINAL/summary.log"
