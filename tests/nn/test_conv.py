@@ -30,6 +30,8 @@ def test_same_init_parameters_and_state_dict_as_nn_conv2d():
         assert torch.equal(ours.state_dict()[key], value)
     nn.Conv2d(3, 8, 3).load_state_dict(ours.state_dict())
     assert "activation='relu'" in repr(ours)
+    with pytest.raises(NotImplementedError, match="padding_mode"):
+        FusedConv2d(3, 8, 3, padding_mode="circular")
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])

@@ -108,6 +108,15 @@ def test_empty_batch(backend):
     assert x.grad.shape == x.shape
 
 
+def test_autocast_runs_in_the_autocast_dtype():
+    x, w, b = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3), torch.randn(4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv2d_act(x, w, b, padding=1, activation="relu")
+        expected = torch.relu(torch.nn.functional.conv2d(x, w, b, padding=1))
+    assert y.dtype == torch.bfloat16 == expected.dtype
+    assert torch.equal(y, expected)
+
+
 def test_triton_is_deterministic():
     tensors, dy, geometry, activation = make_case(CPU_CASES["dilated_same_grouped_silu_residual"], torch.float32)
 

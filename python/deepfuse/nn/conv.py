@@ -41,9 +41,10 @@ class FusedConv2d(nn.Conv2d):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, activation: str = "none", device=None,
-                 dtype=None) -> None:  # fmt: skip
+                 groups: int = 1, bias: bool = True, activation: str = "none", device=None, dtype=None,
+                 padding_mode: str = "zeros") -> None:  # fmt: skip
         check_activation(activation)
+        _check_zero_padding(padding_mode)
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
                          groups=groups, bias=bias, device=device, dtype=dtype)  # fmt: skip
         self.activation = activation
