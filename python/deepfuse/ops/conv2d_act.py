@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from deepfuse import backend as _backend
 from deepfuse.kernels import utils as _kernel_utils
 from deepfuse.ops._interop import accepts_cupy
+from deepfuse.ops._shared import autocast_inputs, nothing, pointer
 from deepfuse.ops._validation import check_same_dtype_and_device, check_tensor, kernel_dtype_reason
 from deepfuse.ops.activations import (
     ACTIVATION_CODES,
@@ -85,10 +86,6 @@ def output_memory_format(x: torch.Tensor) -> torch.memory_format:
 # ---------------------------------------------------------------------------------------------
 
 
-def _nothing(x):
-    return x.new_empty((0,))
-
-
 def _symmetric(pad):
     return pad[0] == pad[1] and pad[2] == pad[3]
 
@@ -109,7 +106,7 @@ def _fwd_torch(x, weight, bias, residual, stride, pad, dilation, groups, activat
     y = activation_ref(z, activation)
     if y is z:
         y = z.clone() if save_preact else z
-    return y, (z if save_preact else _nothing(x))
+    return y, (z if save_preact else nothing(x))
 
 
 def _grad_preact(grad_y, saved, activation):
@@ -127,15 +124,15 @@ def _bwd_torch(grad_y, saved, x, weight, stride, pad, dilation, groups, activati
         grad_z, xp, weight, None, list(stride), list(sym_pad), list(dilation), False, [0, 0], groups,
         [need_grad_x, need_grad_weight, False],
     )  # fmt: skip
-    grad_x = _nothing(x)
+    grad_x = nothing(x)
     if need_grad_x:
         grad_x = grad_xp if xp is x else grad_xp[:, :, pad[0] : pad[0] + x.shape[2], pad[2] : pad[2] + x.shape[3]]
         grad_x = grad_x.contiguous(memory_format=output_memory_format(x))
     return (
         grad_x,
-        grad_weight.contiguous() if need_grad_weight else _nothing(x),  # cuDNN may hand it back channels_last
-        grad_z.sum((0, 2, 3)) if has_bias else _nothing(x),
-        _grad_residual(grad_z, grad_y, x) if need_grad_residual else _nothing(x),
+        grad_weight.contiguous() if need_grad_weight else nothing(x),  # cuDNN may hand it back channels_last
+        grad_z.sum((0, 2, 3)) if has_bias else nothing(x),
+        _grad_residual(grad_z, grad_y, x) if need_grad_residual else nothing(x),
     )
 
 
@@ -159,7 +156,7 @@ def _fwd_triton(x, weight, bias, residual, stride, pad, dilation, groups, activa
     preact = _kernel_utils.empty_output(shape, x, fmt) if save_preact else None
     conv2d_act_fwd(x, weight, bias, residual, y, preact, stride, (pad[0], pad[2]), dilation, groups,
                    ACTIVATION_CODES[activation])  # fmt: skip
-    return y, (preact if save_preact else _nothing(x))
+    return y, (preact if save_preact else nothing(x))
 
 
 def _bwd_triton(grad_y, saved, x, weight, stride, pad, dilation, groups, activation, has_bias, need_grad_x,
@@ -169,7 +166,7 @@ def _bwd_triton(grad_y, saved, x, weight, stride, pad, dilation, groups, activat
     fmt = output_memory_format(x)
     grad_y = grad_y.contiguous(memory_format=fmt)
     code = ACTIVATION_CODES[activation]
-    grad_residual = _nothing(x)
+    grad_residual = nothing(x)
     if need_grad_residual:
         # The residual's gradient is dz: write it once and let the GEMMs read it without the activation.
         grad_residual = _grad_residual(_grad_preact(grad_y, saved, activation), grad_y, x)
@@ -181,15 +178,11 @@ def _bwd_triton(grad_y, saved, x, weight, stride, pad, dilation, groups, activat
         need_grad_weight, fmt,
     )  # fmt: skip
     return (
-        grad_x if grad_x is not None else _nothing(x),
-        grad_weight if grad_weight is not None else _nothing(x),
-        grad_bias if grad_bias is not None else _nothing(x),
+        grad_x if grad_x is not None else nothing(x),
+        grad_weight if grad_weight is not None else nothing(x),
+        grad_bias if grad_bias is not None else nothing(x),
         grad_residual,
     )
-
-
-def _pointer(t):
-    return 0 if t is None or t.numel() == 0 else t.data_ptr()
 
 
 def _cuda_shape(x, weight, out_shape, stride, pad, dilation, groups):
@@ -204,13 +197,13 @@ def _fwd_cuda(x, weight, bias, residual, stride, pad, dilation, groups, activati
     fmt = output_memory_format(x)
     shape = _out_shape(x, weight, stride, pad, dilation)
     y = _kernel_utils.empty_output(shape, x, fmt)
-    preact = _kernel_utils.empty_output(shape, x, fmt) if save_preact else _nothing(x)
+    preact = _kernel_utils.empty_output(shape, x, fmt) if save_preact else nothing(x)
     bias = bias.contiguous() if bias is not None else None
     with torch.cuda.device(x.device):
         _C.conv2d_act_fwd(
-            _cuda_shape(x, weight, shape, stride, pad, dilation, groups), _pointer(x), list(x.stride()),
-            _pointer(weight), list(weight.stride()), _pointer(bias), _pointer(residual),
-            list(residual.stride()) if residual is not None else [0, 0, 0, 0], _pointer(y), _pointer(preact),
+            _cuda_shape(x, weight, shape, stride, pad, dilation, groups), pointer(x), list(x.stride()),
+            pointer(weight), list(weight.stride()), pointer(bias), pointer(residual),
+            list(residual.stride()) if residual is not None else [0, 0, 0, 0], pointer(y), pointer(preact),
             list(y.stride()), _backend.DTYPE_CODES[x.dtype], ACTIVATION_CODES[activation],
             torch.cuda.current_stream().cuda_stream,
         )  # fmt: skip
@@ -223,21 +216,21 @@ def _bwd_cuda(grad_y, saved, x, weight, stride, pad, dilation, groups, activatio
 
     fmt = output_memory_format(x)
     grad_y = grad_y.contiguous(memory_format=fmt)
-    grad_residual = _nothing(x)
+    grad_residual = nothing(x)
     if need_grad_residual:  # the residual's gradient is dz: write it once, read it without the activation
         grad_residual = _grad_residual(_grad_preact(grad_y, saved, activation), grad_y, x)
         grad_y, saved, activation = grad_residual, grad_residual, "none"
     else:
         saved = saved.contiguous(memory_format=fmt)
-    grad_x = _kernel_utils.empty_output(x.shape, x, fmt) if need_grad_x else _nothing(x)
-    grad_weight = _kernel_utils.empty_output(weight.shape, x) if need_grad_weight else _nothing(x)
-    grad_bias = _kernel_utils.empty_output(weight.shape[:1], x) if has_bias else _nothing(x)
+    grad_x = _kernel_utils.empty_output(x.shape, x, fmt) if need_grad_x else nothing(x)
+    grad_weight = _kernel_utils.empty_output(weight.shape, x) if need_grad_weight else nothing(x)
+    grad_bias = _kernel_utils.empty_output(weight.shape[:1], x) if has_bias else nothing(x)
     with torch.cuda.device(x.device):
         _C.conv2d_act_bwd(
-            _cuda_shape(x, weight, grad_y.shape, stride, pad, dilation, groups), _pointer(grad_y),
-            _pointer(saved) if activation != "none" else 0, list(grad_y.stride()), _pointer(x), list(x.stride()),
-            _pointer(weight), list(weight.stride()), _pointer(grad_x), list(grad_x.stride()) if need_grad_x
-            else [0, 0, 0, 0], _pointer(grad_weight), _pointer(grad_bias), _backend.DTYPE_CODES[x.dtype],
+            _cuda_shape(x, weight, grad_y.shape, stride, pad, dilation, groups), pointer(grad_y),
+            pointer(saved) if activation != "none" else 0, list(grad_y.stride()), pointer(x), list(x.stride()),
+            pointer(weight), list(weight.stride()), pointer(grad_x), list(grad_x.stride()) if need_grad_x
+            else [0, 0, 0, 0], pointer(grad_weight), pointer(grad_bias), _backend.DTYPE_CODES[x.dtype],
             ACTIVATION_CODES[activation], torch.cuda.current_stream().cuda_stream,
         )  # fmt: skip
     return grad_x, grad_weight, grad_bias, grad_residual
@@ -266,7 +259,7 @@ def _(x, weight, bias, residual, stride, padding, dilation, groups, activation, 
     shape = _out_shape(x, weight, stride, padding, dilation)
     fmt = output_memory_format(x)
     y = torch.empty(shape, device=x.device, dtype=x.dtype, memory_format=fmt)
-    return y, (torch.empty(shape, device=x.device, dtype=x.dtype, memory_format=fmt) if save_preact else _nothing(x))
+    return y, (torch.empty(shape, device=x.device, dtype=x.dtype, memory_format=fmt) if save_preact else nothing(x))
 
 
 @torch.library.custom_op("deepfuse::conv2d_act_bwd", mutates_args=())
@@ -283,10 +276,10 @@ def conv2d_act_bwd(grad_y: torch.Tensor, saved: torch.Tensor, x: torch.Tensor, w
 def _(grad_y, saved, x, weight, stride, padding, dilation, groups, activation, has_bias, need_grad_x,
       need_grad_weight, need_grad_residual, backend):  # fmt: skip
     fmt = output_memory_format(x)
-    grad_x = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=fmt) if need_grad_x else _nothing(x)
-    grad_residual = torch.empty_like(grad_y, memory_format=fmt) if need_grad_residual else _nothing(x)
-    return (grad_x, weight.new_empty(weight.shape) if need_grad_weight else _nothing(x),
-            weight.new_empty(weight.shape[:1]) if has_bias else _nothing(x), grad_residual)  # fmt: skip
+    grad_x = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=fmt) if need_grad_x else nothing(x)
+    grad_residual = torch.empty_like(grad_y, memory_format=fmt) if need_grad_residual else nothing(x)
+    return (grad_x, weight.new_empty(weight.shape) if need_grad_weight else nothing(x),
+            weight.new_empty(weight.shape[:1]) if has_bias else nothing(x), grad_residual)  # fmt: skip
 
 
 def _setup_context(ctx, inputs, output):
@@ -370,14 +363,6 @@ def _validate(x, weight, bias, residual, groups, activation):
     check_same_dtype_and_device("x", x, weight=weight, bias=bias, residual=residual)
 
 
-def _autocast(*tensors):
-    device_type = tensors[0].device.type
-    if not torch.is_autocast_enabled(device_type):
-        return tensors
-    dtype = torch.get_autocast_dtype(device_type)
-    return tuple(t.to(dtype) if t is not None else None for t in tensors)
-
-
 @accepts_cupy
 def conv2d_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,
                dilation=1, groups: int = 1, activation: str = "none", *, residual: torch.Tensor | None = None,
@@ -413,7 +398,7 @@ def conv2d_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
                          f"input {(x.shape[2] + pad[0] + pad[1], x.shape[3] + pad[2] + pad[3])}")  # fmt: skip
     if residual is not None and tuple(residual.shape) != out_shape:
         raise ValueError(f"residual must have the output's shape {out_shape}, got {tuple(residual.shape)}")
-    x, weight, bias, residual = _autocast(x, weight, bias, residual)
+    x, weight, bias, residual = autocast_inputs(x, weight, bias, residual)
     chosen = _backend.choose_backend("conv2d_act", backend, x, weight)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, residual))
     y, _ = conv2d_act_fwd(x, weight, bias, residual, list(stride), list(pad), list(dilation), groups, activation,

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from deepfuse import backend as _backend
 from deepfuse.kernels import utils as _kernel_utils
 from deepfuse.ops._interop import accepts_cupy
+from deepfuse.ops._shared import autocast_inputs, nothing, pointer
 from deepfuse.ops._validation import check_same_dtype_and_device, check_tensor, kernel_dtype_reason
 from deepfuse.ops.activations import (
     ACTIVATION_CODES,
@@ -38,17 +39,12 @@ def linear_act_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 # ---------------------------------------------------------------------------------------------
 
 
-def _nothing(x: torch.Tensor) -> torch.Tensor:
-    """Placeholder for an output not asked for; a fresh one each time, as custom-op outputs may not alias."""
-    return x.new_empty((0,))
-
-
 def _fwd_torch(x, weight, bias, activation, save_preact):
     z = F.linear(x, weight, bias)
     y = activation_ref(z, activation)
     if y is z:  # custom ops may not return an output aliasing another
         y = z.clone() if save_preact else z
-    return y, (z if save_preact else _nothing(x))
+    return y, (z if save_preact else nothing(x))
 
 
 def _bwd_torch(grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_grad_weight):
@@ -58,9 +54,9 @@ def _bwd_torch(grad_y, saved, x, weight, activation, has_bias, need_grad_x, need
         # fp32 math for the half types (as the kernels do), float64 stays float64.
         compute = torch.promote_types(grad_y.dtype, torch.float32)
         grad_z = (grad_y.to(compute) * activation_grad_ref(saved.to(compute), activation)).to(grad_y.dtype)
-    grad_x = grad_z @ weight if need_grad_x else _nothing(x)
-    grad_weight = grad_z.t() @ x if need_grad_weight else _nothing(x)
-    grad_bias = grad_z.sum(0) if has_bias else _nothing(x)
+    grad_x = grad_z @ weight if need_grad_x else nothing(x)
+    grad_weight = grad_z.t() @ x if need_grad_weight else nothing(x)
+    grad_bias = grad_z.sum(0) if has_bias else nothing(x)
     return grad_x, grad_weight, grad_bias
 
 
@@ -77,10 +73,6 @@ def _bwd_triton(grad_y, saved, x, weight, activation, has_bias, need_grad_x, nee
                           need_grad_weight)  # fmt: skip
 
 
-def _pointer(t: torch.Tensor | None) -> int:
-    return 0 if t is None or t.numel() == 0 else t.data_ptr()
-
-
 def _fwd_cuda(x, weight, bias, activation, save_preact):
     from deepfuse import _C
 
@@ -91,8 +83,8 @@ def _fwd_cuda(x, weight, bias, activation, save_preact):
     bias = bias.contiguous() if bias is not None else None
     with torch.cuda.device(x.device):
         _C.linear_act_fwd(
-            _pointer(x), x.stride(0), x.stride(1), _pointer(weight), weight.stride(0), weight.stride(1),
-            _pointer(bias), _pointer(y), _pointer(preact), M, N, K,
+            pointer(x), x.stride(0), x.stride(1), pointer(weight), weight.stride(0), weight.stride(1),
+            pointer(bias), pointer(y), pointer(preact), M, N, K,
             _backend.DTYPE_CODES[x.dtype], ACTIVATION_CODES[activation], torch.cuda.current_stream().cuda_stream,
         )  # fmt: skip
     return y, preact
@@ -105,14 +97,14 @@ def _bwd_cuda(grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_
     N = weight.shape[0]
     grad_y = grad_y.contiguous()
     saved = saved.contiguous()
-    grad_x = _kernel_utils.empty_output((M, K), x) if need_grad_x else _nothing(x)
-    grad_weight = _kernel_utils.empty_output((N, K), x) if need_grad_weight else _nothing(x)
-    grad_bias = _kernel_utils.empty_output((N,), x) if has_bias else _nothing(x)
+    grad_x = _kernel_utils.empty_output((M, K), x) if need_grad_x else nothing(x)
+    grad_weight = _kernel_utils.empty_output((N, K), x) if need_grad_weight else nothing(x)
+    grad_bias = _kernel_utils.empty_output((N,), x) if has_bias else nothing(x)
     with torch.cuda.device(x.device):
         _C.linear_act_bwd(
-            _pointer(grad_y), _pointer(saved), _pointer(x), x.stride(0), x.stride(1),
-            _pointer(weight), weight.stride(0), weight.stride(1),
-            _pointer(grad_x), _pointer(grad_weight), _pointer(grad_bias) if has_bias else 0, M, N, K,
+            pointer(grad_y), pointer(saved), pointer(x), x.stride(0), x.stride(1),
+            pointer(weight), weight.stride(0), weight.stride(1),
+            pointer(grad_x), pointer(grad_weight), pointer(grad_bias) if has_bias else 0, M, N, K,
             _backend.DTYPE_CODES[x.dtype], ACTIVATION_CODES[activation], torch.cuda.current_stream().cuda_stream,
         )  # fmt: skip
     return grad_x, grad_weight, grad_bias
@@ -150,9 +142,9 @@ def linear_act_bwd(grad_y: torch.Tensor, saved: torch.Tensor, x: torch.Tensor, w
 
 @linear_act_bwd.register_fake
 def _(grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_grad_weight, backend):
-    return (x.new_empty(x.shape) if need_grad_x else _nothing(x),
-            weight.new_empty(weight.shape) if need_grad_weight else _nothing(x),
-            weight.new_empty(weight.shape[:1]) if has_bias else _nothing(x))  # fmt: skip
+    return (x.new_empty(x.shape) if need_grad_x else nothing(x),
+            weight.new_empty(weight.shape) if need_grad_weight else nothing(x),
+            weight.new_empty(weight.shape[:1]) if has_bias else nothing(x))  # fmt: skip
 
 
 def _setup_context(ctx, inputs, output):
@@ -218,14 +210,6 @@ def _validate(x, weight, bias, activation):
     check_activation(activation)
 
 
-def _autocast(x, weight, bias):
-    device_type = x.device.type
-    if not torch.is_autocast_enabled(device_type):
-        return x, weight, bias
-    dtype = torch.get_autocast_dtype(device_type)
-    return x.to(dtype), weight.to(dtype), (bias.to(dtype) if bias is not None else None)
-
-
 @accepts_cupy
 def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str = "none", *,
                backend: str | None = None) -> torch.Tensor:  # fmt: skip
@@ -246,7 +230,7 @@ def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     """
     _validate(x, weight, bias, activation)
     check_same_dtype_and_device("x", x, weight=weight, bias=bias)
-    x, weight, bias = _autocast(x, weight, bias)
+    x, weight, bias = autocast_inputs(x, weight, bias)
     chosen = _backend.choose_backend("linear_act", backend, x, weight, bias, activation)
     in_features, out_features = weight.shape[1], weight.shape[0]
     x2d = x.reshape(math.prod(x.shape[:-1]), in_features)  # not -1: ambiguous when in_features == 0

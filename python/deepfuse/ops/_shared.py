@@ -1,0 +1,22 @@
+"""Small helpers every op file uses: autocast casting, output placeholders, raw pointers for deepfuse._C."""
+
+import torch
+
+
+def autocast_inputs(*tensors: torch.Tensor | None) -> tuple:
+    """Casts the tensors to the autocast dtype when autocast is on for their device (as F.linear/F.conv2d do)."""
+    device_type = tensors[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) if t is not None else None for t in tensors)
+
+
+def nothing(like: torch.Tensor) -> torch.Tensor:
+    """Placeholder for an output not asked for; a fresh one each time, as custom-op outputs may not alias."""
+    return like.new_empty((0,))
+
+
+def pointer(t: torch.Tensor | None) -> int:
+    """The device address deepfuse._C takes; 0 for absent or empty tensors."""
+    return 0 if t is None or t.numel() == 0 else t.data_ptr()
