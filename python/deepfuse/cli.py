@@ -29,11 +29,28 @@ def _bench(args) -> int:
     if args.op not in (*BENCH_OPS, "all"):
         print(f"unknown op {args.op!r}; available: {', '.join(BENCH_OPS)}, all", file=sys.stderr)
         return 2
+    rows = []
     for op in BENCH_OPS if args.op == "all" else (args.op,):
         module = importlib.import_module(f"deepfuse.bench.{op}")
-        module.main(quick=args.quick, dtype=getattr(torch, DTYPES[args.dtype]), modes=args.modes.split(","),
-                    out_dir=args.out)  # fmt: skip
+        rows += module.main(quick=args.quick, dtype=getattr(torch, DTYPES[args.dtype]), modes=args.modes.split(","),
+                            out_dir=args.out)  # fmt: skip
+    if args.compare:
+        return _report_changes(rows, args.compare)
     return 0
+
+
+def _report_changes(rows, previous_path) -> int:
+    from deepfuse.bench.compare import compare_rows, load_rows
+
+    previous = load_rows(previous_path)
+    compared_ops = {row["op"] for row in previous}
+    changes = [c for c in compare_rows(rows, previous) if c.key[0] in compared_ops]
+    for change in changes:
+        print(change)
+    regressed = [c for c in changes if c.status == "REGRESSED"]
+    print(f"compared with {previous_path}: {len(regressed)} regressed, "
+          f"{sum(c.status == 'IMPROVED' for c in changes)} improved, {len(changes)} rows")  # fmt: skip
+    return 1 if regressed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--dtype", default="bf16", choices=list(DTYPES))
     bench.add_argument("--modes", default="fwd,fwdbwd")
     bench.add_argument("--out", default="benchmarks/results")
+    bench.add_argument("--compare", metavar="PREVIOUS.json", help="flag rows that regressed beyond the noise")
     bench.set_defaults(run=_bench)
     args = parser.parse_args(argv)
     return args.run(args)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from deepfuse.bench import plots
+
 # Measured ceilings (../shared/PERFORMANCE.md, measured on the lent H200): dense bf16/fp16 matmul through
 # cuBLAS at 8192^3 and device-to-device copy bandwidth. Other GPUs: no measured ceiling, no % column.
 CEILINGS = {"H200": {"tflops": 790.0, "gbps": 4300.0}}
@@ -94,8 +96,23 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_plots(rows: list[dict], env: dict, folder: Path, stem: str) -> list[Path]:
+    """The speedup and roofline PNGs beside a results file (none without matplotlib, and it says so)."""
+    if not rows:
+        return []
+    points = [{"label": f"{r['provider']} {r['mode']} {r['shape']}", "tflops": r["tflops"], "gbps": r["gbps"]}
+              for r in rows]  # fmt: skip
+    written = [
+        plots.speedup_chart(rows, folder / f"{stem}-speedup.png"),
+        plots.roofline_chart(points, folder / f"{stem}-roofline.png", ceiling_for(env.get("gpu")), stem),
+    ]
+    if None in written:
+        print("matplotlib is not installed: no plots (pip install deepfuse[plots])")
+    return [path for path in written if path is not None]
+
+
 def write_results(rows: list[dict], env: dict, out_dir: str | Path, name: str) -> Path:
-    """Writes <out_dir>/<gpu>/<date>-<sha>-<name>.json and .md; returns the JSON path."""
+    """Writes <out_dir>/<gpu>/<date>-<sha>-<name>.json, .md and the plots; returns the JSON path."""
     folder = Path(out_dir) / gpu_folder(env)
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{env['timestamp'][:10]}-{env['git_sha']}-{name}"
@@ -103,4 +120,5 @@ def write_results(rows: list[dict], env: dict, out_dir: str | Path, name: str) -
     json_path.write_text(json.dumps({"environment": env, "rows": rows}, indent=1) + "\n")
     (folder / f"{stem}.md").write_text(f"# {name} — {env.get('gpu') or 'CPU'}\n\n"
                                        f"```\n{json.dumps(env, indent=1)}\n```\n\n{markdown_table(rows)}")  # fmt: skip
+    write_plots(rows, env, folder, stem)
     return json_path

@@ -92,7 +92,7 @@ def compiled_providers(eager: Callable) -> dict[str, Callable]:
 
 def main(op: str, cases_for: Callable, providers_for: Callable, *, quick: bool, dtype: torch.dtype, modes,
          out_dir) -> list[dict]:  # fmt: skip
-    """Runs one op's benchmark on the GPU, or a CPU smoke run of the torch provider."""
+    """Runs one op's benchmark on the GPU, or a CPU smoke run of the torch provider; writes the results."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda":
         print("No GPU: a CPU smoke run of the torch provider on a tiny shape. CPU numbers are not GPU performance.")
