@@ -65,7 +65,7 @@ class CMakeBuild(build_ext):
 
 
 setup(
-    packages=["deepfuse", "deepfuse.ops", "deepfuse.nn", "deepfuse.bench", "deepfuse.kernels"],
+    packages=["deepfuse", "deepfuse.ops", "deepfuse.nn", "deepfuse.bench", "deepfuse.profile", "deepfuse.kernels"],
     package_dir={"deepfuse": "python/deepfuse", "deepfuse.kernels": "kernels"},
     ext_modules=[CMakeExtension("deepfuse._C")],
     cmdclass={"build_ext": CMakeBuild},

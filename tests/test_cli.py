@@ -28,3 +28,29 @@ def test_bench_smoke_writes_results(tmp_path, capsys):
 
 def test_bench_rejects_unknown_op(capsys):
     assert cli.main(["bench", "conv9d"]) == 2
+
+
+def test_bench_compare_flags_regressions(tmp_path, capsys):
+    from deepfuse.bench.compare import compare_rows
+
+    def row(median, p20, p80, provider="triton"):
+        return {"op": "linear_act", "shape": "8x8x8", "mode": "fwd", "provider": provider, "dtype": "bfloat16",
+                "median_ms": median, "p20_ms": p20, "p80_ms": p80}  # fmt: skip
+
+    previous = [row(1.0, 0.95, 1.05), row(1.0, 0.95, 1.05, "cuda"), row(1.0, 0.9, 1.1, "torch")]
+    current = [row(1.5, 1.4, 1.6), row(0.5, 0.45, 0.55, "cuda"), row(1.04, 0.9, 1.2, "torch")]
+    statuses = {c.key[3]: c.status for c in compare_rows(current, previous)}
+    assert statuses == {"triton": "REGRESSED", "cuda": "IMPROVED", "torch": "SAME"}
+    # noise: a slower median whose spread overlaps the old one is not a regression
+    assert compare_rows([row(1.2, 1.0, 1.3)], [row(1.0, 0.9, 1.1)])[0].status == "SAME"
+
+    assert cli.main(["bench", "linear_act", "--out", str(tmp_path)]) == 0
+    (result,) = tmp_path.glob("*/*.json")
+    data = json.loads(result.read_text())
+    for r in data["rows"]:
+        r["median_ms"] = r["p20_ms"] = r["p80_ms"] = 1e-9  # a previous run that was impossibly fast
+    slow_before = tmp_path / "previous.json"
+    slow_before.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert cli.main(["bench", "linear_act", "--out", str(tmp_path), "--compare", str(slow_before)]) == 1
+    assert "REGRESSED" in capsys.readouterr().out

@@ -9,7 +9,17 @@ print(deepfuse.explain("linear_act", x, w, b, "gelu"))
 
 from deepfuse import nn, ops
 from deepfuse.backend import BackendUnavailableError, available_backends, explain, use_backend
+from deepfuse.profile import profile
 
 __version__ = "0.1.0"
 
-__all__ = ["BackendUnavailableError", "available_backends", "explain", "nn", "ops", "use_backend", "__version__"]
+__all__ = [
+    "BackendUnavailableError",
+    "available_backends",
+    "explain",
+    "nn",
+    "ops",
+    "profile",
+    "use_backend",
+    "__version__",
+]

@@ -1,4 +1,4 @@
-"""Command line: ``deepfuse demo`` and ``deepfuse bench`` (also ``python -m deepfuse ...``)."""
+"""Command line: ``deepfuse demo | bench | profile`` (also ``python -m deepfuse ...``)."""
 
 from __future__ import annotations
 
@@ -53,6 +53,34 @@ def _report_changes(rows, previous_path) -> int:
     return 1 if regressed else 0
 
 
+def _profile(args) -> int:
+    import importlib
+
+    import torch
+
+    import deepfuse
+
+    if args.op not in BENCH_OPS:
+        print(f"unknown op {args.op!r}; available: {', '.join(BENCH_OPS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"deepfuse.bench.{args.op}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, DTYPES[args.dtype]) if device.type == "cuda" else torch.float32
+    case = module.cases(device, dtype, quick=True)[0]
+    op = getattr(deepfuse.ops, args.op)
+    leaves = [t for t in case.inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+
+    def step():
+        for t in leaves:
+            t.grad = None
+        op(*case.inputs, activation=module.ACTIVATION, backend=args.backend).backward(case.grad_output)
+
+    report = deepfuse.profile(step, steps=args.steps, trace=args.trace, out_dir=args.out)
+    print(f"{args.op} {case.shape}, forward + backward, backend {args.backend or 'automatic'}")
+    print(report)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="deepfuse", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -68,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--out", default="benchmarks/results")
     bench.add_argument("--compare", metavar="PREVIOUS.json", help="flag rows that regressed beyond the noise")
     bench.set_defaults(run=_bench)
+    prof = commands.add_parser("profile", help="profile one op (forward + backward) and report per kernel")
+    prof.add_argument("op")
+    prof.add_argument("--steps", type=int, default=5)
+    prof.add_argument("--backend", choices=["torch", "triton", "cuda"], default=None)
+    prof.add_argument("--dtype", default="bf16", choices=list(DTYPES))
+    prof.add_argument("--trace", default=None, help="write a Chrome trace (chrome://tracing, Perfetto)")
+    prof.add_argument("--out", default=None, help="folder for profile.md and the roofline PNG")
+    prof.set_defaults(run=_profile)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -10,6 +10,8 @@ Layouts: NCHW or channels_last x; the output keeps x's memory format. dtypes as 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -25,6 +27,7 @@ from deepfuse.ops.activations import (
     activation_ref,
     check_activation,
 )
+from deepfuse.profile.labels import op_range
 
 
 def conv2d_act_ref(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation="none", *,
@@ -245,12 +248,22 @@ _BWD = {"torch": _bwd_torch, "triton": _bwd_triton, "cuda": _bwd_cuda}
 # ---------------------------------------------------------------------------------------------
 
 
+def _cost(x, weight, out_shape, two_outputs):
+    """Forward FLOPs and minimum bytes (x, W, b read once; one or two output-sized tensors written)."""
+    out_numel = math.prod(out_shape)
+    flops = 2 * out_numel * math.prod(weight.shape[1:])
+    outputs = out_numel * (2 if two_outputs else 1)
+    return flops, x.element_size() * (x.numel() + weight.numel() + weight.shape[0] + outputs)
+
+
 @torch.library.custom_op("deepfuse::conv2d_act_fwd", mutates_args=())
 def conv2d_act_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
                    stride: list[int], padding: list[int], dilation: list[int], groups: int, activation: str,
                    save_preact: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(y, preact) for 4-D x; padding is (top, bottom, left, right); preact is empty unless save_preact."""
-    return _FWD[backend](x, weight, bias, residual, tuple(stride), tuple(padding), tuple(dilation), groups,
+    flops, min_bytes = _cost(x, weight, _out_shape(x, weight, stride, padding, dilation), save_preact)
+    with op_range("conv2d_act_fwd", backend, flops, min_bytes):
+        return _FWD[backend](x, weight, bias, residual, tuple(stride), tuple(padding), tuple(dilation), groups,
                          activation, save_preact)  # fmt: skip
 
 
@@ -268,8 +281,10 @@ def conv2d_act_bwd(grad_y: torch.Tensor, saved: torch.Tensor, x: torch.Tensor, w
                    has_bias: bool, need_grad_x: bool, need_grad_weight: bool, need_grad_residual: bool,
                    backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """(grad_x, grad_weight, grad_bias, grad_residual); those not asked for are empty."""
-    return _BWD[backend](grad_y, saved, x, weight, tuple(stride), tuple(padding), tuple(dilation), groups, activation,
-                         has_bias, need_grad_x, need_grad_weight, need_grad_residual)  # fmt: skip
+    flops, min_bytes = _cost(x, weight, grad_y.shape, True)
+    with op_range("conv2d_act_bwd", backend, flops * (need_grad_x + need_grad_weight), min_bytes):
+        return _BWD[backend](grad_y, saved, x, weight, tuple(stride), tuple(padding), tuple(dilation), groups,
+                             activation, has_bias, need_grad_x, need_grad_weight, need_grad_residual)  # fmt: skip
 
 
 @conv2d_act_bwd.register_fake

@@ -26,6 +26,7 @@ from deepfuse.ops.activations import (
     activation_ref,
     check_activation,
 )
+from deepfuse.profile.labels import op_range
 
 
 def linear_act_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -123,7 +124,11 @@ _BWD = {"torch": _bwd_torch, "triton": _bwd_triton, "cuda": _bwd_cuda}
 def linear_act_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str,
                    save_preact: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(y, preact) for 2-D x; preact is (M, N) when save_preact, else empty."""
-    return _FWD[backend](x, weight, bias, activation, save_preact)
+    M, K = x.shape
+    N = weight.shape[0]
+    outputs = M * N * (2 if save_preact else 1)
+    with op_range("linear_act_fwd", backend, 2 * M * N * K, x.element_size() * (M * K + N * K + N + outputs)):
+        return _FWD[backend](x, weight, bias, activation, save_preact)
 
 
 @linear_act_fwd.register_fake
@@ -137,7 +142,12 @@ def linear_act_bwd(grad_y: torch.Tensor, saved: torch.Tensor, x: torch.Tensor, w
                    has_bias: bool, need_grad_x: bool, need_grad_weight: bool,
                    backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """(grad_x, grad_weight, grad_bias); those not asked for are empty."""
-    return _BWD[backend](grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_grad_weight)
+    M, K = x.shape
+    N = weight.shape[0]
+    flops = 2 * M * N * K * (need_grad_x + need_grad_weight)
+    min_bytes = x.element_size() * (2 * M * N + M * K + N * K + N)  # dy, saved, x or dx, W or dW, db
+    with op_range("linear_act_bwd", backend, flops, min_bytes):
+        return _BWD[backend](grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_grad_weight)
 
 
 @linear_act_bwd.register_fake
