@@ -1,0 +1,247 @@
+"""Triton flash attention, forward and backward: softmax(q k^T * scale + masks) v without the N x N matrix.
+
+Forward: one program per (query block, batch * query head); an online softmax over key blocks keeps a
+running max and sum in fp32 and saves the log-sum-exp (base 2) per query for backward. Backward
+(FlashAttention-2's split): delta = rowsum(dO * O); one kernel per key block accumulates dK and dV over
+query blocks, another per query block accumulates dQ over key blocks — no atomics, so it is
+deterministic. GQA: query head h reads key/value head h // (Hq // Hkv); dK/dV come out per query head
+and the caller sums each group.
+
+Masks: causal (SDPA's top-left alignment: key j is visible to query i when j <= i) and a key-padding
+mask (B, Nk), nonzero = ignore. A query whose keys are all masked outputs zeros (its LSE is +inf).
+Layouts: (B, H, N, D) with any strides; D up to 256, padded to a power of two inside the kernel.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from . import utils
+from .gemm_common import INTERPRET, dot_flags, mma
+
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
+
+
+def _blocks():
+    return (32, 32) if INTERPRET else (64, 64)
+
+
+@triton.jit
+def _scores(q, k_t, q_pos, k_pos, mask_ptr, Nk, qk_scale, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
+            DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):  # fmt: skip
+    """Scores in log2 units for a (query block, key block), -inf where masked."""
+    s = mma(q, k_t, tl.zeros((q.shape[0], k_t.shape[1]), dtype=tl.float32), DOT_PRECISION, UPCAST_DOT) * qk_scale
+    visible = (k_pos < Nk)[None, :]
+    if CAUSAL:
+        visible = visible & (k_pos[None, :] <= q_pos[:, None])
+    if HAS_MASK:
+        padded = tl.load(mask_ptr + k_pos, mask=k_pos < Nk, other=1)
+        visible = visible & (padded == 0)[None, :]
+    return tl.where(visible, s, float("-inf"))
+
+
+@triton.jit
+def _attention_fwd_kernel(
+    # pointers
+    q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, lse_ptr,
+    # sizes
+    Hq, Nq, Nk, D, GROUP,
+    # strides (B, H, N, D) for q, k, v, out; (B, Nk) for the mask; lse is (B, Hq, Nq) contiguous
+    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod, smb, smn,
+    qk_scale,
+    # meta-parameters
+    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // Hq
+    h = bh % Hq
+    kv_h = h // GROUP
+    q_pos = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    d = tl.arange(0, BLOCK_D)
+    q = tl.load(q_ptr + b * sqb + h * sqh + q_pos[:, None] * sqn + d[None, :] * sqd,
+                mask=(q_pos < Nq)[:, None] & (d < D)[None, :], other=0.0)  # fmt: skip
+    mask_row = mask_ptr + b * smb
+
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    hi = tl.minimum(Nk, (pid_m + 1) * BLOCK_M) if CAUSAL else Nk
+    for start_n in range(0, hi, BLOCK_N):
+        k_pos = start_n + tl.arange(0, BLOCK_N)
+        kv_mask = (k_pos < Nk)[None, :] & (d < D)[:, None]
+        k_t = tl.load(k_ptr + b * skb + kv_h * skh + k_pos[None, :] * skn + d[:, None] * skd, mask=kv_mask, other=0.0)
+        s = _scores(q, k_t, q_pos, k_pos, mask_row, Nk, qk_scale, CAUSAL, HAS_MASK, DOT_PRECISION, UPCAST_DOT)
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_ptr + b * svb + kv_h * svh + k_pos[:, None] * svn + d[None, :] * svd,
+                    mask=(k_pos < Nk)[:, None] & (d < D)[None, :], other=0.0)  # fmt: skip
+        acc = mma(p.to(v.dtype), v, acc * alpha[:, None], DOT_PRECISION, UPCAST_DOT)
+        m_i = m_new
+
+    visible = l_i > 0.0
+    out = tl.where(visible[:, None], acc / tl.where(visible, l_i, 1.0)[:, None], 0.0)
+    tl.store(out_ptr + b * sob + h * soh + q_pos[:, None] * son + d[None, :] * sod, out.to(out_ptr.dtype.element_ty),
+             mask=(q_pos < Nq)[:, None] & (d < D)[None, :])  # fmt: skip
+    lse = tl.where(visible, m_i + tl.math.log2(tl.where(visible, l_i, 1.0)), float("inf"))
+    tl.store(lse_ptr + bh * Nq + q_pos, lse, mask=q_pos < Nq)
+
+
+@triton.jit
+def _attention_bwd_dkdv_kernel(
+    # pointers: dk and dv are per query head, (B, Hq, Nk, D) contiguous fp32
+    q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+    # sizes
+    Hq, Nq, Nk, D, GROUP,
+    # strides (dO has q's layout: the caller makes it so)
+    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, smb, smn,
+    qk_scale, scale,
+    # meta-parameters
+    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // Hq
+    h = bh % Hq
+    kv_h = h // GROUP
+    k_pos = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    d = tl.arange(0, BLOCK_D)
+    kv_mask = (k_pos < Nk)[:, None] & (d < D)[None, :]
+    k = tl.load(k_ptr + b * skb + kv_h * skh + k_pos[:, None] * skn + d[None, :] * skd, mask=kv_mask, other=0.0)
+    v = tl.load(v_ptr + b * svb + kv_h * svh + k_pos[:, None] * svn + d[None, :] * svd, mask=kv_mask, other=0.0)
+    k_t = tl.trans(k)
+    mask_row = mask_ptr + b * smb
+
+    dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    lo = (pid_n * BLOCK_N // BLOCK_M) * BLOCK_M if CAUSAL else 0
+    for start_m in range(lo, Nq, BLOCK_M):
+        q_pos = start_m + tl.arange(0, BLOCK_M)
+        q_mask = (q_pos < Nq)[:, None] & (d < D)[None, :]
+        q_offsets = b * sqb + h * sqh + q_pos[:, None] * sqn + d[None, :] * sqd
+        q = tl.load(q_ptr + q_offsets, mask=q_mask, other=0.0)
+        do = tl.load(do_ptr + q_offsets, mask=q_mask, other=0.0)
+        lse = tl.load(lse_ptr + bh * Nq + q_pos, mask=q_pos < Nq, other=float("inf"))
+        delta = tl.load(delta_ptr + bh * Nq + q_pos, mask=q_pos < Nq, other=0.0)
+        s = _scores(q, k_t, q_pos, k_pos, mask_row, Nk, qk_scale, CAUSAL, HAS_MASK, DOT_PRECISION, UPCAST_DOT)
+        p = tl.math.exp2(s - lse[:, None])  # (BLOCK_M, BLOCK_N); 0 where masked or the row is empty
+        dv = mma(tl.trans(p.to(do.dtype)), do, dv, DOT_PRECISION, UPCAST_DOT)
+        dp = mma(do, tl.trans(v), tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT_PRECISION, UPCAST_DOT)
+        ds = p * (dp - delta[:, None])
+        dk = mma(tl.trans(ds.to(q.dtype)), q, dk, DOT_PRECISION, UPCAST_DOT)
+
+    out_offsets = bh * Nk * D + k_pos[:, None] * D + d[None, :]
+    tl.store(dk_ptr + out_offsets, dk * scale, mask=kv_mask)
+    tl.store(dv_ptr + out_offsets, dv, mask=kv_mask)
+
+
+@triton.jit
+def _attention_bwd_dq_kernel(
+    # pointers: dq is (B, Hq, Nq, D) contiguous, in q's dtype
+    q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+    # sizes
+    Hq, Nq, Nk, D, GROUP,
+    # strides
+    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, smb, smn,
+    qk_scale, scale,
+    # meta-parameters
+    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // Hq
+    h = bh % Hq
+    kv_h = h // GROUP
+    q_pos = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    d = tl.arange(0, BLOCK_D)
+    q_mask = (q_pos < Nq)[:, None] & (d < D)[None, :]
+    q_offsets = b * sqb + h * sqh + q_pos[:, None] * sqn + d[None, :] * sqd
+    q = tl.load(q_ptr + q_offsets, mask=q_mask, other=0.0)
+    do = tl.load(do_ptr + q_offsets, mask=q_mask, other=0.0)
+    lse = tl.load(lse_ptr + bh * Nq + q_pos, mask=q_pos < Nq, other=float("inf"))
+    delta = tl.load(delta_ptr + bh * Nq + q_pos, mask=q_pos < Nq, other=0.0)
+    mask_row = mask_ptr + b * smb
+
+    dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    hi = tl.minimum(Nk, (pid_m + 1) * BLOCK_M) if CAUSAL else Nk
+    for start_n in range(0, hi, BLOCK_N):
+        k_pos = start_n + tl.arange(0, BLOCK_N)
+        kv_mask = (k_pos < Nk)[:, None] & (d < D)[None, :]
+        k = tl.load(k_ptr + b * skb + kv_h * skh + k_pos[:, None] * skn + d[None, :] * skd, mask=kv_mask, other=0.0)
+        v = tl.load(v_ptr + b * svb + kv_h * svh + k_pos[:, None] * svn + d[None, :] * svd, mask=kv_mask, other=0.0)
+        s = _scores(q, tl.trans(k), q_pos, k_pos, mask_row, Nk, qk_scale, CAUSAL, HAS_MASK, DOT_PRECISION,
+                    UPCAST_DOT)  # fmt: skip
+        p = tl.math.exp2(s - lse[:, None])
+        dp = mma(do, tl.trans(v), tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT_PRECISION, UPCAST_DOT)
+        ds = p * (dp - delta[:, None])
+        dq = mma(ds.to(k.dtype), k, dq, DOT_PRECISION, UPCAST_DOT)
+
+    out_offsets = bh * Nq * D + q_pos[:, None] * D + d[None, :]
+    tl.store(dq_ptr + out_offsets, (dq * scale).to(dq_ptr.dtype.element_ty), mask=q_mask)
+
+
+def _mask_args(key_padding_mask, q):
+    if key_padding_mask is None:
+        return q, 0, 0, False  # never read without HAS_MASK
+    mask = key_padding_mask.to(torch.uint8)
+    return mask, mask.stride(0), mask.stride(1), True
+
+
+def _block_d(D: int) -> int:
+    return max(16, triton.next_power_of_2(D))
+
+
+def attention_fwd(q, k, v, key_padding_mask, causal: bool, scale: float):
+    """(out, lse): out (B, Hq, Nq, D) contiguous in q's dtype; lse (B, Hq, Nq) fp32, base 2, +inf for empty rows."""
+    B, Hq, Nq, D = q.shape
+    Hkv, Nk = k.shape[1], k.shape[2]
+    out = utils.empty_output((B, Hq, Nq, D), q)
+    lse = torch.empty((B, Hq, Nq), device=q.device, dtype=torch.float32)
+    if out.numel() == 0:
+        return out, lse
+    mask, smb, smn, has_mask = _mask_args(key_padding_mask, q)
+    block_m, block_n = _blocks()
+    _attention_fwd_kernel[(triton.cdiv(Nq, block_m), B * Hq)](
+        q, k, v, mask, out, lse, Hq, Nq, Nk, D, Hq // Hkv,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), smb, smn,
+        scale * 1.4426950408889634,
+        CAUSAL=causal, HAS_MASK=has_mask, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=_block_d(D),
+        **dot_flags(q.dtype),
+    )  # fmt: skip
+    return out, lse
+
+
+def attention_bwd(grad_out, q, k, v, out, lse, key_padding_mask, causal: bool, scale: float):
+    """(dq, dk, dv) in the inputs' dtypes; dk, dv summed over each GQA group."""
+    B, Hq, Nq, D = q.shape
+    Hkv, Nk = k.shape[1], k.shape[2]
+    dq = utils.empty_output((B, Hq, Nq, D), q)
+    if q.numel() == 0 or k.numel() == 0:
+        return dq.zero_(), torch.zeros_like(k), torch.zeros_like(v)
+    # The kernels address dO with q's strides: give both the contiguous layout.
+    grad_out, q_like = grad_out.contiguous(), q.contiguous()
+    delta = (grad_out.float() * out.float()).sum(-1).contiguous()  # rowsum(dO * O), (B, Hq, Nq)
+    dk = torch.empty((B, Hq, Nk, D), device=q.device, dtype=torch.float32)
+    dv = torch.empty((B, Hq, Nk, D), device=q.device, dtype=torch.float32)
+    mask, smb, smn, has_mask = _mask_args(key_padding_mask, q)
+    block_m, block_n = _blocks()
+    common = dict(CAUSAL=causal, HAS_MASK=has_mask, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=_block_d(D),
+                  **dot_flags(q.dtype))  # fmt: skip
+    args = (Hq, Nq, Nk, D, Hq // Hkv, *q_like.stride(), *k.stride(), *v.stride(), smb, smn,
+            scale * 1.4426950408889634, scale)  # fmt: skip
+    _attention_bwd_dkdv_kernel[(triton.cdiv(Nk, block_n), B * Hq)](
+        q_like, k, v, mask, grad_out, lse, delta, dk, dv, *args, **common
+    )
+    _attention_bwd_dq_kernel[(triton.cdiv(Nq, block_m), B * Hq)](
+        q_like, k, v, mask, grad_out, lse, delta, dq, *args, **common
+    )
+    group = Hq // Hkv
+    dk = dk.view(B, Hkv, group, Nk, D).sum(2).to(k.dtype)
+    dv = dv.view(B, Hkv, group, Nk, D).sum(2).to(v.dtype)
+    return dq, dk, dv

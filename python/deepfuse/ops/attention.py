@@ -1,0 +1,231 @@
+"""attention: softmax(q k^T * scale + masks) v, flash-style (no N x N matrix in memory), forward and backward.
+
+Same result as F.scaled_dot_product_attention (``is_causal`` top-left aligned; scale 1/sqrt(D) by
+default) with GQA/MQA (Hq a multiple of Hkv) and a key-padding mask (B, Nk) bool, True = ignore the key
+(nn.MultiheadAttention's convention). A query whose keys are all masked outputs zeros, never NaN
+(SDPA would return NaN), and its gradients are zero.
+
+dtypes: float16, bfloat16 and float32 on the kernels (fp32 inputs use IEEE fp32 dots unless torch
+allows TF32), float64 on torch. Backward is deterministic on every backend.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from deepfuse import backend as _backend
+from deepfuse.ops._interop import accepts_cupy
+from deepfuse.ops._shared import autocast_inputs
+from deepfuse.ops._validation import check_same_dtype_and_device, check_tensor, kernel_dtype_reason
+from deepfuse.profile.labels import op_range
+
+MAX_HEAD_DIM = 256
+
+
+def _probs(q, k, causal, key_padding_mask, scale):
+    """Attention probabilities (B, Hq, Nq, Nk) with GQA-expanded k; all-masked rows are zero."""
+    B, Hq, Nq, D = q.shape
+    group = Hq // k.shape[1]
+    k = k.repeat_interleave(group, dim=1) if group > 1 else k
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    scores = (q @ k.transpose(-1, -2)) * scale
+    visible = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device)
+    if causal:
+        visible = visible.tril()
+    visible = visible.expand(B, 1, *visible.shape)
+    if key_padding_mask is not None:
+        visible = visible & ~key_padding_mask[:, None, None, :]
+    any_visible = visible.any(-1, keepdim=True)
+    probs = torch.softmax(scores.masked_fill(~visible, float("-inf")).masked_fill(~any_visible, 0.0), dim=-1)
+    return torch.where(any_visible, probs, 0.0)
+
+
+def _expand_heads(t, heads):
+    group = heads // t.shape[1]
+    return t.repeat_interleave(group, dim=1) if group > 1 else t
+
+
+def attention_ref(q, k, v, *, causal=False, key_padding_mask=None, scale=None):
+    """The spec in plain torch (materialises the scores): SDPA's math with fully-masked rows set to zero."""
+    return _probs(q, k, causal, key_padding_mask, scale).to(v.dtype) @ _expand_heads(v, q.shape[1])
+
+
+def _attention_grads_ref(grad_out, q, k, v, causal, key_padding_mask, scale):
+    """(dq, dk, dv) of attention_ref in closed form, computed in at least fp32 (custom-op implementations run
+    below autograd, so they cannot call it)."""
+    compute = torch.promote_types(q.dtype, torch.float32)
+    qc, kc, vc, go = (t.to(compute) for t in (q, k, v, grad_out))
+    B, Hq, Nq, D = q.shape
+    Hkv, Nk = k.shape[1], k.shape[2]
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    probs = _probs(qc, kc, causal, key_padding_mask, scale)
+    k_full, v_full = _expand_heads(kc, Hq), _expand_heads(vc, Hq)
+    grad_probs = go @ v_full.transpose(-1, -2)
+    grad_scores = probs * (grad_probs - (grad_probs * probs).sum(-1, keepdim=True)) * scale
+    dq = grad_scores @ k_full
+    dk = (grad_scores.transpose(-1, -2) @ qc).view(B, Hkv, Hq // Hkv, Nk, D).sum(2)
+    dv = (probs.transpose(-1, -2) @ go).view(B, Hkv, Hq // Hkv, Nk, D).sum(2)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backend implementations
+# ---------------------------------------------------------------------------------------------
+
+
+def _fwd_torch(q, k, v, key_padding_mask, causal, scale):
+    out = attention_ref(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
+    # The torch backend recomputes in backward and keeps no log-sum-exp.
+    return out.contiguous(), q.new_empty((*q.shape[:3],), dtype=torch.float32)
+
+
+def _bwd_torch(grad_out, q, k, v, out, lse, key_padding_mask, causal, scale):
+    return tuple(g.contiguous() for g in _attention_grads_ref(grad_out, q, k, v, causal, key_padding_mask, scale))
+
+
+def _fwd_triton(q, k, v, key_padding_mask, causal, scale):
+    from deepfuse.kernels.attention import attention_fwd
+
+    return attention_fwd(q, k, v, key_padding_mask, causal, scale)
+
+
+def _bwd_triton(grad_out, q, k, v, out, lse, key_padding_mask, causal, scale):
+    from deepfuse.kernels.attention import attention_bwd
+
+    dq, dk, dv = attention_bwd(grad_out, q, k, v, out, lse, key_padding_mask, causal, scale)
+    return dq, dk.contiguous(), dv.contiguous()
+
+
+_FWD = {"torch": _fwd_torch, "triton": _fwd_triton}
+_BWD = {"torch": _bwd_torch, "triton": _bwd_triton}
+
+
+# ---------------------------------------------------------------------------------------------
+# Custom ops
+# ---------------------------------------------------------------------------------------------
+
+
+def _cost(q, k):
+    """FlashAttention's count: 4 * B * Hq * Nq * Nk * D forward (causal not halved); q, k, v read, out written."""
+    B, Hq, Nq, D = q.shape
+    Nk = k.shape[2]
+    return 4 * B * Hq * Nq * Nk * D, q.element_size() * (2 * q.numel() + 2 * k.numel())
+
+
+@torch.library.custom_op("deepfuse::attention_fwd", mutates_args=())
+def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
+                  causal: bool, scale: float, backend: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(out (B, Hq, Nq, D) contiguous, lse (B, Hq, Nq) fp32)."""
+    flops, min_bytes = _cost(q, k)
+    with op_range("attention_fwd", backend, flops, min_bytes):
+        return _FWD[backend](q, k, v, key_padding_mask, causal, scale)
+
+
+@attention_fwd.register_fake
+def _(q, k, v, key_padding_mask, causal, scale, backend):
+    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("deepfuse::attention_bwd", mutates_args=())
+def attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                  lse: torch.Tensor, key_padding_mask: torch.Tensor | None, causal: bool, scale: float,
+                  backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(dq, dk, dv), contiguous, in the inputs' dtypes."""
+    flops, min_bytes = _cost(q, k)
+    with op_range("attention_bwd", backend, 2.5 * flops, 2 * min_bytes):
+        return _BWD[backend](grad_out, q, k, v, out, lse, key_padding_mask, causal, scale)
+
+
+@attention_bwd.register_fake
+def _(grad_out, q, k, v, out, lse, key_padding_mask, causal, scale, backend):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, key_padding_mask, causal, scale, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, key_padding_mask)
+    ctx.causal, ctx.scale, ctx.backend = causal, scale, backend
+
+
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
+    dq, dk, dv = attention_bwd(grad_out, q, k, v, out, lse, key_padding_mask, ctx.causal, ctx.scale, ctx.backend)
+    return dq, dk, dv, None, None, None, None
+
+
+attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dispatch rules and the public function
+# ---------------------------------------------------------------------------------------------
+
+
+def _supports(backend, q, k, *args, **kwargs):
+    if backend == "torch":
+        return None
+    if backend == "cuda":
+        return "attention has no CUDA C++ kernel yet (use triton or torch)"
+    if q.shape[-1] > MAX_HEAD_DIM:
+        return f"q's head dim is {q.shape[-1]}; the triton kernel takes head dims up to {MAX_HEAD_DIM}"
+    return kernel_dtype_reason("q", q)
+
+
+def _preference(q, k, *args, **kwargs):
+    # Not yet measured on a GPU: Triton's flash kernel for the half types; fp32 and the rest use torch.
+    return ("triton", "torch") if q.dtype in (torch.float16, torch.bfloat16) else ("torch",)
+
+
+_backend.register_op(_backend.OpSpec("attention", _supports, _preference, lambda q, *a, **k: q.device))
+
+
+def _validate(q, k, v, key_padding_mask):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, t, ndim=4)
+    check_same_dtype_and_device("q", q, k=k, v=v)
+    B, Hq, Nq, D = q.shape
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if k.shape[0] != B or k.shape[3] != D:
+        raise ValueError(f"k must be (batch={B}, kv_heads, Nk, head_dim={D}) to match q {tuple(q.shape)}, "
+                         f"got {tuple(k.shape)}")  # fmt: skip
+    if k.shape[1] == 0 or Hq % k.shape[1] != 0:
+        raise ValueError(f"q's heads ({Hq}) must be a multiple of k's heads ({k.shape[1]}) (GQA/MQA)")
+    if key_padding_mask is not None:
+        if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
+            raise TypeError("key_padding_mask must be a bool tensor (True = ignore that key), got "
+                            f"{getattr(key_padding_mask, 'dtype', type(key_padding_mask).__name__)}")  # fmt: skip
+        if key_padding_mask.shape != (B, k.shape[2]):
+            raise ValueError(f"key_padding_mask must have shape (batch={B}, Nk={k.shape[2]}), "
+                             f"got {tuple(key_padding_mask.shape)}")  # fmt: skip
+        if key_padding_mask.device != q.device:
+            raise ValueError(f"key_padding_mask is on {key_padding_mask.device} but q is on {q.device}")
+
+
+@accepts_cupy
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+              key_padding_mask: torch.Tensor | None = None, scale: float | None = None,
+              backend: str | None = None) -> torch.Tensor:  # fmt: skip
+    """softmax(q @ k^T * scale, masked) @ v without materialising the scores.
+
+    Args:
+        q: (B, Hq, Nq, D); k, v: (B, Hkv, Nk, D) with Hq a multiple of Hkv (GQA/MQA).
+        causal: key j is visible to query i when j <= i (SDPA's is_causal alignment).
+        key_padding_mask: (B, Nk) bool, True marks a padded key to ignore. Queries with no visible key
+            output zeros.
+        scale: default 1/sqrt(D).
+        backend: "torch", "triton", "cuda" or None (automatic).
+
+    Returns: (B, Hq, Nq, D) in q's dtype (autocast dtype under autocast).
+
+    Equivalent PyTorch: attention_ref (= F.scaled_dot_product_attention where no row is fully masked)
+    """
+    _validate(q, k, v, key_padding_mask)
+    q, k, v = autocast_inputs(q, k, v)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    chosen = _backend.choose_backend("attention", backend, q, k)
+    out, _ = attention_fwd(q, k, v, key_padding_mask, causal, scale, chosen)
+    return out
