@@ -24,11 +24,10 @@ from deepfuse.profile.labels import op_range
 MAX_HEAD_DIM = 256
 
 
-def _probs(q, k, causal, key_padding_mask, scale):
-    """Attention probabilities (B, Hq, Nq, Nk) with GQA-expanded k; all-masked rows are zero."""
+def _masked_scores(q, k, causal, key_padding_mask, scale):
+    """(scores (B, Hq, Nq, Nk) with -inf where masked, whether each query sees any key); GQA-expanded k."""
     B, Hq, Nq, D = q.shape
-    group = Hq // k.shape[1]
-    k = k.repeat_interleave(group, dim=1) if group > 1 else k
+    k = _expand_heads(k, Hq)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     scores = (q @ k.transpose(-1, -2)) * scale
     visible = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device)
@@ -37,8 +36,13 @@ def _probs(q, k, causal, key_padding_mask, scale):
     visible = visible.expand(B, 1, *visible.shape)
     if key_padding_mask is not None:
         visible = visible & ~key_padding_mask[:, None, None, :]
-    any_visible = visible.any(-1, keepdim=True)
-    probs = torch.softmax(scores.masked_fill(~visible, float("-inf")).masked_fill(~any_visible, 0.0), dim=-1)
+    return scores.masked_fill(~visible, float("-inf")), visible.any(-1, keepdim=True)
+
+
+def _probs(q, k, causal, key_padding_mask, scale):
+    """Attention probabilities; all-masked rows are zero."""
+    scores, any_visible = _masked_scores(q, k, causal, key_padding_mask, scale)
+    probs = torch.softmax(scores.masked_fill(~any_visible, 0.0), dim=-1)
     return torch.where(any_visible, probs, 0.0)
 
 
@@ -77,8 +81,11 @@ def _attention_grads_ref(grad_out, q, k, v, causal, key_padding_mask, scale):
 
 def _fwd_torch(q, k, v, key_padding_mask, causal, scale):
     out = attention_ref(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
-    # The torch backend recomputes in backward and keeps no log-sum-exp.
-    return out.contiguous(), q.new_empty((*q.shape[:3],), dtype=torch.float32)
+    # The same log-sum-exp (base 2, +inf for rows with no visible key) as the kernels save.
+    scores, any_visible = _masked_scores(q.float(), k.float(), causal, key_padding_mask, scale)
+    lse = torch.logsumexp(scores.masked_fill(~any_visible, 0.0), dim=-1) * 1.4426950408889634
+    lse = torch.where(any_visible.squeeze(-1), lse, float("inf"))
+    return out.contiguous(), lse.contiguous()
 
 
 def _bwd_torch(grad_out, q, k, v, out, lse, key_padding_mask, causal, scale):

@@ -1,0 +1,163 @@
+"""attention: every backend against a float64 reference and SDPA, forward and backward; masks, GQA, bad input."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import deepfuse
+from deepfuse.ops import attention, attention_ref
+from deepfuse.ops.attention import attention_bwd, attention_fwd
+from tests.reference import check_against_reference, forward_backward
+from tests.tolerances import ATOL, max_error
+
+# (B, Hq, Hkv, Nq, Nk, D, causal, padded keys)
+CPU_CASES = {
+    "n1_d32": (1, 2, 2, 1, 1, 32, False, False),
+    "n17_d32": (2, 2, 2, 17, 17, 32, False, False),
+    "causal_nq_ne_nk_gqa_d64": (2, 4, 2, 40, 70, 64, True, False),
+    "padding_mqa_d48": (2, 2, 1, 33, 50, 48, False, True),
+    "causal_padding_fully_masked_rows": (2, 2, 2, 70, 30, 32, True, True),
+    "n127_d64": (1, 2, 2, 127, 127, 64, True, False),
+}
+GPU_CASES = {
+    "n1000_d64": (2, 4, 4, 1000, 1000, 64, False, False),
+    "n1000_d128_causal": (2, 4, 4, 1000, 1000, 128, True, False),
+    "imdb_padded_d64": (8, 4, 4, 512, 512, 64, False, True),
+    "gqa_d128": (2, 8, 2, 257, 513, 128, True, False),
+    "d256": (1, 2, 2, 300, 300, 256, False, False),
+    "d32": (4, 2, 2, 2048, 2048, 32, True, False),
+}
+
+
+def make_case(case, dtype, device="cpu", seed=0):
+    B, Hq, Hkv, Nq, Nk, D, causal, padded = case
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, Hq, Nq, D, generator=g)
+    k = torch.randn(B, Hkv, Nk, D, generator=g)
+    v = torch.randn(B, Hkv, Nk, D, generator=g)
+    dy = torch.randn(B, Hq, Nq, D, generator=g)
+    mask = None
+    if padded:  # IMDb-like: each sequence padded after its own length; batch 0 fully padded
+        lengths = torch.randint(1, Nk + 1, (B,), generator=g)
+        lengths[0] = 0
+        mask = (torch.arange(Nk)[None, :] >= lengths[:, None]).to(device)
+    cast = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
+    return (cast(q), cast(k), cast(v)), cast(dy), dict(causal=causal, key_padding_mask=mask)
+
+
+def check_case(backend, case, dtype, device="cpu"):
+    tensors, dy, options = make_case(case, dtype, device)
+    check_against_reference(lambda *t: attention(*t, **options, backend=backend),
+                            lambda *t: attention_ref(*t, **options), tensors, dy, ("q", "k", "v"))  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CPU_CASES.values(), ids=CPU_CASES.keys())
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.usefixtures("poison_outputs")
+def test_matches_reference_fp32(backend, case):
+    check_case(backend, case, torch.float32)
+
+
+@pytest.mark.parametrize("name", ["n17_d32", "causal_nq_ne_nk_gqa_d64", "padding_mqa_d48"])
+@pytest.mark.usefixtures("poison_outputs")
+def test_triton_matches_reference_fp16(name):
+    check_case("triton", CPU_CASES[name], torch.float16)
+
+
+def test_reference_equals_sdpa_where_no_row_is_fully_masked():
+    tensors, _, _ = make_case(CPU_CASES["causal_nq_ne_nk_gqa_d64"], torch.float64)
+    q, k, v = tensors
+    sdpa = F.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), is_causal=True)
+    assert max_error(attention_ref(q, k, v, causal=True), sdpa) <= ATOL[torch.float64]
+    mask = torch.rand(q.shape[0], k.shape[2]) < 0.3
+    mask[:, 0] = False
+    sdpa = F.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
+                                          attn_mask=~mask[:, None, None, :])  # fmt: skip
+    assert max_error(attention_ref(q, k, v, key_padding_mask=mask), sdpa) <= ATOL[torch.float64]
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_fully_masked_rows_are_zero_not_nan(backend):
+    tensors, dy, options = make_case(CPU_CASES["causal_padding_fully_masked_rows"], torch.float32)
+    out, grads = forward_backward(lambda *t: attention(*t, **options, backend=backend), tensors, dy)
+    assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
+    assert torch.equal(out[0], torch.zeros_like(out[0]))  # batch 0 has every key padded
+    assert torch.equal(grads[0][0], torch.zeros_like(grads[0][0]))
+
+
+def test_triton_backward_is_deterministic():
+    tensors, dy, options = make_case(CPU_CASES["causal_nq_ne_nk_gqa_d64"], torch.float32)
+    first = forward_backward(lambda *t: attention(*t, **options, backend="triton"), tensors, dy)
+    second = forward_backward(lambda *t: attention(*t, **options, backend="triton"), tensors, dy)
+    assert torch.equal(first[0], second[0]) and all(torch.equal(a, b) for a, b in zip(first[1], second[1], strict=True))
+
+
+def test_custom_scale_and_empty_batch():
+    q, k, v = torch.randn(1, 2, 5, 16), torch.randn(1, 2, 7, 16), torch.randn(1, 2, 7, 16)
+    for backend in ("torch", "triton"):
+        assert max_error(attention(q, k, v, scale=0.3, backend=backend), attention_ref(q, k, v, scale=0.3)) < 1e-5
+        empty = attention(q[:0], k[:0], v[:0], backend=backend)
+        assert empty.shape == (0, 2, 5, 16)
+
+
+def _bad_input_cases():
+    q, k = torch.randn(2, 4, 8, 16), torch.randn(2, 2, 9, 16)
+    return [
+        (dict(q=q, k=k, v=k[:, :, :5]), ValueError, r"k and v must have the same shape"),
+        (dict(q=q, k=k[:1], v=k[:1]), ValueError, r"k must be \(batch=2, kv_heads, Nk, head_dim=16\)"),
+        (dict(q=q, k=k[..., :8], v=k[..., :8]), ValueError, r"head_dim=16"),
+        (dict(q=q[:, :3], k=k, v=k), ValueError, r"q's heads \(3\) must be a multiple of k's heads \(2\)"),
+        (dict(q=q[0], k=k, v=k), ValueError, r"q must be 4-D"),
+        (dict(q=q, k=k.half(), v=k.half()), TypeError, r"k.dtype is torch.float16 but q.dtype is torch.float32"),
+        (dict(q=q, k=k, v=k, key_padding_mask=torch.zeros(2, 9)), TypeError, r"key_padding_mask must be a bool"),
+        (dict(q=q, k=k, v=k, key_padding_mask=torch.zeros(2, 8, dtype=torch.bool)), ValueError,
+         r"key_padding_mask must have shape \(batch=2, Nk=9\)"),
+        (dict(q=q.long(), k=k, v=k), TypeError, r"q must be a floating-point tensor"),
+        (dict(q=q, k=k, v=k, backend="cuda"), deepfuse.BackendUnavailableError, r"backend 'cuda'.*cannot run"),
+        (dict(q=torch.randn(1, 1, 2, 300), k=torch.randn(1, 1, 2, 300), v=torch.randn(1, 1, 2, 300), backend="triton"),
+         deepfuse.BackendUnavailableError, r"head dims up to 256"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", range(len(_bad_input_cases())))
+def test_bad_input_raises_a_clear_error(case):
+    kwargs, error, message = _bad_input_cases()[case]
+    with pytest.raises(error, match=message):
+        attention(**{name: kwargs.pop(name) for name in ("q", "k", "v")}, **kwargs)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_opcheck(backend):
+    tensors, dy, options = make_case(CPU_CASES["padding_mqa_d48"], torch.float32)
+    q, k, v = (t.requires_grad_() for t in tensors)
+    mask = options["key_padding_mask"]
+    torch.library.opcheck(attention_fwd, (q, k, v, mask, False, 0.2, backend))
+    torch.library.opcheck(attention_fwd, (q, k, v, None, True, 0.2, backend))
+    out, lse = attention_fwd(q.detach(), k.detach(), v.detach(), mask, False, 0.2, backend)
+    torch.library.opcheck(attention_bwd, (dy, q.detach(), k.detach(), v.detach(), out, lse, mask, False, 0.2, backend))
+
+
+def test_compiles_fullgraph():
+    torch._dynamo.reset()
+    tensors, dy, options = make_case(CPU_CASES["causal_nq_ne_nk_gqa_d64"], torch.float32)
+    compiled = torch.compile(lambda q, k, v: attention(q, k, v, causal=True), fullgraph=True)
+    ours = forward_backward(compiled, tensors, dy)
+    eager = forward_backward(lambda q, k, v: attention(q, k, v, causal=True), tensors, dy)
+    assert torch.equal(ours[0], eager[0]) and all(torch.equal(a, b) for a, b in zip(ours[1], eager[1], strict=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", {**CPU_CASES, **GPU_CASES}.values(), ids={**CPU_CASES, **GPU_CASES}.keys())
+def test_gpu_triton(case, dtype, poison_outputs):
+    check_case("triton", case, dtype, device="cuda")
+
+
+def test_backends_save_the_same_log_sum_exp():
+    tensors, _, options = make_case(CPU_CASES["causal_padding_fully_masked_rows"], torch.float32)
+    mask = options["key_padding_mask"]
+    _, lse_torch = attention_fwd(*tensors, mask, True, 0.25, "torch")
+    _, lse_triton = attention_fwd(*tensors, mask, True, 0.25, "triton")
+    assert torch.equal(torch.isinf(lse_torch), torch.isinf(lse_triton)) and torch.isinf(lse_torch).any()
+    finite = torch.isfinite(lse_torch)
+    assert max_error(lse_triton[finite], lse_torch[finite]) <= 1e-5
