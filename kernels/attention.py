@@ -27,6 +27,15 @@ def _blocks():
 
 
 @triton.jit
+def _sequence(cu_seqlens_ptr, b, n, VARLEN: tl.constexpr):
+    """(first token, length) of sequence b: packed (varlen) layouts read cu_seqlens, padded ones are 0..n."""
+    if VARLEN:
+        start = tl.load(cu_seqlens_ptr + b).to(tl.int64)
+        return start, tl.load(cu_seqlens_ptr + b + 1).to(tl.int64) - start
+    return tl.zeros((), dtype=tl.int64), n
+
+
+@triton.jit
 def _scores(q, k_t, q_pos, k_pos, mask_ptr, Nk, qk_scale, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
             DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):  # fmt: skip
     """Scores in log2 units for a (query block, key block), -inf where masked."""
@@ -42,26 +51,32 @@ def _scores(q, k_t, q_pos, k_pos, mask_ptr, Nk, qk_scale, CAUSAL: tl.constexpr, 
 
 @triton.jit
 def _attention_fwd_kernel(
-    # pointers
-    q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, lse_ptr,
-    # sizes
+    # pointers (cu_seqlens only for VARLEN)
+    q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, lse_ptr, cu_q_ptr, cu_k_ptr,
+    # sizes (padded: the lengths; varlen: the maxima)
     Hq, Nq, Nk, D, GROUP,
-    # strides (B, H, N, D) for q, k, v, out; (B, Nk) for the mask; lse is (B, Hq, Nq) contiguous
-    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod, smb, smn,
+    # strides in (batch, head, token, dim) order for q, k, v, out (batch stride 0 when packed); (B, Nk) for
+    # the mask; (batch, head, token) for lse
+    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod, smb, smn, slb, slh,
     qk_scale,
     # meta-parameters
-    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // Hq
     h = bh % Hq
     kv_h = h // GROUP
+    q_start, Nq = _sequence(cu_q_ptr, b, Nq, VARLEN)
+    k_start, Nk = _sequence(cu_k_ptr, b, Nk, VARLEN)
+    q_ptr += b * sqb + h * sqh + q_start * sqn
+    k_ptr += b * skb + kv_h * skh + k_start * skn
+    v_ptr += b * svb + kv_h * svh + k_start * svn
     q_pos = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     d = tl.arange(0, BLOCK_D)
-    q = tl.load(q_ptr + b * sqb + h * sqh + q_pos[:, None] * sqn + d[None, :] * sqd,
-                mask=(q_pos < Nq)[:, None] & (d < D)[None, :], other=0.0)  # fmt: skip
+    q = tl.load(q_ptr + q_pos[:, None] * sqn + d[None, :] * sqd, mask=(q_pos < Nq)[:, None] & (d < D)[None, :],
+                other=0.0)  # fmt: skip
     mask_row = mask_ptr + b * smb
 
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
@@ -71,49 +86,58 @@ def _attention_fwd_kernel(
     for start_n in range(0, hi, BLOCK_N):
         k_pos = start_n + tl.arange(0, BLOCK_N)
         kv_mask = (k_pos < Nk)[None, :] & (d < D)[:, None]
-        k_t = tl.load(k_ptr + b * skb + kv_h * skh + k_pos[None, :] * skn + d[:, None] * skd, mask=kv_mask, other=0.0)
+        k_t = tl.load(k_ptr + k_pos[None, :] * skn + d[:, None] * skd, mask=kv_mask, other=0.0)
         s = _scores(q, k_t, q_pos, k_pos, mask_row, Nk, qk_scale, CAUSAL, HAS_MASK, DOT_PRECISION, UPCAST_DOT)
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
         p = tl.math.exp2(s - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_ptr + b * svb + kv_h * svh + k_pos[:, None] * svn + d[None, :] * svd,
-                    mask=(k_pos < Nk)[:, None] & (d < D)[None, :], other=0.0)  # fmt: skip
+        v = tl.load(v_ptr + k_pos[:, None] * svn + d[None, :] * svd, mask=(k_pos < Nk)[:, None] & (d < D)[None, :],
+                    other=0.0)  # fmt: skip
         acc = mma(p.to(v.dtype), v, acc * alpha[:, None], DOT_PRECISION, UPCAST_DOT)
         m_i = m_new
 
     visible = l_i > 0.0
     out = tl.where(visible[:, None], acc / tl.where(visible, l_i, 1.0)[:, None], 0.0)
-    tl.store(out_ptr + b * sob + h * soh + q_pos[:, None] * son + d[None, :] * sod, out.to(out_ptr.dtype.element_ty),
+    out_ptr += b * sob + h * soh + q_start * son
+    tl.store(out_ptr + q_pos[:, None] * son + d[None, :] * sod, out.to(out_ptr.dtype.element_ty),
              mask=(q_pos < Nq)[:, None] & (d < D)[None, :])  # fmt: skip
     lse = tl.where(visible, m_i + tl.math.log2(tl.where(visible, l_i, 1.0)), float("inf"))
-    tl.store(lse_ptr + bh * Nq + q_pos, lse, mask=q_pos < Nq)
+    tl.store(lse_ptr + b * slb + h * slh + q_start + q_pos, lse, mask=q_pos < Nq)
 
 
 @triton.jit
 def _attention_bwd_dkdv_kernel(
-    # pointers: dk and dv are per query head, (B, Hq, Nk, D) contiguous fp32
-    q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+    # pointers: dO has q's strides, delta lse's; dk and dv are fp32 per query head with strides sg*
+    q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, cu_q_ptr, cu_k_ptr,
     # sizes
     Hq, Nq, Nk, D, GROUP,
-    # strides (dO has q's layout: the caller makes it so)
-    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, smb, smn,
+    # strides, as in the forward kernel
+    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, smb, smn, slb, slh, sgb, sgh, sgn, sgd,
     qk_scale, scale,
     # meta-parameters
-    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // Hq
     h = bh % Hq
     kv_h = h // GROUP
+    q_start, Nq = _sequence(cu_q_ptr, b, Nq, VARLEN)
+    k_start, Nk = _sequence(cu_k_ptr, b, Nk, VARLEN)
+    q_ptr += b * sqb + h * sqh + q_start * sqn
+    do_ptr += b * sqb + h * sqh + q_start * sqn
+    lse_ptr += b * slb + h * slh + q_start
+    delta_ptr += b * slb + h * slh + q_start
     k_pos = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     d = tl.arange(0, BLOCK_D)
     kv_mask = (k_pos < Nk)[:, None] & (d < D)[None, :]
-    k = tl.load(k_ptr + b * skb + kv_h * skh + k_pos[:, None] * skn + d[None, :] * skd, mask=kv_mask, other=0.0)
-    v = tl.load(v_ptr + b * svb + kv_h * svh + k_pos[:, None] * svn + d[None, :] * svd, mask=kv_mask, other=0.0)
+    k = tl.load(k_ptr + b * skb + kv_h * skh + (k_start + k_pos[:, None]) * skn + d[None, :] * skd, mask=kv_mask,
+                other=0.0)  # fmt: skip
+    v = tl.load(v_ptr + b * svb + kv_h * svh + (k_start + k_pos[:, None]) * svn + d[None, :] * svd, mask=kv_mask,
+                other=0.0)  # fmt: skip
     k_t = tl.trans(k)
     mask_row = mask_ptr + b * smb
 
@@ -123,11 +147,11 @@ def _attention_bwd_dkdv_kernel(
     for start_m in range(lo, Nq, BLOCK_M):
         q_pos = start_m + tl.arange(0, BLOCK_M)
         q_mask = (q_pos < Nq)[:, None] & (d < D)[None, :]
-        q_offsets = b * sqb + h * sqh + q_pos[:, None] * sqn + d[None, :] * sqd
+        q_offsets = q_pos[:, None] * sqn + d[None, :] * sqd
         q = tl.load(q_ptr + q_offsets, mask=q_mask, other=0.0)
         do = tl.load(do_ptr + q_offsets, mask=q_mask, other=0.0)
-        lse = tl.load(lse_ptr + bh * Nq + q_pos, mask=q_pos < Nq, other=float("inf"))
-        delta = tl.load(delta_ptr + bh * Nq + q_pos, mask=q_pos < Nq, other=0.0)
+        lse = tl.load(lse_ptr + q_pos, mask=q_pos < Nq, other=float("inf"))
+        delta = tl.load(delta_ptr + q_pos, mask=q_pos < Nq, other=0.0)
         s = _scores(q, k_t, q_pos, k_pos, mask_row, Nk, qk_scale, CAUSAL, HAS_MASK, DOT_PRECISION, UPCAST_DOT)
         p = tl.math.exp2(s - lse[:, None])  # (BLOCK_M, BLOCK_N); 0 where masked or the row is empty
         dv = mma(tl.trans(p.to(do.dtype)), do, dv, DOT_PRECISION, UPCAST_DOT)
@@ -135,37 +159,42 @@ def _attention_bwd_dkdv_kernel(
         ds = p * (dp - delta[:, None])
         dk = mma(tl.trans(ds.to(q.dtype)), q, dk, DOT_PRECISION, UPCAST_DOT)
 
-    out_offsets = bh * Nk * D + k_pos[:, None] * D + d[None, :]
+    out_offsets = b * sgb + h * sgh + (k_start + k_pos[:, None]) * sgn + d[None, :] * sgd
     tl.store(dk_ptr + out_offsets, dk * scale, mask=kv_mask)
     tl.store(dv_ptr + out_offsets, dv, mask=kv_mask)
 
 
 @triton.jit
 def _attention_bwd_dq_kernel(
-    # pointers: dq is (B, Hq, Nq, D) contiguous, in q's dtype
-    q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+    # pointers: dq has q's strides (the caller allocates it like q), in q's dtype
+    q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, cu_q_ptr, cu_k_ptr,
     # sizes
     Hq, Nq, Nk, D, GROUP,
-    # strides
-    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, smb, smn,
+    # strides, as in the forward kernel
+    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, smb, smn, slb, slh,
     qk_scale, scale,
     # meta-parameters
-    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // Hq
     h = bh % Hq
     kv_h = h // GROUP
+    q_start, Nq = _sequence(cu_q_ptr, b, Nq, VARLEN)
+    k_start, Nk = _sequence(cu_k_ptr, b, Nk, VARLEN)
+    q_base = b * sqb + h * sqh + q_start * sqn
+    k_ptr += b * skb + kv_h * skh + k_start * skn
+    v_ptr += b * svb + kv_h * svh + k_start * svn
     q_pos = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     d = tl.arange(0, BLOCK_D)
     q_mask = (q_pos < Nq)[:, None] & (d < D)[None, :]
-    q_offsets = b * sqb + h * sqh + q_pos[:, None] * sqn + d[None, :] * sqd
+    q_offsets = q_base + q_pos[:, None] * sqn + d[None, :] * sqd
     q = tl.load(q_ptr + q_offsets, mask=q_mask, other=0.0)
     do = tl.load(do_ptr + q_offsets, mask=q_mask, other=0.0)
-    lse = tl.load(lse_ptr + bh * Nq + q_pos, mask=q_pos < Nq, other=float("inf"))
-    delta = tl.load(delta_ptr + bh * Nq + q_pos, mask=q_pos < Nq, other=0.0)
+    lse = tl.load(lse_ptr + b * slb + h * slh + q_start + q_pos, mask=q_pos < Nq, other=float("inf"))
+    delta = tl.load(delta_ptr + b * slb + h * slh + q_start + q_pos, mask=q_pos < Nq, other=0.0)
     mask_row = mask_ptr + b * smb
 
     dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
@@ -173,8 +202,8 @@ def _attention_bwd_dq_kernel(
     for start_n in range(0, hi, BLOCK_N):
         k_pos = start_n + tl.arange(0, BLOCK_N)
         kv_mask = (k_pos < Nk)[:, None] & (d < D)[None, :]
-        k = tl.load(k_ptr + b * skb + kv_h * skh + k_pos[:, None] * skn + d[None, :] * skd, mask=kv_mask, other=0.0)
-        v = tl.load(v_ptr + b * svb + kv_h * svh + k_pos[:, None] * svn + d[None, :] * svd, mask=kv_mask, other=0.0)
+        k = tl.load(k_ptr + k_pos[:, None] * skn + d[None, :] * skd, mask=kv_mask, other=0.0)
+        v = tl.load(v_ptr + k_pos[:, None] * svn + d[None, :] * svd, mask=kv_mask, other=0.0)
         s = _scores(q, tl.trans(k), q_pos, k_pos, mask_row, Nk, qk_scale, CAUSAL, HAS_MASK, DOT_PRECISION,
                     UPCAST_DOT)  # fmt: skip
         p = tl.math.exp2(s - lse[:, None])
@@ -182,8 +211,7 @@ def _attention_bwd_dq_kernel(
         ds = p * (dp - delta[:, None])
         dq = mma(ds.to(k.dtype), k, dq, DOT_PRECISION, UPCAST_DOT)
 
-    out_offsets = bh * Nq * D + q_pos[:, None] * D + d[None, :]
-    tl.store(dq_ptr + out_offsets, (dq * scale).to(dq_ptr.dtype.element_ty), mask=q_mask)
+    tl.store(dq_ptr + q_offsets, (dq * scale).to(dq_ptr.dtype.element_ty), mask=q_mask)
 
 
 def _mask_args(key_padding_mask, q):
@@ -197,51 +225,87 @@ def _block_d(D: int) -> int:
     return max(16, triton.next_power_of_2(D))
 
 
-def attention_fwd(q, k, v, key_padding_mask, causal: bool, scale: float):
-    """(out, lse): out (B, Hq, Nq, D) contiguous in q's dtype; lse (B, Hq, Nq) fp32, base 2, +inf for empty rows."""
-    B, Hq, Nq, D = q.shape
-    Hkv, Nk = k.shape[1], k.shape[2]
-    out = utils.empty_output((B, Hq, Nq, D), q)
-    lse = torch.empty((B, Hq, Nq), device=q.device, dtype=torch.float32)
-    if out.numel() == 0:
+def _layout(t: torch.Tensor, packed: bool) -> tuple:
+    """(batch, head, token, dim) strides: padded (B, H, N, D) as is, packed (T, H, D) with batch stride 0."""
+    if packed:
+        return (0, t.stride(1), t.stride(0), t.stride(2))
+    return tuple(t.stride())
+
+
+def _launch_meta(causal, has_mask, varlen, D, dtype):
+    block_m, block_n = _blocks()
+    return dict(CAUSAL=causal, HAS_MASK=has_mask, VARLEN=varlen, BLOCK_M=block_m, BLOCK_N=block_n,
+                BLOCK_D=_block_d(D), **dot_flags(dtype))  # fmt: skip
+
+
+def attention_fwd(q, k, v, key_padding_mask, causal: bool, scale: float, cu_seqlens=None, max_seqlens=None):
+    """(out, lse). Padded: q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D); lse (B, Hq, Nq). Packed (cu_seqlens =
+    (cu_q, cu_k) int32, max_seqlens = (max_q, max_k)): q (Tq, Hq, D), k/v (Tk, Hkv, D); lse (Hq, Tq).
+    out is contiguous in q's layout and dtype; lse is fp32, base 2, +inf where a query sees no key."""
+    packed = cu_seqlens is not None
+    D, Hq, Hkv = q.shape[-1], q.shape[-2 if packed else 1], k.shape[-2 if packed else 1]
+    out = utils.empty_output(q.shape, q)
+    if packed:
+        batch, (Nq, Nk) = cu_seqlens[0].numel() - 1, max_seqlens
+        lse = torch.empty((Hq, q.shape[0]), device=q.device, dtype=torch.float32)
+        lse_strides = (0, lse.stride(0))
+        cu_q, cu_k = cu_seqlens
+    else:
+        batch, Nq, Nk = q.shape[0], q.shape[2], k.shape[2]
+        lse = torch.empty((batch, Hq, Nq), device=q.device, dtype=torch.float32)
+        lse_strides = (lse.stride(0), lse.stride(1))
+        cu_q = cu_k = q  # never read without VARLEN
+    if out.numel() == 0 or batch == 0 or Nq == 0:
+        lse.fill_(float("inf"))
         return out, lse
     mask, smb, smn, has_mask = _mask_args(key_padding_mask, q)
-    block_m, block_n = _blocks()
-    _attention_fwd_kernel[(triton.cdiv(Nq, block_m), B * Hq)](
-        q, k, v, mask, out, lse, Hq, Nq, Nk, D, Hq // Hkv,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(), smb, smn,
-        scale * 1.4426950408889634,
-        CAUSAL=causal, HAS_MASK=has_mask, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=_block_d(D),
-        **dot_flags(q.dtype),
+    meta = _launch_meta(causal, has_mask, packed, D, q.dtype)
+    _attention_fwd_kernel[(triton.cdiv(Nq, meta["BLOCK_M"]), batch * Hq)](
+        q, k, v, mask, out, lse, cu_q, cu_k, Hq, Nq, Nk, D, Hq // Hkv,
+        *_layout(q, packed), *_layout(k, packed), *_layout(v, packed), *_layout(out, packed), smb, smn,
+        *lse_strides, scale * 1.4426950408889634, **meta,
     )  # fmt: skip
     return out, lse
 
 
-def attention_bwd(grad_out, q, k, v, out, lse, key_padding_mask, causal: bool, scale: float):
-    """(dq, dk, dv) in the inputs' dtypes; dk, dv summed over each GQA group."""
-    B, Hq, Nq, D = q.shape
-    Hkv, Nk = k.shape[1], k.shape[2]
-    dq = utils.empty_output((B, Hq, Nq, D), q)
-    if q.numel() == 0 or k.numel() == 0:
-        return dq.zero_(), torch.zeros_like(k), torch.zeros_like(v)
-    # The kernels address dO with q's strides: give both the contiguous layout.
-    grad_out, q_like = grad_out.contiguous(), q.contiguous()
-    delta = (grad_out.float() * out.float()).sum(-1).contiguous()  # rowsum(dO * O), (B, Hq, Nq)
-    dk = torch.empty((B, Hq, Nk, D), device=q.device, dtype=torch.float32)
-    dv = torch.empty((B, Hq, Nk, D), device=q.device, dtype=torch.float32)
-    mask, smb, smn, has_mask = _mask_args(key_padding_mask, q)
-    block_m, block_n = _blocks()
-    common = dict(CAUSAL=causal, HAS_MASK=has_mask, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=_block_d(D),
-                  **dot_flags(q.dtype))  # fmt: skip
-    args = (Hq, Nq, Nk, D, Hq // Hkv, *q_like.stride(), *k.stride(), *v.stride(), smb, smn,
-            scale * 1.4426950408889634, scale)  # fmt: skip
-    _attention_bwd_dkdv_kernel[(triton.cdiv(Nk, block_n), B * Hq)](
-        q_like, k, v, mask, grad_out, lse, delta, dk, dv, *args, **common
-    )
-    _attention_bwd_dq_kernel[(triton.cdiv(Nq, block_m), B * Hq)](
-        q_like, k, v, mask, grad_out, lse, delta, dq, *args, **common
-    )
+def attention_bwd(grad_out, q, k, v, out, lse, key_padding_mask, causal: bool, scale: float, cu_seqlens=None,
+                  max_seqlens=None):  # fmt: skip
+    """(dq, dk, dv) in the inputs' layouts and dtypes; dk, dv summed over each GQA group."""
+    packed = cu_seqlens is not None
+    D, Hq, Hkv = q.shape[-1], q.shape[-2 if packed else 1], k.shape[-2 if packed else 1]
     group = Hq // Hkv
-    dk = dk.view(B, Hkv, group, Nk, D).sum(2).to(k.dtype)
-    dv = dv.view(B, Hkv, group, Nk, D).sum(2).to(v.dtype)
-    return dq, dk, dv
+    # The kernels address dO and dq with q's strides: give all three the contiguous layout.
+    grad_out, q = grad_out.contiguous(), q.contiguous()
+    dq = utils.empty_output(q.shape, q)
+    if packed:
+        batch, (Nq, Nk) = cu_seqlens[0].numel() - 1, max_seqlens
+        dk = torch.zeros((k.shape[0], Hq, D), device=q.device, dtype=torch.float32)
+        lse_strides = (0, lse.stride(0))
+        cu_q, cu_k = cu_seqlens
+        delta = (grad_out.float() * out.float()).sum(-1).t().contiguous()  # (Hq, Tq)
+    else:
+        batch, Nq, Nk = q.shape[0], q.shape[2], k.shape[2]
+        dk = torch.zeros((batch, Hq, Nk, D), device=q.device, dtype=torch.float32)
+        lse_strides = (lse.stride(0), lse.stride(1))
+        cu_q = cu_k = q
+        delta = (grad_out.float() * out.float()).sum(-1).contiguous()  # rowsum(dO * O), (B, Hq, Nq)
+    dv = torch.zeros_like(dk)
+    if q.numel() == 0 or k.numel() == 0 or batch == 0:
+        dq.zero_()
+    else:
+        mask, smb, smn, has_mask = _mask_args(key_padding_mask, q)
+        meta = _launch_meta(causal, has_mask, packed, D, q.dtype)
+        strides = (*_layout(q, packed), *_layout(k, packed), *_layout(v, packed), smb, smn, *lse_strides)
+        args = (Hq, Nq, Nk, D, group, *strides)
+        scales = (scale * 1.4426950408889634, scale)
+        _attention_bwd_dkdv_kernel[(triton.cdiv(Nk, meta["BLOCK_N"]), batch * Hq)](
+            q, k, v, mask, grad_out, lse, delta, dk, dv, cu_q, cu_k, *args, *_layout(dk, packed), *scales, **meta
+        )
+        _attention_bwd_dq_kernel[(triton.cdiv(Nq, meta["BLOCK_M"]), batch * Hq)](
+            q, k, v, mask, grad_out, lse, delta, dq, cu_q, cu_k, *args, *scales, **meta
+        )
+    if packed:  # (Tk, Hq, D) -> (Tk, Hkv, D)
+        dk, dv = (t.view(t.shape[0], Hkv, group, D).sum(2) for t in (dk, dv))
+    else:  # (B, Hq, Nk, D) -> (B, Hkv, Nk, D)
+        dk, dv = (t.view(t.shape[0], Hkv, group, t.shape[2], D).sum(2) for t in (dk, dv))
+    return dq, dk.to(k.dtype), dv.to(v.dtype)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import deepfuse
-from deepfuse.ops import attention, attention_ref
+from deepfuse.ops import attention, attention_ref, attention_varlen
 from deepfuse.ops.attention import attention_bwd, attention_fwd
 from tests.reference import check_against_reference, forward_backward
 from tests.tolerances import ATOL, max_error
@@ -160,4 +160,100 @@ def test_backends_save_the_same_log_sum_exp():
     _, lse_triton = attention_fwd(*tensors, mask, True, 0.25, "triton")
     assert torch.equal(torch.isinf(lse_torch), torch.isinf(lse_triton)) and torch.isinf(lse_torch).any()
     finite = torch.isfinite(lse_torch)
-    assert max_error(lse_triton[finite], lse_torch[finite]) <= 1e-5
+    assert max_error(lse_triton[finite], lse_torch[finite]) <= ATOL[torch.float32]
+
+
+# --------------------------------------------------------------------------------------------- varlen
+
+VARLEN_LENGTHS = [5, 0, 33, 17, 1]
+
+
+def make_varlen(lengths, heads, kv_heads, D, dtype, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    total = sum(lengths)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
+    cast = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
+    tensors = tuple(cast(torch.randn(total, h, D, generator=g)) for h in (heads, kv_heads, kv_heads))
+    return tensors, cast(torch.randn(total, heads, D, generator=g)), cu
+
+
+def _packed_reference(lengths, causal):
+    """attention_ref on each sequence, as one function of the packed tensors."""
+
+    def reference(q, k, v):
+        outs, start = [], 0
+        for n in lengths:
+            seq = slice(start, start + n)
+            batch = [t[seq].transpose(0, 1).unsqueeze(0) for t in (q, k, v)]
+            outs.append(attention_ref(*batch, causal=causal)[0].transpose(0, 1))
+            start += n
+        return torch.cat(outs)
+
+    return reference
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.usefixtures("poison_outputs")
+def test_varlen_matches_each_sequence_alone(backend, causal):
+    tensors, dy, cu = make_varlen(VARLEN_LENGTHS, 4, 2, 32, torch.float32)
+    n = max(VARLEN_LENGTHS)
+    check_against_reference(lambda *t: attention_varlen(*t, cu, cu, n, n, causal=causal, backend=backend),
+                            _packed_reference(VARLEN_LENGTHS, causal), tensors, dy, ("q", "k", "v"))  # fmt: skip
+
+
+def test_varlen_equals_the_padded_batch_with_a_key_padding_mask():
+    lengths = [7, 20, 13]
+    tensors, dy, cu = make_varlen(lengths, 2, 2, 32, torch.float32, seed=4)
+    packed = attention_varlen(*tensors, cu, cu, 20, 20, backend="triton")
+    padded = [torch.zeros(len(lengths), 2, 20, 32) for _ in range(3)]
+    for i, (start, n) in enumerate(zip(cu.tolist(), lengths, strict=False)):
+        for full, t in zip(padded, tensors, strict=True):
+            full[i, :, :n] = t[start : start + n].transpose(0, 1)
+    mask = torch.arange(20)[None, :] >= torch.tensor(lengths)[:, None]
+    out = attention(*padded, key_padding_mask=mask, backend="triton")
+    for i, (start, n) in enumerate(zip(cu.tolist(), lengths, strict=False)):
+        assert max_error(packed[start : start + n], out[i, :, :n].transpose(0, 1)) <= ATOL[torch.float32]
+
+
+def _bad_varlen_cases():
+    (q, k, v), _, cu = make_varlen([3, 4], 2, 2, 16, torch.float32)
+    return [
+        (dict(cu_seqlens_q=cu.long()), TypeError, r"cu_seqlens_q must be a 1-D int32 tensor"),
+        (dict(cu_seqlens_q=torch.tensor([0, 4, 3, 7], dtype=torch.int32)), ValueError, r"without decreasing"),
+        (dict(cu_seqlens_k=torch.tensor([0, 3, 6], dtype=torch.int32)), ValueError, r"token count 7"),
+        (dict(max_seqlen_q=3), ValueError, r"a sequence has 4 tokens"),
+        (dict(cu_seqlens_k=torch.tensor([0, 7], dtype=torch.int32), max_seqlen_k=7), ValueError, r"same number of seq"),
+        (dict(k=k[:, :, :8], v=v[:, :, :8]), ValueError, r"need the same D"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", range(len(_bad_varlen_cases())))
+def test_varlen_bad_input_raises_a_clear_error(case):
+    (q, k, v), _, cu = make_varlen([3, 4], 2, 2, 16, torch.float32)
+    kwargs = dict(q=q, k=k, v=v, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=4, max_seqlen_k=4)
+    overrides, error, message = _bad_varlen_cases()[case]
+    kwargs.update(overrides)
+    with pytest.raises(error, match=message):
+        attention_varlen(**kwargs)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_varlen_opcheck(backend):
+    from deepfuse.ops.attention import attention_varlen_bwd, attention_varlen_fwd
+
+    (q, k, v), dy, cu = make_varlen([3, 0, 6], 2, 1, 16, torch.float32)
+    args = (cu, cu, 6, 6, True, 0.25, backend)
+    torch.library.opcheck(attention_varlen_fwd, (q.requires_grad_(), k.requires_grad_(), v, *args))
+    out, lse = attention_varlen_fwd(q.detach(), k.detach(), v, *args)
+    torch.library.opcheck(attention_varlen_bwd, (dy, q.detach(), k.detach(), v, out, lse, *args))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_gpu_triton_varlen(dtype, poison_outputs):
+    lengths = [64, 1, 511, 0, 300, 128]
+    tensors, dy, cu = make_varlen(lengths, 4, 2, 64, dtype, device="cuda")
+    n = max(lengths)
+    check_against_reference(lambda *t: attention_varlen(*t, cu, cu, n, n, causal=True, backend="triton"),
+                            _packed_reference(lengths, True), tensors, dy, ("q", "k", "v"))  # fmt: skip

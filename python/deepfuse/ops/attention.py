@@ -105,6 +105,50 @@ def _bwd_triton(grad_out, q, k, v, out, lse, key_padding_mask, causal, scale):
     return dq, dk.contiguous(), dv.contiguous()
 
 
+def _sequences(cu_seqlens_q, cu_seqlens_k):
+    """(q slice, k slice) of every packed sequence."""
+    cu_q, cu_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    return [(slice(cu_q[i], cu_q[i + 1]), slice(cu_k[i], cu_k[i + 1])) for i in range(len(cu_q) - 1)]
+
+
+def _as_batch(t):  # (T, H, D) -> (1, H, T, D)
+    return t.transpose(0, 1).unsqueeze(0)
+
+
+def _varlen_fwd_torch(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale):
+    out = torch.zeros_like(q)
+    lse = torch.full((q.shape[1], q.shape[0]), float("inf"), device=q.device, dtype=torch.float32)
+    for sq, sk in _sequences(cu_seqlens_q, cu_seqlens_k):
+        seq_out, seq_lse = _fwd_torch(_as_batch(q[sq]), _as_batch(k[sk]), _as_batch(v[sk]), None, causal, scale)
+        out[sq] = seq_out[0].transpose(0, 1)
+        lse[:, sq] = seq_lse[0]
+    return out, lse
+
+
+def _varlen_bwd_torch(grad_out, q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale):
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    for sq, sk in _sequences(cu_seqlens_q, cu_seqlens_k):
+        grads = _attention_grads_ref(_as_batch(grad_out[sq]), _as_batch(q[sq]), _as_batch(k[sk]), _as_batch(v[sk]),
+                                     causal, None, scale)  # fmt: skip
+        for full, grad, rows in zip((dq, dk, dv), grads, (sq, sk, sk), strict=True):
+            full[rows] = grad[0].transpose(0, 1)
+    return dq, dk, dv
+
+
+def _varlen_fwd_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale, max_seqlens):
+    from deepfuse.kernels.attention import attention_fwd
+
+    return attention_fwd(q, k, v, None, causal, scale, (cu_seqlens_q, cu_seqlens_k), max_seqlens)
+
+
+def _varlen_bwd_triton(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, causal, scale, max_seqlens):
+    from deepfuse.kernels.attention import attention_bwd
+
+    dq, dk, dv = attention_bwd(grad_out, q, k, v, out, lse, None, causal, scale, (cu_seqlens_q, cu_seqlens_k),
+                               max_seqlens)  # fmt: skip
+    return dq, dk.contiguous(), dv.contiguous()
+
+
 _FWD = {"torch": _fwd_torch, "triton": _fwd_triton}
 _BWD = {"torch": _bwd_torch, "triton": _bwd_triton}
 
@@ -164,6 +208,57 @@ def _backward(ctx, grad_out, grad_lse):
 
 
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("deepfuse::attention_varlen_fwd", mutates_args=())
+def attention_varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                         cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool, scale: float,
+                         backend: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(out (Tq, Hq, D), lse (Hq, Tq) fp32) for packed sequences."""
+    flops = 4 * q.shape[1] * q.shape[2] * max_seqlen_k * q.shape[0]  # an upper bound: every query sees max_seqlen_k
+    with op_range("attention_varlen_fwd", backend, flops, q.element_size() * (2 * q.numel() + 2 * k.numel())):
+        if backend == "torch":
+            return _varlen_fwd_torch(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
+        return _varlen_fwd_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale, (max_seqlen_q, max_seqlen_k))
+
+
+@attention_varlen_fwd.register_fake
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, backend):
+    return q.new_empty(q.shape), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+
+
+@torch.library.custom_op("deepfuse::attention_varlen_bwd", mutates_args=())
+def attention_varlen_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                         lse: torch.Tensor, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, max_seqlen_q: int,
+                         max_seqlen_k: int, causal: bool, scale: float,
+                         backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(dq, dk, dv) for packed sequences."""
+    with op_range("attention_varlen_bwd", backend, 0, 0):
+        if backend == "torch":
+            return _varlen_bwd_torch(grad_out, q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
+        return _varlen_bwd_triton(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, causal, scale,
+                                  (max_seqlen_q, max_seqlen_k))  # fmt: skip
+
+
+@attention_varlen_bwd.register_fake
+def _(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, backend):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _varlen_setup_context(ctx, inputs, output):
+    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k)
+    ctx.options = (max_seqlen_q, max_seqlen_k, causal, scale, backend)
+
+
+def _varlen_backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k = ctx.saved_tensors
+    dq, dk, dv = attention_varlen_bwd(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, *ctx.options)
+    return dq, dk, dv, None, None, None, None, None, None, None
+
+
+attention_varlen_fwd.register_autograd(_varlen_backward, setup_context=_varlen_setup_context)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,4 +330,57 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     chosen = _backend.choose_backend("attention", backend, q, k)
     out, _ = attention_fwd(q, k, v, key_padding_mask, causal, scale, chosen)
+    return out
+
+
+def _validate_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, t, ndim=3)
+    check_same_dtype_and_device("q", q, k=k, v=v)
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if k.shape[2] != q.shape[2] or k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
+        raise ValueError(f"q (total_q, Hq, D) and k (total_k, Hkv, D) need the same D and Hq a multiple of Hkv, "
+                         f"got {tuple(q.shape)} and {tuple(k.shape)}")  # fmt: skip
+    lengths = {}
+    for name, cu, total, max_len in (("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q),
+                                     ("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k)):  # fmt: skip
+        if not isinstance(cu, torch.Tensor) or cu.dtype != torch.int32 or cu.ndim != 1 or cu.numel() < 1:
+            raise TypeError(f"{name} must be a 1-D int32 tensor of cumulative lengths starting at 0")
+        if cu.device != q.device:
+            raise ValueError(f"{name} is on {cu.device} but q is on {q.device}")
+        host = cu.tolist()  # one small device-to-host copy: the check needs the values
+        steps = [b - a for a, b in zip(host, host[1:], strict=False)]
+        if host[0] != 0 or host[-1] != total or any(step < 0 for step in steps):
+            raise ValueError(f"{name} must rise from 0 to the token count {total} without decreasing, got {host}")
+        if steps and max(steps) > max_len:
+            raise ValueError(f"max_seqlen for {name} is {max_len} but a sequence has {max(steps)} tokens")
+        lengths[name] = len(host)
+    if lengths["cu_seqlens_q"] != lengths["cu_seqlens_k"]:
+        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must describe the same number of sequences, got "
+                         f"{lengths['cu_seqlens_q'] - 1} and {lengths['cu_seqlens_k'] - 1}")  # fmt: skip
+
+
+@accepts_cupy
+def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                     cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, *, causal: bool = False,
+                     scale: float | None = None, backend: str | None = None) -> torch.Tensor:  # fmt: skip
+    """Attention over packed variable-length sequences: no work is spent on padding.
+
+    Args:
+        q: (total_q, Hq, D); k, v: (total_k, Hkv, D), the sequences one after another.
+        cu_seqlens_q, cu_seqlens_k: (num_seqs + 1,) int32 cumulative lengths, from 0 to total.
+        max_seqlen_q, max_seqlen_k: the longest sequence (sizes the launch grid).
+        causal, scale, backend: as in attention().
+
+    Returns: (total_q, Hq, D). Checking cu_seqlens reads them on the host (one small copy).
+
+    Equivalent PyTorch: attention_ref on each sequence.
+    """
+    _validate_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    q, k, v = autocast_inputs(q, k, v)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    chosen = _backend.choose_backend("attention", backend, q, k)
+    out, _ = attention_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), causal,
+                                  scale, chosen)  # fmt: skip
     return out
