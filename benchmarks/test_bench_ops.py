@@ -12,7 +12,9 @@ import importlib
 import pytest
 import torch
 
-OPS = ("linear_act", "conv2d_act")
+from deepfuse.bench import runner
+
+OPS = ("linear_act", "conv2d_act", "attention")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DTYPE = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
 
@@ -20,10 +22,11 @@ DTYPE = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
 def _params():
     for op in OPS:
         module = importlib.import_module(f"deepfuse.bench.{op}")
-        providers = module.providers(DEVICE)
-        for case in module.cases(DEVICE, DTYPE, quick=True):
-            for name, fn in providers.items():
-                yield pytest.param(case, fn, id=f"{op}-{case.shape}-{name}")
+        groups = runner.groups(module.cases(DEVICE, DTYPE, quick=True), module.providers(DEVICE))
+        for cases, providers in groups:
+            for case in cases:
+                for name, fn in providers.items():
+                    yield pytest.param(case, fn, id=f"{op}-{case.shape}-{name}")
 
 
 @pytest.mark.parametrize("case, fn", list(_params()))

@@ -17,7 +17,7 @@ def _demo(args) -> int:
     return 0
 
 
-BENCH_OPS = ("linear_act", "conv2d_act")
+BENCH_OPS = ("linear_act", "conv2d_act", "attention")
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
 

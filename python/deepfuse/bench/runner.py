@@ -22,6 +22,7 @@ class Case:
     grad_output: torch.Tensor
     fwd_flops: int
     fwd_min_bytes: int
+    fwdbwd_flops_factor: float = 3.0  # GEMM-like: backward costs twice the forward
 
 
 def _timed_call(fn: Callable, mode: str, case: Case) -> Callable[[], object]:
@@ -49,7 +50,7 @@ def run(cases: list[Case], providers: dict[str, Callable], modes, device: torch.
     rows = []
     for case in cases:
         for mode in modes:
-            flops = case.fwd_flops * (1 if mode == "fwd" else 3)
+            flops = case.fwd_flops * (1 if mode == "fwd" else case.fwdbwd_flops_factor)
             min_bytes = case.fwd_min_bytes * (1 if mode == "fwd" else 2)
             for provider, fn in providers.items():
                 call = _timed_call(fn, mode, case)
@@ -90,6 +91,14 @@ def compiled_providers(eager: Callable) -> dict[str, Callable]:
     }
 
 
+def groups(cases, providers):
+    """An op's cases and providers, or several (cases, providers) groups when an op returns them as dicts
+    keyed by group name (attention's dense and padded-batch benchmarks take different inputs)."""
+    if isinstance(cases, dict):
+        return [(cases[name], providers[name]) for name in cases]
+    return [(cases, providers)]
+
+
 def main(op: str, cases_for: Callable, providers_for: Callable, *, quick: bool, dtype: torch.dtype, modes,
          out_dir) -> list[dict]:  # fmt: skip
     """Runs one op's benchmark on the GPU, or a CPU smoke run of the torch provider; writes the results."""
@@ -97,8 +106,9 @@ def main(op: str, cases_for: Callable, providers_for: Callable, *, quick: bool, 
     if device.type != "cuda":
         print("No GPU: a CPU smoke run of the torch provider on a tiny shape. CPU numbers are not GPU performance.")
         dtype = torch.float32
-    cases = cases_for(device, dtype, quick)
-    rows = run(cases, providers_for(device), modes, device)
+    rows = []
+    for cases, providers in groups(cases_for(device, dtype, quick), providers_for(device)):
+        rows += run(cases, providers, modes, device)
     path = records.write_results(rows, records.environment(), out_dir, op)
     print(f"results: {path}")
     return rows
