@@ -41,4 +41,6 @@ def test_forward_backward(benchmark, case, fn):
             torch.cuda.synchronize()
 
     benchmark(step)
-    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in leaves)
+    # (a padded-batch provider uses either the padded or the packed leaves, not both)
+    grads = [t.grad for t in leaves if t.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
