@@ -4,6 +4,7 @@ from deepfuse.ops.activations import ACTIVATIONS
 from deepfuse.ops.attention import attention, attention_ref, attention_varlen
 from deepfuse.ops.conv2d_act import conv2d_act, conv2d_act_ref
 from deepfuse.ops.linear_act import linear_act, linear_act_ref
+from deepfuse.ops.lstm import lstm_cell, lstm_cell_ref, lstm_layer
 
 __all__ = [
     "ACTIVATIONS",
@@ -14,4 +15,7 @@ __all__ = [
     "conv2d_act_ref",
     "linear_act",
     "linear_act_ref",
+    "lstm_cell",
+    "lstm_cell_ref",
+    "lstm_layer",
 ]
