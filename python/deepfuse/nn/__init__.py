@@ -3,5 +3,14 @@
 from deepfuse.nn.attention import MultiheadAttention, TransformerEncoderLayer
 from deepfuse.nn.conv import ConvBNAct, FusedConv2d
 from deepfuse.nn.linear import FusedLinear
+from deepfuse.nn.lstm import LSTM, LSTMCell
 
-__all__ = ["ConvBNAct", "FusedConv2d", "FusedLinear", "MultiheadAttention", "TransformerEncoderLayer"]
+__all__ = [
+    "LSTM",
+    "ConvBNAct",
+    "FusedConv2d",
+    "FusedLinear",
+    "LSTMCell",
+    "MultiheadAttention",
+    "TransformerEncoderLayer",
+]

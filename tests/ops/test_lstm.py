@@ -1,0 +1,155 @@
+"""LSTM ops: lstm_cell and lstm_layer against float64 references, forward and backward; bad input; opcheck."""
+
+import pytest
+import torch
+
+import deepfuse
+from deepfuse.ops import lstm_cell, lstm_cell_ref, lstm_layer
+from deepfuse.ops.lstm import lstm_cell_bwd, lstm_cell_fwd, lstm_recurrence_bwd, lstm_recurrence_fwd
+from tests.reference import check_against_reference
+
+
+def _weights(IN, H, dtype, g, bias=True):
+    scale = H**-0.5
+    w_ih = torch.randn(4 * H, IN, generator=g) * scale
+    w_hh = torch.randn(4 * H, H, generator=g) * scale
+    b = (torch.randn(4 * H, generator=g) * scale, torch.randn(4 * H, generator=g) * scale) if bias else (None, None)
+    return tuple(t.to(dtype) if t is not None else None for t in (w_ih, w_hh, *b))
+
+
+def _layer_ref(lengths):
+    """lstm_layer's spec: nn.LSTMCell steps; rows past their length output zeros and keep their state."""
+
+    def reference(x, h, c, w_ih, w_hh, b_ih, b_hh):
+        outs = []
+        h_n, c_n = h, c
+        for t in range(x.shape[0]):
+            h_t, c_t = lstm_cell_ref(x[t], h_n, c_n, w_ih, w_hh, b_ih, b_hh)
+            valid = torch.ones_like(h_t[:, :1], dtype=torch.bool) if lengths is None else (t < lengths)[:, None]
+            h_n, c_n = torch.where(valid, h_t, h_n), torch.where(valid, c_t, c_n)
+            outs.append(torch.where(valid, h_t, 0.0))
+        out = torch.stack(outs) if outs else x.new_zeros(0, *h.shape)
+        return torch.cat([out.flatten(), h_n.flatten(), c_n.flatten()])
+
+    return reference
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("shape", [(5, 7, 20), (1, 1, 1), (17, 33, 40)], ids=lambda s: "x".join(map(str, s)))
+def test_cell_matches_reference(shape, backend, dtype):
+    B, IN, H = shape
+    g = torch.Generator().manual_seed(B + IN + H)
+    tensors = (torch.randn(B, IN, generator=g).to(dtype), torch.randn(B, H, generator=g).to(dtype),
+               torch.randn(B, H, generator=g).to(dtype), *_weights(IN, H, dtype, g))  # fmt: skip
+    dy = torch.randn(2 * B * H, generator=g).to(dtype)
+
+    def ours(*t):
+        return torch.cat([s.flatten() for s in lstm_cell(*t, backend=backend)])
+
+    def spec(*t):
+        return torch.cat([s.flatten() for s in lstm_cell_ref(*t)])
+
+    check_against_reference(ours, spec, tensors, dy, ("x", "h", "c", "w_ih", "w_hh", "b_ih", "b_hh"))
+
+
+@pytest.mark.parametrize("with_lengths", [False, True])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_layer_matches_reference(backend, with_lengths):
+    T, B, IN, H = 6, 5, 7, 20
+    g = torch.Generator().manual_seed(7)
+    lengths = torch.tensor([6, 3, 1, 0, 5]) if with_lengths else None
+    tensors = (torch.randn(T, B, IN, generator=g), torch.randn(B, H, generator=g), torch.randn(B, H, generator=g),
+               *_weights(IN, H, torch.float32, g))  # fmt: skip
+    dy = torch.randn(T * B * H + 2 * B * H, generator=g)
+
+    def ours(*t):
+        return torch.cat([s.flatten() for s in lstm_layer(*t, lengths=lengths, backend=backend)])
+
+    check_against_reference(ours, _layer_ref(lengths), tensors, dy, ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh"))
+
+
+def test_layer_of_length_zero_and_one():
+    g = torch.Generator().manual_seed(8)
+    w = _weights(3, 4, torch.float32, g)
+    h0, c0 = torch.randn(2, 4, generator=g), torch.randn(2, 4, generator=g)
+    for backend in ("torch", "triton"):
+        out, h, c = lstm_layer(torch.randn(0, 2, 3), h0, c0, *w, backend=backend)
+        assert out.shape == (0, 2, 4) and torch.equal(h, h0) and torch.equal(c, c0)
+        x = torch.randn(1, 2, 3, generator=g)
+        out, h, c = lstm_layer(x, h0, c0, *w, backend=backend)
+        h_ref, c_ref = lstm_cell_ref(x[0], h0, c0, *w)
+        torch.testing.assert_close(h, h_ref)
+        torch.testing.assert_close(c, c_ref)
+
+
+def _bad_cell_cases():
+    g = torch.Generator().manual_seed(9)
+    x, h, c = torch.randn(3, 5), torch.randn(3, 6), torch.randn(3, 6)
+    w_ih, w_hh, b_ih, b_hh = _weights(5, 6, torch.float32, g)
+    base = dict(x=x, h=h, c=c, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
+    return [
+        (dict(base, x=torch.randn(3, 4)), ValueError, r"w_ih must be \(4 \* hidden_size = 24, input_size = 4\)"),
+        (dict(base, h=torch.randn(2, 6)), ValueError, r"h must be \(batch = 3, hidden_size = 6\)"),
+        (dict(base, c=torch.randn(3, 5)), ValueError, r"c must be \(batch = 3, hidden_size = 6\)"),
+        (dict(base, w_hh=torch.randn(20, 6)), ValueError, r"w_hh must be \(4 \* hidden_size, hidden_size\)"),
+        (dict(base, b_hh=None), ValueError, r"b_ih and b_hh must be given together"),
+        (dict(base, x=x.long()), TypeError, r"x must be a floating-point tensor"),
+        (dict(base, h=h.double()), TypeError, r"h.dtype is torch.float64 but x.dtype is torch.float32"),
+        (dict(base, backend="cuda"), deepfuse.BackendUnavailableError, r"backend 'cuda'"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", range(len(_bad_cell_cases())))
+def test_bad_input_raises_a_clear_error(case):
+    kwargs, error, message = _bad_cell_cases()[case]
+    with pytest.raises(error, match=message):
+        lstm_cell(**kwargs)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_opcheck(backend):
+    g = torch.Generator().manual_seed(10)
+    w_ih, w_hh, b_ih, b_hh = _weights(5, 6, torch.float32, g)
+    x, h, c = (torch.randn(3, n, generator=g).requires_grad_() for n in (5, 6, 6))
+    torch.library.opcheck(lstm_cell_fwd, (x, h, c, w_ih.requires_grad_(), w_hh, b_ih + b_hh, backend))
+    h_next, c_next, gates = lstm_cell_fwd(x.detach(), h.detach(), c.detach(), w_ih.detach(), w_hh, b_ih, backend)
+    torch.library.opcheck(lstm_cell_bwd, (torch.randn(3, 6), torch.randn(3, 6), x.detach(), h.detach(), c.detach(),
+                                          c_next, gates, w_ih.detach(), w_hh, True, backend))  # fmt: skip
+    xp = torch.randn(4, 3, 24, generator=g).requires_grad_()
+    lengths = torch.tensor([4, 0, 2], dtype=torch.int32)
+    torch.library.opcheck(lstm_recurrence_fwd, (xp, h, c, w_hh.requires_grad_(), lengths, backend))
+    hs, cs, gates = lstm_recurrence_fwd(xp.detach(), h.detach(), c.detach(), w_hh.detach(), lengths, backend)
+    torch.library.opcheck(lstm_recurrence_bwd, (torch.randn_like(hs), torch.randn_like(cs), hs, cs, gates,
+                                                w_hh.detach(), lengths, backend))  # fmt: skip
+
+
+def test_compiles_fullgraph():
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(11)
+    w = _weights(5, 6, torch.float32, g)
+    x, h0, c0 = torch.randn(4, 3, 5, generator=g), torch.randn(3, 6, generator=g), torch.randn(3, 6, generator=g)
+
+    def run(x, h0, c0):
+        with deepfuse.use_backend("triton"):
+            return lstm_layer(x, h0, c0, *w)[0]
+
+    compiled = torch.compile(lambda x, h0, c0: lstm_layer(x, h0, c0, *w, backend="triton")[0], fullgraph=True)
+    assert torch.equal(compiled(x, h0, c0), run(x, h0, c0))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("sizes", [(60, 64, 1, 64), (60, 128, 1, 128), (64, 64, 256, 256)], ids=str)
+def test_gpu_triton_layer(sizes, dtype):
+    T, B, IN, H = sizes
+    g = torch.Generator().manual_seed(12)
+    tensors = tuple(t.to(device="cuda", dtype=dtype) for t in (
+        torch.randn(T, B, IN, generator=g), torch.randn(B, H, generator=g), torch.randn(B, H, generator=g),
+        *_weights(IN, H, torch.float32, g)))  # fmt: skip
+    dy = torch.randn(T * B * H + 2 * B * H, generator=g).to(device="cuda", dtype=dtype)
+
+    def ours(*t):
+        return torch.cat([s.flatten() for s in lstm_layer(*t, backend="triton")])
+
+    check_against_reference(ours, _layer_ref(None), tensors, dy, ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh"))
