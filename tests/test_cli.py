@@ -15,7 +15,8 @@ def test_bench_smoke_writes_results(tmp_path, capsys):
     assert cli.main(["bench", "all", "--out", str(tmp_path)]) == 0
     assert "CPU numbers are not GPU performance" in capsys.readouterr().out
     results = sorted(tmp_path.glob("*/*.json"))
-    assert [path.name.split("-")[-1] for path in results] == ["attention.json", "conv2d_act.json", "linear_act.json"]
+    names = [path.name.split("-")[-1] for path in results]
+    assert names == ["attention.json", "conv2d_act.json", "linear_act.json", "lstm.json"]
     for result in results:
         data = json.loads(result.read_text())
         assert {"timestamp", "git_sha", "torch", "gpu"} <= set(data["environment"])

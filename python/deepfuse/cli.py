@@ -17,7 +17,7 @@ def _demo(args) -> int:
     return 0
 
 
-BENCH_OPS = ("linear_act", "conv2d_act", "attention")
+BENCH_OPS = ("linear_act", "conv2d_act", "attention", "lstm")
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
 
@@ -67,13 +67,15 @@ def _profile(args) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, DTYPES[args.dtype]) if device.type == "cuda" else torch.float32
     case = module.cases(device, dtype, quick=True)[0]
-    op = getattr(deepfuse.ops, args.op)
+    run = module.providers(device)["torch"] if args.op == "lstm" else getattr(deepfuse.ops, args.op)
+    options = {"activation": module.ACTIVATION} if getattr(module, "ACTIVATION", None) else {}
     leaves = [t for t in case.inputs if isinstance(t, torch.Tensor) and t.requires_grad]
 
     def step():
         for t in leaves:
             t.grad = None
-        op(*case.inputs, activation=module.ACTIVATION, backend=args.backend).backward(case.grad_output)
+        with deepfuse.use_backend(args.backend):
+            run(*case.inputs, **options).backward(case.grad_output)
 
     report = deepfuse.profile(step, steps=args.steps, trace=args.trace, out_dir=args.out)
     print(f"{args.op} {case.shape}, forward + backward, backend {args.backend or 'automatic'}")
