@@ -40,6 +40,24 @@ def _gate_block(acc, a_ptrs, a_mask, w_ptr, gate, H, offs_j, mask_j, offs_k, mas
 
 
 @triton.jit
+def _accumulate_gates(acc_i, acc_f, acc_g, acc_o, a_ptr, sab, sak, offs_b, mask_b, w_ptr, swr, swc, K, H, offs_j,
+                      mask_j, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+                      BLOCK_K: tl.constexpr):  # fmt: skip
+    """The four gate accumulators += A (rows offs_b, K columns) @ W[gate * H + j, :K]^T."""
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < K
+        a_ptrs = a_ptr + offs_b[:, None] * sab + offs_k[None, :] * sak
+        a_mask = mask_b[:, None] & mask_k[None, :]
+        args = (offs_j, mask_j, offs_k, mask_k, swr, swc, DOT_PRECISION, UPCAST_DOT)
+        acc_i = _gate_block(acc_i, a_ptrs, a_mask, w_ptr, 0, H, *args)
+        acc_f = _gate_block(acc_f, a_ptrs, a_mask, w_ptr, 1, H, *args)
+        acc_g = _gate_block(acc_g, a_ptrs, a_mask, w_ptr, 2, H, *args)
+        acc_o = _gate_block(acc_o, a_ptrs, a_mask, w_ptr, 3, H, *args)
+    return acc_i, acc_f, acc_g, acc_o
+
+
+@triton.jit
 def _lstm_cell_fwd_kernel(
     # pointers: gates_out (B, 4H) receives the activated gates (i, f, g, o) for backward
     x_ptr, h_ptr, c_ptr, wih_ptr, whh_ptr, bias_ptr, h_out_ptr, c_out_ptr, gates_ptr,
@@ -59,26 +77,12 @@ def _lstm_cell_fwd_kernel(
     acc_f = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
     acc_g = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
     acc_o = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    for k0 in range(0, IN, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < IN
-        a_ptrs = x_ptr + offs_b[:, None] * sxb + offs_k[None, :] * sxk
-        a_mask = mask_b[:, None] & mask_k[None, :]
-        args = (offs_j, mask_j, offs_k, mask_k, swir, swic, DOT_PRECISION, UPCAST_DOT)
-        acc_i = _gate_block(acc_i, a_ptrs, a_mask, wih_ptr, 0, H, *args)
-        acc_f = _gate_block(acc_f, a_ptrs, a_mask, wih_ptr, 1, H, *args)
-        acc_g = _gate_block(acc_g, a_ptrs, a_mask, wih_ptr, 2, H, *args)
-        acc_o = _gate_block(acc_o, a_ptrs, a_mask, wih_ptr, 3, H, *args)
-    for k0 in range(0, H, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < H
-        a_ptrs = h_ptr + offs_b[:, None] * shb + offs_k[None, :] * shk
-        a_mask = mask_b[:, None] & mask_k[None, :]
-        args = (offs_j, mask_j, offs_k, mask_k, swhr, swhc, DOT_PRECISION, UPCAST_DOT)
-        acc_i = _gate_block(acc_i, a_ptrs, a_mask, whh_ptr, 0, H, *args)
-        acc_f = _gate_block(acc_f, a_ptrs, a_mask, whh_ptr, 1, H, *args)
-        acc_g = _gate_block(acc_g, a_ptrs, a_mask, whh_ptr, 2, H, *args)
-        acc_o = _gate_block(acc_o, a_ptrs, a_mask, whh_ptr, 3, H, *args)
+    acc_i, acc_f, acc_g, acc_o = _accumulate_gates(acc_i, acc_f, acc_g, acc_o, x_ptr, sxb, sxk, offs_b, mask_b,
+                                                   wih_ptr, swir, swic, IN, H, offs_j, mask_j, DOT_PRECISION,
+                                                   UPCAST_DOT, BLOCK_K)  # fmt: skip
+    acc_i, acc_f, acc_g, acc_o = _accumulate_gates(acc_i, acc_f, acc_g, acc_o, h_ptr, shb, shk, offs_b, mask_b,
+                                                   whh_ptr, swhr, swhc, H, H, offs_j, mask_j, DOT_PRECISION,
+                                                   UPCAST_DOT, BLOCK_K)  # fmt: skip
     if HAS_BIAS:  # b_ih + b_hh, summed by the caller
         acc_i += tl.load(bias_ptr + offs_j, mask=mask_j, other=0.0).to(tl.float32)[None, :]
         acc_f += tl.load(bias_ptr + H + offs_j, mask=mask_j, other=0.0).to(tl.float32)[None, :]
@@ -163,16 +167,9 @@ def _lstm_seq_fwd_kernel(
             acc_f = tl.load(xp + H, mask=mask, other=0.0).to(tl.float32)
             acc_g = tl.load(xp + 2 * H, mask=mask, other=0.0).to(tl.float32)
             acc_o = tl.load(xp + 3 * H, mask=mask, other=0.0).to(tl.float32)
-            for k0 in range(0, H, BLOCK_K):
-                offs_k = k0 + tl.arange(0, BLOCK_K)
-                mask_k = offs_k < H
-                a_ptrs = h_prev_ptr + offs_b[:, None] * H + offs_k[None, :]
-                a_mask = mask_b[:, None] & mask_k[None, :]
-                args = (offs_j, mask_j, offs_k, mask_k, swr, swc, DOT_PRECISION, UPCAST_DOT)
-                acc_i = _gate_block(acc_i, a_ptrs, a_mask, whh_ptr, 0, H, *args)
-                acc_f = _gate_block(acc_f, a_ptrs, a_mask, whh_ptr, 1, H, *args)
-                acc_g = _gate_block(acc_g, a_ptrs, a_mask, whh_ptr, 2, H, *args)
-                acc_o = _gate_block(acc_o, a_ptrs, a_mask, whh_ptr, 3, H, *args)
+            acc_i, acc_f, acc_g, acc_o = _accumulate_gates(acc_i, acc_f, acc_g, acc_o, h_prev_ptr, H, 1, offs_b, mask_b,
+                                                           whh_ptr, swr, swc, H, H, offs_j, mask_j, DOT_PRECISION,
+                                                           UPCAST_DOT, BLOCK_K)  # fmt: skip
             state = offs_b[:, None] * H + offs_j[None, :]
             c_prev = tl.load(c_prev_ptr + state, mask=mask, other=0.0).to(tl.float32)
             i, f, g, o = tl.sigmoid(acc_i), tl.sigmoid(acc_f), _tanh(acc_g), tl.sigmoid(acc_o)
