@@ -15,7 +15,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml setup.py CMakeLists.txt requirements-dev.txt $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
-	$(PY) -c "import torch, triton, pytest, pybind11, cmake, matplotlib" 2>/dev/null || { \
+	$(PY) -c "import torch, triton, pytest, pybind11, cmake, matplotlib, tqdm" 2>/dev/null || { \
 	  $(PY) -m pip install -q "torch==$(TORCH_VERSION)" && \
 	  $(PY) -m pip install -q -c .ci/constraints.txt -r requirements-dev.txt; }
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .

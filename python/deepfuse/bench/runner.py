@@ -44,32 +44,50 @@ def _timed_call(fn: Callable, mode: str, case: Case) -> Callable[[], object]:
     return forward_backward
 
 
+def _progress(items, total: int, description: str):
+    """A tqdm progress bar over a sweep (plain iteration where tqdm is not installed)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, total=total, desc=description, unit="case", leave=False)
+
+
+def _print(line: str) -> None:
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        print(line)
+    else:
+        tqdm.write(line)
+
+
 def run(cases: list[Case], providers: dict[str, Callable], modes, device: torch.device) -> list[dict]:
     """Rows for every case x mode x provider. fwd+bwd counts 3x the forward FLOPs and 2x its bytes."""
     ceiling = records.ceiling_for(torch.cuda.get_device_name(device) if device.type == "cuda" else None)
     rows = []
-    for case in cases:
-        for mode in modes:
-            flops = case.fwd_flops * (1 if mode == "fwd" else case.fwdbwd_flops_factor)
-            min_bytes = case.fwd_min_bytes * (1 if mode == "fwd" else 2)
-            for provider, fn in providers.items():
-                call = _timed_call(fn, mode, case)
-                try:
-                    timing = measure(call, device)
-                except Exception as error:  # a provider that fails is reported, not hidden
-                    warnings.warn(f"{provider} failed on {case.op} {case.shape} {mode}: {error}", stacklevel=1)
-                    continue
-                dtype = case.grad_output.dtype
-                tflops = flops / timing["median_ms"] / 1e9
-                rows.append({
-                    "op": case.op, "shape": case.shape, "mode": mode, "provider": provider,
-                    "dtype": str(dtype).removeprefix("torch."), **timing, "tflops": tflops,
-                    "gbps": min_bytes / timing["median_ms"] / 1e6,
-                    "pct_of_peak": 100 * tflops / ceiling["tflops"] if ceiling and dtype != torch.float32 else None,
-                    "peak_mem_mb": peak_memory_mb(call, device),
-                })  # fmt: skip
-                print(f"{case.op:>11} {case.shape:>28} {mode:>6} {provider:>28} {timing['median_ms']:9.4f} ms "
-                      f"{tflops:8.2f} TFLOP/s")  # fmt: skip
+    sweep = [(case, mode) for case in cases for mode in modes]
+    for case, mode in _progress(sweep, len(sweep), cases[0].op if cases else "bench"):
+        flops = case.fwd_flops * (1 if mode == "fwd" else case.fwdbwd_flops_factor)
+        min_bytes = case.fwd_min_bytes * (1 if mode == "fwd" else 2)
+        for provider, fn in providers.items():
+            call = _timed_call(fn, mode, case)
+            try:
+                timing = measure(call, device)
+            except Exception as error:  # a provider that fails is reported, not hidden
+                warnings.warn(f"{provider} failed on {case.op} {case.shape} {mode}: {error}", stacklevel=1)
+                continue
+            dtype = case.grad_output.dtype
+            tflops = flops / timing["median_ms"] / 1e9
+            rows.append({
+                "op": case.op, "shape": case.shape, "mode": mode, "provider": provider,
+                "dtype": str(dtype).removeprefix("torch."), **timing, "tflops": tflops,
+                "gbps": min_bytes / timing["median_ms"] / 1e6,
+                "pct_of_peak": 100 * tflops / ceiling["tflops"] if ceiling and dtype != torch.float32 else None,
+                "peak_mem_mb": peak_memory_mb(call, device),
+            })  # fmt: skip
+            _print(f"{case.op:>11} {case.shape:>28} {mode:>6} {provider:>28} {timing['median_ms']:9.4f} ms "
+                   f"{tflops:8.2f} TFLOP/s")  # fmt: skip
     return rows
 
 
