@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <string>
 
+#include "attention.h"
 #include "conv2d_act.h"
 #include "linear_act.h"
 
@@ -143,6 +144,95 @@ void conv2d_act_bwd(const Shape16& shape, std::uintptr_t grad_y, std::uintptr_t 
   deepfuse::conv2d_act_bwd(args, as_stream(stream));
 }
 
+using Sizes6 = std::array<int64_t, 6>;
+using Strides2 = std::array<int64_t, 2>;
+
+deepfuse::AttentionSizes attention_sizes(const Sizes6& v) {
+  for (int64_t value : v) require_positive_or_zero("attention size", value);
+  return {v[0], v[1], v[2], v[3], v[4], v[5]};
+}
+
+deepfuse::AttentionStrides attention_strides(const Strides& v) { return {v[0], v[1], v[2], v[3]}; }
+
+void attention_fwd(std::uintptr_t q, const Strides& q_strides, std::uintptr_t k, const Strides& k_strides,
+                   std::uintptr_t v, const Strides& v_strides, std::uintptr_t key_padding_mask,
+                   const Strides2& mask_strides, std::uintptr_t out, std::uintptr_t lse, const Sizes6& sizes,
+                   double scale, bool causal, int dtype, std::uintptr_t stream) {
+  const deepfuse::AttentionSizes s = attention_sizes(sizes);
+  if (s.batch * s.heads_q * s.seqlen_q * s.head_dim > 0) {
+    require_pointer("q", q);
+    require_pointer("out", out);
+    require_pointer("lse", lse);
+    if (s.seqlen_k > 0) {
+      require_pointer("k", k);
+      require_pointer("v", v);
+    }
+  }
+  const deepfuse::AttentionFwdArgs args{s,
+                                        as_ptr(q),
+                                        attention_strides(q_strides),
+                                        as_ptr(k),
+                                        attention_strides(k_strides),
+                                        as_ptr(v),
+                                        attention_strides(v_strides),
+                                        as_ptr(key_padding_mask),
+                                        mask_strides[0],
+                                        mask_strides[1],
+                                        as_mut_ptr(out),
+                                        as_mut_ptr(lse),
+                                        scale,
+                                        causal,
+                                        dtype};
+  py::gil_scoped_release release;
+  deepfuse::attention_fwd(args, as_stream(stream));
+}
+
+void attention_bwd(std::uintptr_t grad_out, const Strides& grad_out_strides, std::uintptr_t q,
+                   const Strides& q_strides, std::uintptr_t k, const Strides& k_strides, std::uintptr_t v,
+                   const Strides& v_strides, std::uintptr_t key_padding_mask, const Strides2& mask_strides,
+                   std::uintptr_t lse, std::uintptr_t delta, std::uintptr_t grad_q, std::uintptr_t grad_k,
+                   std::uintptr_t grad_v, const Sizes6& sizes, double scale, bool causal, int dtype,
+                   std::uintptr_t stream) {
+  const deepfuse::AttentionSizes s = attention_sizes(sizes);
+  const bool any_query = s.batch * s.heads_q * s.seqlen_q * s.head_dim > 0;
+  const bool any_key = s.batch * s.heads_q * s.seqlen_k * s.head_dim > 0;
+  if (any_query) {
+    require_pointer("grad_out", grad_out);
+    require_pointer("q", q);
+    require_pointer("lse", lse);
+    require_pointer("delta", delta);
+    require_pointer("grad_q", grad_q);
+  }
+  if (any_key) {
+    require_pointer("k", k);
+    require_pointer("v", v);
+    require_pointer("grad_k", grad_k);
+    require_pointer("grad_v", grad_v);
+  }
+  const deepfuse::AttentionBwdArgs args{s,
+                                        as_ptr(grad_out),
+                                        attention_strides(grad_out_strides),
+                                        as_ptr(q),
+                                        attention_strides(q_strides),
+                                        as_ptr(k),
+                                        attention_strides(k_strides),
+                                        as_ptr(v),
+                                        attention_strides(v_strides),
+                                        as_ptr(key_padding_mask),
+                                        mask_strides[0],
+                                        mask_strides[1],
+                                        as_ptr(lse),
+                                        as_ptr(delta),
+                                        as_mut_ptr(grad_q),
+                                        as_mut_ptr(grad_k),
+                                        as_mut_ptr(grad_v),
+                                        scale,
+                                        causal,
+                                        dtype};
+  py::gil_scoped_release release;
+  deepfuse::attention_bwd(args, as_stream(stream));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -175,4 +265,19 @@ PYBIND11_MODULE(_C, m) {
         py::arg("shape"), py::arg("grad_y"), py::arg("saved"), py::arg("grad_y_strides"), py::arg("x"),
         py::arg("x_strides"), py::arg("weight"), py::arg("w_strides"), py::arg("grad_x"), py::arg("grad_x_strides"),
         py::arg("grad_weight"), py::arg("grad_bias"), py::arg("dtype"), py::arg("activation"), py::arg("stream"));
+  m.def("attention_fwd", &attention_fwd,
+        "flash attention forward: out (B, Hq, Nq, D) contiguous and lse (B, Hq, Nq) fp32 base 2 (+inf: no key). "
+        "sizes: (B, Hq, Hkv, Nq, Nk, D); strides in (batch, head, token, dim) order; key_padding_mask uint8 "
+        "(B, Nk), nonzero = ignore, or 0",
+        py::arg("q"), py::arg("q_strides"), py::arg("k"), py::arg("k_strides"), py::arg("v"), py::arg("v_strides"),
+        py::arg("key_padding_mask"), py::arg("mask_strides"), py::arg("out"), py::arg("lse"), py::arg("sizes"),
+        py::arg("scale"), py::arg("causal"), py::arg("dtype"), py::arg("stream"));
+  m.def("attention_bwd", &attention_bwd,
+        "flash attention backward: grad_q (B, Hq, Nq, D) in q's dtype; grad_k, grad_v fp32 (B, Hq, Nk, D) per "
+        "query head (sum each GQA group); delta = rowsum(dO * O) fp32 (B, Hq, Nq)",
+        py::arg("grad_out"), py::arg("grad_out_strides"), py::arg("q"), py::arg("q_strides"), py::arg("k"),
+        py::arg("k_strides"), py::arg("v"), py::arg("v_strides"), py::arg("key_padding_mask"),
+        py::arg("mask_strides"), py::arg("lse"), py::arg("delta"), py::arg("grad_q"), py::arg("grad_k"),
+        py::arg("grad_v"), py::arg("sizes"), py::arg("scale"), py::arg("causal"), py::arg("dtype"),
+        py::arg("stream"));
 }

@@ -146,11 +146,88 @@ def test_compiles_fullgraph():
     assert torch.equal(ours[0], eager[0]) and all(torch.equal(a, b) for a, b in zip(ours[1], eager[1], strict=True))
 
 
+def test_cuda_bindings_check_their_arguments():
+    try:
+        from deepfuse import _C
+    except ImportError:
+        pytest.skip("deepfuse._C not built")
+    strides, sizes = [64, 64, 16, 1], [1, 1, 1, 4, 4, 16]  # (B, Hq, Hkv, Nq, Nk, D)
+
+    def fwd(sizes=sizes, q=16, dtype=1):
+        _C.attention_fwd(q, strides, 16, strides, 16, strides, 0, [0, 0], 16, 16, sizes, 0.25, False, dtype, 0)
+
+    with pytest.raises(ValueError, match="attention size must be >= 0"):
+        fwd(sizes=[1, 1, 1, -4, 4, 16])
+    with pytest.raises(ValueError, match="q must be a device pointer"):
+        fwd(q=0)
+    with pytest.raises(ValueError, match="heads_q must be a multiple of heads_kv"):
+        fwd(sizes=[1, 3, 2, 4, 4, 16])
+    with pytest.raises(ValueError, match="head_dim is 300"):
+        fwd(sizes=[1, 1, 1, 4, 4, 300])
+    with pytest.raises(ValueError, match="head_dim is 160; the kernels take 1..128"):
+        fwd(sizes=[1, 1, 1, 4, 4, 160], dtype=0)
+    with pytest.raises(ValueError, match="bad dtype code"):
+        fwd(dtype=7)
+    with pytest.raises(ValueError, match="delta must be a device pointer"):
+        _C.attention_bwd(16, strides, 16, strides, 16, strides, 16, strides, 0, [0, 0], 16, 0, 16, 16, 16, sizes, 0.25,
+                         False, 1, 0)  # fmt: skip
+    if not torch.cuda.is_available():  # valid arguments: the missing driver is the error
+        with pytest.raises(RuntimeError, match=r"deepfuse CUDA error: cudaError\w+: "):
+            fwd()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", {**CPU_CASES, **GPU_CASES}.values(), ids={**CPU_CASES, **GPU_CASES}.keys())
-def test_gpu_triton(case, dtype, poison_outputs):
-    check_case("triton", case, dtype, device="cuda")
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_kernels(backend, case, dtype, poison_outputs):
+    check_case(backend, case, dtype, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", CPU_CASES.values(), ids=CPU_CASES.keys())
+def test_gpu_cuda_fp32(case, poison_outputs):
+    check_case("cuda", case, torch.float32, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dims", [(1, 2), (2, 3)], ids=["tokens_outside_heads", "dim_not_unit_stride"])
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_strided_inputs(backend, dims, poison_outputs):
+    """q, k, v as non-contiguous views: (B, N, H, D) projections as nn.MultiheadAttention makes them, and a
+    layout whose head dim is not the unit-stride one."""
+    tensors, dy, options = make_case(CPU_CASES["causal_nq_ne_nk_gqa_d64"], torch.float16, "cuda")
+    strided = tuple(t.transpose(*dims).contiguous().transpose(*dims) for t in tensors)
+    assert not any(t.is_contiguous() for t in strided)
+    check_against_reference(lambda *t: attention(*t, **options, backend=backend),
+                            lambda *t: attention_ref(*t, **options), strided, dy, ("q", "k", "v"))  # fmt: skip
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_is_deterministic_and_saves_the_torch_log_sum_exp():
+    tensors, dy, options = make_case(CPU_CASES["causal_padding_fully_masked_rows"], torch.float16, "cuda")
+    first = forward_backward(lambda *t: attention(*t, **options, backend="cuda"), tensors, dy)
+    second = forward_backward(lambda *t: attention(*t, **options, backend="cuda"), tensors, dy)
+    assert torch.equal(first[0], second[0]) and all(torch.equal(a, b) for a, b in zip(first[1], second[1], strict=True))
+    assert torch.equal(first[0][0], torch.zeros_like(first[0][0]))  # batch 0 has every key padded
+    mask = options["key_padding_mask"]
+    _, lse_torch = attention_fwd(*(t.float() for t in tensors), mask, True, 0.25, "torch")
+    _, lse_cuda = attention_fwd(*(t.float() for t in tensors), mask, True, 0.25, "cuda")
+    assert torch.equal(torch.isinf(lse_torch), torch.isinf(lse_cuda)) and torch.isinf(lse_torch).any()
+    finite = torch.isfinite(lse_torch)
+    assert max_error(lse_cuda[finite], lse_torch[finite]) <= ATOL[torch.float32]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_opcheck(backend):
+    tensors, dy, options = make_case(CPU_CASES["padding_mqa_d48"], torch.float16, "cuda")
+    q, k, v = (t.requires_grad_() for t in tensors)
+    mask = options["key_padding_mask"]
+    torch.library.opcheck(attention_fwd, (q, k, v, mask, False, 0.2, backend))
+    torch.library.opcheck(attention_fwd, (q, k, v, None, True, 0.2, backend))
+    out, lse = attention_fwd(q.detach(), k.detach(), v.detach(), mask, False, 0.2, backend)
+    torch.library.opcheck(attention_bwd, (dy, q.detach(), k.detach(), v.detach(), out, lse, mask, False, 0.2, backend))
 
 
 def test_backends_save_the_same_log_sum_exp():
@@ -236,6 +313,15 @@ def test_varlen_bad_input_raises_a_clear_error(case):
     kwargs.update(overrides)
     with pytest.raises(error, match=message):
         attention_varlen(**kwargs)
+
+
+def test_varlen_refuses_the_cuda_backend_with_a_reason():
+    from deepfuse.ops.attention import _supports
+
+    (q, k, v), _, cu = make_varlen([3, 4], 2, 2, 16, torch.float32)
+    assert "attention_varlen has no CUDA C++ kernel" in _supports("cuda", q, k)
+    with pytest.raises(deepfuse.BackendUnavailableError, match=r"backend 'cuda'.*cannot run"):
+        attention_varlen(q, k, v, cu, cu, 4, 4, backend="cuda")
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])

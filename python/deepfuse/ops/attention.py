@@ -6,7 +6,8 @@ default) with GQA/MQA (Hq a multiple of Hkv) and a key-padding mask (B, Nk) bool
 (SDPA would return NaN), and its gradients are zero.
 
 dtypes: float16, bfloat16 and float32 on the kernels (fp32 inputs use IEEE fp32 dots unless torch
-allows TF32), float64 on torch. Backward is deterministic on every backend.
+allows TF32), float64 on torch. Backward is deterministic on every backend. The CUDA C++ twin
+(csrc/attention.cu) takes the padded layout only, head dims up to 256 (float32: 128).
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ import math
 import torch
 
 from deepfuse import backend as _backend
+from deepfuse.kernels import utils as _kernel_utils
 from deepfuse.ops._interop import accepts_cupy
-from deepfuse.ops._shared import autocast_inputs
+from deepfuse.ops._shared import autocast_inputs, pointer
 from deepfuse.ops._validation import check_same_dtype_and_device, check_tensor, kernel_dtype_reason
 from deepfuse.profile.labels import op_range
 
 MAX_HEAD_DIM = 256
+# The CUDA C++ kernels' limits (csrc/attention.cu): fp32's SIMT tiles would not fit shared memory past 128.
+CUDA_MAX_HEAD_DIM = {torch.float16: 256, torch.bfloat16: 256, torch.float32: 128}
 
 
 def _masked_scores(q, k, causal, key_padding_mask, scale):
@@ -149,8 +153,64 @@ def _varlen_bwd_triton(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, 
     return dq, dk.contiguous(), dv.contiguous()
 
 
-_FWD = {"torch": _fwd_torch, "triton": _fwd_triton}
-_BWD = {"torch": _bwd_torch, "triton": _bwd_triton}
+def _cuda_mask(key_padding_mask):
+    """(uint8 mask or None, its (batch, key) strides) as deepfuse._C takes them."""
+    if key_padding_mask is None:
+        return None, [0, 0]
+    mask = key_padding_mask.to(torch.uint8)
+    return mask, list(mask.stride())
+
+
+def _cuda_sizes(q, k):
+    B, Hq, Nq, D = q.shape
+    return [B, Hq, k.shape[1], Nq, k.shape[2], D]
+
+
+def _fwd_cuda(q, k, v, key_padding_mask, causal, scale):
+    from deepfuse import _C
+
+    out = _kernel_utils.empty_output(q.shape, q)
+    lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
+    if q.numel() == 0:
+        lse.fill_(float("inf"))
+        return out, lse
+    mask, mask_strides = _cuda_mask(key_padding_mask)
+    with torch.cuda.device(q.device):
+        _C.attention_fwd(
+            pointer(q), list(q.stride()), pointer(k), list(k.stride()), pointer(v), list(v.stride()), pointer(mask),
+            mask_strides, pointer(out), pointer(lse), _cuda_sizes(q, k), scale, causal,
+            _backend.DTYPE_CODES[q.dtype], torch.cuda.current_stream().cuda_stream,
+        )  # fmt: skip
+    return out, lse
+
+
+def _bwd_cuda(grad_out, q, k, v, out, lse, key_padding_mask, causal, scale):
+    from deepfuse import _C
+
+    B, Hq, Nq, D = q.shape
+    Hkv, Nk = k.shape[1], k.shape[2]
+    if q.numel() == 0 or k.numel() == 0:
+        return q.new_zeros(q.shape), k.new_zeros(k.shape), v.new_zeros(v.shape)
+    dq = _kernel_utils.empty_output(q.shape, q)
+    # dK, dV per query head in fp32 (like lse); the kernel writes every element, the groups are summed below.
+    dk = _kernel_utils.empty_output((B, Hq, Nk, D), lse)
+    dv = _kernel_utils.empty_output((B, Hq, Nk, D), lse)
+    delta = (grad_out.float() * out.float()).sum(-1).contiguous()  # rowsum(dO * O), (B, Hq, Nq)
+    lse = lse.contiguous()
+    mask, mask_strides = _cuda_mask(key_padding_mask)
+    with torch.cuda.device(q.device):
+        _C.attention_bwd(
+            pointer(grad_out), list(grad_out.stride()), pointer(q), list(q.stride()), pointer(k), list(k.stride()),
+            pointer(v), list(v.stride()), pointer(mask), mask_strides, pointer(lse), pointer(delta), pointer(dq),
+            pointer(dk), pointer(dv), _cuda_sizes(q, k), scale, causal, _backend.DTYPE_CODES[q.dtype],
+            torch.cuda.current_stream().cuda_stream,
+        )  # fmt: skip
+    dk, dv = (t.view(B, Hkv, Hq // Hkv, Nk, D).sum(2) for t in (dk, dv))  # (B, Hq, ...) -> (B, Hkv, ...)
+    return dq, dk.to(k.dtype), dv.to(v.dtype)
+
+
+_FWD = {"torch": _fwd_torch, "triton": _fwd_triton, "cuda": _fwd_cuda}
+_BWD = {"torch": _bwd_torch, "triton": _bwd_triton, "cuda": _bwd_cuda}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,15 +330,24 @@ def _supports(backend, q, k, *args, **kwargs):
     if backend == "torch":
         return None
     if backend == "cuda":
-        return "attention has no CUDA C++ kernel yet (use triton or torch)"
+        if q.ndim == 3:  # attention_varlen's packed (total, H, D) layout
+            return "attention_varlen has no CUDA C++ kernel (cuda takes the padded layout only); use triton or torch"
+        reason = kernel_dtype_reason("q", q)
+        if reason is not None:
+            return reason
+        limit = CUDA_MAX_HEAD_DIM[q.dtype]
+        if q.shape[-1] > limit:
+            return f"q's head dim is {q.shape[-1]}; the cuda kernel takes {q.dtype} head dims up to {limit}"
+        return None
     if q.shape[-1] > MAX_HEAD_DIM:
         return f"q's head dim is {q.shape[-1]}; the triton kernel takes head dims up to {MAX_HEAD_DIM}"
     return kernel_dtype_reason("q", q)
 
 
 def _preference(q, k, *args, **kwargs):
-    # Not yet measured on a GPU: Triton's flash kernel for the half types; fp32 and the rest use torch.
-    return ("triton", "torch") if q.dtype in (torch.float16, torch.bfloat16) else ("torch",)
+    # Not yet measured on a GPU: Triton's flash kernel, then the CUDA C++ one, for the half types; fp32 and the
+    # rest use torch.
+    return ("triton", "cuda", "torch") if q.dtype in (torch.float16, torch.bfloat16) else ("torch",)
 
 
 _backend.register_op(_backend.OpSpec("attention", _supports, _preference, lambda q, *a, **k: q.device))
