@@ -82,13 +82,14 @@ __device__ __forceinline__ float apply_activation(float z, Activation act) {
   }
 }
 
-// Whether backward needs the pre-activation z; the others take their derivative from y = act(z),
-// which saves writing z in the forward pass. Must match deepfuse.ops.activations.NEEDS_PREACTIVATION.
+// Whether backward needs the pre-activation z. relu and leaky_relu take their derivative from
+// y = act(z) (the sign survives rounding), which saves writing z; sigmoid and tanh do not: near
+// saturation 1 - y loses every bit to rounding y. Must match deepfuse.ops.activations.NEEDS_PREACTIVATION.
 __host__ __device__ __forceinline__ bool needs_preactivation(Activation act) {
-  return act == Activation::kGelu || act == Activation::kGeluTanh || act == Activation::kSilu;
+  return act != Activation::kNone && act != Activation::kRelu && act != Activation::kLeakyRelu;
 }
 
-// d act / d z, given `saved` = z for gelu/gelu_tanh/silu and y = act(z) for the others.
+// d act / d z, given `saved` = z, except relu/leaky_relu, which get y = act(z).
 __device__ __forceinline__ float activation_grad(float saved, Activation act) {
   constexpr float kSqrt2OverPi = 0.7978845608028654f;
   constexpr float kInvSqrt2Pi = 0.3989422804014327f;
@@ -108,10 +109,14 @@ __device__ __forceinline__ float activation_grad(float saved, Activation act) {
       const float s = sigmoidf(saved);
       return s * (1.0f + saved * (1.0f - s));
     }
-    case Activation::kSigmoid:
-      return saved * (1.0f - saved);
-    case Activation::kTanh:
-      return 1.0f - saved * saved;
+    case Activation::kSigmoid: {
+      const float s = sigmoidf(saved);
+      return s * (1.0f - s);
+    }
+    case Activation::kTanh: {
+      const float t = tanhf(saved);
+      return 1.0f - t * t;
+    }
     default:
       return 1.0f;
   }

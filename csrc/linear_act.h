@@ -21,7 +21,7 @@ struct LinearActFwdArgs {
 
 struct LinearActBwdArgs {
   const void* grad_y;  // (M, N) contiguous
-  const void* saved;   // (M, N) contiguous: z for gelu/gelu_tanh/silu, y otherwise (unused for "none")
+  const void* saved;   // (M, N) contiguous: y for relu/leaky_relu, z otherwise (unused for "none")
   const void* x;
   int64_t x_stride_m, x_stride_k;
   const void* weight;

@@ -50,7 +50,7 @@ def apply_activation(z, ACTIVATION: tl.constexpr):
 
 @triton.jit
 def activation_grad(saved, ACTIVATION: tl.constexpr):
-    """d act / d z for an fp32 block; ``saved`` is z for gelu/gelu_tanh/silu and y = act(z) otherwise."""
+    """d act / d z for an fp32 block; ``saved`` is z, except relu/leaky_relu, which take y = act(z)."""
     if ACTIVATION == RELU:
         return tl.where(saved > 0.0, 1.0, 0.0)
     elif ACTIVATION == LEAKY_RELU:
@@ -64,8 +64,10 @@ def activation_grad(saved, ACTIVATION: tl.constexpr):
         s = tl.sigmoid(saved)
         return s * (1.0 + saved * (1.0 - s))
     elif ACTIVATION == SIGMOID:
-        return saved * (1.0 - saved)
+        s = tl.sigmoid(saved)
+        return s * (1.0 - s)
     elif ACTIVATION == TANH:
-        return 1.0 - saved * saved
+        t = _tanh(saved)
+        return 1.0 - t * t
     else:
         return tl.full(saved.shape, 1.0, tl.float32)

@@ -3,7 +3,7 @@
 Forward is one tiled GEMM with bias and activation applied to the fp32 accumulator before the single
 cast on store. Backward never writes dz = dy * act'(saved): both backward GEMMs form it while loading
 their tiles — dx = dz @ W and dW = dz^T @ x — and the dW programs of the first K-column also sum
-db = sum_m dz. ``saved`` is z (pre-activation) for gelu/gelu_tanh/silu and y for the others.
+db = sum_m dz. ``saved`` is z (pre-activation), except for relu/leaky_relu, which save y.
 
 Layouts: x (M, K) and W (N, K) with any strides; outputs contiguous. dtypes fp32/fp16/bf16, fp32
 accumulation. fp32 dots are IEEE unless torch allows TF32 for matmuls.

@@ -1,5 +1,7 @@
 """linear_act: every backend against a float64 reference, forward and backward; bad input; opcheck."""
 
+import zlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -54,7 +56,7 @@ def test_torch_backend_backward_matches_autograd_in_float64(activation):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_triton_matches_reference(activation, dtype, shape):
-    x, w, b, dy = make_inputs(*shape, dtype, seed=hash((activation, shape)) % 1000)
+    x, w, b, dy = make_inputs(*shape, dtype, seed=zlib.crc32(f"{activation}{shape}".encode()))
     check_against_reference("triton", x, w, b, dy, activation)
 
 

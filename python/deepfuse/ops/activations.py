@@ -8,8 +8,9 @@ import torch.nn.functional as F
 
 ACTIVATIONS = ("none", "relu", "leaky_relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh")
 ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
-# Backward needs z for these; the others take their derivative from y = act(z), so forward stores nothing extra.
-NEEDS_PREACTIVATION = frozenset({"gelu", "gelu_tanh", "silu"})
+# Backward needs z for these. relu and leaky_relu take their derivative from y = act(z) (its sign survives
+# rounding), so forward stores nothing extra; sigmoid and tanh cannot: near saturation 1 - y is all rounding.
+NEEDS_PREACTIVATION = frozenset({"gelu", "gelu_tanh", "silu", "sigmoid", "tanh"})
 LEAKY_RELU_SLOPE = 0.01
 
 
@@ -41,7 +42,7 @@ def activation_ref(z: torch.Tensor, activation: str) -> torch.Tensor:
 
 
 def activation_grad_ref(saved: torch.Tensor, activation: str) -> torch.Tensor:
-    """d act / d z from ``saved`` (z for NEEDS_PREACTIVATION, else y = act(z)); mirrors the kernels."""
+    """d act / d z from ``saved`` (z for NEEDS_PREACTIVATION, y = act(z) for relu/leaky_relu); mirrors the kernels."""
     if activation == "none":
         return torch.ones_like(saved)
     if activation == "relu":
@@ -59,8 +60,10 @@ def activation_grad_ref(saved: torch.Tensor, activation: str) -> torch.Tensor:
         s = torch.sigmoid(saved)
         return s * (1.0 + saved * (1.0 - s))
     if activation == "sigmoid":
-        return saved * (1.0 - saved)
+        s = torch.sigmoid(saved)
+        return s * (1.0 - s)
     if activation == "tanh":
-        return 1.0 - saved * saved
+        t = torch.tanh(saved)
+        return 1.0 - t * t
     check_activation(activation)
     raise AssertionError(activation)

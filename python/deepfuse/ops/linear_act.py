@@ -2,7 +2,7 @@
 
 Forward: one GEMM with bias and activation applied to the fp32 accumulator. Backward: dx = dz @ W and
 dW = dz^T @ x with dz = dy * act'(saved) formed while loading tiles (never written), db summed inside
-the dW kernel. Saved for backward: x, W and z (gelu, gelu_tanh, silu) or y (the other activations).
+the dW kernel. Saved for backward: x, W and z (y for relu/leaky_relu, whose sign survives rounding).
 
 dtypes: float32, float16, bfloat16 on every backend (fp32 accumulation), float64 on torch.
 """
