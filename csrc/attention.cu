@@ -1,5 +1,6 @@
 // attention: flash attention forward and backward (FlashAttention-2's split), the CUDA twin of
-// kernels/attention.py's padded layout.
+// kernels/attention.py's padded and varlen layouts (varlen: batch index = sequence index, grids sized by the
+// longest sequence, blocks past their sequence's end return at once).
 //   forward  one block per (64 queries, batch * query head): online softmax over key tiles with a running
 //            max and sum in fp32; writes O and the base-2 log-sum-exp of each query
 //   dK, dV   one block per (64 keys, batch * query head), looping over query tiles; fp32, per query head
@@ -91,7 +92,9 @@ struct Params {
   float* lse;          // written by forward, read by backward
   const float* delta;  // backward
   float *dk, *dv;      // backward, fp32 (B, Hq, Nk, D)
-  int64_t hq, group, nq, nk;
+  const int32_t *cu_q, *cu_k;  // varlen: sequence starts (both set), or null for the padded layout
+  int64_t total_q;             // varlen: Tq, the head stride of lse and delta (Hq, Tq)
+  int64_t hq, group, nq, nk;   // nq, nk: varlen's max_seqlen_q/k
   int d;
   float scale, qk_scale;  // qk_scale = scale * log2(e): scores in base-2 units
   bool causal;
@@ -99,22 +102,48 @@ struct Params {
 
 struct BlockCoords {
   int64_t row0, b, h, kv_h, bh;
+  int64_t q0, k0, nq, nk;  // the sequence's first query and key token and its lengths (padded: 0, 0, Nq, Nk)
 };
 
-// blockIdx.x -> (first owned row, batch, head, kv head). The tiles of one head are adjacent, for K/V reuse in
-// L2; `last_first` runs the last tile first (under a causal mask the last query tile has the most work).
-__device__ __forceinline__ BlockCoords block_coords(const Params& p, int64_t rows, bool last_first) {
-  const int64_t tiles = (rows + kRows - 1) / kRows;
+// blockIdx.x -> (first owned row, batch or sequence, head, kv head). The tiles of one head are adjacent, for K/V
+// reuse in L2; `last_first` runs the last tile first (under a causal mask the last query tile has the most work).
+// Varlen grids are sized by the longest sequence: a block whose first row is past its own sequence's end has
+// nothing to do, and the kernels return at once.
+__device__ __forceinline__ BlockCoords block_coords(const Params& p, bool key_rows, bool last_first) {
+  const int64_t tiles = ((key_rows ? p.nk : p.nq) + kRows - 1) / kRows;
   const int64_t bh = blockIdx.x / tiles;
   const int64_t in_head = blockIdx.x % tiles;
   const int64_t tile = last_first ? tiles - 1 - in_head : in_head;
   const int64_t h = bh % p.hq;
-  return {tile * kRows, bh / p.hq, h, h / p.group, bh};
+  BlockCoords bc{tile * kRows, bh / p.hq, h, h / p.group, bh, 0, 0, p.nq, p.nk};
+  if (p.cu_q != nullptr) {
+    bc.q0 = p.cu_q[bc.b];
+    bc.nq = p.cu_q[bc.b + 1] - bc.q0;
+    bc.k0 = p.cu_k[bc.b];
+    bc.nk = p.cu_k[bc.b + 1] - bc.k0;
+  }
+  return bc;
 }
 
+// Element offset of row 0 of this block's head in a contiguous per-query-head output with n rows (out, dQ: the
+// queries; dK, dV: the keys) whose sequence starts at token `first`: (B, Hq, N, D), or packed (T, Hq, D) ...
+__device__ __forceinline__ int64_t out_base(const Params& p, const BlockCoords& bc, int64_t first, int64_t n) {
+  return p.cu_q != nullptr ? (first * p.hq + bc.h) * p.d : bc.bh * n * p.d;
+}
+
+// ... whose rows are this far apart.
+__device__ __forceinline__ int64_t out_ld(const Params& p) { return p.cu_q != nullptr ? p.hq * p.d : p.d; }
+
+// Offset of query 0 of this block's head in lse and delta: (B, Hq, Nq), or packed (Hq, Tq).
+__device__ __forceinline__ int64_t lse_base(const Params& p, const BlockCoords& bc) {
+  return p.cu_q != nullptr ? bc.h * p.total_q + bc.q0 : bc.bh * bc.nq;
+}
+
+// Row 0 of head h of batch b; `first` is the sequence's first token (varlen; 0 for padded).
 template <typename T>
-__device__ __forceinline__ const T* head_ptr(const void* base, const AttentionStrides& s, int64_t b, int64_t h) {
-  return static_cast<const T*>(base) + b * s.batch + h * s.head;
+__device__ __forceinline__ const T* head_ptr(const void* base, const AttentionStrides& s, int64_t b, int64_t h,
+                                             int64_t first) {
+  return static_cast<const T*>(base) + b * s.batch + h * s.head + first * s.token;
 }
 
 // Copies rows [r0, r0 + ROWS) of one head's (n_rows x d) matrix into shared memory (row stride LD, DP columns),
@@ -377,11 +406,13 @@ __global__ void __launch_bounds__(kThreads, 1) attention_fwd_kernel(const Params
   int* key_ok = carve.take<int>(S::kStreamVec);
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const BlockCoords bc = block_coords(p, p.nq, true);
-  const T* k = head_ptr<T>(p.k, p.ks, bc.b, bc.kv_h);
-  const T* v = head_ptr<T>(p.v, p.vs, bc.b, bc.kv_h);
+  const BlockCoords bc = block_coords(p, false, true);
+  if (bc.row0 >= bc.nq) return;  // varlen: past this sequence's queries (uniform across the block)
+  const T* k = head_ptr<T>(p.k, p.ks, bc.b, bc.kv_h, bc.k0);
+  const T* v = head_ptr<T>(p.v, p.vs, bc.b, bc.kv_h, bc.k0);
   const uint8_t* mask = p.mask != nullptr ? p.mask + bc.b * p.mask_stride_b : nullptr;
-  load_rows<T, kRows, DP, C::kLd>(head_ptr<T>(p.q, p.qs, bc.b, bc.h), p.qs, p.q_vec, bc.row0, p.nq, p.d, q_s);
+  load_rows<T, kRows, DP, C::kLd>(head_ptr<T>(p.q, p.qs, bc.b, bc.h, bc.q0), p.qs, p.q_vec, bc.row0, bc.nq, p.d,
+                                  q_s);
 
   const T* q_w = q_s + warp * 16 * C::kLd;
   float* scores_w = scores + warp * 16 * C::kLdS;
@@ -395,12 +426,12 @@ __global__ void __launch_bounds__(kThreads, 1) attention_fwd_kernel(const Params
   acc.zero();
   float m = -INFINITY, l = 0.0f;
   // Causal: keys past the tile's last query are invisible to all of it.
-  const int64_t key_end = p.causal && bc.row0 + kRows < p.nk ? bc.row0 + kRows : p.nk;
+  const int64_t key_end = p.causal && bc.row0 + kRows < bc.nk ? bc.row0 + kRows : bc.nk;
   for (int64_t n0 = 0; n0 < key_end; n0 += BN) {
     __syncthreads();  // every warp is done with the previous k, v tiles (and q_s is complete)
-    load_rows<T, BN, DP, C::kLd>(k, p.ks, p.k_vec, n0, p.nk, p.d, k_s);
-    load_rows<T, BN, DP, C::kLd>(v, p.vs, p.v_vec, n0, p.nk, p.d, v_s);
-    load_key_ok<BN>(mask, p.mask_stride_n, n0, p.nk, key_ok);
+    load_rows<T, BN, DP, C::kLd>(k, p.ks, p.k_vec, n0, bc.nk, p.d, k_s);
+    load_rows<T, BN, DP, C::kLd>(v, p.vs, p.v_vec, n0, bc.nk, p.d, v_s);
+    load_key_ok<BN>(mask, p.mask_stride_n, n0, bc.nk, key_ok);
     __syncthreads();
     warp_gemm_nt<T, DP, BN>(q_w, C::kLd, k_s, C::kLd, scores_w, C::kLdS);
     __syncwarp();
@@ -416,12 +447,13 @@ __global__ void __launch_bounds__(kThreads, 1) attention_fwd_kernel(const Params
   __syncwarp();
   if ((lane & 1) == 0) {
     factor_w[lane >> 1] = l > 0.0f ? 1.0f / l : 0.0f;
-    if (query < p.nq) p.lse[bc.bh * p.nq + query] = l > 0.0f ? m + log2f(l) : INFINITY;
+    if (query < bc.nq) p.lse[lse_base(p, bc) + query] = l > 0.0f ? m + log2f(l) : INFINITY;
   }
   __syncwarp();
-  T* out = static_cast<T*>(p.out) + bc.bh * p.nq * p.d;
+  T* out = static_cast<T*>(p.out) + out_base(p, bc, bc.q0, bc.nq);
+  const int64_t ld = out_ld(p);
   acc.for_each(stage_w, [&](int r, int c, float value) {
-    if (row0_w + r < p.nq && c < p.d) out[(row0_w + r) * p.d + c] = from_float<T>(value * factor_w[r]);
+    if (row0_w + r < bc.nq && c < p.d) out[(row0_w + r) * ld + c] = from_float<T>(value * factor_w[r]);
   });
 }
 
@@ -446,17 +478,20 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_dq_kernel(const Par
   int* key_ok = carve.take<int>(S::kStreamVec);
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const BlockCoords bc = block_coords(p, p.nq, true);
-  const T* k = head_ptr<T>(p.k, p.ks, bc.b, bc.kv_h);
-  const T* v = head_ptr<T>(p.v, p.vs, bc.b, bc.kv_h);
+  const BlockCoords bc = block_coords(p, false, true);
+  if (bc.row0 >= bc.nq) return;  // varlen: past this sequence's queries (uniform across the block)
+  const T* k = head_ptr<T>(p.k, p.ks, bc.b, bc.kv_h, bc.k0);
+  const T* v = head_ptr<T>(p.v, p.vs, bc.b, bc.kv_h, bc.k0);
   const uint8_t* mask = p.mask != nullptr ? p.mask + bc.b * p.mask_stride_b : nullptr;
-  load_rows<T, kRows, DP, C::kLd>(head_ptr<T>(p.q, p.qs, bc.b, bc.h), p.qs, p.q_vec, bc.row0, p.nq, p.d, q_s);
-  load_rows<T, kRows, DP, C::kLd>(head_ptr<T>(p.grad_out, p.dos, bc.b, bc.h), p.dos, p.do_vec, bc.row0, p.nq, p.d,
-                                  do_s);
+  load_rows<T, kRows, DP, C::kLd>(head_ptr<T>(p.q, p.qs, bc.b, bc.h, bc.q0), p.qs, p.q_vec, bc.row0, bc.nq, p.d,
+                                  q_s);
+  load_rows<T, kRows, DP, C::kLd>(head_ptr<T>(p.grad_out, p.dos, bc.b, bc.h, bc.q0), p.dos, p.do_vec, bc.row0,
+                                  bc.nq, p.d, do_s);
+  const int64_t stats = lse_base(p, bc);
   for (int i = threadIdx.x; i < kRows; i += kThreads) {
     const int64_t row = bc.row0 + i;  // rows past Nq: P = 0, so they add nothing
-    lse_s[i] = row < p.nq ? p.lse[bc.bh * p.nq + row] : INFINITY;
-    delta_s[i] = row < p.nq ? p.delta[bc.bh * p.nq + row] : 0.0f;
+    lse_s[i] = row < bc.nq ? p.lse[stats + row] : INFINITY;
+    delta_s[i] = row < bc.nq ? p.delta[stats + row] : 0.0f;
   }
 
   const T* q_w = q_s + warp * 16 * C::kLd;
@@ -471,12 +506,12 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_dq_kernel(const Par
 
   WarpAcc<T, DP> acc;
   acc.zero();
-  const int64_t key_end = p.causal && bc.row0 + kRows < p.nk ? bc.row0 + kRows : p.nk;
+  const int64_t key_end = p.causal && bc.row0 + kRows < bc.nk ? bc.row0 + kRows : bc.nk;
   for (int64_t n0 = 0; n0 < key_end; n0 += BN) {
     __syncthreads();
-    load_rows<T, BN, DP, C::kLd>(k, p.ks, p.k_vec, n0, p.nk, p.d, k_s);
-    load_rows<T, BN, DP, C::kLd>(v, p.vs, p.v_vec, n0, p.nk, p.d, v_s);
-    load_key_ok<BN>(mask, p.mask_stride_n, n0, p.nk, key_ok);
+    load_rows<T, BN, DP, C::kLd>(k, p.ks, p.k_vec, n0, bc.nk, p.d, k_s);
+    load_rows<T, BN, DP, C::kLd>(v, p.vs, p.v_vec, n0, bc.nk, p.d, v_s);
+    load_key_ok<BN>(mask, p.mask_stride_n, n0, bc.nk, key_ok);
     __syncthreads();
     warp_gemm_nt<T, DP, BN>(q_w, C::kLd, k_s, C::kLd, scores_w, C::kLdS);
     warp_gemm_nt<T, DP, BN>(do_w, C::kLd, v_s, C::kLd, dp_w, C::kLdS);
@@ -492,9 +527,10 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_dq_kernel(const Par
     acc.template add_product<BN>(ds_w, C::kLdP, k_s, C::kLd);
   }
 
-  T* dq = static_cast<T*>(p.out) + bc.bh * p.nq * p.d;
+  T* dq = static_cast<T*>(p.out) + out_base(p, bc, bc.q0, bc.nq);
+  const int64_t ld = out_ld(p);
   acc.for_each(stage_w, [&](int r, int c, float value) {
-    if (row0_w + r < p.nq && c < p.d) dq[(row0_w + r) * p.d + c] = from_float<T>(value * p.scale);
+    if (row0_w + r < bc.nq && c < p.d) dq[(row0_w + r) * ld + c] = from_float<T>(value * p.scale);
   });
 }
 
@@ -520,13 +556,17 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_dkdv_kernel(const P
   int* key_ok = carve.take<int>(S::kOwnVec);
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const BlockCoords bc = block_coords(p, p.nk, false);
-  const T* q = head_ptr<T>(p.q, p.qs, bc.b, bc.h);
-  const T* grad_out = head_ptr<T>(p.grad_out, p.dos, bc.b, bc.h);
+  const BlockCoords bc = block_coords(p, true, false);
+  if (bc.row0 >= bc.nk) return;  // varlen: past this sequence's keys (uniform across the block)
+  const T* q = head_ptr<T>(p.q, p.qs, bc.b, bc.h, bc.q0);
+  const T* grad_out = head_ptr<T>(p.grad_out, p.dos, bc.b, bc.h, bc.q0);
   const uint8_t* mask = p.mask != nullptr ? p.mask + bc.b * p.mask_stride_b : nullptr;
-  load_rows<T, kRows, DP, C::kLd>(head_ptr<T>(p.k, p.ks, bc.b, bc.kv_h), p.ks, p.k_vec, bc.row0, p.nk, p.d, k_s);
-  load_rows<T, kRows, DP, C::kLd>(head_ptr<T>(p.v, p.vs, bc.b, bc.kv_h), p.vs, p.v_vec, bc.row0, p.nk, p.d, v_s);
-  load_key_ok<kRows>(mask, p.mask_stride_n, bc.row0, p.nk, key_ok);
+  load_rows<T, kRows, DP, C::kLd>(head_ptr<T>(p.k, p.ks, bc.b, bc.kv_h, bc.k0), p.ks, p.k_vec, bc.row0, bc.nk, p.d,
+                                  k_s);
+  load_rows<T, kRows, DP, C::kLd>(head_ptr<T>(p.v, p.vs, bc.b, bc.kv_h, bc.k0), p.vs, p.v_vec, bc.row0, bc.nk, p.d,
+                                  v_s);
+  load_key_ok<kRows>(mask, p.mask_stride_n, bc.row0, bc.nk, key_ok);
+  const int64_t stats = lse_base(p, bc);
 
   const T* k_w = k_s + warp * 16 * C::kLd;
   const T* v_w = v_s + warp * 16 * C::kLd;
@@ -542,14 +582,14 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_dkdv_kernel(const P
   // One sweep over the query tiles, accumulating dV and/or dK.
   auto sweep = [&](auto want_dv, auto want_dk, WarpAcc<T, DP>& dv, WarpAcc<T, DP>& dk) {
     constexpr bool kDv = decltype(want_dv)::value, kDk = decltype(want_dk)::value;
-    for (int64_t m0 = query_begin; m0 < p.nq; m0 += BM) {
+    for (int64_t m0 = query_begin; m0 < bc.nq; m0 += BM) {
       __syncthreads();  // every warp is done with the previous q, dO tiles (and k_s, v_s, key_ok are complete)
-      load_rows<T, BM, DP, C::kLd>(q, p.qs, p.q_vec, m0, p.nq, p.d, q_s);
-      load_rows<T, BM, DP, C::kLd>(grad_out, p.dos, p.do_vec, m0, p.nq, p.d, do_s);
+      load_rows<T, BM, DP, C::kLd>(q, p.qs, p.q_vec, m0, bc.nq, p.d, q_s);
+      load_rows<T, BM, DP, C::kLd>(grad_out, p.dos, p.do_vec, m0, bc.nq, p.d, do_s);
       for (int i = threadIdx.x; i < BM; i += kThreads) {
         const int64_t row = m0 + i;
-        lse_s[i] = row < p.nq ? p.lse[bc.bh * p.nq + row] : INFINITY;
-        delta_s[i] = row < p.nq ? p.delta[bc.bh * p.nq + row] : 0.0f;
+        lse_s[i] = row < bc.nq ? p.lse[stats + row] : INFINITY;
+        delta_s[i] = row < bc.nq ? p.delta[stats + row] : 0.0f;
       }
       __syncthreads();
       warp_gemm_nt<T, DP, BM>(k_w, C::kLd, q_s, C::kLd, scores_w, C::kLdS);
@@ -577,10 +617,14 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_dkdv_kernel(const P
       }
     }
   };
+  // Kept in few registers across the sweeps: the warp's first output element and how many of its 16 keys exist.
+  const int64_t grad_w = out_base(p, bc, bc.k0, bc.nk) + key0_w * out_ld(p);
+  const int keys_w = static_cast<int>(bc.nk - key0_w < 16 ? bc.nk - key0_w : 16);
   auto store = [&](const WarpAcc<T, DP>& acc, float* grad, float multiplier) {
-    float* dst = grad + bc.bh * p.nk * p.d;
+    float* dst = grad + grad_w;
+    const int64_t ld = out_ld(p);
     acc.for_each(stage_w, [&](int r, int c, float value) {
-      if (key0_w + r < p.nk && c < p.d) dst[(key0_w + r) * p.d + c] = value * multiplier;
+      if (r < keys_w && c < p.d) dst[r * ld + c] = value * multiplier;
     });
   };
   using Yes = std::true_type;
@@ -655,6 +699,19 @@ Params base_params(const AttentionSizes& s, const void* q, const AttentionStride
   return p;
 }
 
+// Varlen: the sequence starts, or both null for the padded layout.
+void set_varlen(Params& p, const int32_t* cu_q, const int32_t* cu_k, int64_t total_q) {
+  if ((cu_q == nullptr) != (cu_k == nullptr)) {
+    throw std::invalid_argument("attention: varlen needs both cu_seqlens_q and cu_seqlens_k (or neither)");
+  }
+  if (cu_q != nullptr && (total_q < 0 || p.mask != nullptr)) {
+    throw std::invalid_argument("attention: varlen takes total_q >= 0 and no key-padding mask");
+  }
+  p.cu_q = cu_q;
+  p.cu_k = cu_k;
+  p.total_q = total_q;
+}
+
 void set_vector_flags(Params& p, int64_t elem_bytes) {
   p.q_vec = vector_ok(p.q, p.qs, p.d, elem_bytes);
   p.k_vec = vector_ok(p.k, p.ks, p.d, elem_bytes);
@@ -715,6 +772,7 @@ void attention_fwd(const AttentionFwdArgs& args, cudaStream_t stream) {
   check_device_ready();
   Params p = base_params(s, args.q, args.q_strides, args.k, args.k_strides, args.v, args.v_strides,
                          args.key_padding_mask, args.mask_stride_b, args.mask_stride_n, args.scale, args.causal);
+  set_varlen(p, args.cu_seqlens_q, args.cu_seqlens_k, args.total_q);
   p.out = args.out;
   p.lse = static_cast<float*>(args.lse);
   const int64_t blocks = s.batch * s.heads_q * ceil_div(s.seqlen_q, kRows);
@@ -732,6 +790,7 @@ void attention_bwd(const AttentionBwdArgs& args, cudaStream_t stream) {
   check_device_ready();
   Params p = base_params(s, args.q, args.q_strides, args.k, args.k_strides, args.v, args.v_strides,
                          args.key_padding_mask, args.mask_stride_b, args.mask_stride_n, args.scale, args.causal);
+  set_varlen(p, args.cu_seqlens_q, args.cu_seqlens_k, args.total_q);
   p.grad_out = args.grad_out;
   p.dos = args.grad_out_strides;
   p.lse = static_cast<float*>(const_cast<void*>(args.lse));  // read only in backward

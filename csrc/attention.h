@@ -2,6 +2,11 @@
 // The contract of kernels/attention.py's padded layout: q (B, Hq, Nq, D), k and v (B, Hkv, Nk, D) with any
 // strides, GQA (query head h reads kv head h / (Hq / Hkv)), causal mask top-left aligned (key j visible to
 // query i when j <= i), an optional key-padding mask uint8 (B, Nk), nonzero = ignore the key.
+// Varlen (packed sequences, as kernels/attention.py's VARLEN): with cu_seqlens_q/k set, q is (Tq, Hq, D) and k, v
+// are (Tk, Hkv, D) passed as (1, H, T, D) strides (batch stride 0, head stride = stride(1), token stride =
+// stride(0)); sizes are (num_seqs, Hq, Hkv, max_seqlen_q, max_seqlen_k, D); sequence b is tokens cu[b]..cu[b+1]
+// (int32, on the device), causal top-left per sequence, no key-padding mask; out, lse, delta, grad_q, grad_k and
+// grad_v take the packed layouts noted below.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -34,6 +39,10 @@ struct AttentionFwdArgs {
   double scale;
   bool causal;
   int dtype;
+  // Varlen: both null (padded layout) or both set; out is then (Tq, Hq, D) and lse (Hq, Tq).
+  const int32_t* cu_seqlens_q;
+  const int32_t* cu_seqlens_k;
+  int64_t total_q;  // Tq (varlen only)
 };
 
 struct AttentionBwdArgs {
@@ -56,6 +65,10 @@ struct AttentionBwdArgs {
   double scale;
   bool causal;
   int dtype;
+  // Varlen: grad_q (Tq, Hq, D); grad_k, grad_v (Tk, Hq, D) fp32 per query head; lse and delta (Hq, Tq).
+  const int32_t* cu_seqlens_q;
+  const int32_t* cu_seqlens_k;
+  int64_t total_q;
 };
 
 void attention_fwd(const AttentionFwdArgs& args, cudaStream_t stream);

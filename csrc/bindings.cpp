@@ -154,11 +154,23 @@ deepfuse::AttentionSizes attention_sizes(const Sizes6& v) {
 
 deepfuse::AttentionStrides attention_strides(const Strides& v) { return {v[0], v[1], v[2], v[3]}; }
 
+// Varlen's int32 cumulative sequence lengths on the device: both given, or both 0 (padded layout).
+void require_varlen(std::uintptr_t cu_seqlens_q, std::uintptr_t cu_seqlens_k, int64_t total_q) {
+  if ((cu_seqlens_q == 0) != (cu_seqlens_k == 0)) {
+    throw std::invalid_argument("attention: pass both cu_seqlens_q and cu_seqlens_k (varlen) or neither (padded)");
+  }
+  require_positive_or_zero("total_q", total_q);
+}
+
+const int32_t* as_cu_seqlens(std::uintptr_t address) { return reinterpret_cast<const int32_t*>(address); }
+
 void attention_fwd(std::uintptr_t q, const Strides& q_strides, std::uintptr_t k, const Strides& k_strides,
                    std::uintptr_t v, const Strides& v_strides, std::uintptr_t key_padding_mask,
                    const Strides2& mask_strides, std::uintptr_t out, std::uintptr_t lse, const Sizes6& sizes,
-                   double scale, bool causal, int dtype, std::uintptr_t stream) {
+                   double scale, bool causal, int dtype, std::uintptr_t stream, std::uintptr_t cu_seqlens_q,
+                   std::uintptr_t cu_seqlens_k, int64_t total_q) {
   const deepfuse::AttentionSizes s = attention_sizes(sizes);
+  require_varlen(cu_seqlens_q, cu_seqlens_k, total_q);
   if (s.batch * s.heads_q * s.seqlen_q * s.head_dim > 0) {
     require_pointer("q", q);
     require_pointer("out", out);
@@ -182,7 +194,10 @@ void attention_fwd(std::uintptr_t q, const Strides& q_strides, std::uintptr_t k,
                                         as_mut_ptr(lse),
                                         scale,
                                         causal,
-                                        dtype};
+                                        dtype,
+                                        as_cu_seqlens(cu_seqlens_q),
+                                        as_cu_seqlens(cu_seqlens_k),
+                                        total_q};
   py::gil_scoped_release release;
   deepfuse::attention_fwd(args, as_stream(stream));
 }
@@ -192,8 +207,9 @@ void attention_bwd(std::uintptr_t grad_out, const Strides& grad_out_strides, std
                    const Strides& v_strides, std::uintptr_t key_padding_mask, const Strides2& mask_strides,
                    std::uintptr_t lse, std::uintptr_t delta, std::uintptr_t grad_q, std::uintptr_t grad_k,
                    std::uintptr_t grad_v, const Sizes6& sizes, double scale, bool causal, int dtype,
-                   std::uintptr_t stream) {
+                   std::uintptr_t stream, std::uintptr_t cu_seqlens_q, std::uintptr_t cu_seqlens_k, int64_t total_q) {
   const deepfuse::AttentionSizes s = attention_sizes(sizes);
+  require_varlen(cu_seqlens_q, cu_seqlens_k, total_q);
   const bool any_query = s.batch * s.heads_q * s.seqlen_q * s.head_dim > 0;
   const bool any_key = s.batch * s.heads_q * s.seqlen_k * s.head_dim > 0;
   if (any_query) {
@@ -228,7 +244,10 @@ void attention_bwd(std::uintptr_t grad_out, const Strides& grad_out_strides, std
                                         as_mut_ptr(grad_v),
                                         scale,
                                         causal,
-                                        dtype};
+                                        dtype,
+                                        as_cu_seqlens(cu_seqlens_q),
+                                        as_cu_seqlens(cu_seqlens_k),
+                                        total_q};
   py::gil_scoped_release release;
   deepfuse::attention_bwd(args, as_stream(stream));
 }
@@ -268,16 +287,20 @@ PYBIND11_MODULE(_C, m) {
   m.def("attention_fwd", &attention_fwd,
         "flash attention forward: out (B, Hq, Nq, D) contiguous and lse (B, Hq, Nq) fp32 base 2 (+inf: no key). "
         "sizes: (B, Hq, Hkv, Nq, Nk, D); strides in (batch, head, token, dim) order; key_padding_mask uint8 "
-        "(B, Nk), nonzero = ignore, or 0",
+        "(B, Nk), nonzero = ignore, or 0. Varlen: cu_seqlens_q/k int32 device pointers (0 = padded); q (Tq, Hq, D), "
+        "k, v (Tk, Hkv, D) as (1, H, T, D) strides, sizes (num_seqs, Hq, Hkv, max_seqlen_q, max_seqlen_k, D), out "
+        "(Tq, Hq, D), lse (Hq, total_q)",
         py::arg("q"), py::arg("q_strides"), py::arg("k"), py::arg("k_strides"), py::arg("v"), py::arg("v_strides"),
         py::arg("key_padding_mask"), py::arg("mask_strides"), py::arg("out"), py::arg("lse"), py::arg("sizes"),
-        py::arg("scale"), py::arg("causal"), py::arg("dtype"), py::arg("stream"));
+        py::arg("scale"), py::arg("causal"), py::arg("dtype"), py::arg("stream"), py::arg("cu_seqlens_q") = 0,
+        py::arg("cu_seqlens_k") = 0, py::arg("total_q") = 0);
   m.def("attention_bwd", &attention_bwd,
         "flash attention backward: grad_q (B, Hq, Nq, D) in q's dtype; grad_k, grad_v fp32 (B, Hq, Nk, D) per "
-        "query head (sum each GQA group); delta = rowsum(dO * O) fp32 (B, Hq, Nq)",
+        "query head (sum each GQA group); delta = rowsum(dO * O) fp32 (B, Hq, Nq). Varlen as attention_fwd: "
+        "grad_q (Tq, Hq, D), grad_k, grad_v fp32 (Tk, Hq, D), lse and delta (Hq, total_q)",
         py::arg("grad_out"), py::arg("grad_out_strides"), py::arg("q"), py::arg("q_strides"), py::arg("k"),
         py::arg("k_strides"), py::arg("v"), py::arg("v_strides"), py::arg("key_padding_mask"),
         py::arg("mask_strides"), py::arg("lse"), py::arg("delta"), py::arg("grad_q"), py::arg("grad_k"),
         py::arg("grad_v"), py::arg("sizes"), py::arg("scale"), py::arg("causal"), py::arg("dtype"),
-        py::arg("stream"));
+        py::arg("stream"), py::arg("cu_seqlens_q") = 0, py::arg("cu_seqlens_k") = 0, py::arg("total_q") = 0);
 }

@@ -315,12 +315,17 @@ def test_varlen_bad_input_raises_a_clear_error(case):
         attention_varlen(**kwargs)
 
 
-def test_varlen_refuses_the_cuda_backend_with_a_reason():
+def test_varlen_on_cpu_tensors_refuses_the_cuda_backend(monkeypatch):
+    from deepfuse import backend
     from deepfuse.ops.attention import _supports
 
     (q, k, v), _, cu = make_varlen([3, 4], 2, 2, 16, torch.float32)
-    assert "attention_varlen has no CUDA C++ kernel" in _supports("cuda", q, k)
+    assert _supports("cuda", q, k) is None  # the kernels take the packed layout...
     with pytest.raises(deepfuse.BackendUnavailableError, match=r"backend 'cuda'.*cannot run"):
+        attention_varlen(q, k, v, cu, cu, 4, 4, backend="cuda")
+    # ...but not CPU tensors, whether or not this machine has a usable device
+    monkeypatch.setattr(backend, "_unavailable_reason", lambda name: None)
+    with pytest.raises(deepfuse.BackendUnavailableError, match=r"inputs are on cpu; the cuda backend needs CUDA"):
         attention_varlen(q, k, v, cu, cu, 4, 4, backend="cuda")
 
 
@@ -343,3 +348,39 @@ def test_gpu_triton_varlen(dtype, poison_outputs):
     n = max(lengths)
     check_against_reference(lambda *t: attention_varlen(*t, cu, cu, n, n, causal=True, backend="triton"),
                             _packed_reference(lengths, True), tensors, dy, ("q", "k", "v"))  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+def test_gpu_cuda_varlen(dtype, causal, poison_outputs):
+    lengths = [64, 1, 511, 0, 300, 128]
+    tensors, dy, cu = make_varlen(lengths, 4, 2, 64, dtype, device="cuda")
+    n = max(lengths)
+    check_against_reference(lambda *t: attention_varlen(*t, cu, cu, n, n, causal=causal, backend="cuda"),
+                            _packed_reference(lengths, causal), tensors, dy, ("q", "k", "v"))  # fmt: skip
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_varlen_matches_torch_and_opcheck():
+    from deepfuse.ops.attention import attention_varlen_bwd, attention_varlen_fwd
+
+    lengths = [5, 0, 33, 17, 1]
+    (q, k, v), dy, cu = make_varlen(lengths, 4, 2, 32, torch.float32, device="cuda")
+    n = max(lengths) + 7  # a grid sized past the longest sequence
+    for causal in (False, True):
+        args = (cu, cu, n, n, causal, 0.25)
+        out, lse = attention_varlen_fwd(q, k, v, *args, "cuda")
+        out_ref, lse_ref = attention_varlen_fwd(q, k, v, *args, "torch")
+        assert max_error(out, out_ref) <= ATOL[torch.float32]
+        assert torch.equal(torch.isinf(lse), torch.isinf(lse_ref))
+        finite = torch.isfinite(lse_ref)
+        assert max_error(lse[finite], lse_ref[finite]) <= ATOL[torch.float32]
+        grads = attention_varlen_bwd(dy, q, k, v, out, lse, *args, "cuda")
+        grads_ref = attention_varlen_bwd(dy, q, k, v, out_ref, lse_ref, *args, "torch")
+        for got, expected in zip(grads, grads_ref, strict=True):
+            assert max_error(got, expected) <= ATOL[torch.float32]
+    args = (cu, cu, n, n, True, 0.25, "cuda")
+    torch.library.opcheck(attention_varlen_fwd, (q.clone().requires_grad_(), k.clone().requires_grad_(), v, *args))
+    out, lse = attention_varlen_fwd(q, k, v, *args)
+    torch.library.opcheck(attention_varlen_bwd, (dy, q, k, v, out, lse, *args))

@@ -7,7 +7,7 @@ default) with GQA/MQA (Hq a multiple of Hkv) and a key-padding mask (B, Nk) bool
 
 dtypes: float16, bfloat16 and float32 on the kernels (fp32 inputs use IEEE fp32 dots unless torch
 allows TF32), float64 on torch. Backward is deterministic on every backend. The CUDA C++ twin
-(csrc/attention.cu) takes the padded layout only, head dims up to 256 (float32: 128).
+(csrc/attention.cu) takes the padded and the varlen layouts, head dims up to 256 (float32: 128).
 """
 
 from __future__ import annotations
@@ -209,6 +209,62 @@ def _bwd_cuda(grad_out, q, k, v, out, lse, key_padding_mask, causal, scale):
     return dq, dk.to(k.dtype), dv.to(v.dtype)
 
 
+def _packed_strides(t):
+    """(T, H, D) addressed as (1, H, T, D): the (batch, head, token, dim) strides deepfuse._C takes."""
+    return [0, t.stride(1), t.stride(0), t.stride(2)]
+
+
+def _varlen_cuda_sizes(q, k, cu_seqlens_q, max_seqlens):
+    max_seqlen_q, max_seqlen_k = max_seqlens
+    return [cu_seqlens_q.numel() - 1, q.shape[1], k.shape[1], max_seqlen_q, max_seqlen_k, q.shape[2]]
+
+
+def _varlen_fwd_cuda(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale, max_seqlens):
+    from deepfuse import _C
+
+    out = _kernel_utils.empty_output(q.shape, q)
+    lse = torch.empty((q.shape[1], q.shape[0]), device=q.device, dtype=torch.float32)
+    if q.numel() == 0 or k.numel() == 0:  # no query, or no key for any query: zeros and +inf
+        out.zero_()
+        lse.fill_(float("inf"))
+        return out, lse
+    cu_q, cu_k = cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()
+    with torch.cuda.device(q.device):
+        _C.attention_fwd(
+            pointer(q), _packed_strides(q), pointer(k), _packed_strides(k), pointer(v), _packed_strides(v), 0, [0, 0],
+            pointer(out), pointer(lse), _varlen_cuda_sizes(q, k, cu_q, max_seqlens), scale, causal,
+            _backend.DTYPE_CODES[q.dtype], torch.cuda.current_stream().cuda_stream, cu_seqlens_q=pointer(cu_q),
+            cu_seqlens_k=pointer(cu_k), total_q=q.shape[0],
+        )  # fmt: skip
+    return out, lse
+
+
+def _varlen_bwd_cuda(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, causal, scale, max_seqlens):
+    from deepfuse import _C
+
+    Tq, Hq, D = q.shape
+    Tk, Hkv = k.shape[:2]
+    if q.numel() == 0 or k.numel() == 0:
+        return q.new_zeros(q.shape), k.new_zeros(k.shape), v.new_zeros(v.shape)
+    dq = _kernel_utils.empty_output(q.shape, q)
+    # dK, dV per query head in fp32, (Tk, Hq, D): every key token belongs to one sequence, so all are written.
+    dk = _kernel_utils.empty_output((Tk, Hq, D), lse)
+    dv = _kernel_utils.empty_output((Tk, Hq, D), lse)
+    delta = (grad_out.float() * out.float()).sum(-1).t().contiguous()  # rowsum(dO * O), (Hq, Tq) like lse
+    lse = lse.contiguous()
+    cu_q, cu_k = cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()
+    with torch.cuda.device(q.device):
+        _C.attention_bwd(
+            pointer(grad_out), _packed_strides(grad_out), pointer(q), _packed_strides(q), pointer(k),
+            _packed_strides(k), pointer(v), _packed_strides(v), 0, [0, 0], pointer(lse), pointer(delta), pointer(dq),
+            pointer(dk), pointer(dv), _varlen_cuda_sizes(q, k, cu_q, max_seqlens), scale, causal,
+            _backend.DTYPE_CODES[q.dtype], torch.cuda.current_stream().cuda_stream, cu_seqlens_q=pointer(cu_q),
+            cu_seqlens_k=pointer(cu_k), total_q=Tq,
+        )  # fmt: skip
+    dk, dv = (t.view(Tk, Hkv, Hq // Hkv, D).sum(2) for t in (dk, dv))  # (Tk, Hq, D) -> (Tk, Hkv, D)
+    return dq, dk.to(k.dtype), dv.to(v.dtype)
+
+
 _FWD = {"torch": _fwd_torch, "triton": _fwd_triton, "cuda": _fwd_cuda}
 _BWD = {"torch": _bwd_torch, "triton": _bwd_triton, "cuda": _bwd_cuda}
 
@@ -279,7 +335,8 @@ def attention_varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_s
     with op_range("attention_varlen_fwd", backend, flops, q.element_size() * (2 * q.numel() + 2 * k.numel())):
         if backend == "torch":
             return _varlen_fwd_torch(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
-        return _varlen_fwd_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale, (max_seqlen_q, max_seqlen_k))
+        varlen_fwd = _varlen_fwd_cuda if backend == "cuda" else _varlen_fwd_triton
+        return varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale, (max_seqlen_q, max_seqlen_k))
 
 
 @attention_varlen_fwd.register_fake
@@ -296,8 +353,9 @@ def attention_varlen_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tenso
     with op_range("attention_varlen_bwd", backend, 0, 0):
         if backend == "torch":
             return _varlen_bwd_torch(grad_out, q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
-        return _varlen_bwd_triton(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, causal, scale,
-                                  (max_seqlen_q, max_seqlen_k))  # fmt: skip
+        varlen_bwd = _varlen_bwd_cuda if backend == "cuda" else _varlen_bwd_triton
+        return varlen_bwd(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, causal, scale,
+                          (max_seqlen_q, max_seqlen_k))  # fmt: skip
 
 
 @attention_varlen_bwd.register_fake
@@ -329,9 +387,7 @@ attention_varlen_fwd.register_autograd(_varlen_backward, setup_context=_varlen_s
 def _supports(backend, q, k, *args, **kwargs):
     if backend == "torch":
         return None
-    if backend == "cuda":
-        if q.ndim == 3:  # attention_varlen's packed (total, H, D) layout
-            return "attention_varlen has no CUDA C++ kernel (cuda takes the padded layout only); use triton or torch"
+    if backend == "cuda":  # the padded (B, H, N, D) and attention_varlen's packed (total, H, D) layouts alike
         reason = kernel_dtype_reason("q", q)
         if reason is not None:
             return reason
