@@ -126,15 +126,19 @@ def test_bad_input_raises_a_clear_error(case):
         attention(**{name: kwargs.pop(name) for name in ("q", "k", "v")}, **kwargs)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_opcheck(backend):
-    tensors, dy, options = make_case(CPU_CASES["padding_mqa_d48"], torch.float32)
+def _opcheck_attention(backend, dtype, device="cpu"):
+    tensors, dy, options = make_case(CPU_CASES["padding_mqa_d48"], dtype, device)
     q, k, v = (t.requires_grad_() for t in tensors)
     mask = options["key_padding_mask"]
     torch.library.opcheck(attention_fwd, (q, k, v, mask, False, 0.2, backend))
     torch.library.opcheck(attention_fwd, (q, k, v, None, True, 0.2, backend))
     out, lse = attention_fwd(q.detach(), k.detach(), v.detach(), mask, False, 0.2, backend)
     torch.library.opcheck(attention_bwd, (dy, q.detach(), k.detach(), v.detach(), out, lse, mask, False, 0.2, backend))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_opcheck(backend):
+    _opcheck_attention(backend, torch.float32)
 
 
 def test_compiles_fullgraph():
@@ -221,13 +225,7 @@ def test_gpu_cuda_is_deterministic_and_saves_the_torch_log_sum_exp():
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_gpu_opcheck(backend):
-    tensors, dy, options = make_case(CPU_CASES["padding_mqa_d48"], torch.float16, "cuda")
-    q, k, v = (t.requires_grad_() for t in tensors)
-    mask = options["key_padding_mask"]
-    torch.library.opcheck(attention_fwd, (q, k, v, mask, False, 0.2, backend))
-    torch.library.opcheck(attention_fwd, (q, k, v, None, True, 0.2, backend))
-    out, lse = attention_fwd(q.detach(), k.detach(), v.detach(), mask, False, 0.2, backend)
-    torch.library.opcheck(attention_bwd, (dy, q.detach(), k.detach(), v.detach(), out, lse, mask, False, 0.2, backend))
+    _opcheck_attention(backend, torch.float16, "cuda")
 
 
 def test_backends_save_the_same_log_sum_exp():
