@@ -1,15 +1,17 @@
 """Triton kernels for the LSTM (PyTorch's gate order i, f, g, o; c' = f*c + i*g, h' = o*tanh(c')).
 
-Cell: one kernel computes both matmuls (x W_ih^T and h W_hh^T) for the four gates of a hidden block, the
-gate activations and the state update. Its backward forms the pre-activation gate gradients in one
-pointwise kernel; the four GEMMs then run on linear_act's kernels.
+Step kernels (one launch per step): the fused cell (x W_ih^T + h W_hh^T for the four gates of a hidden
+block, the gate activations and the state update in one kernel; with a precomputed input projection xp
+instead of x the same kernel is one step of a sequence), the pointwise gate-gradient kernel and the BPTT
+dh = dgates W_hh kernel.
 
-Sequence (one layer, one direction): the input projection of every time step is one GEMM (outside), then
-one program per batch block walks the time steps: per step it reads h_{t-1} (all hidden units), so it
-streams W_hh from L2 each step rather than holding it on chip (a first version: the persistent,
-W_hh-resident multi-program design is future work). Rows past their sequence length output zeros; the
-caller picks each row's final state. Backward walks the steps in reverse with the (dh, dc) carries in
-per-program buffers; the weight gradients are then single GEMMs over all steps.
+Persistent sequence kernels (one launch per layer and direction): program p owns BLOCK_H hidden units and
+loads their rows of W_hh (forward) or columns (backward) once; Triton keeps that operand in shared memory
+for every time step. Programs along the second grid axis own batch groups and walk their batch tiles. Each
+step every program reads the whole h_{t-1} (or dgates_t) its group wrote, so the group meets at a grid
+barrier once per step (an atomic counter; all programs are resident because the launcher starts at most
+one per SM). The cell state, and in backward both carries, stay in registers. Where W_hh does not fit
+(padded hidden size past PERSISTENT_MAX_HIDDEN) the launchers take the per-step path instead.
 """
 
 import torch
@@ -17,6 +19,10 @@ import triton
 import triton.language as tl
 
 from .gemm_common import INTERPRET, dot_flags, mma
+
+# W_hh's slice stays in shared memory (Triton hoists its copy out of the step loop): 4 * H * 16 values, 64 KB
+# at H = 512 in fp16 (128 KB fp32). Larger hidden sizes take the per-step path. Speed unmeasured (no GPU yet).
+PERSISTENT_MAX_HIDDEN = 512
 
 
 @triton.jit
@@ -27,6 +33,16 @@ def _tanh(x):
 @triton.jit
 def _load_f32(ptr, offsets, mask):
     return tl.load(ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _grid_barrier(counter_ptr, target):
+    """Waits until the group's counter reaches target (each program adds 1 per barrier)."""
+    tl.debug_barrier()  # every thread's stores of this step come before the arrival
+    tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
+    while tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu") < target:
+        pass
+    tl.debug_barrier()
 
 
 @triton.jit
@@ -58,28 +74,66 @@ def _accumulate_gates(acc_i, acc_f, acc_g, acc_o, a_ptr, sab, sak, offs_b, mask_
 
 
 @triton.jit
-def _lstm_cell_fwd_kernel(
-    # pointers: gates_out (B, 4H) receives the activated gates (i, f, g, o) for backward
-    x_ptr, h_ptr, c_ptr, wih_ptr, whh_ptr, bias_ptr, h_out_ptr, c_out_ptr, gates_ptr,
-    # sizes
-    B, IN, H,
+def _store_gates(ptr, offsets, mask, keep, i, f, g, o, H):
+    """Four (rows, BLOCK_H) gate tiles at offsets + gate * H, zeros where not keep."""
+    ty = ptr.dtype.element_ty
+    tl.store(ptr + offsets, tl.where(keep, i, 0.0).to(ty), mask=mask)
+    tl.store(ptr + offsets + H, tl.where(keep, f, 0.0).to(ty), mask=mask)
+    tl.store(ptr + offsets + 2 * H, tl.where(keep, g, 0.0).to(ty), mask=mask)
+    tl.store(ptr + offsets + 3 * H, tl.where(keep, o, 0.0).to(ty), mask=mask)
+
+
+@triton.jit
+def _cell_update(acc_i, acc_f, acc_g, acc_o, c):
+    """(activated gates i, f, g, o, c', h') from the pre-activations and the previous cell state."""
+    i, f, g, o = tl.sigmoid(acc_i), tl.sigmoid(acc_f), _tanh(acc_g), tl.sigmoid(acc_o)
+    c_new = f * c + i * g
+    return i, f, g, o, c_new, o * _tanh(c_new)
+
+
+@triton.jit
+def _split_gates(acc, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """(i, f, g, o), each (BLOCK_B, BLOCK_H), from (BLOCK_B, 4 * BLOCK_H) with column = gate * BLOCK_H + j."""
+    acc = tl.permute(tl.reshape(acc, (BLOCK_B, 2, 2, BLOCK_H)), (0, 3, 1, 2))  # [b, j, gate // 2, gate % 2]
+    even, odd = tl.split(acc)
+    i, g = tl.split(even)
+    f, o = tl.split(odd)
+    return i, f, g, o
+
+
+@triton.jit
+def _lstm_step_fwd_kernel(
+    # pointers: x (B, IN) with w_ih, or xp (B, 4H) contiguous, the input projection with both biases;
+    # h_out, c_out (B, H) contiguous; gates (B, 4H) activated (when SAVE_GATES); lengths (B,) int32
+    x_ptr, wih_ptr, xp_ptr, h_ptr, c_ptr, whh_ptr, bias_ptr, lengths_ptr, h_out_ptr, c_out_ptr, gates_ptr,
+    # sizes: t is the step (rows with t >= lengths store zeros)
+    B, IN, H, t,
     # strides
     sxb, sxk, shb, shk, scb, sch, swir, swic, swhr, swhc,
     # meta-parameters
-    HAS_BIAS: tl.constexpr, SAVE_GATES: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    HAS_X: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr, SAVE_GATES: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     offs_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_j = tl.program_id(1).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask_b = offs_b < B
     mask_j = offs_j < H
-    acc_i = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    acc_f = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    acc_g = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    acc_o = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    acc_i, acc_f, acc_g, acc_o = _accumulate_gates(acc_i, acc_f, acc_g, acc_o, x_ptr, sxb, sxk, offs_b, mask_b,
-                                                   wih_ptr, swir, swic, IN, H, offs_j, mask_j, DOT_PRECISION,
-                                                   UPCAST_DOT, BLOCK_K)  # fmt: skip
+    mask = mask_b[:, None] & mask_j[None, :]
+    gate_offs = offs_b[:, None] * (4 * H) + offs_j[None, :]
+    if HAS_X:
+        acc_i = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+        acc_f = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+        acc_g = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+        acc_o = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+        acc_i, acc_f, acc_g, acc_o = _accumulate_gates(acc_i, acc_f, acc_g, acc_o, x_ptr, sxb, sxk, offs_b, mask_b,
+                                                       wih_ptr, swir, swic, IN, H, offs_j, mask_j, DOT_PRECISION,
+                                                       UPCAST_DOT, BLOCK_K)  # fmt: skip
+    else:
+        acc_i = _load_f32(xp_ptr, gate_offs, mask)
+        acc_f = _load_f32(xp_ptr, gate_offs + H, mask)
+        acc_g = _load_f32(xp_ptr, gate_offs + 2 * H, mask)
+        acc_o = _load_f32(xp_ptr, gate_offs + 3 * H, mask)
     acc_i, acc_f, acc_g, acc_o = _accumulate_gates(acc_i, acc_f, acc_g, acc_o, h_ptr, shb, shk, offs_b, mask_b,
                                                    whh_ptr, swhr, swhc, H, H, offs_j, mask_j, DOT_PRECISION,
                                                    UPCAST_DOT, BLOCK_K)  # fmt: skip
@@ -88,20 +142,16 @@ def _lstm_cell_fwd_kernel(
         acc_f += tl.load(bias_ptr + H + offs_j, mask=mask_j, other=0.0).to(tl.float32)[None, :]
         acc_g += tl.load(bias_ptr + 2 * H + offs_j, mask=mask_j, other=0.0).to(tl.float32)[None, :]
         acc_o += tl.load(bias_ptr + 3 * H + offs_j, mask=mask_j, other=0.0).to(tl.float32)[None, :]
-    mask = mask_b[:, None] & mask_j[None, :]
     c = tl.load(c_ptr + offs_b[:, None] * scb + offs_j[None, :] * sch, mask=mask, other=0.0).to(tl.float32)
-    i, f, g, o = tl.sigmoid(acc_i), tl.sigmoid(acc_f), _tanh(acc_g), tl.sigmoid(acc_o)
-    c_new = f * c + i * g
-    h_new = o * _tanh(c_new)
+    i, f, g, o, c_new, h_new = _cell_update(acc_i, acc_f, acc_g, acc_o, c)
+    keep = mask
+    if HAS_LENGTHS:
+        keep = keep & (t < tl.load(lengths_ptr + offs_b, mask=mask_b, other=0))[:, None]
     out = offs_b[:, None] * H + offs_j[None, :]
-    tl.store(h_out_ptr + out, h_new.to(h_out_ptr.dtype.element_ty), mask=mask)
-    tl.store(c_out_ptr + out, c_new.to(c_out_ptr.dtype.element_ty), mask=mask)
+    tl.store(h_out_ptr + out, tl.where(keep, h_new, 0.0).to(h_out_ptr.dtype.element_ty), mask=mask)
+    tl.store(c_out_ptr + out, tl.where(keep, c_new, 0.0).to(c_out_ptr.dtype.element_ty), mask=mask)
     if SAVE_GATES:
-        gates = offs_b[:, None] * (4 * H) + offs_j[None, :]
-        tl.store(gates_ptr + gates, i.to(gates_ptr.dtype.element_ty), mask=mask)
-        tl.store(gates_ptr + gates + H, f.to(gates_ptr.dtype.element_ty), mask=mask)
-        tl.store(gates_ptr + gates + 2 * H, g.to(gates_ptr.dtype.element_ty), mask=mask)
-        tl.store(gates_ptr + gates + 3 * H, o.to(gates_ptr.dtype.element_ty), mask=mask)
+        _store_gates(gates_ptr, gate_offs, mask, keep, i, f, g, o, H)
 
 
 @triton.jit
@@ -113,157 +163,255 @@ def _gate_grads(dh, dc_in, c_prev, c_new, i, f, g, o):
 
 
 @triton.jit
-def _lstm_cell_bwd_kernel(
-    # pointers: all (B, H) or (B, 4H) contiguous
-    dh_ptr, dc_ptr, c_ptr, c_new_ptr, gates_ptr, dgates_ptr, dc_prev_ptr,
-    B, H,
-    HAS_DC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+def _step_gate_grads(dh, dc_in, c_prev_ptr, c_new_ptr, gates_ptr, state, gate_offs, mask, H):
+    """_gate_grads with the saved cell states and activated gates loaded at one step's offsets."""
+    return _gate_grads(dh, dc_in, _load_f32(c_prev_ptr, state, mask), _load_f32(c_new_ptr, state, mask),
+                       _load_f32(gates_ptr, gate_offs, mask), _load_f32(gates_ptr, gate_offs + H, mask),
+                       _load_f32(gates_ptr, gate_offs + 2 * H, mask),
+                       _load_f32(gates_ptr, gate_offs + 3 * H, mask))  # fmt: skip
+
+
+@triton.jit
+def _lstm_step_grads_kernel(
+    # pointers: (B, H) or (B, 4H) contiguous. dh, dc: the step's incoming gradients (dc optional). With
+    # CARRY the fp32 carries are added and dc_carry is updated in place (rows past their length keep it);
+    # without, dc_out receives dc_prev. dgates (B, 4H): pre-activation gate gradients (zero past a length)
+    dh_ptr, dc_ptr, dh_carry_ptr, dc_carry_ptr, c_prev_ptr, c_new_ptr, gates_ptr, lengths_ptr, dgates_ptr,
+    dc_out_ptr,
+    B, H, t,
+    HAS_DC: tl.constexpr, CARRY: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
     offs_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_j = tl.program_id(1).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
-    mask = (offs_b < B)[:, None] & (offs_j < H)[None, :]
-    state = offs_b[:, None] * H + offs_j[None, :]
-    gates = offs_b[:, None] * (4 * H) + offs_j[None, :]
-    dc_in = _load_f32(dc_ptr, state, mask) if HAS_DC else tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    di, df, dg, do, dc_prev = _gate_grads(
-        _load_f32(dh_ptr, state, mask), dc_in, _load_f32(c_ptr, state, mask), _load_f32(c_new_ptr, state, mask),
-        _load_f32(gates_ptr, gates, mask), _load_f32(gates_ptr, gates + H, mask),
-        _load_f32(gates_ptr, gates + 2 * H, mask), _load_f32(gates_ptr, gates + 3 * H, mask),
-    )  # fmt: skip
-    out_ty = dgates_ptr.dtype.element_ty
-    tl.store(dgates_ptr + gates, di.to(out_ty), mask=mask)
-    tl.store(dgates_ptr + gates + H, df.to(out_ty), mask=mask)
-    tl.store(dgates_ptr + gates + 2 * H, dg.to(out_ty), mask=mask)
-    tl.store(dgates_ptr + gates + 3 * H, do.to(out_ty), mask=mask)
-    tl.store(dc_prev_ptr + state, dc_prev.to(dc_prev_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _lstm_seq_fwd_kernel(
-    # pointers: xp (T, B, 4H) input projections with both biases; hs, cs (T + 1, B, H) hold h0, c0 at
-    # step 0 and h_t, c_t at step t + 1; gates (T, B, 4H) activated (when SAVE); lengths (B,) int32
-    xp_ptr, whh_ptr, lengths_ptr, hs_ptr, cs_ptr, gates_ptr,
-    T, B, H,
-    swr, swc,
-    HAS_LENGTHS: tl.constexpr, SAVE_GATES: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
-    offs_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     mask_b = offs_b < B
+    mask = mask_b[:, None] & (offs_j < H)[None, :]
+    state = offs_b[:, None] * H + offs_j[None, :]
+    gate_offs = offs_b[:, None] * (4 * H) + offs_j[None, :]
+    dh = _load_f32(dh_ptr, state, mask)
+    dc_in = _load_f32(dc_ptr, state, mask) if HAS_DC else tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    if CARRY:
+        dh += tl.load(dh_carry_ptr + state, mask=mask, other=0.0)
+        dc_carry = tl.load(dc_carry_ptr + state, mask=mask, other=0.0)
+        dc_in += dc_carry
+    di, df, dg, do, dc_prev = _step_gate_grads(dh, dc_in, c_prev_ptr, c_new_ptr, gates_ptr, state, gate_offs, mask,
+                                               H)  # fmt: skip
+    keep = mask
     if HAS_LENGTHS:
-        lengths = tl.load(lengths_ptr + offs_b, mask=mask_b, other=0)
-    for t in range(0, T):
-        h_prev_ptr = hs_ptr + t * B * H  # written by this program in the previous step (or h0)
-        c_prev_ptr = cs_ptr + t * B * H
-        valid = mask_b
-        if HAS_LENGTHS:
-            valid = valid & (t < lengths)
-        for j0 in range(0, H, BLOCK_H):
-            offs_j = j0 + tl.arange(0, BLOCK_H)
-            mask_j = offs_j < H
-            mask = mask_b[:, None] & mask_j[None, :]
-            xp = xp_ptr + t * B * 4 * H + offs_b[:, None] * (4 * H) + offs_j[None, :]
-            acc_i = tl.load(xp, mask=mask, other=0.0).to(tl.float32)
-            acc_f = tl.load(xp + H, mask=mask, other=0.0).to(tl.float32)
-            acc_g = tl.load(xp + 2 * H, mask=mask, other=0.0).to(tl.float32)
-            acc_o = tl.load(xp + 3 * H, mask=mask, other=0.0).to(tl.float32)
-            acc_i, acc_f, acc_g, acc_o = _accumulate_gates(acc_i, acc_f, acc_g, acc_o, h_prev_ptr, H, 1, offs_b, mask_b,
-                                                           whh_ptr, swr, swc, H, H, offs_j, mask_j, DOT_PRECISION,
-                                                           UPCAST_DOT, BLOCK_K)  # fmt: skip
-            state = offs_b[:, None] * H + offs_j[None, :]
-            c_prev = tl.load(c_prev_ptr + state, mask=mask, other=0.0).to(tl.float32)
-            i, f, g, o = tl.sigmoid(acc_i), tl.sigmoid(acc_f), _tanh(acc_g), tl.sigmoid(acc_o)
-            c_new = f * c_prev + i * g
-            h_new = o * _tanh(c_new)
-            keep = valid[:, None] & mask_j[None, :]
-            tl.store(hs_ptr + (t + 1) * B * H + state, tl.where(keep, h_new, 0.0).to(hs_ptr.dtype.element_ty),
-                     mask=mask)  # fmt: skip
-            tl.store(cs_ptr + (t + 1) * B * H + state, tl.where(keep, c_new, 0.0).to(cs_ptr.dtype.element_ty),
-                     mask=mask)  # fmt: skip
-            if SAVE_GATES:
-                gates = gates_ptr + t * B * 4 * H + offs_b[:, None] * (4 * H) + offs_j[None, :]
-                ty = gates_ptr.dtype.element_ty
-                tl.store(gates, tl.where(keep, i, 0.0).to(ty), mask=mask)
-                tl.store(gates + H, tl.where(keep, f, 0.0).to(ty), mask=mask)
-                tl.store(gates + 2 * H, tl.where(keep, g, 0.0).to(ty), mask=mask)
-                tl.store(gates + 3 * H, tl.where(keep, o, 0.0).to(ty), mask=mask)
-        # the next step reads every hidden unit this step wrote
-        tl.debug_barrier()
+        keep = keep & (t < tl.load(lengths_ptr + offs_b, mask=mask_b, other=0))[:, None]
+    _store_gates(dgates_ptr, gate_offs, mask, keep, di, df, dg, do, H)
+    if CARRY:
+        tl.store(dc_carry_ptr + state, tl.where(keep, dc_prev, dc_carry), mask=mask)
+    else:
+        tl.store(dc_out_ptr + state, dc_prev.to(dc_out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _lstm_seq_bwd_kernel(
-    # pointers: dhs, dcs (T, B, H): gradients of h_t and c_t (the outputs and the picked final states);
-    # cs (T + 1, B, H) and gates as saved by the forward; dgates (T, B, 4H) output; dh_carry, dc_carry
-    # (B, H) fp32, zero on entry and dh0, dc0 (less the direct gradients of h0, c0) on exit
-    dhs_ptr, dcs_ptr, cs_ptr, gates_ptr, whh_ptr, lengths_ptr, dgates_ptr, dh_carry_ptr, dc_carry_ptr,
-    T, B, H,
+def _lstm_step_dh_kernel(
+    # pointers: dgates (B, 4H) contiguous, this step's; dh_carry (B, H) fp32, replaced by dgates @ W_hh for
+    # the rows still inside their length
+    dgates_ptr, whh_ptr, lengths_ptr, dh_carry_ptr,
+    B, H, t,
     swr, swc,
     HAS_LENGTHS: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     offs_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_j = tl.program_id(1).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask_b = offs_b < B
+    mask_j = offs_j < H
+    acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    for r0 in range(0, 4 * H, BLOCK_K):
+        offs_r = r0 + tl.arange(0, BLOCK_K)
+        mask_r = offs_r < 4 * H
+        dg = tl.load(dgates_ptr + offs_b[:, None] * (4 * H) + offs_r[None, :],
+                     mask=mask_b[:, None] & mask_r[None, :], other=0.0)  # fmt: skip
+        w = tl.load(whh_ptr + offs_r[:, None] * swr + offs_j[None, :] * swc,
+                    mask=mask_r[:, None] & mask_j[None, :], other=0.0)  # fmt: skip
+        acc = mma(dg, w, acc, DOT_PRECISION, UPCAST_DOT)
+    valid = mask_b
     if HAS_LENGTHS:
-        lengths = tl.load(lengths_ptr + offs_b, mask=mask_b, other=0)
-    for step in range(0, T):
-        t = T - 1 - step
-        c_prev_ptr = cs_ptr + t * B * H
-        valid = mask_b
+        valid = valid & (t < tl.load(lengths_ptr + offs_b, mask=mask_b, other=0))
+    state = offs_b[:, None] * H + offs_j[None, :]
+    mask = mask_b[:, None] & mask_j[None, :]
+    dh_old = tl.load(dh_carry_ptr + state, mask=mask, other=0.0)
+    tl.store(dh_carry_ptr + state, tl.where(valid[:, None], acc, dh_old), mask=mask)
+
+
+@triton.jit
+def _lstm_persistent_fwd_kernel(
+    # pointers: xp (T, B, 4H) input projections with both biases; hs, cs (T + 1, B, H) hold h0, c0 at step 0
+    # and h_t, c_t at t + 1 (zeros past a row's length); gates (T, B, 4H) activated (when SAVE_GATES);
+    # lengths (B,) int32; counters (groups,) int32, zero on entry
+    xp_ptr, whh_ptr, lengths_ptr, hs_ptr, cs_ptr, gates_ptr, counters_ptr,
+    T, B, H,
+    swr, swc,
+    HAS_LENGTHS: tl.constexpr, SAVE_GATES: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, HIDDEN: tl.constexpr,
+):  # fmt: skip
+    num_slices = tl.num_programs(0)
+    group = tl.program_id(1)
+    offs_j = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    offs_k = tl.arange(0, HIDDEN)
+    mask_j = offs_j < H
+    mask_k = offs_k < H
+    # The four gates side by side as one product's columns: column n is gate n // BLOCK_H of hidden unit
+    # j0 + n % BLOCK_H. This slice's rows of W_hh, transposed to (HIDDEN, 4 * BLOCK_H), load once for every step.
+    offs_n = tl.arange(0, 4 * BLOCK_H)
+    col_j = tl.program_id(0) * BLOCK_H + offs_n % BLOCK_H
+    col = (offs_n // BLOCK_H) * H + col_j  # the column of xp and gates, the row of W_hh
+    mask_n = col_j < H
+    w = tl.load(whh_ptr + col[None, :] * swr + offs_k[:, None] * swc, mask=mask_k[:, None] & mask_n[None, :],
+                other=0.0)  # fmt: skip
+    state_step = B.to(tl.int64) * H
+    gate_step = 4 * state_step
+    counter = counters_ptr + group
+    arrivals = num_slices * 0
+    for tile in range(group, tl.cdiv(B, BLOCK_B), tl.num_programs(1)):
+        offs_b = tile * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
+        mask_b = offs_b < B
+        mask = mask_b[:, None] & mask_j[None, :]
+        h_mask = mask_b[:, None] & mask_k[None, :]
+        xp_offs = offs_b[:, None] * (4 * H) + col[None, :]
+        xp_mask = mask_b[:, None] & mask_n[None, :]
+        state = offs_b[:, None] * H + offs_j[None, :]
+        gate_offs = offs_b[:, None] * (4 * H) + offs_j[None, :]
         if HAS_LENGTHS:
-            valid = valid & (t < lengths)
-        # pass 1: this step's gate gradients and the cell-state carry
-        for j0 in range(0, H, BLOCK_H):
-            offs_j = j0 + tl.arange(0, BLOCK_H)
-            mask = mask_b[:, None] & (offs_j < H)[None, :]
-            keep = valid[:, None] & (offs_j < H)[None, :]
-            state = offs_b[:, None] * H + offs_j[None, :]
-            gates = gates_ptr + t * B * 4 * H + offs_b[:, None] * (4 * H) + offs_j[None, :]
-            dh = tl.load(dhs_ptr + t * B * H + state, mask=mask, other=0.0).to(tl.float32)
-            dh += tl.load(dh_carry_ptr + state, mask=mask, other=0.0)
-            dc_carry = tl.load(dc_carry_ptr + state, mask=mask, other=0.0)
-            dc_in = dc_carry + tl.load(dcs_ptr + t * B * H + state, mask=mask, other=0.0).to(tl.float32)
-            di, df, dg, do, dc_prev = _gate_grads(
-                dh, dc_in, tl.load(c_prev_ptr + state, mask=mask, other=0.0).to(tl.float32),
-                tl.load(cs_ptr + (t + 1) * B * H + state, mask=mask, other=0.0).to(tl.float32),
-                tl.load(gates, mask=mask, other=0.0).to(tl.float32),
-                tl.load(gates + H, mask=mask, other=0.0).to(tl.float32),
-                tl.load(gates + 2 * H, mask=mask, other=0.0).to(tl.float32),
-                tl.load(gates + 3 * H, mask=mask, other=0.0).to(tl.float32),
-            )  # fmt: skip
-            dgates = dgates_ptr + t * B * 4 * H + offs_b[:, None] * (4 * H) + offs_j[None, :]
-            ty = dgates_ptr.dtype.element_ty
-            tl.store(dgates, tl.where(keep, di, 0.0).to(ty), mask=mask)
-            tl.store(dgates + H, tl.where(keep, df, 0.0).to(ty), mask=mask)
-            tl.store(dgates + 2 * H, tl.where(keep, dg, 0.0).to(ty), mask=mask)
-            tl.store(dgates + 3 * H, tl.where(keep, do, 0.0).to(ty), mask=mask)
-            # rows past their length pass both carries through unchanged
-            tl.store(dc_carry_ptr + state, tl.where(keep, dc_prev, dc_carry), mask=mask)
-        tl.debug_barrier()
-        # pass 2: dh_{t-1} = dgates_t @ W_hh, which needs every gate column written above
-        for j0 in range(0, H, BLOCK_H):
-            offs_j = j0 + tl.arange(0, BLOCK_H)
-            mask_j = offs_j < H
+            lengths = tl.load(lengths_ptr + offs_b, mask=mask_b, other=0)
+        c = _load_f32(cs_ptr, state, mask)
+        for t in range(0, T):
+            # h_{t-1} of every hidden unit, written by the whole group; .cg reads around the incoherent L1
+            h_prev = tl.load(hs_ptr + t * state_step + offs_b[:, None] * H + offs_k[None, :], mask=h_mask,
+                             other=0.0, cache_modifier=".cg")  # fmt: skip
+            acc = mma(h_prev, w, _load_f32(xp_ptr + t * gate_step, xp_offs, xp_mask), DOT_PRECISION, UPCAST_DOT)
+            acc_i, acc_f, acc_g, acc_o = _split_gates(acc, BLOCK_B, BLOCK_H)
+            i, f, g, o, c, h = _cell_update(acc_i, acc_f, acc_g, acc_o, c)
+            keep = mask
+            if HAS_LENGTHS:  # a row past its length is finished: its carried state no longer matters
+                keep = keep & (t < lengths)[:, None]
+            tl.store(hs_ptr + (t + 1) * state_step + state, tl.where(keep, h, 0.0).to(hs_ptr.dtype.element_ty),
+                     mask=mask)  # fmt: skip
+            tl.store(cs_ptr + (t + 1) * state_step + state, tl.where(keep, c, 0.0).to(cs_ptr.dtype.element_ty),
+                     mask=mask)  # fmt: skip
+            if SAVE_GATES:
+                _store_gates(gates_ptr + t * gate_step, gate_offs, mask, keep, i, f, g, o, H)
+            arrivals += num_slices
+            _grid_barrier(counter, arrivals)
+
+
+@triton.jit
+def _lstm_persistent_bwd_kernel(
+    # pointers: dhs, dcs (T, B, H) gradients of h_t, c_t (the outputs and the picked final states); cs
+    # (T + 1, B, H) and gates as the forward saved them; dgates (T, B, 4H) output; dh_carry, dc_carry (B, H)
+    # fp32 outputs: dh0, dc0 less the direct gradients of h0, c0; counters (groups,) int32, zero on entry
+    dhs_ptr, dcs_ptr, cs_ptr, gates_ptr, whh_ptr, lengths_ptr, dgates_ptr, dh_carry_ptr, dc_carry_ptr, counters_ptr,
+    T, B, H,
+    swr, swc,
+    HAS_LENGTHS: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, HIDDEN: tl.constexpr,
+):  # fmt: skip
+    num_slices = tl.num_programs(0)
+    group = tl.program_id(1)
+    offs_j = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask_j = offs_j < H
+    offs_k = tl.arange(0, HIDDEN)
+    mask_k = offs_k < H
+    # This slice's columns of W_hh as (HIDDEN, BLOCK_H) tiles W[gate * H + k, j], loaded once for every step.
+    w_tile = offs_k[:, None] * swr + offs_j[None, :] * swc
+    w_mask = mask_k[:, None] & mask_j[None, :]
+    w_i = tl.load(whh_ptr + w_tile, mask=w_mask, other=0.0)
+    w_f = tl.load(whh_ptr + H * swr + w_tile, mask=w_mask, other=0.0)
+    w_g = tl.load(whh_ptr + 2 * H * swr + w_tile, mask=w_mask, other=0.0)
+    w_o = tl.load(whh_ptr + 3 * H * swr + w_tile, mask=w_mask, other=0.0)
+    state_step = B.to(tl.int64) * H
+    gate_step = 4 * state_step
+    counter = counters_ptr + group
+    arrivals = num_slices * 0
+    for tile in range(group, tl.cdiv(B, BLOCK_B), tl.num_programs(1)):
+        offs_b = tile * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
+        mask_b = offs_b < B
+        mask = mask_b[:, None] & mask_j[None, :]
+        dg_mask = mask_b[:, None] & mask_k[None, :]
+        state = offs_b[:, None] * H + offs_j[None, :]
+        gate_offs = offs_b[:, None] * (4 * H) + offs_j[None, :]
+        if HAS_LENGTHS:
+            lengths = tl.load(lengths_ptr + offs_b, mask=mask_b, other=0)
+        dh_carry = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+        dc_carry = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+        for step in range(0, T):
+            t = T - 1 - step
+            valid = mask_b
+            if HAS_LENGTHS:
+                valid = valid & (t < lengths)
+            keep = valid[:, None] & mask_j[None, :]
+            # this slice's gate gradients and the cell-state carry
+            dh = _load_f32(dhs_ptr + t * state_step, state, mask) + dh_carry
+            dc_in = _load_f32(dcs_ptr + t * state_step, state, mask) + dc_carry
+            di, df, dg, do, dc_prev = _step_gate_grads(dh, dc_in, cs_ptr + t * state_step,
+                                                       cs_ptr + (t + 1) * state_step, gates_ptr + t * gate_step,
+                                                       state, gate_offs, mask, H)  # fmt: skip
+            dgates = dgates_ptr + t * gate_step
+            _store_gates(dgates, gate_offs, mask, keep, di, df, dg, do, H)
+            dc_carry = tl.where(keep, dc_prev, dc_carry)  # rows past their length pass both carries through
+            arrivals += num_slices
+            _grid_barrier(counter, arrivals)
+            # dh_{t-1} = dgates_t @ W_hh for this slice: every gate column, written by the whole group
+            dg_rows = dgates + offs_b[:, None] * (4 * H) + offs_k[None, :]
             acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-            for r0 in range(0, 4 * H, BLOCK_K):
-                offs_r = r0 + tl.arange(0, BLOCK_K)
-                mask_r = offs_r < 4 * H
-                dg = tl.load(dgates_ptr + t * B * 4 * H + offs_b[:, None] * (4 * H) + offs_r[None, :],
-                             mask=mask_b[:, None] & mask_r[None, :], other=0.0)  # fmt: skip
-                w = tl.load(whh_ptr + offs_r[:, None] * swr + offs_j[None, :] * swc,
-                            mask=mask_r[:, None] & mask_j[None, :], other=0.0)  # fmt: skip
-                acc = mma(dg, w, acc, DOT_PRECISION, UPCAST_DOT)
-            state = offs_b[:, None] * H + offs_j[None, :]
-            mask = mask_b[:, None] & mask_j[None, :]
-            dh_old = tl.load(dh_carry_ptr + state, mask=mask, other=0.0)
-            tl.store(dh_carry_ptr + state, tl.where(valid[:, None], acc, dh_old), mask=mask)
-        tl.debug_barrier()
+            acc = mma(
+                tl.load(dg_rows, mask=dg_mask, other=0.0, cache_modifier=".cg"), w_i, acc, DOT_PRECISION, UPCAST_DOT
+            )
+            acc = mma(
+                tl.load(dg_rows + H, mask=dg_mask, other=0.0, cache_modifier=".cg"), w_f, acc, DOT_PRECISION, UPCAST_DOT
+            )
+            acc = mma(
+                tl.load(dg_rows + 2 * H, mask=dg_mask, other=0.0, cache_modifier=".cg"),
+                w_g,
+                acc,
+                DOT_PRECISION,
+                UPCAST_DOT,
+            )
+            acc = mma(
+                tl.load(dg_rows + 3 * H, mask=dg_mask, other=0.0, cache_modifier=".cg"),
+                w_o,
+                acc,
+                DOT_PRECISION,
+                UPCAST_DOT,
+            )
+            dh_carry = tl.where(valid[:, None], acc, dh_carry)
+        tl.store(dh_carry_ptr + state, dh_carry, mask=mask)
+        tl.store(dc_carry_ptr + state, dc_carry, mask=mask)
 
 
-def _blocks(B: int, H: int) -> tuple[int, int, int]:
-    if INTERPRET:
-        return 16, 32, 32
-    return 16, 64, 64
+# ---------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------
+
+
+def _step_blocks() -> tuple[int, int, int]:
+    """(BLOCK_B, BLOCK_H, BLOCK_K) of the step kernels."""
+    return (16, 32, 32) if INTERPRET else (16, 64, 64)
+
+
+def persistent_layout(
+    B: int, H: int, dtype: torch.dtype, device: torch.device
+) -> tuple[int, int, int, int, int] | None:
+    """(BLOCK_B, BLOCK_H, HIDDEN, groups, num_warps) of the persistent kernels, or None where W_hh does not fit
+    and the sequence takes the per-step path."""
+    hidden = max(16, triton.next_power_of_2(H))  # tl.dot needs every dimension >= 16
+    if hidden > PERSISTENT_MAX_HIDDEN:
+        return None
+    if INTERPRET:  # the interpreter runs programs one after another: one program must own every hidden unit
+        return 16, hidden, hidden, 1, 4
+    # NOTE: ptxas for sm_90a (no GPU run yet): BLOCK_B 16 compiles both kernels without spills up to
+    # H = 256 on 4 warps (fp16: 214/234 registers at H = 256) and H = 512 on 8 (186/246); BLOCK_B 32 or 64
+    # spills (fwd 812 B, bwd 2 KB at H = 256, BLOCK_B 64). fp32's exact dot runs on FMAs and spills from H = 64.
+    warps = 8 if hidden >= 512 or (dtype == torch.float32 and hidden >= 128) else 4
+    slices = triton.cdiv(H, 16)
+    # Every program must be resident at once (they wait for each other): at most one per SM.
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    groups = max(1, min(triton.cdiv(B, 16), sms // slices))
+    return 16, 16, hidden, groups, warps
 
 
 def lstm_cell_fwd(x, h, c, w_ih, w_hh, bias, save_gates: bool):
@@ -275,11 +423,12 @@ def lstm_cell_fwd(x, h, c, w_ih, w_hh, bias, save_gates: bool):
     gates = torch.empty((B, 4 * H) if save_gates else (0,), device=x.device, dtype=x.dtype)
     if B == 0 or H == 0:
         return h_next, c_next, gates
-    bb, bh, bk = _blocks(B, H)
-    _lstm_cell_fwd_kernel[(triton.cdiv(B, bb), triton.cdiv(H, bh))](
-        x, h, c, w_ih, w_hh, bias if bias is not None else x, h_next, c_next, gates if save_gates else h_next,
-        B, IN, H, *x.stride(), *h.stride(), *c.stride(), *w_ih.stride(), *w_hh.stride(),
-        HAS_BIAS=bias is not None, SAVE_GATES=save_gates, BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, **dot_flags(x.dtype),
+    bb, bh, bk = _step_blocks()
+    _lstm_step_fwd_kernel[(triton.cdiv(B, bb), triton.cdiv(H, bh))](
+        x, w_ih, x, h, c, w_hh, bias if bias is not None else x, x, h_next, c_next, gates if save_gates else h_next,
+        B, IN, H, 0, *x.stride(), *h.stride(), *c.stride(), *w_ih.stride(), *w_hh.stride(),
+        HAS_X=True, HAS_BIAS=bias is not None, HAS_LENGTHS=False, SAVE_GATES=save_gates,
+        BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, **dot_flags(x.dtype),
     )  # fmt: skip
     return h_next, c_next, gates
 
@@ -291,17 +440,22 @@ def lstm_cell_grad_gates(grad_h, grad_c, c, c_next, gates):
     dc_prev = torch.empty((B, H), device=c.device, dtype=c.dtype)
     if B == 0 or H == 0:
         return dgates, dc_prev
-    bb, bh, _ = _blocks(B, H)
-    _lstm_cell_bwd_kernel[(triton.cdiv(B, bb), triton.cdiv(H, bh))](
-        grad_h.contiguous(), grad_c.contiguous() if grad_c is not None else grad_h, c.contiguous(), c_next, gates,
-        dgates, dc_prev, B, H, HAS_DC=grad_c is not None, BLOCK_B=bb, BLOCK_H=bh,
+    bb, bh, _ = _step_blocks()
+    grad_h = grad_h.contiguous()
+    _lstm_step_grads_kernel[(triton.cdiv(B, bb), triton.cdiv(H, bh))](
+        grad_h, grad_c.contiguous() if grad_c is not None else grad_h, grad_h, grad_h, c.contiguous(), c_next, gates,
+        grad_h, dgates, dc_prev, B, H, 0, HAS_DC=grad_c is not None, CARRY=False, HAS_LENGTHS=False,
+        BLOCK_B=bb, BLOCK_H=bh,
     )  # fmt: skip
     return dgates, dc_prev
 
 
-def lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save_gates: bool):
+def lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save_gates: bool, persistent: bool | None = None):
     """(hs, cs, gates) from input projections xp (T, B, 4H): hs, cs (T + 1, B, H) with h0, c0 first and
-    zeros where a row is past its length; gates (T, B, 4H) activated, or empty."""
+    zeros where a row is past its length; gates (T, B, 4H) activated, or empty.
+
+    persistent: None picks the persistent kernel where W_hh fits (persistent_layout), else per-step launches.
+    """
     T, B, H4 = xp.shape
     H = H4 // 4
     hs = torch.empty((T + 1, B, H), device=xp.device, dtype=xp.dtype)
@@ -310,20 +464,36 @@ def lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save_gates: bool):
     gates = torch.empty((T, B, 4 * H) if save_gates else (0,), device=xp.device, dtype=xp.dtype)
     if T == 0 or B == 0 or H == 0:
         return hs, cs, gates
-    bb, bh, bk = _blocks(B, H)
-    _lstm_seq_fwd_kernel[(triton.cdiv(B, bb),)](
-        xp.contiguous(), w_hh, lengths if lengths is not None else xp, hs, cs, gates if save_gates else hs,
-        T, B, H, *w_hh.stride(),
-        HAS_LENGTHS=lengths is not None, SAVE_GATES=save_gates, BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk,
-        **dot_flags(xp.dtype),
-    )  # fmt: skip
+    xp = xp.contiguous()
+    layout = persistent_layout(B, H, xp.dtype, xp.device) if persistent is not False else None
+    has_lengths = lengths is not None
+    if layout is not None:
+        bb, bh, hidden, groups, warps = layout
+        counters = torch.zeros(groups, device=xp.device, dtype=torch.int32)
+        _lstm_persistent_fwd_kernel[(triton.cdiv(H, bh), groups)](
+            xp, w_hh, lengths if has_lengths else xp, hs, cs, gates if save_gates else hs, counters, T, B, H,
+            *w_hh.stride(), HAS_LENGTHS=has_lengths, SAVE_GATES=save_gates, BLOCK_B=bb, BLOCK_H=bh, HIDDEN=hidden,
+            num_warps=warps, **dot_flags(xp.dtype),
+        )  # fmt: skip
+        return hs, cs, gates
+    if persistent:
+        raise ValueError(f"hidden_size {H} is too large for the persistent LSTM kernel")
+    bb, bh, bk = _step_blocks()
+    for t in range(T):
+        _lstm_step_fwd_kernel[(triton.cdiv(B, bb), triton.cdiv(H, bh))](
+            xp, w_hh, xp[t], hs[t], cs[t], w_hh, xp, lengths if has_lengths else xp, hs[t + 1], cs[t + 1],
+            gates[t] if save_gates else hs, B, 0, H, t, 0, 0, H, 1, H, 1, 0, 0, *w_hh.stride(),
+            HAS_X=False, HAS_BIAS=False, HAS_LENGTHS=has_lengths, SAVE_GATES=save_gates,
+            BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, **dot_flags(xp.dtype),
+        )  # fmt: skip
     return hs, cs, gates
 
 
-def lstm_seq_bwd(dhs, dcs, cs, gates, w_hh, lengths):
+def lstm_seq_bwd(dhs, dcs, cs, gates, w_hh, lengths, persistent: bool | None = None):
     """(dgates (T, B, 4H) pre-activation, dh0, dc0) by backpropagation through time.
 
     dhs, dcs: (T + 1, B, H) gradients of the hs, cs that lstm_seq_fwd returned (index 0: h0, c0).
+    persistent: as in lstm_seq_fwd.
     """
     T = cs.shape[0] - 1
     B, H = cs.shape[1], cs.shape[2]
@@ -331,10 +501,31 @@ def lstm_seq_bwd(dhs, dcs, cs, gates, w_hh, lengths):
     dh_carry = torch.zeros((B, H), device=cs.device, dtype=torch.float32)
     dc_carry = torch.zeros((B, H), device=cs.device, dtype=torch.float32)
     if T > 0 and B > 0 and H > 0:
-        bb, bh, bk = _blocks(B, H)
-        _lstm_seq_bwd_kernel[(triton.cdiv(B, bb),)](
-            dhs[1:].contiguous(), dcs[1:].contiguous(), cs, gates, w_hh, lengths if lengths is not None else cs,
-            dgates, dh_carry, dc_carry, T, B, H, *w_hh.stride(),
-            HAS_LENGTHS=lengths is not None, BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, **dot_flags(cs.dtype),
-        )  # fmt: skip
+        dh_steps, dc_steps = dhs[1:].contiguous(), dcs[1:].contiguous()
+        has_lengths = lengths is not None
+        layout = persistent_layout(B, H, cs.dtype, cs.device) if persistent is not False else None
+        if layout is not None:
+            bb, bh, hidden, groups, warps = layout
+            counters = torch.zeros(groups, device=cs.device, dtype=torch.int32)
+            _lstm_persistent_bwd_kernel[(triton.cdiv(H, bh), groups)](
+                dh_steps, dc_steps, cs, gates, w_hh, lengths if has_lengths else cs, dgates, dh_carry, dc_carry,
+                counters,
+                T, B, H, *w_hh.stride(), HAS_LENGTHS=has_lengths, BLOCK_B=bb, BLOCK_H=bh, HIDDEN=hidden,
+                num_warps=warps, **dot_flags(cs.dtype),
+            )  # fmt: skip
+        elif persistent:
+            raise ValueError(f"hidden_size {H} is too large for the persistent LSTM kernel")
+        else:
+            bb, bh, bk = _step_blocks()
+            grid = (triton.cdiv(B, bb), triton.cdiv(H, bh))
+            for t in reversed(range(T)):
+                _lstm_step_grads_kernel[grid](
+                    dh_steps[t], dc_steps[t], dh_carry, dc_carry, cs[t], cs[t + 1], gates[t],
+                    lengths if has_lengths else cs, dgates[t], cs, B, H, t, HAS_DC=True, CARRY=True,
+                    HAS_LENGTHS=has_lengths, BLOCK_B=bb, BLOCK_H=bh,
+                )  # fmt: skip
+                _lstm_step_dh_kernel[grid](
+                    dgates[t], w_hh, lengths if has_lengths else cs, dh_carry, B, H, t, *w_hh.stride(),
+                    HAS_LENGTHS=has_lengths, BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, **dot_flags(cs.dtype),
+                )  # fmt: skip
     return dgates, (dh_carry + dhs[0].float()).to(cs.dtype), (dc_carry + dcs[0].float()).to(cs.dtype)

@@ -53,12 +53,22 @@ def test_cell_matches_reference(shape, backend, dtype):
     check_against_reference(ours, spec, tensors, dy, ("x", "h", "c", "w_ih", "w_hh", "b_ih", "b_hh"))
 
 
+# (backend, sequence path): triton's persistent kernel (W_hh on chip, one launch per sequence) and its
+# per-step path, forced by lowering the largest persistent hidden size
+LAYER_PATHS = [("torch", None), ("triton", "persistent"), ("triton", "per_step")]
+
+
 @pytest.mark.parametrize("with_lengths", [False, True])
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_layer_matches_reference(backend, with_lengths):
-    T, B, IN, H = 6, 5, 7, 20
-    g = torch.Generator().manual_seed(7)
-    lengths = torch.tensor([6, 3, 1, 0, 5]) if with_lengths else None
+@pytest.mark.parametrize("sizes", [(6, 5, 7, 20), (4, 17, 3, 33)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("backend,path", LAYER_PATHS, ids=lambda v: str(v))
+def test_layer_matches_reference(backend, path, sizes, with_lengths, monkeypatch):
+    T, B, IN, H = sizes  # B = 17: two batch tiles, walked by one program group
+    if path == "per_step":
+        monkeypatch.setattr("deepfuse.kernels.lstm.PERSISTENT_MAX_HIDDEN", 0)
+    g = torch.Generator().manual_seed(T * B + H)
+    lengths = torch.randint(0, T + 1, (B,), generator=g) if with_lengths else None
+    if lengths is not None:
+        lengths[:2] = torch.tensor([T, 0])  # a full row and an empty one
     tensors = (torch.randn(T, B, IN, generator=g), torch.randn(B, H, generator=g), torch.randn(B, H, generator=g),
                *_weights(IN, H, torch.float32, g))  # fmt: skip
     dy = torch.randn(T * B * H + 2 * B * H, generator=g)
