@@ -240,13 +240,14 @@ def _lstm_step_dh_kernel(
 
 @triton.jit
 def _lstm_persistent_fwd_kernel(
-    # pointers: xp (T, B, 4H) input projections with both biases; hs, cs (T + 1, B, H) hold h0, c0 at step 0
-    # and h_t, c_t at t + 1 (zeros past a row's length); gates (T, B, 4H) activated (when SAVE_GATES);
-    # lengths (B,) int32; counters (groups,) int32, zero on entry
-    xp_ptr, whh_ptr, lengths_ptr, hs_ptr, cs_ptr, gates_ptr, counters_ptr,
+    # pointers: xp (T, B, 4H) input projections with both biases; hs (T + 1, B, H) holds h0 at step 0 and
+    # h_t at t + 1 (zeros past a row's length); cs likewise, and gates (T, B, 4H) activated, when SAVE (for
+    # backward); c0 and c_last (B, H): the initial and each row's last cell state; lengths (B,) int32;
+    # counters (groups,) int32, zero on entry
+    xp_ptr, whh_ptr, lengths_ptr, hs_ptr, c0_ptr, cs_ptr, gates_ptr, c_last_ptr, counters_ptr,
     T, B, H,
     swr, swc,
-    HAS_LENGTHS: tl.constexpr, SAVE_GATES: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, SAVE: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, HIDDEN: tl.constexpr,
 ):  # fmt: skip
     num_slices = tl.num_programs(0)
@@ -278,25 +279,27 @@ def _lstm_persistent_fwd_kernel(
         gate_offs = offs_b[:, None] * (4 * H) + offs_j[None, :]
         if HAS_LENGTHS:
             lengths = tl.load(lengths_ptr + offs_b, mask=mask_b, other=0)
-        c = _load_f32(cs_ptr, state, mask)
+        c = _load_f32(c0_ptr, state, mask)
         for t in range(0, T):
             # h_{t-1} of every hidden unit, written by the whole group; .cg reads around the incoherent L1
             h_prev = tl.load(hs_ptr + t * state_step + offs_b[:, None] * H + offs_k[None, :], mask=h_mask,
                              other=0.0, cache_modifier=".cg")  # fmt: skip
             acc = mma(h_prev, w, _load_f32(xp_ptr + t * gate_step, xp_offs, xp_mask), DOT_PRECISION, UPCAST_DOT)
             acc_i, acc_f, acc_g, acc_o = _split_gates(acc, BLOCK_B, BLOCK_H)
-            i, f, g, o, c, h = _cell_update(acc_i, acc_f, acc_g, acc_o, c)
+            i, f, g, o, c_new, h = _cell_update(acc_i, acc_f, acc_g, acc_o, c)
             keep = mask
-            if HAS_LENGTHS:  # a row past its length is finished: its carried state no longer matters
+            if HAS_LENGTHS:
                 keep = keep & (t < lengths)[:, None]
+            c = tl.where(keep, c_new, c)  # a row past its length keeps its last state
             tl.store(hs_ptr + (t + 1) * state_step + state, tl.where(keep, h, 0.0).to(hs_ptr.dtype.element_ty),
                      mask=mask)  # fmt: skip
-            tl.store(cs_ptr + (t + 1) * state_step + state, tl.where(keep, c, 0.0).to(cs_ptr.dtype.element_ty),
-                     mask=mask)  # fmt: skip
-            if SAVE_GATES:
+            if SAVE:
+                tl.store(cs_ptr + (t + 1) * state_step + state,
+                         tl.where(keep, c_new, 0.0).to(cs_ptr.dtype.element_ty), mask=mask)  # fmt: skip
                 _store_gates(gates_ptr + t * gate_step, gate_offs, mask, keep, i, f, g, o, H)
             arrivals += num_slices
             _grid_barrier(counter, arrivals)
+        tl.store(c_last_ptr + state, c.to(c_last_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -450,43 +453,51 @@ def lstm_cell_grad_gates(grad_h, grad_c, c, c_next, gates):
     return dgates, dc_prev
 
 
-def lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save_gates: bool, persistent: bool | None = None):
-    """(hs, cs, gates) from input projections xp (T, B, 4H): hs, cs (T + 1, B, H) with h0, c0 first and
-    zeros where a row is past its length; gates (T, B, 4H) activated, or empty.
+def lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save: bool, persistent: bool | None = None):
+    """(hs, cs, gates, c_n) from input projections xp (T, B, 4H): hs (T + 1, B, H) with h0 first and zeros
+    where a row is past its length; when save (for backward) cs likewise and gates (T, B, 4H) activated,
+    else both empty; c_n (B, H) each row's cell state after its last step.
 
     persistent: None picks the persistent kernel where W_hh fits (persistent_layout), else per-step launches.
     """
     T, B, H4 = xp.shape
     H = H4 // 4
     hs = torch.empty((T + 1, B, H), device=xp.device, dtype=xp.dtype)
-    cs = torch.empty((T + 1, B, H), device=xp.device, dtype=xp.dtype)
-    hs[0], cs[0] = h0, c0
-    gates = torch.empty((T, B, 4 * H) if save_gates else (0,), device=xp.device, dtype=xp.dtype)
-    if T == 0 or B == 0 or H == 0:
-        return hs, cs, gates
-    xp = xp.contiguous()
+    hs[0] = h0
     layout = persistent_layout(B, H, xp.dtype, xp.device) if persistent is not False else None
+    if persistent and layout is None:
+        raise ValueError(f"hidden_size {H} is too large for the persistent LSTM kernel")
+    # The per-step path reads each step's c from cs: it needs the states even when not saving them.
+    cs = torch.empty((T + 1, B, H) if save or layout is None else (0,), device=xp.device, dtype=xp.dtype)
+    if cs.numel():
+        cs[0] = c0
+    gates = torch.empty((T, B, 4 * H) if save else (0,), device=xp.device, dtype=xp.dtype)
+    c_n = torch.empty((B, H), device=xp.device, dtype=xp.dtype)
+    if T == 0 or B == 0 or H == 0:
+        return hs, cs, gates, c_n.copy_(c0)
+    xp = xp.contiguous()
     has_lengths = lengths is not None
     if layout is not None:
         bb, bh, hidden, groups, warps = layout
         counters = torch.zeros(groups, device=xp.device, dtype=torch.int32)
         _lstm_persistent_fwd_kernel[(triton.cdiv(H, bh), groups)](
-            xp, w_hh, lengths if has_lengths else xp, hs, cs, gates if save_gates else hs, counters, T, B, H,
-            *w_hh.stride(), HAS_LENGTHS=has_lengths, SAVE_GATES=save_gates, BLOCK_B=bb, BLOCK_H=bh, HIDDEN=hidden,
-            num_warps=warps, **dot_flags(xp.dtype),
+            xp, w_hh, lengths if has_lengths else xp, hs, c0.contiguous(), cs if save else hs,
+            gates if save else hs, c_n, counters, T, B, H, *w_hh.stride(), HAS_LENGTHS=has_lengths, SAVE=save,
+            BLOCK_B=bb, BLOCK_H=bh, HIDDEN=hidden, num_warps=warps, **dot_flags(xp.dtype),
         )  # fmt: skip
-        return hs, cs, gates
-    if persistent:
-        raise ValueError(f"hidden_size {H} is too large for the persistent LSTM kernel")
+        return hs, cs, gates, c_n
     bb, bh, bk = _step_blocks()
     for t in range(T):
         _lstm_step_fwd_kernel[(triton.cdiv(B, bb), triton.cdiv(H, bh))](
             xp, w_hh, xp[t], hs[t], cs[t], w_hh, xp, lengths if has_lengths else xp, hs[t + 1], cs[t + 1],
-            gates[t] if save_gates else hs, B, 0, H, t, 0, 0, H, 1, H, 1, 0, 0, *w_hh.stride(),
-            HAS_X=False, HAS_BIAS=False, HAS_LENGTHS=has_lengths, SAVE_GATES=save_gates,
+            gates[t] if save else hs, B, 0, H, t, 0, 0, H, 1, H, 1, 0, 0, *w_hh.stride(),
+            HAS_X=False, HAS_BIAS=False, HAS_LENGTHS=has_lengths, SAVE_GATES=save,
             BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, **dot_flags(xp.dtype),
         )  # fmt: skip
-    return hs, cs, gates
+    c_n.copy_(cs[lengths.long(), torch.arange(B, device=xp.device)] if has_lengths else cs[T])
+    if not save:
+        cs = cs.new_empty((0,))
+    return hs, cs, gates, c_n
 
 
 def lstm_seq_bwd(dhs, dcs, cs, gates, w_hh, lengths, persistent: bool | None = None):

@@ -5,8 +5,15 @@ import torch
 
 import deepfuse
 from deepfuse.ops import lstm_cell, lstm_cell_ref, lstm_layer
-from deepfuse.ops.lstm import lstm_cell_bwd, lstm_cell_fwd, lstm_recurrence_bwd, lstm_recurrence_fwd
+from deepfuse.ops.lstm import (
+    lstm_cell_bwd,
+    lstm_cell_fwd,
+    lstm_recurrence_bwd,
+    lstm_recurrence_fwd,
+    lstm_recurrence_infer,
+)
 from tests.reference import check_against_reference
+from tests.tolerances import assert_close_to_reference
 
 
 def _weights(IN, H, dtype, g, bias=True):
@@ -79,6 +86,27 @@ def test_layer_matches_reference(backend, path, sizes, with_lengths, monkeypatch
     check_against_reference(ours, _layer_ref(lengths), tensors, dy, ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh"))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("backend,path", LAYER_PATHS, ids=lambda v: str(v))
+def test_layer_inference_matches_reference(backend, path, dtype, monkeypatch):
+    """Without autograd the layer saves nothing for backward: c_n comes from the kernel, not the saved states."""
+    if path == "per_step":
+        monkeypatch.setattr("deepfuse.kernels.lstm.PERSISTENT_MAX_HIDDEN", 0)
+    T, B, IN, H = 5, 17, 3, 33
+    g = torch.Generator().manual_seed(13)
+    lengths = torch.randint(0, T + 1, (B,), generator=g)
+    lengths[:2] = torch.tensor([T, 0])
+    tensors = (torch.randn(T, B, IN, generator=g), torch.randn(B, H, generator=g), torch.randn(B, H, generator=g),
+               *_weights(IN, H, torch.float32, g))  # fmt: skip
+    spec = _layer_ref(lengths)
+    with torch.no_grad():
+        out = torch.cat([s.flatten() for s in lstm_layer(*(t.to(dtype) for t in tensors), lengths=lengths,
+                                                         backend=backend)])  # fmt: skip
+        reference = spec(*(t.double() for t in tensors))
+        yardstick = spec(*(t.to(dtype) for t in tensors))
+    assert_close_to_reference("output, h_n, c_n", out, reference, yardstick, dtype)
+
+
 def test_layer_of_length_zero_and_one():
     g = torch.Generator().manual_seed(8)
     w = _weights(3, 4, torch.float32, g)
@@ -129,6 +157,7 @@ def test_opcheck(backend):
     xp = torch.randn(4, 3, 24, generator=g).requires_grad_()
     lengths = torch.tensor([4, 0, 2], dtype=torch.int32)
     torch.library.opcheck(lstm_recurrence_fwd, (xp, h, c, w_hh.requires_grad_(), lengths, backend))
+    torch.library.opcheck(lstm_recurrence_infer, (xp.detach(), h.detach(), c.detach(), w_hh.detach(), lengths, backend))
     hs, cs, gates = lstm_recurrence_fwd(xp.detach(), h.detach(), c.detach(), w_hh.detach(), lengths, backend)
     torch.library.opcheck(lstm_recurrence_bwd, (torch.randn_like(hs), torch.randn_like(cs), hs, cs, gates,
                                                 w_hh.detach(), lengths, backend))  # fmt: skip
@@ -148,18 +177,32 @@ def test_compiles_fullgraph():
     assert torch.equal(compiled(x, h0, c0), run(x, h0, c0))
 
 
+# Model sizes (T, B, input_size, H): stock (H 64, 128), sentiment (H 256) and H 1024 (per-step path)
+GPU_LAYER_SIZES = [(60, 64, 1, 64), (60, 128, 1, 128), (64, 64, 256, 256), (16, 64, 1024, 1024)]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("sizes", [(60, 64, 1, 64), (60, 128, 1, 128), (64, 64, 256, 256)], ids=str)
-def test_gpu_triton_layer(sizes, dtype):
+@pytest.mark.parametrize("sizes", GPU_LAYER_SIZES, ids=str)
+@pytest.mark.parametrize("backend,path", [("triton", None), ("triton", "per_step")], ids=str)
+def test_gpu_layer(backend, path, sizes, dtype, monkeypatch):
+    """Training (forward + every gradient) and inference, with per-row lengths, at the models' sizes."""
+    if path == "per_step":
+        monkeypatch.setattr("deepfuse.kernels.lstm.PERSISTENT_MAX_HIDDEN", 0)
     T, B, IN, H = sizes
     g = torch.Generator().manual_seed(12)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    lengths[0] = T
     tensors = tuple(t.to(device="cuda", dtype=dtype) for t in (
         torch.randn(T, B, IN, generator=g), torch.randn(B, H, generator=g), torch.randn(B, H, generator=g),
         *_weights(IN, H, torch.float32, g)))  # fmt: skip
     dy = torch.randn(T * B * H + 2 * B * H, generator=g).to(device="cuda", dtype=dtype)
+    spec = _layer_ref(lengths.cuda())
 
     def ours(*t):
-        return torch.cat([s.flatten() for s in lstm_layer(*t, backend="triton")])
+        return torch.cat([s.flatten() for s in lstm_layer(*t, lengths=lengths, backend=backend)])
 
-    check_against_reference(ours, _layer_ref(None), tensors, dy, ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh"))
+    out, _ = check_against_reference(ours, spec, tensors, dy, ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh"))
+    with torch.no_grad():
+        inferred = ours(*tensors)
+    assert torch.equal(inferred, out), "inference and training forward differ"

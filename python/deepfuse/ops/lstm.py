@@ -213,7 +213,8 @@ def lstm_recurrence_fwd(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_
             return _recurrence_fwd_torch(xp, h0, c0, w_hh, lengths)
         from deepfuse.kernels.lstm import lstm_seq_fwd
 
-        return lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save_gates=True)
+        hs, cs, gates, _ = lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save=True)
+        return hs, cs, gates
 
 
 @lstm_recurrence_fwd.register_fake
@@ -245,6 +246,35 @@ def lstm_recurrence_bwd(dhs: torch.Tensor, dcs: torch.Tensor, hs: torch.Tensor, 
 def _(dhs, dcs, hs, cs, gates, w_hh, lengths, backend):
     return gates.new_empty(gates.shape), hs.new_empty(hs.shape[1:]), cs.new_empty(cs.shape[1:]), w_hh.new_empty(
         w_hh.shape)  # fmt: skip
+
+
+def _last_states(states, lengths):
+    """Each row's state after its last step, from (T + 1, B, H) states with the initial ones first."""
+    if lengths is None:
+        return states[-1]
+    return states[lengths.long(), torch.arange(states.shape[1], device=states.device)]
+
+
+@torch.library.custom_op("deepfuse::lstm_recurrence_infer", mutates_args=())
+def lstm_recurrence_infer(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor,
+                          lengths: torch.Tensor | None, backend: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Inference (nothing saved for backward): (hs (T + 1, B, H) with h0 first, c_n (B, H))."""
+    T, B, H4 = xp.shape
+    flops = 2 * T * B * H4 * (H4 // 4)
+    with op_range("lstm_recurrence_infer", backend, flops, xp.element_size() * (xp.numel() * 5 // 4 + w_hh.numel())):
+        if backend == "torch":
+            hs, cs, _ = _recurrence_fwd_torch(xp, h0, c0, w_hh, lengths)
+            return hs, _last_states(cs, lengths)
+        from deepfuse.kernels.lstm import lstm_seq_fwd
+
+        hs, _, _, c_n = lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save=False)
+        return hs, c_n
+
+
+@lstm_recurrence_infer.register_fake
+def _(xp, h0, c0, w_hh, lengths, backend):
+    T, B, H4 = xp.shape
+    return xp.new_empty((T + 1, B, H4 // 4)), xp.new_empty((B, H4 // 4))
 
 
 def _recurrence_setup_context(ctx, inputs, output):
@@ -350,9 +380,8 @@ def lstm_layer(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: torch.
     xp = linear_act(x, w_ih, bias, backend=chosen)  # every step's input projection in one GEMM
     if lengths is not None:
         lengths = lengths.to(device=x.device, dtype=torch.int32)
-    hs, cs, _ = lstm_recurrence_fwd(xp, h0, c0, w_hh, lengths, chosen)
-    if lengths is None:
-        return hs[1:], hs[-1], cs[-1]
-    rows = torch.arange(B, device=x.device)
-    index = lengths.long()
-    return hs[1:], hs[index, rows], cs[index, rows]
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh)):
+        hs, cs, _ = lstm_recurrence_fwd(xp, h0, c0, w_hh, lengths, chosen)
+        return hs[1:], _last_states(hs, lengths), _last_states(cs, lengths)
+    hs, c_n = lstm_recurrence_infer(xp, h0, c0, w_hh, lengths, chosen)  # no states or gates kept for backward
+    return hs[1:], _last_states(hs, lengths), c_n
