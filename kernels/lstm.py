@@ -14,6 +14,8 @@ one per SM). The cell state, and in backward both carries, stay in registers. Wh
 (padded hidden size past PERSISTENT_MAX_HIDDEN) the launchers take the per-step path instead.
 """
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -23,6 +25,9 @@ from .gemm_common import INTERPRET, dot_flags, mma
 # W_hh's slice stays in shared memory (Triton hoists its copy out of the step loop): 4 * H * 16 values, 64 KB
 # at H = 512 in fp16 (128 KB fp32). Larger hidden sizes take the per-step path. Speed unmeasured (no GPU yet).
 PERSISTENT_MAX_HIDDEN = 512
+# Up to this padded hidden size one program owns every hidden unit of its batch tile: no barrier and no trip
+# through memory between steps, at the price of fewer programs (one per batch tile). Unmeasured (no GPU yet).
+SINGLE_SLICE_MAX_HIDDEN = {torch.float16: 64, torch.bfloat16: 64, torch.float32: 32}
 
 
 @triton.jit
@@ -248,7 +253,7 @@ def _lstm_persistent_fwd_kernel(
     T, B, H,
     swr, swc,
     HAS_LENGTHS: tl.constexpr, SAVE: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, HIDDEN: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, HIDDEN: tl.constexpr, SINGLE_SLICE: tl.constexpr,
 ):  # fmt: skip
     num_slices = tl.num_programs(0)
     group = tl.program_id(1)
@@ -280,10 +285,13 @@ def _lstm_persistent_fwd_kernel(
         if HAS_LENGTHS:
             lengths = tl.load(lengths_ptr + offs_b, mask=mask_b, other=0)
         c = _load_f32(c0_ptr, state, mask)
+        if SINGLE_SLICE:  # h_{t-1} never leaves the program: it stays in registers
+            h_prev = tl.load(hs_ptr + offs_b[:, None] * H + offs_k[None, :], mask=h_mask, other=0.0)
         for t in range(0, T):
-            # h_{t-1} of every hidden unit, written by the whole group; .cg reads around the incoherent L1
-            h_prev = tl.load(hs_ptr + t * state_step + offs_b[:, None] * H + offs_k[None, :], mask=h_mask,
-                             other=0.0, cache_modifier=".cg")  # fmt: skip
+            if not SINGLE_SLICE:
+                # h_{t-1} of every hidden unit, written by the whole group; .cg reads around the incoherent L1
+                h_prev = tl.load(hs_ptr + t * state_step + offs_b[:, None] * H + offs_k[None, :], mask=h_mask,
+                                 other=0.0, cache_modifier=".cg")  # fmt: skip
             acc = mma(h_prev, w, _load_f32(xp_ptr + t * gate_step, xp_offs, xp_mask), DOT_PRECISION, UPCAST_DOT)
             acc_i, acc_f, acc_g, acc_o = _split_gates(acc, BLOCK_B, BLOCK_H)
             i, f, g, o, c_new, h = _cell_update(acc_i, acc_f, acc_g, acc_o, c)
@@ -291,14 +299,17 @@ def _lstm_persistent_fwd_kernel(
             if HAS_LENGTHS:
                 keep = keep & (t < lengths)[:, None]
             c = tl.where(keep, c_new, c)  # a row past its length keeps its last state
-            tl.store(hs_ptr + (t + 1) * state_step + state, tl.where(keep, h, 0.0).to(hs_ptr.dtype.element_ty),
-                     mask=mask)  # fmt: skip
+            h = tl.where(keep, h, 0.0).to(hs_ptr.dtype.element_ty)
+            tl.store(hs_ptr + (t + 1) * state_step + state, h, mask=mask)
             if SAVE:
                 tl.store(cs_ptr + (t + 1) * state_step + state,
                          tl.where(keep, c_new, 0.0).to(cs_ptr.dtype.element_ty), mask=mask)  # fmt: skip
                 _store_gates(gates_ptr + t * gate_step, gate_offs, mask, keep, i, f, g, o, H)
-            arrivals += num_slices
-            _grid_barrier(counter, arrivals)
+            if SINGLE_SLICE:
+                h_prev = h
+            else:
+                arrivals += num_slices
+                _grid_barrier(counter, arrivals)
         tl.store(c_last_ptr + state, c.to(c_last_ptr.dtype.element_ty), mask=mask)
 
 
@@ -311,7 +322,7 @@ def _lstm_persistent_bwd_kernel(
     T, B, H,
     swr, swc,
     HAS_LENGTHS: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, HIDDEN: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, HIDDEN: tl.constexpr, SINGLE_SLICE: tl.constexpr,
 ):  # fmt: skip
     num_slices = tl.num_programs(0)
     group = tl.program_id(1)
@@ -356,31 +367,24 @@ def _lstm_persistent_bwd_kernel(
             dgates = dgates_ptr + t * gate_step
             _store_gates(dgates, gate_offs, mask, keep, di, df, dg, do, H)
             dc_carry = tl.where(keep, dc_prev, dc_carry)  # rows past their length pass both carries through
-            arrivals += num_slices
-            _grid_barrier(counter, arrivals)
-            # dh_{t-1} = dgates_t @ W_hh for this slice: every gate column, written by the whole group
-            dg_rows = dgates + offs_b[:, None] * (4 * H) + offs_k[None, :]
-            acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-            acc = mma(
-                tl.load(dg_rows, mask=dg_mask, other=0.0, cache_modifier=".cg"), w_i, acc, DOT_PRECISION, UPCAST_DOT
-            )
-            acc = mma(
-                tl.load(dg_rows + H, mask=dg_mask, other=0.0, cache_modifier=".cg"), w_f, acc, DOT_PRECISION, UPCAST_DOT
-            )
-            acc = mma(
-                tl.load(dg_rows + 2 * H, mask=dg_mask, other=0.0, cache_modifier=".cg"),
-                w_g,
-                acc,
-                DOT_PRECISION,
-                UPCAST_DOT,
-            )
-            acc = mma(
-                tl.load(dg_rows + 3 * H, mask=dg_mask, other=0.0, cache_modifier=".cg"),
-                w_o,
-                acc,
-                DOT_PRECISION,
-                UPCAST_DOT,
-            )
+            ty = dgates_ptr.dtype.element_ty
+            if SINGLE_SLICE:  # every gate column is this program's own: no barrier, no reload
+                a_i, a_f = tl.where(keep, di, 0.0).to(ty), tl.where(keep, df, 0.0).to(ty)
+                a_g, a_o = tl.where(keep, dg, 0.0).to(ty), tl.where(keep, do, 0.0).to(ty)
+            else:
+                arrivals += num_slices
+                _grid_barrier(counter, arrivals)
+                # every gate column of dgates_t, written by the whole group; .cg reads around the L1
+                dg_rows = dgates + offs_b[:, None] * (4 * H) + offs_k[None, :]
+                a_i = tl.load(dg_rows, mask=dg_mask, other=0.0, cache_modifier=".cg")
+                a_f = tl.load(dg_rows + H, mask=dg_mask, other=0.0, cache_modifier=".cg")
+                a_g = tl.load(dg_rows + 2 * H, mask=dg_mask, other=0.0, cache_modifier=".cg")
+                a_o = tl.load(dg_rows + 3 * H, mask=dg_mask, other=0.0, cache_modifier=".cg")
+            # dh_{t-1} = dgates_t @ W_hh for this slice
+            acc = mma(a_i, w_i, tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32), DOT_PRECISION, UPCAST_DOT)
+            acc = mma(a_f, w_f, acc, DOT_PRECISION, UPCAST_DOT)
+            acc = mma(a_g, w_g, acc, DOT_PRECISION, UPCAST_DOT)
+            acc = mma(a_o, w_o, acc, DOT_PRECISION, UPCAST_DOT)
             dh_carry = tl.where(valid[:, None], acc, dh_carry)
         tl.store(dh_carry_ptr + state, dh_carry, mask=mask)
         tl.store(dc_carry_ptr + state, dc_carry, mask=mask)
@@ -396,25 +400,35 @@ def _step_blocks() -> tuple[int, int, int]:
     return (16, 32, 32) if INTERPRET else (16, 64, 64)
 
 
-def persistent_layout(
-    B: int, H: int, dtype: torch.dtype, device: torch.device
-) -> tuple[int, int, int, int, int] | None:
-    """(BLOCK_B, BLOCK_H, HIDDEN, groups, num_warps) of the persistent kernels, or None where W_hh does not fit
-    and the sequence takes the per-step path."""
+class PersistentLayout(NamedTuple):
+    block_b: int  # batch rows per tile
+    block_h: int  # hidden units per program (a slice)
+    hidden: int  # H padded to a power of two, the reduction width
+    groups: int  # program groups along the batch
+    num_warps: int
+    single_slice: bool  # one program owns every hidden unit: no grid barrier, h (or dgates) stays in registers
+
+
+def persistent_layout(B: int, H: int, dtype: torch.dtype, device: torch.device) -> PersistentLayout | None:
+    """How the persistent kernels split the work, or None where W_hh does not fit and the sequence takes the
+    per-step path."""
     hidden = max(16, triton.next_power_of_2(H))  # tl.dot needs every dimension >= 16
     if hidden > PERSISTENT_MAX_HIDDEN:
         return None
+    single = hidden <= SINGLE_SLICE_MAX_HIDDEN[dtype]
     if INTERPRET:  # the interpreter runs programs one after another: one program must own every hidden unit
-        return 16, hidden, hidden, 1, 4
+        return PersistentLayout(16, hidden, hidden, 1, 4, single)
     # NOTE: ptxas for sm_90a (no GPU run yet): BLOCK_B 16 compiles both kernels without spills up to
     # H = 256 on 4 warps (fp16: 214/234 registers at H = 256) and H = 512 on 8 (186/246); BLOCK_B 32 or 64
-    # spills (fwd 812 B, bwd 2 KB at H = 256, BLOCK_B 64). fp32's exact dot runs on FMAs and spills from H = 64.
-    warps = 8 if hidden >= 512 or (dtype == torch.float32 and hidden >= 128) else 4
-    slices = triton.cdiv(H, 16)
+    # spills (fwd 812 B, bwd 2 KB at H = 256, BLOCK_B 64). fp32's exact dot runs on FMAs: 8 warps from H = 64
+    # (fwd 220 registers at H = 64, 388 B of spills on 4 warps). A single slice of 64 on 8 warps: 207/185.
+    warps = 8 if hidden >= 512 or single or (dtype == torch.float32 and hidden >= 64) else 4
+    block_h = hidden if single else 16
+    slices = triton.cdiv(H, block_h)
     # Every program must be resident at once (they wait for each other): at most one per SM.
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     groups = max(1, min(triton.cdiv(B, 16), sms // slices))
-    return 16, 16, hidden, groups, warps
+    return PersistentLayout(16, block_h, hidden, groups, warps, single)
 
 
 def lstm_cell_fwd(x, h, c, w_ih, w_hh, bias, save_gates: bool):
@@ -478,12 +492,12 @@ def lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save: bool, persistent: bool | None 
     xp = xp.contiguous()
     has_lengths = lengths is not None
     if layout is not None:
-        bb, bh, hidden, groups, warps = layout
-        counters = torch.zeros(groups, device=xp.device, dtype=torch.int32)
-        _lstm_persistent_fwd_kernel[(triton.cdiv(H, bh), groups)](
+        counters = torch.zeros(layout.groups, device=xp.device, dtype=torch.int32)
+        _lstm_persistent_fwd_kernel[(triton.cdiv(H, layout.block_h), layout.groups)](
             xp, w_hh, lengths if has_lengths else xp, hs, c0.contiguous(), cs if save else hs,
             gates if save else hs, c_n, counters, T, B, H, *w_hh.stride(), HAS_LENGTHS=has_lengths, SAVE=save,
-            BLOCK_B=bb, BLOCK_H=bh, HIDDEN=hidden, num_warps=warps, **dot_flags(xp.dtype),
+            BLOCK_B=layout.block_b, BLOCK_H=layout.block_h, HIDDEN=layout.hidden, SINGLE_SLICE=layout.single_slice,
+            num_warps=layout.num_warps, **dot_flags(xp.dtype),
         )  # fmt: skip
         return hs, cs, gates, c_n
     bb, bh, bk = _step_blocks()
@@ -516,13 +530,12 @@ def lstm_seq_bwd(dhs, dcs, cs, gates, w_hh, lengths, persistent: bool | None = N
         has_lengths = lengths is not None
         layout = persistent_layout(B, H, cs.dtype, cs.device) if persistent is not False else None
         if layout is not None:
-            bb, bh, hidden, groups, warps = layout
-            counters = torch.zeros(groups, device=cs.device, dtype=torch.int32)
-            _lstm_persistent_bwd_kernel[(triton.cdiv(H, bh), groups)](
+            counters = torch.zeros(layout.groups, device=cs.device, dtype=torch.int32)
+            _lstm_persistent_bwd_kernel[(triton.cdiv(H, layout.block_h), layout.groups)](
                 dh_steps, dc_steps, cs, gates, w_hh, lengths if has_lengths else cs, dgates, dh_carry, dc_carry,
-                counters,
-                T, B, H, *w_hh.stride(), HAS_LENGTHS=has_lengths, BLOCK_B=bb, BLOCK_H=bh, HIDDEN=hidden,
-                num_warps=warps, **dot_flags(cs.dtype),
+                counters, T, B, H, *w_hh.stride(), HAS_LENGTHS=has_lengths, BLOCK_B=layout.block_b,
+                BLOCK_H=layout.block_h, HIDDEN=layout.hidden, SINGLE_SLICE=layout.single_slice,
+                num_warps=layout.num_warps, **dot_flags(cs.dtype),
             )  # fmt: skip
         elif persistent:
             raise ValueError(f"hidden_size {H} is too large for the persistent LSTM kernel")

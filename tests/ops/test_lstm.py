@@ -1,5 +1,7 @@
 """LSTM ops: lstm_cell and lstm_layer against float64 references, forward and backward; bad input; opcheck."""
 
+import collections
+
 import pytest
 import torch
 
@@ -60,9 +62,18 @@ def test_cell_matches_reference(shape, backend, dtype):
     check_against_reference(ours, spec, tensors, dy, ("x", "h", "c", "w_ih", "w_hh", "b_ih", "b_hh"))
 
 
-# (backend, sequence path): triton's persistent kernel (W_hh on chip, one launch per sequence) and its
-# per-step path, forced by lowering the largest persistent hidden size
-LAYER_PATHS = [("torch", None), ("triton", "persistent"), ("triton", "per_step")]
+# (backend, sequence path): triton's persistent kernel with one program owning every hidden unit, or with
+# 16-unit slices meeting at a barrier each step (one slice under the interpreter, which runs programs one
+# after another), and its per-step path; forced through the module's size limits
+LAYER_PATHS = [("torch", None), ("triton", "single_slice"), ("triton", "slices"), ("triton", "per_step")]
+
+
+def _force_path(monkeypatch, path):
+    if path == "per_step":
+        monkeypatch.setattr("deepfuse.kernels.lstm.PERSISTENT_MAX_HIDDEN", 0)
+    elif path is not None:
+        limit = 1 << 20 if path == "single_slice" else 0
+        monkeypatch.setattr("deepfuse.kernels.lstm.SINGLE_SLICE_MAX_HIDDEN", collections.defaultdict(lambda: limit))
 
 
 @pytest.mark.parametrize("with_lengths", [False, True])
@@ -70,8 +81,7 @@ LAYER_PATHS = [("torch", None), ("triton", "persistent"), ("triton", "per_step")
 @pytest.mark.parametrize("backend,path", LAYER_PATHS, ids=lambda v: str(v))
 def test_layer_matches_reference(backend, path, sizes, with_lengths, monkeypatch):
     T, B, IN, H = sizes  # B = 17: two batch tiles, walked by one program group
-    if path == "per_step":
-        monkeypatch.setattr("deepfuse.kernels.lstm.PERSISTENT_MAX_HIDDEN", 0)
+    _force_path(monkeypatch, path)
     g = torch.Generator().manual_seed(T * B + H)
     lengths = torch.randint(0, T + 1, (B,), generator=g) if with_lengths else None
     if lengths is not None:
@@ -90,8 +100,7 @@ def test_layer_matches_reference(backend, path, sizes, with_lengths, monkeypatch
 @pytest.mark.parametrize("backend,path", LAYER_PATHS, ids=lambda v: str(v))
 def test_layer_inference_matches_reference(backend, path, dtype, monkeypatch):
     """Without autograd the layer saves nothing for backward: c_n comes from the kernel, not the saved states."""
-    if path == "per_step":
-        monkeypatch.setattr("deepfuse.kernels.lstm.PERSISTENT_MAX_HIDDEN", 0)
+    _force_path(monkeypatch, path)
     T, B, IN, H = 5, 17, 3, 33
     g = torch.Generator().manual_seed(13)
     lengths = torch.randint(0, T + 1, (B,), generator=g)
@@ -184,11 +193,10 @@ GPU_LAYER_SIZES = [(60, 64, 1, 64), (60, 128, 1, 128), (64, 64, 256, 256), (16, 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("sizes", GPU_LAYER_SIZES, ids=str)
-@pytest.mark.parametrize("backend,path", [("triton", None), ("triton", "per_step")], ids=str)
+@pytest.mark.parametrize("backend,path", [("triton", None), ("triton", "slices"), ("triton", "per_step")], ids=str)
 def test_gpu_layer(backend, path, sizes, dtype, monkeypatch):
     """Training (forward + every gradient) and inference, with per-row lengths, at the models' sizes."""
-    if path == "per_step":
-        monkeypatch.setattr("deepfuse.kernels.lstm.PERSISTENT_MAX_HIDDEN", 0)
+    _force_path(monkeypatch, path)
     T, B, IN, H = sizes
     g = torch.Generator().manual_seed(12)
     lengths = torch.randint(1, T + 1, (B,), generator=g)
