@@ -121,3 +121,16 @@ def test_lstm_cell_matches_nn_lstm_cell(backend):
         return torch.cat([h_next.flatten(), c_next.flatten()])
 
     _compare(ours, theirs, reference, run)
+
+
+def test_modules_compile_fullgraph():
+    """Dynamo refuses every nn.LSTM (subclasses too) unless allow_rnn is set; LSTMCell needs nothing."""
+    torch._dynamo.reset()
+    ours, _, _ = _models(dict(num_layers=2, bidirectional=True))
+    cell = LSTMCell(7, 12)
+    x = torch.randn(5, 3, 7)
+    with deepfuse.use_backend("triton"), torch._dynamo.config.patch(allow_rnn=True):
+        out = torch.compile(ours, fullgraph=True)(x)[0]
+        h, c = torch.compile(cell, fullgraph=True)(x[0])
+        assert torch.equal(out, ours(x)[0])
+        assert torch.equal(h, cell(x[0])[0]) and torch.equal(c, cell(x[0])[1])

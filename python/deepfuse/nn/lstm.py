@@ -29,7 +29,11 @@ class LSTM(nn.LSTM):
     """Drop-in for ``nn.LSTM``: same constructor, parameters (``weight_ih_l0``, ``..._reverse``) and forward:
     ``forward(input, hx=None) -> (output, (h_n, c_n))`` with batch_first, bidirectional, multiple layers,
     dropout between layers in training, unbatched input and PackedSequence. ``proj_size > 0`` raises
-    NotImplementedError."""
+    NotImplementedError.
+
+    Being an ``nn.LSTM`` (``isinstance`` holds, as init code often checks), it shares nn.LSTM's limit in
+    ``torch.compile(fullgraph=True)``: set ``torch._dynamo.config.allow_rnn = True`` first. The ops
+    (``deepfuse.ops.lstm_layer``, ``lstm_cell``) compile without it."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
