@@ -28,30 +28,44 @@ def cases(device: torch.device, dtype: torch.dtype, quick: bool) -> list[runner.
         reference = nn.LSTM(I, H, num_layers=2).to(device=device, dtype=dtype)
         ours = deepfuse.nn.LSTM(I, H, num_layers=2).to(device=device, dtype=dtype)
         ours.load_state_dict(reference.state_dict())
-        cell = nn.LSTMCell(I, H).to(device=device, dtype=dtype)
+        cells = _stacked_cells(reference)
         x = torch.randn(T, B, I, device=device, dtype=dtype).requires_grad_()
         dy = torch.randn(T, B, H, device=device, dtype=dtype)
         flops = 2 * T * B * 4 * H * ((I + H) + (H + H))  # two layers
         min_bytes = x.element_size() * (x.numel() + dy.numel() + sum(p.numel() for p in reference.parameters()))
-        result.append(runner.Case("lstm", f"T{T}B{B}I{I}H{H}x2", (x, reference, ours, cell), dy, flops, min_bytes))
+        result.append(runner.Case("lstm", f"T{T}B{B}I{I}H{H}x2", (x, reference, ours, cells), dy, flops, min_bytes))
     return result
 
 
-def _cudnn(x, reference, ours, cell):
+def _stacked_cells(lstm: nn.LSTM) -> nn.ModuleList:
+    """One nn.LSTMCell per layer with the LSTM's weights: the same work, one step at a time."""
+    cells = nn.ModuleList()
+    for layer in range(lstm.num_layers):
+        cell = nn.LSTMCell(lstm.input_size if layer == 0 else lstm.hidden_size, lstm.hidden_size)
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(cell, name).data = getattr(lstm, f"{name}_l{layer}").data
+        cells.append(cell)
+    return cells.to(device=lstm.weight_hh_l0.device, dtype=lstm.weight_hh_l0.dtype)
+
+
+def _cudnn(x, reference, ours, cells):
     return reference(x)[0]
 
 
-def _cell_loop(x, reference, ours, cell):
-    h = c = x.new_zeros(x.shape[1], cell.hidden_size)
-    outputs = []
-    for step in x:  # one layer only: the loop's cost per step is what this provider shows
-        h, c = cell(step, (h, c))
-        outputs.append(h)
-    return torch.stack(outputs)
+def _cell_loop(x, reference, ours, cells):
+    layer_input = x
+    for cell in cells:
+        h = c = x.new_zeros(x.shape[1], cell.hidden_size)
+        outputs = []
+        for step in layer_input:
+            h, c = cell(step, (h, c))
+            outputs.append(h)
+        layer_input = torch.stack(outputs)
+    return layer_input
 
 
 def _deepfuse(backend):
-    def run(x, reference, ours, cell):
+    def run(x, reference, ours, cells):
         with deepfuse.use_backend(backend):
             return ours(x)[0]
 
@@ -59,7 +73,7 @@ def _deepfuse(backend):
 
 
 def providers(device: torch.device) -> dict:
-    found = {"torch": _cudnn, "eager_lstmcell_loop_1_layer": _cell_loop}
+    found = {"torch": _cudnn, "eager_lstmcell_loop": _cell_loop}
     if device.type == "cuda":
         found["torch_compile"] = torch.compile(_cudnn)
         found |= {name: _deepfuse(name) for name in ("triton",) if deepfuse.available_backends()[name][0]}
