@@ -22,9 +22,12 @@ import triton.language as tl
 
 from .gemm_common import INTERPRET, dot_flags, mma
 
-# W_hh's slice stays in shared memory (Triton hoists its copy out of the step loop): 4 * H * 16 values, 64 KB
-# at H = 512 in fp16 (128 KB fp32). Larger hidden sizes take the per-step path. Speed unmeasured (no GPU yet).
-PERSISTENT_MAX_HIDDEN = 512
+# W_hh's slice stays in shared memory (Triton hoists its copy out of the step loop): 4 * H * 16 values. Larger
+# padded hidden sizes take the per-step path.
+# NOTE: ptxas / Triton for sm_90a (no GPU run yet): fp16 at H = 512 takes 82 KB (fwd) and 128 KB (bwd) of
+# shared memory, no spills; H = 1024 needs 256 KB in backward, over the 227 KB a block may have. fp32's exact
+# dot runs on FMAs and spills in forward from H = 128 (300 B; 4 KB at H = 256).
+PERSISTENT_MAX_HIDDEN = {torch.float16: 512, torch.bfloat16: 512, torch.float32: 128}
 # Up to this padded hidden size one program owns every hidden unit of its batch tile: no barrier and no trip
 # through memory between steps, at the price of fewer programs (one per batch tile). Unmeasured (no GPU yet).
 SINGLE_SLICE_MAX_HIDDEN = {torch.float16: 64, torch.bfloat16: 64, torch.float32: 32}
@@ -413,7 +416,7 @@ def persistent_layout(B: int, H: int, dtype: torch.dtype, device: torch.device) 
     """How the persistent kernels split the work, or None where W_hh does not fit and the sequence takes the
     per-step path."""
     hidden = max(16, triton.next_power_of_2(H))  # tl.dot needs every dimension >= 16
-    if hidden > PERSISTENT_MAX_HIDDEN:
+    if hidden > PERSISTENT_MAX_HIDDEN[dtype]:
         return None
     single = hidden <= SINGLE_SLICE_MAX_HIDDEN[dtype]
     if INTERPRET:  # the interpreter runs programs one after another: one program must own every hidden unit

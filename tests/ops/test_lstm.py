@@ -70,7 +70,7 @@ LAYER_PATHS = [("torch", None), ("triton", "single_slice"), ("triton", "slices")
 
 def _force_path(monkeypatch, path):
     if path == "per_step":
-        monkeypatch.setattr("deepfuse.kernels.lstm.PERSISTENT_MAX_HIDDEN", 0)
+        monkeypatch.setattr("deepfuse.kernels.lstm.PERSISTENT_MAX_HIDDEN", collections.defaultdict(int))
     elif path is not None:
         limit = 1 << 20 if path == "single_slice" else 0
         monkeypatch.setattr("deepfuse.kernels.lstm.SINGLE_SLICE_MAX_HIDDEN", collections.defaultdict(lambda: limit))
