@@ -413,24 +413,30 @@ class PersistentLayout(NamedTuple):
 
 
 def persistent_layout(B: int, H: int, dtype: torch.dtype, device: torch.device) -> PersistentLayout | None:
-    """How the persistent kernels split the work, or None where W_hh does not fit and the sequence takes the
-    per-step path."""
+    """How the persistent kernels split the work on device, or None where W_hh does not fit and the sequence
+    takes the per-step path."""
+    if INTERPRET:  # the interpreter runs programs one after another: one program must own every hidden unit
+        layout = layout_for(B, H, dtype, num_sms=1)
+        return layout._replace(block_h=layout.hidden, num_warps=4) if layout else None
+    return layout_for(B, H, dtype, torch.cuda.get_device_properties(device).multi_processor_count)
+
+
+def layout_for(B: int, H: int, dtype: torch.dtype, num_sms: int) -> PersistentLayout | None:
+    """persistent_layout for a GPU with num_sms SMs."""
     hidden = max(16, triton.next_power_of_2(H))  # tl.dot needs every dimension >= 16
     if hidden > PERSISTENT_MAX_HIDDEN[dtype]:
         return None
     single = hidden <= SINGLE_SLICE_MAX_HIDDEN[dtype]
-    if INTERPRET:  # the interpreter runs programs one after another: one program must own every hidden unit
-        return PersistentLayout(16, hidden, hidden, 1, 4, single)
     # NOTE: ptxas for sm_90a (no GPU run yet): BLOCK_B 16 compiles both kernels without spills up to
     # H = 256 on 4 warps (fp16: 214/234 registers at H = 256) and H = 512 on 8 (186/246); BLOCK_B 32 or 64
     # spills (fwd 812 B, bwd 2 KB at H = 256, BLOCK_B 64). fp32's exact dot runs on FMAs: 8 warps from H = 64
     # (fwd 220 registers at H = 64, 388 B of spills on 4 warps). A single slice of 64 on 8 warps: 207/185.
+    # tests/ops/test_lstm_sm90_resources.py keeps these configurations compiling within the limits.
     warps = 8 if hidden >= 512 or single or (dtype == torch.float32 and hidden >= 64) else 4
     block_h = hidden if single else 16
     slices = triton.cdiv(H, block_h)
     # Every program must be resident at once (they wait for each other): at most one per SM.
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    groups = max(1, min(triton.cdiv(B, 16), sms // slices))
+    groups = max(1, min(triton.cdiv(B, 16), num_sms // slices))
     return PersistentLayout(16, block_h, hidden, groups, warps, single)
 
 
