@@ -18,6 +18,12 @@ tail -5 "$OUT/test-gpu.log" >>"$OUT/summary.log"
 compute-sanitizer --tool memcheck --error-exitcode 9 python -m pytest -q -m gpu -p no:cacheprovider \
   tests/ops/test_linear_act.py::test_gpu_edge_shapes tests/ops/test_conv2d_act.py::test_gpu_odd_geometry \
   tests/ops/test_attention.py::test_gpu_kernels -k "cuda and (n17 or padding or gqa)" >"$OUT/sanitizer.log" 2>&1; echo "compute-sanitizer rc=$?" | tee -a "$OUT/summary.log"
+# The LSTM's persistent kernels sync across blocks each step: memcheck, racecheck and synccheck on one model size.
+for tool in memcheck racecheck synccheck; do
+  compute-sanitizer --tool $tool --error-exitcode 9 python -m pytest -q -m gpu -p no:cacheprovider \
+    tests/ops/test_lstm.py -k "T60B64I1H64 and float16 or test_gpu_cell and 17" >"$OUT/sanitizer-lstm-$tool.log" 2>&1
+  echo "compute-sanitizer $tool lstm rc=$?" | tee -a "$OUT/summary.log"
+done
 python -m deepfuse bench all $QUICK --dtype bf16 --out "$OUT/results" >"$OUT/bench.log" 2>&1; echo "bench rc=$?" | tee -a "$OUT/summary.log"
 cat "$OUT/summary.log"
 tar czf "$FINAL/gpu-run.tar.gz" -C "$FINAL" run && cp "$OUT/summary.log" "$FINAL/summary.log"

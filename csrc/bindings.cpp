@@ -14,6 +14,7 @@
 #include "attention.h"
 #include "conv2d_act.h"
 #include "linear_act.h"
+#include "lstm.h"
 
 namespace py = pybind11;
 
@@ -252,6 +253,107 @@ void attention_bwd(std::uintptr_t grad_out, const Strides& grad_out_strides, std
   deepfuse::attention_bwd(args, as_stream(stream));
 }
 
+// LSTM: lengths int32 (B,) on the device or 0; fp32 scratch buffers from the caller.
+const int32_t* as_lengths(std::uintptr_t address) { return reinterpret_cast<const int32_t*>(address); }
+float* as_floats(std::uintptr_t address) { return reinterpret_cast<float*>(address); }
+
+void lstm_cell_fwd(std::uintptr_t x, int64_t x_stride_b, int64_t x_stride_k, std::uintptr_t h, int64_t h_stride_b,
+                   int64_t h_stride_k, std::uintptr_t c, int64_t c_stride_b, int64_t c_stride_j, std::uintptr_t w_ih,
+                   int64_t w_ih_stride_r, int64_t w_ih_stride_k, std::uintptr_t w_hh, int64_t w_hh_stride_r,
+                   int64_t w_hh_stride_k, std::uintptr_t bias, std::uintptr_t h_next, std::uintptr_t c_next,
+                   std::uintptr_t gates, int64_t B, int64_t IN, int64_t H, int dtype, std::uintptr_t stream) {
+  require_positive_or_zero("B", B);
+  require_positive_or_zero("IN", IN);
+  require_positive_or_zero("H", H);
+  if (B > 0 && H > 0) {
+    require_pointer("h", h);
+    require_pointer("c", c);
+    require_pointer("w_hh", w_hh);
+    require_pointer("h_next", h_next);
+    require_pointer("c_next", c_next);
+    if (IN > 0) {
+      require_pointer("x", x);
+      require_pointer("w_ih", w_ih);
+    }
+  }
+  const deepfuse::LstmCellFwdArgs args{as_ptr(x), x_stride_b, x_stride_k, as_ptr(h), h_stride_b, h_stride_k,
+                                       as_ptr(c), c_stride_b, c_stride_j, as_ptr(w_ih), w_ih_stride_r, w_ih_stride_k,
+                                       as_ptr(w_hh), w_hh_stride_r, w_hh_stride_k, as_ptr(bias), as_mut_ptr(h_next),
+                                       as_mut_ptr(c_next), as_mut_ptr(gates), B, IN, H, dtype};
+  py::gil_scoped_release release;
+  deepfuse::lstm_cell_fwd(args, as_stream(stream));
+}
+
+void lstm_cell_grad_gates(std::uintptr_t grad_h, std::uintptr_t grad_c, std::uintptr_t c, std::uintptr_t c_next,
+                          std::uintptr_t gates, std::uintptr_t dgates, std::uintptr_t dc_prev, int64_t B, int64_t H,
+                          int dtype, std::uintptr_t stream) {
+  require_positive_or_zero("B", B);
+  require_positive_or_zero("H", H);
+  if (B > 0 && H > 0) {
+    require_pointer("grad_h", grad_h);
+    require_pointer("c", c);
+    require_pointer("c_next", c_next);
+    require_pointer("gates", gates);
+    require_pointer("dgates", dgates);
+    require_pointer("dc_prev", dc_prev);
+  }
+  const deepfuse::LstmCellGradGatesArgs args{as_ptr(grad_h), as_ptr(grad_c), as_ptr(c), as_ptr(c_next),
+                                             as_ptr(gates), as_mut_ptr(dgates), as_mut_ptr(dc_prev), B, H, dtype};
+  py::gil_scoped_release release;
+  deepfuse::lstm_cell_grad_gates(args, as_stream(stream));
+}
+
+void lstm_seq_fwd(std::uintptr_t xp, std::uintptr_t w_hh, int64_t w_stride_r, int64_t w_stride_k,
+                  std::uintptr_t lengths, std::uintptr_t hs, std::uintptr_t cs, std::uintptr_t gates,
+                  std::uintptr_t c_work, int64_t T, int64_t B, int64_t H, int dtype, int path, std::uintptr_t stream) {
+  require_positive_or_zero("T", T);
+  require_positive_or_zero("B", B);
+  require_positive_or_zero("H", H);
+  if (T > 0 && B > 0 && H > 0) {
+    require_pointer("xp", xp);
+    require_pointer("w_hh", w_hh);
+    require_pointer("hs", hs);
+    require_pointer("cs", cs);
+    require_pointer("c_work", c_work);
+  }
+  const deepfuse::LstmSeqFwdArgs args{as_ptr(xp), as_ptr(w_hh), w_stride_r, w_stride_k, as_lengths(lengths),
+                                      as_mut_ptr(hs), as_mut_ptr(cs), as_mut_ptr(gates), as_floats(c_work), T, B, H,
+                                      dtype, path};
+  py::gil_scoped_release release;
+  deepfuse::lstm_seq_fwd(args, as_stream(stream));
+}
+
+void lstm_seq_bwd(std::uintptr_t dhs, std::uintptr_t dcs, std::uintptr_t cs, std::uintptr_t gates,
+                  std::uintptr_t w_hh, int64_t w_stride_r, int64_t w_stride_k, std::uintptr_t lengths,
+                  std::uintptr_t dgates, std::uintptr_t dh0, std::uintptr_t dc0, std::uintptr_t work, int64_t T,
+                  int64_t B, int64_t H, int dtype, int path, std::uintptr_t stream) {
+  require_positive_or_zero("T", T);
+  require_positive_or_zero("B", B);
+  require_positive_or_zero("H", H);
+  if (T > 0 && B > 0 && H > 0) {
+    require_pointer("dhs", dhs);
+    require_pointer("dcs", dcs);
+    require_pointer("cs", cs);
+    require_pointer("gates", gates);
+    require_pointer("w_hh", w_hh);
+    require_pointer("dgates", dgates);
+    require_pointer("dh0", dh0);
+    require_pointer("dc0", dc0);
+    require_pointer("work", work);
+  }
+  const deepfuse::LstmSeqBwdArgs args{as_ptr(dhs), as_ptr(dcs), as_ptr(cs), as_ptr(gates), as_ptr(w_hh), w_stride_r,
+                                      w_stride_k, as_lengths(lengths), as_mut_ptr(dgates), as_mut_ptr(dh0),
+                                      as_mut_ptr(dc0), as_floats(work), T, B, H, dtype, path};
+  py::gil_scoped_release release;
+  deepfuse::lstm_seq_bwd(args, as_stream(stream));
+}
+
+std::string lstm_seq_path(int64_t H, int dtype) {
+  require_positive_or_zero("H", H);
+  py::gil_scoped_release release;
+  return deepfuse::lstm_seq_path(H, dtype) == deepfuse::LstmPath::kPersistent ? "persistent" : "per_step";
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -303,4 +405,34 @@ PYBIND11_MODULE(_C, m) {
         py::arg("mask_strides"), py::arg("lse"), py::arg("delta"), py::arg("grad_q"), py::arg("grad_k"),
         py::arg("grad_v"), py::arg("sizes"), py::arg("scale"), py::arg("causal"), py::arg("dtype"),
         py::arg("stream"), py::arg("cu_seqlens_q") = 0, py::arg("cu_seqlens_k") = 0, py::arg("total_q") = 0);
+  m.def("lstm_cell_fwd", &lstm_cell_fwd,
+        "one fused LSTM step (gate order i, f, g, o): h_next, c_next (B, H) contiguous and, when gates != 0, the "
+        "activated gates (B, 4H). x (B, IN), h, c (B, H), w_ih (4H, IN), w_hh (4H, H) with any strides; bias "
+        "(4H,) contiguous = b_ih + b_hh, or 0",
+        py::arg("x"), py::arg("x_stride_b"), py::arg("x_stride_k"), py::arg("h"), py::arg("h_stride_b"),
+        py::arg("h_stride_k"), py::arg("c"), py::arg("c_stride_b"), py::arg("c_stride_j"), py::arg("w_ih"),
+        py::arg("w_ih_stride_r"), py::arg("w_ih_stride_k"), py::arg("w_hh"), py::arg("w_hh_stride_r"),
+        py::arg("w_hh_stride_k"), py::arg("bias"), py::arg("h_next"), py::arg("c_next"), py::arg("gates"),
+        py::arg("B"), py::arg("IN"), py::arg("H"), py::arg("dtype"), py::arg("stream"));
+  m.def("lstm_cell_grad_gates", &lstm_cell_grad_gates,
+        "pre-activation gate gradients dgates (B, 4H) and dc_prev (B, H) of one LSTM step; all contiguous, grad_c "
+        "may be 0 (zero)",
+        py::arg("grad_h"), py::arg("grad_c"), py::arg("c"), py::arg("c_next"), py::arg("gates"), py::arg("dgates"),
+        py::arg("dc_prev"), py::arg("B"), py::arg("H"), py::arg("dtype"), py::arg("stream"));
+  m.def("lstm_seq_fwd", &lstm_seq_fwd,
+        "LSTM recurrence over T steps from xp (T, B, 4H) contiguous: hs, cs (T + 1, B, H) contiguous with h0, c0 "
+        "already at index 0; gates (T, B, 4H) activated, or 0; lengths int32 (B,) or 0 (rows past their length "
+        "store zeros); c_work fp32 (B, H) scratch; path: 0 auto, 1 persistent, 2 per step",
+        py::arg("xp"), py::arg("w_hh"), py::arg("w_stride_r"), py::arg("w_stride_k"), py::arg("lengths"),
+        py::arg("hs"), py::arg("cs"), py::arg("gates"), py::arg("c_work"), py::arg("T"), py::arg("B"), py::arg("H"),
+        py::arg("dtype"), py::arg("path"), py::arg("stream"));
+  m.def("lstm_seq_bwd", &lstm_seq_bwd,
+        "BPTT of lstm_seq_fwd: dgates (T, B, 4H) pre-activation, dh0, dc0 (B, H); dhs, dcs, cs (T + 1, B, H) and "
+        "gates (T, B, 4H) contiguous; work fp32 (2, B, H) scratch; path as lstm_seq_fwd. T = 0 launches nothing",
+        py::arg("dhs"), py::arg("dcs"), py::arg("cs"), py::arg("gates"), py::arg("w_hh"), py::arg("w_stride_r"),
+        py::arg("w_stride_k"), py::arg("lengths"), py::arg("dgates"), py::arg("dh0"), py::arg("dc0"), py::arg("work"),
+        py::arg("T"), py::arg("B"), py::arg("H"), py::arg("dtype"), py::arg("path"), py::arg("stream"));
+  m.def("lstm_seq_path", &lstm_seq_path,
+        "\"persistent\" or \"per_step\": the path lstm_seq_fwd/bwd take with path 0 on the current device",
+        py::arg("H"), py::arg("dtype"));
 }

@@ -50,3 +50,29 @@ def test_bad_arguments_raise_value_error():
         _C.linear_act_fwd(16, 8, 1, 16, 8, 1, 0, 16, 0, 4, 4, 8, 9, 0, 0)
     with pytest.raises(ValueError, match="bad activation code"):
         _C.linear_act_fwd(16, 8, 1, 16, 8, 1, 0, 16, 0, 4, 4, 8, 1, 99, 0)
+
+
+def _lstm_seq_fwd_args(**overrides):
+    """Keyword arguments of _C.lstm_seq_fwd for T=3, B=2, H=4 at fake (never dereferenced) addresses."""
+    args = dict(xp=16, w_hh=16, w_stride_r=4, w_stride_k=1, lengths=0, hs=16, cs=16, gates=0, c_work=16, T=3, B=2, H=4,
+                dtype=1, path=0, stream=0)  # fmt: skip
+    return args | overrides
+
+
+@pytest.mark.skipif(HAS_GPU, reason="checks the no-GPU error path")
+def test_lstm_without_a_gpu_raises_runtime_error_with_the_cuda_error_string():
+    _C = _import_C()
+    with pytest.raises(RuntimeError, match=r"deepfuse CUDA error: cudaError\w+: "):
+        _C.lstm_seq_fwd(**_lstm_seq_fwd_args())
+    with pytest.raises(RuntimeError, match=r"deepfuse CUDA error: cudaError\w+: "):
+        _C.lstm_seq_path(256, 1)
+
+
+def test_lstm_bad_arguments_raise_value_error():
+    _C = _import_C()
+    with pytest.raises(ValueError, match="T must be >= 0"):
+        _C.lstm_seq_fwd(**_lstm_seq_fwd_args(T=-1))
+    with pytest.raises(ValueError, match="hs must be a device pointer"):
+        _C.lstm_seq_fwd(**_lstm_seq_fwd_args(hs=0))
+    with pytest.raises(ValueError, match="bad dtype code"):
+        _C.lstm_seq_fwd(**_lstm_seq_fwd_args(dtype=9))

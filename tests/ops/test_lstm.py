@@ -68,8 +68,10 @@ def test_cell_matches_reference(shape, backend, dtype):
 LAYER_PATHS = [("torch", None), ("triton", "single_slice"), ("triton", "slices"), ("triton", "per_step")]
 
 
-def _force_path(monkeypatch, path):
-    if path == "per_step":
+def _force_path(monkeypatch, path, backend="triton"):
+    if backend == "cuda":  # csrc/lstm.cu's choice, overridden
+        monkeypatch.setattr("deepfuse.ops._lstm_cuda.PATH", path or "auto")
+    elif path == "per_step":
         monkeypatch.setattr("deepfuse.kernels.lstm.PERSISTENT_MAX_HIDDEN", collections.defaultdict(int))
     elif path is not None:
         limit = 1 << 20 if path == "single_slice" else 0
@@ -188,15 +190,17 @@ def test_compiles_fullgraph():
 
 # Model sizes (T, B, input_size, H): stock (H 64, 128), sentiment (H 256) and H 1024 (per-step path)
 GPU_LAYER_SIZES = [(60, 64, 1, 64), (60, 128, 1, 128), (64, 64, 256, 256), (16, 64, 1024, 1024)]
+GPU_LAYER_PATHS = [("triton", None), ("triton", "slices"), ("triton", "per_step"), ("cuda", None),
+                   ("cuda", "persistent"), ("cuda", "per_step")]  # fmt: skip
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("sizes", GPU_LAYER_SIZES, ids=str)
-@pytest.mark.parametrize("backend,path", [("triton", None), ("triton", "slices"), ("triton", "per_step")], ids=str)
+@pytest.mark.parametrize("sizes", GPU_LAYER_SIZES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
+@pytest.mark.parametrize("backend,path", GPU_LAYER_PATHS, ids=str)
 def test_gpu_layer(backend, path, sizes, dtype, monkeypatch):
     """Training (forward + every gradient) and inference, with per-row lengths, at the models' sizes."""
-    _force_path(monkeypatch, path)
+    _force_path(monkeypatch, path, backend)
     T, B, IN, H = sizes
     g = torch.Generator().manual_seed(12)
     lengths = torch.randint(1, T + 1, (B,), generator=g)
@@ -214,3 +218,25 @@ def test_gpu_layer(backend, path, sizes, dtype, monkeypatch):
     with torch.no_grad():
         inferred = ours(*tensors)
     assert torch.equal(inferred, out), "inference and training forward differ"
+    assert torch.equal(ours(*tensors), out), "forward is not deterministic"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(64, 1, 64), (64, 256, 256), (17, 33, 100)], ids=str)
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_cell(backend, shape, dtype):
+    B, IN, H = shape
+    g = torch.Generator().manual_seed(14)
+    tensors = tuple(t.to(device="cuda", dtype=dtype) for t in (
+        torch.randn(B, IN, generator=g), torch.randn(B, H, generator=g), torch.randn(B, H, generator=g),
+        *_weights(IN, H, torch.float32, g)))  # fmt: skip
+    dy = torch.randn(2 * B * H, generator=g).to(device="cuda", dtype=dtype)
+
+    def ours(*t):
+        return torch.cat([s.flatten() for s in lstm_cell(*t, backend=backend)])
+
+    def spec(*t):
+        return torch.cat([s.flatten() for s in lstm_cell_ref(*t)])
+
+    check_against_reference(ours, spec, tensors, dy, ("x", "h", "c", "w_ih", "w_hh", "b_ih", "b_hh"))

@@ -2,11 +2,13 @@
 
 - ``lstm_cell``: one step; one fused kernel for both matmuls, the gates and the state update.
 - ``lstm_layer``: a whole sequence, one layer, one direction: the input projection of every step is one
-  GEMM (linear_act), then a recurrent kernel walks the steps; backward is BPTT in one kernel plus one
-  GEMM for dW_hh. Per-row ``lengths`` (packed sequences): rows past their length output zeros and the
-  final state is each row's state at its own last step.
+  GEMM (linear_act), then one persistent kernel walks the steps with W_hh on chip (or, where W_hh does not
+  fit, one fused kernel per step: the launchers choose); backward is BPTT of the same kind plus one GEMM
+  for dW_hh. Per-row ``lengths`` (packed sequences): rows past their length output zeros and the final
+  state is each row's state at its own last step.
 
-Saved for backward: the activated gates and the cell states (no pre-activations, no extra GEMMs).
+Training saves the activated gates and the cell states (no pre-activations, no extra GEMMs); without
+autograd (``lstm_recurrence_infer``) nothing is saved.
 """
 
 from __future__ import annotations
@@ -72,10 +74,15 @@ def _cell_fwd_torch(x, h, c, w_ih, w_hh, bias):
     return h_next.to(x.dtype), c_next.to(x.dtype), gates.to(x.dtype)
 
 
-def _cell_fwd_triton(x, h, c, w_ih, w_hh, bias):
-    from deepfuse.kernels.lstm import lstm_cell_fwd
+def _kernels(backend):
+    """The module with backend's launchers: kernels/lstm.py (triton) or its CUDA C++ twin (cuda)."""
+    if backend == "cuda":
+        from deepfuse.ops import _lstm_cuda
 
-    return lstm_cell_fwd(x, h, c, w_ih, w_hh, bias, save_gates=True)
+        return _lstm_cuda
+    from deepfuse.kernels import lstm
+
+    return lstm
 
 
 def _cell_grad_gates_torch(grad_h, grad_c, c, c_next, gates):
@@ -84,20 +91,14 @@ def _cell_grad_gates_torch(grad_h, grad_c, c, c_next, gates):
     return dgates.to(c.dtype), dc_prev.to(c.dtype)
 
 
-def _cell_grad_gates_triton(grad_h, grad_c, c, c_next, gates):
-    from deepfuse.kernels.lstm import lstm_cell_grad_gates
-
-    return lstm_cell_grad_gates(grad_h, grad_c, c, c_next, gates)
-
-
 def _linear_grads(backend, dgates, inputs, weight, has_bias, need_input, need_weight):
     """(d inputs, d weight, d bias) of inputs @ weight^T + bias for the gate gradient dgates."""
     if backend == "torch":
         return (dgates @ weight if need_input else nothing(inputs), dgates.t() @ inputs if need_weight
                 else nothing(inputs), dgates.sum(0) if has_bias else nothing(inputs))  # fmt: skip
-    from deepfuse.kernels.linear_act import linear_act_bwd
+    from deepfuse.ops.linear_act import _BWD
 
-    return linear_act_bwd(dgates, dgates, inputs, weight, 0, has_bias, need_input, need_weight)
+    return _BWD[backend](dgates, dgates, inputs, weight, "none", has_bias, need_input, need_weight)
 
 
 @torch.library.custom_op("deepfuse::lstm_cell_fwd", mutates_args=())
@@ -108,8 +109,9 @@ def lstm_cell_fwd(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_ih: torch
     B, H = h.shape
     flops = 2 * B * 4 * H * (x.shape[1] + H)
     with op_range("lstm_cell_fwd", backend, flops, x.element_size() * (w_ih.numel() + w_hh.numel() + 8 * B * H)):
-        impl = _cell_fwd_torch if backend == "torch" else _cell_fwd_triton
-        return impl(x, h, c, w_ih, w_hh, bias)
+        if backend == "torch":
+            return _cell_fwd_torch(x, h, c, w_ih, w_hh, bias)
+        return _kernels(backend).lstm_cell_fwd(x, h, c, w_ih, w_hh, bias, save_gates=True)
 
 
 @lstm_cell_fwd.register_fake
@@ -124,7 +126,7 @@ def lstm_cell_bwd(grad_h: torch.Tensor, grad_c: torch.Tensor, x: torch.Tensor, h
                                          torch.Tensor]:  # fmt: skip
     """(dx, dh, dc, dw_ih, dw_hh, dbias)."""
     with op_range("lstm_cell_bwd", backend, 0, 0):
-        grad_gates = _cell_grad_gates_torch if backend == "torch" else _cell_grad_gates_triton
+        grad_gates = _cell_grad_gates_torch if backend == "torch" else _kernels(backend).lstm_cell_grad_gates
         dgates, dc = grad_gates(grad_h, grad_c, c, c_next, gates)
         dx, dw_ih, db = _linear_grads(backend, dgates, x, w_ih, has_bias, True, True)
         dh, dw_hh, _ = _linear_grads(backend, dgates, h, w_hh, False, True, True)
@@ -211,9 +213,9 @@ def lstm_recurrence_fwd(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_
     with op_range("lstm_recurrence_fwd", backend, flops, xp.element_size() * (xp.numel() * 2 + w_hh.numel())):
         if backend == "torch":
             return _recurrence_fwd_torch(xp, h0, c0, w_hh, lengths)
-        from deepfuse.kernels.lstm import lstm_seq_fwd
-
-        hs, cs, gates, _ = lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save=True)
+        if backend == "cuda":
+            return _kernels(backend).lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save_gates=True)
+        hs, cs, gates, _ = _kernels(backend).lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save=True)
         return hs, cs, gates
 
 
@@ -233,9 +235,7 @@ def lstm_recurrence_bwd(dhs: torch.Tensor, dcs: torch.Tensor, hs: torch.Tensor, 
         if backend == "torch":
             dgates, dh0, dc0 = _recurrence_bwd_torch(dhs, dcs, cs, gates, w_hh, lengths)
         else:
-            from deepfuse.kernels.lstm import lstm_seq_bwd
-
-            dgates, dh0, dc0 = lstm_seq_bwd(dhs, dcs, cs, gates, w_hh, lengths)
+            dgates, dh0, dc0 = _kernels(backend).lstm_seq_bwd(dhs, dcs, cs, gates, w_hh, lengths)
         # dW_hh = sum_t dgates_t^T h_{t-1}: one GEMM over every step
         flat_dgates, flat_h = dgates.reshape(T * B, 4 * H), hs[:-1].reshape(T * B, H)
         _, dw_hh, _ = _linear_grads(backend, flat_dgates, flat_h, w_hh, False, False, True)
@@ -265,9 +265,10 @@ def lstm_recurrence_infer(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, 
         if backend == "torch":
             hs, cs, _ = _recurrence_fwd_torch(xp, h0, c0, w_hh, lengths)
             return hs, _last_states(cs, lengths)
-        from deepfuse.kernels.lstm import lstm_seq_fwd
-
-        hs, _, _, c_n = lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save=False)
+        if backend == "cuda":  # writes the cell states, skips the gates
+            hs, cs, _ = _kernels(backend).lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save_gates=False)
+            return hs, _last_states(cs, lengths)
+        hs, _, _, c_n = _kernels(backend).lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save=False)
         return hs, c_n
 
 
@@ -303,14 +304,12 @@ lstm_recurrence_fwd.register_autograd(_recurrence_backward, setup_context=_recur
 def _supports(backend, x, *args, **kwargs):
     if backend == "torch":
         return None
-    if backend == "cuda":
-        return "the LSTM has no CUDA C++ kernel yet (use triton or torch)"
     return kernel_dtype_reason("x", x)
 
 
 def _preference(x, *args, **kwargs):
-    # Not yet measured on a GPU. The recurrent kernel is a first version (one program per batch block,
-    # W_hh streamed from L2): cuDNN (torch) stays the automatic choice until measurements say otherwise.
+    # Not yet measured on a GPU: cuDNN (torch) stays the automatic choice until the persistent kernels
+    # (triton, cuda) are measured against it.
     return ("torch",)
 
 
