@@ -76,7 +76,7 @@ def providers(device: torch.device) -> dict:
     found = {"torch": _cudnn, "eager_lstmcell_loop": _cell_loop}
     if device.type == "cuda":
         found["torch_compile"] = torch.compile(_cudnn)
-        found |= {name: _deepfuse(name) for name in ("triton",) if deepfuse.available_backends()[name][0]}
+        found |= {name: _deepfuse(name) for name in ("triton", "cuda") if deepfuse.available_backends()[name][0]}
     return found
 
 
