@@ -247,6 +247,13 @@ def _lstm_step_dh_kernel(
 
 
 @triton.jit
+def _persistent_setup(counters_ptr, group, num_slices, B, H):
+    """(elements per step of (B, H) states, of (B, 4H) gates, the group's barrier counter, arrivals so far)."""
+    state_step = B.to(tl.int64) * H
+    return state_step, 4 * state_step, counters_ptr + group, num_slices * 0
+
+
+@triton.jit
 def _lstm_persistent_fwd_kernel(
     # pointers: xp (T, B, 4H) input projections with both biases; hs (T + 1, B, H) holds h0 at step 0 and
     # h_t at t + 1 (zeros past a row's length); cs likewise, and gates (T, B, 4H) activated, when SAVE (for
@@ -272,10 +279,7 @@ def _lstm_persistent_fwd_kernel(
     mask_n = col_j < H
     w = tl.load(whh_ptr + col[None, :] * swr + offs_k[:, None] * swc, mask=mask_k[:, None] & mask_n[None, :],
                 other=0.0)  # fmt: skip
-    state_step = B.to(tl.int64) * H
-    gate_step = 4 * state_step
-    counter = counters_ptr + group
-    arrivals = num_slices * 0
+    state_step, gate_step, counter, arrivals = _persistent_setup(counters_ptr, group, num_slices, B, H)
     for tile in range(group, tl.cdiv(B, BLOCK_B), tl.num_programs(1)):
         offs_b = tile * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
         mask_b = offs_b < B
@@ -340,10 +344,7 @@ def _lstm_persistent_bwd_kernel(
     w_f = tl.load(whh_ptr + H * swr + w_tile, mask=w_mask, other=0.0)
     w_g = tl.load(whh_ptr + 2 * H * swr + w_tile, mask=w_mask, other=0.0)
     w_o = tl.load(whh_ptr + 3 * H * swr + w_tile, mask=w_mask, other=0.0)
-    state_step = B.to(tl.int64) * H
-    gate_step = 4 * state_step
-    counter = counters_ptr + group
-    arrivals = num_slices * 0
+    state_step, gate_step, counter, arrivals = _persistent_setup(counters_ptr, group, num_slices, B, H)
     for tile in range(group, tl.cdiv(B, BLOCK_B), tl.num_programs(1)):
         offs_b = tile * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
         mask_b = offs_b < B
