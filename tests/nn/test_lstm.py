@@ -26,16 +26,17 @@ def _models(cls_kwargs, input_size=7, hidden=12, seed=0):
     return ours, theirs, reference
 
 
-def _compare(ours, theirs, reference, run):
-    """run(model, dtype) -> tensor; outputs and every parameter gradient against float64."""
+def _compare(ours, theirs, reference, run, dtype=torch.float32):
+    """run(model, dtype) -> tensor; outputs and every parameter gradient against float64 (models in dtype)."""
     results = []
-    for model, dtype in ((ours, torch.float32), (theirs, torch.float32), (reference, torch.float64)):
-        out = run(model, dtype)
-        out.square().sum().backward()
+    for model, model_dtype in ((ours, dtype), (theirs, dtype), (reference, torch.float64)):
+        out = run(model, model_dtype)
+        out.float().square().sum().backward()
         results.append(out.detach())
-    assert_close_to_reference("out", results[0], results[2], results[1], torch.float32)
-    for p, p_theirs, p_ref in zip(ours.parameters(), theirs.parameters(), reference.parameters(), strict=True):
-        assert_close_to_reference("grad", p.grad, p_ref.grad, p_theirs.grad, torch.float32)
+    assert_close_to_reference("out", results[0], results[2], results[1], dtype)
+    for (name, p), p_theirs, p_ref in zip(ours.named_parameters(), theirs.parameters(), reference.parameters(),
+                                          strict=True):  # fmt: skip
+        assert_close_to_reference(f"grad of {name}", p.grad, p_ref.grad, p_theirs.grad, dtype)
 
 
 def test_same_parameters_and_state_dict():
@@ -134,3 +135,25 @@ def test_modules_compile_fullgraph():
         h, c = torch.compile(cell, fullgraph=True)(x[0])
         assert torch.equal(out, ours(x)[0])
         assert torch.equal(h, cell(x[0])[0]) and torch.equal(c, cell(x[0])[1])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_packed_bidirectional(backend, dtype):
+    """The sentiment model's shape of use: 2 bidirectional layers over packed sequences, against cuDNN."""
+    ours, theirs, reference = _models(dict(num_layers=2, bidirectional=True), input_size=64, hidden=64)
+    ours, theirs, reference = ours.to("cuda", dtype), theirs.to("cuda", dtype), reference.to("cuda")
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(40, 16, 64, generator=g).cuda()
+    lengths = torch.randint(1, 41, (16,), generator=g)
+    lengths[0] = 40
+
+    def run(model, model_dtype):
+        packed = pack_padded_sequence(x.to(model_dtype), lengths, enforce_sorted=False)
+        with deepfuse.use_backend(backend):
+            out, (h, c) = model(packed)
+        padded, _ = pad_packed_sequence(out)
+        return torch.cat([padded.flatten(), h.flatten(), c.flatten()])
+
+    _compare(ours, theirs, reference, run, dtype)
