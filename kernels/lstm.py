@@ -10,7 +10,9 @@ loads their rows of W_hh (forward) or columns (backward) once; Triton keeps that
 for every time step. Programs along the second grid axis own batch groups and walk their batch tiles. Each
 step every program reads the whole h_{t-1} (or dgates_t) its group wrote, so the group meets at a grid
 barrier once per step (an atomic counter; all programs are resident because the launcher starts at most
-one per SM). The cell state, and in backward both carries, stay in registers. Where W_hh does not fit
+one per SM. Unlike a cooperative launch nothing enforces that: two of these kernels running at once on
+different streams could each hold SMs the other waits for; deepfuse launches them one after another on the
+caller's stream). The cell state, and in backward both carries, stay in registers. Where W_hh does not fit
 (padded hidden size past PERSISTENT_MAX_HIDDEN) the launchers take the per-step path instead.
 """
 
