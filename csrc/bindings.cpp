@@ -304,8 +304,9 @@ void lstm_cell_grad_gates(std::uintptr_t grad_h, std::uintptr_t grad_c, std::uin
 }
 
 void lstm_seq_fwd(std::uintptr_t xp, std::uintptr_t w_hh, int64_t w_stride_r, int64_t w_stride_k,
-                  std::uintptr_t lengths, std::uintptr_t hs, std::uintptr_t cs, std::uintptr_t gates,
-                  std::uintptr_t c_work, int64_t T, int64_t B, int64_t H, int dtype, int path, std::uintptr_t stream) {
+                  std::uintptr_t lengths, std::uintptr_t hs, std::uintptr_t c0, std::uintptr_t cs,
+                  std::uintptr_t gates, std::uintptr_t c_n, std::uintptr_t c_work, int64_t T, int64_t B, int64_t H,
+                  int dtype, int path, std::uintptr_t stream) {
   require_positive_or_zero("T", T);
   require_positive_or_zero("B", B);
   require_positive_or_zero("H", H);
@@ -313,12 +314,13 @@ void lstm_seq_fwd(std::uintptr_t xp, std::uintptr_t w_hh, int64_t w_stride_r, in
     require_pointer("xp", xp);
     require_pointer("w_hh", w_hh);
     require_pointer("hs", hs);
-    require_pointer("cs", cs);
+    require_pointer("c0", c0);
+    require_pointer("c_n", c_n);
     require_pointer("c_work", c_work);
   }
   const deepfuse::LstmSeqFwdArgs args{as_ptr(xp), as_ptr(w_hh), w_stride_r, w_stride_k, as_lengths(lengths),
-                                      as_mut_ptr(hs), as_mut_ptr(cs), as_mut_ptr(gates), as_floats(c_work), T, B, H,
-                                      dtype, path};
+                                      as_mut_ptr(hs), as_ptr(c0), as_mut_ptr(cs), as_mut_ptr(gates),
+                                      as_mut_ptr(c_n), as_floats(c_work), T, B, H, dtype, path};
   py::gil_scoped_release release;
   deepfuse::lstm_seq_fwd(args, as_stream(stream));
 }
@@ -420,12 +422,14 @@ PYBIND11_MODULE(_C, m) {
         py::arg("grad_h"), py::arg("grad_c"), py::arg("c"), py::arg("c_next"), py::arg("gates"), py::arg("dgates"),
         py::arg("dc_prev"), py::arg("B"), py::arg("H"), py::arg("dtype"), py::arg("stream"));
   m.def("lstm_seq_fwd", &lstm_seq_fwd,
-        "LSTM recurrence over T steps from xp (T, B, 4H) contiguous: hs, cs (T + 1, B, H) contiguous with h0, c0 "
-        "already at index 0; gates (T, B, 4H) activated, or 0; lengths int32 (B,) or 0 (rows past their length "
-        "store zeros); c_work fp32 (B, H) scratch; path: 0 auto, 1 persistent, 2 per step",
+        "LSTM recurrence over T steps from xp (T, B, 4H) contiguous: hs (T + 1, B, H) contiguous with h0 already "
+        "at index 0; c0 (B, H) contiguous; cs (T + 1, B, H) contiguous with c0 already at index 0, or 0 (not "
+        "saved); gates (T, B, 4H) activated, or 0; c_n (B, H) contiguous: each row's cell state after its last "
+        "valid step (c0 for length 0); lengths int32 (B,) or 0 (rows past their length store zeros); c_work fp32 "
+        "(B, H) scratch; path: 0 auto, 1 persistent, 2 per step. T = 0 launches nothing (c_n = c0 is the caller's)",
         py::arg("xp"), py::arg("w_hh"), py::arg("w_stride_r"), py::arg("w_stride_k"), py::arg("lengths"),
-        py::arg("hs"), py::arg("cs"), py::arg("gates"), py::arg("c_work"), py::arg("T"), py::arg("B"), py::arg("H"),
-        py::arg("dtype"), py::arg("path"), py::arg("stream"));
+        py::arg("hs"), py::arg("c0"), py::arg("cs"), py::arg("gates"), py::arg("c_n"), py::arg("c_work"),
+        py::arg("T"), py::arg("B"), py::arg("H"), py::arg("dtype"), py::arg("path"), py::arg("stream"));
   m.def("lstm_seq_bwd", &lstm_seq_bwd,
         "BPTT of lstm_seq_fwd: dgates (T, B, 4H) pre-activation, dh0, dc0 (B, H); dhs, dcs, cs (T + 1, B, H) and "
         "gates (T, B, 4H) contiguous; work fp32 (2, B, H) scratch; path as lstm_seq_fwd. T = 0 launches nothing",

@@ -3,7 +3,8 @@
 //               state update (the per-step forward kernel with two operands)
 //   cell bwd    the pre-activation gate gradients and dc_prev, pointwise (the caller runs the GEMMs)
 //   seq fwd     one layer and direction from the input projections xp (one GEMM, by the caller): per step
-//               gates = xp_t + h_{t-1} W_hh^T, then the cell update; rows past their length store zeros
+//               gates = xp_t + h_{t-1} W_hh^T, then the cell update; rows past their length store zeros. cs and
+//               gates are optional (inference skips them); c_n, each row's final c, is always written
 //   seq bwd     BPTT: per step (reverse) the gate gradients from fp32 (dh, dc) carries, then
 //               dh_{t-1} = dgates_t W_hh; dW_hh is left to the caller (one GEMM over all steps)
 // The sequence kernels have two paths (plan_*; lstm_seq_path says which one a hidden size gets):
@@ -336,7 +337,8 @@ struct FwdParams {
   int64_t c0_sb, c0_sj;
   float* c_work;       // (B, H) fp32: c between steps for tiles not kept on chip (unused when T == 1)
   void* h_out;         // step t's h at h_out + t * B * H, (B, H) contiguous
-  void* c_out;         // likewise
+  void* c_out;         // likewise, or null (the states not saved)
+  void* c_n;           // (B, H) contiguous: each row's c after its last valid step (c0 for length 0), or null
   void* gates;         // step t's (B, 4H) at gates + t * B * 4H, or null
   const int32_t* lengths;
   int64_t T, B, H;
@@ -415,7 +417,15 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_fwd_kernel(const FwdParams p
         const bool valid = p.lengths == nullptr || t < p.lengths[b];
         const int64_t out = (t * B + b) * H + j;
         static_cast<T*>(p.h_out)[out] = from_float<T>(valid ? h_new : 0.0f);
-        static_cast<T*>(p.c_out)[out] = from_float<T>(valid ? c_new : 0.0f);
+        if (p.c_out != nullptr) static_cast<T*>(p.c_out)[out] = from_float<T>(valid ? c_new : 0.0f);
+        if (p.c_n != nullptr) {
+          // The row's final state, rounded once from fp32: after step min(length, T) - 1, or c0 for length <= 0.
+          const int64_t len = p.lengths == nullptr ? p.T : p.lengths[b];
+          const int64_t last = len < 0 ? 0 : (len > p.T ? p.T : len);
+          if (t + 1 == last || (last == 0 && t == 0)) {
+            static_cast<T*>(p.c_n)[b * H + j] = from_float<T>(last == 0 ? c_prev : c_new);
+          }
+        }
         if (p.gates != nullptr) {
           T* gates = static_cast<T*>(p.gates) + (t * B + b) * 4 * H + j;
           gates[0] = from_float<T>(valid ? i : 0.0f);
@@ -915,12 +925,13 @@ void lstm_seq_fwd(const LstmSeqFwdArgs& args, cudaStream_t stream) {
                vector_ok(args.hs, {H}, 1, elem), vector_ok(args.w_hh, {args.w_stride_r, H}, args.w_stride_k, elem)};
     p.num_ops = 1;
     p.xp = args.xp;
-    p.c0 = args.cs;
+    p.c0 = args.c0;
     p.c0_sb = H;
     p.c0_sj = 1;
     p.c_work = args.c_work;
     p.h_out = static_cast<T*>(args.hs) + B * H;
-    p.c_out = static_cast<T*>(args.cs) + B * H;
+    p.c_out = args.cs != nullptr ? static_cast<T*>(args.cs) + B * H : nullptr;
+    p.c_n = args.c_n;
     p.gates = args.gates;
     p.lengths = args.lengths;
     p.T = args.T;

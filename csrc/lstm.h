@@ -48,8 +48,10 @@ struct LstmSeqFwdArgs {
   int64_t w_stride_r, w_stride_k;
   const int32_t* lengths;  // (B,) or null
   void* hs;                // (T + 1, B, H) contiguous; index 0 (h0) filled by the caller
-  void* cs;                // (T + 1, B, H) contiguous; index 0 (c0) filled by the caller
-  void* gates;             // (T, B, 4H) contiguous activated gates, or null
+  const void* c0;          // (B, H) contiguous: the cell state before step 0
+  void* cs;                // (T + 1, B, H) contiguous with c0 at index 0 (filled by the caller), or null (not saved)
+  void* gates;             // (T, B, 4H) contiguous activated gates, or null (not saved)
+  void* c_n;               // (B, H) contiguous: each row's c after its last valid step (c0 for length 0)
   float* c_work;           // (B, H) fp32 scratch
   int64_t T, B, H;
   int dtype;

@@ -68,26 +68,31 @@ def lstm_cell_grad_gates(grad_h, grad_c, c, c_next, gates):
     return dgates, dc_prev
 
 
-def _seq_fwd(xp, h0, c0, w_hh, lengths, save_gates: bool, path: str):
+def _seq_fwd(xp, h0, c0, w_hh, lengths, save: bool, path: str):
     from deepfuse import _C
 
     T, B, H4 = xp.shape
     H = H4 // 4
     hs = _kernel_utils.empty_output((T + 1, B, H), xp)
-    cs = _kernel_utils.empty_output((T + 1, B, H), xp)
-    hs[0], cs[0] = h0, c0
-    gates = _kernel_utils.empty_output((T, B, 4 * H) if save_gates else (0,), xp)
+    hs[0] = h0
+    cs = _kernel_utils.empty_output((T + 1, B, H) if save else (0,), xp)
+    if save:
+        cs[0] = c0
+    gates = _kernel_utils.empty_output((T, B, 4 * H) if save else (0,), xp)
+    c_n = _kernel_utils.empty_output((B, H), xp)
     if T == 0 or B == 0 or H == 0:
-        return hs, cs, gates
+        return hs, cs, gates, c_n.copy_(c0)
     xp = xp.contiguous()
+    c0 = c0.to(xp.dtype).contiguous()
     lengths = _lengths(lengths, xp.device)
     c_work = torch.empty((B, H), device=xp.device, dtype=torch.float32)  # c of tiles not kept on chip
     with torch.cuda.device(xp.device):
         _C.lstm_seq_fwd(
-            pointer(xp), pointer(w_hh), w_hh.stride(0), w_hh.stride(1), pointer(lengths), pointer(hs), pointer(cs),
-            pointer(gates), pointer(c_work), T, B, H, _backend.DTYPE_CODES[xp.dtype], _PATH_CODES[path], _stream(),
+            pointer(xp), pointer(w_hh), w_hh.stride(0), w_hh.stride(1), pointer(lengths), pointer(hs), pointer(c0),
+            pointer(cs), pointer(gates), pointer(c_n), pointer(c_work), T, B, H, _backend.DTYPE_CODES[xp.dtype],
+            _PATH_CODES[path], _stream(),
         )  # fmt: skip
-    return hs, cs, gates
+    return hs, cs, gates, c_n
 
 
 def _seq_bwd(dhs, dcs, cs, gates, w_hh, lengths, path: str):
@@ -113,10 +118,11 @@ def _seq_bwd(dhs, dcs, cs, gates, w_hh, lengths, path: str):
     return dgates, dh0, dc0
 
 
-def lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save_gates: bool):
-    """(hs, cs, gates) from input projections xp (T, B, 4H): hs, cs (T + 1, B, H) with h0, c0 first and
-    zeros where a row is past its length; gates (T, B, 4H) activated, or empty."""
-    return _seq_fwd(xp, h0, c0, w_hh, lengths, save_gates, PATH)
+def lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save: bool):
+    """(hs, cs, gates, c_n) from input projections xp (T, B, 4H): hs (T + 1, B, H) with h0 first and zeros
+    where a row is past its length; when save (for backward) cs likewise and gates (T, B, 4H) activated,
+    else both empty (never written); c_n (B, H) each row's cell state after its last step (c0 for length 0)."""
+    return _seq_fwd(xp, h0, c0, w_hh, lengths, save, PATH)
 
 
 def lstm_seq_bwd(dhs, dcs, cs, gates, w_hh, lengths):

@@ -213,8 +213,6 @@ def lstm_recurrence_fwd(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_
     with op_range("lstm_recurrence_fwd", backend, flops, xp.element_size() * (xp.numel() * 2 + w_hh.numel())):
         if backend == "torch":
             return _recurrence_fwd_torch(xp, h0, c0, w_hh, lengths)
-        if backend == "cuda":
-            return _kernels(backend).lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save_gates=True)
         hs, cs, gates, _ = _kernels(backend).lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save=True)
         return hs, cs, gates
 
@@ -264,9 +262,6 @@ def lstm_recurrence_infer(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, 
     with op_range("lstm_recurrence_infer", backend, flops, xp.element_size() * (xp.numel() * 5 // 4 + w_hh.numel())):
         if backend == "torch":
             hs, cs, _ = _recurrence_fwd_torch(xp, h0, c0, w_hh, lengths)
-            return hs, _last_states(cs, lengths)
-        if backend == "cuda":  # writes the cell states, skips the gates
-            hs, cs, _ = _kernels(backend).lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save_gates=False)
             return hs, _last_states(cs, lengths)
         hs, _, _, c_n = _kernels(backend).lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save=False)
         return hs, c_n
