@@ -1,0 +1,15 @@
+"""The one error type for unreadable user data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """A user's data cannot be read. The message names the file (and line) and says what was expected."""
+
+    def __init__(self, path: str | Path | None, problem: str, line: int | None = None) -> None:
+        where = "" if path is None else f"{path}" + (f", line {line}" if line is not None else "") + ": "
+        super().__init__(where + problem)
+        self.path = None if path is None else Path(path)
+        self.line = line

@@ -1,0 +1,45 @@
+"""The example models, one file each, and their registry.
+
+``names()`` lists them; ``get(name)`` returns the model's ``Task`` (see ``deepfuse.models.task``): what the
+training engine needs to build the network, read its data, compute its loss and metrics. Adding a model is one
+file here that defines ``TASK`` (and a loader in ``deepfuse.data``); nothing else changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from deepfuse.models.task import Data, Option, Task
+
+__all__ = ["Data", "Option", "Task", "get", "names"]
+
+_NOT_MODELS = {"task"}
+_tasks: dict[str, Task] = {}
+
+
+def _discover() -> dict[str, Task]:
+    if not _tasks:
+        for module_info in pkgutil.iter_modules(__path__):
+            if module_info.name in _NOT_MODELS or module_info.name.startswith("_"):
+                continue
+            module = importlib.import_module(f"{__name__}.{module_info.name}")
+            tasks = getattr(module, "TASKS", None) or [module.TASK]
+            for task in tasks:
+                if task.name in _tasks:
+                    raise RuntimeError(f"two models are named {task.name!r}")
+                _tasks[task.name] = task
+    return _tasks
+
+
+def names() -> list[str]:
+    """The registered model names, sorted."""
+    return sorted(_discover())
+
+
+def get(name: str) -> Task:
+    """The model called ``name``; a clear ValueError listing the known names otherwise."""
+    tasks = _discover()
+    if name not in tasks:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(tasks))}")
+    return tasks[name]

@@ -1,0 +1,403 @@
+"""The one training engine every model uses: train, evaluate, predict.
+
+A run reads its data, builds the network, trains for ``epochs`` epochs with AdamW and a per-step cosine schedule
+(a task may bring its own optimizer), evaluates the validation split after every epoch and keeps two
+checkpoints in ``out`` — ``last.pt`` (every epoch, and on Ctrl-C) and ``best.pt`` (best validation metric) —
+each written atomically. At the end it evaluates the test split with the best weights and writes
+``metrics.json``, ``history.csv`` and PNGs. ``resume=True`` continues from ``out/last.pt`` exactly: model,
+optimizer, scheduler, grad scaler, epoch and step, RNG states. Under torchrun, DistributedDataParallel;
+only the main process writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import deepfuse
+from deepfuse.models.task import Data, Task
+from deepfuse.training import distributed
+from deepfuse.training.batching import batches_per_epoch
+from deepfuse.training.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    restore_rng_states,
+    rng_states,
+    save_atomically,
+)
+from deepfuse.training.metrics import append_history, write_json
+
+GENERIC_DEFAULTS = {
+    "data": None,
+    "epochs": 5,
+    "batch_size": 64,
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "device": None,  # cuda when available, else cpu
+    "backend": "auto",
+    "amp": None,  # None, "bf16" or "fp16"
+    "compile": False,
+    "seed": 0,
+    "out": None,  # runs/<model>/<timestamp>
+    "workers": 0,
+    "deterministic": False,
+}
+AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class RunError(ValueError):
+    """A user mistake that stops a run before it starts (bad device, an --out holding another run...)."""
+
+
+def make_config(task: Task, **overrides) -> dict:
+    """Generic defaults, then the task's defaults and options, then ``overrides`` (None values ignored)."""
+    config = dict(GENERIC_DEFAULTS) | dict(task.defaults) | {name: o.default for name, o in task.options.items()}
+    unknown = set(overrides) - set(config) - {"resume"}
+    if unknown:
+        raise RunError(f"unknown settings for {task.name}: {', '.join(sorted(unknown))}")
+    config.update({k: v for k, v in overrides.items() if v is not None and k != "resume"})
+    config["model"] = task.name
+    return config
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda: no CUDA device here (no GPU, or a CPU build of torch); use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise RunError(f"--device must be cpu or cuda, got {name!r}")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+
+
+def _nothing_to_show(total, description):
+    class _Silent:
+        def update(self, n=1):
+            pass
+
+        def set_postfix(self, **kwargs):
+            pass
+
+        def close(self):
+            pass
+
+    return _Silent()
+
+
+@dataclass
+class Run:
+    """Everything one training run holds; tasks' ``train_epoch``/``validate`` receive it."""
+
+    task: Task
+    config: dict
+    data: Data
+    device: torch.device
+    place: distributed.Distributed
+    raw_model: nn.Module
+    model: nn.Module = None
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: object | None = None
+    scaler: torch.amp.GradScaler | None = None
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best: float | None = None
+    history: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # task-specific state to checkpoint (e.g. an RL agent's counters)
+    out: Path | None = None
+
+    # --- what loops use ---------------------------------------------------------------------------------------
+    def to_device(self, value):
+        if isinstance(value, torch.Tensor):
+            return value.to(self.device, non_blocking=True)
+        if isinstance(value, tuple | list):
+            return type(value)(self.to_device(v) for v in value)
+        return value
+
+    def forward(self, inputs):
+        return self.model(*inputs) if isinstance(inputs, tuple | list) else self.model(inputs)
+
+    def autocast(self):
+        dtype = AMP_DTYPES[self.config["amp"]]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def backward_and_step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+    def after_step(self) -> None:
+        self.step_in_epoch += 1
+        self.global_step += 1
+
+    def progress(self, total: int, description: str):
+        if not self.place.is_main or not self.config.get("progress", True):
+            return _nothing_to_show(total, description)
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=description, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+    # --- checkpoints -----------------------------------------------------------------------------------------
+    def checkpoint(self) -> dict:
+        return {
+            "format": "deepfuse-checkpoint/1",
+            "model": self.task.name,
+            "config": self.config,
+            "state": self.data.state,
+            "model_state": self.raw_model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "best": self.best,
+            "history": self.history,
+            "extra": self.extra,
+            "rng": rng_states(),
+            "deepfuse": deepfuse.__version__,
+        }
+
+    def save(self, name: str) -> Path | None:
+        if not self.place.is_main:
+            return None
+        path = self.out / name
+        save_atomically(self.checkpoint(), path)
+        return path
+
+    def restore(self, payload: dict) -> None:
+        self.raw_model.load_state_dict(payload["model_state"])
+        for part in ("optimizer", "scheduler", "scaler"):
+            if payload[part] is not None and getattr(self, part) is not None:
+                getattr(self, part).load_state_dict(payload[part])
+        self.epoch, self.step_in_epoch = payload["epoch"], payload["step_in_epoch"]
+        self.global_step, self.best = payload["global_step"], payload["best"]
+        self.history, self.extra = payload["history"], payload["extra"]
+        restore_rng_states(payload["rng"])
+
+    def improved(self, value: float) -> bool:
+        if value != value:  # NaN never improves
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.task.maximize else value < self.best
+
+
+def default_optimizer(model: nn.Module, config: dict, steps_per_epoch: int):
+    """AdamW with a per-step cosine decay over the whole run."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    total = max(1, config["epochs"] * max(steps_per_epoch, 1))
+    return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+
+
+def _default_out(task: Task) -> Path:
+    return Path("runs") / task.name / time.strftime("%Y%m%d-%H%M%S")
+
+
+def _check_out(out: Path, resume: bool) -> None:
+    if resume:
+        if not (out / "last.pt").is_file():
+            raise RunError(f"--resume: {out / 'last.pt'} does not exist (nothing to resume in --out {out})")
+    elif any((out / name).exists() for name in ("last.pt", "best.pt")):
+        raise RunError(f"--out {out} already holds a run's checkpoints; pass --resume to continue it, "
+                       "or choose another --out (nothing was overwritten)")  # fmt: skip
+
+
+def prepare(task: Task, config: dict, resume: bool = False) -> Run:
+    """Read the data, build the model and optimizer, restore a checkpoint when resuming."""
+    device = resolve_device(config["device"])
+    if config["amp"] not in AMP_DTYPES:
+        raise RunError(f"--amp must be bf16 or fp16, got {config['amp']!r}")
+    if config["backend"] not in ("auto", *deepfuse.backend.BACKENDS):
+        raise RunError(f"--backend must be auto, torch, triton or cuda, got {config['backend']!r}")
+    out = Path(config["out"]) if config["out"] else _default_out(task)
+    _check_out(out, resume)
+    payload = None
+    if resume:
+        payload = load_checkpoint(out / "last.pt", task.name)
+        kept = {k: config[k] for k in ("epochs", "device", "workers", "backend", "progress") if k in config}
+        config = payload["config"] | kept
+    config["out"] = str(out)
+    place = distributed.setup(device.type)
+    if place.active and device.type == "cuda":
+        device = torch.device("cuda", place.local_rank)
+    seed_everything(config["seed"], config["deterministic"])
+    data_path = Path(config["data"]) if config["data"] else None
+    data = task.load_data(data_path, config, payload["state"] if payload else None)
+    torch.manual_seed(config["seed"])  # the same initial weights whatever the loader drew
+    model = task.build(config, data.state).to(device)
+    run = Run(task, config, data, device, place, raw_model=model, out=out)
+    steps = batches_per_epoch(len(data.train), config["batch_size"], place.world) if data.train is not None else 1
+    make_optimizer = getattr(task, "optimizer", None) or default_optimizer
+    run.optimizer, run.scheduler = make_optimizer(model, config, steps)
+    if config["amp"] == "fp16" and device.type == "cuda":
+        run.scaler = torch.amp.GradScaler("cuda")
+    if payload is not None:
+        run.restore(payload)
+    wrapped = model
+    if place.active:
+        device_ids = [device.index] if device.type == "cuda" else None
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    run.model = torch.compile(wrapped) if config["compile"] else wrapped
+    return run
+
+
+def fit(run: Run, log=print) -> dict:
+    """Train from ``run.epoch`` to ``epochs``; evaluate; write the run folder. Returns metrics.json's payload."""
+    task, config = run.task, run.config
+    if run.place.is_main:
+        run.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with deepfuse.use_backend(config["backend"]):
+        try:
+            while run.epoch < config["epochs"]:
+                epoch_start = time.perf_counter()
+                train_metrics = task.train_epoch(run)
+                val_metrics, _, _ = task.validate(run, "val")
+                value = val_metrics.get(task.metric, train_metrics.get(task.metric, float("nan")))
+                row = {"epoch": run.epoch + 1, "train_loss": train_metrics.get("loss"),
+                       "val_loss": val_metrics.get("loss"), "val_metric": value,
+                       "lr": run.optimizer.param_groups[0]["lr"] if run.optimizer else None,
+                       "seconds": round(time.perf_counter() - epoch_start, 3),
+                       "samples_per_s": train_metrics.get("samples_per_s")}  # fmt: skip
+                run.history.append(row)
+                run.epoch, run.step_in_epoch = run.epoch + 1, 0
+                best = run.improved(value)
+                if best:
+                    run.best = value
+                run.save("last.pt")
+                if best:
+                    run.save("best.pt")
+                if run.place.is_main:
+                    append_history(run.out / "history.csv", row)
+                    log(_epoch_line(row, task.metric, best))
+        except KeyboardInterrupt:
+            path = run.save("last.pt")
+            log(f"interrupted at epoch {run.epoch + 1}, step {run.step_in_epoch}: saved {path}; "
+                f"continue with: deepfuse train {task.name} --out {run.out} --resume")  # fmt: skip
+            raise
+        return _finish(run, time.perf_counter() - started, log)
+
+
+def _epoch_line(row: dict, metric: str, best: bool) -> str:
+    val = "" if row["val_loss"] is None else f", val loss {row['val_loss']:.4f}"
+    return (f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}{val}, val {metric} {row['val_metric']:.4f}"
+            f"{' (best)' if best else ''}, {row['seconds']:.1f} s"
+            + (f", {row['samples_per_s']:.0f} samples/s" if row.get("samples_per_s") else ""))  # fmt: skip
+
+
+def _finish(run: Run, seconds: float, log) -> dict:
+    """Test metrics with the best weights, then metrics.json, learning curves and the task's plots."""
+    task = run.task
+    distributed.barrier(run.place)  # the main process has written best.pt
+    if (run.out / "best.pt").exists():
+        run.raw_model.load_state_dict(load_checkpoint(run.out / "best.pt", task.name)["model_state"])
+    split = "test" if run.data.test is not None and len(run.data.test) else "val"
+    with deepfuse.use_backend(run.config["backend"]):
+        final, outputs, targets = task.validate(run, split)
+        val_metrics = final if split == "val" else task.validate(run, "val")[0]
+    payload = {**final, "split": split, "val": val_metrics, "model": task.name, "config": run.config,
+               "seed": run.config["seed"], "git_sha": _git_sha(), "device": str(run.device),
+               "backend": run.config["backend"], "layers": run.extra.get("layers"), "seconds": round(seconds, 2),
+               "epochs": run.epoch, "data": run.data.summary}  # fmt: skip
+    if run.place.is_main:
+        write_json(run.out / "metrics.json", payload)
+        pictures = []
+        if (run.out / "history.csv").exists():
+            from deepfuse.training.plots import learning_curves_png
+
+            pictures.append(learning_curves_png(run.out / "history.csv", run.out / "learning_curves.png", task.metric))
+        if outputs is not None:
+            pictures += task.plots(outputs, targets, run.data.state, run.out, run.data)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in final.items() if isinstance(v, float))
+        log(f"{split}: {shown}")
+        log(f"run folder {run.out}: metrics.json, history.csv, " + ", ".join(p.name for p in pictures if p))
+    return payload
+
+
+def _git_sha() -> str:
+    from deepfuse.bench.records import _git_sha as sha
+
+    return sha()
+
+
+def train(task: Task, config: dict, resume: bool = False, log=print) -> dict:
+    run = prepare(task, config, resume)
+    try:
+        return fit(run, log)
+    finally:
+        distributed.teardown(run.place)
+
+
+def load_for_inference(task: Task, checkpoint: str | Path, device: str | None = None,
+                       data: str | Path | None = None) -> tuple[nn.Module, dict, dict]:  # fmt: skip
+    """(model in eval mode on the device, config, data state) from a checkpoint of ``task``."""
+    payload = load_checkpoint(checkpoint, task.name)
+    config = payload["config"] | {"device": device or payload["config"]["device"]}
+    if device is None and config["device"] == "cuda" and not torch.cuda.is_available():
+        config["device"] = "cpu"
+    if data is not None:
+        config["data"] = str(data)
+    model = task.build(config, payload["state"])
+    model.load_state_dict(payload["model_state"])
+    return model.to(resolve_device(config["device"])).eval(), config, payload["state"]
+
+
+def evaluate(task: Task, checkpoint: str | Path, data: str | Path | None = None, device: str | None = None,
+             backend: str = "auto", log=print) -> dict:  # fmt: skip
+    """Metrics of a checkpoint on the test split (the validation split when there is no test split)."""
+    model, config, state = load_for_inference(task, checkpoint, device, data)
+    config |= {"backend": backend, "workers": 0}
+    dataset = task.load_data(Path(config["data"]) if config["data"] else None, config, state)
+    run = Run(task, config, dataset, next(model.parameters()).device, distributed.Distributed(), model, model)
+    split = "test" if dataset.test is not None and len(dataset.test) else "val"
+    with deepfuse.use_backend(backend):
+        if split == "test" and dataset.val is not None and len(dataset.val):
+            task.validate(run, "val")  # a task may fit its decision threshold on validation first
+        metrics, _, _ = task.validate(run, split)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+    log(f"{task.name} {split} ({dataset.summary}): {shown}")
+    return {**metrics, "split": split}
+
+
+def predict(task: Task, checkpoint: str | Path, inputs: list[str], device: str | None = None, out: str | None = None,
+            backend: str = "auto") -> list[str]:  # fmt: skip
+    model, config, state = load_for_inference(task, checkpoint, device)
+    with deepfuse.use_backend(backend), torch.no_grad():
+        return task.predict(model, inputs, config, state, Path(out or "."))
+
+
+def check_checkpoint(path: str | Path, task: Task) -> None:
+    """Raises CheckpointError when ``path`` is not a checkpoint of ``task`` (for early CLI errors)."""
+    load_checkpoint(path, task.name)
+
+
+__all__ = ["CheckpointError", "Run", "RunError", "evaluate", "fit", "make_config", "predict", "prepare", "train"]
