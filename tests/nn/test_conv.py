@@ -30,8 +30,6 @@ def test_same_init_parameters_and_state_dict_as_nn_conv2d():
         assert torch.equal(ours.state_dict()[key], value)
     nn.Conv2d(3, 8, 3).load_state_dict(ours.state_dict())
     assert "activation='relu'" in repr(ours)
-    with pytest.raises(NotImplementedError, match="padding_mode"):
-        FusedConv2d(3, 8, 3, padding_mode="circular")
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -67,8 +65,10 @@ def test_from_torch_folds_batch_norm_in_eval(backend):
     assert_close_to_reference("y", y, reference, expected, torch.float32)
     plain = FusedConv2d.from_torch(conv.float())
     assert torch.equal(plain.weight, conv.weight) and torch.equal(plain.bias, conv.bias)
-    with pytest.raises(NotImplementedError, match="padding_mode"):
-        FusedConv2d.from_torch(nn.Conv2d(3, 5, 3, padding_mode="reflect"))
+    reflect = nn.Conv2d(3, 5, 3, padding=1, padding_mode="reflect")
+    with torch.no_grad(), deepfuse.use_backend(backend):
+        assert_close_to_reference("reflect", FusedConv2d.from_torch(reflect)(x), reflect.double()(x.double()),
+                                  reflect.float()(x), torch.float32)  # fmt: skip
     with pytest.raises(ValueError, match="running statistics"):
         FusedConv2d.from_torch(conv, nn.BatchNorm2d(5, track_running_stats=False))
 

@@ -44,8 +44,11 @@ def test_same_parameters_and_state_dict():
     assert [name for name, _ in ours.named_parameters()] == [name for name, _ in theirs.named_parameters()]
     assert "weight_hh_l1_reverse" in ours.state_dict()
     nn.LSTM(7, 12, num_layers=2, bidirectional=True, batch_first=True).load_state_dict(ours.state_dict())
-    with pytest.raises(NotImplementedError, match="proj_size"):
-        LSTM(7, 12, proj_size=4)
+    projected = LSTM(7, 12, num_layers=2, bidirectional=True, proj_size=4)
+    theirs = nn.LSTM(7, 12, num_layers=2, bidirectional=True, proj_size=4)
+    assert list(projected.state_dict()) == list(theirs.state_dict())
+    assert "weight_hr_l1_reverse" in projected.state_dict()
+    theirs.load_state_dict(projected.state_dict())
 
 
 @pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())

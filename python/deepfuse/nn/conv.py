@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from deepfuse.ops.activations import activation_ref, check_activation
@@ -29,28 +30,32 @@ def fold_batch_norm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Batc
     return (weight.to(compute) * scale[:, None, None, None]).to(weight.dtype), shift.to(weight.dtype)
 
 
-def _check_zero_padding(padding_mode: str) -> None:
-    if padding_mode != "zeros":
-        raise NotImplementedError(f"deepfuse convolutions pad with zeros only, got padding_mode={padding_mode!r}")
+def _apply_padding_mode(conv: nn.Conv2d, input: torch.Tensor):
+    """(input, padding) for conv2d_act: as nn.Conv2d, a padding_mode other than "zeros" pads with F.pad first
+    (not fused) and then convolves without padding."""
+    if conv.padding_mode == "zeros":
+        return input, conv.padding
+    return F.pad(input, conv._reversed_padding_repeated_twice, mode=conv.padding_mode), 0
 
 
 class FusedConv2d(nn.Conv2d):
     """Drop-in for ``nn.Conv2d`` followed by an activation (same arguments, parameters, init and state_dict).
 
     Input (N, C_in, H, W) or (C_in, H, W), NCHW or channels_last; the output keeps the input's memory format.
+    ``padding_mode`` other than "zeros" pads with ``F.pad`` first (unfused, as torch does), then convolves.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, activation: str = "none", device=None, dtype=None,
                  padding_mode: str = "zeros") -> None:  # fmt: skip
         check_activation(activation)
-        _check_zero_padding(padding_mode)
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
-                         groups=groups, bias=bias, device=device, dtype=dtype)  # fmt: skip
+                         groups=groups, bias=bias, padding_mode=padding_mode, device=device, dtype=dtype)  # fmt: skip
         self.activation = activation
 
     def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        return conv2d_act(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+        input, padding = _apply_padding_mode(self, input)
+        return conv2d_act(input, self.weight, self.bias, self.stride, padding, self.dilation, self.groups,
                           self.activation, residual=residual)  # fmt: skip
 
     def extra_repr(self) -> str:
@@ -61,10 +66,9 @@ class FusedConv2d(nn.Conv2d):
         """A FusedConv2d equal to ``conv`` (→ ``bn`` in eval mode, folded in) → activation."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
-        _check_zero_padding(conv.padding_mode)
         fused = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                     conv.groups, bias=conv.bias is not None or bn is not None, activation=activation,
-                    device=conv.weight.device, dtype=conv.weight.dtype)  # fmt: skip
+                    device=conv.weight.device, dtype=conv.weight.dtype, padding_mode=conv.padding_mode)  # fmt: skip
         with torch.no_grad():
             weight, bias = (conv.weight, conv.bias) if bn is None else fold_batch_norm(conv.weight, conv.bias, bn)
             fused.weight.copy_(weight)
@@ -78,23 +82,27 @@ class ConvBNAct(nn.Sequential):
 
     Training: the convolution runs fused (bias), BatchNorm uses batch statistics, then the activation.
     Eval: BatchNorm's running statistics are folded into the convolution and the activation fused with it —
-    one kernel.
+    one kernel. ``padding_mode`` as in FusedConv2d.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = False, activation: str = "relu", eps: float = 1e-5,
-                 momentum: float | None = 0.1, device=None, dtype=None) -> None:  # fmt: skip
+                 momentum: float | None = 0.1, device=None, dtype=None,
+                 padding_mode: str = "zeros") -> None:  # fmt: skip
         check_activation(activation)
         factory = {"device": device, "dtype": dtype}
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, **factory),
+            nn.Conv2d(
+                in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, **factory
+            ),
             nn.BatchNorm2d(out_channels, eps=eps, momentum=momentum, **factory),
         )
         self.activation = activation
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         conv, bn = self[0], self[1]
-        geometry = (conv.stride, conv.padding, conv.dilation, conv.groups)
+        input, padding = _apply_padding_mode(conv, input)
+        geometry = (conv.stride, padding, conv.dilation, conv.groups)
         if self.training or bn.running_mean is None:
             return activation_ref(bn(conv2d_act(input, conv.weight, conv.bias, *geometry)), self.activation)
         weight, bias = fold_batch_norm(conv.weight, conv.bias, bn)
