@@ -26,3 +26,24 @@ def poison_outputs(monkeypatch):
     from deepfuse.kernels import utils
 
     monkeypatch.setattr(utils, "POISON_OUTPUTS", True)
+
+
+def _realdata_folder():
+    """../shared/realdata (real sample files of every dataset), found through DEEPFUSE_REALDATA (the Makefile
+    sets it) or beside the repository; None when this machine has no copy."""
+    from pathlib import Path
+
+    candidates = [os.environ.get("DEEPFUSE_REALDATA"), Path(__file__).resolve().parents[2] / "shared" / "realdata"]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture
+def realdata():
+    """The real sample files' folder; the test is skipped, with the reason, where there is none."""
+    folder = _realdata_folder()
+    if folder is None:
+        pytest.skip("no ../shared/realdata here (set DEEPFUSE_REALDATA to the folder of real sample files)")
+    return folder

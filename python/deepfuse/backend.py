@@ -26,6 +26,8 @@ KERNEL_DTYPES = tuple(DTYPE_CODES)
 
 # Stack of use_backend() choices; a plain list so that torch.compile can read it.
 _backend_stack: list[str] = []
+# Open record_choices() logs: every dispatch appends (op, backend) to the innermost one.
+_choice_logs: list[list[tuple[str, str]]] = []
 
 
 class BackendUnavailableError(ValueError):
@@ -136,6 +138,24 @@ def use_backend(name: str | None) -> Iterator[None]:
         _backend_stack.pop()
 
 
+@contextlib.contextmanager
+def record_choices() -> Iterator[list[tuple[str, str]]]:
+    """Collect ``(op, backend)`` for every deepfuse op dispatched in this block (eager calls; a compiled graph
+    dispatches while it is traced)."""
+    log: list[tuple[str, str]] = []
+    _choice_logs.append(log)
+    try:
+        yield log
+    finally:
+        _choice_logs.remove(log)
+
+
+def _record(op_name: str, name: str) -> str:
+    if _choice_logs and not torch.compiler.is_compiling():
+        _choice_logs[-1].append((op_name, name))
+    return name
+
+
 def requested_backend(explicit: str | None) -> tuple[str | None, str]:
     """The backend asked for (None for automatic) and where the request came from."""
     if explicit is not None:
@@ -181,13 +201,13 @@ def choose_backend(op_name: str, backend: str | None, *args, **kwargs) -> str:
             raise BackendUnavailableError(
                 f"{op_name}: backend {requested!r} (from {source}) cannot run this call: {reason}"
             )
-        return requested
+        return _record(op_name, requested)
     order = _automatic_order(op, *args, **kwargs)
     for name in order:
         if unusable_reason(op, name, *args, **kwargs) is None:
             if name != order[0] and not torch.compiler.is_compiling():
                 logger.debug("%s: automatic choice %r; preferred %r cannot run this call", op_name, name, order[0])
-            return name
+            return _record(op_name, name)
     raise AssertionError("unreachable: the torch backend runs every call")  # torch's supports() never refuses
 
 

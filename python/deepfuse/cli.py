@@ -1,34 +1,144 @@
-"""Command line: ``deepfuse demo | bench | profile`` (also ``python -m deepfuse ...``)."""
+"""Command line: ``deepfuse demo | train | eval | predict | bench | profile`` (also ``python -m deepfuse ...``).
+
+The CLI only parses and calls: models come from ``deepfuse.models``, training from ``deepfuse.training``.
+A user mistake (a missing file, an unknown model, a checkpoint of another model, ``--device cuda`` without a
+GPU) prints one line on stderr and exits with 2; a bug shows its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-
-
-def _demo(args) -> int:
-    from deepfuse import demo
-
-    result = demo.run(steps=args.steps, backend=args.backend)
-    # The demo is also a check: the fused network must train like the torch one.
-    if result["max_loss_gap"] > 1e-2 or result["losses"][-1] >= result["losses"][0]:
-        print("demo FAILED: the fused network did not match or did not learn", file=sys.stderr)
-        return 1
-    return 0
-
 
 BENCH_OPS = ("linear_act", "conv2d_act", "attention", "lstm")
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
 
 
+class UserError(Exception):
+    """Reported as one line, without a traceback."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from deepfuse.backend import BackendUnavailableError
+    from deepfuse.data import DataError
+    from deepfuse.training.checkpoint import CheckpointError
+    from deepfuse.training.engine import RunError
+
+    return UserError, DataError, CheckpointError, RunError, BackendUnavailableError
+
+
+def _task(name: str):
+    from deepfuse import models
+
+    try:
+        return models.get(name)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
+def _interpret_triton_on_cpu(args) -> None:
+    """``--backend triton`` on the CPU runs the kernels through Triton's interpreter, which must be switched on
+    before the kernels are imported."""
+    if getattr(args, "backend", None) == "triton" and getattr(args, "device", None) in (None, "cpu"):
+        import torch
+
+        if args.device == "cpu" or not torch.cuda.is_available():
+            os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+# --- demo --------------------------------------------------------------------------------------------------
+def _demo(args) -> int:
+    from deepfuse.demo import run
+
+    result = run(epochs=args.epochs, out=args.out, backend=args.backend)
+    return 0 if result["accuracy"] >= result["target"] else 1
+
+
+# --- train / eval / predict --------------------------------------------------------------------------------
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", help="the dataset's folder or file, in its published layout (see the README)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int, help="per process (torchrun: per GPU)")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
+    parser.add_argument("--backend", choices=["auto", "torch", "triton", "cuda"], default="auto")
+    parser.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision (autocast)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--deterministic", action="store_true", help="torch's deterministic algorithms")
+    parser.add_argument("--workers", type=int, help="DataLoader worker processes")
+    parser.add_argument("--out", help="run folder (default runs/MODEL/TIMESTAMP)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+
+
+def _add_task_options(parser: argparse.ArgumentParser, task) -> None:
+    for name, option in task.options.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(option.default, bool):
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{option.help} (default {option.default})")  # fmt: skip
+        else:
+            kind = type(option.default) if option.default is not None else str
+            parser.add_argument(flag, dest=name, type=kind, choices=option.choices, default=None,
+                                help=f"{option.help} (default {option.default})")  # fmt: skip
+
+
+def _model_name(argv: list[str], command: str) -> str | None:
+    """The MODEL positional of ``deepfuse <command> MODEL ...`` (read before the model's options are known)."""
+    rest = argv[argv.index(command) + 1 :] if command in argv else []
+    return next((a for a in rest if not a.startswith("-")), None)
+
+
+def _train(args) -> int:
+    from deepfuse.training import make_config, train
+
+    task = _task(args.model)
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "run", "model", "resume")}
+    config = make_config(task, **overrides)
+    try:
+        train(task, config, resume=args.resume)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _eval(args) -> int:
+    from deepfuse.training import evaluate
+
+    evaluate(_task(args.model), args.checkpoint, data=args.data, device=args.device, backend=args.backend)
+    return 0
+
+
+def _predict(args) -> int:
+    from deepfuse.training import predict
+
+    for line in predict(_task(args.model), args.checkpoint, args.inputs, device=args.device, out=args.out,
+                        backend=args.backend):  # fmt: skip
+        print(line)
+    return 0
+
+
+# --- bench / profile ---------------------------------------------------------------------------------------
 def _bench(args) -> int:
     import importlib
 
     import torch
 
+    from deepfuse import models
+
+    if args.op == "models" or args.op in models.names():
+        from deepfuse.bench.models import main as bench_models
+
+        names = models.names() if args.op == "models" else [args.op]
+        bench_models(names, quick=args.quick, modes=args.modes.split(","), out_dir=args.out)
+        return 0
     if args.op not in (*BENCH_OPS, "all"):
-        print(f"unknown op {args.op!r}; available: {', '.join(BENCH_OPS)}, all", file=sys.stderr)
-        return 2
+        raise UserError(f"unknown op or model {args.op!r}; ops: {', '.join(BENCH_OPS)}, all; "
+                        f"models: {', '.join(models.names())}, models")  # fmt: skip
     rows = []
     for op in BENCH_OPS if args.op == "all" else (args.op,):
         module = importlib.import_module(f"deepfuse.bench.{op}")
@@ -54,15 +164,23 @@ def _report_changes(rows, previous_path) -> int:
 
 
 def _profile(args) -> int:
+    from deepfuse import models
+
+    if args.op in models.names():
+        return _profile_model(args)
+    if args.op not in BENCH_OPS:
+        raise UserError(f"unknown op or model {args.op!r}; ops: {', '.join(BENCH_OPS)}; "
+                        f"models: {', '.join(models.names())}")  # fmt: skip
+    return _profile_op(args)
+
+
+def _profile_op(args) -> int:
     import importlib
 
     import torch
 
     import deepfuse
 
-    if args.op not in BENCH_OPS:
-        print(f"unknown op {args.op!r}; available: {', '.join(BENCH_OPS)}", file=sys.stderr)
-        return 2
     module = importlib.import_module(f"deepfuse.bench.{args.op}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, DTYPES[args.dtype]) if device.type == "cuda" else torch.float32
@@ -83,31 +201,111 @@ def _profile(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="deepfuse", description=__doc__)
+def _profile_model(args) -> int:
+    import torch
+
+    import deepfuse
+    from deepfuse.bench.models import model_case
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    task, model, case, batch = model_case(args.op, device, quick=True)
+    inputs, targets = case.inputs[:-1], case.inputs[-1]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda" and args.dtype == "bf16" else None
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with deepfuse.use_backend(args.backend):
+            if amp is None:
+                loss = task.loss(model(*inputs), targets)
+            else:
+                with amp:
+                    loss = task.loss(model(*inputs), targets)
+            loss.backward()
+        optimizer.step()
+
+    model.train()
+    report = deepfuse.profile(step, steps=args.steps, trace=args.trace, out_dir=args.out)
+    print(f"model {args.op}, one training step (forward, backward, AdamW) on a batch of {batch}, "
+          f"backend {args.backend or 'automatic'}")  # fmt: skip
+    print(report)
+    return 0
+
+
+# --- the parser ---------------------------------------------------------------------------------------------
+def _parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deepfuse", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="train a small FusedLinear network and compare it with torch")
-    demo.add_argument("--steps", type=int, default=300)
+
+    demo = commands.add_parser("demo", help="train the digits CNN on the built-in data (the main job)")
+    demo.add_argument("--epochs", type=int, default=5)
+    demo.add_argument("--out", default=None, help="run folder (default runs/demo/TIMESTAMP)")
     demo.add_argument("--backend", choices=["torch", "triton", "cuda"], default=None)
     demo.set_defaults(run=_demo)
-    bench = commands.add_parser("bench", help="benchmark ops against eager torch and torch.compile")
-    bench.add_argument("op", nargs="?", default="all")
+
+    from deepfuse import models
+
+    train = commands.add_parser("train", help="train a model; writes checkpoints, metrics.json, history.csv, PNGs")
+    train.add_argument("model", metavar="MODEL", help=f"one of: {', '.join(models.names())}")
+    _add_run_options(train)
+    name = _model_name(argv, "train")
+    if name in models.names():
+        _add_task_options(train.add_argument_group(f"{name} options"), models.get(name))
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint on the test split")
+    evaluate.add_argument("model", metavar="MODEL")
+    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--data", help="the dataset (default: the checkpoint's)")
+    evaluate.add_argument("--device", choices=["cpu", "cuda"])
+    evaluate.add_argument("--backend", choices=["auto", "torch", "triton", "cuda"], default="auto")
+    evaluate.set_defaults(run=_eval)
+
+    predict = commands.add_parser("predict", help="predict for input files (or texts) with a checkpoint")
+    predict.add_argument("model", metavar="MODEL")
+    predict.add_argument("inputs", metavar="INPUT", nargs="+")
+    predict.add_argument("--checkpoint", required=True)
+    predict.add_argument("--device", choices=["cpu", "cuda"])
+    predict.add_argument("--backend", choices=["auto", "torch", "triton", "cuda"], default="auto")
+    predict.add_argument("--out", default=None, help="folder for files predict writes (default: here)")
+    predict.set_defaults(run=_predict)
+
+    bench = commands.add_parser("bench", help="benchmark ops or models against eager torch and torch.compile")
+    bench.add_argument("op", nargs="?", default="all", help="an op, all, a model name, or models")
     bench.add_argument("--quick", action="store_true", help="fewer shapes")
     bench.add_argument("--dtype", default="bf16", choices=list(DTYPES))
     bench.add_argument("--modes", default="fwd,fwdbwd")
     bench.add_argument("--out", default="benchmarks/results")
     bench.add_argument("--compare", metavar="PREVIOUS.json", help="flag rows that regressed beyond the noise")
     bench.set_defaults(run=_bench)
-    prof = commands.add_parser("profile", help="profile one op (forward + backward) and report per kernel")
-    prof.add_argument("op")
+
+    prof = commands.add_parser("profile", help="per-kernel profile of an op (fwd+bwd) or a model's training step")
+    prof.add_argument("op", metavar="OP_OR_MODEL")
     prof.add_argument("--steps", type=int, default=5)
     prof.add_argument("--backend", choices=["torch", "triton", "cuda"], default=None)
     prof.add_argument("--dtype", default="bf16", choices=list(DTYPES))
     prof.add_argument("--trace", default=None, help="write a Chrome trace (chrome://tracing, Perfetto)")
     prof.add_argument("--out", default=None, help="folder for profile.md and the roofline PNG")
     prof.set_defaults(run=_profile)
-    args = parser.parse_args(argv)
-    return args.run(args)
+
+    try:
+        from deepfuse.envs.cli import add_drive_commands
+    except ImportError:
+        pass
+    else:
+        add_drive_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser(argv).parse_args(argv)
+    _interpret_triton_on_cpu(args)
+    try:
+        return args.run(args)
+    except _user_errors() as error:
+        print(f"deepfuse {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

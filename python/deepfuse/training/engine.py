@@ -136,6 +136,10 @@ class Run:
     def forward(self, inputs):
         return self.model(*inputs) if isinstance(inputs, tuple | list) else self.model(inputs)
 
+    def forward_raw(self, inputs):
+        """The unwrapped model (no DDP, no torch.compile)."""
+        return self.raw_model(*inputs) if isinstance(inputs, tuple | list) else self.raw_model(inputs)
+
     def autocast(self):
         dtype = AMP_DTYPES[self.config["amp"]]
         if dtype is None:
@@ -277,6 +281,8 @@ def fit(run: Run, log=print) -> dict:
         run.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with deepfuse.use_backend(config["backend"]):
+        if "layers" not in run.extra and run.data.train is not None and len(run.data.train):
+            run.extra["layers"] = _layer_backends(run)
         try:
             while run.epoch < config["epochs"]:
                 epoch_start = time.perf_counter()
@@ -305,6 +311,23 @@ def fit(run: Run, log=print) -> dict:
                 f"continue with: deepfuse train {task.name} --out {run.out} --resume")  # fmt: skip
             raise
         return _finish(run, time.perf_counter() - started, log)
+
+
+@torch.no_grad()
+def _layer_backends(run: Run) -> dict[str, str]:
+    """{layer: "op: backend"} from one eval-mode forward of two training samples (no state changes)."""
+    from torch.utils.data import default_collate
+
+    from deepfuse.training.layers import layer_backends
+
+    samples = [run.data.train[i] for i in range(min(2, len(run.data.train)))]
+    inputs, _ = (run.data.collate or default_collate)(samples)
+    inputs = run.to_device(inputs)
+    was_training = run.raw_model.training
+    run.raw_model.eval()
+    rows = layer_backends(run.raw_model, lambda: run.forward_raw(inputs))
+    run.raw_model.train(was_training)
+    return {name: ops for name, _, ops in rows}
 
 
 def _epoch_line(row: dict, metric: str, best: bool) -> str:

@@ -1,0 +1,91 @@
+"""Model benchmarks: train-step and inference throughput of each registered model on its example batch.
+
+Providers: eager torch (cuBLAS/cuDNN), torch.compile, and the deepfuse backends (triton, cuda), each in fp32 and
+under bf16 autocast. Mode ``fwd`` is inference (eval mode, no autograd); ``fwdbwd`` is a training step's
+forward and backward (train mode). FLOPs are counted by torch's FlopCounterMode on the eager model. Rows use
+the op benchmarks' format, plus ``samples_per_s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+
+import deepfuse
+from deepfuse import models
+from deepfuse.bench import records, runner
+
+GPU_BATCH, CPU_BATCH = 64, 2
+
+
+def _count_flops(model, inputs, targets, task) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model.eval()
+        model(*inputs)
+    return int(counter.get_total_flops())
+
+
+def _provider(model, task, backend: str, amp: torch.dtype | None, device: torch.device):
+    """provider(*inputs, targets): inference outputs under no_grad, else the training loss (scalar)."""
+
+    def run(*args):
+        inputs, targets = args[:-1], args[-1]
+        autocast = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
+        with deepfuse.use_backend(backend), autocast:
+            if not torch.is_grad_enabled():
+                model.eval()
+                return model(*inputs)
+            model.train()
+            return task.loss(model(*inputs), targets).float()
+
+    return run
+
+
+def model_case(name: str, device: torch.device, quick: bool):
+    task = models.get(name)
+    config = {}
+    batch = GPU_BATCH if device.type == "cuda" else CPU_BATCH
+    state, inputs, targets = task.example(batch, config)
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    torch.manual_seed(0)
+    model = task.build(config, state).to(device)
+    inputs = tuple(t.to(device) for t in inputs)
+    targets = targets.to(device)
+    flops = _count_flops(copy.deepcopy(model), inputs, targets, task)
+    case = runner.Case(f"model:{name}", f"batch {batch}", (*inputs, targets), torch.ones((), device=device),
+                       flops, 0)  # fmt: skip
+    return task, model, case, batch
+
+
+def providers_for(task, model, device: torch.device) -> dict:
+    found = {}
+    amps = {"fp32": None, "bf16": torch.bfloat16} if device.type == "cuda" else {"fp32": None}
+    for amp_name, amp in amps.items():
+        found[f"torch_{amp_name}"] = _provider(model, task, "torch", amp, device)
+        if device.type == "cuda":
+            found[f"torch_compile_{amp_name}"] = torch.compile(_provider(copy.deepcopy(model), task, "torch", amp,
+                                                                         device))  # fmt: skip
+            for backend in ("triton", "cuda"):
+                if deepfuse.available_backends()[backend][0]:
+                    found[f"{backend}_{amp_name}"] = _provider(model, task, backend, amp, device)
+    return found
+
+
+def main(names, quick: bool = True, modes=("fwd", "fwdbwd"), out_dir="benchmarks/results") -> list[dict]:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type != "cuda":
+        print("No GPU: a CPU smoke run of the torch provider on a batch of 2. CPU numbers are not GPU performance.")
+    rows = []
+    for name in names:
+        task, model, case, batch = model_case(name, device, quick)
+        for row in runner.run([case], providers_for(task, model, device), modes, device):
+            row["samples_per_s"] = batch / (row["median_ms"] / 1000)
+            rows.append(row)
+    path = records.write_results(rows, records.environment(), out_dir, "models" if len(names) > 1 else names[0])
+    print(f"results: {path}")
+    return rows
