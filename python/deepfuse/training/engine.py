@@ -50,6 +50,7 @@ GENERIC_DEFAULTS = {
     "out": None,  # runs/<model>/<timestamp>
     "workers": 0,
     "deterministic": False,
+    "progress": True,  # tqdm bars (main process only)
 }
 AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
