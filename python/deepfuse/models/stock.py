@@ -1,0 +1,197 @@
+"""Next-day stock prices: an LSTM regressor over windows of daily features (``deepfuse.data.stock``).
+
+Network: ``deepfuse.nn.LSTM`` (``layers`` x ``hidden_size``) over the past ``window`` days' features (return,
+high/low/open against the close, volume change), its last output → ``FusedLinear`` → the next day's log return
+of the close, in units of the training period's return standard deviation. Loss: mean squared error.
+
+Metrics (on the close, across every ticker of the split): RMSE and MAE of the predicted close
+``C_t * exp(predicted return)`` and directional accuracy (up vs not up), each beside the naive last-value forecast
+— tomorrow's close = today's (``naive_rmse``, ``naive_mae``; its direction is persistence: tomorrow moves the way
+today did) — and their ratio (< 1 beats it). ``always_up_accuracy`` is the share of up days. Most published LSTM
+stock predictors do not beat the last-value forecast; ``verdict`` in metrics.json says plainly whether this one
+does. A PNG shows predicted and actual closes over the test period.
+
+Expectation: next-day returns are close to unpredictable from past prices, so an RMSE ratio near 1.0 is the honest
+outcome; a ratio well below 1 on a held-out period would be a surprise worth checking for a leak.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepfuse.data import DataError
+from deepfuse.data.stock import FEATURES, Normaliser, WindowDataset, daily_features
+from deepfuse.models.task import Data, Option, Task
+from deepfuse.nn import LSTM, FusedLinear
+
+
+class StockLSTM(nn.Module):
+    def __init__(self, features: int, hidden: int, layers: int, dropout: float) -> None:
+        super().__init__()
+        self.lstm = LSTM(features, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0)
+        self.dropout = nn.Dropout(dropout)
+        self.head = FusedLinear(hidden, 1)
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:  # (B, window, F) → (B,)
+        out, _ = self.lstm(windows)
+        return self.head(self.dropout(out[:, -1])).squeeze(-1)
+
+
+def close_metrics(predicted_return: np.ndarray, targets: np.ndarray) -> dict:
+    """The model's and the naive forecast's errors on the close; targets columns: (scaled return, previous close,
+    last close, next close)."""
+    from deepfuse.training.metrics import regression_metrics
+
+    previous, last, actual = targets[:, 1], targets[:, 2], targets[:, 3]
+    ours = regression_metrics(last * np.exp(predicted_return), actual)
+    naive = regression_metrics(last, actual)
+    up = actual > last
+    direction = float(((predicted_return > 0) == up).mean())
+    persistence = float(((last > previous) == up).mean())
+    metrics = {
+        "rmse": ours["rmse"], "naive_rmse": naive["rmse"], "rmse_ratio": ours["rmse"] / naive["rmse"],
+        "mae": ours["mae"], "naive_mae": naive["mae"], "mae_ratio": ours["mae"] / naive["mae"],
+        "directional_accuracy": direction, "naive_directional_accuracy": persistence,
+        "directional_ratio": direction / persistence if persistence else float("nan"),
+        "always_up_accuracy": float(up.mean()),
+    }  # fmt: skip
+    ratio = metrics["rmse_ratio"]
+    beats = "does NOT beat" if ratio >= 1.0 else "beats" if ratio < 0.99 else "beats, by less than 1 % (noise-level),"
+    metrics["verdict"] = (
+        f"the model {beats} the naive last-value forecast on RMSE "
+        f"(ratio {metrics['rmse_ratio']:.4f}; MAE ratio {metrics['mae_ratio']:.4f}; directional accuracy "
+        f"{direction:.3f} vs {persistence:.3f} for persistence, {metrics['always_up_accuracy']:.3f} always-up)"
+    )
+    return metrics
+
+
+class StockTask(Task):
+    name = "stock"
+    description = "next-day stock prices (LSTM on windows of daily features), against the naive last-value forecast"
+    data_help = "a Yahoo Finance CSV (web download or yfinance) or a folder of them, one or several tickers"
+    metric = "rmse"
+    maximize = False
+    defaults = {"epochs": 20, "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-4}
+    options = {
+        "window": Option(30, "past trading days the model sees"),
+        "hidden_size": Option(64, "LSTM hidden units"),
+        "layers": Option(2, "LSTM layers"),
+        "dropout": Option(0.2, "dropout between LSTM layers and before the head"),
+        "val_fraction": Option(0.15, "share of windows (the latest before the test period) for validation"),
+        "test_fraction": Option(0.15, "share of windows (the latest) for the test"),
+    }
+
+    def _settings(self, config: dict) -> dict:
+        return {name: option.default for name, option in self.options.items()} | config
+
+    def load_data(self, path: Path | None, config: dict, state: dict | None = None) -> Data:
+        from deepfuse.data.stock import fit_normaliser, make_windows, read_prices, split_dates
+
+        if path is None:
+            raise DataError(None, f"--data is required: {self.data_help}")
+        s = self._settings(config)
+        tables = read_prices(path)
+        windows = make_windows(tables, s["window"])
+        try:
+            val_start, test_start = split_dates(windows.dates, s["val_fraction"], s["test_fraction"])
+        except ValueError as error:
+            raise DataError(None, f"--val-fraction / --test-fraction: {error}") from None
+        if state is None:
+            state = {"normaliser": fit_normaliser(tables, val_start).to_state(), "window": s["window"],
+                     "features": list(FEATURES)}  # fmt: skip
+        normaliser = Normaliser.from_state(state["normaliser"])
+        masks = {"train": windows.dates < val_start, "val": (windows.dates >= val_start) & (windows.dates < test_start),
+                 "test": windows.dates >= test_start}  # fmt: skip
+        splits = {name: WindowDataset(windows.select(mask), normaliser) for name, mask in masks.items()}
+        for name, dataset in splits.items():
+            if len(dataset) == 0:
+                raise DataError(path, f"the {name} period is empty ({len(windows.dates)} windows in all): give more "
+                                      "rows, or a shorter --window")  # fmt: skip
+        skipped = sum(t.skipped for t in tables)
+        if skipped:
+            per_file = ", ".join(f"{t.ticker} {t.skipped}" for t in tables if t.skipped)
+            print(f"{path}: skipped {skipped} rows without prices (null / empty): {per_file}", file=sys.stderr)
+        periods = " / ".join(f"{len(d)} {k} ({d.dates.min()}..{d.dates.max()})" for k, d in splits.items())
+        summary = (f"{len(tables)} ticker(s) ({', '.join(t.ticker for t in tables)}) from {path}: {periods}; "
+                   f"{skipped} null rows skipped")  # fmt: skip
+        return Data(splits["train"], splits["val"], splits["test"], state=state, summary=summary)
+
+    def build(self, config: dict, state: dict) -> nn.Module:
+        s = self._settings(config)
+        return StockLSTM(len(state["features"]), s["hidden_size"], s["layers"], s["dropout"])
+
+    def example(self, batch_size: int, config: dict):
+        s = self._settings(config)
+        state = {"normaliser": {"mean": [0.0] * len(FEATURES), "std": [1.0] * len(FEATURES), "target_scale": 0.01},
+                 "window": s["window"], "features": list(FEATURES)}  # fmt: skip
+        targets = torch.ones(batch_size, 4, dtype=torch.float64)
+        targets[:, 0] = torch.randn(batch_size, dtype=torch.float64)
+        return state, torch.randn(batch_size, s["window"], len(FEATURES)), targets
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        dtype = torch.promote_types(outputs.dtype, torch.float32)
+        return F.mse_loss(outputs.to(dtype), targets[:, 0].to(dtype))
+
+    def evaluate(self, outputs, targets, state, split):
+        scale = state["normaliser"]["target_scale"]
+        return close_metrics(outputs.double().numpy() * scale, targets.double().numpy())
+
+    def validate(self, run, split):
+        metrics, outputs, targets = super().validate(run, split)
+        if split == "test" and metrics and run.place.is_main:
+            print(f"{self.name} test: {metrics['verdict']}")
+        return metrics, outputs, targets
+
+    def plots(self, outputs, targets, state, out_dir, data):
+        from deepfuse.training.plots import _pyplot
+
+        plt = _pyplot()
+        dataset = data.test if data.test is not None and len(data.test) else data.val
+        scale = state["normaliser"]["target_scale"]
+        predicted = targets[:, 2].numpy() * np.exp(outputs.double().numpy() * scale)
+        tickers = sorted(set(dataset.tickers))
+        figure, axes = plt.subplots(len(tickers), 1, figsize=(10, 3.2 * len(tickers)), squeeze=False)
+        for axis, ticker in zip(axes[:, 0], tickers, strict=True):
+            rows = np.array([t == ticker for t in dataset.tickers])
+            dates = dataset.dates[rows].astype("datetime64[D]").astype(object)
+            axis.plot(dates, targets[rows, 3].numpy(), label="actual close", color="black", linewidth=1)
+            axis.plot(dates, targets[rows, 2].numpy(), label="naive (previous close)", color="tab:orange",
+                      linewidth=0.8, linestyle="--")  # fmt: skip
+            axis.plot(dates, predicted[rows], label="predicted (model)", color="tab:blue", linewidth=1)
+            axis.set(title=f"{ticker}: next-day close, test period", ylabel="close")
+            axis.legend(loc="best", fontsize=8)
+        figure.autofmt_xdate()
+        figure.tight_layout()
+        path = out_dir / "predicted_vs_actual.png"
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        return [path]
+
+    def predict(self, model, inputs, config, state, out_dir):
+        from deepfuse.data.stock import read_prices
+
+        window, normaliser = state["window"], Normaliser.from_state(state["normaliser"])
+        device = next(model.parameters()).device
+        lines = []
+        for item in inputs:
+            for table in read_prices(item):
+                if len(table) < window + 1:
+                    raise DataError(table.path, f"{table.ticker}: {len(table)} rows with prices, the model needs the "
+                                                f"latest {window + 1}")  # fmt: skip
+                features = normaliser.apply(daily_features(table)[-window:])
+                x = torch.from_numpy(features.astype(np.float32))[None].to(device)
+                change = float(model(x).double().cpu()[0]) * normaliser.target_scale
+                close = table.columns["Close"][-1]
+                forecast = close * np.exp(change)
+                lines.append(f"{table.ticker} ({table.path.name}): close {close:.4f} on {table.dates[-1]} -> next "
+                             f"trading day {forecast:.4f} ({np.expm1(change) * 100:+.2f} %)")  # fmt: skip
+        return lines
+
+
+TASK = StockTask()
