@@ -4,6 +4,8 @@ Environment:
   DEEPFUSE_SKIP_CUDA=1        install without _C (the triton and torch backends still work)
   DEEPFUSE_CUDA_ARCHS="90;90a" CUDA architectures for CMake (default 90: sm_90 SASS + PTX)
   DEEPFUSE_BUILD_JOBS=N       parallel compile jobs
+  DEEPFUSE_PTXAS_REPORT=0     do not embed ptxas -v of every kernel in _C (the CUDA resource gate,
+                              tests/test_cuda_resources.py, needs it; on by default, it costs no extra compile)
 """
 
 import os
@@ -56,6 +58,7 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_CUDA_COMPILER={nvcc}",
             "-DCMAKE_BUILD_TYPE=Release",
             f"-DCMAKE_CUDA_ARCHITECTURES={os.environ.get('DEEPFUSE_CUDA_ARCHS', '90')}",
+            f"-DDEEPFUSE_PTXAS_REPORT={'OFF' if os.environ.get('DEEPFUSE_PTXAS_REPORT') == '0' else 'ON'}",
         ]
         if shutil.which("ninja"):
             config.append("-GNinja")

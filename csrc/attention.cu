@@ -750,19 +750,54 @@ void dispatch(int dtype, int64_t head_dim, Fn&& fn) {
 void launch(void (*kernel)(Params), size_t smem_bytes, int64_t blocks, const Params& p, cudaStream_t stream) {
   if (blocks == 0) return;
   if (blocks > 0x7fffffff) throw std::invalid_argument("attention: problem too large for the grid");
-  int device = 0, optin = 0;
-  DEEPFUSE_CUDA_CHECK(cudaGetDevice(&device));
-  DEEPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const int optin = smem_optin_bytes();
   if (smem_bytes > static_cast<size_t>(optin)) {
     throw std::runtime_error("attention: head dim " + std::to_string(p.d) + " needs " + std::to_string(smem_bytes) +
                              " bytes of shared memory per block; this GPU allows " + std::to_string(optin));
   }
-  // Dynamic shared memory above 48 KB needs this opt-in, per kernel.
-  DEEPFUSE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(smem_bytes)));
-  kernel<<<static_cast<unsigned>(blocks), kThreads, smem_bytes, stream>>>(p);
+  set_max_dynamic_smem(kernel, smem_bytes);
+  const dim3 grid(static_cast<unsigned>(blocks));
+  if (dry_launch(kernel, grid, dim3(kThreads), smem_bytes, false)) return;
+  kernel<<<grid, kThreads, smem_bytes, stream>>>(p);
   DEEPFUSE_CUDA_CHECK(cudaGetLastError());
 }
+
+// Every instantiation dispatch() can launch: fp32 up to DP = 128, fp16/bf16 up to 256.
+const RegisterKernelLabels kKernelLabels{
+    DEEPFUSE_KERNEL_LABEL(attention_fwd_kernel<float, 32>),
+    DEEPFUSE_KERNEL_LABEL(attention_fwd_kernel<float, 64>),
+    DEEPFUSE_KERNEL_LABEL(attention_fwd_kernel<float, 128>),
+    DEEPFUSE_KERNEL_LABEL(attention_fwd_kernel<__half, 32>),
+    DEEPFUSE_KERNEL_LABEL(attention_fwd_kernel<__half, 64>),
+    DEEPFUSE_KERNEL_LABEL(attention_fwd_kernel<__half, 128>),
+    DEEPFUSE_KERNEL_LABEL(attention_fwd_kernel<__half, 256>),
+    DEEPFUSE_KERNEL_LABEL(attention_fwd_kernel<__nv_bfloat16, 32>),
+    DEEPFUSE_KERNEL_LABEL(attention_fwd_kernel<__nv_bfloat16, 64>),
+    DEEPFUSE_KERNEL_LABEL(attention_fwd_kernel<__nv_bfloat16, 128>),
+    DEEPFUSE_KERNEL_LABEL(attention_fwd_kernel<__nv_bfloat16, 256>),
+    DEEPFUSE_KERNEL_LABEL(attention_bwd_dq_kernel<float, 32>),
+    DEEPFUSE_KERNEL_LABEL(attention_bwd_dq_kernel<float, 64>),
+    DEEPFUSE_KERNEL_LABEL(attention_bwd_dq_kernel<float, 128>),
+    DEEPFUSE_KERNEL_LABEL(attention_bwd_dq_kernel<__half, 32>),
+    DEEPFUSE_KERNEL_LABEL(attention_bwd_dq_kernel<__half, 64>),
+    DEEPFUSE_KERNEL_LABEL(attention_bwd_dq_kernel<__half, 128>),
+    DEEPFUSE_KERNEL_LABEL(attention_bwd_dq_kernel<__half, 256>),
+    DEEPFUSE_KERNEL_LABEL(attention_bwd_dq_kernel<__nv_bfloat16, 32>),
+    DEEPFUSE_KERNEL_LABEL(attention_bwd_dq_kernel<__nv_bfloat16, 64>),
+    DEEPFUSE_KERNEL_LABEL(attention_bwd_dq_kernel<__nv_bfloat16, 128>),
+    DEEPFUSE_KERNEL_LABEL(attention_bwd_dq_kernel<__nv_bfloat16, 256>),
+    DEEPFUSE_KERNEL_LABEL(attention_bwd_dkdv_kernel<float, 32>),
+    DEEPFUSE_KERNEL_LABEL(attention_bwd_dkdv_kernel<float, 64>),
+    DEEPFUSE_KERNEL_LABEL(attention_bwd_dkdv_kernel<float, 128>),
+    DEEPFUSE_KERNEL_LABEL(attention_bwd_dkdv_kernel<__half, 32>),
+    DEEPFUSE_KERNEL_LABEL(attention_bwd_dkdv_kernel<__half, 64>),
+    DEEPFUSE_KERNEL_LABEL(attention_bwd_dkdv_kernel<__half, 128>),
+    DEEPFUSE_KERNEL_LABEL(attention_bwd_dkdv_kernel<__half, 256>),
+    DEEPFUSE_KERNEL_LABEL(attention_bwd_dkdv_kernel<__nv_bfloat16, 32>),
+    DEEPFUSE_KERNEL_LABEL(attention_bwd_dkdv_kernel<__nv_bfloat16, 64>),
+    DEEPFUSE_KERNEL_LABEL(attention_bwd_dkdv_kernel<__nv_bfloat16, 128>),
+    DEEPFUSE_KERNEL_LABEL(attention_bwd_dkdv_kernel<__nv_bfloat16, 256>),
+};
 
 }  // namespace
 

@@ -10,6 +10,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "dry_run.h"
+
 namespace deepfuse {
 
 // CUDA errors become C++ exceptions carrying the CUDA error string; pybind11 turns them into
@@ -125,10 +127,43 @@ __device__ __forceinline__ float activation_grad(float saved, Activation act) {
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Fails with the CUDA error string when no usable device/driver is present; called before launches
-// so that a machine without a GPU gets a clean exception instead of a silent no-op.
+// so that a machine without a GPU gets a clean exception instead of a silent no-op. A dry run needs no device.
 inline void check_device_ready() {
+  if (dry_run() != nullptr) return;
   int device = 0;
   DEEPFUSE_CUDA_CHECK(cudaGetDevice(&device));
+}
+
+// Dynamic shared memory per block that the current device allows with the opt-in (227 KiB on sm_90).
+inline int smem_optin_bytes() {
+  if (const DryRun* dry = dry_run()) return dry->smem_optin;
+  int device = 0, optin = 0;
+  DEEPFUSE_CUDA_CHECK(cudaGetDevice(&device));
+  DEEPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return optin;
+}
+
+// Dynamic shared memory above 48 KiB needs this opt-in, per kernel (and before occupancy queries).
+template <typename Params>
+void set_max_dynamic_smem(void (*kernel)(Params), size_t bytes) {
+  if (DryRun* dry = dry_run()) {
+    dry->opt_in(reinterpret_cast<const void*>(kernel), bytes);
+    return;
+  }
+  DEEPFUSE_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+
+// In a dry run, records the launch and returns true: the caller then skips it. Otherwise returns false.
+template <typename Params>
+bool dry_launch(void (*kernel)(Params), dim3 grid, dim3 block, size_t smem, bool cooperative) {
+  DryRun* dry = dry_run();
+  if (dry == nullptr) return false;
+  const void* fn = reinterpret_cast<const void*>(kernel);
+  dry->launches.push_back(
+      DryLaunch{kernel_label(fn), {grid.x, grid.y, grid.z}, block.x * block.y * block.z, smem, dry->opt_in_of(fn),
+                cooperative});
+  return true;
 }
 
 }  // namespace deepfuse

@@ -126,6 +126,18 @@ struct WeightGradTaps {
   __device__ __forceinline__ bool cols_contiguous() const { return false; }
 };
 
+// The three implicit GEMMs (forward, dx, dW), each in every dtype.
+#define DEEPFUSE_CONV_GEMM_LABELS(A, B, C)                                                   \
+  DEEPFUSE_KERNEL_LABEL(gemm_detail::fused_gemm_simt_kernel<FusedGemm<A, B, C>>),           \
+      DEEPFUSE_KERNEL_LABEL(gemm_detail::fused_gemm_wmma_kernel<__half, FusedGemm<A, B, C>>), \
+      DEEPFUSE_KERNEL_LABEL(gemm_detail::fused_gemm_wmma_kernel<__nv_bfloat16, FusedGemm<A, B, C>>)
+const RegisterKernelLabels kKernelLabels{
+    DEEPFUSE_CONV_GEMM_LABELS(InputPatches, WeightTaps, PixelChannels),
+    DEEPFUSE_CONV_GEMM_LABELS(OutputGradTaps, WeightTaps, PixelChannels),
+    DEEPFUSE_CONV_GEMM_LABELS(OutputGradByChannel, InputPatchesByPixel, WeightGradTaps),
+};
+#undef DEEPFUSE_CONV_GEMM_LABELS
+
 void check_args(const ConvShape& s, int dtype, int activation) {
   if (dtype < 0 || dtype > static_cast<int>(DType::kBFloat16)) throw std::invalid_argument("conv2d_act: bad dtype code");
   if (activation < 0 || activation >= kNumActivations) throw std::invalid_argument("conv2d_act: bad activation code");

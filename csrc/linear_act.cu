@@ -21,6 +21,18 @@ void check_codes(int dtype, int activation) {
 
 using StridedGemm = FusedGemm<StridedMatrix, StridedMatrix, StridedMatrix>;
 
+namespace {
+
+const RegisterKernelLabels kKernelLabels{
+    DEEPFUSE_KERNEL_LABEL(gemm_detail::fused_gemm_simt_kernel<FusedGemm<StridedMatrix, StridedMatrix, StridedMatrix>>),
+    DEEPFUSE_KERNEL_LABEL(
+        gemm_detail::fused_gemm_wmma_kernel<__half, FusedGemm<StridedMatrix, StridedMatrix, StridedMatrix>>),
+    DEEPFUSE_KERNEL_LABEL(
+        gemm_detail::fused_gemm_wmma_kernel<__nv_bfloat16, FusedGemm<StridedMatrix, StridedMatrix, StridedMatrix>>),
+};
+
+}  // namespace
+
 void linear_act_fwd(const LinearActFwdArgs& args, cudaStream_t stream) {
   check_codes(args.dtype, args.activation);
   check_device_ready();

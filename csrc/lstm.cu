@@ -648,8 +648,28 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_bwd_kernel(const BwdParams p
   }
 }
 
+// Every instantiation the launchers use.
+const RegisterKernelLabels kKernelLabels{
+    DEEPFUSE_KERNEL_LABEL(lstm_fwd_kernel<float, true>),
+    DEEPFUSE_KERNEL_LABEL(lstm_fwd_kernel<float, false>),
+    DEEPFUSE_KERNEL_LABEL(lstm_fwd_kernel<__half, true>),
+    DEEPFUSE_KERNEL_LABEL(lstm_fwd_kernel<__half, false>),
+    DEEPFUSE_KERNEL_LABEL(lstm_fwd_kernel<__nv_bfloat16, true>),
+    DEEPFUSE_KERNEL_LABEL(lstm_fwd_kernel<__nv_bfloat16, false>),
+    DEEPFUSE_KERNEL_LABEL(lstm_bwd_kernel<float, true>),
+    DEEPFUSE_KERNEL_LABEL(lstm_bwd_kernel<float, false>),
+    DEEPFUSE_KERNEL_LABEL(lstm_bwd_kernel<__half, true>),
+    DEEPFUSE_KERNEL_LABEL(lstm_bwd_kernel<__half, false>),
+    DEEPFUSE_KERNEL_LABEL(lstm_bwd_kernel<__nv_bfloat16, true>),
+    DEEPFUSE_KERNEL_LABEL(lstm_bwd_kernel<__nv_bfloat16, false>),
+    DEEPFUSE_KERNEL_LABEL(lstm_cell_grad_gates_kernel<float>),
+    DEEPFUSE_KERNEL_LABEL(lstm_cell_grad_gates_kernel<__half>),
+    DEEPFUSE_KERNEL_LABEL(lstm_cell_grad_gates_kernel<__nv_bfloat16>),
+};
+
 // ---------------------------------------------------------------------------------------------------------
 // Device queries and launches: the only code that talks to the runtime about the device
+// (and, in a dry run, answers for it: see dry_run.h)
 // ---------------------------------------------------------------------------------------------------------
 
 struct DeviceCaps {
@@ -658,6 +678,7 @@ struct DeviceCaps {
 };
 
 DeviceCaps device_caps() {
+  if (const DryRun* dry = dry_run()) return DeviceCaps{dry->sms, dry->smem_optin, dry->cooperative};
   int device = 0, cooperative = 0;
   DeviceCaps caps;
   DEEPFUSE_CUDA_CHECK(cudaGetDevice(&device));
@@ -671,14 +692,14 @@ DeviceCaps device_caps() {
 // Dynamic shared memory above 48 KB needs this opt-in, per kernel (also before occupancy queries).
 template <typename Params>
 void allow_smem(void (*kernel)(Params), size_t smem_bytes) {
-  DEEPFUSE_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_bytes)));
+  set_max_dynamic_smem(kernel, smem_bytes);
 }
 
 // How many blocks of `kernel` with this much shared memory one SM holds at once.
 template <typename Params>
 int blocks_per_sm(void (*kernel)(Params), size_t smem_bytes) {
   allow_smem(kernel, smem_bytes);
+  if (const DryRun* dry = dry_run()) return dry->blocks_per_sm(kThreads, smem_bytes);
   int blocks = 0;
   DEEPFUSE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads, smem_bytes));
   return blocks;
@@ -688,6 +709,7 @@ int blocks_per_sm(void (*kernel)(Params), size_t smem_bytes) {
 template <typename Params>
 void launch_kernel(void (*kernel)(Params), dim3 grid, size_t smem_bytes, const Params& p, bool cooperative,
                    cudaStream_t stream) {
+  if (dry_launch(kernel, grid, dim3(kThreads), smem_bytes, cooperative)) return;
   if (cooperative) {
     void* args[] = {const_cast<Params*>(&p)};
     DEEPFUSE_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, dim3(kThreads), args,
