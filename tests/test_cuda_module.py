@@ -76,3 +76,41 @@ def test_lstm_bad_arguments_raise_value_error():
         _C.lstm_seq_fwd(**_lstm_seq_fwd_args(hs=0))
     with pytest.raises(ValueError, match="bad dtype code"):
         _C.lstm_seq_fwd(**_lstm_seq_fwd_args(dtype=9))
+
+
+def _attention_fwd_fp16(_C, head_dim=256, batch=2, heads=3, seqlen=130):
+    """_C.attention_fwd at fake (never dereferenced) addresses: for dry runs only."""
+    strides = (heads * seqlen * head_dim, seqlen * head_dim, head_dim, 1)
+    sizes = (batch, heads, heads, seqlen, seqlen, head_dim)
+    _C.attention_fwd(16, strides, 16, strides, 16, strides, 0, (0, 0), 16, 16, sizes, 0.1, False, 1, 0)
+
+
+def test_launch_plan_records_launches_without_running_them():
+    _C = _import_C()
+    (launch,) = _C.launch_plan(lambda: _attention_fwd_fp16(_C))
+    assert launch["kernel"] == "attention_fwd_kernel<__half, 256>"
+    assert launch["grid"] == (2 * 3 * 3, 1, 1) and launch["block"] == 128 and not launch["cooperative"]
+    # Above 48 KiB of dynamic shared memory, and the launcher opted in to exactly that much first.
+    assert launch["smem"] > 48 * 1024 and launch["smem_opt_in"] == launch["smem"]
+    # The device described is the one the launchers see: a smaller opt-in limit makes the launcher refuse.
+    with pytest.raises(RuntimeError, match="bytes of shared memory per block; this GPU allows 49152"):
+        _C.launch_plan(lambda: _attention_fwd_fp16(_C), smem_optin=48 * 1024)
+    assert _C.launch_plan(lambda: _C.lstm_seq_fwd(**_lstm_seq_fwd_args()))[0]["cooperative"]
+    assert not _C.launch_plan(lambda: _C.lstm_seq_fwd(**_lstm_seq_fwd_args()), cooperative=False)[0]["cooperative"]
+
+
+def test_launch_plan_ends_its_dry_run_however_fn_exits():
+    _C = _import_C()
+
+    def fails():
+        _attention_fwd_fp16(_C)
+        raise KeyError("from fn")
+
+    with pytest.raises(KeyError, match="from fn"):
+        _C.launch_plan(fails)
+    with pytest.raises(ValueError, match="already inside a launch plan"):
+        _C.launch_plan(lambda: _C.launch_plan(lambda: None))
+    assert len(_C.launch_plan(lambda: _attention_fwd_fp16(_C))) == 1  # neither left a dry run behind
+    if not HAS_GPU:  # launches are real again: without a device they fail with the CUDA error
+        with pytest.raises(RuntimeError, match=r"deepfuse CUDA error: cudaError\w+: "):
+            _attention_fwd_fp16(_C)
