@@ -5,10 +5,58 @@ import json
 from deepfuse import cli
 
 
-def test_demo_trains_and_matches_torch(capsys):
-    assert cli.main(["demo", "--steps", "40"]) == 0
+def test_demo_trains_digits_to_the_target(tmp_path, capsys):
+    assert cli.main(["demo", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "largest loss gap" in out and "linear_act: runs on" in out
+    assert "features.0    ConvBNAct    conv2d_act: torch" in out  # which backend ran each layer
+    assert "(meets the target 0.97)" in out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["accuracy"] >= 0.97 and metrics["split"] == "test"
+    for picture in ("learning_curves.png", "confusion_matrix.png", "misclassified.png"):
+        assert (tmp_path / picture).stat().st_size > 0
+
+
+def test_train_eval_predict_digits(tmp_path, capsys):
+    from PIL import Image
+
+    from tests.models.test_digits import fake_mnist
+
+    run = tmp_path / "run"
+    assert cli.main(["train", "digits", "--epochs", "1", "--out", str(run), "--no-progress", "--seed", "3"]) == 0
+    assert (run / "best.pt").exists()
+    capsys.readouterr()
+    assert cli.main(["eval", "digits", "--checkpoint", str(run / "best.pt")]) == 0
+    assert "digits test (scikit-learn digits (8x8)" in capsys.readouterr().out
+    ink_on_paper = tmp_path / "seven.png"
+    image = Image.new("L", (40, 40), 255)
+    image.paste(0, (8, 6, 32, 11))
+    image.paste(0, (24, 6, 29, 36))
+    image.save(ink_on_paper)
+    (tmp_path / "mnist").mkdir()
+    idx = fake_mnist(tmp_path / "mnist", n_train=1, n_test=2, compress=False) / "t10k-images-idx3-ubyte"
+    assert cli.main(["predict", "digits", "--checkpoint", str(run / "best.pt"), str(ink_on_paper), str(idx)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["seven.png", "t10k-images-idx3-ubyte[0]",
+                                                      "t10k-images-idx3-ubyte[1]"]  # fmt: skip
+    assert all("(probability 0." in line or "(probability 1.0" in line for line in lines)
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    cases = [
+        (["train", "digitz"], "unknown model 'digitz'"),
+        (["train", "digits", "--data", str(tmp_path / "nowhere")], "nowhere: no such folder"),
+        (["train", "digits", "--data", str(tmp_path)], "train-images-idx3-ubyte: missing"),
+        (["eval", "digits", "--checkpoint", str(tmp_path / "none.pt")], "none.pt: no such checkpoint file"),
+        (["predict", "digits", "--checkpoint", str(tmp_path / "none.pt"), "x.png"], "no such checkpoint"),
+    ]
+    import torch
+
+    if not torch.cuda.is_available():
+        cases.append((["train", "digits", "--device", "cuda"], "--device cuda: no CUDA device"))
+    for argv, message in cases:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
 
 
 def test_bench_smoke_writes_results(tmp_path, capsys):
