@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.deepfuse-installed
 PYTEST := $(PY) -m pytest -p no:cacheprovider
+# Real sample files of every dataset (never copied into the project); tests that read them skip without them.
+export DEEPFUSE_REALDATA ?= $(firstword $(wildcard $(CURDIR)/../shared/realdata))
 
 .PHONY: install build test test-gpu bench demo lint clean
 
@@ -15,7 +17,8 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml setup.py CMakeLists.txt requirements-dev.txt $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
-	$(PY) -c "import torch, triton, pytest, pybind11, cmake, matplotlib, tqdm" 2>/dev/null || { \
+	$(PY) -c "import torch, triton, pytest, pybind11, cmake, matplotlib, tqdm, sklearn, PIL, tokenizers, numba, gymnasium" \
+	  2>/dev/null || { \
 	  $(PY) -m pip install -q "torch==$(TORCH_VERSION)" && \
 	  $(PY) -m pip install -q -c .ci/constraints.txt -r requirements-dev.txt; }
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
@@ -33,7 +36,7 @@ test-gpu: install  ## GPU tests (needs a CUDA device): both kernels, every dtype
 bench: install  ## every op's benchmark; results under benchmarks/results/<gpu>/
 	$(PY) -m deepfuse bench all
 
-demo: install  ## the main job: a small network on FusedLinear layers, checked against torch
+demo: install  ## the main job: train the digits CNN (fused layers) on the built-in digits; run folder under runs/demo/
 	$(PY) -m deepfuse demo
 
 lint: install
