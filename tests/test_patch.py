@@ -68,6 +68,7 @@ def _cnn() -> nn.Sequential:
         nn.Sequential(nn.Conv2d(8, 12, 3, stride=2), nn.BatchNorm2d(12), nn.SiLU()),
         nn.Sequential(nn.Conv2d(12, 12, 3, padding="same", groups=3), nn.GELU()),
         nn.Sequential(nn.Conv2d(12, 12, 1), nn.BatchNorm2d(12, momentum=None)),  # cumulative average, no activation
+        nn.Sequential(nn.Conv2d(12, 12, 3, padding=1, padding_mode="reflect"), nn.BatchNorm2d(12), nn.Tanh()),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Linear(12, 10),
@@ -259,8 +260,10 @@ def test_cnn_report_batch_norm_stays_in_its_slot():
         "2.0": "Conv2d + BatchNorm2d (2.1) + SiLU (2.2)",
         "3.0": "Conv2d + GELU (3.1)",
         "4.0": "Conv2d + BatchNorm2d (4.1)",
-        "7": "Linear",
+        "5.0": "Conv2d + BatchNorm2d (5.1) + Tanh (5.2)",
+        "8": "Linear",
     }
+    assert model[5][0].padding_mode == "reflect"
     assert type(model[0][0]) is FusedConvBN2d and model[0][0].activation == "relu"
     assert type(model[3][0]) is FusedConv2d and model[3][0].activation == "gelu"
     assert type(model[1].conv1) is FusedConv2d and type(model[1].bn1) is nn.BatchNorm2d
@@ -323,6 +326,8 @@ def test_subclasses_and_reparametrized_layers_are_skipped_with_reasons():
     assert "parametrized" in reasons["4"]
     assert all(model[i] is originals[i] for i in range(6))  # skipped layers and their activations untouched
     assert model[2].describe() == "tagged"
+    lazy = nn.Sequential(nn.LazyLinear(4), nn.ReLU())
+    assert "run one forward pass" in deepfuse.patch(lazy).skipped[0].detail
     # Pruning (weight_orig + weight_mask and a pre-hook) on a plain nn.Linear: its parameters are not nn.Linear's.
     torch.manual_seed(4)
     pruned = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 3))
@@ -466,6 +471,8 @@ def test_patched_model_compiles_fullgraph(case):
         del model[4]  # BatchNorm with momentum=None does not compile fullgraph in torch itself (1 / num_batches)
     deepfuse.patch(model)
     eager = copy.deepcopy(model)
+    if case == "cnn":  # a copy's fused convolution reads the copy's BatchNorm
+        assert eager[0][0]._bn_parent is eager[0] and model[0][0]._bn_parent is model[0]
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     upstream = torch.randn(eager(*inputs).shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     eager.load_state_dict(model.state_dict())  # undo the probe call's running statistics

@@ -25,16 +25,18 @@ a ``ConsumedActivation`` pass-through (no state) that keeps the original module 
 
 Left as is, and listed in the report with the reason: subclasses of these layers (their own forward or methods
 would be lost; their children are still patched), parametrized / weight-normed / pruned layers, uninitialised lazy
-layers, TorchScript modules, ``proj_size > 0`` LSTMs, ``padding_mode`` other than zeros, dtypes other than float32,
-float16, bfloat16 and float64, modules excluded by ``exclude=``, deepfuse modules (already patched). An activation
-or BatchNorm is not fused (but still runs) when it is not one deepfuse fuses, when the layer before it or it has
-forward/backward hooks (they would see a different tensor), or when either is shared by several parents.
+layers, TorchScript modules, dtypes other than float32, float16, bfloat16 and float64, configurations a deepfuse
+module's constructor rejects (its message is the reason), modules excluded by ``exclude=``, deepfuse modules
+(already patched). An activation or BatchNorm is not fused (but still runs) when it is not one deepfuse fuses, when
+the layer before it or it has forward/backward hooks (they would see a different tensor), or when either is shared
+by several parents.
 
 Caveats:
-- Patch before building the optimizer and before ``DistributedDataParallel`` / ``torch.compile``. Because the
-  Parameter objects are kept, an existing optimizer (and its state) keeps working, and so does a DDP wrapper built
-  before (its gradient hooks live on the parameters), but a model compiled before must be compiled again. FSDP
-  replaces parameters when wrapping: patch before.
+- Patch before building the optimizer, before wrapping in ``DistributedDataParallel`` and before
+  ``torch.compile``. Because the Parameter objects are kept, an optimizer built before keeps working with its state
+  (tested). A DDP wrapper built before registered its gradient hooks on those same Parameter objects, so it should
+  keep synchronising, but that is untested: wrap after patching. Compile after patching (a graph compiled before
+  was traced through the old modules). FSDP replaces the parameters when it wraps: patch before.
 - A fused group only means something inside its ``nn.Sequential``: calling ``seq[0]`` alone now returns the
   activated (and normalised) output, and ``seq[1]`` is a pass-through; a slice of the Sequential that cuts a fused
   group keeps the fused math. ``unpatch`` first if you need the pieces.
@@ -52,6 +54,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
@@ -184,7 +187,10 @@ class FusedConvBN2d(dfnn.FusedConv2d):
                 f"{self._bn_key!r} of its nn.Sequential (found {type(bn).__name__}; replaced after patching, e.g. "
                 f"by nn.SyncBatchNorm.convert_sync_batchnorm?): call deepfuse.unpatch(model), change it, then patch"
             )
-        geometry = (self.stride, self.padding, self.dilation, self.groups)
+        padding = self.padding
+        if self.padding_mode != "zeros":  # as nn.Conv2d: pad first (not fused), then convolve without padding
+            input, padding = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode), 0
+        geometry = (self.stride, padding, self.dilation, self.groups)
         if bn.training or (bn.running_mean is None and bn.running_var is None):
             normalized = nn.BatchNorm2d.forward(bn, conv2d_act(input, self.weight, self.bias, *geometry))
             return activation_ref(normalized, self.activation)
