@@ -326,6 +326,12 @@ def test_subclasses_and_reparametrized_layers_are_skipped_with_reasons():
     assert "parametrized" in reasons["4"]
     assert all(model[i] is originals[i] for i in range(6))  # skipped layers and their activations untouched
     assert model[2].describe() == "tagged"
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+    layer.linear1 = ScaledLinear(8, 16)  # the layer is left as is; its other children are still patched
+    holder = nn.ModuleDict({"layer": layer})
+    report = deepfuse.patch(holder)
+    assert "'linear1' is a ScaledLinear" in report.skipped[0].detail and type(holder["layer"]) is type(layer)
+    assert type(layer.self_attn) is MultiheadAttention and type(layer.linear1) is ScaledLinear
     lazy = nn.Sequential(nn.LazyLinear(4), nn.ReLU())
     assert "run one forward pass" in deepfuse.patch(lazy).skipped[0].detail
     # Pruning (weight_orig + weight_mask and a pre-hook) on a plain nn.Linear: its parameters are not nn.Linear's.

@@ -311,6 +311,8 @@ def _convert(old: nn.Module, cls: type, activation: str | None, patching: bool) 
         target = new._modules[name]
         if child is None or type(child) is type(target):
             new._modules[name] = child
+        elif patching and type(child) not in _REPLACEABLE:
+            raise _Unsupported(f"its child {name!r} is a {type(child).__name__}, not torch's own class: left as is")
         elif _kind(child) is not None and _kind(child) is _kind(target):
             fused = getattr(target, "activation", None)  # e.g. deepfuse's encoder layer fuses linear1's activation
             new._modules[name] = _convert(child, type(target), fused if isinstance(fused, str) else None, patching)
@@ -455,6 +457,7 @@ class _Patcher:
                 new = _convert(child, target, plan.activation if kind in (nn.Linear, nn.Conv2d) else None, True)
             except _Unsupported as error:
                 self.skip(qualified, child, str(error))
+                self.walk(child, qualified + ".")  # e.g. an encoder layer left as is: its attention still patched
                 continue
             parent._modules[name] = new
             self.memo[id(child)] = (new, qualified)
