@@ -103,3 +103,15 @@ def test_bench_compare_flags_regressions(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["bench", "linear_act", "--out", str(tmp_path), "--compare", str(slow_before)]) == 1
     assert "REGRESSED" in capsys.readouterr().out
+
+
+def test_bench_and_profile_a_model_on_the_cpu(tmp_path, capsys):
+    assert cli.main(["bench", "digits", "--out", str(tmp_path)]) == 0
+    (result,) = tmp_path.glob("*/*-digits.json")
+    rows = json.loads(result.read_text())["rows"]
+    assert {(r["mode"], r["provider"]) for r in rows} == {("fwd", "torch_fp32"), ("fwdbwd", "torch_fp32")}
+    assert all(r["samples_per_s"] > 0 and r["tflops"] > 0 for r in rows)
+    capsys.readouterr()
+    assert cli.main(["profile", "digits", "--steps", "1", "--backend", "torch"]) == 0
+    out = capsys.readouterr().out
+    assert "model digits, one training step" in out and "deepfuse::conv2d_act" in out

@@ -1,9 +1,9 @@
 """Model benchmarks: train-step and inference throughput of each registered model on its example batch.
 
 Providers: eager torch (cuBLAS/cuDNN), torch.compile, and the deepfuse backends (triton, cuda), each in fp32 and
-under bf16 autocast. Mode ``fwd`` is inference (eval mode, no autograd); ``fwdbwd`` is a training step's
-forward and backward (train mode). FLOPs are counted by torch's FlopCounterMode on the eager model. Rows use
-the op benchmarks' format, plus ``samples_per_s``.
+under bf16 autocast. Mode ``fwd`` is inference (eval mode, no autograd); ``fwdbwd`` is a training step's forward
+and backward (train mode). Forward FLOPs come from deepfuse's op labels plus torch's FlopCounterMode for the
+rest. Rows use the op benchmarks' format, plus ``samples_per_s``.
 """
 
 from __future__ import annotations
@@ -20,14 +20,19 @@ from deepfuse.bench import records, runner
 GPU_BATCH, CPU_BATCH = 64, 2
 
 
-def _count_flops(model, inputs, targets, task) -> int:
+def _count_flops(model, inputs) -> int:
+    """Forward FLOPs: deepfuse ops from their profiler labels, every other aten op from FlopCounterMode (which
+    sees a deepfuse custom op as one opaque call)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from deepfuse.profile.labels import parse_label
+
     counter = FlopCounterMode(display=False)
-    with counter:
-        model.eval()
+    model.eval()
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof, counter:
         model(*inputs)
-    return int(counter.get_total_flops())
+    labelled = sum(label["flops"] for event in prof.events() if (label := parse_label(event.name)))
+    return int(counter.get_total_flops()) + labelled
 
 
 def _provider(model, task, backend: str, amp: torch.dtype | None, device: torch.device):
@@ -56,7 +61,7 @@ def model_case(name: str, device: torch.device, quick: bool):
     model = task.build(config, state).to(device)
     inputs = tuple(t.to(device) for t in inputs)
     targets = targets.to(device)
-    flops = _count_flops(copy.deepcopy(model), inputs, targets, task)
+    flops = _count_flops(copy.deepcopy(model), inputs)
     case = runner.Case(f"model:{name}", f"batch {batch}", (*inputs, targets), torch.ones((), device=device),
                        flops, 0)  # fmt: skip
     return task, model, case, batch
