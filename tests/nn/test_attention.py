@@ -79,3 +79,18 @@ def test_transformer_encoder_layer_keeps_a_custom_activation():
     reference.load_state_dict(layer.state_dict())
     src = torch.randn(4, 2, 8)
     torch.testing.assert_close(layer(src), reference(src))
+
+
+def test_transformer_encoder_fast_path_hands_nested_tensors_to_the_fused_layer():
+    """nn.TransformerEncoder (eval, no_grad, padding mask) passes its layers nested tensors: same as torch's own."""
+    from deepfuse.nn import TransformerEncoderLayer
+
+    torch.manual_seed(0)
+    ours = torch.nn.TransformerEncoder(TransformerEncoderLayer(16, 2, 32, batch_first=True), 2).eval()
+    theirs = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2).eval()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 7, 16)
+    pad = torch.zeros(3, 7, dtype=torch.bool)
+    pad[0, 5:] = pad[2, 3:] = True
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x, src_key_padding_mask=pad), theirs(x, src_key_padding_mask=pad))

@@ -150,6 +150,8 @@ class TransformerEncoderLayer(nn.TransformerEncoderLayer):
         self._unfused_activation = None if fused_activation is not None else self.activation
 
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
+        if src.is_nested:  # nn.TransformerEncoder's inference fast path hands its layers nested tensors
+            return self._forward_nested(src, src_mask, is_causal)
         x = src
         if self.norm_first:
             x = x + self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal=is_causal)
@@ -158,6 +160,17 @@ class TransformerEncoderLayer(nn.TransformerEncoderLayer):
             x = self.norm1(x + self._sa_block(x, src_mask, src_key_padding_mask, is_causal=is_causal))
             x = self.norm2(x + self._ff_block(x))
         return x
+
+    def _forward_nested(self, src, src_mask, is_causal):
+        """Pad (batch_first, as the fast path requires), run the fused layer with a key-padding mask, unpad."""
+        lengths = [t.shape[0] for t in src.unbind()]
+        padded = src.to_padded_tensor(0.0)
+        pad = (
+            torch.arange(padded.shape[1], device=padded.device)[None]
+            >= torch.tensor(lengths, device=padded.device)[:, None]
+        )
+        out = self.forward(padded, src_mask, pad, is_causal)
+        return torch.nested.as_nested_tensor([out[i, :n] for i, n in enumerate(lengths)])
 
     def _sa_block(self, x, attn_mask, key_padding_mask, is_causal=False):
         x = self.self_attn(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask, need_weights=False,
