@@ -277,13 +277,13 @@ class SentimentTask(Task):
         names, texts = [], []
         for item in inputs:
             path = Path(item)
-            if path.is_dir():
+            if item.strip() and path.is_dir():
                 files = sorted(path.glob("*.txt"))
                 if not files:
                     raise DataError(path, "holds no .txt review files")
                 names += [str(f) for f in files]
                 texts += [read_review(f) for f in files]
-            elif path.is_file():
+            elif item.strip() and path.is_file():
                 names.append(str(path))
                 texts.append(read_review(path))
             elif path.suffix == ".txt" or "/" in item:
