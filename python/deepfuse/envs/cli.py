@@ -1,0 +1,87 @@
+"""``deepfuse drive record | play``: record the expert in Udacity's format; watch a checkpoint (or the expert)
+drive. Added to deepfuse's command line by ``add_drive_commands``; this module imports nothing heavy, so the
+command line stays quick to start."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_drive_commands(commands) -> None:
+    """Add ``drive`` (with ``record`` and ``play``) to an argparse subparsers object."""
+    drive = commands.add_parser("drive", help="the driving simulator: record expert logs, play a checkpoint")
+    actions = drive.add_subparsers(dest="drive_command", required=True)
+
+    record = actions.add_parser("record", help="the expert drives; write driving_log.csv and IMG/ (Udacity format)")
+    record.add_argument("--out", required=True, help="folder to write (driving_log.csv and IMG/)")
+    record.add_argument("--steps", type=int, default=1000, help="frames (rows) to record, 10 per simulated second")
+    record.add_argument("--seed", type=int, default=0)
+    record.add_argument("--tracks", type=int, default=8, help="training tracks the expert drives on")
+    record.set_defaults(run=_record)
+
+    play = actions.add_parser("play", help="drive one unseen track; write a GIF and/or a PNG strip")
+    play.add_argument("--checkpoint", help="a driving or driving-rl checkpoint (default: the expert drives)")
+    play.add_argument("--gif", help="animated GIF to write")
+    play.add_argument("--png", help="PNG strip of evenly spaced frames to write")
+    play.add_argument("--steps", type=int, default=300)
+    play.add_argument("--track", type=int, default=0, help="which track of the split")
+    play.add_argument("--split", choices=["train", "val", "test"], default="test")
+    play.add_argument("--every", type=int, default=2, help="keep every N-th frame")
+    play.add_argument("--device", choices=["cpu", "cuda"])
+    play.set_defaults(run=_play)
+
+
+def _record(args: argparse.Namespace) -> int:
+    from deepfuse.training.engine import RunError
+
+    if args.steps < 1:
+        raise RunError(f"--steps must be >= 1, got {args.steps}")
+    if args.tracks < 1:
+        raise RunError(f"--tracks must be >= 1, got {args.tracks}")
+    out = Path(args.out)
+    if (out / "driving_log.csv").exists():
+        raise RunError(f"--out {out} already holds a driving_log.csv (nothing was overwritten)")
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file, not a folder")
+    from deepfuse.envs.recorder import record
+
+    log = record(out, args.steps, args.seed, tracks=args.tracks)
+    print(f"recorded {args.steps} frames ({args.steps / 10:.0f} s of driving) to {log} and {out / 'IMG'}")
+    return 0
+
+
+def _play(args: argparse.Namespace) -> int:
+    from deepfuse.training.engine import RunError
+
+    if not args.gif and not args.png:
+        raise RunError("give --gif FILE and/or --png FILE")
+    if args.steps < 1 or args.every < 1 or args.track < 0:
+        raise RunError("--steps and --every must be >= 1, --track >= 0")
+    if args.checkpoint is None:
+        from deepfuse.envs.closed_loop import expert_pilot
+
+        pilot = expert_pilot()
+    else:
+        pilot = _pilot_from_checkpoint(args.checkpoint, args.device)
+    from deepfuse.envs.player import play
+
+    metrics = play(pilot, split=args.split, track=args.track, steps=args.steps, gif=args.gif, png=args.png,
+                   every=args.every)  # fmt: skip
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+    print(f"{pilot.name} on {args.split} track {args.track}: {shown}; wrote " + " and ".join(filter(None, (args.gif,
+          args.png))))  # fmt: skip
+    return 0
+
+
+def _pilot_from_checkpoint(path: str, device: str | None):
+    from deepfuse import models
+    from deepfuse.training.checkpoint import CheckpointError, load_checkpoint
+    from deepfuse.training.engine import load_for_inference
+
+    name = load_checkpoint(path)["model"]
+    task = models.get(name)
+    if not hasattr(task, "pilot"):
+        raise CheckpointError(f"{path}: a checkpoint of {name!r}, which cannot drive (use driving or driving-rl)")
+    model, _, state = load_for_inference(task, path, device)
+    return task.pilot(model, state)
