@@ -2,6 +2,7 @@
 with torch, a few steps lower the loss, the vocabulary is the training split's and travels in the checkpoint, and
 train / eval / predict run on the real IMDb sample with the TF-IDF baseline beside the model."""
 
+import copy
 import json
 
 import pytest
@@ -15,8 +16,8 @@ from deepfuse.data import DataError
 from deepfuse.data.text import Vocabulary, collate_padded
 from deepfuse.training.checkpoint import load_checkpoint
 from tests.data.test_imdb import write_imdb
-from tests.models.helpers import assert_backend_agrees, assert_loss_falls
-from tests.tolerances import ATOL
+from tests.models.helpers import assert_backend_agrees, assert_loss_falls, forward_and_grads
+from tests.tolerances import ATOL, assert_close_to_reference
 
 LSTM, TRANSFORMER = models.get("sentiment-lstm"), models.get("sentiment-transformer")
 TINY = {
@@ -90,6 +91,26 @@ def test_triton_agrees_with_torch(task):
     expected = {"lstm"} if task is LSTM else {"attention"}
     assert {op for op, backend in chosen if backend == "triton"} == expected | {"linear_act"}
     assert_backend_agrees(task, state, config, (ids, lengths), labels, "triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("task", TASKS, ids=IDS)
+def test_gpu_backends_agree_with_torch_at_the_models_shapes(task, backend):
+    """The default widths, 16 reviews of 64-256 tokens, on the GPU: outputs and every parameter gradient."""
+    if not deepfuse.available_backends()[backend][0]:
+        pytest.skip(f"backend {backend} is not available here")
+    config = {"dropout": 0.0, "max_len": 256}
+    state, (ids, lengths), labels = task.example(16, config)
+    torch.manual_seed(0)
+    model = task.build(config, state).cuda()
+    inputs, labels = (ids.cuda(), lengths.cuda()), labels.cuda()
+    ours = forward_and_grads(copy.deepcopy(model), task, inputs, labels, backend, True)
+    theirs = forward_and_grads(copy.deepcopy(model), task, inputs, labels, "torch", True)
+    exact = forward_and_grads(copy.deepcopy(model).double(), task, inputs, labels, "torch", True)
+    assert_close_to_reference("outputs", ours[0], exact[0], theirs[0], torch.float32)
+    for name in exact[1]:
+        assert_close_to_reference(f"d{name}", ours[1][name], exact[1][name], theirs[1][name], torch.float32)
 
 
 @pytest.mark.parametrize("task", TASKS, ids=IDS)

@@ -1,6 +1,7 @@
 """stock: the LSTM regressor agrees across backends and learns; its splits never leak the future; the metrics
 put the model beside the naive last-value forecast; train / eval / predict on the real Yahoo CSVs."""
 
+import copy
 import json
 
 import numpy as np
@@ -13,7 +14,8 @@ from deepfuse.backend import record_choices
 from deepfuse.data.stock import daily_features, read_prices
 from deepfuse.models.stock import close_metrics
 from tests.data.test_stock import write_web_export, write_yfinance
-from tests.models.helpers import assert_backend_agrees, assert_loss_falls
+from tests.models.helpers import assert_backend_agrees, assert_loss_falls, forward_and_grads
+from tests.tolerances import assert_close_to_reference
 
 TASK = models.get("stock")
 TINY = {"window": 5, "hidden_size": 16, "layers": 2, "dropout": 0.0}
@@ -33,6 +35,25 @@ def test_triton_agrees_with_torch(tmp_path, train):
         TASK.build(TINY, state)(x)
     assert ("lstm", "triton") in chosen and ("linear_act", "triton") in chosen
     assert_backend_agrees(TASK, state, TINY, x, y, "triton", train=train)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_backends_agree_with_torch_at_the_models_shape(backend):
+    """The default model (2 layers x 64, 30-day windows), a batch of 64, on the GPU."""
+    if not deepfuse.available_backends()[backend][0]:
+        pytest.skip(f"backend {backend} is not available here")
+    config = {"dropout": 0.0}
+    state, x, y = TASK.example(64, config)
+    torch.manual_seed(0)
+    model = TASK.build(config, state).cuda()
+    x, y = x.cuda(), y.cuda()
+    ours = forward_and_grads(copy.deepcopy(model), TASK, x, y, backend, True)
+    theirs = forward_and_grads(copy.deepcopy(model), TASK, x, y, "torch", True)
+    exact = forward_and_grads(copy.deepcopy(model).double(), TASK, x.double(), y, "torch", True)
+    assert_close_to_reference("outputs", ours[0], exact[0], theirs[0], torch.float32)
+    for name in exact[1]:
+        assert_close_to_reference(f"d{name}", ours[1][name], exact[1][name], theirs[1][name], torch.float32)
 
 
 def test_a_few_steps_lower_the_loss(tmp_path):
