@@ -88,8 +88,8 @@ def input_images(inputs: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def _describe(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
+def _describe(error: BaseException, path: Path | str) -> str:
+    text = " ".join(str(error).replace(f" '{path}'", "").split()) or type(error).__name__
     return f"{type(error).__name__}: {text}" if type(error).__name__ not in text else text
 
 
@@ -108,7 +108,7 @@ def image_problem(path: Path, decode: bool = False) -> str | None:
             else:
                 image.verify()
     except Exception as error:  # any failure of Pillow on a user's file means: not a readable image
-        return f"not a readable image ({_describe(error)})"
+        return f"not a readable image ({_describe(error, path)})"
     return None
 
 
@@ -147,7 +147,7 @@ def load_image(path: str | Path, channels: int, size: int | None = None):
             ImageOps.exif_transpose(image, in_place=True)
             return to_channels(image, channels)
     except Exception as error:  # a header that passed the check, but data that does not decode
-        raise BadImageError(path, f"not a readable image ({_describe(error)})") from None
+        raise BadImageError(path, f"not a readable image ({_describe(error, path)})") from None
 
 
 def to_channels(image, channels: int):

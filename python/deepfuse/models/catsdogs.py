@@ -23,13 +23,14 @@ import torch
 from torch import nn
 
 from deepfuse.data import DataError
-from deepfuse.data.images import Augment, ImageDataset, ImageTransform, check_images, input_images
-from deepfuse.models.chest_xray import ResidualBlock, predict_probabilities, to_channels_last
+from deepfuse.data.images import Augment, ImageDataset, ImageTransform
+from deepfuse.models.chest_xray import ResidualBlock, predict_probabilities, readable_inputs, to_channels_last
 from deepfuse.models.task import Data, Option, Task
 from deepfuse.nn import ConvBNAct, FusedLinear
 
 CLASSES = ["cat", "dog"]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's: photos of the same kind
+MIN_IMAGE_SIZE = 32  # the last stage sees 1/16 of the image
 
 
 class CatsDogsNet(nn.Module):
@@ -77,6 +78,9 @@ class CatsDogsTask(Task):
         if state is None:
             state = {"image_size": int(config.get("image_size", 128)), "width": int(config.get("width", 32)),
                      "mean": list(MEAN), "std": list(STD), "classes": CLASSES}  # fmt: skip
+        if state["image_size"] < MIN_IMAGE_SIZE:  # BatchNorm in the last stage needs >= 2x2 pixels to train on
+            raise DataError(None, f"image_size {state['image_size']} is too small for this network: at least "
+                                  f"{MIN_IMAGE_SIZE}, so that its last stage keeps 2x2 pixels")
         files = read_catsdogs(path, bool(config.get("skip_bad", False)))
         train, val = files.train, files.val
         if val is None:
@@ -120,7 +124,7 @@ class CatsDogsTask(Task):
 
     def predict(self, model, inputs, config, state, out_dir):
         """P(dog) per image; writes Kaggle's submission.csv (id = the file name's stem) into ``out_dir``."""
-        files = check_images(input_images(inputs), bool(config.get("skip_bad", False)))
+        files = readable_inputs(inputs, config)
         ids: dict[str, Path] = {}
         for f in files:
             if f.stem in ids:

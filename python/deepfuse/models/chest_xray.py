@@ -36,6 +36,7 @@ from deepfuse.ops.conv2d_act import conv2d_act
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
 MEAN, STD = (0.50,), (0.22,)  # measured on the 19 real sample images; BN follows the stem, so roughly is enough
+MIN_IMAGE_SIZE = 64  # the last stage sees 1/32 of the image
 
 
 class ConvBNAddAct(ConvBNAct):
@@ -99,6 +100,14 @@ class ChestXrayNet(nn.Module):
         return self.head(self.stages(self.stem(to_channels_last(images))))
 
 
+def readable_inputs(inputs: list[str], config: dict) -> list[Path]:
+    """The checked image files named by ``inputs`` (skip_bad as the run was trained); DataError if none is left."""
+    files = check_images(input_images(inputs), bool(config.get("skip_bad", False)))
+    if not files:
+        raise DataError(None, f"no readable image among the inputs: {' '.join(inputs)}")
+    return files
+
+
 def predict_probabilities(model: nn.Module, files: list[Path], transform: ImageTransform, config: dict) -> np.ndarray:
     """P(class 1) of each file, batched through a DataLoader (decoding in ``workers`` processes)."""
     from torch.utils.data import DataLoader
@@ -137,6 +146,9 @@ class ChestXrayTask(Task):
         if state is None:
             state = {"image_size": int(config.get("image_size", 224)), "width": int(config.get("width", 32)),
                      "mean": list(MEAN), "std": list(STD), "classes": CLASSES, "threshold": 0.5}  # fmt: skip
+        if state["image_size"] < MIN_IMAGE_SIZE:  # BatchNorm in the last stage needs >= 2x2 pixels to train on
+            raise DataError(None, f"image_size {state['image_size']} is too small for this network: at least "
+                                  f"{MIN_IMAGE_SIZE}, so that its last stage keeps 2x2 pixels")
         files = read_chest_xray(path, bool(config.get("skip_bad", False)))
         train, val = patient_split(files.train, float(config.get("val_fraction", 0.1)), int(config.get("seed", 0)))
         if not val:
@@ -204,7 +216,7 @@ class ChestXrayTask(Task):
         return pictures
 
     def predict(self, model, inputs, config, state, out_dir):
-        files = check_images(input_images(inputs), bool(config.get("skip_bad", False)))
+        files = readable_inputs(inputs, config)
         probability = predict_probabilities(model, files, self.transform(state, False), config)
         threshold = state.get("threshold", 0.5)
         return [f"{f}: P(pneumonia) {p:.4f} → {CLASSES[int(p >= threshold)]} (threshold {threshold:.3f})"
