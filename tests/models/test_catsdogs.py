@@ -131,7 +131,8 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     for f in (root / "dogs").iterdir():
         f.unlink()
     assert main([*run, "--data", str(root), "--out", str(tmp_path / "r2")]) == 2
-    assert _error_line(capsys) == f"deepfuse train: error: {root / 'dogs'}: holds no image files (.jpg, .jpeg, .png ...)"
+    line = _error_line(capsys)
+    assert line == f"deepfuse train: error: {root / 'dogs'}: holds no image files (.jpg, .jpeg, .png ...)"
     root = class_folders(tmp_path / "ok")
     assert main([*run, "--data", str(root), "--out", str(tmp_path / "r3"), "--image-size", "16"]) == 2
     assert "image_size 16 is too small for this network: at least 32" in _error_line(capsys)

@@ -115,8 +115,15 @@ def test_example_builds():
 
 # --- metrics -------------------------------------------------------------------------------------------------
 def test_metrics_use_the_validation_threshold_and_agree_with_sklearn():
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score
-    from sklearn.metrics import roc_curve
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        f1_score,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+        roc_curve,
+    )
 
     rng = np.random.default_rng(0)
     val_truth = rng.integers(0, 2, 200)

@@ -94,18 +94,17 @@ def _describe(error: BaseException, path: Path | str) -> str:
 
 
 def image_problem(path: Path, decode: bool = False) -> str | None:
-    """None when ``path`` reads as an image, else what is wrong (one line). ``decode``: decode it whole (at
-    reduced scale for JPEG) instead of reading the header only."""
+    """None when ``path`` reads as an image, else what is wrong (one line). ``decode``: decode it as training
+    will (at reduced scale for JPEG, orientation, channel conversion) instead of reading the header only."""
     from PIL import Image
 
     if path.name.startswith("._"):
         return "an AppleDouble file (macOS archive metadata, not an image); delete it or the __MACOSX folder"
     try:
-        with Image.open(path) as image:
-            if decode:
-                image.draft(None, (max(1, image.width // 8), max(1, image.height // 8)))
-                image.load()
-            else:
+        if decode:
+            _decode(path, 1, 1)
+        else:
+            with Image.open(path) as image:
                 image.verify()
     except Exception as error:  # any failure of Pillow on a user's file means: not a readable image
         return f"not a readable image ({_describe(error, path)})"
@@ -120,7 +119,7 @@ def check_images(paths: Sequence[Path], skip_bad: bool = False, decode: bool | N
     workers = min(8, os.cpu_count() or 1, max(1, len(paths) // 64))
     if workers > 1:  # Pillow's decoders and file reads release the GIL
         with ThreadPoolExecutor(workers) as pool:
-            problems = list(pool.map(lambda p: image_problem(p, decode), paths, chunksize=64))
+            problems = list(pool.map(lambda p: image_problem(p, decode), paths))
     else:
         problems = [image_problem(p, decode) for p in paths]
     bad = [(p, problem) for p, problem in zip(paths, problems, strict=True) if problem is not None]
@@ -136,18 +135,25 @@ def check_images(paths: Sequence[Path], skip_bad: bool = False, decode: bool | N
 # --- decoding -----------------------------------------------------------------------------------------------
 def load_image(path: str | Path, channels: int, size: int | None = None):
     """A Pillow image of mode "L" (channels 1) or "RGB" (channels 3), EXIF orientation applied. ``size``: the
-    smallest side wanted — JPEGs are then decoded at the coarsest 1/2, 1/4, 1/8 scale still at least that big."""
+    smallest side wanted — JPEGs are then decoded at the coarsest 1/2, 1/4, 1/8 scale still at least that big.
+    Any failure is a ``BadImageError`` naming the file (a header that passed the check, data that does not)."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    try:
+        return _decode(path, channels, size)
+    except Exception as error:
+        raise BadImageError(path, f"not a readable image ({_describe(error, path)})") from None
+
+
+def _decode(path: str | Path, channels: int, size: int | None):
     from PIL import Image, ImageOps
 
-    try:
-        with Image.open(path) as image:
-            if size:
-                image.draft("L" if channels == 1 else None, (size, size))
-            image.load()
-            ImageOps.exif_transpose(image, in_place=True)
-            return to_channels(image, channels)
-    except Exception as error:  # a header that passed the check, but data that does not decode
-        raise BadImageError(path, f"not a readable image ({_describe(error, path)})") from None
+    with Image.open(path) as image:
+        if size:
+            image.draft("L" if channels == 1 else None, (size, size))
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+        return to_channels(image, channels)
 
 
 def to_channels(image, channels: int):

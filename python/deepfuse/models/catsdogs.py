@@ -58,7 +58,7 @@ class CatsDogsTask(Task):
     description = "cats vs dogs photos (residual CNN); Kaggle's train/cat.N.jpg, dog.N.jpg or cats/ and dogs/ folders"
     data_help = "Kaggle's folder (train/cat.0.jpg, train/dog.0.jpg ..., test1/) or cats/ and dogs/ (under train/)"
     metric = "accuracy"
-    defaults = {"epochs": 40, "batch_size": 128, "lr": 2e-3, "weight_decay": 5e-4}
+    defaults = {"epochs": 40, "batch_size": 128, "lr": 2e-3, "weight_decay": 0.05}  # untested on the full set
     options = {
         "image_size": Option(128, "side of the square the images are resized to"),
         "width": Option(32, "channels of the first stage (then 2x, 4x, 8x)"),
