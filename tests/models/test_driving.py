@@ -1,0 +1,116 @@
+"""driving (PilotNet): NVIDIA's network on fused layers; it learns; the backends agree; it trains end to end on a
+simulator recording, with the closed-loop metrics, and predicts from camera images."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from deepfuse import cli, models
+from deepfuse.data import DataError
+from deepfuse.envs.recorder import record
+from deepfuse.models.driving import PilotNet
+from deepfuse.nn import FusedConv2d, FusedLinear
+from tests.models.helpers import assert_backend_agrees, assert_loss_falls
+
+TASK = models.get("driving")
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("recording")
+    record(folder, rows=40, seed=0, tracks=2)
+    return folder
+
+
+def test_pilotnet_is_nvidias_network():
+    model = PilotNet()
+    convs = [m for m in model.features if isinstance(m, FusedConv2d)]
+    assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (24, (5, 5), (2, 2)), (36, (5, 5), (2, 2)), (48, (5, 5), (2, 2)), (64, (3, 3), (1, 1)), (64, (3, 3), (1, 1))
+    ]  # fmt: skip
+    assert all(c.activation == "relu" for c in convs)
+    linears = [m for m in model.head if isinstance(m, FusedLinear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(1152, 100), (100, 50), (50, 10), (10, 1)]
+    assert model.features(torch.zeros(1, 3, 66, 200)).shape == (1, 64, 1, 18)
+    assert sum(p.numel() for p in model.parameters()) == 252_219  # "about 250 thousand parameters"
+    with pytest.raises(ValueError, match="61x61"):
+        PilotNet((60, 200))
+
+
+def test_a_few_steps_lower_the_loss(recording):
+    data = TASK.load_data(recording, {})
+    x = torch.stack([data.train[i][0] for i in range(16)])
+    y = torch.stack([data.train[i][1] for i in range(16)])
+    assert_loss_falls(TASK, data.state, {}, x, y, steps=8, lr=1e-3)
+
+
+@pytest.mark.slow  # ~30 s: the smallest input PilotNet's layers take (61x61) through the Triton interpreter
+def test_triton_agrees_with_torch():
+    state = {"image_size": [61, 61]}
+    torch.manual_seed(1)
+    assert_backend_agrees(TASK, state, {}, torch.randn(1, 3, 61, 61), torch.randn(1, 1), "triton", train=True)
+
+
+def test_example_batch_has_the_real_shapes():
+    state, x, y = TASK.example(2, {})
+    assert x.shape == (2, 3, 66, 200) and TASK.build({}, state)(x).shape == y.shape == (2, 1)
+
+
+def test_metrics_put_the_mse_beside_the_straight_baseline():
+    truth = torch.tensor([[0.5], [-0.5], [0.0], [0.2]])
+    metrics = TASK.evaluate(truth * 0.5, truth, {}, "val")
+    assert metrics["straight_mse"] == pytest.approx(float((truth**2).mean()))
+    assert metrics["mse"] == pytest.approx(metrics["straight_mse"] / 4)
+
+
+def test_default_data_is_the_simulators_expert():
+    data = TASK.load_data(None, {"sim_rows": 16})
+    assert len(data.train) == 16 * 3 * 2 and len(data.val) == len(data.test) == 5
+    assert not torch.equal(data.val[0][0], data.test[0][0])  # validation and test tracks differ
+    with pytest.raises(DataError, match="sim-rows"):
+        TASK.load_data(None, {"sim_rows": 2})
+
+
+def test_reads_the_real_udacity_samples(realdata):
+    data = TASK.load_data(realdata / "driving", {})
+    assert len(data.train) + 6 * (len(data.val) + len(data.test)) == 80 * 6
+    assert "3 driving logs" in data.summary
+
+
+def test_trains_evaluates_and_predicts_from_the_cli(recording, tmp_path, capsys):
+    out = tmp_path / "run"
+    arguments = ["train", "driving", "--data", str(recording), "--epochs", "1", "--batch-size", "32", "--out", str(out),
+                 "--no-progress", "--closed-loop-tracks", "1", "--closed-loop-steps", "30"]  # fmt: skip
+    assert cli.main(arguments) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"] == "test" and {"mse", "straight_mse", "rmse"} <= set(metrics)
+    assert 0.0 <= metrics["closed_loop_autonomy"] <= 1.0 and metrics["closed_loop_mean_distance_m"] > 0
+    assert (out / "steering.png").is_file() and (out / "learning_curves.png").is_file()
+    capsys.readouterr()
+    assert cli.main(["eval", "driving", "--checkpoint", str(out / "best.pt")]) == 0
+    assert "closed_loop_autonomy" in capsys.readouterr().out
+    image = next((recording / "IMG").glob("center_*.jpg"))
+    assert cli.main(["predict", "driving", str(image), "--checkpoint", str(out / "best.pt")]) == 0
+    assert f"{image.name}: steering " in capsys.readouterr().out
+    png = tmp_path / "strip.png"
+    assert cli.main(["drive", "play", "--checkpoint", str(out / "best.pt"), "--png", str(png), "--steps", "4"]) == 0
+    assert png.is_file() and "pilotnet on test track 0" in capsys.readouterr().out
+
+
+def test_a_pilot_sees_what_training_saw(recording):
+    """The closed-loop pilot preprocesses the simulator's frames exactly as the loader does the recorded JPEGs
+    (bar JPEG compression), so a network's steering is close on both."""
+    from deepfuse.data.driving import load_frames, read_log, to_tensor
+    from deepfuse.envs.recorder import drive_expert
+
+    torch.manual_seed(0)
+    model = PilotNet().eval()
+    pilot = TASK.pilot(model, {"image_size": [66, 200]})
+    frames = list(drive_expert(3, 0, tracks=2))
+    live = pilot.steer(np.stack([f["center"] for f in frames]), None)
+    recorded = load_frames(read_log(recording / "driving_log.csv")[:3]).images[:, 0]
+    with torch.no_grad():
+        offline = model(to_tensor(recorded)).flatten().numpy()
+    np.testing.assert_allclose(live, offline, atol=0.02)

@@ -1,0 +1,128 @@
+"""driving-rl (PPO): the policy on fused layers agrees across backends; GAE; a smoke run end to end through the
+engine (metrics beside the expert's and a random policy's returns), the value loss falls, resume is exact."""
+
+import json
+
+import pytest
+import torch
+
+from deepfuse import cli, models
+from deepfuse.data import DataError
+from deepfuse.models.driving_rl import HP, DrivingPolicy, _gae
+from deepfuse.training.engine import RunError, make_config, prepare, train
+from tests.models.helpers import assert_backend_agrees
+
+TASK = models.get("driving-rl")
+TINY = {"image_size": 16, "num_envs": 4, "rollout_steps": 32, "minibatches": 2, "update_epochs": 4, "tracks": 2,
+        "eval_tracks": 1, "eval_steps": 40, "progress": False}  # fmt: skip
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny convolutions: torch's second thread only waits (seconds per call on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_policy_outputs_action_mean_and_value():
+    state, images, targets = TASK.example(3, {"image_size": 32})
+    model = TASK.build({}, state)
+    out = model(images)
+    assert images.dtype == torch.uint8 and out.shape == targets.shape == (3, 2)
+    dist, value = model.distribution(images)
+    assert dist.mean.shape == (3, 1) and value.shape == (3,)
+    assert torch.allclose(dist.stddev, torch.full((3, 1), torch.exp(torch.tensor(HP.initial_log_std)).item()))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        DrivingPolicy(24)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_triton_agrees_with_torch(train, one_thread):
+    state, images, targets = TASK.example(2, {"image_size": 16})
+    assert_backend_agrees(TASK, state, {}, images, targets, "triton", train=train)
+
+
+def test_gae_matches_the_definition():
+    torch.manual_seed(0)
+    steps, n = 6, 3
+    rewards, values = torch.randn(steps, n), torch.randn(steps, n)
+    dones = (torch.rand(steps, n) < 0.3).float()
+    next_done, next_value = torch.tensor([0.0, 1.0, 0.0]), torch.randn(n)
+    advantages, returns = _gae(rewards, values, dones, next_done, next_value)
+    starts = torch.cat([dones[1:], next_done[None]])  # 1 where the following observation begins an episode
+    following = torch.cat([values[1:], next_value[None]])
+    for i in range(n):
+        for t in range(steps):  # A_t = sum_k (γλ)^k δ_{t+k}, stopping where an episode ends
+            total, scale = 0.0, 1.0
+            for k in range(t, steps):
+                delta = rewards[k, i] + HP.gamma * following[k, i] * (1 - starts[k, i]) - values[k, i]
+                total += scale * delta
+                if starts[k, i]:
+                    break
+                scale *= HP.gamma * HP.gae_lambda
+            assert advantages[t, i].item() == pytest.approx(total.item(), abs=1e-5)
+    assert torch.allclose(returns, advantages + values)
+
+
+def test_ppo_iteration_fits_the_value_and_records_the_simulator(tmp_path, one_thread):
+    config = make_config(TASK, out=str(tmp_path / "run"), epochs=3, device="cpu", **TINY)
+    run = prepare(TASK, config)
+    stats = TASK.train_epoch(run)
+    assert stats["value_loss_last"] < stats["value_loss_first"], stats  # same rollout, four passes
+    assert stats["env_steps"] == 4 * 32 and run.global_step == 128
+    assert set(run.extra["env"]) == {"sim", "returns", "rng"}
+    assert run.scheduler.get_last_lr()[0] == pytest.approx(3e-4 * (1 - 1 / 3))  # annealed once per iteration
+
+
+def test_smoke_run_end_to_end_and_exact_resume(tmp_path, one_thread, capsys, monkeypatch):
+    whole = tmp_path / "whole"
+    config = make_config(TASK, out=str(whole), epochs=2, device="cpu", **TINY)
+    metrics = train(TASK, config, log=lambda line: None)
+    assert metrics["split"] == "test" and metrics["epochs"] == 2
+    for key in ("mean_return", "autonomy", "mean_distance_m", "expert_return", "random_return", "return_vs_expert"):
+        assert key in metrics and key in metrics["val"]
+    assert metrics["expert_return"] > metrics["random_return"]
+    assert json.loads((whole / "metrics.json").read_text())["expert_return"] == metrics["expert_return"]
+    assert len((whole / "history.csv").read_text().splitlines()) == 3
+
+    halves = tmp_path / "halves"
+    original = TASK.train_epoch
+
+    def stop_in_the_second_iteration(run):
+        if run.epoch == 1:
+            raise KeyboardInterrupt  # Ctrl-C: the engine saves last.pt and re-raises
+        return original(run)
+
+    monkeypatch.setattr(TASK, "train_epoch", stop_in_the_second_iteration)
+    with pytest.raises(KeyboardInterrupt):
+        train(TASK, make_config(TASK, out=str(halves), epochs=2, device="cpu", **TINY), log=lambda line: None)
+    monkeypatch.setattr(TASK, "train_epoch", original)
+    train(TASK, make_config(TASK, out=str(halves), epochs=2, device="cpu", **TINY), resume=True, log=lambda line: None)
+    first, second = (torch.load(f / "last.pt", weights_only=False) for f in (whole, halves))
+    for name, value in first["model_state"].items():
+        assert torch.equal(value, second["model_state"][name]), name
+    assert (first["extra"]["env"]["sim"]["cars"] == second["extra"]["env"]["sim"]["cars"]).all()
+
+    assert cli.main(["eval", "driving-rl", "--checkpoint", str(whole / "best.pt")]) == 0
+    assert "expert_return" in capsys.readouterr().out
+
+
+def test_reads_no_data_and_checks_its_options(tmp_path):
+    with pytest.raises(DataError, match="omit --data"):
+        TASK.load_data(tmp_path, {})
+    with pytest.raises(RunError, match="--image-size"):
+        TASK.load_data(None, {"image_size": 20})
+    with pytest.raises(RunError, match="--num-envs"):
+        TASK.load_data(None, {"num_envs": 0})
+
+
+@pytest.mark.slow  # ~25 s: 12 PPO iterations of 8 cars x 128 steps on 16x16 images
+def test_ppo_learns_to_drive_unseen_tracks(tmp_path, one_thread):
+    config = make_config(TASK, out=str(tmp_path / "run"), epochs=12, device="cpu", seed=0, image_size=16, num_envs=8,
+                         rollout_steps=128, tracks=8, eval_tracks=2, eval_steps=300, progress=False)  # fmt: skip
+    metrics = train(TASK, config, log=lambda line: None)
+    # measured: test return 205 (expert 230, random 14) after 12 iterations
+    assert metrics["mean_return"] > 5 * metrics["random_return"], metrics
+    assert metrics["return_vs_expert"] > 0.5, metrics
