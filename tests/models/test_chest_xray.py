@@ -50,11 +50,16 @@ def _run(block, x, train, backend="torch"):
     return y.detach(), x.grad, grads, {k: v for k, v in block.state_dict().items() if "running" in k}
 
 
-@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize(("cin", "cout", "stride"), [(4, 6, 2), (5, 5, 1)], ids=["projection", "identity"])
-def test_residual_block_is_a_resnet_block(train, cin, cout, stride, backend="triton"):
+@pytest.mark.parametrize(("cin", "cout", "stride", "train", "layout"), [
+    (4, 6, 2, True, torch.contiguous_format), (4, 6, 2, False, torch.contiguous_format),
+    (5, 5, 1, True, torch.contiguous_format), (5, 5, 1, False, torch.contiguous_format),
+    (4, 6, 2, True, torch.channels_last), (5, 5, 1, False, torch.channels_last),
+], ids=["projection-train", "projection-eval", "identity-train", "identity-eval", "projection-train-nhwc",
+        "identity-eval-nhwc"])  # fmt: skip
+def test_residual_block_is_a_resnet_block(cin, cout, stride, train, layout, backend="triton"):
     """The kernels and the block's logic at once (train: conv, BN on batch statistics, add, ReLU; eval: BN
-    folded, add and ReLU in the epilogue) against the float64 torch block, with torch's float32 as yardstick."""
+    folded, add and ReLU in the epilogue) against the float64 torch block, with torch's float32 as yardstick;
+    NHWC input too (what the models feed the kernels on CUDA), whose output stays NHWC."""
     torch.manual_seed(0)
     reference = TorchBasicBlock(cin, cout, stride)
     for module in reference.modules():  # running statistics and affine parameters far from the defaults
@@ -65,8 +70,9 @@ def test_residual_block_is_a_resnet_block(train, cin, cout, stride, backend="tri
             module.bias.data.uniform_(-0.5, 0.5)
     block = ResidualBlock(cin, cout, stride)
     block.load_state_dict(reference.state_dict())
-    x = torch.randn(3, cin, 7, 9)
+    x = torch.randn(3, cin, 7, 9).contiguous(memory_format=layout)
     ours = _run(block, x, train, backend)
+    assert ours[0].is_contiguous(memory_format=layout)
     theirs = _run(copy.deepcopy(reference), x, train)
     exact = _run(copy.deepcopy(reference).double(), x.double(), train)
     assert_close_to_reference("y", ours[0], exact[0], theirs[0], torch.float32)
@@ -236,8 +242,15 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     assert main([*run, "--data", str(root), "--out", str(tmp_path / "r3")]) == 2
     line = _error_line(capsys)
     assert line.startswith(f"deepfuse train: error: {bad}: not a readable image") and "--skip-bad" in line
-    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image file of 16 \(first: .*IM-0999-0001"):
-        assert main([*run, "--data", str(root), "--out", str(tmp_path / "r4"), "--skip-bad"]) == 0
-    with pytest.warns(UserWarning, match="skipped 1 unreadable"):  # trained with --skip-bad: predicts so too
-        assert main(["predict", "chest_xray", "--checkpoint", str(tmp_path / "r4" / "last.pt"), str(bad)]) == 2
-    assert _error_line(capsys) == f"deepfuse predict: error: no readable image among the inputs: {bad}"
+    assert main([*run, "--data", str(root), "--out", str(tmp_path / "r4"), "--image-size", "32"]) == 2
+    assert _error_line(capsys).endswith("image_size 32 is too small for this network: at least 64, so that its last "
+                                        "stage keeps 2x2 pixels")  # fmt: skip
+
+
+def test_predict_needs_a_readable_input(tmp_path):
+    from deepfuse.data import DataError
+    from deepfuse.models.chest_xray import readable_inputs
+
+    bad = write_corrupt(tmp_path / "scan.jpeg")
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"), pytest.raises(DataError, match="no readable image"):
+        readable_inputs([str(bad)], {"skip_bad": True})  # a run trained with --skip-bad predicts so too
