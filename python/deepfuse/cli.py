@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 BENCH_OPS = ("linear_act", "conv2d_act", "attention", "lstm")
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
@@ -38,14 +39,25 @@ def _task(name: str):
         raise UserError(str(error)) from None
 
 
-def _interpret_triton_on_cpu(args) -> None:
+def _interpret_triton_on_cpu(argv: list[str]) -> None:
     """``--backend triton`` on the CPU runs the kernels through Triton's interpreter, which must be switched on
-    before the kernels are imported."""
-    if getattr(args, "backend", None) == "triton" and getattr(args, "device", None) in (None, "cpu"):
-        import torch
+    before triton is imported (importing deepfuse imports torch's triton support): when it is not, this process
+    is started again with TRITON_INTERPRET=1."""
+    backend = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--backend"), None)
+    backend = backend or next((a.split("=", 1)[1] for a in argv if a.startswith("--backend=")), None)
+    device = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--device"), None)
+    if backend != "triton" or device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+        return
+    import torch
 
-        if args.device == "cpu" or not torch.cuda.is_available():
-            os.environ.setdefault("TRITON_INTERPRET", "1")
+    if device == "cpu" or not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+        if "triton" in sys.modules:
+            os.execv(sys.executable, [sys.executable, "-m", "deepfuse", *argv])
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"deepfuse: warning: {message}\n"
 
 
 # --- demo --------------------------------------------------------------------------------------------------
@@ -299,8 +311,9 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    _interpret_triton_on_cpu(argv)
+    warnings.formatwarning = _one_line_warning
     args = _parser(argv).parse_args(argv)
-    _interpret_triton_on_cpu(args)
     try:
         return args.run(args)
     except _user_errors() as error:

@@ -15,7 +15,7 @@ from torch import nn
 import deepfuse
 from deepfuse import models
 from deepfuse.cli import main
-from deepfuse.models.chest_xray import ConvBNAddAct, ResidualBlock
+from deepfuse.nn import ConvBNAct, ResidualBlock
 from tests.data.test_chest_xray import kaggle_xray_folder
 from tests.data.test_images import write_corrupt
 from tests.models.helpers import assert_backend_agrees, assert_loss_falls
@@ -86,7 +86,7 @@ def test_residual_block_is_a_resnet_block(cin, cout, stride, train, layout, back
 def test_conv_bn_add_act_in_eval_is_one_fused_convolution():
     from deepfuse.backend import record_choices
 
-    layer = ConvBNAddAct(4, 4, 3, padding=1).eval()
+    layer = ConvBNAct(4, 4, 3, padding=1).eval()
     with record_choices() as log:
         layer(torch.randn(2, 4, 5, 5), torch.randn(2, 4, 5, 5))
     assert [op for op, _ in log] == ["conv2d_act"]

@@ -2,7 +2,7 @@
 
 Network: stem ConvBNAct(3→w, 3x3, stride 2) → ConvBNAct(w→w), then residual blocks (w, 2w, 4w, 8w channels;
 stride 2 from the second stage; the skip's add and ReLU fused in the second convolution's epilogue in eval, see
-chest_xray.ResidualBlock), global average pool, dropout, FusedLinear(→2). Class 1 is dog. Images are 128 px by
+deepfuse.nn.ResidualBlock), global average pool, dropout, FusedLinear(→2). Class 1 is dog. Images are 128 px by
 default: the target asks for at most 128 px, and the photos (up to 500 px) keep their subject at that size.
 
 Data: Kaggle's train/ (label from the file name) with a seeded 10 % validation split per class, or class folders
@@ -24,9 +24,9 @@ from torch import nn
 
 from deepfuse.data import DataError
 from deepfuse.data.images import Augment, ImageDataset, ImageTransform
-from deepfuse.models.chest_xray import ResidualBlock, predict_probabilities, readable_inputs, to_channels_last
+from deepfuse.models.chest_xray import predict_probabilities, readable_inputs, to_channels_last
 from deepfuse.models.task import Data, Option, Task
-from deepfuse.nn import ConvBNAct, FusedLinear
+from deepfuse.nn import ConvBNAct, FusedLinear, ResidualBlock
 
 CLASSES = ["cat", "dog"]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's: photos of the same kind

@@ -2,11 +2,11 @@
 
 Network: stem ConvBNAct(1→w, 3x3, stride 2) → ConvBNAct(w→w) → 2x2 max-pool, then residual blocks
 (w, 2w, 4w, 8w channels; stride 2 from the second stage), global average pool, dropout, FusedLinear(→2).
-A residual block is ResNet's basic block, act(BN(conv(act(BN(conv(x))))) + shortcut(x)); its second convolution
-is a ``ConvBNAddAct``: in eval, BatchNorm is folded into the convolution and the skip's add and the ReLU run in
-the convolution's epilogue (one kernel); in training, BatchNorm needs the batch's statistics of the convolution's
-output, so the add and ReLU follow it unfused. Images are 224 px by default (the resolution the published
-results use; the originals are 1000-2000 px).
+A residual block (``deepfuse.nn.ResidualBlock``) is ResNet's basic block, act(BN(conv(act(BN(conv(x))))) +
+shortcut(x)); its second ConvBNAct takes the residual: in eval, BatchNorm is folded into the convolution and the
+skip's add and the ReLU run in the convolution's epilogue (one kernel); in training, BatchNorm needs the batch's
+statistics of the convolution's output, so the add and ReLU follow it unfused. Images are 224 px by default
+(the resolution the published results use; the originals are 1000-2000 px).
 
 Data: validation carved from train by patient (deepfuse.data.chest_xray); the 3:1 PNEUMONIA:NORMAL imbalance
 is met by weighted sampling (each class drawn equally often). The decision threshold is chosen on validation
@@ -29,46 +29,11 @@ from torch import nn
 from deepfuse.data import DataError
 from deepfuse.data.images import Augment, ImageDataset, ImageTransform, check_images, input_images
 from deepfuse.models.task import Data, Option, Task
-from deepfuse.nn import ConvBNAct, FusedLinear
-from deepfuse.nn.conv import fold_batch_norm
-from deepfuse.ops.activations import activation_ref
-from deepfuse.ops.conv2d_act import conv2d_act
+from deepfuse.nn import ConvBNAct, FusedLinear, ResidualBlock
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
 MEAN, STD = (0.50,), (0.22,)  # measured on the 19 real sample images; BN follows the stem, so roughly is enough
 MIN_IMAGE_SIZE = 64  # the last stage sees 1/32 of the image
-
-
-class ConvBNAddAct(ConvBNAct):
-    """``act(BN(conv(x)) + residual)`` with ConvBNAct's state_dict (Conv2d, BatchNorm2d).
-
-    Training: convolution (fused bias) → BatchNorm on batch statistics → add → activation.
-    Eval: BatchNorm folded into the convolution; residual and activation fused in its epilogue (one kernel).
-    """
-
-    def forward(self, input: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        conv, bn = self[0], self[1]
-        if conv.padding_mode != "zeros":
-            raise ValueError(f"ConvBNAddAct supports padding_mode='zeros' only, got {conv.padding_mode!r}")
-        geometry = (conv.stride, conv.padding, conv.dilation, conv.groups)
-        if self.training or bn.running_mean is None:
-            return activation_ref(bn(conv2d_act(input, conv.weight, conv.bias, *geometry)) + residual, self.activation)
-        weight, bias = fold_batch_norm(conv.weight, conv.bias, bn)
-        return conv2d_act(input, weight, bias, *geometry, self.activation, residual=residual)
-
-
-class ResidualBlock(nn.Module):
-    """ResNet's basic block; the shortcut is the input, or a 1x1 ConvBN when the stride or width changes."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, activation: str = "relu") -> None:
-        super().__init__()
-        self.conv1 = ConvBNAct(in_channels, out_channels, 3, stride, padding=1, activation=activation)
-        self.conv2 = ConvBNAddAct(out_channels, out_channels, 3, padding=1, activation=activation)
-        changes = stride != 1 or in_channels != out_channels
-        self.shortcut = ConvBNAct(in_channels, out_channels, 1, stride, activation="none") if changes else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(self.conv1(x), self.shortcut(x))
 
 
 def to_channels_last(images: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ from deepfuse.nn.attention import MultiheadAttention, TransformerEncoderLayer
 from deepfuse.nn.conv import ConvBNAct, FusedConv2d
 from deepfuse.nn.linear import FusedLinear
 from deepfuse.nn.lstm import LSTM, LSTMCell
+from deepfuse.nn.residual import ResidualBlock
 
 __all__ = [
     "LSTM",
@@ -12,5 +13,6 @@ __all__ = [
     "FusedLinear",
     "LSTMCell",
     "MultiheadAttention",
+    "ResidualBlock",
     "TransformerEncoderLayer",
 ]

@@ -99,14 +99,17 @@ class ConvBNAct(nn.Sequential):
         )
         self.activation = activation
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``act(BN(conv(input)) [+ residual])``; in eval the residual and activation run in the folded
+        convolution's epilogue (ResNet's block ending)."""
         conv, bn = self[0], self[1]
         input, padding = _apply_padding_mode(conv, input)
         geometry = (conv.stride, padding, conv.dilation, conv.groups)
         if self.training or bn.running_mean is None:
-            return activation_ref(bn(conv2d_act(input, conv.weight, conv.bias, *geometry)), self.activation)
+            normalised = bn(conv2d_act(input, conv.weight, conv.bias, *geometry))
+            return activation_ref(normalised if residual is None else normalised + residual, self.activation)
         weight, bias = fold_batch_norm(conv.weight, conv.bias, bn)
-        return conv2d_act(input, weight, bias, *geometry, self.activation)
+        return conv2d_act(input, weight, bias, *geometry, self.activation, residual=residual)
 
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}"

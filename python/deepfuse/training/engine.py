@@ -346,8 +346,11 @@ def _finish(run: Run, seconds: float, log) -> dict:
         run.raw_model.load_state_dict(load_checkpoint(run.out / "best.pt", task.name)["model_state"])
     split = "test" if run.data.test is not None and len(run.data.test) else "val"
     with deepfuse.use_backend(run.config["backend"]):
-        final, outputs, targets = task.validate(run, split)
-        val_metrics = final if split == "val" else task.validate(run, "val")[0]
+        # validation first: a task may fit on it (a decision threshold) what the test split then uses
+        val_metrics, outputs, targets = task.validate(run, "val")
+        final = val_metrics
+        if split == "test":
+            final, outputs, targets = task.validate(run, "test")
     payload = {**final, "split": split, "val": val_metrics, "model": task.name, "config": run.config,
                "seed": run.config["seed"], "git_sha": _git_sha(), "device": str(run.device),
                "backend": run.config["backend"], "layers": run.extra.get("layers"), "seconds": round(seconds, 2),

@@ -40,7 +40,8 @@ def choose_threshold(probability: np.ndarray, truth: np.ndarray) -> float:
         warnings.warn("the validation split holds one class only: decision threshold falls back to 0.5", stacklevel=2)
         return 0.5
     fpr, tpr, thresholds = roc_curve(truth, probability)
-    best = int(np.argmax(tpr - fpr))
+    # the curve's first point (threshold +inf) calls everything negative: never a useful decision threshold
+    best = 1 + int(np.argmax(tpr[1:] - fpr[1:]))
     return float(min(max(thresholds[best], 0.0), 1.0))
 
 

@@ -50,7 +50,8 @@ def confusion_matrix_png(logits: torch.Tensor, targets: torch.Tensor, path: Path
     classes = logits.shape[-1]
     matrix = confusion_matrix(targets.cpu().numpy(), logits.argmax(-1).cpu().numpy(), labels=list(range(classes)))
     names = list(class_names) if class_names else [str(i) for i in range(classes)]
-    figure, axes = plt.subplots(figsize=(1.0 + 0.6 * classes, 0.8 + 0.6 * classes))
+    side = max(3.5, 1.0 + 0.6 * classes)  # room for long class names ("PNEUMONIA")
+    figure, axes = plt.subplots(figsize=(side, side))
     axes.imshow(matrix, cmap="Blues")
     for (row, col), count in np.ndenumerate(matrix):
         color = "white" if count > matrix.max() / 2 else "black"
