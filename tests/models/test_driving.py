@@ -17,6 +17,15 @@ from tests.models.helpers import assert_backend_agrees, assert_loss_falls
 TASK = models.get("driving")
 
 
+@pytest.fixture
+def one_thread():
+    """Small batches: torch's second thread mostly waits on a busy 2-core machine (seconds per step)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory):
     folder = tmp_path_factory.mktemp("recording")
@@ -39,7 +48,7 @@ def test_pilotnet_is_nvidias_network():
         PilotNet((60, 200))
 
 
-def test_a_few_steps_lower_the_loss(recording):
+def test_a_few_steps_lower_the_loss(recording, one_thread):
     data = TASK.load_data(recording, {})
     x = torch.stack([data.train[i][0] for i in range(16)])
     y = torch.stack([data.train[i][1] for i in range(16)])
@@ -47,7 +56,7 @@ def test_a_few_steps_lower_the_loss(recording):
 
 
 @pytest.mark.slow  # ~30 s: the smallest input PilotNet's layers take (61x61) through the Triton interpreter
-def test_triton_agrees_with_torch():
+def test_triton_agrees_with_torch(one_thread):
     state = {"image_size": [61, 61]}
     torch.manual_seed(1)
     assert_backend_agrees(TASK, state, {}, torch.randn(1, 3, 61, 61), torch.randn(1, 1), "triton", train=True)
@@ -79,7 +88,7 @@ def test_reads_the_real_udacity_samples(realdata):
     assert "3 driving logs" in data.summary
 
 
-def test_trains_evaluates_and_predicts_from_the_cli(recording, tmp_path, capsys):
+def test_trains_evaluates_and_predicts_from_the_cli(recording, tmp_path, capsys, one_thread):
     out = tmp_path / "run"
     arguments = ["train", "driving", "--data", str(recording), "--epochs", "1", "--batch-size", "32", "--out", str(out),
                  "--no-progress", "--closed-loop-tracks", "1", "--closed-loop-steps", "30"]  # fmt: skip
@@ -99,7 +108,7 @@ def test_trains_evaluates_and_predicts_from_the_cli(recording, tmp_path, capsys)
     assert png.is_file() and "pilotnet on test track 0" in capsys.readouterr().out
 
 
-def test_a_pilot_sees_what_training_saw(recording):
+def test_a_pilot_sees_what_training_saw(recording, one_thread):
     """The closed-loop pilot preprocesses the simulator's frames exactly as the loader does the recorded JPEGs
     (bar JPEG compression), so a network's steering is close on both."""
     from deepfuse.data.driving import load_frames, read_log, to_tensor

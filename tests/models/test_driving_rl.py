@@ -38,10 +38,10 @@ def test_policy_outputs_action_mean_and_value():
         DrivingPolicy(24)
 
 
-@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_triton_agrees_with_torch(train, one_thread):
+def test_triton_agrees_with_torch(one_thread):
+    # the policy has no batch norm or dropout: train and eval mode run the same kernels
     state, images, targets = TASK.example(2, {"image_size": 16})
-    assert_backend_agrees(TASK, state, {}, images, targets, "triton", train=train)
+    assert_backend_agrees(TASK, state, {}, images, targets, "triton", train=True)
 
 
 def test_gae_matches_the_definition():

@@ -8,7 +8,8 @@ JPEG). Steering is the expert's command in [-1, 1] (> 0 right, ±1 = ±25°), sp
 
 The car executes the expert's steering plus Ornstein-Uhlenbeck noise, so the log shows the car drifting and
 the expert steering back (the recorded label is the expert's command without the noise). A car that leaves
-the road anyway, or has driven ``episode_steps``, starts again elsewhere.
+the road anyway, or has driven ``episode_steps`` (30 s by default), starts again at a random place of a random
+track, so that a log covers many tracks.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ NOISE_DECAY, NOISE_STEP = 0.8, 0.12  # OU noise on the executed steering: statio
 
 
 def drive_expert(rows: int, seed: int = 0, *, split: str = "train", tracks: int = 8, noise: float = 1.0,
-                 episode_steps: int = 1500, target_speed: float = 8.0) -> Iterator[dict]:  # fmt: skip
+                 episode_steps: int = 300, target_speed: float = 8.0) -> Iterator[dict]:  # fmt: skip
     """``rows`` time steps of one expert-driven car, each ``{"center" | "left" | "right": (160, 320, 3) uint8,
     "steering", "throttle", "brake", "speed" (mph)}``; ``noise`` scales the steering noise (0: none)."""
     if rows < 1:

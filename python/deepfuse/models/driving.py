@@ -72,7 +72,7 @@ def _simulated_frames(rows: int, seed: int, split: str, tracks: int):
     from deepfuse.envs.recorder import drive_expert
 
     images, steering = [], []
-    for frame in drive_expert(rows, seed, split=split, tracks=tracks):
+    for frame in drive_expert(rows, seed, split=split, tracks=tracks, episode_steps=max(50, rows // tracks)):
         images.append(np.stack([preprocess(frame[c]) for c in ("center", "left", "right")]))
         steering.append(frame["steering"])
     return Frames(np.stack(images), np.array(steering, dtype=np.float32), np.ones(rows, dtype=bool))

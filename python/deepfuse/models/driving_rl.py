@@ -333,7 +333,7 @@ class DrivingRLTask(Task):
             path = Path(item)
             if not path.is_file():
                 raise DataError(path, f"no such file (expected a camera image; it is resized to {size}x{size})")
-            image = np.asarray(Image.fromarray(read_image(path)).resize((size, size), Image.BILINEAR))
+            image = np.array(Image.fromarray(read_image(path)).resize((size, size), Image.BILINEAR))
             out = model(torch.from_numpy(image)[None].to(device)).float()[0]
             lines.append(f"{path.name}: steering {out[0].item():+.4f}, value {out[1].item():.3f}")
         return lines
