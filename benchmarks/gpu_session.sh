@@ -25,5 +25,9 @@ for tool in memcheck racecheck synccheck; do
   echo "compute-sanitizer $tool lstm rc=$?" | tee -a "$OUT/summary.log"
 done
 python -m deepfuse bench all $QUICK --dtype bf16 --out "$OUT/results" >"$OUT/bench.log" 2>&1; echo "bench rc=$?" | tee -a "$OUT/summary.log"
+# The models: the demo (digits, with its deepfuse-vs-torch train-step timing) and every model's throughput.
+python -m deepfuse demo --out "$OUT/demo" >"$OUT/demo.log" 2>&1; echo "demo rc=$?" | tee -a "$OUT/summary.log"
+tail -3 "$OUT/demo.log" >>"$OUT/summary.log"
+python -m deepfuse bench models --out "$OUT/results" >"$OUT/bench-models.log" 2>&1; echo "bench models rc=$?" | tee -a "$OUT/summary.log"
 cat "$OUT/summary.log"
 tar czf "$FINAL/gpu-run.tar.gz" -C "$FINAL" run && cp "$OUT/summary.log" "$FINAL/summary.log"
