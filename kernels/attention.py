@@ -12,6 +12,8 @@ mask (B, Nk), nonzero = ignore. A query whose keys are all masked outputs zeros 
 Layouts: (B, H, N, D) with any strides; D up to 256, padded to a power of two inside the kernel.
 """
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -22,17 +24,65 @@ from .gemm_common import INTERPRET, dot_flags, mma
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 
 
-def _blocks():
-    return (32, 32) if INTERPRET else (64, 64)
+class Tiles(NamedTuple):
+    block_m: int  # queries per program (fwd, dq) or per inner step (dkdv)
+    block_n: int  # keys per inner step (fwd, dq) or per program (dkdv)
+    num_warps: int
+    num_stages: int
+
+
+# (largest padded head dim, tiles) per dot kind and kernel, smallest head dims first.
+# NOTE: chosen from ptxas for sm_90 (tests/compile_gate; speed unmeasured, no GPU run yet). fp16/bf16: 64x64 on
+# 4 warps fits up to D = 128 (dkdv needs 8 warps there: 20 B of spills on 4); at D = 256, 64x64 in backward
+# needs 262-271 KB of shared memory (> 227 KB), so dkdv takes 32 keys per program (173 KB, 206 registers) and
+# fwd/dq 8 warps and 2 stages (164/197 KB). tf32 operands are twice as wide: smaller tiles from D = 128.
+# fp32 without TF32 runs tl.dot on FMAs, which keeps whole operand rows in registers: at 64x64 it spilled
+# 2-165 KB per thread (and took 20-330 s to compile); 32x32 (dkdv 16x32) on 8 warps, one or two stages, keeps
+# every head dim up to 256 under 200 registers without spills.
+_TILES = {
+    "half": {
+        "fwd": [(128, Tiles(64, 64, 4, 3)), (256, Tiles(64, 64, 8, 2))],
+        "dkdv": [(64, Tiles(64, 64, 4, 3)), (128, Tiles(64, 64, 8, 3)), (256, Tiles(128, 32, 8, 2))],
+        "dq": [(128, Tiles(64, 64, 4, 3)), (256, Tiles(64, 64, 8, 2))],
+    },
+    "tf32": {
+        "fwd": [(64, Tiles(64, 64, 4, 3)), (128, Tiles(64, 64, 8, 2)), (256, Tiles(32, 32, 4, 2))],
+        "dkdv": [(32, Tiles(64, 64, 4, 3)), (64, Tiles(64, 64, 8, 3)), (128, Tiles(64, 32, 8, 2)),
+                 (256, Tiles(32, 32, 4, 2))],  # fmt: skip
+        "dq": [(64, Tiles(64, 64, 4, 3)), (128, Tiles(64, 32, 8, 2)), (256, Tiles(32, 32, 4, 2))],
+    },
+    "ieee": {
+        "fwd": [(128, Tiles(32, 32, 8, 1)), (256, Tiles(32, 32, 8, 2))],
+        "dkdv": [(256, Tiles(16, 32, 8, 1))],
+        "dq": [(256, Tiles(32, 32, 8, 2))],
+    },
+}
+
+
+def tiles(kernel: str, block_d: int, dtype: torch.dtype, precision: str) -> Tiles:
+    """The tiles of kernel ("fwd", "dkdv" or "dq") at padded head dim block_d, for dtype and dot precision."""
+    if INTERPRET:  # programs run one after another: small tiles keep CPU tests fast
+        return Tiles(32, 32, 4, 1)
+    kind = "half" if dtype in (torch.float16, torch.bfloat16) else precision
+    for largest, choice in _TILES[kind][kernel]:
+        if block_d <= largest:
+            return choice
+    raise ValueError(f"head dim {block_d} is larger than the attention kernels take ({largest})")
 
 
 @triton.jit
 def _sequence(cu_seqlens_ptr, b, n, VARLEN: tl.constexpr):
     """(first token, length) of sequence b: packed (varlen) layouts read cu_seqlens, padded ones are 0..n."""
+    # One return after a constexpr if/else: the compiler type-checks every return statement, and n may be an
+    # int32 or (when it equals 1) a constant, while the packed length is loaded.
     if VARLEN:
-        start = tl.load(cu_seqlens_ptr + b).to(tl.int64)
-        return start, tl.load(cu_seqlens_ptr + b + 1).to(tl.int64) - start
-    return tl.zeros((), dtype=tl.int64), n
+        first = tl.load(cu_seqlens_ptr + b)
+        start = first.to(tl.int64)
+        length = tl.load(cu_seqlens_ptr + b + 1) - first  # int32, as cu_seqlens
+    else:
+        start = tl.zeros((), dtype=tl.int64)
+        length = n
+    return start, length
 
 
 @triton.jit
@@ -232,10 +282,11 @@ def _layout(t: torch.Tensor, packed: bool) -> tuple:
     return tuple(t.stride())
 
 
-def _launch_meta(causal, has_mask, varlen, D, dtype):
-    block_m, block_n = _blocks()
+def _launch_meta(kernel, causal, has_mask, varlen, D, dtype):
+    flags = dot_flags(dtype)
+    block_m, block_n, num_warps, num_stages = tiles(kernel, _block_d(D), dtype, flags["DOT_PRECISION"])
     return dict(CAUSAL=causal, HAS_MASK=has_mask, VARLEN=varlen, BLOCK_M=block_m, BLOCK_N=block_n,
-                BLOCK_D=_block_d(D), **dot_flags(dtype))  # fmt: skip
+                BLOCK_D=_block_d(D), num_warps=num_warps, num_stages=num_stages, **flags)  # fmt: skip
 
 
 def attention_fwd(q, k, v, key_padding_mask, causal: bool, scale: float, cu_seqlens=None, max_seqlens=None):
@@ -259,7 +310,7 @@ def attention_fwd(q, k, v, key_padding_mask, causal: bool, scale: float, cu_seql
         lse.fill_(float("inf"))
         return out, lse
     mask, smb, smn, has_mask = _mask_args(key_padding_mask, q)
-    meta = _launch_meta(causal, has_mask, packed, D, q.dtype)
+    meta = _launch_meta("fwd", causal, has_mask, packed, D, q.dtype)
     _attention_fwd_kernel[(triton.cdiv(Nq, meta["BLOCK_M"]), batch * Hq)](
         q, k, v, mask, out, lse, cu_q, cu_k, Hq, Nq, Nk, D, Hq // Hkv,
         *_layout(q, packed), *_layout(k, packed), *_layout(v, packed), *_layout(out, packed), smb, smn,
@@ -294,13 +345,14 @@ def attention_bwd(grad_out, q, k, v, out, lse, key_padding_mask, causal: bool, s
         dq.zero_()
     else:
         mask, smb, smn, has_mask = _mask_args(key_padding_mask, q)
-        meta = _launch_meta(causal, has_mask, packed, D, q.dtype)
         strides = (*_layout(q, packed), *_layout(k, packed), *_layout(v, packed), smb, smn, *lse_strides)
         args = (Hq, Nq, Nk, D, group, *strides)
         scales = (scale * 1.4426950408889634, scale)
+        meta = _launch_meta("dkdv", causal, has_mask, packed, D, q.dtype)
         _attention_bwd_dkdv_kernel[(triton.cdiv(Nk, meta["BLOCK_N"]), batch * Hq)](
             q, k, v, mask, grad_out, lse, delta, dk, dv, cu_q, cu_k, *args, *_layout(dk, packed), *scales, **meta
         )
+        meta = _launch_meta("dq", causal, has_mask, packed, D, q.dtype)
         _attention_bwd_dq_kernel[(triton.cdiv(Nq, meta["BLOCK_M"]), batch * Hq)](
             q, k, v, mask, grad_out, lse, delta, dq, cu_q, cu_k, *args, *scales, **meta
         )

@@ -19,10 +19,10 @@ import triton.language as tl
 
 from . import utils
 from .activations import apply_activation
-from .gemm_common import GEMM_SHAPES, autotune_configs, dot_flags, grouped_tile, load_grad_preact, mma
+from .gemm_common import dot_flags, gemm_autotune, grouped_tile, load_grad_preact, mma
 
 
-@triton.autotune(configs=autotune_configs(GEMM_SHAPES), key=["M", "COUT_G", "CIN_G", "KH", "KW", "ACTIVATION"])
+@gemm_autotune(key=["M", "COUT_G", "CIN_G", "KH", "KW", "ACTIVATION"])
 @triton.jit
 def _conv2d_act_fwd_kernel(
     # pointers
@@ -79,7 +79,7 @@ def _conv2d_act_fwd_kernel(
     tl.store(y_ptr + out_offsets, y.to(y_ptr.dtype.element_ty), mask=out_mask)
 
 
-@triton.autotune(configs=autotune_configs(GEMM_SHAPES), key=["M", "COUT_G", "CIN_G", "KH", "KW", "ACTIVATION"])
+@gemm_autotune(key=["M", "COUT_G", "CIN_G", "KH", "KW", "ACTIVATION"])
 @triton.jit
 def _conv2d_act_bwd_dx_kernel(
     # pointers: dy and saved share strides
@@ -130,7 +130,7 @@ def _conv2d_act_bwd_dx_kernel(
     tl.store(dx_ptr + dx_offsets, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_ci[None, :])
 
 
-@triton.autotune(configs=autotune_configs(GEMM_SHAPES), key=["M", "COUT_G", "CIN_G", "KH", "KW", "ACTIVATION"])
+@gemm_autotune(key=["M", "COUT_G", "CIN_G", "KH", "KW", "ACTIVATION"])
 @triton.jit
 def _conv2d_act_bwd_dw_kernel(
     # pointers: dy and saved share strides; dw is (Cout, Cin_g, KH, KW) contiguous

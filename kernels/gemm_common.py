@@ -36,6 +36,48 @@ GEMM_SHAPES = [
 ]
 
 
+# sm_90: dynamic shared memory one block may opt in to (227 KiB).
+MAX_SHARED_BYTES = 232_448
+
+
+def shared_bytes_estimate(config: triton.Config, element_size: int, a_streams: int) -> int:
+    """Shared memory of a config's pipelined operand tiles: num_stages copies of the A tile(s) (BLOCK_M x BLOCK_K;
+    a_streams of them: backward kernels stream dy and the saved activation input) and the B tile (BLOCK_K x
+    BLOCK_N). An upper bound of what Triton allocated for these kernels on sm_90 (tests/compile_gate checks it)."""
+    block_m, block_n, block_k = (config.kwargs[name] for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+    return config.num_stages * (a_streams * block_m + block_n) * block_k * element_size
+
+
+def prune_configs(configs, named_args, **kwargs):
+    """early_config_prune for the GEMM-shaped kernels, before the autotuner compiles anything: drops the configs
+    whose tiles cannot fit a block's shared memory (a launch would fail with OutOfResources), and for IEEE fp32
+    dots (FMAs, no tensor cores) the tiles too large for registers (over 16 accumulators per thread).
+
+    NOTE: ptxas for sm_90 (tests/compile_gate; speed unmeasured): fp32 128x256x64 with 3 stages needs 294,912 B
+    of shared memory, and 21 such fp32 configs of the three GEMM and three conv kernels could never launch. With
+    IEEE fp32, every tile over 16 accumulators per thread spilled in some kernel (0.1-26 KB; e.g. linear 64x64x64
+    on 4 warps 6.3 KB, 128x128x64 on 8 warps 8.8 KB, conv fwd 128x256x64 26 KB) and compiled in 5-40 s.
+    """
+    element_size = next(arg.element_size() for arg in named_args.values() if isinstance(arg, torch.Tensor))
+    a_streams = 2 if named_args.get("saved_ptr") is not None and kwargs.get("ACTIVATION", 0) != 0 else 1
+    fma = kwargs.get("DOT_PRECISION") == "ieee" and element_size == 4
+    kept = []
+    for config in configs:
+        if shared_bytes_estimate(config, element_size, a_streams) > MAX_SHARED_BYTES:
+            continue
+        if fma and config.kwargs["BLOCK_M"] * config.kwargs["BLOCK_N"] > 16 * 32 * config.num_warps:
+            continue
+        kept.append(config)
+    return kept
+
+
+def gemm_autotune(key: list[str]):
+    """@triton.autotune over GEMM_SHAPES for a GEMM-shaped kernel, pruned (prune_configs) before anything is
+    compiled; the dot precision is part of the key (IEEE and TF32 keep their own choices)."""
+    return triton.autotune(configs=autotune_configs(GEMM_SHAPES), key=[*key, "DOT_PRECISION"],
+                           prune_configs_by={"early_config_prune": prune_configs})  # fmt: skip
+
+
 @triton.jit
 def mma(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
     # The interpreter multiplies raw bf16 bits in tl.dot; upcasting there keeps results right.

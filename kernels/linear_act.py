@@ -15,10 +15,10 @@ import triton.language as tl
 
 from . import utils
 from .activations import apply_activation
-from .gemm_common import GEMM_SHAPES, autotune_configs, dot_flags, grouped_tile, load_grad_preact, mma
+from .gemm_common import dot_flags, gemm_autotune, grouped_tile, load_grad_preact, mma
 
 
-@triton.autotune(configs=autotune_configs(GEMM_SHAPES), key=["M", "N", "K", "ACTIVATION", "HAS_BIAS"])
+@gemm_autotune(key=["M", "N", "K", "ACTIVATION", "HAS_BIAS"])
 @triton.jit
 def _linear_act_fwd_kernel(
     # pointers
@@ -58,7 +58,7 @@ def _linear_act_fwd_kernel(
     tl.store(y_ptr + out_offsets, y.to(y_ptr.dtype.element_ty), mask=out_mask)
 
 
-@triton.autotune(configs=autotune_configs(GEMM_SHAPES), key=["M", "N", "K", "ACTIVATION"])
+@gemm_autotune(key=["M", "N", "K", "ACTIVATION"])
 @triton.jit
 def _linear_act_bwd_dx_kernel(
     # pointers: dy and saved are (M, N) contiguous; dx is (M, K) contiguous
@@ -91,7 +91,7 @@ def _linear_act_bwd_dx_kernel(
              mask=mask_m[:, None] & mask_k[None, :])  # fmt: skip
 
 
-@triton.autotune(configs=autotune_configs(GEMM_SHAPES), key=["M", "N", "K", "ACTIVATION", "HAS_BIAS"])
+@gemm_autotune(key=["M", "N", "K", "ACTIVATION", "HAS_BIAS"])
 @triton.jit
 def _linear_act_bwd_dw_kernel(
     # pointers: dy and saved are (M, N) contiguous; dw is (N, K) contiguous; db is (N,)

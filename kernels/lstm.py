@@ -75,11 +75,16 @@ def _accumulate_gates(acc_i, acc_f, acc_g, acc_o, a_ptr, sab, sak, offs_b, mask_
         mask_k = offs_k < K
         a_ptrs = a_ptr + offs_b[:, None] * sab + offs_k[None, :] * sak
         a_mask = mask_b[:, None] & mask_k[None, :]
-        args = (offs_j, mask_j, offs_k, mask_k, swr, swc, DOT_PRECISION, UPCAST_DOT)
-        acc_i = _gate_block(acc_i, a_ptrs, a_mask, w_ptr, 0, H, *args)
-        acc_f = _gate_block(acc_f, a_ptrs, a_mask, w_ptr, 1, H, *args)
-        acc_g = _gate_block(acc_g, a_ptrs, a_mask, w_ptr, 2, H, *args)
-        acc_o = _gate_block(acc_o, a_ptrs, a_mask, w_ptr, 3, H, *args)
+        # The constexprs go by name: packed into a tuple, a constexpr string becomes a value the compiler
+        # cannot convert ("cannot convert ieee of type str to tensor"; the interpreter does not mind).
+        acc_i = _gate_block(acc_i, a_ptrs, a_mask, w_ptr, 0, H, offs_j, mask_j, offs_k, mask_k, swr, swc,
+                            DOT_PRECISION, UPCAST_DOT)  # fmt: skip
+        acc_f = _gate_block(acc_f, a_ptrs, a_mask, w_ptr, 1, H, offs_j, mask_j, offs_k, mask_k, swr, swc,
+                            DOT_PRECISION, UPCAST_DOT)  # fmt: skip
+        acc_g = _gate_block(acc_g, a_ptrs, a_mask, w_ptr, 2, H, offs_j, mask_j, offs_k, mask_k, swr, swc,
+                            DOT_PRECISION, UPCAST_DOT)  # fmt: skip
+        acc_o = _gate_block(acc_o, a_ptrs, a_mask, w_ptr, 3, H, offs_j, mask_j, offs_k, mask_k, swr, swc,
+                            DOT_PRECISION, UPCAST_DOT)  # fmt: skip
     return acc_i, acc_f, acc_g, acc_o
 
 
@@ -111,7 +116,7 @@ def _split_gates(acc, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     return i, f, g, o
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t"])  # t is the step: one compiled kernel for every step
 def _lstm_step_fwd_kernel(
     # pointers: x (B, IN) with w_ih, or xp (B, 4H) contiguous, the input projection with both biases;
     # h_out, c_out (B, H) contiguous; gates (B, 4H) activated (when SAVE_GATES); lengths (B,) int32
@@ -181,7 +186,7 @@ def _step_gate_grads(dh, dc_in, c_prev_ptr, c_new_ptr, gates_ptr, state, gate_of
                        _load_f32(gates_ptr, gate_offs + 3 * H, mask))  # fmt: skip
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t"])  # t is the step: one compiled kernel for every step
 def _lstm_step_grads_kernel(
     # pointers: (B, H) or (B, 4H) contiguous. dh, dc: the step's incoming gradients (dc optional). With
     # CARRY the fp32 carries are added and dc_carry is updated in place (rows past their length keep it);
@@ -216,7 +221,7 @@ def _lstm_step_grads_kernel(
         tl.store(dc_out_ptr + state, dc_prev.to(dc_out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t"])  # t is the step: one compiled kernel for every step
 def _lstm_step_dh_kernel(
     # pointers: dgates (B, 4H) contiguous, this step's; dh_carry (B, H) fp32, replaced by dgates @ W_hh for
     # the rows still inside their length
@@ -251,7 +256,8 @@ def _lstm_step_dh_kernel(
 @triton.jit
 def _persistent_setup(counters_ptr, group, num_slices, B, H):
     """(elements per step of (B, H) states, of (B, 4H) gates, the group's barrier counter, arrivals so far)."""
-    state_step = B.to(tl.int64) * H
+    # Triton turns an int argument equal to 1 into a Python constant (no .to()): widen by adding to an int64 zero.
+    state_step = (tl.zeros((), dtype=tl.int64) + B) * H
     return state_step, 4 * state_step, counters_ptr + group, num_slices * 0
 
 
@@ -401,9 +407,31 @@ def _lstm_persistent_bwd_kernel(
 # ---------------------------------------------------------------------------------------------
 
 
-def _step_blocks() -> tuple[int, int, int]:
-    """(BLOCK_B, BLOCK_H, BLOCK_K) of the step kernels."""
-    return (16, 32, 32) if INTERPRET else (16, 64, 64)
+class StepTiles(NamedTuple):
+    block_b: int  # batch rows per program
+    block_h: int  # hidden units per program (each with its four gates)
+    block_k: int  # reduction step of the step kernels' products
+    num_warps: int
+    num_stages: int
+
+
+def step_tiles(dtype: torch.dtype) -> StepTiles:
+    """Tiles of the per-step kernels (the fused cell, the gate gradients and dh = dgates W_hh)."""
+    if INTERPRET:
+        return StepTiles(16, 32, 32, 4, 1)
+    # NOTE: ptxas for sm_90 (tests/compile_gate; speed unmeasured): 16x64 with BLOCK_K 64 on 4 warps and 3 stages
+    # spilled 0.6-6 KB in the fused cell (four gate accumulators plus the W tiles); BLOCK_K 32 on 8 warps with 2
+    # stages compiles every dtype without spills (fp16 213, fp32 194, tf32 243 registers).
+    return StepTiles(16, 64, 32, 8, 2)
+
+
+def _step_launch(tiles: StepTiles, B: int, H: int, dtype: torch.dtype, dot: bool = True):
+    """(grid, meta-parameters and options) of a step kernel; dot: the kernel takes BLOCK_K and the dot flags."""
+    grid = (triton.cdiv(B, tiles.block_b), triton.cdiv(H, tiles.block_h))
+    meta = dict(BLOCK_B=tiles.block_b, BLOCK_H=tiles.block_h, num_warps=tiles.num_warps)
+    if dot:
+        meta |= dict(BLOCK_K=tiles.block_k, num_stages=tiles.num_stages, **dot_flags(dtype))
+    return grid, meta
 
 
 class PersistentLayout(NamedTuple):
@@ -434,7 +462,7 @@ def layout_for(B: int, H: int, dtype: torch.dtype, num_sms: int) -> PersistentLa
     # H = 256 on 4 warps (fp16: 214/234 registers at H = 256) and H = 512 on 8 (186/246); BLOCK_B 32 or 64
     # spills (fwd 812 B, bwd 2 KB at H = 256, BLOCK_B 64). fp32's exact dot runs on FMAs: 8 warps from H = 64
     # (fwd 220 registers at H = 64, 388 B of spills on 4 warps). A single slice of 64 on 8 warps: 207/185.
-    # tests/ops/test_lstm_sm90_resources.py keeps these configurations compiling within the limits.
+    # The compile gate (python -m tests.compile_gate) keeps every configuration compiling within the limits.
     warps = 8 if hidden >= 512 or single or (dtype == torch.float32 and hidden >= 64) else 4
     block_h = hidden if single else 16
     slices = triton.cdiv(H, block_h)
@@ -452,12 +480,11 @@ def lstm_cell_fwd(x, h, c, w_ih, w_hh, bias, save_gates: bool):
     gates = torch.empty((B, 4 * H) if save_gates else (0,), device=x.device, dtype=x.dtype)
     if B == 0 or H == 0:
         return h_next, c_next, gates
-    bb, bh, bk = _step_blocks()
-    _lstm_step_fwd_kernel[(triton.cdiv(B, bb), triton.cdiv(H, bh))](
+    grid, meta = _step_launch(step_tiles(x.dtype), B, H, x.dtype)
+    _lstm_step_fwd_kernel[grid](
         x, w_ih, x, h, c, w_hh, bias if bias is not None else x, x, h_next, c_next, gates if save_gates else h_next,
         B, IN, H, 0, *x.stride(), *h.stride(), *c.stride(), *w_ih.stride(), *w_hh.stride(),
-        HAS_X=True, HAS_BIAS=bias is not None, HAS_LENGTHS=False, SAVE_GATES=save_gates,
-        BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, **dot_flags(x.dtype),
+        HAS_X=True, HAS_BIAS=bias is not None, HAS_LENGTHS=False, SAVE_GATES=save_gates, **meta,
     )  # fmt: skip
     return h_next, c_next, gates
 
@@ -469,12 +496,11 @@ def lstm_cell_grad_gates(grad_h, grad_c, c, c_next, gates):
     dc_prev = torch.empty((B, H), device=c.device, dtype=c.dtype)
     if B == 0 or H == 0:
         return dgates, dc_prev
-    bb, bh, _ = _step_blocks()
+    grid, meta = _step_launch(step_tiles(c.dtype), B, H, c.dtype, dot=False)
     grad_h = grad_h.contiguous()
-    _lstm_step_grads_kernel[(triton.cdiv(B, bb), triton.cdiv(H, bh))](
+    _lstm_step_grads_kernel[grid](
         grad_h, grad_c.contiguous() if grad_c is not None else grad_h, grad_h, grad_h, c.contiguous(), c_next, gates,
-        grad_h, dgates, dc_prev, B, H, 0, HAS_DC=grad_c is not None, CARRY=False, HAS_LENGTHS=False,
-        BLOCK_B=bb, BLOCK_H=bh,
+        grad_h, dgates, dc_prev, B, H, 0, HAS_DC=grad_c is not None, CARRY=False, HAS_LENGTHS=False, **meta,
     )  # fmt: skip
     return dgates, dc_prev
 
@@ -512,13 +538,12 @@ def lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save: bool, persistent: bool | None 
             num_warps=layout.num_warps, **dot_flags(xp.dtype),
         )  # fmt: skip
         return hs, cs, gates, c_n
-    bb, bh, bk = _step_blocks()
+    grid, meta = _step_launch(step_tiles(xp.dtype), B, H, xp.dtype)
     for t in range(T):
-        _lstm_step_fwd_kernel[(triton.cdiv(B, bb), triton.cdiv(H, bh))](
+        _lstm_step_fwd_kernel[grid](
             xp, w_hh, xp[t], hs[t], cs[t], w_hh, xp, lengths if has_lengths else xp, hs[t + 1], cs[t + 1],
             gates[t] if save else hs, B, 0, H, t, 0, 0, H, 1, H, 1, 0, 0, *w_hh.stride(),
-            HAS_X=False, HAS_BIAS=False, HAS_LENGTHS=has_lengths, SAVE_GATES=save,
-            BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, **dot_flags(xp.dtype),
+            HAS_X=False, HAS_BIAS=False, HAS_LENGTHS=has_lengths, SAVE_GATES=save, **meta,
         )  # fmt: skip
     c_n.copy_(cs[lengths.long(), torch.arange(B, device=xp.device)] if has_lengths else cs[T])
     if not save:
@@ -552,16 +577,17 @@ def lstm_seq_bwd(dhs, dcs, cs, gates, w_hh, lengths, persistent: bool | None = N
         elif persistent:
             raise ValueError(f"hidden_size {H} is too large for the persistent LSTM kernel")
         else:
-            bb, bh, bk = _step_blocks()
-            grid = (triton.cdiv(B, bb), triton.cdiv(H, bh))
+            tiles = step_tiles(cs.dtype)
+            grads_grid, grads_meta = _step_launch(tiles, B, H, cs.dtype, dot=False)
+            dh_grid, dh_meta = _step_launch(tiles, B, H, cs.dtype)
             for t in reversed(range(T)):
-                _lstm_step_grads_kernel[grid](
+                _lstm_step_grads_kernel[grads_grid](
                     dh_steps[t], dc_steps[t], dh_carry, dc_carry, cs[t], cs[t + 1], gates[t],
                     lengths if has_lengths else cs, dgates[t], cs, B, H, t, HAS_DC=True, CARRY=True,
-                    HAS_LENGTHS=has_lengths, BLOCK_B=bb, BLOCK_H=bh,
+                    HAS_LENGTHS=has_lengths, **grads_meta,
                 )  # fmt: skip
-                _lstm_step_dh_kernel[grid](
+                _lstm_step_dh_kernel[dh_grid](
                     dgates[t], w_hh, lengths if has_lengths else cs, dh_carry, B, H, t, *w_hh.stride(),
-                    HAS_LENGTHS=has_lengths, BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, **dot_flags(cs.dtype),
+                    HAS_LENGTHS=has_lengths, **dh_meta,
                 )  # fmt: skip
     return dgates, (dh_carry + dhs[0].float()).to(cs.dtype), (dc_carry + dcs[0].float()).to(cs.dtype)

@@ -1,0 +1,26 @@
+"""python -m tests.compile_gate [--jobs N] [--full] [--only TEXT]: the compile gate; exit status 1 on any failure.
+
+Runs without TRITON_INTERPRET (re-executing itself without it when set), since interpreted kernels cannot be
+compiled. See tests/compile_gate/gate.py for what is checked.
+"""
+
+import argparse
+import os
+import sys
+
+if os.environ.get("TRITON_INTERPRET", "0") == "1":  # e.g. started from a test session: run without it
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    os.execve(sys.executable, [sys.executable, "-m", "tests.compile_gate", *sys.argv[1:]], env)
+
+parser = argparse.ArgumentParser(prog="python -m tests.compile_gate", description=__doc__.splitlines()[0])
+parser.add_argument("--jobs", type=int, default=1, help="compiler processes (default 1)")
+parser.add_argument("--full", action="store_true",
+                    help="compile every distinct launch, not the cover of configs and specialisations")
+parser.add_argument("--only", help="only the cases whose '<op> <case name>' contains this text (skips the "
+                    "unreached-kernel check)")  # fmt: skip
+parser.add_argument("--verbose", action="store_true", help="full compiler messages")
+args = parser.parse_args()
+
+from tests.compile_gate.gate import run  # noqa: E402 - after the environment check above
+
+sys.exit(1 if run(jobs=args.jobs, full=args.full, only=args.only, verbose=args.verbose) else 0)
