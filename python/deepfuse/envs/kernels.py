@@ -1,6 +1,6 @@
 """The simulator's compiled kernels (numba): step N cars, render N camera images, the expert's steering, and the
-rasterisation of a track. Each batched kernel runs its cars (or image rows) in parallel threads; every output
-element is written by one thread, so results do not depend on the thread count.
+rasterisation of a track. Rendering may run its image rows on numba's threads (see the note at ``render``);
+every output element is written by one thread, so results do not depend on the thread count.
 
 Car model: kinematic bicycle, semi-implicit Euler, dt = 0.1 s (the Udacity simulator logs at ~10 Hz):
     v ← clip(v + (a(throttle) - DRAG v) dt, 0, MAX_SPEED)
