@@ -142,10 +142,17 @@ def _bench(args) -> int:
 
     from deepfuse import models
 
+    if args.op == "drive":
+        from deepfuse.envs.bench import main as bench_drive
+
+        bench_drive(out_dir=args.out, quick=args.quick)
+        return 0
     if args.op == "models" or args.op in models.names():
         from deepfuse.bench.models import main as bench_models
 
         names = models.names() if args.op == "models" else [args.op]
+        for name, package in models.unavailable().items():
+            print(f"skipped model file {name}.py: needs {package}, not installed here")
         bench_models(names, quick=args.quick, modes=args.modes.split(","), out_dir=args.out)
         return 0
     if args.op not in (*BENCH_OPS, "all"):
@@ -283,7 +290,8 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     predict.set_defaults(run=_predict)
 
     bench = commands.add_parser("bench", help="benchmark ops or models against eager torch and torch.compile")
-    bench.add_argument("op", nargs="?", default="all", help="an op, all, a model name, or models")
+    bench.add_argument("op", nargs="?", default="all",
+                       help="an op, all, a model name, models, or drive (simulator steps/s)")  # fmt: skip
     bench.add_argument("--quick", action="store_true", help="fewer shapes")
     bench.add_argument("--dtype", default="bf16", choices=list(DTYPES))
     bench.add_argument("--modes", default="fwd,fwdbwd")
@@ -302,11 +310,21 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
 
     try:
         from deepfuse.envs.cli import add_drive_commands
-    except ImportError:
-        pass
+    except ModuleNotFoundError as error:  # the simulator needs gymnasium (and numba); say so when asked for it
+        if error.name is None or error.name.startswith("deepfuse"):
+            raise
+        drive = commands.add_parser("drive", help=f"the driving simulator (needs {error.name}: not installed)")
+        drive.set_defaults(run=_missing_package(error.name))
     else:
         add_drive_commands(commands)
     return parser
+
+
+def _missing_package(package: str):
+    def run(args) -> int:
+        raise UserError(f"needs the package {package!r}, which is not installed here (pip install 'deepfuse[models]')")
+
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
