@@ -415,9 +415,9 @@ class StepTiles(NamedTuple):
     num_stages: int
 
 
-def step_tiles(dtype: torch.dtype) -> StepTiles:
+def step_tiles(dtype: torch.dtype, interpret: bool = INTERPRET) -> StepTiles:
     """Tiles of the per-step kernels (the fused cell, the gate gradients and dh = dgates W_hh)."""
-    if INTERPRET:
+    if interpret:
         return StepTiles(16, 32, 32, 4, 1)
     # NOTE: ptxas for sm_90 (tests/compile_gate; speed unmeasured): 16x64 with BLOCK_K 64 on 4 warps and 3 stages
     # spilled 0.6-6 KB in the fused cell (four gate accumulators plus the W tiles); BLOCK_K 32 on 8 warps with 2

@@ -73,14 +73,16 @@ def _resource_family(dtype: str) -> str:
 
 
 def _priority(launch: Launch) -> tuple:
-    """Largest tiles first, then the most 16-divisible arguments (aligned loads are the ones Triton pipelines
-    through shared memory): where a config is likeliest to run out of registers or shared memory."""
+    """Where a config is likeliest to run out of registers or shared memory, first: the largest tiles, the most
+    16-divisible arguments (aligned loads are the ones Triton pipelines through shared memory), the most
+    features switched on (an activation's saved input is one more operand stream in backward)."""
     values = launch.constexpr_values()
     volume = launch.options["num_stages"] * launch.options["num_warps"]
     for name, value in values.items():
         if name.startswith("BLOCK_") or name == "HIDDEN":
             volume *= int(value)
-    return -volume, -len(launch.attrs), launch.kernel, launch.key
+    features = sum(bool(v) for k, v in values.items() if k.isupper() and not _is_tile(k) and not isinstance(v, str))
+    return -volume, -len(launch.attrs), -features, launch.kernel, launch.key
 
 
 def cover_items(launch: Launch) -> set:
@@ -99,7 +101,15 @@ def select(launches: list[Launch], full: bool) -> list[Launch]:
     needs = {id(launch): cover_items(launch) for launch in ordered}
     remaining = set().union(*needs.values()) if needs else set()
     chosen = []
-    while remaining:  # greedy set cover; ties go to the larger tiles (the order above)
+    by_config = defaultdict(list)
+    for launch in ordered:
+        by_config[next(item for item in needs[id(launch)] if item[2] == "config")].append(launch)
+    for candidates in by_config.values():  # each tile config first at its most demanding launches; of those,
+        demanding = [c for c in candidates if _priority(c)[:3] == _priority(candidates[0])[:3]]  # the one
+        best = max(demanding, key=lambda launch: len(needs[id(launch)] & remaining))  # covering most
+        chosen.append(best)
+        remaining -= needs[id(best)]
+    while remaining:  # then a greedy cover of the rest; ties go to the more demanding launch (the order above)
         best = max(ordered, key=lambda launch: len(needs[id(launch)] & remaining))
         chosen.append(best)
         remaining -= needs[id(best)]

@@ -382,3 +382,39 @@ def test_gpu_cuda_varlen_matches_torch_and_opcheck():
     torch.library.opcheck(attention_varlen_fwd, (q.clone().requires_grad_(), k.clone().requires_grad_(), v, *args))
     out, lse = attention_varlen_fwd(q, k, v, *args)
     torch.library.opcheck(attention_varlen_bwd, (dy, q, k, v, out, lse, *args))
+
+
+# The head dims of each row of kernels/attention.py's H200 tile table (fp16/bf16 "half", fp32 with TF32, fp32
+# IEEE), from the smallest bucket to 129-256 (unaligned inside their bucket where the bucket allows it).
+H200_TILE_CASES = {
+    "half_d48": (torch.float16, False, 48),
+    "half_d128": (torch.float16, False, 128),
+    "half_d160": (torch.float16, False, 160),
+    "tf32_d32": (torch.float32, True, 32),
+    "tf32_d64": (torch.float32, True, 64),
+    "tf32_d100": (torch.float32, True, 100),
+    "tf32_d256": (torch.float32, True, 256),
+    "ieee_d48": (torch.float32, False, 48),
+    "ieee_d200": (torch.float32, False, 200),
+}
+
+
+@pytest.mark.parametrize("case", H200_TILE_CASES.values(), ids=H200_TILE_CASES.keys())
+@pytest.mark.usefixtures("poison_outputs")
+def test_triton_h200_tiles_match_reference(case, monkeypatch):
+    """The tiles the launcher picks on an H200 (unequal query and key blocks, 16-row dkdv steps), run through the
+    interpreter: causal with Nq != Nk, GQA and a padding mask cross several blocks of each size."""
+    dtype, allow_tf32, D = case
+    monkeypatch.setattr("deepfuse.kernels.attention.INTERPRET", False)  # the GPU table, not the interpreter's tiles
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", allow_tf32)
+    check_case("triton", (2, 2, 1, 70, 90, D, True, True), dtype)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.usefixtures("poison_outputs")
+def test_varlen_with_longest_sequence_of_one_token(causal):
+    """max_seqlen == 1: Triton turns the length argument into a constant (the compile gate's varlen case)."""
+    lengths = [1, 0, 1, 1]
+    tensors, dy, cu = make_varlen(lengths, 2, 1, 24, torch.float32, seed=3)
+    check_against_reference(lambda *t: attention_varlen(*t, cu, cu, 1, 1, causal=causal, backend="triton"),
+                            _packed_reference(lengths, causal), tensors, dy, ("q", "k", "v"))  # fmt: skip

@@ -1,6 +1,7 @@
 """LSTM ops: lstm_cell and lstm_layer against float64 references, forward and backward; bad input; opcheck."""
 
 import collections
+import functools
 
 import pytest
 import torch
@@ -116,6 +117,57 @@ def test_layer_inference_matches_reference(backend, path, dtype, monkeypatch):
         reference = spec(*(t.double() for t in tensors))
         yardstick = spec(*(t.to(dtype) for t in tensors))
     assert_close_to_reference("output, h_n, c_n", out, reference, yardstick, dtype)
+
+
+@pytest.mark.parametrize("with_lengths", [False, True])
+@pytest.mark.parametrize("sizes", [(1, 1, 1, 1), (4, 1, 3, 5), (1, 3, 2, 1)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("backend,path", LAYER_PATHS, ids=lambda v: str(v))
+def test_layer_with_sizes_of_one(backend, path, sizes, with_lengths, monkeypatch):
+    """Batch, hidden size or steps of 1: on a GPU, Triton turns these arguments into constants (the persistent
+    kernels once failed to compile for B == 1)."""
+    T, B, IN, H = sizes
+    _force_path(monkeypatch, path)
+    g = torch.Generator().manual_seed(T + 10 * B + 100 * H)
+    lengths = torch.arange(T, T - B, -1).clamp(min=0) if with_lengths else None
+    tensors = (torch.randn(T, B, IN, generator=g), torch.randn(B, H, generator=g), torch.randn(B, H, generator=g),
+               *_weights(IN, H, torch.float32, g))  # fmt: skip
+    dy = torch.randn(T * B * H + 2 * B * H, generator=g)
+
+    def ours(*t):
+        return torch.cat([s.flatten() for s in lstm_layer(*t, lengths=lengths, backend=backend)])
+
+    check_against_reference(ours, _layer_ref(lengths), tensors, dy, ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_step_kernels_with_h200_tiles(dtype, monkeypatch):
+    """The per-step kernels (lstm_cell and the per-step sequence path) with the tiles they get on an H200 (64
+    hidden units and BLOCK_K 32 per program), through the interpreter: two hidden blocks, a partial one."""
+    from deepfuse.kernels import lstm as lstm_kernels
+
+    monkeypatch.setattr(lstm_kernels, "step_tiles", functools.partial(lstm_kernels.step_tiles, interpret=False))
+    assert lstm_kernels.step_tiles(dtype).block_h == 64  # not the interpreter's 32
+    _force_path(monkeypatch, "per_step")
+    T, B, IN, H = 3, 5, 37, 70
+    g = torch.Generator().manual_seed(21)
+    lengths = torch.tensor([3, 0, 1, 2, 3])
+    tensors = (torch.randn(T, B, IN, generator=g).to(dtype), torch.randn(B, H, generator=g).to(dtype),
+               torch.randn(B, H, generator=g).to(dtype), *_weights(IN, H, dtype, g))  # fmt: skip
+    dy = torch.randn(T * B * H + 2 * B * H, generator=g).to(dtype)
+
+    def layer(*t):
+        return torch.cat([s.flatten() for s in lstm_layer(*t, lengths=lengths, backend="triton")])
+
+    names = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh")
+    check_against_reference(layer, _layer_ref(lengths), tensors, dy, names)
+
+    def cell(x, *rest):
+        return torch.cat([s.flatten() for s in lstm_cell(x[0], *rest, backend="triton")])
+
+    def cell_spec(x, *rest):
+        return torch.cat([s.flatten() for s in lstm_cell_ref(x[0], *rest)])
+
+    check_against_reference(cell, cell_spec, tensors, dy[: 2 * B * H], names)
 
 
 def test_layer_of_length_zero_and_one():
