@@ -330,13 +330,15 @@ def _missing_package(package: str):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     _interpret_triton_on_cpu(argv)
-    warnings.formatwarning = _one_line_warning
     args = _parser(argv).parse_args(argv)
+    previous_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         return args.run(args)
     except _user_errors() as error:
         print(f"deepfuse {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    finally:
+        warnings.formatwarning = previous_format
 
 
 if __name__ == "__main__":
