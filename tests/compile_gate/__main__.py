@@ -21,6 +21,19 @@ parser.add_argument("--only", help="only the cases whose '<op> <case name>' cont
 parser.add_argument("--verbose", action="store_true", help="full compiler messages")
 args = parser.parse_args()
 
-from tests.compile_gate.gate import run  # noqa: E402 - after the environment check above
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
 
-sys.exit(1 if run(jobs=args.jobs, full=args.full, only=args.only, verbose=args.verbose) else 0)
+# Every compile is cold (the gate needs ptxas' report, which a cache hit skips): keep the user's Triton cache clean.
+scratch = None
+if "TRITON_CACHE_DIR" not in os.environ:
+    scratch = os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="deepfuse-compile-gate-")
+
+from tests.compile_gate.gate import run  # noqa: E402 - after the environment is set
+
+try:
+    failures = run(jobs=args.jobs, full=args.full, only=args.only, verbose=args.verbose)
+finally:
+    if scratch:
+        shutil.rmtree(scratch, ignore_errors=True)
+sys.exit(1 if failures else 0)

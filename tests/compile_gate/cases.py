@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 
 import deepfuse
-from deepfuse.kernels import lstm as lstm_kernels
 
 # name -> (torch dtype, torch.backends.cuda.matmul.allow_tf32)
 DTYPES = {"fp16": (torch.float16, False), "bf16": (torch.bfloat16, False), "fp32": (torch.float32, False),
@@ -192,11 +191,8 @@ def _layer(T, B, IN, H, lengths=False, grad=True):
     return run
 
 
-def _largest_persistent(dtype_sizes=lstm_kernels.PERSISTENT_MAX_HIDDEN):
-    """H at each dtype's persistent limit, and one past it (the per-step path)."""
-    return sorted(set(dtype_sizes.values()))
-
-
+# Hidden sizes at the layout boundaries of kernels/lstm.py: single slice (fp16/bf16 <= 64, fp32 <= 32), 16-unit
+# slices up to the persistent limit (fp16/bf16 512, fp32 128), the per-step path past it.
 LSTM = [
     Case("lstm_cell B1 IN1 H1", _cell(1, 1, 1)),
     Case("lstm_cell 5x33 H20 no bias", _cell(5, 33, 20, bias=False)),
