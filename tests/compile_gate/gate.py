@@ -253,8 +253,12 @@ def _compile_index(index: int) -> Compiled:
     return compile_launch(_POOL_LAUNCHES[index])
 
 
+COVER = ("compiled: a cover (every kernel's tile configs in fp16/bf16, fp32 and TF32, each at its most demanding "
+         "launch; every dtype; every specialisation class once); --full compiles every distinct launch")
+
+
 def summarise(rows: list[Row], recorder: Recorder, selected: int, case_errors: list[str], missing: list[str],
-              seconds: float) -> str:  # fmt: skip
+              seconds: float, full: bool = False) -> str:  # fmt: skip
     per_kernel = defaultdict(lambda: [0, 0])
     for row in rows:
         per_kernel[_short(row.launch.kernel)][0] += 1
@@ -262,6 +266,7 @@ def summarise(rows: list[Row], recorder: Recorder, selected: int, case_errors: l
     failed = sum(bool(row.problems) for row in rows)
     lines = [
         "",
+        "compiled: every distinct launch (--full)" if full else COVER,
         f"launches made by the cases: {recorder.calls:,}; distinct (kernel, specialisation, config): "
         f"{len(recorder.launches):,}; compiled: {selected:,}",
         f"compiled clean: {len(rows) - failed:,}; failed: {failed:,}; with spills: "
@@ -305,5 +310,5 @@ def run(jobs: int = 1, full: bool = False, only: str | None = None, verbose: boo
     for name in missing:
         print(f"\nFAIL {name}: no case launches or reaches this @triton.jit function (add a case in "
               f"tests/compile_gate/cases.py)")  # fmt: skip
-    print(summarise(rows, recorder, len(selected), case_errors, missing, time.perf_counter() - start))
+    print(summarise(rows, recorder, len(selected), case_errors, missing, time.perf_counter() - start, full))
     return len(failures) + len(case_errors) + len(missing)
