@@ -9,7 +9,9 @@ TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.deepfuse-installed
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 # Real sample files of every dataset (never copied into the project); tests that read them skip without them.
-export DEEPFUSE_REALDATA ?= $(firstword $(wildcard $(CURDIR)/../shared/realdata))
+# Looked for beside this checkout, then beside the repository it was cloned from (a CI clone in a scratch folder).
+ORIGIN := $(shell git config --get remote.origin.url 2>/dev/null)
+export DEEPFUSE_REALDATA ?= $(firstword $(wildcard $(CURDIR)/../shared/realdata $(ORIGIN)/../shared/realdata))
 
 .PHONY: install build test test-gpu bench demo lint clean
 
