@@ -13,7 +13,7 @@ PYTEST := $(PY) -m pytest -p no:cacheprovider
 ORIGIN := $(shell git config --get remote.origin.url 2>/dev/null)
 export DEEPFUSE_REALDATA ?= $(firstword $(wildcard $(CURDIR)/../shared/realdata $(ORIGIN)/../shared/realdata))
 
-.PHONY: install build test test-gpu bench demo lint clean
+.PHONY: install build test test-cpu compile-gate test-gpu bench demo lint clean
 
 install: $(STAMP)
 
@@ -29,8 +29,16 @@ $(STAMP): pyproject.toml setup.py CMakeLists.txt requirements-dev.txt $(wildcard
 build: install  ## rebuild deepfuse._C after editing csrc/
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 
-test: install  ## CPU tests: reference checks, Triton kernels through the interpreter, _C build and errors
-	$(PYTEST) -q -m "not gpu and not slow" tests
+test: install  ## CPU tests and, in parallel on the other core, the sm_90 compile gates
+	$(MAKE) -j2 --output-sync=target test-cpu compile-gate
+
+# Single-threaded torch: the CPU tests' tensors are tiny, and the compile gate has the other core.
+test-cpu: install  ## reference checks, Triton kernels through the interpreter, _C build and errors, the models
+	OMP_NUM_THREADS=1 $(PYTEST) -q -m "not gpu and not slow" tests
+
+compile-gate: install  ## every Triton launch compiled for sm_90 and every _C kernel against the H200's limits (tables)
+	$(PY) -m tests.compile_gate
+	$(PY) -m tests.cuda_resources
 
 test-gpu: install  ## GPU tests (needs a CUDA device): both kernels, every dtype, large shapes
 	$(PYTEST) -q -m gpu tests
