@@ -115,3 +115,21 @@ def test_bench_and_profile_a_model_on_the_cpu(tmp_path, capsys):
     assert cli.main(["profile", "digits", "--steps", "1", "--backend", "torch"]) == 0
     out = capsys.readouterr().out
     assert "model digits, one training step" in out and "deepfuse::conv2d_act" in out
+
+
+def test_predict_input_and_out_mistakes_are_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", "digits", "--epochs", "1", "--out", str(run), "--no-progress"]) == 0
+    labels = tmp_path / "my-idx3-ubyte"  # a labels file under an images name
+    labels.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 2, 3, 4]))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    capsys.readouterr()
+    for argv, message in [
+        (["predict", "digits", "--checkpoint", str(run / "best.pt"), str(labels)], "expected MNIST images"),
+        (["predict", "digits", "--checkpoint", str(run / "best.pt"), "--out", str(a_file), str(labels)], "is a file"),
+        (["train", "digits", "--data", str(a_file)], "is a file, not a folder"),
+    ]:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err

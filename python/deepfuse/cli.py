@@ -76,7 +76,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--weight-decay", type=float)
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
-    parser.add_argument("--backend", choices=["auto", "torch", "triton", "cuda"], default="auto")
+    parser.add_argument("--backend", choices=["auto", "torch", "triton", "cuda"], help="default: auto")
     parser.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision (autocast)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--seed", type=int)
@@ -112,7 +112,7 @@ def _train(args) -> int:
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "run", "model", "resume")}
     config = make_config(task, **overrides)
     try:
-        train(task, config, resume=args.resume)
+        train(task, config, resume=args.resume, given={k for k, v in overrides.items() if v is not None})
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     return 0

@@ -148,3 +148,26 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
     for name, value in single["model_state"].items():
         torch.testing.assert_close(ddp["model_state"][name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_keeps_the_runs_own_plan(tmp_path):
+    train(DIGITS, digits_config(tmp_path, epochs=1), log=quiet)
+    with pytest.raises(RunError, match="planned for 1 epochs"):
+        train(DIGITS, digits_config(tmp_path, epochs=3), resume=True, log=quiet)
+    # from the command line only what the user gave counts: a resume without --epochs keeps the run's 1
+    payload = train(DIGITS, digits_config(tmp_path, epochs=3), resume=True, log=quiet, given={"out"})
+    assert payload["epochs"] == 1 and payload["config"]["epochs"] == 1
+
+
+@pytest.mark.parametrize("setting,value,message", [
+    ("epochs", 0, "--epochs must be positive"), ("batch_size", 0, "--batch-size must be positive"),
+    ("lr", -1.0, "--lr must be positive"), ("workers", -1, "--workers must be 0 or more"),
+])  # fmt: skip
+def test_unusable_numbers_are_clear_errors(setting, value, message):
+    with pytest.raises(RunError, match=message):
+        make_config(DIGITS, **{setting: value})
+
+
+def test_unusable_model_options_are_clear_errors():
+    with pytest.raises(RunError, match="--window must be at least 1, got 0"):
+        make_config(models.get("stock"), window=0)

@@ -76,8 +76,11 @@ def providers_for(task, model, device: torch.device) -> dict:
             found[f"torch_compile_{amp_name}"] = torch.compile(_provider(copy.deepcopy(model), task, "torch", amp,
                                                                          device))  # fmt: skip
             for backend in ("triton", "cuda"):
-                if deepfuse.available_backends()[backend][0]:
+                usable, reason = deepfuse.available_backends()[backend]
+                if usable:
                     found[f"{backend}_{amp_name}"] = _provider(model, task, backend, amp, device)
+                elif amp_name == "fp32":
+                    print(f"skipped provider {backend}: {reason}")
     return found
 
 

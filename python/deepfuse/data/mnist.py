@@ -60,6 +60,8 @@ def find_idx(folder: Path, stem: str) -> Path:
 def load_split(folder: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(images (N, 28, 28) uint8, labels (N,) int64) of "train" or "test"."""
     folder = Path(folder)
+    if folder.is_file():
+        raise DataError(folder, "is a file, not a folder (expected the folder holding MNIST's IDX files)")
     if not folder.is_dir():
         raise DataError(folder, "no such folder (expected MNIST's IDX files)")
     prefix = SPLITS[split]

@@ -123,7 +123,7 @@ class DigitsTask(Task):
 
 def _read_inputs(inputs: list[str], size: int) -> tuple[torch.Tensor, list[str]]:
     """Images in [0, 1], white digit on black, from image files or IDX files."""
-    from deepfuse.data.mnist import read_idx
+    from deepfuse.data.mnist import IMAGES_MAGIC, read_idx
 
     images, names = [], []
     for item in inputs:
@@ -131,7 +131,7 @@ def _read_inputs(inputs: list[str], size: int) -> tuple[torch.Tensor, list[str]]
         if not path.is_file():
             raise DataError(path, "no such file (expected an image file or an IDX images file)")
         if "idx3" in path.name:
-            array = read_idx(path).astype(np.float32) / 255.0
+            array = read_idx(path, IMAGES_MAGIC).astype(np.float32) / 255.0
             images += [_resize(a, size) for a in array]
             names += [f"{path.name}[{i}]" for i in range(len(array))]
         else:

@@ -75,7 +75,8 @@ class StockTask(Task):
     name = "stock"
     description = "next-day stock prices (LSTM on windows of daily features), against the naive last-value forecast"
     data_help = "a Yahoo Finance CSV (web download or yfinance) or a folder of them, one or several tickers"
-    metric = "rmse"
+    # RMSE relative to the naive forecast: scale-free, so one expensive ticker does not pick the checkpoint alone
+    metric = "rmse_ratio"
     maximize = False
     defaults = {"epochs": 20, "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-4}
     options = {

@@ -28,6 +28,7 @@ class Option:
     default: Any
     help: str
     choices: tuple | None = None
+    minimum: float | None = None  # numbers: default 1 for positive int defaults, else 0
 
 
 @dataclass

@@ -67,7 +67,31 @@ def make_config(task: Task, **overrides) -> dict:
         raise RunError(f"unknown settings for {task.name}: {', '.join(sorted(unknown))}")
     config.update({k: v for k, v in overrides.items() if v is not None and k != "resume"})
     config["model"] = task.name
+    _check_settings(task, config)
     return config
+
+
+POSITIVE = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr"}
+NOT_NEGATIVE = {"weight_decay": "--weight-decay", "workers": "--workers"}
+
+
+def _check_settings(task: Task, config: dict) -> None:
+    """Numbers a run cannot use are a clear error, before anything is read or written."""
+    for key, flag in POSITIVE.items():
+        if not config[key] > 0:
+            raise RunError(f"{flag} must be positive, got {config[key]}")
+    for key, flag in NOT_NEGATIVE.items():
+        if config[key] < 0:
+            raise RunError(f"{flag} must be 0 or more, got {config[key]}")
+    for name, option in task.options.items():
+        value, default = config[name], option.default
+        if isinstance(default, bool) or not isinstance(default, int | float):
+            continue
+        minimum = option.minimum
+        if minimum is None:
+            minimum = 1 if isinstance(default, int) and default > 0 else 0
+        if value < minimum:
+            raise RunError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -158,6 +182,7 @@ class Run:
             self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
+        self.after_step()  # counted with the optimizer step: an interrupt never replays a batch
 
     def after_step(self) -> None:
         self.step_in_epoch += 1
@@ -236,8 +261,22 @@ def _check_out(out: Path, resume: bool) -> None:
                        "or choose another --out (nothing was overwritten)")  # fmt: skip
 
 
-def prepare(task: Task, config: dict, resume: bool = False) -> Run:
-    """Read the data, build the model and optimizer, restore a checkpoint when resuming."""
+RESUME_MAY_CHANGE = ("device", "workers", "backend", "progress")
+
+
+def _resumed_config(saved: dict, config: dict, given: set[str] | None) -> dict:
+    given = set(config) if given is None else given
+    if "epochs" in given and config["epochs"] != saved["epochs"]:
+        raise RunError(f"--resume: this run was planned for {saved['epochs']} epochs (its learning-rate schedule "
+                       f"too), not {config['epochs']}; resume without --epochs, or start a new run")  # fmt: skip
+    return saved | {k: config[k] for k in RESUME_MAY_CHANGE if k in given and k in config}
+
+
+def prepare(task: Task, config: dict, resume: bool = False, given: set[str] | None = None) -> Run:
+    """Read the data, build the model and optimizer, restore a checkpoint when resuming.
+
+    ``given``: the settings the user gave (None: every key of ``config``); a resumed run keeps its own config
+    except for where it runs (device, workers, backend, progress bars)."""
     device = resolve_device(config["device"])
     if config["amp"] not in AMP_DTYPES:
         raise RunError(f"--amp must be bf16 or fp16, got {config['amp']!r}")
@@ -248,8 +287,7 @@ def prepare(task: Task, config: dict, resume: bool = False) -> Run:
     payload = None
     if resume:
         payload = load_checkpoint(out / "last.pt", task.name)
-        kept = {k: config[k] for k in ("epochs", "device", "workers", "backend", "progress") if k in config}
-        config = payload["config"] | kept
+        config = _resumed_config(payload["config"], config, given)
     config["out"] = str(out)
     place = distributed.setup(device.type)
     if place.active and device.type == "cuda":
@@ -307,9 +345,12 @@ def fit(run: Run, log=print) -> dict:
                     append_history(run.out / "history.csv", row)
                     log(_epoch_line(row, task.metric, best))
         except KeyboardInterrupt:
-            path = run.save("last.pt")
-            log(f"interrupted at epoch {run.epoch + 1}, step {run.step_in_epoch}: saved {path}; "
-                f"continue with: deepfuse train {task.name} --out {run.out} --resume")  # fmt: skip
+            if type(task).train_epoch is Task.train_epoch:  # the supervised loop resumes within an epoch
+                path = run.save("last.pt")
+                where = f"at epoch {run.epoch + 1}, step {run.step_in_epoch}: saved {path}"
+            else:  # a task's own epoch (e.g. a PPO iteration) restarts: keep the last finished epoch's checkpoint
+                where = f"during epoch {run.epoch + 1}: {run.out / 'last.pt'} (the last finished epoch) stands"
+            log(f"interrupted {where}; continue with: deepfuse train {task.name} --out {run.out} --resume")
             raise
         return _finish(run, time.perf_counter() - started, log)
 
@@ -376,8 +417,8 @@ def _git_sha() -> str:
     return sha()
 
 
-def train(task: Task, config: dict, resume: bool = False, log=print) -> dict:
-    run = prepare(task, config, resume)
+def train(task: Task, config: dict, resume: bool = False, log=print, given: set[str] | None = None) -> dict:
+    run = prepare(task, config, resume, given)
     try:
         return fit(run, log)
     finally:
@@ -417,9 +458,12 @@ def evaluate(task: Task, checkpoint: str | Path, data: str | Path | None = None,
 
 def predict(task: Task, checkpoint: str | Path, inputs: list[str], device: str | None = None, out: str | None = None,
             backend: str = "auto") -> list[str]:  # fmt: skip
+    out = Path(out or ".")
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file; predict writes into a folder")
     model, config, state = load_for_inference(task, checkpoint, device)
     with deepfuse.use_backend(backend), torch.no_grad():
-        return task.predict(model, inputs, config, state, Path(out or "."))
+        return task.predict(model, inputs, config, state, out)
 
 
 def check_checkpoint(path: str | Path, task: Task) -> None:

@@ -36,12 +36,12 @@ def supervised_epoch(run) -> dict[str, float]:
         count = len(targets)
         total_loss += loss.item() * count
         seen += count
-        run.after_step()
         progress.update(1)
         progress.set_postfix(loss=f"{loss.item():.4f}", samples_per_s=f"{seen / (time.perf_counter() - start):.0f}")
     progress.close()
     seconds = time.perf_counter() - start
-    result = mean_over_processes({"loss": total_loss / max(seen, 1)}, run.place, weight=seen)
+    # an epoch resumed after its last batch trained nothing: its loss is unknown, not 0
+    result = mean_over_processes({"loss": total_loss / seen if seen else float("nan")}, run.place, weight=seen)
     result["samples_per_s"] = seen * run.place.world / max(seconds, 1e-9)
     return result
 
