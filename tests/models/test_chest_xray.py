@@ -249,7 +249,7 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
 
 def test_predict_needs_a_readable_input(tmp_path):
     from deepfuse.data import DataError
-    from deepfuse.models.chest_xray import readable_inputs
+    from deepfuse.models._image_classifier import readable_inputs
 
     bad = write_corrupt(tmp_path / "scan.jpeg")
     with pytest.warns(UserWarning, match="skipped 1 unreadable"), pytest.raises(DataError, match="no readable image"):

@@ -24,7 +24,7 @@ from torch import nn
 
 from deepfuse.data import DataError
 from deepfuse.data.images import Augment, ImageDataset, ImageTransform
-from deepfuse.models.chest_xray import predict_probabilities, readable_inputs, to_channels_last
+from deepfuse.models._image_classifier import predict_probabilities, readable_inputs, to_channels_last
 from deepfuse.models.task import Data, Option, Task
 from deepfuse.nn import ConvBNAct, FusedLinear, ResidualBlock
 

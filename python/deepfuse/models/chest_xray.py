@@ -27,18 +27,14 @@ import torch
 from torch import nn
 
 from deepfuse.data import DataError
-from deepfuse.data.images import Augment, ImageDataset, ImageTransform, check_images, input_images
+from deepfuse.data.images import Augment, ImageDataset, ImageTransform
+from deepfuse.models._image_classifier import predict_probabilities, readable_inputs, to_channels_last
 from deepfuse.models.task import Data, Option, Task
 from deepfuse.nn import ConvBNAct, FusedLinear, ResidualBlock
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
 MEAN, STD = (0.50,), (0.22,)  # measured on the 19 real sample images; BN follows the stem, so roughly is enough
 MIN_IMAGE_SIZE = 64  # the last stage sees 1/32 of the image
-
-
-def to_channels_last(images: torch.Tensor) -> torch.Tensor:
-    """On CUDA the convolution kernels run NHWC (they keep the input's memory format); on the CPU, NCHW."""
-    return images.contiguous(memory_format=torch.channels_last) if images.is_cuda else images
 
 
 class ChestXrayNet(nn.Module):
@@ -63,27 +59,6 @@ class ChestXrayNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(to_channels_last(images))))
-
-
-def readable_inputs(inputs: list[str], config: dict) -> list[Path]:
-    """The checked image files named by ``inputs`` (skip_bad as the run was trained); DataError if none is left."""
-    files = check_images(input_images(inputs), bool(config.get("skip_bad", False)))
-    if not files:
-        raise DataError(None, f"no readable image among the inputs: {' '.join(inputs)}")
-    return files
-
-
-def predict_probabilities(model: nn.Module, files: list[Path], transform: ImageTransform, config: dict) -> np.ndarray:
-    """P(class 1) of each file, batched through a DataLoader (decoding in ``workers`` processes)."""
-    from torch.utils.data import DataLoader
-
-    from deepfuse.training.metrics import positive_probability
-
-    device = next(model.parameters()).device
-    loader = DataLoader(ImageDataset(files, None, transform), batch_size=config.get("batch_size", 64),
-                        num_workers=config.get("workers", 0), pin_memory=device.type == "cuda")  # fmt: skip
-    parts = [positive_probability(model(images.to(device, non_blocking=True))) for images, _ in loader]
-    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 class ChestXrayTask(Task):
