@@ -1,5 +1,5 @@
-"""What the two image classifiers (catsdogs, chest_xray) share: channels-last batches on CUDA, the user's image
-files checked for predict, and P(class 1) per file."""
+"""What the two image classifiers (catsdogs, chest_xray) share: their residual CNN, channels-last batches on CUDA,
+the user's image files checked for predict, and P(class 1) per file."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from torch import nn
 
 from deepfuse.data import DataError
 from deepfuse.data.images import ImageDataset, ImageTransform, check_images, input_images
+from deepfuse.nn import ConvBNAct, FusedLinear, ResidualBlock
 
 
 def to_channels_last(images: torch.Tensor) -> torch.Tensor:
@@ -37,3 +38,28 @@ def predict_probabilities(model: nn.Module, files: list[Path], transform: ImageT
                         num_workers=config.get("workers", 0), pin_memory=device.type == "cuda")  # fmt: skip
     parts = [positive_probability(model(images.to(device, non_blocking=True))) for images, _ in loader]
     return np.concatenate(parts) if parts else np.zeros(0)
+
+
+class ResidualCNN(nn.Module):
+    """Stem (3x3 stride-2 ConvBNAct, 3x3 ConvBNAct, optionally a 2x2 max-pool), six ResidualBlocks (w, 2w, 4w, 8w
+    channels; stride 2 at each widening), global average pool, dropout, FusedLinear(8w -> classes)."""
+
+    def __init__(self, in_channels: int, width: int = 32, classes: int = 2, dropout: float = 0.2,
+                 stem_pool: bool = False) -> None:  # fmt: skip
+        super().__init__()
+        w = width
+        stem = [ConvBNAct(in_channels, w, 3, stride=2, padding=1), ConvBNAct(w, w, 3, padding=1)]
+        self.stem = nn.Sequential(*stem, *([nn.MaxPool2d(2)] if stem_pool else []))
+        self.stages = nn.Sequential(
+            ResidualBlock(w, w),
+            ResidualBlock(w, 2 * w, stride=2),
+            ResidualBlock(2 * w, 2 * w),
+            ResidualBlock(2 * w, 4 * w, stride=2),
+            ResidualBlock(4 * w, 4 * w),
+            ResidualBlock(4 * w, 8 * w, stride=2),
+        )
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+                                  FusedLinear(8 * w, classes))  # fmt: skip
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(to_channels_last(images))))

@@ -24,33 +24,12 @@ from torch import nn
 
 from deepfuse.data import DataError
 from deepfuse.data.images import Augment, ImageDataset, ImageTransform
-from deepfuse.models._image_classifier import predict_probabilities, readable_inputs, to_channels_last
+from deepfuse.models._image_classifier import ResidualCNN, predict_probabilities, readable_inputs
 from deepfuse.models.task import Data, Option, Task
-from deepfuse.nn import ConvBNAct, FusedLinear, ResidualBlock
 
 CLASSES = ["cat", "dog"]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's: photos of the same kind
 MIN_IMAGE_SIZE = 32  # the last stage sees 1/16 of the image
-
-
-class CatsDogsNet(nn.Module):
-    def __init__(self, width: int = 32, classes: int = 2, dropout: float = 0.2) -> None:
-        super().__init__()
-        w = width
-        self.stem = nn.Sequential(ConvBNAct(3, w, 3, stride=2, padding=1), ConvBNAct(w, w, 3, padding=1))
-        self.stages = nn.Sequential(
-            ResidualBlock(w, w),
-            ResidualBlock(w, 2 * w, stride=2),
-            ResidualBlock(2 * w, 2 * w),
-            ResidualBlock(2 * w, 4 * w, stride=2),
-            ResidualBlock(4 * w, 4 * w),
-            ResidualBlock(4 * w, 8 * w, stride=2),
-        )
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                                  FusedLinear(8 * w, classes))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.stages(self.stem(to_channels_last(images))))
 
 
 class CatsDogsTask(Task):
@@ -98,7 +77,7 @@ class CatsDogsTask(Task):
                     state=state, summary=summary)  # fmt: skip
 
     def build(self, config: dict, state: dict) -> nn.Module:
-        return CatsDogsNet(width=state.get("width", 32))
+        return ResidualCNN(3, width=state.get("width", 32), dropout=0.2)
 
     def example(self, batch_size: int, config: dict):
         size = int(config.get("image_size", 128))

@@ -28,37 +28,12 @@ from torch import nn
 
 from deepfuse.data import DataError
 from deepfuse.data.images import Augment, ImageDataset, ImageTransform
-from deepfuse.models._image_classifier import predict_probabilities, readable_inputs, to_channels_last
+from deepfuse.models._image_classifier import ResidualCNN, predict_probabilities, readable_inputs
 from deepfuse.models.task import Data, Option, Task
-from deepfuse.nn import ConvBNAct, FusedLinear, ResidualBlock
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
 MEAN, STD = (0.50,), (0.22,)  # measured on the 19 real sample images; BN follows the stem, so roughly is enough
 MIN_IMAGE_SIZE = 64  # the last stage sees 1/32 of the image
-
-
-class ChestXrayNet(nn.Module):
-    def __init__(self, width: int = 32, in_channels: int = 1, classes: int = 2, dropout: float = 0.3) -> None:
-        super().__init__()
-        w = width
-        self.stem = nn.Sequential(
-            ConvBNAct(in_channels, w, 3, stride=2, padding=1),
-            ConvBNAct(w, w, 3, padding=1),
-            nn.MaxPool2d(2),
-        )
-        self.stages = nn.Sequential(
-            ResidualBlock(w, w),
-            ResidualBlock(w, 2 * w, stride=2),
-            ResidualBlock(2 * w, 2 * w),
-            ResidualBlock(2 * w, 4 * w, stride=2),
-            ResidualBlock(4 * w, 4 * w),
-            ResidualBlock(4 * w, 8 * w, stride=2),
-        )
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                                  FusedLinear(8 * w, classes))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.stages(self.stem(to_channels_last(images))))
 
 
 class ChestXrayTask(Task):
@@ -111,7 +86,7 @@ class ChestXrayTask(Task):
                     state=state, sample_weights=weights, summary=summary)  # fmt: skip
 
     def build(self, config: dict, state: dict) -> nn.Module:
-        return ChestXrayNet(width=state.get("width", 32))
+        return ResidualCNN(1, width=state.get("width", 32), dropout=0.3, stem_pool=True)
 
     def example(self, batch_size: int, config: dict):
         size = int(config.get("image_size", 224))
