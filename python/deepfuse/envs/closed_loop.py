@@ -36,6 +36,26 @@ class Pilot:
     steer: Callable[[np.ndarray | None, Simulator], np.ndarray]
 
 
+def network_pilot(name: str, camera: Camera, model, to_input: Callable[[np.ndarray], object]) -> Pilot:
+    """A network as the driver: ``to_input(images)`` -> the model's input (a CPU tensor); its first output
+    column is the steering. Runs in eval mode without autograd and leaves the model's mode as it was."""
+    import torch
+
+    device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def steer(images, sim):
+        was_training = model.training
+        model.eval()
+        try:
+            out = model(to_input(images).to(device)).float()
+        finally:
+            model.train(was_training)
+        return out.reshape(out.shape[0], -1)[:, 0].cpu().numpy()
+
+    return Pilot(name, camera, steer)
+
+
 def expert_pilot() -> Pilot:
     return Pilot("expert", None, lambda images, sim: sim.expert())
 

@@ -159,27 +159,17 @@ class DrivingTask(Task):
         """The network as the simulator's driver: the center camera, preprocessed as the training images."""
         from deepfuse.data.driving import preprocess, to_tensor
         from deepfuse.envs.camera import udacity_cameras
-        from deepfuse.envs.closed_loop import Pilot
+        from deepfuse.envs.closed_loop import network_pilot
 
-        device = next(model.parameters()).device
+        def to_input(images):
+            return to_tensor(np.stack([preprocess(image) for image in images]))
 
-        @torch.no_grad()
-        def steer(images, sim):
-            was_training = model.training
-            model.eval()
-            x = to_tensor(np.stack([preprocess(image) for image in images])).to(device)
-            out = model(x).float().flatten().cpu().numpy()
-            model.train(was_training)
-            return out
-
-        return Pilot("pilotnet", udacity_cameras()["center"], steer)
+        return network_pilot("pilotnet", udacity_cameras()["center"], model, to_input)
 
     def plots(self, outputs, targets, state, out_dir, data):
-        import matplotlib
+        from deepfuse.training.plots import _pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = _pyplot()
         figure, axis = plt.subplots(figsize=(9, 3.5))
         axis.plot(targets.flatten().numpy(), label="recorded", linewidth=1)
         axis.plot(outputs.flatten().numpy(), label="predicted", linewidth=1)

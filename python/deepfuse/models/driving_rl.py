@@ -308,19 +308,9 @@ class DrivingRLTask(Task):
     def pilot(self, model: nn.Module, state: dict):
         """The policy's mean action as the simulator's driver (the RL camera, no exploration noise)."""
         from deepfuse.envs.camera import rl_camera
-        from deepfuse.envs.closed_loop import Pilot
+        from deepfuse.envs.closed_loop import network_pilot
 
-        device = next(model.parameters()).device
-
-        @torch.no_grad()
-        def steer(images, sim):
-            was_training = model.training
-            model.eval()
-            out = model(torch.from_numpy(images).to(device)).float()[:, 0].cpu().numpy()
-            model.train(was_training)
-            return out
-
-        return Pilot("ppo", rl_camera(state["image_size"]), steer)
+        return network_pilot("ppo", rl_camera(state["image_size"]), model, torch.from_numpy)
 
     def predict(self, model, inputs, config, state, out_dir):
         from PIL import Image
