@@ -1,11 +1,14 @@
-"""Closed-loop driving: a pilot (a trained network, the expert, a random policy) drives one car per track and
-the simulator scores it.
+"""Closed-loop driving: a pilot (a trained network, the expert, or a baseline: straight, constant, mean, random
+steering) drives one car per track and the simulator scores it. A car has left the road when one of its wheels
+has (``kernels.WHEELS``: a 2.6 m wheelbase, 1.6 m track).
 
 Metrics, over the tracks:
 - ``mean_return``: the environment's return until the car first leaves the road (or the time budget ends),
   the number the gymnasium environments report for an episode;
-- ``autonomy``: NVIDIA's PilotNet measure, 1 - interventions · 6 s / elapsed time. When a car leaves the road
-  it is put back on the centre line (an intervention) and drives on;
+- ``autonomy``: NVIDIA's PilotNet measure, 1 - interventions · 6 s / elapsed time, clipped at 0. When a car
+  leaves the road it is put back on the centre line (an intervention) and drives on;
+- ``rms_lateral_error_m``: root mean square distance of the car (the middle of its rear axle) from the centre
+  line over the whole drive;
 - ``mean_distance_m``: metres driven before the car first left the road (the whole drive when it never did);
 - ``interventions``: per track, on average;
 - ``laps``: laps of the track driven (progress along the centre line / track length), on average.
@@ -61,8 +64,24 @@ def expert_pilot() -> Pilot:
 
 
 def random_pilot(seed: int = 0) -> Pilot:
+    """Steering drawn uniformly from [-1, 1] at every step."""
     rng = np.random.default_rng(seed)
     return Pilot("random", None, lambda images, sim: rng.uniform(-1.0, 1.0, sim.num_cars))
+
+
+def constant_pilot(steering: float, name: str = "constant") -> Pilot:
+    """The same steering at every step (0: straight ahead)."""
+    return Pilot(name, None, lambda images, sim: np.full(sim.num_cars, float(steering)))
+
+
+CONSTANT_STEERING = 0.1  # the constant pilot's command: a gentle right turn (2.5°), a typical |steering| on a bend
+
+
+def baseline_pilots(mean_steering: float, seed: int = 0) -> list[Pilot]:
+    """The pilots a trained one must beat: straight (0), constant (``CONSTANT_STEERING``), the mean steering of
+    the training labels, uniform random."""
+    return [constant_pilot(0.0, "straight"), constant_pilot(CONSTANT_STEERING),
+            constant_pilot(mean_steering, "mean"), random_pilot(seed)]  # fmt: skip
 
 
 def drive(pilot: Pilot, tracks: TrackSet, steps: int = 1000, target_speed: float = 8.0,
@@ -76,7 +95,7 @@ def drive(pilot: Pilot, tracks: TrackSet, steps: int = 1000, target_speed: float
     sim = Simulator(n, tracks, max_steps=steps + 1, target_speed=target_speed)
     sim.place(cars, cars, 0.0)
     returns, first_exit = np.zeros(n), np.full(n, np.nan)
-    interventions, distance, laps = np.zeros(n), np.zeros(n), np.zeros(n)
+    interventions, distance, laps, squared_offset = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
     for _ in range(steps):
         images = sim.render(pilot.camera) if pilot.camera is not None else None
         if on_step is not None:
@@ -86,6 +105,7 @@ def drive(pilot: Pilot, tracks: TrackSet, steps: int = 1000, target_speed: float
         reward, left_road, _ = sim.step(steer)
         laps += (sim.cars[:, kernels.PROGRESS] - before) / tracks.length
         distance += sim.cars[:, kernels.SPEED] * kernels.DT
+        squared_offset += sim.cars[:, kernels.OFFSET] ** 2
         clean = np.isnan(first_exit)
         returns += np.where(clean, reward, 0.0)
         first_exit[clean & left_road] = distance[clean & left_road]
@@ -100,5 +120,6 @@ def drive(pilot: Pilot, tracks: TrackSet, steps: int = 1000, target_speed: float
         "autonomy": float(autonomy.mean()),
         "mean_distance_m": float(np.where(np.isnan(first_exit), distance, first_exit).mean()),
         "interventions": float(interventions.mean()),
+        "rms_lateral_error_m": float(np.sqrt(squared_offset.mean() / steps)),
         "laps": float(laps.mean()),
     }

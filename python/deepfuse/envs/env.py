@@ -4,7 +4,7 @@ stepped and rendered in one compiled call each).
 Observation: the car's camera, (size, size, 3) uint8 RGB. Action: steering in [-1, 1] (> 0 turns right,
 ±1 = ±25°), shape (1,); with ``throttle="agent"`` shape (2,): steering and throttle (< 0 brakes); by default
 an automatic throttle holds ``target_speed``. Reward: metres of progress along the centre line, scaled by
-(1 - |offset| / half width). Terminated when the car's centre leaves the road; truncated after ``max_steps``.
+(1 - |offset| / half width). Terminated when a wheel leaves the road; truncated after ``max_steps``.
 Tracks: ``tracks`` tracks of ``split`` ("train", "val", "test" — disjoint; see ``deepfuse.envs.tracks``).
 
 The vector environment resets finished cars in the same step (gymnasium's ``AutoresetMode.SAME_STEP``): the

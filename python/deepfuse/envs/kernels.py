@@ -6,8 +6,9 @@ Car model: kinematic bicycle, semi-implicit Euler, dt = 0.1 s (the Udacity simul
     v ← clip(v + (a(throttle) - DRAG v) dt, 0, MAX_SPEED)
     heading ← heading + v / WHEELBASE · tan(-steer · MAX_STEER) dt     (steer > 0 turns right, as Udacity's)
     (x, y) ← (x, y) + v dt (cos heading, sin heading)
-Reward: progress along the centreline (metres) · max(0, 1 - |offset| / half_width); terminated when the car's
-centre leaves the road (|offset| > half_width); truncated after ``max_steps``.
+Reward: progress along the centreline (metres) · max(0, 1 - |offset| / half_width) (offset: of the car's reference
+point, the middle of its rear axle); terminated when a wheel leaves the road (the largest |offset| of the four
+wheels' contact points, ``WHEEL``, exceeds half_width); truncated after ``max_steps``.
 
 ``deepfuse.envs.reference`` computes the same with plain numpy; tests hold the two equal.
 """
@@ -37,10 +38,14 @@ BRAKE = 8.0  # m/s² at throttle -1
 DRAG = 0.05  # 1/s
 MAX_SPEED = 20.0  # m/s
 THROTTLE_GAIN = 0.5  # the automatic throttle: throttle = clip(gain · (target - v), -1, 1)
+HALF_TRACK = 0.8  # m from the car's centre line to a wheel's contact point (a 1.6 m track, a small car's)
+# the wheels' contact points in the car's frame (metres ahead of the rear axle's middle, metres to the left)
+WHEELS = ((WHEELBASE, HALF_TRACK), (WHEELBASE, -HALF_TRACK), (0.0, HALF_TRACK), (0.0, -HALF_TRACK))
 
-# columns of the car state array (N, STATE): pose, speed, and where the car is on its track
-X, Y, HEADING, SPEED, S, OFFSET, PROGRESS, ODOMETER = range(8)
-STATE = 8
+# columns of the car state array (N, STATE): pose (of the rear axle's middle), speed, where the car is on its
+# track, and WHEEL: the largest distance of a wheel from the centre line (the car is off the road beyond half_width)
+X, Y, HEADING, SPEED, S, OFFSET, PROGRESS, ODOMETER, WHEEL = range(9)
+STATE = 9
 SEARCH_BACK, SEARCH_AHEAD = 3, 12  # segments around the last one searched for the nearest centreline point
 
 # --- the ground classes and their colours --------------------------------------------------------------------
@@ -129,6 +134,28 @@ def _project(points, cum, seglen, first, count, x, y, seg):
     return best_j, cum[first + best_j] + best_t * seglen[first + best_j], offset
 
 
+@njit(cache=True, inline="always")
+def _worst_wheel(points, cum, seglen, first, count, x, y, heading, seg):
+    """The largest |offset| from the centre line of the four wheels of a car at (x, y, heading) near ``seg``."""
+    c, s = math.cos(heading), math.sin(heading)
+    worst = 0.0
+    for w in range(4):
+        ahead, left = WHEELS[w]
+        _, _, off = _project(points, cum, seglen, first, count, x + c * ahead - s * left, y + s * ahead + c * left,
+                             seg)  # fmt: skip
+        worst = max(worst, abs(off))
+    return worst
+
+
+@njit(cache=True)
+def measure_wheels(cars, seg, track, points, cum, seglen, offset, count):
+    """Fill the WHEEL column of every car (after cars were placed)."""
+    for i in range(cars.shape[0]):
+        k = track[i]
+        cars[i, WHEEL] = _worst_wheel(points, cum, seglen, offset[k], count[k], cars[i, X], cars[i, Y],
+                                      cars[i, HEADING], seg[i])  # fmt: skip
+
+
 # NOTE: stepping is ~100 ns of work per car: as a parallel kernel a 64-car step took 2 ms on the loaded 2-core CI
 # machine (thread wake-ups), serial it takes microseconds; so step and expert_steer run on one thread.
 @njit(cache=True)
@@ -159,10 +186,11 @@ def step(cars, seg, track, steps, steer, throttle, auto_throttle, target_speed, 
         cars[i, S], cars[i, OFFSET] = s, off
         cars[i, PROGRESS] += ds
         cars[i, ODOMETER] += v * DT
+        cars[i, WHEEL] = _worst_wheel(points, cum, seglen, offset[k], count[k], x, y, heading, j)
         seg[i] = j
         steps[i] += 1
         reward[i] = ds * max(0.0, 1.0 - abs(off) / half_width[k])
-        terminated[i] = abs(off) > half_width[k]
+        terminated[i] = cars[i, WHEEL] > half_width[k]
         truncated[i] = steps[i] >= max_steps
 
 

@@ -45,10 +45,22 @@ def step(cars, seg, track, steps, steer, throttle, auto_throttle, target_speed, 
     cars[:, K.S], cars[:, K.OFFSET] = s, offset
     cars[:, K.PROGRESS] += ds
     cars[:, K.ODOMETER] += v * K.DT
+    cars[:, K.WHEEL] = worst_wheel(tracks, track, x, y, heading, j)
     seg[:] = j
     steps += 1
     reward = ds * np.maximum(0.0, 1.0 - np.abs(offset) / half_width)
-    return cars, seg, steps, reward, np.abs(offset) > half_width, steps >= max_steps
+    return cars, seg, steps, reward, cars[:, K.WHEEL] > half_width, steps >= max_steps
+
+
+def worst_wheel(tracks, track, x, y, heading, seg):
+    """The largest |offset| of the four wheels (``kernels.WHEELS``) of each car."""
+    c, s = np.cos(heading), np.sin(heading)
+    worst = np.zeros(len(x))
+    for ahead, left in K.WHEELS:
+        _, _, offset = _project(tracks.points, tracks.cum, tracks.seglen, tracks.offset[track], tracks.count[track],
+                                x + c * ahead - s * left, y + s * ahead + c * left, seg)  # fmt: skip
+        worst = np.maximum(worst, np.abs(offset))
+    return worst
 
 
 def render(cars, track, tracks, forward, lateral, haze, resolution):

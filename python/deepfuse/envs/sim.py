@@ -67,6 +67,8 @@ class Simulator:
             self.seg[rows] = segment
         self.track[cars] = track
         self.steps[cars] = 0
+        t = self.tracks
+        kernels.measure_wheels(self.cars, self.seg, self.track, t.points, t.cum, t.seglen, t.offset, t.count)
 
     def reset(self, cars, rng: np.random.Generator) -> None:
         """Random starts for ``cars`` (indices), drawn from ``rng``."""
@@ -139,7 +141,8 @@ class Simulator:
         return self.cars[:, kernels.ODOMETER].copy()
 
     def on_road(self) -> np.ndarray:
-        return np.abs(self.cars[:, kernels.OFFSET]) <= self.tracks.half_width[self.track]
+        """Whether all four wheels of each car are on the road."""
+        return self.cars[:, kernels.WHEEL] <= self.tracks.half_width[self.track]
 
     def state_dict(self) -> dict:
         return {"cars": self.cars.copy(), "seg": self.seg.copy(), "track": self.track.copy(),
