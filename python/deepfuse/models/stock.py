@@ -8,8 +8,14 @@ Metrics (on the close, across every ticker of the split): RMSE and MAE of the pr
 ``C_t * exp(predicted return)`` and directional accuracy (up vs not up), each beside the naive last-value forecast
 — tomorrow's close = today's (``naive_rmse``, ``naive_mae``; its direction is persistence: tomorrow moves the way
 today did) — and their ratio (< 1 beats it). ``always_up_accuracy`` is the share of up days. Most published LSTM
-stock predictors do not beat the last-value forecast; ``verdict`` in metrics.json says plainly whether this one
-does. A PNG shows predicted and actual closes over the test period.
+stock predictors do not beat the last-value forecast, and a ratio of 0.99 over a thousand days is well inside
+noise, so the comparison is tested (``deepfuse.training.significance``): Diebold-Mariano with the
+Harvey-Leybourne-Newbold correction on the squared and on the absolute errors (``dm_squared_*``, ``dm_absolute_*``:
+statistic, two-sided p-value, days; negative: the model's losses are smaller), and an exact McNemar test of the
+model's up/down calls against always-up (``direction_vs_always_up_*``). ``verdict`` says "beats" only when p < 0.05
+and the model is the better one, "not distinguishable" otherwise; ``beats_naive`` is that for the squared errors.
+A period whose close never moves makes the ratios ``null`` (``ratio_reason`` says why); a training period whose
+close never moves is an error (nothing to learn). A PNG shows predicted and actual closes over the test period.
 
 Expectation: next-day returns are close to unpredictable from past prices, so an RMSE ratio near 1.0 is the honest
 outcome; a ratio well below 1 on a held-out period would be a surprise worth checking for a leak.
@@ -43,40 +49,63 @@ class StockLSTM(nn.Module):
         return self.head(self.dropout(out[:, -1])).squeeze(-1)
 
 
+def _ratio(value: float, baseline: float) -> float | None:
+    return value / baseline if baseline > 0 else None
+
+
 def close_metrics(predicted_return: np.ndarray, targets: np.ndarray) -> dict:
-    """The model's and the naive forecast's errors on the close; targets columns: (scaled return, previous close,
-    last close, next close)."""
+    """The model's and the naive forecast's errors on the close, and whether the differences are more than noise;
+    targets columns: (scaled return, previous close, last close, next close). Every value is a number, a string
+    or None (with a reason): never NaN."""
     from deepfuse.training.metrics import regression_metrics
+    from deepfuse.training.significance import diebold_mariano, mcnemar_exact, verdict
 
     previous, last, actual = targets[:, 1], targets[:, 2], targets[:, 3]
-    ours = regression_metrics(last * np.exp(predicted_return), actual)
-    naive = regression_metrics(last, actual)
-    up = actual > last
-    direction = float(((predicted_return > 0) == up).mean())
+    predicted = last * np.exp(predicted_return)
+    ours, naive = regression_metrics(predicted, actual), regression_metrics(last, actual)
+    up, says_up = actual > last, predicted_return > 0
+    direction = float((says_up == up).mean())
     persistence = float(((last > previous) == up).mean())
     metrics = {
-        "rmse": ours["rmse"], "naive_rmse": naive["rmse"], "rmse_ratio": ours["rmse"] / naive["rmse"],
-        "mae": ours["mae"], "naive_mae": naive["mae"], "mae_ratio": ours["mae"] / naive["mae"],
+        "rmse": ours["rmse"], "naive_rmse": naive["rmse"], "rmse_ratio": _ratio(ours["rmse"], naive["rmse"]),
+        "mae": ours["mae"], "naive_mae": naive["mae"], "mae_ratio": _ratio(ours["mae"], naive["mae"]),
         "directional_accuracy": direction, "naive_directional_accuracy": persistence,
-        "directional_ratio": direction / persistence if persistence else float("nan"),
-        "always_up_accuracy": float(up.mean()),
+        "directional_ratio": _ratio(direction, persistence), "always_up_accuracy": float(up.mean()),
     }  # fmt: skip
-    ratio = metrics["rmse_ratio"]
-    beats = "does NOT beat" if ratio >= 1.0 else "beats" if ratio < 0.99 else "beats, by less than 1 % (noise-level),"
-    metrics["verdict"] = (
-        f"the model {beats} the naive last-value forecast on RMSE "
-        f"(ratio {metrics['rmse_ratio']:.4f}; MAE ratio {metrics['mae_ratio']:.4f}; directional accuracy "
-        f"{direction:.3f} vs {persistence:.3f} for persistence, {metrics['always_up_accuracy']:.3f} always-up)"
+    if naive["rmse"] == 0:
+        metrics["ratio_reason"] = "the close never moves in this period: the naive forecast is exact, no ratio to it"
+    # the same errors as the RMSE / MAE ratios (price units); at horizon 1 the test ignores the days' order, so
+    # several tickers' days pooled are fine
+    squared = diebold_mariano(actual - predicted, actual - last, "squared")
+    absolute = diebold_mariano(actual - predicted, actual - last, "absolute")
+    versus_up = mcnemar_exact(says_up == up, up)  # statistic: days only the model called right
+    metrics |= squared.to_dict("dm_squared") | absolute.to_dict("dm_absolute")
+    metrics |= versus_up.to_dict("direction_vs_always_up")
+    metrics["beats_naive"] = squared.better == "first" and squared.p_value is not None and squared.p_value < 0.05
+    # picks the checkpoint: scale-free, so one expensive ticker does not decide alone; the RMSE itself when the
+    # validation closes never move (the ratio is undefined there)
+    metrics["checkpoint_score"] = metrics["rmse_ratio"] if metrics["rmse_ratio"] is not None else ours["rmse"]
+    metrics["verdict"] = "; ".join(
+        [
+            f"{verdict(squared, 'the model', 'the naive last-value forecast')} on squared errors "
+            f"(Diebold-Mariano, HLN-corrected; RMSE ratio {_shown(metrics['rmse_ratio'])})",
+            f"{verdict(absolute, 'it', 'naive')} on absolute errors (MAE ratio {_shown(metrics['mae_ratio'])})",
+            f"{verdict(versus_up, 'its direction', 'always-up')} (accuracy {direction:.3f} vs "
+            f"{metrics['always_up_accuracy']:.3f} always-up, exact McNemar; persistence {persistence:.3f})",
+        ]
     )
     return metrics
+
+
+def _shown(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
 
 
 class StockTask(Task):
     name = "stock"
     description = "next-day stock prices (LSTM on windows of daily features), against the naive last-value forecast"
     data_help = "a Yahoo Finance CSV (web download or yfinance) or a folder of them, one or several tickers"
-    # RMSE relative to the naive forecast: scale-free, so one expensive ticker does not pick the checkpoint alone
-    metric = "rmse_ratio"
+    metric = "checkpoint_score"  # the RMSE ratio to the naive forecast (close_metrics)
     maximize = False
     defaults = {"epochs": 20, "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-4}
     options = {
@@ -114,6 +143,10 @@ class StockTask(Task):
             if len(dataset) == 0:
                 raise DataError(path, f"the {name} period is empty ({len(windows.dates)} windows in all): give more "
                                       "rows, or a shorter --window")  # fmt: skip
+        if not splits["train"].targets[:, 0].any():
+            dates = splits["train"].dates
+            raise DataError(path, f"the close never changes over the training period ({dates.min()}..{dates.max()}): "
+                                  "nothing to learn (a halted ticker?)")  # fmt: skip
         skipped = sum(t.skipped for t in tables)
         if skipped:
             per_file = ", ".join(f"{t.ticker} {t.skipped}" for t in tables if t.skipped)
