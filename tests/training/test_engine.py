@@ -14,6 +14,7 @@ from deepfuse.training import RunError, make_config, train
 from deepfuse.training.batching import EpochBatches
 from deepfuse.training.checkpoint import CheckpointError, load_checkpoint, save_atomically
 from deepfuse.training.engine import Run
+from tests.training.test_faults import assert_same_training_state
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = models.get("digits")
@@ -48,9 +49,9 @@ def test_resume_after_an_interrupt_reaches_the_same_weights_bitwise(tmp_path, mo
     straight = load_checkpoint(tmp_path / "straight" / "last.pt")
     resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")
     assert straight["global_step"] == resumed["global_step"] == 40
-    for name, value in straight["model_state"].items():
-        assert torch.equal(value, resumed["model_state"][name]), f"{name} differs after resume"
-    assert straight["optimizer"]["state"][0]["exp_avg"].equal(resumed["optimizer"]["state"][0]["exp_avg"])
+    assert_same_training_state(straight, resumed)  # weights, buffers, every optimizer tensor and step
+    assert straight["history"] == [{**row, "seconds": s["seconds"], "samples_per_s": s["samples_per_s"]}
+                                   for row, s in zip(resumed["history"], straight["history"], strict=True)]
 
 
 def test_run_folder_files(tmp_path):

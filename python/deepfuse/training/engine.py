@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +151,10 @@ class Run:
     history: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)  # task-specific state to checkpoint (e.g. an RL agent's counters)
     out: Path | None = None
+    epoch_loss: list = field(default_factory=lambda: [0.0, 0])  # [sum of loss x samples, samples] this epoch
+    # the module buffers and RNG states at the last finished optimizer step (see mark_finished_step)
+    _finished_buffers: list | None = None
+    _finished_rng: dict | None = None
 
     # --- what loops use ---------------------------------------------------------------------------------------
     def to_device(self, value):
@@ -171,22 +177,52 @@ class Run:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def backward_and_step(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
-        if self.scheduler is not None:
-            self.scheduler.step()
-        self.after_step()  # counted with the optimizer step: an interrupt never replays a batch
+    def backward_and_step(self, loss: torch.Tensor, samples: int = 0) -> float:
+        """Backward, optimizer and scheduler step; returns the loss's value. A Ctrl-C arriving meanwhile waits
+        until the step is finished and counted: a checkpoint never holds half an optimizer step."""
+        with _interrupts_deferred():
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                loss.backward()
+                self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            value = loss.item()
+            self.epoch_loss[0] += value * samples
+            self.epoch_loss[1] += samples
+            self.after_step()  # counted with the optimizer step: an interrupt never replays a batch
+        return value
 
     def after_step(self) -> None:
         self.step_in_epoch += 1
         self.global_step += 1
+        if self._finished_buffers is not None:  # the supervised loop rewinds a cut-off batch to here
+            self.mark_finished_step()
+
+    def mark_finished_step(self) -> None:
+        """Remember the module buffers (BatchNorm statistics) and RNG states between two optimizer steps: an
+        interrupt inside the next batch rewinds to them (``rewind_unfinished_step``), so that the checkpoint
+        saved on Ctrl-C holds exactly the state after the last finished step. Parameters and the optimizer
+        only change inside ``backward_and_step``, which an interrupt never cuts."""
+        buffers = [b.detach() for b in self.raw_model.buffers()]
+        if self._finished_buffers is None or len(self._finished_buffers) != len(buffers):
+            self._finished_buffers = [b.clone() for b in buffers]
+        elif buffers:
+            torch._foreach_copy_(self._finished_buffers, buffers)  # one launch per dtype, not one per buffer
+        self._finished_rng = rng_states()
+
+    def rewind_unfinished_step(self) -> None:
+        """Undo what a cut-off batch changed before its optimizer step: buffers, RNG draws (dropout, augment)."""
+        if self._finished_buffers is None:
+            return
+        with torch.no_grad():
+            for buffer, saved in zip(self.raw_model.buffers(), self._finished_buffers, strict=True):
+                buffer.copy_(saved)
+        restore_rng_states(self._finished_rng)
 
     def progress(self, total: int, description: str):
         if not self.place.is_main or not self.config.get("progress", True):
@@ -209,6 +245,7 @@ class Run:
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
+            "epoch_loss": list(self.epoch_loss),
             "best": self.best,
             "history": self.history,
             "extra": self.extra,
@@ -231,6 +268,7 @@ class Run:
         self.epoch, self.step_in_epoch = payload["epoch"], payload["step_in_epoch"]
         self.global_step, self.best = payload["global_step"], payload["best"]
         self.history, self.extra = payload["history"], payload["extra"]
+        self.epoch_loss = list(payload.get("epoch_loss", [0.0, 0]))
         restore_rng_states(payload["rng"])
 
     def improved(self, value: float) -> bool:
@@ -239,6 +277,25 @@ class Run:
         if self.best is None:
             return True
         return value > self.best if self.task.maximize else value < self.best
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Ctrl-C (SIGINT) inside the block is held until the block ends, then raised as KeyboardInterrupt. Only in
+    the main thread, and only over Python's own handler (a program's own SIGINT handler is left alone)."""
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    pending = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
 
 
 def default_optimizer(model: nn.Module, config: dict, steps_per_epoch: int):
@@ -334,7 +391,7 @@ def fit(run: Run, log=print) -> dict:
                        "seconds": round(time.perf_counter() - epoch_start, 3),
                        "samples_per_s": train_metrics.get("samples_per_s")}  # fmt: skip
                 run.history.append(row)
-                run.epoch, run.step_in_epoch = run.epoch + 1, 0
+                run.epoch, run.step_in_epoch, run.epoch_loss = run.epoch + 1, 0, [0.0, 0]
                 best = run.improved(value)
                 if best:
                     run.best = value
@@ -346,6 +403,7 @@ def fit(run: Run, log=print) -> dict:
                     log(_epoch_line(row, task.metric, best))
         except KeyboardInterrupt:
             if type(task).train_epoch is Task.train_epoch:  # the supervised loop resumes within an epoch
+                run.rewind_unfinished_step()
                 path = run.save("last.pt")
                 where = f"at epoch {run.epoch + 1}, step {run.step_in_epoch}: saved {path}"
             else:  # a task's own epoch (e.g. a PPO iteration) restarts: keep the last finished epoch's checkpoint
@@ -357,7 +415,7 @@ def fit(run: Run, log=print) -> dict:
 
 @torch.no_grad()
 def _layer_backends(run: Run) -> dict[str, str]:
-    """{layer: "op: backend"} from one eval-mode forward of two training samples (no state changes)."""
+    """{layer: "op: backend"} from a train-mode and an eval-mode forward of two training samples (state kept)."""
     from torch.utils.data import default_collate
 
     from deepfuse.training.layers import layer_backends

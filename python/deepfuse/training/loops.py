@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -9,6 +10,14 @@ from torch.utils.data import DataLoader
 
 from deepfuse.training.batching import EpochBatches, ShardBatches
 from deepfuse.training.distributed import gather_objects, mean_over_processes
+
+
+class NonFiniteLossError(ArithmeticError):
+    """A training step's loss was inf or NaN: the weights it updated are unusable (the engine saves nothing)."""
+
+    def __init__(self, run, value: float) -> None:
+        super().__init__(f"epoch {run.epoch + 1}, step {run.step_in_epoch}: the training loss is {value}")
+        self.epoch, self.step, self.value = run.epoch + 1, run.step_in_epoch, value
 
 
 def loader(run, dataset, batch_sampler) -> DataLoader:
@@ -19,29 +28,35 @@ def loader(run, dataset, batch_sampler) -> DataLoader:
 
 
 def supervised_epoch(run) -> dict[str, float]:
-    """One pass over the training split; the loss is the mean over the epoch's samples (all processes)."""
+    """One pass over the training split; the loss is the mean over the epoch's samples (all processes).
+
+    A resumed epoch starts at the batch after the last finished step, and its loss counts the batches trained
+    before the interrupt too (``run.epoch_loss`` is checkpointed)."""
     data = run.data
     sampler = EpochBatches(len(data.train), run.config["batch_size"], run.config["seed"], run.epoch,
                            run.place.rank, run.place.world, data.sample_weights, data.lengths,
                            skip=run.step_in_epoch)  # fmt: skip
     run.model.train()
-    total_loss, seen, start = 0.0, 0, time.perf_counter()
+    seen, start = 0, time.perf_counter()
+    run.mark_finished_step()  # an interrupt inside the first batch rewinds to here
     progress = run.progress(len(sampler), f"epoch {run.epoch + 1}/{run.config['epochs']}")
     for inputs, targets in loader(run, data.train, sampler):
         inputs, targets = run.to_device(inputs), run.to_device(targets)
         with run.autocast():
             outputs = run.forward(inputs)
             loss = run.task.loss(outputs, targets)
-        run.backward_and_step(loss)
         count = len(targets)
-        total_loss += loss.item() * count
+        value = run.backward_and_step(loss, count)
+        if not math.isfinite(value):
+            raise NonFiniteLossError(run, value)
         seen += count
         progress.update(1)
-        progress.set_postfix(loss=f"{loss.item():.4f}", samples_per_s=f"{seen / (time.perf_counter() - start):.0f}")
+        progress.set_postfix(loss=f"{value:.4f}", samples_per_s=f"{seen / (time.perf_counter() - start):.0f}")
     progress.close()
     seconds = time.perf_counter() - start
-    # an epoch resumed after its last batch trained nothing: its loss is unknown, not 0
-    result = mean_over_processes({"loss": total_loss / seen if seen else float("nan")}, run.place, weight=seen)
+    total, samples = run.epoch_loss
+    # an epoch whose every batch was trained before a resume that saved no loss (an older checkpoint): unknown
+    result = mean_over_processes({"loss": total / samples if samples else float("nan")}, run.place, weight=samples)
     result["samples_per_s"] = seen * run.place.world / max(seconds, 1e-9)
     return result
 
