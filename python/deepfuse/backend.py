@@ -138,11 +138,20 @@ def use_backend(name: str | None) -> Iterator[None]:
         _backend_stack.pop()
 
 
+class ChoiceLog(list):
+    """What ``record_choices()`` collects: ``(op, backend)`` per dispatch, in order; ``reasons[i]`` says why entry
+    ``i`` is a drop-in's fallback (see ``record_fallback``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reasons: dict[int, str] = {}
+
+
 @contextlib.contextmanager
-def record_choices() -> Iterator[list[tuple[str, str]]]:
+def record_choices() -> Iterator[ChoiceLog]:
     """Collect ``(op, backend)`` for every deepfuse op dispatched in this block (eager calls; a compiled graph
-    dispatches while it is traced)."""
-    log: list[tuple[str, str]] = []
+    dispatches while it is traced), and the reason of every fallback a drop-in records."""
+    log = ChoiceLog()
     _choice_logs.append(log)
     try:
         yield log
@@ -153,6 +162,22 @@ def record_choices() -> Iterator[list[tuple[str, str]]]:
 def _record(op_name: str, name: str) -> str:
     if _choice_logs and not torch.compiler.is_compiling():
         _choice_logs[-1].append((op_name, name))
+    return name
+
+
+def record_fallback(op_name: str, name: str, reason: str) -> str:
+    """Record that a drop-in ran ``op_name`` on backend ``name`` outside its fused path (which cannot run the call,
+    or has no kernel for that part of it), and why.
+
+    Only for calls the requested backend allows to run there (automatic, or ``name`` itself requested); where the
+    requested backend cannot run a call, the drop-in raises BackendUnavailableError instead."""
+    if not torch.compiler.is_compiling():
+        logger.debug("%s: runs on %r: %s", op_name, name, reason)
+        if _choice_logs:
+            log = _choice_logs[-1]
+            log.append((op_name, name))
+            if isinstance(log, ChoiceLog):
+                log.reasons[len(log) - 1] = reason
     return name
 
 

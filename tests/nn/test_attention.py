@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import deepfuse
+from deepfuse.backend import record_choices
 from deepfuse.nn import MultiheadAttention, TransformerEncoderLayer
 from tests.tolerances import assert_close_to_reference
 
@@ -39,17 +40,121 @@ def test_multihead_attention_matches_torch(backend, batch_first):
         assert_close_to_reference("grad", p.grad, p_ref.grad, p_theirs.grad, torch.float32)
 
 
-def test_multihead_attention_cross_attention_and_torch_path():
+def test_multihead_attention_cross_attention():
     torch.manual_seed(1)
     ours = MultiheadAttention(16, 2, batch_first=True)
     theirs = nn.MultiheadAttention(16, 2, batch_first=True)
     theirs.load_state_dict(ours.state_dict())
     q, kv = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
     torch.testing.assert_close(ours(q, kv, kv, need_weights=False)[0], theirs(q, kv, kv, need_weights=False)[0])
-    # need_weights=True (torch's default) needs the weights matrix: torch's implementation, same results
-    out, weights = ours(q, kv, kv)
-    expected_out, expected_weights = theirs(q, kv, kv)
-    assert torch.equal(out, expected_out) and torch.equal(weights, expected_weights)
+
+
+@pytest.mark.parametrize("average", [True, False])
+@pytest.mark.parametrize("batched", [True, False])
+def test_need_weights_stays_on_the_kernel_and_matches_torchs_weights(batched, average):
+    """need_weights=True (torch's default): the output from the triton kernel, the weights from a second pass."""
+    torch.manual_seed(4)
+    ours = MultiheadAttention(16, 2, batch_first=True)
+    theirs = nn.MultiheadAttention(16, 2, batch_first=True)
+    theirs.load_state_dict(ours.state_dict())
+    reference = nn.MultiheadAttention(16, 2, batch_first=True).double()
+    reference.load_state_dict(ours.state_dict())
+    q, kv = (torch.randn(2, 5, 16), torch.randn(2, 7, 16)) if batched else (torch.randn(5, 16), torch.randn(7, 16))
+    mask = _padding_mask(2, 7, seed=5) if batched else _padding_mask(1, 7, seed=5)[0]
+    kwargs = dict(key_padding_mask=mask, average_attn_weights=average)
+    with record_choices() as log, deepfuse.use_backend("triton"):
+        out, weights = ours(q, kv, kv, **kwargs)
+    assert ("attention", "triton") in log and ("attention_weights", "torch") in log
+    assert ("multihead_attention", "torch") not in log
+    expected, expected_weights = theirs(q, kv, kv, **kwargs)
+    ref, ref_weights = reference(q.double(), kv.double(), kv.double(), **kwargs)
+    assert weights.shape == expected_weights.shape
+    assert_close_to_reference("out", out.detach(), ref.detach(), expected.detach(), torch.float32)
+    assert_close_to_reference("weights", weights.detach(), ref_weights.detach(), expected_weights.detach(),
+                              torch.float32)  # fmt: skip
+
+
+def test_need_weights_with_a_causal_mask_and_its_gradient():
+    torch.manual_seed(6)
+    ours = MultiheadAttention(8, 2)
+    theirs = nn.MultiheadAttention(8, 2)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(6, 3, 8)
+    causal = torch.ones(6, 6, dtype=torch.bool).triu(1)
+    with deepfuse.use_backend("triton"):
+        _, weights = ours(x, x, x, attn_mask=causal, is_causal=True)
+    _, expected = theirs(x, x, x, attn_mask=causal)
+    torch.testing.assert_close(weights, expected)
+    weights.square().sum().backward()  # the weights are differentiable, as torch's are
+    expected.square().sum().backward()
+    torch.testing.assert_close(ours.in_proj_weight.grad, theirs.in_proj_weight.grad)
+
+
+def _fallback_cases():
+    """(name, module, call kwargs, the reason's key words): every condition the fused path cannot run."""
+    float_mask = torch.zeros(5, 5).masked_fill(torch.ones(5, 5, dtype=torch.bool).triu(1), float("-inf"))
+    return [
+        ("bool attn_mask", MultiheadAttention(8, 2), dict(attn_mask=torch.rand(5, 5) > 0.7), "bool attn_mask"),
+        ("float attn_mask", MultiheadAttention(8, 2), dict(attn_mask=float_mask), "float attn_mask"),
+        ("float key_padding_mask", MultiheadAttention(8, 2), dict(key_padding_mask=torch.zeros(3, 5)),
+         "torch.float32 key_padding_mask"),
+        ("add_bias_kv", MultiheadAttention(8, 2, add_bias_kv=True), {}, "add_bias_kv"),
+        ("add_zero_attn", MultiheadAttention(8, 2, add_zero_attn=True), {}, "add_zero_attn"),
+        ("dropout in training", MultiheadAttention(8, 2, dropout=0.1).train(), {}, "dropout 0.1 in training"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", range(len(_fallback_cases())), ids=[c[0] for c in _fallback_cases()])
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_a_call_the_fused_path_cannot_run_raises_under_a_requested_kernel_backend(backend, case):
+    name, module, kwargs, words = _fallback_cases()[case]
+    x = torch.randn(5, 3, 8)
+    with deepfuse.use_backend(backend), pytest.raises(deepfuse.BackendUnavailableError) as error:
+        module(x, x, x, need_weights=False, **kwargs)
+    assert f"backend {backend!r} (from use_backend())" in str(error.value) and words in str(error.value)
+
+
+@pytest.mark.parametrize("case", range(len(_fallback_cases())), ids=[c[0] for c in _fallback_cases()])
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_a_call_the_fused_path_cannot_run_is_recorded_with_its_reason(backend, case):
+    name, module, kwargs, words = _fallback_cases()[case]
+    theirs = nn.MultiheadAttention(8, 2, dropout=module.dropout, add_bias_kv=module.bias_k is not None,
+                                   add_zero_attn=module.add_zero_attn).train(module.training)  # fmt: skip
+    theirs.load_state_dict(module.state_dict())
+    x = torch.randn(5, 3, 8)
+    with record_choices() as log, deepfuse.use_backend(backend):
+        torch.manual_seed(7)
+        out, weights = module(x, x, x, **kwargs)
+    torch.manual_seed(7)
+    expected, expected_weights = theirs(x, x, x, **kwargs)
+    assert list(log) == [("multihead_attention", "torch")] and words in log.reasons[0]
+    assert torch.equal(out, expected) and torch.equal(weights, expected_weights)  # torch's implementation itself
+
+
+def test_dropout_in_eval_and_dropout_zero_in_training_stay_fused():
+    module = MultiheadAttention(8, 2, dropout=0.1)
+    x = torch.randn(5, 3, 8)
+    for mode in ("eval", "train"):
+        getattr(module, mode)()
+        if mode == "train":
+            module.dropout = 0.0
+        with record_choices() as log, deepfuse.use_backend("triton"):
+            module(x, x, x, need_weights=False)
+        assert ("attention", "triton") in log and not log.reasons, mode
+
+
+def test_transformer_encoder_layer_with_default_dropout_raises_in_training_under_triton():
+    layer = TransformerEncoderLayer(8, 2, 16)  # dropout 0.1, torch's default
+    src = torch.randn(5, 3, 8)
+    with deepfuse.use_backend("triton"), pytest.raises(deepfuse.BackendUnavailableError, match="dropout 0.1"):
+        layer(src)
+    with record_choices() as log, deepfuse.use_backend("triton"):
+        layer.eval()(src)
+    assert ("attention", "triton") in log and not log.reasons
+    with record_choices() as log:
+        layer.train()(src)
+    assert ("multihead_attention", "torch") in log and "dropout 0.1 in training" in log.reasons[log.index(
+        ("multihead_attention", "torch"))]  # fmt: skip
 
 
 @pytest.mark.parametrize("norm_first", [False, True])

@@ -1,19 +1,28 @@
 """MultiheadAttention and TransformerEncoderLayer drop-ins built on deepfuse's flash attention and FusedLinear.
 
-Both keep torch's parameters and state_dict. The fused path covers the common case; the rest (need_weights,
-arbitrary attention masks, float masks, add_bias_kv / add_zero_attn, attention dropout while training) takes
-torch's own implementation, as each docstring states.
+Both keep torch's parameters and state_dict. A call the fused path cannot run (arbitrary attention masks, float
+key-padding masks, add_bias_kv / add_zero_attn, attention dropout while training) raises BackendUnavailableError
+when triton or cuda was requested, and otherwise runs torch's own implementation, recorded with its reason
+(``deepfuse.backend.record_choices``; the run's layer report). MultiheadAttention's docstring lists the conditions.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepfuse.backend import BackendUnavailableError, record_fallback, requested_backend
 from deepfuse.nn.linear import FusedLinear
 from deepfuse.ops.attention import attention
 from deepfuse.ops.linear_act import linear_act
+
+# The op name under which MultiheadAttention records a call run by torch's implementation instead of its fused path.
+TORCH_PATH_OP = "multihead_attention"
+# ... and the second pass that computes the attention weights for need_weights=True.
+WEIGHTS_OP = "attention_weights"
 
 
 def _check_shapes(query, key, value, key_padding_mask) -> bool:
@@ -36,33 +45,80 @@ def _causal_mask(query, key, batch_first: bool) -> torch.Tensor:
     return torch.ones(query.shape[dim], key.shape[dim], dtype=torch.bool, device=query.device).triu(1)
 
 
+def _attention_weights(q, k, causal: bool, key_padding_mask, average: bool) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D)) with the fused path's masks, (B, H, L, S), or head-averaged (B, L, S); in at least
+    float32, returned in q's dtype. A query with no visible key gets zero weights (its fused output is zero)."""
+    compute = torch.promote_types(q.dtype, torch.float32)
+    scores = (q.to(compute) @ k.to(compute).transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    visible = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device)
+    visible = (visible.tril() if causal else visible).expand(q.shape[0], 1, *visible.shape)
+    if key_padding_mask is not None:
+        visible = visible & ~key_padding_mask[:, None, None, :]
+    any_visible = visible.any(-1, keepdim=True)
+    weights = torch.softmax(scores.masked_fill(~visible, float("-inf")).masked_fill(~any_visible, 0.0), dim=-1)
+    weights = torch.where(any_visible, weights, 0.0)
+    return (weights.mean(1) if average else weights).to(q.dtype)
+
+
 class MultiheadAttention(nn.MultiheadAttention):
     """Drop-in for ``nn.MultiheadAttention`` (same constructor, parameters and forward signature).
 
-    Fused path (projections through linear_act, attention through the flash kernel) when: need_weights
-    is False, attn_mask is None (or is_causal=True: the hint is trusted, as torch's SDPA path does),
-    key_padding_mask is None or bool, no bias_k/bias_v/add_zero_attn, and no attention dropout in training;
-    kdim/vdim different from embed_dim are fused too. Inputs may be unbatched (L, E) (``batch_first`` is then
-    ignored, as in torch). Otherwise — ``need_weights=True`` needs the weights matrix, for one — torch's
-    implementation runs. Returns ``(output, None)`` on the fused path.
+    Fused path: the projections through linear_act and the attention through the flash kernel
+    (``deepfuse.ops.attention``), on the backend deepfuse's dispatch picks (``use_backend`` / ``DEEPFUSE_BACKEND`` /
+    automatic). It takes key_padding_mask None or bool, is_causal=True (with or without attn_mask: the hint is
+    trusted, as torch's SDPA path does), kdim/vdim different from embed_dim, and unbatched (L, E) inputs
+    (``batch_first`` then ignored, as in torch).
+
+    ``need_weights=True`` (torch's default) stays on the fused path: the output comes from the kernel, and the
+    weights from a second pass over the same projected q and k in plain torch ops (softmax(q k^T / sqrt(D)) with
+    the same masks; head-averaged unless ``average_attn_weights=False``), recorded as ``attention_weights: torch``.
+    It costs an (N, H, L, S) tensor, as torch's own path does.
+
+    Calls the fused path cannot run, and why:
+
+    - ``attn_mask`` without ``is_causal=True`` (bool or float, (L, S) or (N*H, L, S)): the kernel takes only the
+      causal mask and a key-padding mask;
+    - a float ``key_padding_mask``: the kernel takes a bool mask;
+    - ``add_bias_kv=True`` or ``add_zero_attn=True``: the kernel has no appended key/value row;
+    - training with ``dropout > 0``: the flash kernels have no attention dropout.
+
+    For these, under ``use_backend("triton")`` / ``"cuda"`` (or ``DEEPFUSE_BACKEND``) the call raises
+    BackendUnavailableError with the reason; under the automatic choice or ``"torch"`` torch's implementation runs
+    and the call is recorded as ``multihead_attention: torch`` with the reason (``record_choices().reasons``; the
+    run's layer report). The attention op's own limits (head dim, dtype) are the op's: it raises for a requested
+    backend and chooses another automatically, as every deepfuse op does.
 
     One extension: ``is_causal=True`` without ``attn_mask`` (torch raises) means the causal mask on every path.
-    A query whose keys are all masked gets zeros on the fused path (torch gives NaN).
+    A query whose keys are all masked gets zeros (and zero weights) on the fused path (torch gives NaN).
     """
 
-    def _fused_path_ok(self, key_padding_mask, need_weights, attn_mask, is_causal) -> bool:
-        return (
-            not need_weights
-            and (attn_mask is None or is_causal)
-            and (key_padding_mask is None or key_padding_mask.dtype == torch.bool)
-            and self.bias_k is None
-            and not self.add_zero_attn
-            and not (self.training and self.dropout > 0.0)
-        )
+    def fused_path_problem(self, key_padding_mask=None, attn_mask=None, is_causal=False) -> str | None:
+        """Why the fused path cannot run a call with these arguments in the current mode, or None when it can."""
+        if attn_mask is not None and not is_causal:
+            kind = "float" if torch.is_floating_point(attn_mask) else "bool"
+            return (f"a {kind} attn_mask: the flash kernel takes only the causal mask (is_causal=True) and a bool "
+                    "key_padding_mask")  # fmt: skip
+        if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
+            return f"a {key_padding_mask.dtype} key_padding_mask: the flash kernel takes a bool mask"
+        if self.bias_k is not None:
+            return "add_bias_kv=True: the flash kernel has no appended key/value row"
+        if self.add_zero_attn:
+            return "add_zero_attn=True: the flash kernel has no appended zero key/value row"
+        if self.training and self.dropout > 0.0:
+            return f"attention dropout {self.dropout} in training: the flash kernels have no dropout"
+        return None
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):  # fmt: skip
-        if not self._fused_path_ok(key_padding_mask, need_weights, attn_mask, is_causal):
+        problem = self.fused_path_problem(key_padding_mask, attn_mask, is_causal)
+        if problem is not None:
+            requested, source = requested_backend(None)
+            if requested not in (None, "torch"):
+                raise BackendUnavailableError(
+                    f"MultiheadAttention: backend {requested!r} (from {source}) cannot run this call: {problem} "
+                    "(use_backend('auto') or 'torch' runs torch's implementation)"
+                )
+            record_fallback(TORCH_PATH_OP, "torch", problem)
             if is_causal and attn_mask is None:  # torch needs the mask itself
                 attn_mask = _causal_mask(query, key, self.batch_first)
             return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
@@ -100,9 +156,13 @@ class MultiheadAttention(nn.MultiheadAttention):
         v = v.reshape(batch, n_k, heads, E // heads).transpose(1, 2)
         out = attention(q, k, v, causal=is_causal, key_padding_mask=key_padding_mask)
         out = linear_act(out.transpose(1, 2).reshape(batch, n_q, E), self.out_proj.weight, self.out_proj.bias)
+        weights = None
+        if need_weights:
+            record_fallback(WEIGHTS_OP, "torch", "need_weights=True: the weights come from a second pass in torch ops")
+            weights = _attention_weights(q, k, is_causal, key_padding_mask, average_attn_weights)
         if not batched:
-            return out.squeeze(0), None
-        return (out if self.batch_first else out.transpose(0, 1)), None
+            return out.squeeze(0), (None if weights is None else weights.squeeze(0))
+        return (out if self.batch_first else out.transpose(0, 1)), weights
 
 
 def _fused_activation(activation) -> str | None:
@@ -131,8 +191,18 @@ class TransformerEncoderLayer(nn.TransformerEncoderLayer):
     deepfuse.nn.MultiheadAttention and the feed-forward block through FusedLinear, with the activation fused into
     linear1 when it is one linear_act knows ("relu", "gelu", F.relu/F.gelu/F.silu/torch.tanh/torch.sigmoid,
     nn.ReLU/GELU/SiLU/Tanh/Sigmoid/LeakyReLU(0.01) instances); any other callable runs after linear1.
-    ``src_mask`` other than a causal mask (is_causal=True) takes torch's attention. Unbatched (S, E) inputs,
-    batch_first and norm_first as in torch. torch's inference fast path (nested tensors) is not used."""
+    Unbatched (S, E) inputs, batch_first and norm_first as in torch. torch's inference fast path (nested tensors)
+    is not used: nested inputs are padded and run here with a key-padding mask.
+
+    The self-attention's fallbacks are MultiheadAttention's (raise under a requested triton / cuda backend; torch's
+    implementation, recorded with the reason, under the automatic choice or torch):
+
+    - ``src_mask`` other than a causal one (``is_causal=True``), or a float ``src_key_padding_mask``;
+    - training with ``dropout > 0`` (torch's default 0.1): the flash kernels have no attention dropout. Set
+      ``layer.self_attn.dropout = 0.0`` to train on the kernels (dropout1/dropout2 and the feed-forward dropout
+      still apply).
+
+    In eval, or with dropout 0, every call runs on the fused path."""
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
                  activation="relu", layer_norm_eps: float = 1e-5, batch_first: bool = False, norm_first: bool = False,
