@@ -4,7 +4,8 @@ from the layout, a fixed validation carve; on a fixture written in the real form
 import pytest
 
 from deepfuse.data import DataError
-from deepfuse.data.imdb import carve_validation, find_root, load_split, read_review
+from deepfuse.data.imdb import EmptyReviewsSkipped, carve_validation, find_root, load_split, read_review
+from deepfuse.data.text import PREFIX_CHARACTERS_PER_TOKEN, Vocabulary
 
 POSITIVE = ["A wonderful film.<br /><br />Great acting and a great story", "Loved it\u0085 truly great, a gem",
             "Brilliant, moving and great fun", "The best film of the year, great cast"]  # fmt: skip
@@ -106,3 +107,37 @@ def test_reads_the_real_sample(realdata):
     nel = root / "train" / "neg" / "98_1.txt"  # holds U+0085, which str.splitlines() treats as a line break
     assert len(nel.read_bytes().decode().splitlines()) > 1
     assert "movie\u2026." in read_review(nel)
+
+
+def test_empty_reviews_are_skipped_and_counted_in_one_warning(tmp_path):
+    base = write_imdb(tmp_path)
+    (base / "train" / "pos" / "40_9.txt").write_bytes(b"  \n\t ")
+    (base / "train" / "neg" / "41_2.txt").write_bytes(b"<br /><br />")  # nothing left once the tags go
+    with pytest.warns(EmptyReviewsSkipped, match=r"train: skipped 2 empty reviews \(only white space; first: .*41_2"):
+        reviews = load_split(base, "train")
+    assert len(reviews) == 8 and all(r.text.strip() for r in reviews)
+
+
+def test_reading_shows_progress_when_asked(tmp_path, capsys):
+    base = write_imdb(tmp_path)
+    load_split(base, "test", progress=True)
+    assert "reading test reviews" in capsys.readouterr().err
+    load_split(base, "test")
+    assert capsys.readouterr().err == ""
+
+
+def test_encoding_a_prefix_gives_the_whole_texts_first_tokens(realdata):
+    """Encoding cuts long texts to max_len * PREFIX_CHARACTERS_PER_TOKEN characters first: the kept ids are those
+    of the whole text, on the real reviews and on texts built so the cut splits a word, a combining accent and a run
+    of punctuation, or leaves too few tokens."""
+    texts = [r.text for r in load_split(find_root(realdata / "imdb"), "train")]
+    vocabulary = Vocabulary.fit(texts, 5000)
+    max_len = 12
+    limit = max_len * PREFIX_CHARACTERS_PER_TOKEN
+    word = "Cafe\u0301s"  # an accent that NFKC composes with the letter before it
+    crafted = [("ab " * 40)[: limit - 1] + word * 3, "x" * (limit + 50) + " tail", "!?" * limit,
+               ". " * (limit // 2 - 1) + "e\u0301" + " great" * 20]  # fmt: skip
+    for max_len in (3, 12, 100):
+        whole = [e.ids[:max_len] or [vocabulary.unk_id] for e in vocabulary.tokenizer.encode_batch(texts + crafted)]
+        assert vocabulary.encode(texts + crafted, max_len) == whole
+    assert sum(len(t) > limit for t in texts) > 150  # the cut is exercised on most real reviews

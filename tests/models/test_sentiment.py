@@ -167,6 +167,47 @@ def test_predict_names_a_missing_file(tmp_path):
     model = LSTM.build(TINY["sentiment-lstm"], data.state).eval()
     with pytest.raises(DataError, match=r"nosuch\.txt: no such file"):
         LSTM.predict(model, ["great", str(tmp_path / "nosuch.txt")], TINY["sentiment-lstm"], data.state, tmp_path)
-    lines = LSTM.predict(model, ["", str(tmp_path / "aclImdb" / "test" / "pos")], TINY["sentiment-lstm"],
+    lines = LSTM.predict(model, ["great", str(tmp_path / "aclImdb" / "test" / "pos")], TINY["sentiment-lstm"],
                          data.state, tmp_path)  # fmt: skip
-    assert len(lines) == 1 + 2 and lines[0].startswith("'': ")
+    assert len(lines) == 1 + 2 and lines[0].startswith("'great': ")
+
+
+@pytest.mark.parametrize("text", ["", "   ", "<br><br>"], ids=["empty", "spaces", "tags"])
+def test_predict_refuses_an_empty_review(tmp_path, text):
+    data = _fixture_data(tmp_path, LSTM)
+    model = LSTM.build(TINY["sentiment-lstm"], data.state).eval()
+    with pytest.raises(DataError, match=r"an empty review \(only white space\), nothing to classify"):
+        LSTM.predict(model, ["great", text], TINY["sentiment-lstm"], data.state, tmp_path)
+    empty_file = tmp_path / "empty.txt"
+    empty_file.write_text(text)
+    with pytest.raises(DataError, match=r"empty\.txt: an empty review"):
+        LSTM.predict(model, [str(empty_file)], TINY["sentiment-lstm"], data.state, tmp_path)
+
+
+def test_cli_predict_of_an_empty_text_is_a_one_line_error(tmp_path, capsys):
+    write_imdb(tmp_path)
+    run = tmp_path / "run"
+    settings = [f"--{k.replace('_', '-')}={v}" for k, v in TINY["sentiment-lstm"].items()]
+    argv = ["train", "sentiment-lstm", "--data", str(tmp_path), "--epochs", "1", "--out", str(run), *settings]
+    assert cli.main([*argv, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert cli.main(["predict", "sentiment-lstm", "--checkpoint", str(run / "best.pt"), ""]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'': an empty review (only white space), nothing to classify" in err
+
+
+def test_load_data_shows_each_phase_and_fits_the_baseline_once(tmp_path, capsys, monkeypatch):
+    from sklearn.linear_model import LogisticRegression
+
+    fits = []
+    original = LogisticRegression.fit
+    monkeypatch.setattr(LogisticRegression, "fit", lambda self, *a, **k: fits.append(self.C) or original(self, *a, **k))
+    write_imdb(tmp_path)
+    data = LSTM.load_data(tmp_path, TINY["sentiment-lstm"] | {"progress": True})
+    err = capsys.readouterr().err
+    for phase in ("reading train reviews", "reading test reviews", "fitting the vocabulary", "encoding",
+                  "TF-IDF baseline: fitting the vectorizer on train", "TF-IDF baseline: fitting logistic regression"):
+        assert phase in err, phase  # fmt: skip
+    assert fits == [4.0] and data.val.extra["baseline"]["baseline_c"] == 4.0
+    LSTM.load_data(tmp_path, TINY["sentiment-lstm"] | {"progress": False})
+    assert capsys.readouterr().err == ""

@@ -10,6 +10,10 @@ U+0085 for an ellipsis), and ``str.splitlines`` counts U+0085 as a line break. T
 back to what cp1252 meant (U+0085 → "…", U+0096 → "–"; the five code points cp1252 leaves undefined → a space),
 and the ``<br />`` tags in the text become spaces.
 
+A review that is empty or only white space (after the cleaning above) holds nothing to learn from: it is skipped,
+and one warning (``EmptyReviewsSkipped``) says how many and which file first, so the counts never silently differ
+from the layout's.
+
 The validation split is carved from train (a seeded permutation, the same for every run); the test split stays
 untouched. IMDb's test reviews are of other movies than train's; a random carve puts reviews of one movie on both
 sides of train/validation, so validation accuracy can read a little higher than test.
@@ -18,6 +22,8 @@ sides of train/validation, so validation accuracy can read a little higher than 
 from __future__ import annotations
 
 import re
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +48,10 @@ def _c1_table() -> dict[int, str]:
 
 
 _C1 = _c1_table()
+
+
+class EmptyReviewsSkipped(UserWarning):
+    """Review files holding only white space were left out."""
 
 
 @dataclass(frozen=True)
@@ -82,10 +92,13 @@ def find_root(path: str | Path) -> Path:
     raise DataError(path, "not IMDb's layout: expected aclImdb/train/{pos,neg}/<id>_<rating>.txt and aclImdb/test/...")
 
 
-def load_split(root: str | Path, split: str) -> list[Review]:
-    """Every review of ``split`` ("train" or "test"): negatives then positives, each in the order of their ids."""
+def load_split(root: str | Path, split: str, progress: bool = False) -> list[Review]:
+    """Every review of ``split`` ("train" or "test"): negatives then positives, each in the order of their ids;
+    empty reviews skipped with one warning. ``progress``: a progress bar on stderr (25,000 files take seconds)."""
+    from tqdm.auto import tqdm
+
     folder = Path(root) / split
-    reviews = []
+    listed = []
     for name, label in FOLDERS.items():
         sub = folder / name
         if not sub.is_dir():
@@ -103,7 +116,30 @@ def load_split(root: str | Path, split: str) -> list[Review]:
             files.append((int(match.group(1)), rating, path))
         if not files:
             raise DataError(sub, "holds no <id>_<rating>.txt review files")
-        reviews += [Review(read_review(path), label, rating, path) for _, rating, path in sorted(files)]
+        listed += [(label, rating, path) for _, rating, path in sorted(files)]
+    reviews, empty = [], []
+    bar = tqdm(
+        listed,
+        desc=f"reading {split} reviews",
+        unit=" files",
+        leave=False,
+        dynamic_ncols=True,
+        file=sys.stderr,
+        disable=not progress,
+    )
+    for label, rating, path in bar:
+        text = read_review(path)
+        if text.strip():
+            reviews.append(Review(text, label, rating, path))
+        else:
+            empty.append(path)
+    if empty:
+        warnings.warn(
+            f"{folder}: skipped {len(empty)} empty review{'s' if len(empty) > 1 else ''} (only white "
+            f"space; first: {empty[0]})",
+            EmptyReviewsSkipped,
+            stacklevel=2,
+        )
     return reviews
 
 
