@@ -6,8 +6,9 @@ sequences, projections, padding modes. Each sample builds our module and torch's
 (it must load strictly both ways), runs both in float32 and torch's in float64, and compares the outputs
 and the gradients of every float input and every parameter (a fixed random cotangent per output):
 within tests/tolerances.py's rule, or bitwise where ours runs torch's own code (``exact``). On the
-triton backend the kernels run through the interpreter, so the sizes stay tiny. A quick subset runs in CI;
-the rest of each cartesian product is marked slow.
+triton backend the kernels run through the interpreter, so the sizes stay tiny, and every sample runs in CI
+(about 1.5 minutes on one core). A call the drop-in cannot run on a kernel backend must raise
+BackendUnavailableError there (``unsupported``), and run torch's own implementation on the torch backend.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class Sample:
     theirs_post: Callable = lambda out: out  # applied to torch's output (the activation after nn.Linear/Conv2d)
     train: bool = True
     exact: tuple[str, ...] = ()  # backends on which ours runs torch's own code: bitwise equal
-    quick: bool = False  # in the CI set
+    unsupported: str = ""  # words of the BackendUnavailableError ours raises on a kernel backend ("": none)
     buffers: bool = False  # compare buffers too (BatchNorm running statistics)
 
 
@@ -114,7 +115,19 @@ def _compare(name, ours, reference, theirs, exact):
         assert_close_to_reference(name, ours, reference, theirs, torch.float32)
 
 
+def check_unsupported(sample: Sample, backend: str) -> None:
+    """A call the drop-in's fused path cannot run raises on a requested kernel backend, saying why."""
+    ours = sample.ours().train(sample.train)
+    inputs = sample.inputs(torch.Generator().manual_seed(1))
+    call = sample.call or (lambda m, *a, **k: m(*a, **k))
+    with deepfuse.use_backend(backend), pytest.raises(deepfuse.BackendUnavailableError) as error:
+        call(ours, *inputs, **sample.kwargs())
+    assert sample.unsupported in str(error.value), str(error.value)
+
+
 def check_sample(sample: Sample, backend: str) -> None:
+    if sample.unsupported and backend != "torch":
+        return check_unsupported(sample, backend)
     torch.manual_seed(0)
     ours = sample.ours()
     theirs = sample.theirs()
@@ -187,7 +200,6 @@ def linear_samples():
             theirs=lambda args=args, kwargs=kwargs: nn.Linear(*args, **kwargs),
             inputs=lambda g, shape=shape: (_randn(g, *shape),),
             theirs_post=TORCH_ACTIVATIONS[act],
-            quick=True,
         )
 
 
@@ -240,7 +252,6 @@ def conv_samples():
             theirs=lambda args=args, kwargs=kwargs: nn.Conv2d(*args, **kwargs),
             inputs=inputs,
             theirs_post=TORCH_ACTIVATIONS[act],
-            quick=True,
         )
 
 
@@ -285,7 +296,6 @@ def conv_bn_act_samples():
             inputs=lambda g, shape=shape: (_randn(g, *shape),),
             train=train,
             buffers=True,
-            quick=True,
         )
 
 
@@ -301,36 +311,32 @@ LSTM_HIDDEN = 3
 def lstm_samples():
     # torch's module_inputs_torch_nn_LSTM: input 2, hidden 3, two layers, over bias x batch_first x bidirectional
     # x proj_size, unbatched with and without hx; here also batched and packed inputs and dropout (in eval).
-    quick = {  # a subset that takes every value of every axis at least once
-        (True, False, False, 0), (False, True, True, 0), (True, True, False, 2), (False, False, True, 2),
-    }  # fmt: skip
     for bias, batch_first, bidirectional, proj_size in itertools.product((True, False), (False, True),
                                                                          (False, True), (0, 2)):  # fmt: skip
         kwargs = dict(num_layers=2, bias=bias, batch_first=batch_first, bidirectional=bidirectional,
                       proj_size=proj_size)  # fmt: skip
         axes = f"bias{int(bias)}-bf{int(batch_first)}-bi{int(bidirectional)}-proj{proj_size}"
         states, out = 2 * (2 if bidirectional else 1), proj_size or LSTM_HIDDEN
-        is_quick = (bias, batch_first, bidirectional, proj_size) in quick
 
         def seq(g, steps, batch, bf=batch_first):  # (T, B, 2), or (B, T, 2) with batch_first
             return _randn(g, batch, steps, 2) if bf else _randn(g, steps, batch, 2)
 
-        forms = {  # id -> (inputs, call, quick)
-            "no_batch_dim": (lambda g: (_randn(g, 2, 2),), None, is_quick),
+        forms = {  # id -> (inputs, call)
+            "no_batch_dim": (lambda g: (_randn(g, 2, 2),), None),
             "no_batch_dim_hx": (
                 lambda g, s=states, o=out: (_randn(g, 3, 2), _randn(g, s, o), _randn(g, s, LSTM_HIDDEN)),
-                None, is_quick),
+                None),
             "batched_hx": (
                 lambda g, s=states, o=out, seq=seq: (seq(g, 4, 3), _randn(g, s, 3, o), _randn(g, s, 3, LSTM_HIDDEN)),
-                None, is_quick),
+                None),
             "packed": (lambda g, seq=seq: (seq(g, 5, 3),),
-                       partial(_lstm_call, lengths=torch.tensor([2, 5, 3]), batch_first=batch_first), is_quick),
+                       partial(_lstm_call, lengths=torch.tensor([2, 5, 3]), batch_first=batch_first)),
             # hx in the caller's batch order, as torch (which permutes it to the packed order itself)
             "packed_hx": (lambda g, s=states, o=out, seq=seq: (seq(g, 4, 3), _randn(g, s, 3, o),
                                                                _randn(g, s, 3, LSTM_HIDDEN)),
-                          partial(_lstm_call, lengths=torch.tensor([1, 4, 3]), batch_first=batch_first), is_quick),
+                          partial(_lstm_call, lengths=torch.tensor([1, 4, 3]), batch_first=batch_first)),
         }  # fmt: skip
-        for form, (inputs, call, form_quick) in forms.items():
+        for form, (inputs, call) in forms.items():
             yield Sample(
                 f"LSTM-{axes}-{form}",
                 ours=lambda kwargs=kwargs: LSTM(2, LSTM_HIDDEN, **kwargs),
@@ -338,7 +344,6 @@ def lstm_samples():
                 inputs=inputs,
                 call=call or _lstm_call,
                 exact=("torch",),
-                quick=form_quick,
             )
     yield Sample(
         "LSTM-3_layers_dropout_eval_odd_sizes",
@@ -348,7 +353,6 @@ def lstm_samples():
         call=_lstm_call,
         train=False,
         exact=("torch",),
-        quick=True,
     )
     yield Sample(
         "LSTM-batch_1_packed_proj",
@@ -357,7 +361,6 @@ def lstm_samples():
         inputs=lambda g: (_randn(g, 4, 1, 3),),
         call=partial(_lstm_call, lengths=torch.tensor([3])),
         exact=("torch",),
-        quick=True,
     )
 
 
@@ -378,7 +381,6 @@ def lstm_cell_samples():
             inputs=inputs,
             call=_lstm_call,
             exact=("torch",),
-            quick=True,
         )
 
 
@@ -396,7 +398,9 @@ def _mha_call(model, query, key=None, value=None, **kwargs):
 
 def mha_samples():
     # torch's module_inputs_torch_nn_MultiheadAttention: embed 3, 3 heads, unbatched, over bias x add_bias_kv x
-    # add_zero_attn x key_padding_mask x attn_mask x batch_first, need_weights left at True (torch's path).
+    # add_zero_attn x key_padding_mask x attn_mask x batch_first, need_weights left at True (the weights from a
+    # second pass). add_bias_kv, add_zero_attn and a non-causal attn_mask are calls the fused path cannot run:
+    # torch's own implementation on the torch backend (bitwise), BackendUnavailableError on triton.
     kpm_1d = torch.tensor([False, False, True])
     attn_3d = torch.tensor([False, False, True]).expand((3, 3, 3))
     for bias, bias_kv, zero_attn, kpm, attn_mask, batch_first in itertools.product(
@@ -404,6 +408,8 @@ def mha_samples():
     ):
         ctor = dict(embed_dim=3, num_heads=3, batch_first=batch_first, bias=bias, add_bias_kv=bias_kv,
                     add_zero_attn=zero_attn)  # fmt: skip
+        unsupported = ("bool attn_mask" if attn_mask is not None else "add_bias_kv" if bias_kv else
+                       "add_zero_attn" if zero_attn else "")  # the first reason MultiheadAttention gives  # fmt: skip
         yield Sample(
             f"MHA-torch_samples-bias{int(bias)}-kv{int(bias_kv)}-zero{int(zero_attn)}-kpm{int(kpm is not None)}-"
             f"mask{int(attn_mask is not None)}-bf{int(batch_first)}",
@@ -411,8 +417,8 @@ def mha_samples():
             theirs=lambda ctor=ctor: nn.MultiheadAttention(**ctor),
             inputs=lambda g: (_randn(g, 3, 3), _randn(g, 3, 3), _randn(g, 3, 3)),
             kwargs=lambda kpm=kpm, attn_mask=attn_mask: dict(key_padding_mask=kpm, attn_mask=attn_mask),
-            exact=("torch", "triton"),
-            quick=bias and not bias_kv and not zero_attn,
+            exact=("torch",) if unsupported else (),
+            unsupported=unsupported,
         )
     # need_weights=False: the fused path.
     causal = torch.ones(5, 5, dtype=torch.bool).triu(1)
@@ -443,7 +449,8 @@ def mha_samples():
             tensors = inputs(g)
             return tuple(t.transpose(0, 1) for t in tensors) if batch_first and tensors[0].dim() == 3 else tensors
 
-        torch_path = name.endswith("torch_path") or "need_weights" in fwd
+        unsupported = {"bool_attn_mask_torch_path": "bool attn_mask",
+                       "float_kpm_torch_path": "torch.float32 key_padding_mask"}.get(name, "")  # fmt: skip
         train = "dropout" not in ctor
         yield Sample(
             f"MHA-{name}-bf{int(batch_first)}",
@@ -455,8 +462,8 @@ def mha_samples():
             kwargs=lambda fwd=fwd: {"need_weights": False, **fwd},
             call=_mha_call,
             train=train,
-            exact=("torch", "triton") if torch_path else (),
-            quick=True,
+            exact=("torch",) if unsupported else (),
+            unsupported=unsupported,
         )
 
 
@@ -477,7 +484,7 @@ def encoder_layer_samples():
             theirs=lambda ctor=ctor: nn.TransformerEncoderLayer(**ctor),
             inputs=lambda g: (_randn(g, 3, 4),),
             kwargs=lambda src_mask=src_mask, kpm=kpm: dict(src_mask=src_mask, src_key_padding_mask=kpm),
-            quick=src_mask is None and norm_first == batch_first == bias,
+            unsupported="bool attn_mask" if src_mask is not None else "",
         )
     cases = [  # (id, ctor kwargs, input shape as (S, N, E), forward kwargs, train)
         ("relu", dict(dim_feedforward=16), (3, 2, 4), {}, True),
@@ -494,9 +501,7 @@ def encoder_layer_samples():
         ("dropout_in_eval_eps", dict(dropout=0.3, layer_norm_eps=1e-3), (4, 2, 4),
          dict(src_key_padding_mask=_kpm(2, 4, [2, 4])), False),
     ]  # fmt: skip
-    for ((name, ctor, shape, fwd, train), index), batch_first in itertools.product(
-        zip(cases, itertools.count()), (False, True)
-    ):
+    for (name, ctor, shape, fwd, train), batch_first in itertools.product(cases, (False, True)):
         full = dict(d_model=4, nhead=2, dim_feedforward=8, dropout=0.0, batch_first=batch_first) | ctor
 
         def inputs(g, shape=shape, batch_first=batch_first):
@@ -510,7 +515,6 @@ def encoder_layer_samples():
             inputs=inputs,
             kwargs=lambda fwd=fwd: dict(fwd),
             train=train,
-            quick=index % 2 == batch_first,  # each case in CI with one layout, alternating
         )
 
 
@@ -528,8 +532,7 @@ SAMPLES = [
 def _params():
     for sample in SAMPLES:
         for backend in ("torch", "triton"):
-            marks = () if sample.quick else (pytest.mark.slow,)
-            yield pytest.param(sample, backend, id=f"{sample.id}-{backend}", marks=marks)
+            yield pytest.param(sample, backend, id=f"{sample.id}-{backend}")
 
 
 @pytest.mark.parametrize(("sample", "backend"), list(_params()))
