@@ -108,6 +108,21 @@ def test_layout_errors_name_the_folder(tmp_path):
         f.unlink()
     with pytest.raises(DataError, match="dogs: holds no image files"):
         find_files(tmp_path / "hollow")
+    write_image(tmp_path / "cats-only" / "train" / "cat.0.jpg")  # Kaggle's layout, one class: refused alike
+    write_image(tmp_path / "cats-only" / "train" / "cat.1.jpg")
+    for path in (tmp_path / "cats-only", tmp_path / "cats-only" / "train"):
+        with pytest.raises(DataError, match=r"train: has cat.N images but no dog.N images"):
+            read_catsdogs(path)
+
+
+def test_skipping_every_image_of_one_class_is_refused(tmp_path):
+    root = kaggle_folder(tmp_path, per_class=2, extras=False)
+    for n in range(2):
+        write_corrupt(root / "train" / f"dog.{n}.jpg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BadImagesSkipped)
+        with pytest.raises(DataError, match="no readable dog image is left in the train split"):
+            read_catsdogs(root, skip_bad=True)
 
 
 def test_a_kaggle_train_file_without_a_label_in_its_name(tmp_path):
@@ -120,6 +135,7 @@ def test_a_kaggle_train_file_without_a_label_in_its_name(tmp_path):
 def test_no_readable_image_left(tmp_path):
     root = tmp_path / "k"
     write_corrupt(root / "train" / "cat.0.jpg")
+    write_corrupt(root / "train" / "dog.0.jpg")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BadImagesSkipped)
         with pytest.raises(DataError, match="no readable images in the train split"):

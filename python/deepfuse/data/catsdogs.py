@@ -70,6 +70,16 @@ def _kaggle_named(folder: Path) -> list[Path]:
     return [f for f in image_files(folder) if KAGGLE_NAME.match(f.name)] if folder.is_dir() else []
 
 
+def _check_both_named(folder: Path, named: list[Path]) -> None:
+    """Kaggle's layout names both classes' files, as the folder layout has both class folders."""
+    found = {KAGGLE_NAME.match(f.name).group(1).lower() for f in named}
+    if len(found) < 2:
+        (have,) = found
+        other = CLASSES[1 - CLASSES.index(have)]
+        raise DataError(folder, f"has {have}.N images but no {other}.N images (Kaggle's layout; a classifier of "
+                                "cats and dogs needs both)")  # fmt: skip
+
+
 def find_files(path: Path) -> CatsDogsFiles:
     """The layout under ``path`` and its files (not yet checked). DataError when it is none of the layouts."""
     if not path.exists():
@@ -90,7 +100,8 @@ def find_files(path: Path) -> CatsDogsFiles:
             files.test = _per_class(path / "test", folders)
         return files
     for folder, test1 in ((train, path / "test1"), (path, None)):
-        if _kaggle_named(folder):
+        if named := _kaggle_named(folder):
+            _check_both_named(folder, named)
             files = image_files(folder)
             found = CatsDogsFiles("Kaggle (label from the file name)", [(f, -1) for f in files])
             if test1 is not None and test1.is_dir():
@@ -121,6 +132,10 @@ def read_catsdogs(path: Path, skip_bad: bool = False) -> CatsDogsFiles:
             raise DataError(path / name if name != "train" else path, f"no readable images in the {name} split")
         if any(label < 0 for _, label in kept):
             kept = _labelled([f for f, _ in kept])
+        if name == "train" and len({label for _, label in kept}) < 2:
+            (left,) = {CLASSES[label] for _, label in kept}
+            raise DataError(path, f"no readable {CLASSES[1 - CLASSES.index(left)]} image is left in the train "
+                                  f"split (only {left}s): a classifier needs both classes")  # fmt: skip
         setattr(files, name, kept)
     return files
 
