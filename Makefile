@@ -19,7 +19,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml setup.py CMakeLists.txt requirements-dev.txt $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
-	$(PY) -c "import torch, triton, pytest, pybind11, cmake, matplotlib, tqdm, sklearn, PIL, tokenizers, numba, gymnasium" \
+	$(PY) -c "import torch, triton, pytest, pybind11, cmake, matplotlib, tqdm, sklearn, PIL, tokenizers, numba, gymnasium, cutlass_library" \
 	  2>/dev/null || { \
 	  $(PY) -m pip install -q "torch==$(TORCH_VERSION)" && \
 	  $(PY) -m pip install -q -c .ci/constraints.txt -r requirements-dev.txt; }

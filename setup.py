@@ -2,7 +2,10 @@
 
 Environment:
   DEEPFUSE_SKIP_CUDA=1        install without _C (the triton and torch backends still work)
-  DEEPFUSE_CUDA_ARCHS="90;90a" CUDA architectures for CMake (default 90: sm_90 SASS + PTX)
+  DEEPFUSE_CUDA_ARCHS="80;90" CUDA architectures of the portable kernels (default 90: sm_90 SASS + PTX); the
+                              Hopper kernels (csrc/*_sm90.cu, CUTLASS) are always built for sm_90a alone
+  DEEPFUSE_SM90=0             build without the sm_90a CUTLASS kernels (then no nvidia-cutlass is needed; every
+                              device runs the WMMA kernels)
   DEEPFUSE_BUILD_JOBS=N       parallel compile jobs
   DEEPFUSE_PTXAS_REPORT=0     do not embed ptxas -v of every kernel in _C (the CUDA resource gate,
                               tests/test_cuda_resources.py, needs it; on by default, it costs no extra compile)
@@ -59,6 +62,7 @@ class CMakeBuild(build_ext):
             "-DCMAKE_BUILD_TYPE=Release",
             f"-DCMAKE_CUDA_ARCHITECTURES={os.environ.get('DEEPFUSE_CUDA_ARCHS', '90')}",
             f"-DDEEPFUSE_PTXAS_REPORT={'OFF' if os.environ.get('DEEPFUSE_PTXAS_REPORT') == '0' else 'ON'}",
+            f"-DDEEPFUSE_SM90_KERNELS={'OFF' if os.environ.get('DEEPFUSE_SM90') == '0' else 'ON'}",
         ]
         if shutil.which("ninja"):
             config.append("-GNinja")

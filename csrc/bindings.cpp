@@ -95,6 +95,33 @@ void linear_act_bwd(std::uintptr_t grad_y, std::uintptr_t saved, std::uintptr_t 
   deepfuse::linear_act_bwd(args, as_stream(stream));
 }
 
+// Which kernel linear_act_fwd would pick, and why, for a call at these sizes on a device of this capability: for
+// deepfuse.explain. The pointers are fake (16-byte aligned, or 2 bytes off when not `aligned`); nothing runs.
+py::tuple linear_act_kernel_name(int64_t M, int64_t N, int64_t K, int dtype, int capability, int64_t x_stride_m,
+                                 int64_t x_stride_k, int64_t w_stride_n, int64_t w_stride_k, bool aligned, bool bias,
+                                 bool preact) {
+  require_positive_or_zero("M", M);
+  require_positive_or_zero("N", N);
+  require_positive_or_zero("K", K);
+  const std::uintptr_t address = aligned ? 1 << 20 : (1 << 20) + 2;
+  const deepfuse::LinearActFwdArgs args{as_ptr(address),
+                                        x_stride_m < 0 ? K : x_stride_m,
+                                        x_stride_k,
+                                        as_ptr(address),
+                                        w_stride_n < 0 ? K : w_stride_n,
+                                        w_stride_k,
+                                        bias ? as_ptr(address) : nullptr,
+                                        as_mut_ptr(address),
+                                        preact ? as_mut_ptr(address) : nullptr,
+                                        M,
+                                        N,
+                                        K,
+                                        dtype,
+                                        0};
+  const deepfuse::LinearActKernelChoice choice = deepfuse::choose_linear_act_fwd_kernel(args, capability);
+  return py::make_tuple(std::string(choice.kernel), choice.reason);
+}
+
 using Shape16 = std::array<int64_t, 16>;
 using Strides = std::array<int64_t, 4>;
 
@@ -366,7 +393,7 @@ std::string lstm_seq_path(int64_t H, int dtype) {
 // Runs fn() (which calls this module's launchers, with fake addresses: nothing is dereferenced) under a dry run on the
 // described device, and returns the launches the launchers made, in order.
 py::list launch_plan(const py::function& fn, int sms, int smem_optin, int smem_per_sm, int smem_reserved_per_block,
-                     int max_threads_per_sm, bool cooperative) {
+                     int max_threads_per_sm, bool cooperative, int capability) {
   if (deepfuse::dry_run() != nullptr) throw py::value_error("launch_plan: already inside a launch plan");
   if (sms < 1 || smem_optin < 0 || smem_per_sm < 0 || smem_reserved_per_block < 0 || max_threads_per_sm < 1) {
     throw py::value_error("launch_plan: sms and max_threads_per_sm must be >= 1, the shared memory sizes >= 0");
@@ -378,6 +405,7 @@ py::list launch_plan(const py::function& fn, int sms, int smem_optin, int smem_p
   dry.smem_reserved_per_block = smem_reserved_per_block;
   dry.max_threads_per_sm = max_threads_per_sm;
   dry.cooperative = cooperative;
+  dry.capability = capability;
   // Ends the dry run however fn() exits: a dry run left behind would turn real launches into no-ops.
   struct Scope {
     explicit Scope(deepfuse::DryRun* run) { deepfuse::t_dry_run = run; }
@@ -417,7 +445,14 @@ PYBIND11_MODULE(_C, m) {
         "cooperative grids follow an occupancy model of shared memory and threads only",
         py::arg("fn"), py::kw_only(), py::arg("sms") = 132, py::arg("smem_optin") = 232448,
         py::arg("smem_per_sm") = 233472, py::arg("smem_reserved_per_block") = 1024,
-        py::arg("max_threads_per_sm") = 2048, py::arg("cooperative") = true);
+        py::arg("max_threads_per_sm") = 2048, py::arg("cooperative") = true, py::arg("capability") = 90);
+  m.def("linear_act_kernel_name", &linear_act_kernel_name,
+        "(kernel, why): the kernel linear_act_fwd would pick for this call on a device of this compute capability "
+        "(major * 10 + minor, 90 = H100/H200). Row strides -1 mean contiguous (K); aligned: every pointer 16-byte "
+        "aligned",
+        py::arg("M"), py::arg("N"), py::arg("K"), py::arg("dtype"), py::arg("capability"), py::kw_only(),
+        py::arg("x_stride_m") = -1, py::arg("x_stride_k") = 1, py::arg("w_stride_n") = -1, py::arg("w_stride_k") = 1,
+        py::arg("aligned") = true, py::arg("bias") = true, py::arg("preact") = false);
   m.def("linear_act_fwd", &linear_act_fwd, "y = act(x @ W^T + b); optionally also writes the pre-activation",
         py::arg("x"), py::arg("x_stride_m"), py::arg("x_stride_k"), py::arg("weight"), py::arg("w_stride_n"),
         py::arg("w_stride_k"), py::arg("bias"), py::arg("y"), py::arg("preact"), py::arg("M"), py::arg("N"),

@@ -134,6 +134,16 @@ inline void check_device_ready() {
   DEEPFUSE_CUDA_CHECK(cudaGetDevice(&device));
 }
 
+// Compute capability of the current device, major * 10 + minor (90 on an H100/H200): the launchers pick kernels by it.
+inline int device_capability() {
+  if (const DryRun* dry = dry_run()) return dry->capability;
+  int device = 0, major = 0, minor = 0;
+  DEEPFUSE_CUDA_CHECK(cudaGetDevice(&device));
+  DEEPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  DEEPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  return major * 10 + minor;
+}
+
 // Dynamic shared memory per block that the current device allows with the opt-in (227 KiB on sm_90).
 inline int smem_optin_bytes() {
   if (const DryRun* dry = dry_run()) return dry->smem_optin;

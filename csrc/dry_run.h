@@ -31,6 +31,7 @@ struct DryRun {
   int smem_reserved_per_block = 0;  // what the driver keeps per resident block
   int max_threads_per_sm = 0;
   bool cooperative = false;
+  int capability = 0;  // compute capability, major * 10 + minor: which kernels the launchers pick
   std::vector<std::pair<const void*, size_t>> opt_ins;  // kernel, bytes: the latest opt-in of each kernel
   std::vector<DryLaunch> launches;
 

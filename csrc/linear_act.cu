@@ -7,6 +7,9 @@
 
 #include "fused_gemm.cuh"
 #include "linear_act.h"
+#if DEEPFUSE_SM90_KERNELS
+#include "gemm_sm90.h"
+#endif
 
 namespace deepfuse {
 
@@ -23,19 +26,50 @@ using StridedGemm = FusedGemm<StridedMatrix, StridedMatrix, StridedMatrix>;
 
 namespace {
 
-const RegisterKernelLabels kKernelLabels{
-    DEEPFUSE_KERNEL_LABEL(gemm_detail::fused_gemm_simt_kernel<FusedGemm<StridedMatrix, StridedMatrix, StridedMatrix>>),
-    DEEPFUSE_KERNEL_LABEL(
-        gemm_detail::fused_gemm_wmma_kernel<__half, FusedGemm<StridedMatrix, StridedMatrix, StridedMatrix>>),
-    DEEPFUSE_KERNEL_LABEL(
-        gemm_detail::fused_gemm_wmma_kernel<__nv_bfloat16, FusedGemm<StridedMatrix, StridedMatrix, StridedMatrix>>),
-};
+const KernelLabel kSimt =
+    DEEPFUSE_KERNEL_LABEL(gemm_detail::fused_gemm_simt_kernel<FusedGemm<StridedMatrix, StridedMatrix, StridedMatrix>>);
+const KernelLabel kWmmaHalf = DEEPFUSE_KERNEL_LABEL(
+    gemm_detail::fused_gemm_wmma_kernel<__half, FusedGemm<StridedMatrix, StridedMatrix, StridedMatrix>>);
+const KernelLabel kWmmaBf16 = DEEPFUSE_KERNEL_LABEL(
+    gemm_detail::fused_gemm_wmma_kernel<__nv_bfloat16, FusedGemm<StridedMatrix, StridedMatrix, StridedMatrix>>);
+const RegisterKernelLabels kKernelLabels{kSimt, kWmmaHalf, kWmmaBf16};
 
 }  // namespace
+
+LinearActKernelChoice choose_linear_act_fwd_kernel(const LinearActFwdArgs& args, int capability) {
+  check_codes(args.dtype, args.activation);
+  const char* fallback = args.dtype == static_cast<int>(DType::kFloat32)   ? kSimt.label
+                         : args.dtype == static_cast<int>(DType::kFloat16) ? kWmmaHalf.label
+                                                                            : kWmmaBf16.label;
+  const std::string path = args.dtype == static_cast<int>(DType::kFloat32) ? "SIMT fp32 kernel: "
+                                                                           : "WMMA (mma.sync) kernel: ";
+#if DEEPFUSE_SM90_KERNELS
+  if (capability != 90) {
+    return {fallback,
+            path + "device capability " + std::to_string(capability / 10) + "." + std::to_string(capability % 10) +
+                " (the sm_90a TMA + wgmma kernel needs 9.0)",
+            false};
+  }
+  if (const char* refusal = linear_act_fwd_sm90_refusal(args)) return {fallback, path + refusal, false};
+  return {linear_act_fwd_sm90_kernel_label(args.dtype),
+          "sm_90a CUTLASS kernel: TMA loads, wgmma, warp-specialised (setmaxnreg), persistent; bias, activation and "
+          "pre-activation fused in its epilogue",
+          true};
+#else
+  (void)capability;
+  return {fallback, path + "this deepfuse._C was built without the sm_90a kernels (DEEPFUSE_SM90=0)", false};
+#endif
+}
 
 void linear_act_fwd(const LinearActFwdArgs& args, cudaStream_t stream) {
   check_codes(args.dtype, args.activation);
   check_device_ready();
+#if DEEPFUSE_SM90_KERNELS
+  if (args.M > 0 && args.N > 0 && choose_linear_act_fwd_kernel(args, device_capability()).sm90) {
+    linear_act_fwd_sm90(args, stream);
+    return;
+  }
+#endif
   StridedGemm p;
   p.a = args.x;
   p.a_addr = {args.M, args.K, args.x_stride_m, args.x_stride_k};

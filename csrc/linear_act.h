@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <string>
 
 namespace deepfuse {
 
@@ -32,6 +33,15 @@ struct LinearActBwdArgs {
   int64_t M, N, K;
   int dtype, activation;
 };
+
+// The kernel linear_act_fwd picks for a call on a device of compute capability `capability` (major * 10 + minor),
+// as its label, and why: the sm_90a CUTLASS kernel (capability 90, fp16/bf16, TMA-aligned) or the WMMA/SIMT one.
+struct LinearActKernelChoice {
+  const char* kernel;
+  std::string reason;
+  bool sm90;
+};
+LinearActKernelChoice choose_linear_act_fwd_kernel(const LinearActFwdArgs& args, int capability);
 
 void linear_act_fwd(const LinearActFwdArgs& args, cudaStream_t stream);
 void linear_act_bwd(const LinearActBwdArgs& args, cudaStream_t stream);

@@ -16,6 +16,9 @@ from pathlib import Path
 
 # ptxas -v lines: "ptxas info    : ..." and the indented "N bytes stack frame, N bytes spill stores, ..." below them.
 _INFO_PREFIXES = ("ptxas info", "    ")
+# ptxas's performance warnings (e.g. wgmma serialised for lack of registers) go into the report too: the gate fails
+# on them.
+PERFORMANCE_LOSS = "Potential Performance Loss"
 _DELIMITER = "deepfuse_ptxas"
 
 
@@ -29,7 +32,7 @@ def _object_of(command: list[str]) -> Path:
 def capture(command: list[str]) -> int:
     done = subprocess.run(command, capture_output=True, text=True)
     lines = (done.stdout + done.stderr).splitlines()
-    report = [line for line in lines if line.startswith(_INFO_PREFIXES)]
+    report = [line for line in lines if line.startswith(_INFO_PREFIXES) or PERFORMANCE_LOSS in line]
     other = [line for line in lines if not line.startswith(_INFO_PREFIXES)]
     if done.returncode == 0:
         obj = _object_of(command)

@@ -1,5 +1,5 @@
-"""The CUDA C++ resource gate: every __global__ kernel of deepfuse._C, as ptxas compiled it for sm_90, against the
-H200's limits, at the largest sizes its launchers support. No GPU needed.
+"""The CUDA C++ resource gate: every __global__ kernel of deepfuse._C, as ptxas compiled it for sm_90 (sm_90a for the
+Hopper-only kernels), against the H200's limits, at the largest sizes its launchers support. No GPU needed.
 
 - Registers, spills, static shared memory: `_C.ptxas_report()`, the build's own `ptxas -v` output (CMake option
   DEEPFUSE_PTXAS_REPORT, on by default), so nothing is compiled twice.
@@ -9,7 +9,13 @@ H200's limits, at the largest sizes its launchers support. No GPU needed.
   128 in fp32; the LSTM's persistent path at every hidden size it can plan, the per-step path at its widest slice).
 
 A kernel that no case launches, or a launch of a kernel ptxas did not report, fails the gate: a new kernel cannot slip
-past it. `python -m tests.cuda_resources` prints the table.
+past it.
+
+- The SASS of the built module (`cuobjdump -sass`, the triton wheel carries one): every sm_90a kernel must show the
+  instructions its design promises (HGMMA: wgmma; UTMALDG: TMA loads; USETMAXREG: warp specialisation), and ptxas
+  may print no "Potential Performance Loss" line (e.g. wgmma serialised for lack of registers).
+
+`python -m tests.cuda_resources` prints both tables.
 """
 
 from __future__ import annotations
@@ -20,11 +26,12 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 # The H200 (sm_90), per block unless said otherwise. H200 is the device the dry runs describe (launch_plan's keywords).
 H200 = dict(sms=132, smem_optin=232_448, smem_per_sm=233_472, smem_reserved_per_block=1024, max_threads_per_sm=2048,
             cooperative=True)  # fmt: skip
-ARCHS = ("sm_90", "sm_90a")
+ARCHS = ("sm_90", "sm_90a")  # per kernel, the first of these ptxas compiled it for
 MAX_DYNAMIC_SMEM_OPTIN = 232_448  # 227 KiB: cudaDevAttrMaxSharedMemoryPerBlockOptin; static + dynamic must fit
 MAX_SMEM_WITHOUT_OPTIN = 48 * 1024  # beyond this, dynamic shared memory needs the kernel's opt-in
 MAX_STATIC_SMEM = 48 * 1024
@@ -88,8 +95,8 @@ def demangle(names: list[str]) -> list[str]:
 
 
 def parse_ptxas(report: str) -> tuple[dict[str, Kernel], list[str]]:
-    """Kernels of the first architecture in ARCHS that the report has, by kernel_key; and the spills of non-entry
-    (called, not inlined) device functions, which the kernels calling them pay."""
+    """Kernels by kernel_key, each as compiled for the first architecture in ARCHS that the report has for it; and the
+    spills of non-entry (called, not inlined) device functions, which the kernels calling them pay."""
     entries: list[tuple[str, str, dict]] = []  # mangled, arch, properties
     properties: dict[str, dict] = {}  # mangled -> stack/spills, for every function
     current = None
@@ -107,14 +114,16 @@ def parse_ptxas(report: str) -> tuple[dict[str, Kernel], list[str]]:
             current["registers"] = int(m.group(1))
             smem = re.search(r"(\d+) bytes smem", line)
             current["static_smem"] = int(smem.group(1)) if smem else 0
-    arch = next((a for a in ARCHS if any(e[1] == a for e in entries)), None)
-    if arch is None:
+    chosen = {}  # mangled -> (arch, info), the earliest arch in ARCHS
+    for mangled, arch, info in entries:
+        if arch in ARCHS and (mangled not in chosen or ARCHS.index(arch) < ARCHS.index(chosen[mangled][0])):
+            chosen[mangled] = (arch, info)
+    if not chosen:
         raise ValueError(f"the ptxas report has no kernels for {' or '.join(ARCHS)}: build with sm_90 among "
                          f"DEEPFUSE_CUDA_ARCHS (the default)")  # fmt: skip
-    chosen = [e for e in entries if e[1] == arch]
-    labels = demangle([e[0] for e in chosen])
+    labels = demangle(list(chosen))
     kernels = {}
-    for (mangled, _, info), label in zip(chosen, labels, strict=True):
+    for (mangled, (arch, info)), label in zip(chosen.items(), labels, strict=True):
         if "registers" not in info:
             raise ValueError(f"ptxas reported no register count for {label}")
         kernel = Kernel(label=kernel_key(label), arch=arch, **info, **properties.get(mangled, {}))
@@ -147,9 +156,11 @@ def plan_cases(C, lstm_hidden_sizes=LSTM_PERSISTENT_SCAN) -> Iterator[tuple[str,
 
 
 def _linear_act(C, dtype: int, n: int) -> None:
-    """One tile kernel per dtype: forward, dx and dW (+db), and db alone (frozen weight); gelu."""
+    """Forward (on the H200: the sm_90a kernel in fp16/bf16), and with K = n + 1, which TMA cannot stride (the WMMA
+    kernel); dx and dW (+db), and db alone (frozen weight); gelu."""
     a = FAKE_ADDRESS
     C.linear_act_fwd(a, n, 1, a, n, 1, a, a, a, n, n, n, dtype, 3, 0)
+    C.linear_act_fwd(a, n + 1, 1, a, n + 1, 1, a, a, a, n, n, n + 1, dtype, 3, 0)
     C.linear_act_bwd(a, a, a, n, 1, a, n, 1, a, a, a, n, n, n, dtype, 3, 0)
     C.linear_act_bwd(a, a, a, n, 1, a, n, 1, 0, 0, a, n, n, n, dtype, 3, 0)
 
@@ -283,7 +294,8 @@ def format_table(rows: list[Kernel], totals: dict) -> str:
 
     out = ["  ".join(cell(i, text) for i, text in enumerate(row)).rstrip() for row in [header, *lines]]
     out.append(
-        f"{totals['kernels']} kernels ({rows[0].arch if rows else '?'}), {totals['launches']} launches planned, "
+        f"{totals['kernels']} kernels ({'/'.join(sorted({k.arch for k in rows})) or '?'}), "
+        f"{totals['launches']} launches planned, "
         f"max {totals['max_registers']} registers/thread, {totals['spill_bytes']} spill bytes, max "
         f"{totals['max_smem']} of {MAX_DYNAMIC_SMEM_OPTIN} B shared memory per block, largest persistent LSTM hidden "
         f"size {totals['largest_persistent_lstm_hidden']}, refused past the limits: {len(totals['refused'])} cases, "
@@ -292,10 +304,81 @@ def format_table(rows: list[Kernel], totals: dict) -> str:
     return "\n".join(out)
 
 
+# ------------------------------------------------------------------------------------------------ SASS markers
+# Instructions that show which hardware path a kernel takes: wgmma, the Ampere mma.sync path, TMA loads and stores,
+# warp specialisation's register hand-over, cp.async.
+SASS_MARKERS = ("HGMMA", "HMMA.16816", "UTMALDG", "UTMASTG", "USETMAXREG", "LDGSTS")
+# What every sm_90a kernel's design promises (the CUTLASS warp-specialised TMA + wgmma GEMMs).
+SM90A_REQUIRED = ("HGMMA", "UTMALDG", "USETMAXREG")
+PERFORMANCE_LOSS = "Potential Performance Loss"
+
+
+def find_cuobjdump() -> str:
+    """cuobjdump from PATH, else the one the triton wheel carries (CUDA toolkits without it are common here)."""
+    if found := shutil.which("cuobjdump"):
+        return found
+    import triton
+
+    bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not bundled.exists():
+        raise RuntimeError("cuobjdump was found neither on PATH nor in the triton wheel (backends/nvidia/bin)")
+    return str(bundled)
+
+
+def parse_sass(text: str) -> dict[tuple[str, str], set[str]]:
+    """`cuobjdump -sass` output -> {(kernel_key, arch): the SASS_MARKERS its code contains}."""
+    found: dict[tuple[str, str], set[str]] = {}
+    arch, mangled, current = None, [], None
+    for line in text.splitlines():
+        if m := re.match(r"\s*arch = (sm_\w+)", line):
+            arch = m.group(1)
+        elif m := re.match(r"\s*Function : (\S+)", line):
+            current = set()
+            mangled.append((m.group(1), arch, current))
+        elif current is not None:
+            current.update(marker for marker in SASS_MARKERS if marker in line)
+    labels = demangle([name for name, _, _ in mangled])
+    for (_, arch, markers), label in zip(mangled, labels, strict=True):
+        found.setdefault((kernel_key(label), arch), set()).update(markers)
+    return found
+
+
+def module_sass(C) -> str:
+    done = subprocess.run([find_cuobjdump(), "-sass", C.__file__], capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def check_sass(C, sass: str | None = None) -> tuple[dict[tuple[str, str], set[str]], list[str]]:
+    """(markers, violations): each kernel's SASS markers by (kernel, arch), and what breaks the Hopper promises."""
+    markers = parse_sass(module_sass(C) if sass is None else sass)
+    violations = [f"ptxas: {line.strip()}" for line in C.ptxas_report().splitlines() if PERFORMANCE_LOSS in line]
+    hopper = {key: found for key, found in markers.items() if key[1] == "sm_90a"}
+    if not hopper:
+        violations.append("no sm_90a kernel in deepfuse._C: the Hopper GEMM is missing (built with DEEPFUSE_SM90=0?)")
+    for (label, arch), found in sorted(hopper.items()):
+        if missing := [marker for marker in SM90A_REQUIRED if marker not in found]:
+            violations.append(f"{label} ({arch}): its SASS lacks {', '.join(missing)}")
+    return markers, violations
+
+
+def format_sass_table(markers: dict[tuple[str, str], set[str]]) -> str:
+    header = ("kernel", "arch", *SASS_MARKERS)
+    ordered = sorted(markers.items(), key=lambda item: (item[0][1], item[0][0]))  # by arch, then kernel
+    rows = [header] + [
+        (label, arch, *("yes" if m in found else "-" for m in SASS_MARKERS)) for (label, arch), found in ordered
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(text.ljust(widths[i]) for i, text in enumerate(row)).rstrip() for row in rows)
+
+
 if __name__ == "__main__":
     from deepfuse import _C
 
     kernel_rows, problems, summary = check(_C)
     print(format_table(kernel_rows, summary))
+    sass_markers, sass_problems = check_sass(_C)
+    print()
+    print(format_sass_table(sass_markers))
+    problems += sass_problems
     print("\n".join(problems) or "no violations")
     raise SystemExit(1 if problems else 0)

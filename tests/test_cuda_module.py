@@ -114,3 +114,44 @@ def test_launch_plan_ends_its_dry_run_however_fn_exits():
     if not HAS_GPU:  # launches are real again: without a device they fail with the CUDA error
         with pytest.raises(RuntimeError, match=r"deepfuse CUDA error: cudaError\w+: "):
             _attention_fwd_fp16(_C)
+
+
+def test_linear_act_kernel_name_says_which_kernel_and_why():
+    _C = _import_C()
+    fp16, bf16, fp32 = 1, 2, 0
+    kernel, why = _C.linear_act_kernel_name(1000, 1000, 1000, fp16, 90)
+    assert kernel == "linear_act_sm90_kernel<cutlass::half_t>" and "wgmma" in why
+    assert _C.linear_act_kernel_name(8, 8, 8, bf16, 90)[0] == "linear_act_sm90_kernel<cutlass::bfloat16_t>"
+    refused = {
+        "device capability 8.0": _C.linear_act_kernel_name(1000, 1000, 1000, fp16, 80),
+        "float16 and bfloat16 only": _C.linear_act_kernel_name(1000, 1000, 1000, fp32, 90),
+        "not a multiple of 8": _C.linear_act_kernel_name(1000, 1000, 1001, fp16, 90),
+        "non-contiguous K": _C.linear_act_kernel_name(64, 64, 64, fp16, 90, x_stride_k=64, x_stride_m=1),
+        "row stride": _C.linear_act_kernel_name(64, 64, 64, fp16, 90, w_stride_n=68),
+        "16-byte aligned": _C.linear_act_kernel_name(64, 64, 64, bf16, 90, aligned=False),
+    }
+    for reason, (kernel, why) in refused.items():
+        assert reason in why and "sm90" not in kernel, (reason, kernel, why)
+    assert refused["float16 and bfloat16 only"][0].startswith("gemm_detail::fused_gemm_simt_kernel<")
+    assert refused["device capability 8.0"][0].startswith("gemm_detail::fused_gemm_wmma_kernel<__half,")
+
+
+def test_linear_act_fwd_dispatches_by_capability_in_a_dry_run():
+    _C = _import_C()
+    a = 1 << 20
+
+    def forward(k, dtype=1):
+        return lambda: _C.linear_act_fwd(a, k, 1, a, k, 1, a, a, 0, 300, 200, k, dtype, 3, 0)
+
+    (hopper,) = _C.launch_plan(forward(64))
+    assert hopper["kernel"] == "linear_act_sm90_kernel<cutlass::half_t>"
+    # 384 threads: a producer and two consumer warpgroups; a persistent grid over the 3 x 1 tiles of 128 x 256.
+    grid_x, grid_y, grid_z = hopper["grid"]
+    assert hopper["block"] == 384 and grid_x * grid_y * grid_z == 3
+    assert hopper["smem_opt_in"] == hopper["smem"] > 48 << 10
+    (ampere,) = _C.launch_plan(forward(64), capability=80)
+    assert ampere["kernel"].startswith("gemm_detail::fused_gemm_wmma_kernel<__half,")
+    (unaligned,) = _C.launch_plan(forward(65))
+    assert unaligned["kernel"].startswith("gemm_detail::fused_gemm_wmma_kernel<__half,")
+    (fp32,) = _C.launch_plan(forward(64, dtype=0))
+    assert fp32["kernel"].startswith("gemm_detail::fused_gemm_simt_kernel<")

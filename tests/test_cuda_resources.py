@@ -67,7 +67,8 @@ def test_gate_fails_on_a_missing_opt_in(C):
 
     _, violations, _ = gate.check(Doctored(C, launch_plan=doctored_plan(C, forget_opt_in)), FEW_LSTM_SIZES)
     flagged = [v for v in violations if "MaxDynamicSharedMemorySize to 0" in v]
-    assert flagged and all("attention" in v or "lstm" in v for v in flagged), violations
+    assert flagged and all(any(name in v for name in ("attention", "lstm", "linear_act_sm90")) for v in flagged)
+    assert [v for v in flagged if "linear_act_sm90" in v], violations
 
 
 def test_gate_fails_on_a_byte_too_many(C):
@@ -140,3 +141,62 @@ def test_parse_ptxas_reads_entries_and_callee_spills():
     assert len(callee_spills) == 1 and callee_spills[0].startswith("helper()")
     with pytest.raises(ValueError, match="no kernels for sm_90"):
         gate.parse_ptxas(report.replace("sm_90", "sm_100"))
+
+
+# ------------------------------------------------------------------------------------------------ SASS markers
+SM90_GEMMS = {"linear_act_sm90_kernel<half_t>", "linear_act_sm90_kernel<bfloat16_t>"}
+
+
+@pytest.fixture(scope="module")
+def sass(C):
+    return gate.module_sass(C)
+
+
+def test_every_sm90a_kernel_shows_its_hopper_instructions(C, sass):
+    markers, violations = gate.check_sass(C, sass)
+    print(gate.format_sass_table(markers))
+    assert not violations, "\n".join(violations)
+    hopper = {label for label, arch in markers if arch == "sm_90a"}
+    assert hopper >= SM90_GEMMS, hopper
+    for label in SM90_GEMMS:  # TMA stores in the epilogue too, and no Ampere mma.sync
+        assert {"UTMASTG"} <= markers[label, "sm_90a"] and "HMMA.16816" not in markers[label, "sm_90a"]
+    # The portable WMMA GEMMs (the path on other chips, and for calls TMA cannot take) are on mma.sync, as they were.
+    wmma = [found for (label, arch), found in markers.items() if label.startswith("fused_gemm_wmma_kernel<")]
+    assert wmma and all("HMMA.16816" in found and "HGMMA" not in found for found in wmma)
+
+
+def test_sass_gate_fails_on_a_missing_marker(C, sass):
+    without = "\n".join(line for line in sass.splitlines() if "USETMAXREG" not in line)
+    _, violations = gate.check_sass(C, without)
+    assert sorted(v.split(" ")[0] for v in violations if "lacks USETMAXREG" in v) == sorted(SM90_GEMMS), violations
+
+
+def test_sass_gate_fails_without_sm90a_kernels(C, sass):
+    _, violations = gate.check_sass(C, sass.replace("arch = sm_90a", "arch = sm_90"))
+    assert [v for v in violations if "no sm_90a kernel" in v], violations
+
+
+def test_sass_gate_fails_on_a_performance_loss_line(C, sass):
+    line = "ptxas info    : (C7515) Potential Performance Loss: wgmma.mma_async instructions are serialized"
+    doctored = Doctored(C, ptxas_report=lambda: C.ptxas_report() + line + "\n")
+    _, violations = gate.check_sass(doctored, sass)
+    assert violations == [f"ptxas: {line}"], violations
+
+
+def test_parse_sass_reads_arch_functions_and_markers():
+    text = "\n".join(
+        [
+            "arch = sm_90a",
+            "\t\tFunction : _Z1kv",
+            "        /*0010*/                   USETMAXREG.DEALLOC.CTAPOOL 0x28 ;",
+            "        /*0020*/                   UTMALDG.2D [UR8], [UR14] ;",
+            "        /*0030*/                   HGMMA.64x256x16.F32.BF16 R24, gdesc[UR4], RZ ;",
+            "arch = sm_90",
+            "\t\tFunction : _Z1kv",
+            "        /*0040*/                   HMMA.16816.F32.BF16 R4, R8, R12, R4 ;",
+        ]
+    )
+    assert gate.parse_sass(text) == {
+        ("k", "sm_90a"): {"USETMAXREG", "UTMALDG", "HGMMA"},
+        ("k", "sm_90"): {"HMMA.16816"},
+    }

@@ -1,0 +1,227 @@
+// linear_act forward on sm_90a: y = act(x W^T + b), z = x W^T + b optionally stored, from CUTLASS 3.x's
+// collective builders. One kernel per dtype: the activation is a run-time argument of the epilogue, not a
+// template parameter, which keeps the build (2 instantiations) short.
+//   mainloop  KernelTmaWarpSpecializedCooperative: a producer warpgroup issues TMA loads into a multi-stage
+//             mbarrier pipeline, two consumer warpgroups run wgmma on a 128x256x64 tile (fp32 accumulators);
+//             setmaxnreg moves registers from the producer to the consumers; a persistent tile scheduler.
+//   epilogue  LinCombPerColBiasEltActAux: z = acc + bias[n] (fp32), aux = z (the pre-activation, skipped when
+//             its pointer is null), D = act(z); D and aux leave through TMA stores.
+// x is (M, K) with K contiguous (row-major A), W is (N, K) with K contiguous (column-major B): the TN layout.
+#include <cute/tensor.hpp>
+#include <cutlass/cutlass.h>
+#include <cutlass/epilogue/collective/collective_builder.hpp>
+#include <cutlass/epilogue/fusion/operations.hpp>
+#include <cutlass/gemm/collective/collective_builder.hpp>
+#include <cutlass/gemm/dispatch_policy.hpp>
+#include <cutlass/gemm/kernel/gemm_universal.hpp>
+#include <cutlass/kernel_hardware_info.h>
+
+#include <climits>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "common.cuh"
+#include "gemm_sm90.h"
+
+namespace deepfuse {
+
+namespace sm90 {
+
+// deepfuse's activation by its code (common.cuh's apply_activation, so both paths compute the same formulas), as
+// a CUTLASS epilogue compute functor: Sm90Compute passes Arguments through from the host. The switch sits outside
+// the loop over the fragment.
+template <typename T>
+struct ActivationByCode {
+  struct Arguments {
+    int code = 0;
+  };
+  __device__ float operator()(float z, Arguments const& args) const {
+    return apply_activation(z, static_cast<Activation>(args.code));
+  }
+};
+
+template <int N>
+struct ActivationByCode<cutlass::Array<float, N>> {
+  using Arguments = typename ActivationByCode<float>::Arguments;
+
+  template <Activation kAct>
+  __device__ static cutlass::Array<float, N> map(cutlass::Array<float, N> const& z) {
+    cutlass::Array<float, N> out;
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < N; ++i) out[i] = apply_activation(z[i], kAct);
+    return out;
+  }
+
+  __device__ cutlass::Array<float, N> operator()(cutlass::Array<float, N> const& z, Arguments const& args) const {
+    switch (static_cast<Activation>(args.code)) {
+      case Activation::kRelu:
+        return map<Activation::kRelu>(z);
+      case Activation::kLeakyRelu:
+        return map<Activation::kLeakyRelu>(z);
+      case Activation::kGelu:
+        return map<Activation::kGelu>(z);
+      case Activation::kGeluTanh:
+        return map<Activation::kGeluTanh>(z);
+      case Activation::kSilu:
+        return map<Activation::kSilu>(z);
+      case Activation::kSigmoid:
+        return map<Activation::kSigmoid>(z);
+      case Activation::kTanh:
+        return map<Activation::kTanh>(z);
+      default:
+        return z;
+    }
+  }
+};
+
+// 16-byte TMA strides and vector accesses: 8 elements of a 2-byte type.
+constexpr int kAlignment = 8;
+constexpr int64_t kAlignmentBytes = 16;
+
+template <typename Element>
+struct LinearActGemm {
+  using Layout = cutlass::layout::RowMajor;
+  using TileShape = cute::Shape<cute::_128, cute::_256, cute::_64>;
+  using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
+  using Fusion = cutlass::epilogue::fusion::LinCombPerColBiasEltActAux<
+      Layout, ActivationByCode, Element, float, /*aux*/ Element, /*bias*/ Element, /*source*/ Element, float,
+      kAlignment, kAlignment>;
+  using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, /*C*/ void, Layout, kAlignment, Element, Layout,
+      kAlignment, cutlass::epilogue::TmaWarpSpecializedCooperative, Fusion>::CollectiveOp;
+  using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, cutlass::layout::RowMajor, kAlignment, Element,
+      cutlass::layout::ColumnMajor, kAlignment, float, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
+          sizeof(typename CollectiveEpilogue::SharedStorage))>,
+      cutlass::gemm::KernelTmaWarpSpecializedCooperative>::CollectiveOp;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, CollectiveMainloop,
+                                                      CollectiveEpilogue>;
+  using Params = typename Kernel::Params;
+};
+
+}  // namespace sm90
+
+// CUTLASS's device_kernel under deepfuse's own name, so that ptxas's report, the SASS and the dry runs name it
+// alike (linear_act_sm90_kernel<half_t>) rather than by the whole CUTLASS type.
+template <typename Element>
+__global__ void __launch_bounds__(sm90::LinearActGemm<Element>::Kernel::MaxThreadsPerBlock,
+                                  sm90::LinearActGemm<Element>::Kernel::MinBlocksPerMultiprocessor)
+    linear_act_sm90_kernel(const __grid_constant__ typename sm90::LinearActGemm<Element>::Params params) {
+  extern __shared__ char smem[];
+  typename sm90::LinearActGemm<Element>::Kernel op;
+  op(params, smem);
+}
+
+namespace {
+
+const RegisterKernelLabels kKernelLabels{
+    DEEPFUSE_KERNEL_LABEL(linear_act_sm90_kernel<cutlass::half_t>),
+    DEEPFUSE_KERNEL_LABEL(linear_act_sm90_kernel<cutlass::bfloat16_t>),
+};
+
+bool aligned(const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % sm90::kAlignmentBytes == 0; }
+
+int multiprocessor_count() {
+  if (const DryRun* dry = dry_run()) return dry->sms;
+  int device = 0, sms = 0;
+  DEEPFUSE_CUDA_CHECK(cudaGetDevice(&device));
+  DEEPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms;
+}
+
+template <typename Element>
+void run(const LinearActFwdArgs& a, cudaStream_t stream) {
+  using Gemm = sm90::LinearActGemm<Element>;
+  using Kernel = typename Gemm::Kernel;
+  typename Kernel::Arguments args{};
+  args.mode = cutlass::gemm::GemmUniversalMode::kGemm;
+  args.problem_shape = {static_cast<int>(a.M), static_cast<int>(a.N), static_cast<int>(a.K), 1};
+  args.mainloop.ptr_A = static_cast<const Element*>(a.x);
+  args.mainloop.dA = {a.x_stride_m, cute::_1{}, a.M * a.x_stride_m};
+  args.mainloop.ptr_B = static_cast<const Element*>(a.weight);
+  args.mainloop.dB = {a.w_stride_n, cute::_1{}, a.N * a.w_stride_n};
+  auto& fusion = args.epilogue.thread;
+  fusion.alpha = 1.0f;
+  fusion.beta = 0.0f;
+  fusion.bias_ptr = static_cast<const Element*>(a.bias);  // null: no bias (the broadcast reads zeros)
+  fusion.activation.code = a.activation;
+  fusion.aux_ptr = static_cast<Element*>(a.preact);  // null: the aux store is skipped
+  fusion.dAux = {a.N, cute::_1{}, a.M * a.N};
+  args.epilogue.ptr_C = nullptr;
+  args.epilogue.dC = {a.N, cute::_1{}, a.M * a.N};
+  args.epilogue.ptr_D = static_cast<Element*>(a.y);
+  args.epilogue.dD = {a.N, cute::_1{}, a.M * a.N};
+  int device = 0;
+  if (dry_run() == nullptr) DEEPFUSE_CUDA_CHECK(cudaGetDevice(&device));
+  args.hw_info.device_id = device;
+  args.hw_info.sm_count = multiprocessor_count();
+
+  auto* kernel = &linear_act_sm90_kernel<Element>;
+  constexpr size_t smem = Kernel::SharedStorageSize;
+  const dim3 block = Kernel::get_block_shape();
+  if (dry_run() != nullptr) {
+    // The grid as the kernel's own scheduler sizes it; the TMA descriptors (driver calls) are left out.
+    typename Kernel::Params params{};
+    params.problem_shape = args.problem_shape;
+    params.hw_info = args.hw_info;
+    params.scheduler = Kernel::TileScheduler::to_underlying_arguments(
+        cute::append<4>(args.problem_shape, 1), typename Gemm::TileShape{}, typename Gemm::ClusterShape{},
+        args.hw_info, args.scheduler, nullptr);
+    set_max_dynamic_smem(kernel, smem);
+    dry_launch(kernel, Kernel::get_grid_shape(params), block, smem, false);
+    return;
+  }
+  if (Kernel::get_workspace_size(args) != 0) {
+    throw std::logic_error("linear_act sm_90a: the kernel asks for a workspace, which this launcher never allocates");
+  }
+  if (!Kernel::can_implement(args)) {
+    throw std::logic_error("linear_act sm_90a: CUTLASS refused a call that linear_act_fwd_sm90_refusal accepted");
+  }
+  const typename Kernel::Params params = Kernel::to_underlying_arguments(args, nullptr);
+  set_max_dynamic_smem(kernel, smem);
+  kernel<<<Kernel::get_grid_shape(params), block, smem, stream>>>(params);
+  DEEPFUSE_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace
+
+const char* linear_act_fwd_sm90_refusal(const LinearActFwdArgs& a) {
+  if (a.dtype != static_cast<int>(DType::kFloat16) && a.dtype != static_cast<int>(DType::kBFloat16)) {
+    return "the sm_90a kernel takes float16 and bfloat16 only";
+  }
+  if (a.M == 0 || a.N == 0 || a.K == 0) return "an empty product (M, N or K is 0)";
+  if (a.M > INT_MAX || a.N > INT_MAX || a.K > INT_MAX) return "M, N or K exceeds 2^31 - 1";
+  if (a.x_stride_k != 1 || a.w_stride_k != 1) return "x or weight has a non-contiguous K dimension (TMA needs it)";
+  if (a.N % sm90::kAlignment != 0 || a.K % sm90::kAlignment != 0) {
+    return "N or K is not a multiple of 8 (TMA needs 16-byte row strides)";
+  }
+  if (a.x_stride_m % sm90::kAlignment != 0 || a.w_stride_n % sm90::kAlignment != 0) {
+    return "a row stride of x or weight is not a multiple of 8 elements (TMA needs 16-byte strides)";
+  }
+  if (a.x_stride_m < a.K || a.w_stride_n < a.K) return "x or weight rows overlap (row stride < K)";
+  if (!aligned(a.x) || !aligned(a.weight) || !aligned(a.y) || !aligned(a.bias) || !aligned(a.preact)) {
+    return "a pointer is not 16-byte aligned (TMA needs it)";
+  }
+  return nullptr;
+}
+
+const char* linear_act_fwd_sm90_kernel_label(int dtype) {
+  return dtype == static_cast<int>(DType::kBFloat16) ? "linear_act_sm90_kernel<cutlass::bfloat16_t>"
+                                                     : "linear_act_sm90_kernel<cutlass::half_t>";
+}
+
+void linear_act_fwd_sm90(const LinearActFwdArgs& args, cudaStream_t stream) {
+  if (const char* refusal = linear_act_fwd_sm90_refusal(args)) {
+    throw std::invalid_argument(std::string("linear_act sm_90a: ") + refusal);
+  }
+  if (args.dtype == static_cast<int>(DType::kBFloat16)) {
+    run<cutlass::bfloat16_t>(args, stream);
+  } else {
+    run<cutlass::half_t>(args, stream);
+  }
+}
+
+}  // namespace deepfuse
