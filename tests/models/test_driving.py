@@ -55,7 +55,7 @@ def test_a_few_steps_lower_the_loss(recording, one_thread):
     assert_loss_falls(TASK, data.state, {}, x, y, steps=8, lr=1e-3)
 
 
-@pytest.mark.slow  # ~30 s: the smallest input PilotNet's layers take (61x61) through the Triton interpreter
+# ~30 s (in CI): the smallest input PilotNet's layers take (61x61) through the Triton interpreter
 def test_triton_agrees_with_torch(one_thread):
     state = {"image_size": [61, 61]}
     torch.manual_seed(1)
