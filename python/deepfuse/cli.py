@@ -78,12 +78,16 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
     parser.add_argument("--backend", choices=["auto", "torch", "triton", "cuda"], help="default: auto")
     parser.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision (autocast)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    # None when not given (not False): a resumed run tells a flag the user gave from one left out
+    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--deterministic", action="store_true", help="torch's deterministic algorithms")
+    parser.add_argument("--deterministic", action="store_true", default=None, help="torch's deterministic algorithms")
     parser.add_argument("--workers", type=int, help="DataLoader worker processes")
     parser.add_argument("--out", help="run folder (default runs/MODEL/TIMESTAMP)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    parser.add_argument("--patience", type=int, metavar="N",
+                        help="stop when the validation metric has not improved for N epochs (default: off, or the "
+                             "model's own); best.pt is then tested")  # fmt: skip
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None)
 
 
@@ -121,15 +125,20 @@ def _train(args) -> int:
 def _eval(args) -> int:
     from deepfuse.training import evaluate
 
-    evaluate(_task(args.model), args.checkpoint, data=args.data, device=args.device, backend=args.backend)
+    try:
+        evaluate(_task(args.model), args.checkpoint, data=args.data, device=args.device, backend=args.backend)
+    except KeyboardInterrupt:
+        print("deepfuse eval: interrupted (nothing is written by eval)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 
 def _predict(args) -> int:
     from deepfuse.training import predict
 
+    options = {"skip_bad": True} if getattr(args, "skip_bad", None) else {}
     for line in predict(_task(args.model), args.checkpoint, args.inputs, device=args.device, out=args.out,
-                        backend=args.backend):  # fmt: skip
+                        backend=args.backend, options=options):  # fmt: skip
         print(line)
     return 0
 
@@ -287,6 +296,9 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     predict.add_argument("--device", choices=["cpu", "cuda"])
     predict.add_argument("--backend", choices=["auto", "torch", "triton", "cuda"], default="auto")
     predict.add_argument("--out", default=None, help="folder for files predict writes (default: here)")
+    name = _model_name(argv, "predict")
+    if name in models.names() and "skip_bad" in models.get(name).options:  # what the image checks suggest
+        predict.add_argument("--skip-bad", action="store_true", help="skip unreadable input images (one warning)")
     predict.set_defaults(run=_predict)
 
     bench = commands.add_parser("bench", help="benchmark ops or models against eager torch and torch.compile")

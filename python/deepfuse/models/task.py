@@ -63,6 +63,9 @@ class Task:
     maximize: bool = True
     defaults: dict = {"epochs": 5, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.0}
     options: dict[str, Option] = {}
+    # early stopping by default: stop after this many epochs without a better validation metric (None: off;
+    # --patience overrides it)
+    default_patience: int | None = None
 
     # --- required -------------------------------------------------------------------------------------------
     def load_data(self, path: Path | None, config: dict, state: dict | None = None) -> Data:

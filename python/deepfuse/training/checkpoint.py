@@ -8,6 +8,7 @@ resumed run continues exactly where the saved one stopped.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -21,20 +22,46 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be used: missing, truncated, not deepfuse's, or of another model."""
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (``disk_full``: no space left); the file it replaces is intact."""
+
+    def __init__(self, path: Path, message: str, disk_full: bool) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path, self.disk_full = path, disk_full
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """An OSError "no space left" (or quota exceeded), or torch.save's own words for a short write."""
+    if isinstance(error, OSError):
+        return error.errno in DISK_FULL_ERRNOS
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("unexpected pos" in text or "file write failed" in text)
+
+
 def save_atomically(payload: dict, path: Path) -> None:
     """Write to a temporary file in the same folder, fsync it, then rename over ``path``: a run killed at any
-    moment leaves either the old file or the new one, never a truncated one."""
+    moment leaves either the old file or the new one, never a truncated one. A failed write (a full disk, a
+    folder made read-only) raises CheckpointWriteError; the old file stands."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temporary = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(handle, "wb") as file:
             torch.save(payload, file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+    except BaseException as error:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        if is_disk_full(error):
+            raise CheckpointWriteError(path, "the disk is full", disk_full=True) from None
+        if isinstance(error, OSError):
+            raise CheckpointWriteError(path, f"cannot write ({error.strerror or error})", disk_full=False) from None
         raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:
