@@ -29,6 +29,12 @@ TASKS = [LSTM, TRANSFORMER]
 IDS = [t.name for t in TASKS]
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path_factory, monkeypatch):
+    """Each test its own cache of TF-IDF baselines: nothing written to the user's cache, no result shared."""
+    monkeypatch.setenv("DEEPFUSE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
 def _fixture_data(tmp_path, task):
     write_imdb(tmp_path, test_positive=["A masterpiece, great"] * 2, test_negative=["awful masterpiece"] * 2)
     return task.load_data(tmp_path, TINY[task.name])
@@ -196,18 +202,35 @@ def test_cli_predict_of_an_empty_text_is_a_one_line_error(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "'': an empty review (only white space), nothing to classify" in err
 
 
-def test_load_data_shows_each_phase_and_fits_the_baseline_once(tmp_path, capsys, monkeypatch):
+def test_load_data_shows_each_phase_and_fits_the_baseline_once_per_dataset(tmp_path, capsys, monkeypatch):
     from sklearn.linear_model import LogisticRegression
 
     fits = []
     original = LogisticRegression.fit
     monkeypatch.setattr(LogisticRegression, "fit", lambda self, *a, **k: fits.append(self.C) or original(self, *a, **k))
-    write_imdb(tmp_path)
+    base = write_imdb(tmp_path)
     data = LSTM.load_data(tmp_path, TINY["sentiment-lstm"] | {"progress": True})
     err = capsys.readouterr().err
     for phase in ("reading train reviews", "reading test reviews", "fitting the vocabulary", "encoding",
                   "TF-IDF baseline: fitting the vectorizer on train", "TF-IDF baseline: fitting logistic regression"):
         assert phase in err, phase  # fmt: skip
     assert fits == [4.0] and data.val.extra["baseline"]["baseline_c"] == 4.0
-    LSTM.load_data(tmp_path, TINY["sentiment-lstm"] | {"progress": False})
-    assert capsys.readouterr().err == ""
+    assert data.val.extra["baseline"]["baseline_roc_auc"] is None  # one validation review: null, not NaN
+    again = LSTM.load_data(tmp_path, TINY["sentiment-lstm"] | {"progress": False})
+    assert capsys.readouterr().err == "" and fits == [4.0]  # the same files: the cached metrics, no fit
+    assert again.test.extra["baseline"] == data.test.extra["baseline"]
+    assert again.val.extra["baseline"] == data.val.extra["baseline"]
+    changed = base / "test" / "pos" / "1_10.txt"
+    changed.write_text("Awful, dull and bad")  # another text (size and time): fitted again
+    changed_data = LSTM.load_data(tmp_path, TINY["sentiment-lstm"] | {"progress": False})
+    assert fits == [4.0, 4.0] and changed_data.test.extra["baseline"] != data.test.extra["baseline"]
+
+
+def test_an_unwritable_cache_warns_and_the_run_goes_on(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("DEEPFUSE_CACHE_DIR", str(blocker / "cache"))
+    write_imdb(tmp_path / "data")
+    with pytest.warns(UserWarning, match=r"could not cache the TF-IDF baseline in .*set DEEPFUSE_CACHE_DIR"):
+        data = LSTM.load_data(tmp_path / "data", TINY["sentiment-lstm"] | {"progress": False})
+    assert "baseline_accuracy" in data.test.extra["baseline"]
