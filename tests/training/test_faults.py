@@ -8,6 +8,7 @@ import errno
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -158,6 +159,24 @@ def test_ctrl_c_inside_a_batch_resumes_bitwise(name, where, workers, tmp_path, m
     assert saved["global_step"] == after and saved["epoch"] == 1, "the checkpoint is not at the last finished step"
     monkeypatch.setattr(task, "loss", type(task).loss.__get__(task))
     train_to_end(task, config_for(task, tmp_path, workers=workers), resume=True)
+    assert_same_training_state(uninterrupted(name), load_checkpoint(tmp_path / "last.pt"))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_real_ctrl_c_inside_the_optimizer_step_waits_for_the_step(name, tmp_path, uninterrupted):
+    task, epochs, after = CASES[name]
+
+    def arm(run):
+        def send_sigint(optimizer, args, kwargs):
+            if run.global_step == after:
+                os.kill(os.getpid(), signal.SIGINT)  # arrives in the middle of the step: parameters half updated
+
+        run.optimizer.register_step_pre_hook(send_sigint)
+
+    with pytest.raises(KeyboardInterrupt):
+        train_to_end(task, config_for(task, tmp_path), interrupt=arm)
+    assert load_checkpoint(tmp_path / "last.pt")["global_step"] == after + 1, "the step was finished and counted"
+    train_to_end(task, config_for(task, tmp_path), resume=True)
     assert_same_training_state(uninterrupted(name), load_checkpoint(tmp_path / "last.pt"))
 
 
