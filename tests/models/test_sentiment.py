@@ -60,7 +60,7 @@ def test_load_data_fits_the_vocabulary_on_the_training_split(tmp_path):
     assert data.lengths == [len(data.train[i][0]) for i in range(len(data.train))]
     assert max(data.lengths) <= TINY["sentiment-lstm"]["max_len"]
     for split in (data.val, data.test):
-        assert set(split.extra["baseline"]) == {"baseline_accuracy", "baseline_roc_auc", "baseline_f1", "baseline_c"}
+        assert set(split.extra["baseline"]()) == {"baseline_accuracy", "baseline_roc_auc", "baseline_f1", "baseline_c"}
     (ids, lengths), labels = data.collate([data.train[i] for i in range(3)])
     assert ids.shape == (3, int(lengths.max())) and labels.dtype == torch.int64
 
@@ -210,20 +210,21 @@ def test_load_data_shows_each_phase_and_fits_the_baseline_once_per_dataset(tmp_p
     monkeypatch.setattr(LogisticRegression, "fit", lambda self, *a, **k: fits.append(self.C) or original(self, *a, **k))
     base = write_imdb(tmp_path)
     data = LSTM.load_data(tmp_path, TINY["sentiment-lstm"] | {"progress": True})
+    assert fits == []  # training starts without the baseline: it comes with the first validation
+    val, test = data.val.extra["baseline"](), data.test.extra["baseline"]()
     err = capsys.readouterr().err
     for phase in ("reading train reviews", "reading test reviews", "fitting the vocabulary", "encoding",
                   "TF-IDF baseline: fitting the vectorizer on train", "TF-IDF baseline: fitting logistic regression"):
         assert phase in err, phase  # fmt: skip
-    assert fits == [4.0] and data.val.extra["baseline"]["baseline_c"] == 4.0
-    assert data.val.extra["baseline"]["baseline_roc_auc"] is None  # one validation review: null, not NaN
+    assert fits == [4.0] and val["baseline_c"] == 4.0 and set(test) == set(val)
+    assert val["baseline_roc_auc"] is None  # one validation review: null, not NaN
     again = LSTM.load_data(tmp_path, TINY["sentiment-lstm"] | {"progress": False})
+    assert again.test.extra["baseline"]() == test and again.val.extra["baseline"]() == val
     assert capsys.readouterr().err == "" and fits == [4.0]  # the same files: the cached metrics, no fit
-    assert again.test.extra["baseline"] == data.test.extra["baseline"]
-    assert again.val.extra["baseline"] == data.val.extra["baseline"]
     changed = base / "test" / "pos" / "1_10.txt"
     changed.write_text("Awful, dull and bad")  # another text (size and time): fitted again
     changed_data = LSTM.load_data(tmp_path, TINY["sentiment-lstm"] | {"progress": False})
-    assert fits == [4.0, 4.0] and changed_data.test.extra["baseline"] != data.test.extra["baseline"]
+    assert changed_data.test.extra["baseline"]() != test and fits == [4.0, 4.0]
 
 
 def test_an_unwritable_cache_warns_and_the_run_goes_on(tmp_path, monkeypatch):
@@ -231,6 +232,6 @@ def test_an_unwritable_cache_warns_and_the_run_goes_on(tmp_path, monkeypatch):
     blocker.write_text("a file where the cache folder should be")
     monkeypatch.setenv("DEEPFUSE_CACHE_DIR", str(blocker / "cache"))
     write_imdb(tmp_path / "data")
+    data = LSTM.load_data(tmp_path / "data", TINY["sentiment-lstm"] | {"progress": False})
     with pytest.warns(UserWarning, match=r"could not cache the TF-IDF baseline in .*set DEEPFUSE_CACHE_DIR"):
-        data = LSTM.load_data(tmp_path / "data", TINY["sentiment-lstm"] | {"progress": False})
-    assert "baseline_accuracy" in data.test.extra["baseline"]
+        assert "baseline_accuracy" in data.test.extra["baseline"]()

@@ -20,7 +20,8 @@ Beside each model's metrics, a TF-IDF (words and word pairs) + logistic-regressi
 training split reports ``baseline_accuracy`` (about 0.88-0.90 on the full IMDb in the literature): one fit, with
 a fixed C (``BASELINE_C``; choosing it among three on validation tripled the fits), and its metrics are cached per
 dataset (``cached_tfidf_baseline``: keyed by every review file's path, size and modification time, under
-``$DEEPFUSE_CACHE_DIR`` or ``~/.cache/deepfuse``), so only a dataset's first run pays for it. Reading, the
+``$DEEPFUSE_CACHE_DIR`` or ``~/.cache/deepfuse``), so only a dataset's first run pays for it, and then at the first
+validation, not before the first training step (``BaselineOnDemand``). Reading, the
 vocabulary, encoding and the baseline each show a progress bar (``--no-progress`` hides them). Empty reviews
 are skipped with a warning (``deepfuse.data.imdb``); ``predict`` refuses an empty text.
 
@@ -233,6 +234,20 @@ def cached_tfidf_baseline(splits: dict[str, list], progress: bool) -> dict[str, 
     return results
 
 
+class BaselineOnDemand:
+    """The TF-IDF baseline of train / val / test, computed (or read from the cache) the first time a split's metrics
+    are asked for — at the first validation, not before the first training step: training never needs it."""
+
+    def __init__(self, splits: dict[str, list], progress: bool) -> None:
+        self.splits, self.progress, self.results = splits, progress, None
+
+    def metrics(self, split: str) -> dict[str, float]:
+        if self.results is None:
+            self.results = cached_tfidf_baseline(self.splits, self.progress)
+            self.splits = None  # the texts are no longer needed
+        return self.results.get(split, {})
+
+
 # --- the task ----------------------------------------------------------------------------------------------
 COMMON = {
     "max_len": Option(512, "tokens kept per review (the first ones)"),
@@ -294,8 +309,9 @@ class SentimentTask(Task):
         ids = iter(vocabulary.encode(every_text, settings["max_len"], progress))
         datasets = {name: TokenDataset([next(ids) for _ in reviews], [r.label for r in reviews])
                     for name, reviews in splits.items()}  # fmt: skip
-        for name, metrics in cached_tfidf_baseline(splits, progress).items():
-            datasets[name].extra["baseline"] = metrics
+        baseline = BaselineOnDemand(splits, progress)
+        for name, dataset in datasets.items():
+            dataset.extra["baseline"] = functools.partial(baseline.metrics, name)
         counts = " / ".join(f"{len(d)} {k}" for k, d in datasets.items())
         summary = f"IMDb in {root}: {counts}, vocabulary {len(vocabulary)}, max_len {settings['max_len']}"
         return Data(datasets["train"], datasets["val"], datasets["test"], state=state,
@@ -333,7 +349,8 @@ class SentimentTask(Task):
         metrics, outputs, targets = super().validate(run, split)
         dataset = getattr(run.data, split)
         if dataset is not None and metrics:
-            metrics.update(getattr(dataset, "extra", {}).get("baseline", {}))
+            baseline = getattr(dataset, "extra", {}).get("baseline")
+            metrics.update(baseline() if baseline is not None else {})
         return metrics, outputs, targets
 
     def plots(self, outputs, targets, state, out_dir, data):
