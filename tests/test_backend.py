@@ -22,13 +22,18 @@ def _inputs(dtype=torch.float32):
 def spies(monkeypatch):
     """Records which backend's forward actually ran."""
     ran = []
+
+    def spy_on(name, impl):
+        def spy(*args):
+            ran.append(name)
+            return impl(*args)
+
+        return spy
+
     for name, impl in list(linear_act_module._FWD.items()):
-
-        def spy(*args, _name=name, _impl=impl):
-            ran.append(_name)
-            return _impl(*args)
-
-        monkeypatch.setitem(linear_act_module._FWD, name, spy)
+        monkeypatch.setitem(linear_act_module._FWD, name, spy_on(name, impl))
+    # The torch backend runs torch's own differentiable ops (the reference) directly.
+    monkeypatch.setattr(linear_act_module, "linear_act_ref", spy_on("torch", linear_act_module.linear_act_ref))
     return ran
 
 

@@ -184,7 +184,8 @@ def record_fallback(op_name: str, name: str, reason: str) -> str:
 def requested_backend(explicit: str | None) -> tuple[str | None, str]:
     """The backend asked for (None for automatic) and where the request came from."""
     if explicit is not None:
-        check_backend_name(explicit)
+        if explicit not in BACKENDS:
+            check_backend_name(explicit)
         return explicit, "backend= argument"
     if _backend_stack:
         top = _backend_stack[-1]
@@ -220,6 +221,8 @@ def choose_backend(op_name: str, backend: str | None, *args, **kwargs) -> str:
     """The backend that runs this call; raises BackendUnavailableError for an unusable request."""
     op = _ops[op_name]
     requested, source = requested_backend(backend)
+    if requested is None and op.device_of(*args, **kwargs).type != "cuda":
+        return _record(op_name, "torch")  # the automatic choice off the GPU: nothing to weigh
     if requested is not None:
         reason = unusable_reason(op, requested, *args, **kwargs)
         if reason is not None:

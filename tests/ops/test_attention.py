@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.library import opcheck
 
 import deepfuse
 from deepfuse.ops import attention, attention_ref, attention_varlen
@@ -130,10 +131,10 @@ def _opcheck_attention(backend, dtype, device="cpu"):
     tensors, dy, options = make_case(CPU_CASES["padding_mqa_d48"], dtype, device)
     q, k, v = (t.requires_grad_() for t in tensors)
     mask = options["key_padding_mask"]
-    torch.library.opcheck(attention_fwd, (q, k, v, mask, False, 0.2, backend))
-    torch.library.opcheck(attention_fwd, (q, k, v, None, True, 0.2, backend))
+    opcheck(attention_fwd.custom_op, (q, k, v, mask, False, 0.2, backend))
+    opcheck(attention_fwd.custom_op, (q, k, v, None, True, 0.2, backend))
     out, lse = attention_fwd(q.detach(), k.detach(), v.detach(), mask, False, 0.2, backend)
-    torch.library.opcheck(attention_bwd, (dy, q.detach(), k.detach(), v.detach(), out, lse, mask, False, 0.2, backend))
+    opcheck(attention_bwd.custom_op, (dy, q.detach(), k.detach(), v.detach(), out, lse, mask, False, 0.2, backend))
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -147,7 +148,10 @@ def test_compiles_fullgraph():
     compiled = torch.compile(lambda q, k, v: attention(q, k, v, causal=True), fullgraph=True)
     ours = forward_backward(compiled, tensors, dy)
     eager = forward_backward(lambda q, k, v: attention(q, k, v, causal=True), tensors, dy)
-    assert torch.equal(ours[0], eager[0]) and all(torch.equal(a, b) for a, b in zip(ours[1], eager[1], strict=True))
+    # The torch backend is SDPA, which Inductor traces: equal to rounding.
+    torch.testing.assert_close(ours[0], eager[0])
+    for compiled_grad, eager_grad in zip(ours[1], eager[1], strict=True):
+        torch.testing.assert_close(compiled_grad, eager_grad)
 
 
 def test_cuda_bindings_check_their_arguments():
@@ -333,9 +337,9 @@ def test_varlen_opcheck(backend):
 
     (q, k, v), dy, cu = make_varlen([3, 0, 6], 2, 1, 16, torch.float32)
     args = (cu, cu, 6, 6, True, 0.25, backend)
-    torch.library.opcheck(attention_varlen_fwd, (q.requires_grad_(), k.requires_grad_(), v, *args))
+    opcheck(attention_varlen_fwd.custom_op, (q.requires_grad_(), k.requires_grad_(), v, *args))
     out, lse = attention_varlen_fwd(q.detach(), k.detach(), v, *args)
-    torch.library.opcheck(attention_varlen_bwd, (dy, q.detach(), k.detach(), v, out, lse, *args))
+    opcheck(attention_varlen_bwd.custom_op, (dy, q.detach(), k.detach(), v, out, lse, *args))
 
 
 @pytest.mark.gpu
@@ -379,9 +383,9 @@ def test_gpu_cuda_varlen_matches_torch_and_opcheck():
         for got, expected in zip(grads, grads_ref, strict=True):
             assert max_error(got, expected) <= ATOL[torch.float32]
     args = (cu, cu, n, n, True, 0.25, "cuda")
-    torch.library.opcheck(attention_varlen_fwd, (q.clone().requires_grad_(), k.clone().requires_grad_(), v, *args))
+    opcheck(attention_varlen_fwd.custom_op, (q.clone().requires_grad_(), k.clone().requires_grad_(), v, *args))
     out, lse = attention_varlen_fwd(q, k, v, *args)
-    torch.library.opcheck(attention_varlen_bwd, (dy, q, k, v, out, lse, *args))
+    opcheck(attention_varlen_bwd.custom_op, (dy, q, k, v, out, lse, *args))
 
 
 # The head dims of each row of kernels/attention.py's H200 tile table (fp16/bf16 "half", fp32 with TF32, fp32

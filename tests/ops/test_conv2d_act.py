@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch.library import opcheck
 
 import deepfuse
 from deepfuse.ops import conv2d_act, conv2d_act_ref
@@ -164,12 +165,12 @@ def test_opcheck(backend):
     b = torch.randn(6, requires_grad=True)
     r = torch.randn(2, 6, 4, 3, requires_grad=True)
     geometry = ([2, 2], [1, 1, 1, 1], [1, 1], 2)
-    torch.library.opcheck(conv2d_act_fwd, (x, w, b, r, *geometry, "gelu", True, backend))
+    opcheck(conv2d_act_fwd.custom_op, (x, w, b, r, *geometry, "gelu", True, backend))
     w1 = torch.randn(6, 4, 2, 2, requires_grad=True)  # asymmetric "same" padding, no bias, no residual
-    torch.library.opcheck(conv2d_act_fwd, (x, w1, None, None, [1, 1], [0, 1, 0, 1], [1, 1], 1, "relu", False, backend))
+    opcheck(conv2d_act_fwd.custom_op, (x, w1, None, None, [1, 1], [0, 1, 0, 1], [1, 1], 1, "relu", False, backend))
     dy, saved = torch.randn(2, 6, 4, 3), torch.randn(2, 6, 4, 3)
     args = (dy, saved, x.detach(), w.detach(), *geometry, "gelu", True, True, True, True, backend)
-    torch.library.opcheck(conv2d_act_bwd, args)
+    opcheck(conv2d_act_bwd.custom_op, args)
 
 
 def test_compiles_fullgraph():
@@ -181,7 +182,9 @@ def test_compiles_fullgraph():
     w_eager = w.detach().clone().requires_grad_()
     y_eager = conv2d_act(x, w_eager, b, padding="same", activation="silu")
     y_eager.sum().backward()
-    assert torch.equal(y, y_eager) and torch.equal(w.grad, w_eager.grad)
+    # The torch backend is plain torch code that Inductor compiles (and may fuse): equal to rounding.
+    torch.testing.assert_close(y, y_eager)
+    torch.testing.assert_close(w.grad, w_eager.grad)
 
 
 @pytest.mark.gpu
@@ -207,8 +210,8 @@ def test_gpu_opcheck(backend):
     b = torch.randn(6, device="cuda", dtype=torch.float16)
     r = torch.randn(2, 6, 4, 3, device="cuda", dtype=torch.float16)
     geometry = ([2, 2], [1, 1, 1, 1], [1, 1], 2)
-    torch.library.opcheck(conv2d_act_fwd, (x.requires_grad_(), w, b, r, *geometry, "gelu", True, backend))
+    opcheck(conv2d_act_fwd.custom_op, (x.requires_grad_(), w, b, r, *geometry, "gelu", True, backend))
     dy, saved = torch.randn_like(r), torch.randn_like(r)
-    torch.library.opcheck(
-        conv2d_act_bwd, (dy, saved, x.detach(), w, *geometry, "gelu", True, True, True, True, backend)
+    opcheck(
+        conv2d_act_bwd.custom_op, (dy, saved, x.detach(), w, *geometry, "gelu", True, True, True, True, backend)
     )

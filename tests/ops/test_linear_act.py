@@ -5,6 +5,7 @@ import zlib
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.library import opcheck
 
 import deepfuse
 from deepfuse.ops import ACTIVATIONS, linear_act, linear_act_ref
@@ -180,11 +181,11 @@ def test_opcheck(backend, activation):
     w.requires_grad_()
     b.requires_grad_()
     save_preact = activation == "gelu"
-    torch.library.opcheck(linear_act_fwd, (x, w, b, activation, save_preact, backend))
-    torch.library.opcheck(linear_act_fwd, (x, w, None, activation, save_preact, backend))
+    opcheck(linear_act_fwd.custom_op, (x, w, b, activation, save_preact, backend))
+    opcheck(linear_act_fwd.custom_op, (x, w, None, activation, save_preact, backend))
     saved = torch.randn(6, 5)
-    torch.library.opcheck(linear_act_bwd, (dy, saved, x.detach(), w.detach(), activation, True, True, True, backend))
-    torch.library.opcheck(linear_act_bwd, (dy, saved, x.detach(), w.detach(), activation, False, False, True, backend))
+    opcheck(linear_act_bwd.custom_op, (dy, saved, x.detach(), w.detach(), activation, True, True, True, backend))
+    opcheck(linear_act_bwd.custom_op, (dy, saved, x.detach(), w.detach(), activation, False, False, True, backend))
 
 
 # --------------------------------------------------------------------------------------------- GPU
@@ -233,8 +234,8 @@ def test_gpu_edge_shapes(backend, poison_outputs):
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_gpu_opcheck(backend):
     x, w, b, dy = make_inputs(33, 17, 40, torch.float16, device="cuda", seed=13)
-    torch.library.opcheck(linear_act_fwd, (x.requires_grad_(), w, b, "gelu", True, backend))
-    torch.library.opcheck(linear_act_bwd, (dy, torch.randn_like(dy), x.detach(), w, "gelu", True, True, True, backend))
+    opcheck(linear_act_fwd.custom_op, (x.requires_grad_(), w, b, "gelu", True, backend))
+    opcheck(linear_act_bwd.custom_op, (dy, torch.randn_like(dy), x.detach(), w, "gelu", True, True, True, backend))
 
 
 @pytest.mark.gpu

@@ -5,6 +5,7 @@ import functools
 
 import pytest
 import torch
+from torch.library import opcheck
 
 import deepfuse
 from deepfuse.ops import lstm_cell, lstm_cell_ref, lstm_layer
@@ -213,16 +214,16 @@ def test_opcheck(backend):
     g = torch.Generator().manual_seed(10)
     w_ih, w_hh, b_ih, b_hh = _weights(5, 6, torch.float32, g)
     x, h, c = (torch.randn(3, n, generator=g).requires_grad_() for n in (5, 6, 6))
-    torch.library.opcheck(lstm_cell_fwd, (x, h, c, w_ih.requires_grad_(), w_hh, b_ih + b_hh, backend))
+    opcheck(lstm_cell_fwd.custom_op, (x, h, c, w_ih.requires_grad_(), w_hh, b_ih + b_hh, backend))
     h_next, c_next, gates = lstm_cell_fwd(x.detach(), h.detach(), c.detach(), w_ih.detach(), w_hh, b_ih, backend)
-    torch.library.opcheck(lstm_cell_bwd, (torch.randn(3, 6), torch.randn(3, 6), x.detach(), h.detach(), c.detach(),
+    opcheck(lstm_cell_bwd.custom_op, (torch.randn(3, 6), torch.randn(3, 6), x.detach(), h.detach(), c.detach(),
                                           c_next, gates, w_ih.detach(), w_hh, True, backend))  # fmt: skip
     xp = torch.randn(4, 3, 24, generator=g).requires_grad_()
     lengths = torch.tensor([4, 0, 2], dtype=torch.int32)
-    torch.library.opcheck(lstm_recurrence_fwd, (xp, h, c, w_hh.requires_grad_(), lengths, backend))
-    torch.library.opcheck(lstm_recurrence_infer, (xp.detach(), h.detach(), c.detach(), w_hh.detach(), lengths, backend))
+    opcheck(lstm_recurrence_fwd.custom_op, (xp, h, c, w_hh.requires_grad_(), lengths, backend))
+    opcheck(lstm_recurrence_infer.custom_op, (xp.detach(), h.detach(), c.detach(), w_hh.detach(), lengths, backend))
     hs, cs, gates = lstm_recurrence_fwd(xp.detach(), h.detach(), c.detach(), w_hh.detach(), lengths, backend)
-    torch.library.opcheck(lstm_recurrence_bwd, (torch.randn_like(hs), torch.randn_like(cs), hs, cs, gates,
+    opcheck(lstm_recurrence_bwd.custom_op, (torch.randn_like(hs), torch.randn_like(cs), hs, cs, gates,
                                                 w_hh.detach(), lengths, backend))  # fmt: skip
 
 

@@ -9,7 +9,8 @@ def autocast_inputs(*tensors: torch.Tensor | None) -> tuple:
     if not torch.is_autocast_enabled(device_type):
         return tensors
     dtype = torch.get_autocast_dtype(device_type)
-    return tuple(t.to(dtype) if t is not None else None for t in tensors)
+    # As autocast's own casts: float64 is never lowered.
+    return tuple(t.to(dtype) if t is not None and t.dtype != torch.float64 else t for t in tensors)
 
 
 def nothing(like: torch.Tensor) -> torch.Tensor:

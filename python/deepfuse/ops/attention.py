@@ -15,13 +15,14 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from deepfuse import backend as _backend
 from deepfuse.kernels import utils as _kernel_utils
+from deepfuse.ops._dispatch import fused_op, torch_path
 from deepfuse.ops._interop import accepts_cupy
 from deepfuse.ops._shared import autocast_inputs, pointer
 from deepfuse.ops._validation import check_same_dtype_and_device, check_tensor, kernel_dtype_reason
-from deepfuse.profile.labels import op_range
 
 MAX_HEAD_DIM = 256
 # The CUDA C++ kernels' limits (csrc/attention.cu): fp32's SIMT tiles would not fit shared memory past 128.
@@ -76,6 +77,52 @@ def _attention_grads_ref(grad_out, q, k, v, causal, key_padding_mask, scale):
     dk = (grad_scores.transpose(-1, -2) @ qc).view(B, Hkv, Hq // Hkv, Nk, D).sum(2)
     dv = (probs.transpose(-1, -2) @ go).view(B, Hkv, Hq // Hkv, Nk, D).sum(2)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+def _sdpa_mask(key_padding_mask, causal, Nq, Nk, device):
+    """(SDPA's boolean attn_mask, True = attend; whether each query row sees any key), both broadcastable to
+    (B, H, Nq, Nk). Rows that see no key are given every key (SDPA would return NaN), then zeroed by the caller."""
+    visible = ~key_padding_mask[:, None, None, :]
+    if causal:
+        visible = visible & torch.ones(Nq, Nk, dtype=torch.bool, device=device).tril()
+    any_visible = visible.any(-1, keepdim=True)
+    return visible | ~any_visible, any_visible
+
+
+def _attention_torch(q, k, v, key_padding_mask, causal, scale):
+    """The torch backend: F.scaled_dot_product_attention (its flash/efficient kernels, its own backward), with
+    fully masked queries set to zero as the kernels do."""
+    gqa = q.shape[1] != k.shape[1]
+    if key_padding_mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=gqa)
+    mask, any_visible = _sdpa_mask(key_padding_mask, causal, q.shape[2], k.shape[2], q.device)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    return out.masked_fill(~any_visible, 0.0)
+
+
+def _varlen_positions(cu_seqlens, total):
+    """(sequence, position within it) of every packed token, computed on the device (no host copy)."""
+    tokens = torch.arange(total, device=cu_seqlens.device, dtype=cu_seqlens.dtype)
+    sequence = torch.searchsorted(cu_seqlens[1:], tokens, right=True)
+    return sequence, tokens - cu_seqlens[sequence]
+
+
+def _attention_varlen_torch(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale):
+    """The torch backend of attention_varlen: the packed sequences scattered into a padded batch, one SDPA call with
+    a key-padding mask, gathered back (differentiable end to end; no loop over sequences)."""
+    batch = cu_seqlens_q.shape[0] - 1
+    seq_q, pos_q = _varlen_positions(cu_seqlens_q, q.shape[0])
+    seq_k, pos_k = _varlen_positions(cu_seqlens_k, k.shape[0])
+
+    def padded(t, seq, pos, length):  # (total, H, D) -> (batch, H, length, D)
+        out = t.new_zeros((batch, length, *t.shape[1:]))
+        return out.index_put((seq, pos), t).transpose(1, 2)
+
+    lengths_k = (cu_seqlens_k[1:] - cu_seqlens_k[:-1])[:, None]
+    key_padding_mask = torch.arange(max_seqlen_k, device=q.device)[None, :] >= lengths_k
+    out = _attention_torch(padded(q, seq_q, pos_q, max_seqlen_q), padded(k, seq_k, pos_k, max_seqlen_k),
+                           padded(v, seq_k, pos_k, max_seqlen_k), key_padding_mask, causal, scale)  # fmt: skip
+    return out.transpose(1, 2)[seq_q, pos_q]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,13 +328,23 @@ def _cost(q, k):
     return 4 * B * Hq * Nq * Nk * D, q.element_size() * (2 * q.numel() + 2 * k.numel())
 
 
-@torch.library.custom_op("deepfuse::attention_fwd", mutates_args=())
+def _fwd_cost(q, k, v, key_padding_mask, causal, scale, backend):
+    return _cost(q, k)
+
+
+def _torch_cost(q, k, v, key_padding_mask, causal, scale):
+    return _cost(q, k)
+
+
+def _varlen_torch_cost(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale):
+    return _varlen_fwd_cost(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, "torch")
+
+
+@fused_op("attention_fwd", cost=_fwd_cost)
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
                   causal: bool, scale: float, backend: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(out (B, Hq, Nq, D) contiguous, lse (B, Hq, Nq) fp32)."""
-    flops, min_bytes = _cost(q, k)
-    with op_range("attention_fwd", backend, flops, min_bytes):
-        return _FWD[backend](q, k, v, key_padding_mask, causal, scale)
+    return _FWD[backend](q, k, v, key_padding_mask, causal, scale)
 
 
 @attention_fwd.register_fake
@@ -295,14 +352,17 @@ def _(q, k, v, key_padding_mask, causal, scale, backend):
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
-@torch.library.custom_op("deepfuse::attention_bwd", mutates_args=())
+def _bwd_cost(grad_out, q, k, v, out, lse, key_padding_mask, causal, scale, backend):
+    flops, min_bytes = _cost(q, k)
+    return 2.5 * flops, 2 * min_bytes
+
+
+@fused_op("attention_bwd", cost=_bwd_cost)
 def attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                   lse: torch.Tensor, key_padding_mask: torch.Tensor | None, causal: bool, scale: float,
                   backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """(dq, dk, dv), contiguous, in the inputs' dtypes."""
-    flops, min_bytes = _cost(q, k)
-    with op_range("attention_bwd", backend, 2.5 * flops, 2 * min_bytes):
-        return _BWD[backend](grad_out, q, k, v, out, lse, key_padding_mask, causal, scale)
+    return _BWD[backend](grad_out, q, k, v, out, lse, key_padding_mask, causal, scale)
 
 
 @attention_bwd.register_fake
@@ -326,17 +386,20 @@ def _backward(ctx, grad_out, grad_lse):
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-@torch.library.custom_op("deepfuse::attention_varlen_fwd", mutates_args=())
+def _varlen_fwd_cost(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, backend):
+    flops = 4 * q.shape[1] * q.shape[2] * max_seqlen_k * q.shape[0]  # an upper bound: every query sees max_seqlen_k
+    return flops, q.element_size() * (2 * q.numel() + 2 * k.numel())
+
+
+@fused_op("attention_varlen_fwd", cost=_varlen_fwd_cost)
 def attention_varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                          cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool, scale: float,
                          backend: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(out (Tq, Hq, D), lse (Hq, Tq) fp32) for packed sequences."""
-    flops = 4 * q.shape[1] * q.shape[2] * max_seqlen_k * q.shape[0]  # an upper bound: every query sees max_seqlen_k
-    with op_range("attention_varlen_fwd", backend, flops, q.element_size() * (2 * q.numel() + 2 * k.numel())):
-        if backend == "torch":
-            return _varlen_fwd_torch(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
-        varlen_fwd = _varlen_fwd_cuda if backend == "cuda" else _varlen_fwd_triton
-        return varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale, (max_seqlen_q, max_seqlen_k))
+    if backend == "torch":
+        return _varlen_fwd_torch(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
+    varlen_fwd = _varlen_fwd_cuda if backend == "cuda" else _varlen_fwd_triton
+    return varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale, (max_seqlen_q, max_seqlen_k))
 
 
 @attention_varlen_fwd.register_fake
@@ -344,18 +407,24 @@ def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, s
     return q.new_empty(q.shape), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
 
 
-@torch.library.custom_op("deepfuse::attention_varlen_bwd", mutates_args=())
+def _varlen_bwd_cost(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+                     scale, backend):  # fmt: skip
+    flops, min_bytes = _varlen_fwd_cost(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
+                                        backend)  # fmt: skip
+    return 2.5 * flops, 2 * min_bytes
+
+
+@fused_op("attention_varlen_bwd", cost=_varlen_bwd_cost)
 def attention_varlen_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                          lse: torch.Tensor, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, max_seqlen_q: int,
                          max_seqlen_k: int, causal: bool, scale: float,
                          backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """(dq, dk, dv) for packed sequences."""
-    with op_range("attention_varlen_bwd", backend, 0, 0):
-        if backend == "torch":
-            return _varlen_bwd_torch(grad_out, q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
-        varlen_bwd = _varlen_bwd_cuda if backend == "cuda" else _varlen_bwd_triton
-        return varlen_bwd(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, causal, scale,
-                          (max_seqlen_q, max_seqlen_k))  # fmt: skip
+    if backend == "torch":
+        return _varlen_bwd_torch(grad_out, q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
+    varlen_bwd = _varlen_bwd_cuda if backend == "cuda" else _varlen_bwd_triton
+    return varlen_bwd(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, causal, scale,
+                      (max_seqlen_q, max_seqlen_k))  # fmt: skip
 
 
 @attention_varlen_bwd.register_fake
@@ -412,7 +481,6 @@ _backend.register_op(_backend.OpSpec("attention", _supports, _preference, lambda
 def _validate(q, k, v, key_padding_mask):
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(name, t, ndim=4)
-    check_same_dtype_and_device("q", q, k=k, v=v)
     B, Hq, Nq, D = q.shape
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
@@ -452,8 +520,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     """
     _validate(q, k, v, key_padding_mask)
     q, k, v = autocast_inputs(q, k, v)
+    check_same_dtype_and_device("q", q, k=k, v=v)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     chosen = _backend.choose_backend("attention", backend, q, k)
+    if chosen == "torch":  # torch's own differentiable SDPA: its autograd, traced natively by torch.compile
+        return torch_path("attention_fwd", _torch_cost, _attention_torch, q, k, v, key_padding_mask, causal, scale)
     out, _ = attention_fwd(q, k, v, key_padding_mask, causal, scale, chosen)
     return out
 
@@ -461,7 +532,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
 def _validate_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(name, t, ndim=3)
-    check_same_dtype_and_device("q", q, k=k, v=v)
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
     if k.shape[2] != q.shape[2] or k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
@@ -504,8 +574,12 @@ def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     """
     _validate_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     q, k, v = autocast_inputs(q, k, v)
+    check_same_dtype_and_device("q", q, k=k, v=v)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     chosen = _backend.choose_backend("attention", backend, q, k)
+    if chosen == "torch":  # as in attention(): torch's own differentiable ops
+        return torch_path("attention_varlen_fwd", _varlen_torch_cost, _attention_varlen_torch, q, k, v, cu_seqlens_q,
+                          cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), causal, scale)  # fmt: skip
     out, _ = attention_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), causal,
                                   scale, chosen)  # fmt: skip
     return out

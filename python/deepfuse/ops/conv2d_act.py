@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from deepfuse import backend as _backend
 from deepfuse.kernels import utils as _kernel_utils
+from deepfuse.ops._dispatch import fused_op, torch_path
 from deepfuse.ops._interop import accepts_cupy
 from deepfuse.ops._shared import autocast_inputs, nothing, pointer
 from deepfuse.ops._validation import check_same_dtype_and_device, check_tensor, kernel_dtype_reason
@@ -27,7 +28,6 @@ from deepfuse.ops.activations import (
     activation_ref,
     check_activation,
 )
-from deepfuse.profile.labels import op_range
 
 
 def conv2d_act_ref(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation="none", *,
@@ -110,6 +110,19 @@ def _fwd_torch(x, weight, bias, residual, stride, pad, dilation, groups, activat
     if y is z:
         y = z.clone() if save_preact else z
     return y, (z if save_preact else nothing(x))
+
+
+def _conv2d_act_torch(x, weight, bias, residual, stride, pad, dilation, groups, activation):
+    """The torch backend: cuDNN/oneDNN's convolution with bias, then the residual and activation, differentiable."""
+    xp, sym_pad = _padded_input(x, pad)
+    z = F.conv2d(xp, weight, bias, stride, sym_pad, dilation, groups)
+    if residual is not None:
+        z = z + residual
+    return activation_ref(z.contiguous(memory_format=output_memory_format(x)), activation)
+
+
+def _torch_cost(x, weight, bias, residual, stride, pad, dilation, groups, activation):
+    return _cost(x, weight, _out_shape(x, weight, stride, pad, dilation), False)
 
 
 def _grad_preact(grad_y, saved, activation):
@@ -256,14 +269,16 @@ def _cost(x, weight, out_shape, two_outputs):
     return flops, x.element_size() * (x.numel() + weight.numel() + weight.shape[0] + outputs)
 
 
-@torch.library.custom_op("deepfuse::conv2d_act_fwd", mutates_args=())
+def _fwd_cost(x, weight, bias, residual, stride, padding, dilation, groups, activation, save_preact, backend):
+    return _cost(x, weight, _out_shape(x, weight, stride, padding, dilation), save_preact)
+
+
+@fused_op("conv2d_act_fwd", cost=_fwd_cost)
 def conv2d_act_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
                    stride: list[int], padding: list[int], dilation: list[int], groups: int, activation: str,
                    save_preact: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(y, preact) for 4-D x; padding is (top, bottom, left, right); preact is empty unless save_preact."""
-    flops, min_bytes = _cost(x, weight, _out_shape(x, weight, stride, padding, dilation), save_preact)
-    with op_range("conv2d_act_fwd", backend, flops, min_bytes):
-        return _FWD[backend](x, weight, bias, residual, tuple(stride), tuple(padding), tuple(dilation), groups,
+    return _FWD[backend](x, weight, bias, residual, tuple(stride), tuple(padding), tuple(dilation), groups,
                          activation, save_preact)  # fmt: skip
 
 
@@ -275,16 +290,20 @@ def _(x, weight, bias, residual, stride, padding, dilation, groups, activation, 
     return y, (torch.empty(shape, device=x.device, dtype=x.dtype, memory_format=fmt) if save_preact else nothing(x))
 
 
-@torch.library.custom_op("deepfuse::conv2d_act_bwd", mutates_args=())
+def _bwd_cost(grad_y, saved, x, weight, stride, padding, dilation, groups, activation, has_bias, need_grad_x,
+              need_grad_weight, need_grad_residual, backend):  # fmt: skip
+    flops, min_bytes = _cost(x, weight, grad_y.shape, True)
+    return flops * (need_grad_x + need_grad_weight), min_bytes
+
+
+@fused_op("conv2d_act_bwd", cost=_bwd_cost)
 def conv2d_act_bwd(grad_y: torch.Tensor, saved: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                    stride: list[int], padding: list[int], dilation: list[int], groups: int, activation: str,
                    has_bias: bool, need_grad_x: bool, need_grad_weight: bool, need_grad_residual: bool,
                    backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """(grad_x, grad_weight, grad_bias, grad_residual); those not asked for are empty."""
-    flops, min_bytes = _cost(x, weight, grad_y.shape, True)
-    with op_range("conv2d_act_bwd", backend, flops * (need_grad_x + need_grad_weight), min_bytes):
-        return _BWD[backend](grad_y, saved, x, weight, tuple(stride), tuple(padding), tuple(dilation), groups,
-                             activation, has_bias, need_grad_x, need_grad_weight, need_grad_residual)  # fmt: skip
+    return _BWD[backend](grad_y, saved, x, weight, tuple(stride), tuple(padding), tuple(dilation), groups,
+                         activation, has_bias, need_grad_x, need_grad_weight, need_grad_residual)  # fmt: skip
 
 
 @conv2d_act_bwd.register_fake
@@ -375,7 +394,6 @@ def _validate(x, weight, bias, residual, groups, activation):
     if residual is not None:
         check_tensor("residual", residual)
     check_activation(activation)
-    check_same_dtype_and_device("x", x, weight=weight, bias=bias, residual=residual)
 
 
 @accepts_cupy
@@ -414,7 +432,12 @@ def conv2d_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     if residual is not None and tuple(residual.shape) != out_shape:
         raise ValueError(f"residual must have the output's shape {out_shape}, got {tuple(residual.shape)}")
     x, weight, bias, residual = autocast_inputs(x, weight, bias, residual)
+    check_same_dtype_and_device("x", x, weight=weight, bias=bias, residual=residual)
     chosen = _backend.choose_backend("conv2d_act", backend, x, weight)
+    if chosen == "torch":  # torch's own differentiable ops: its autograd, traced natively by torch.compile
+        args = (x, weight, bias, residual, stride, pad, dilation, groups, activation)
+        y = torch_path("conv2d_act_fwd", _torch_cost, _conv2d_act_torch, *args)
+        return y.squeeze(0) if unbatched else y
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, residual))
     y, _ = conv2d_act_fwd(x, weight, bias, residual, list(stride), list(pad), list(dilation), groups, activation,
                           needs_grad and activation in NEEDS_PREACTIVATION, chosen)  # fmt: skip

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from deepfuse import backend as _backend
 from deepfuse.kernels import utils as _kernel_utils
+from deepfuse.ops._dispatch import fused_op, torch_path
 from deepfuse.ops._interop import accepts_cupy
 from deepfuse.ops._shared import autocast_inputs, nothing, pointer
 from deepfuse.ops._validation import check_same_dtype_and_device, check_tensor, kernel_dtype_reason
@@ -26,7 +27,6 @@ from deepfuse.ops.activations import (
     activation_ref,
     check_activation,
 )
-from deepfuse.profile.labels import op_range
 
 
 def linear_act_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -120,15 +120,18 @@ _BWD = {"torch": _bwd_torch, "triton": _bwd_triton, "cuda": _bwd_cuda}
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("deepfuse::linear_act_fwd", mutates_args=())
-def linear_act_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str,
-                   save_preact: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """(y, preact) for 2-D x; preact is (M, N) when save_preact, else empty."""
+def _fwd_cost(x, weight, bias, activation, save_preact, backend):
     M, K = x.shape
     N = weight.shape[0]
     outputs = M * N * (2 if save_preact else 1)
-    with op_range("linear_act_fwd", backend, 2 * M * N * K, x.element_size() * (M * K + N * K + N + outputs)):
-        return _FWD[backend](x, weight, bias, activation, save_preact)
+    return 2 * M * N * K, x.element_size() * (M * K + N * K + N + outputs)
+
+
+@fused_op("linear_act_fwd", cost=_fwd_cost)
+def linear_act_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str,
+                   save_preact: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(y, preact) for 2-D x; preact is (M, N) when save_preact, else empty."""
+    return _FWD[backend](x, weight, bias, activation, save_preact)
 
 
 @linear_act_fwd.register_fake
@@ -137,17 +140,19 @@ def _(x, weight, bias, activation, save_preact, backend):
     return x.new_empty((M, N)), x.new_empty((M, N) if save_preact else (0,))
 
 
-@torch.library.custom_op("deepfuse::linear_act_bwd", mutates_args=())
+def _bwd_cost(grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_grad_weight, backend):
+    M, K = x.shape
+    N = weight.shape[0]
+    flops = 2 * M * N * K * (need_grad_x + need_grad_weight)
+    return flops, x.element_size() * (2 * M * N + M * K + N * K + N)  # dy, saved, x or dx, W or dW, db
+
+
+@fused_op("linear_act_bwd", cost=_bwd_cost)
 def linear_act_bwd(grad_y: torch.Tensor, saved: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, activation: str,
                    has_bias: bool, need_grad_x: bool, need_grad_weight: bool,
                    backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """(grad_x, grad_weight, grad_bias); those not asked for are empty."""
-    M, K = x.shape
-    N = weight.shape[0]
-    flops = 2 * M * N * K * (need_grad_x + need_grad_weight)
-    min_bytes = x.element_size() * (2 * M * N + M * K + N * K + N)  # dy, saved, x or dx, W or dW, db
-    with op_range("linear_act_bwd", backend, flops, min_bytes):
-        return _BWD[backend](grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_grad_weight)
+    return _BWD[backend](grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_grad_weight)
 
 
 @linear_act_bwd.register_fake
@@ -207,6 +212,11 @@ def _preference(x, weight, bias=None, activation="none"):
 _backend.register_op(_backend.OpSpec("linear_act", _supports, _preference, lambda x, *a, **k: x.device))
 
 
+def _torch_cost(x, weight, bias, activation):
+    M, K, N = math.prod(x.shape[:-1]), x.shape[-1], weight.shape[0]
+    return 2 * M * N * K, x.element_size() * (M * K + N * K + N + M * N)
+
+
 def _validate(x, weight, bias, activation):
     check_tensor("x", x, min_ndim=1)
     check_tensor("weight", weight, ndim=2)
@@ -239,9 +249,11 @@ def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     Equivalent PyTorch: linear_act_ref
     """
     _validate(x, weight, bias, activation)
-    check_same_dtype_and_device("x", x, weight=weight, bias=bias)
     x, weight, bias = autocast_inputs(x, weight, bias)
+    check_same_dtype_and_device("x", x, weight=weight, bias=bias)
     chosen = _backend.choose_backend("linear_act", backend, x, weight, bias, activation)
+    if chosen == "torch":  # torch's own differentiable ops: its autograd, traced natively by torch.compile
+        return torch_path("linear_act_fwd", _torch_cost, linear_act_ref, x, weight, bias, activation)
     in_features, out_features = weight.shape[1], weight.shape[0]
     x2d = x.reshape(math.prod(x.shape[:-1]), in_features)  # not -1: ambiguous when in_features == 0
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))

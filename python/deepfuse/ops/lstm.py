@@ -16,11 +16,11 @@ from __future__ import annotations
 import torch
 
 from deepfuse import backend as _backend
+from deepfuse.ops._dispatch import fused_op, torch_path
 from deepfuse.ops._interop import accepts_cupy
 from deepfuse.ops._shared import autocast_inputs, nothing
 from deepfuse.ops._validation import check_same_dtype_and_device, check_tensor, kernel_dtype_reason
 from deepfuse.ops.linear_act import linear_act
-from deepfuse.profile.labels import op_range
 
 
 def lstm_cell_ref(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None):
@@ -101,17 +101,19 @@ def _linear_grads(backend, dgates, inputs, weight, has_bias, need_input, need_we
     return _BWD[backend](dgates, dgates, inputs, weight, "none", has_bias, need_input, need_weight)
 
 
-@torch.library.custom_op("deepfuse::lstm_cell_fwd", mutates_args=())
+def _cell_fwd_cost(x, h, c, w_ih, w_hh, bias, backend):
+    B, H = h.shape
+    return 2 * B * 4 * H * (x.shape[1] + H), x.element_size() * (w_ih.numel() + w_hh.numel() + 8 * B * H)
+
+
+@fused_op("lstm_cell_fwd", cost=_cell_fwd_cost)
 def lstm_cell_fwd(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor,
                   bias: torch.Tensor | None, backend: str
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """(h_next, c_next, activated gates (B, 4H)); bias = b_ih + b_hh."""
-    B, H = h.shape
-    flops = 2 * B * 4 * H * (x.shape[1] + H)
-    with op_range("lstm_cell_fwd", backend, flops, x.element_size() * (w_ih.numel() + w_hh.numel() + 8 * B * H)):
-        if backend == "torch":
-            return _cell_fwd_torch(x, h, c, w_ih, w_hh, bias)
-        return _kernels(backend).lstm_cell_fwd(x, h, c, w_ih, w_hh, bias, save_gates=True)
+    if backend == "torch":
+        return _cell_fwd_torch(x, h, c, w_ih, w_hh, bias)
+    return _kernels(backend).lstm_cell_fwd(x, h, c, w_ih, w_hh, bias, save_gates=True)
 
 
 @lstm_cell_fwd.register_fake
@@ -119,18 +121,22 @@ def _(x, h, c, w_ih, w_hh, bias, backend):
     return h.new_empty(h.shape), h.new_empty(h.shape), h.new_empty((h.shape[0], 4 * h.shape[1]))
 
 
-@torch.library.custom_op("deepfuse::lstm_cell_bwd", mutates_args=())
+def _cell_bwd_cost(grad_h, grad_c, x, h, c, c_next, gates, w_ih, w_hh, has_bias, backend):
+    flops, min_bytes = _cell_fwd_cost(x, h, c, w_ih, w_hh, None, backend)
+    return 2 * flops, 2 * min_bytes
+
+
+@fused_op("lstm_cell_bwd", cost=_cell_bwd_cost)
 def lstm_cell_bwd(grad_h: torch.Tensor, grad_c: torch.Tensor, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
                   c_next: torch.Tensor, gates: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, has_bias: bool,
                   backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                          torch.Tensor]:  # fmt: skip
     """(dx, dh, dc, dw_ih, dw_hh, dbias)."""
-    with op_range("lstm_cell_bwd", backend, 0, 0):
-        grad_gates = _cell_grad_gates_torch if backend == "torch" else _kernels(backend).lstm_cell_grad_gates
-        dgates, dc = grad_gates(grad_h, grad_c, c, c_next, gates)
-        dx, dw_ih, db = _linear_grads(backend, dgates, x, w_ih, has_bias, True, True)
-        dh, dw_hh, _ = _linear_grads(backend, dgates, h, w_hh, False, True, True)
-        return dx, dh, dc, dw_ih, dw_hh, db
+    grad_gates = _cell_grad_gates_torch if backend == "torch" else _kernels(backend).lstm_cell_grad_gates
+    dgates, dc = grad_gates(grad_h, grad_c, c, c_next, gates)
+    dx, dw_ih, db = _linear_grads(backend, dgates, x, w_ih, has_bias, True, True)
+    dh, dw_hh, _ = _linear_grads(backend, dgates, h, w_hh, False, True, True)
+    return dx, dh, dc, dw_ih, dw_hh, db
 
 
 @lstm_cell_bwd.register_fake
@@ -203,18 +209,20 @@ def _recurrence_bwd_torch(dhs, dcs, cs, gates, w_hh, lengths):
     return dgates.to(cs.dtype), (dh_carry + dhs[0].to(ct)).to(cs.dtype), (dc_carry + dcs[0].to(ct)).to(cs.dtype)
 
 
-@torch.library.custom_op("deepfuse::lstm_recurrence_fwd", mutates_args=())
+def _recurrence_fwd_cost(xp, h0, c0, w_hh, lengths, backend):
+    T, B, H4 = xp.shape
+    return 2 * T * B * H4 * (H4 // 4), xp.element_size() * (xp.numel() * 2 + w_hh.numel())
+
+
+@fused_op("lstm_recurrence_fwd", cost=_recurrence_fwd_cost)
 def lstm_recurrence_fwd(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor,
                         lengths: torch.Tensor | None, backend: str
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """(hs, cs (T + 1, B, H) with h0, c0 first, activated gates (T, B, 4H)) from xp (T, B, 4H)."""
-    T, B, H4 = xp.shape
-    flops = 2 * T * B * H4 * (H4 // 4)
-    with op_range("lstm_recurrence_fwd", backend, flops, xp.element_size() * (xp.numel() * 2 + w_hh.numel())):
-        if backend == "torch":
-            return _recurrence_fwd_torch(xp, h0, c0, w_hh, lengths)
-        hs, cs, gates, _ = _kernels(backend).lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save=True)
-        return hs, cs, gates
+    if backend == "torch":
+        return _recurrence_fwd_torch(xp, h0, c0, w_hh, lengths)
+    hs, cs, gates, _ = _kernels(backend).lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save=True)
+    return hs, cs, gates
 
 
 @lstm_recurrence_fwd.register_fake
@@ -223,21 +231,25 @@ def _(xp, h0, c0, w_hh, lengths, backend):
     return xp.new_empty((T + 1, B, H4 // 4)), xp.new_empty((T + 1, B, H4 // 4)), xp.new_empty((T, B, H4))
 
 
-@torch.library.custom_op("deepfuse::lstm_recurrence_bwd", mutates_args=())
+def _recurrence_bwd_cost(dhs, dcs, hs, cs, gates, w_hh, lengths, backend):
+    T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
+    return 4 * T * B * 4 * H * H, hs.element_size() * (2 * gates.numel() + 2 * w_hh.numel())
+
+
+@fused_op("lstm_recurrence_bwd", cost=_recurrence_bwd_cost)
 def lstm_recurrence_bwd(dhs: torch.Tensor, dcs: torch.Tensor, hs: torch.Tensor, cs: torch.Tensor,
                         gates: torch.Tensor, w_hh: torch.Tensor, lengths: torch.Tensor | None, backend: str
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """(dxp, dh0, dc0, dw_hh)."""
     T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
-    with op_range("lstm_recurrence_bwd", backend, 4 * T * B * 4 * H * H, 0):
-        if backend == "torch":
-            dgates, dh0, dc0 = _recurrence_bwd_torch(dhs, dcs, cs, gates, w_hh, lengths)
-        else:
-            dgates, dh0, dc0 = _kernels(backend).lstm_seq_bwd(dhs, dcs, cs, gates, w_hh, lengths)
-        # dW_hh = sum_t dgates_t^T h_{t-1}: one GEMM over every step
-        flat_dgates, flat_h = dgates.reshape(T * B, 4 * H), hs[:-1].reshape(T * B, H)
-        _, dw_hh, _ = _linear_grads(backend, flat_dgates, flat_h, w_hh, False, False, True)
-        return dgates, dh0, dc0, dw_hh
+    if backend == "torch":
+        dgates, dh0, dc0 = _recurrence_bwd_torch(dhs, dcs, cs, gates, w_hh, lengths)
+    else:
+        dgates, dh0, dc0 = _kernels(backend).lstm_seq_bwd(dhs, dcs, cs, gates, w_hh, lengths)
+    # dW_hh = sum_t dgates_t^T h_{t-1}: one GEMM over every step
+    flat_dgates, flat_h = dgates.reshape(T * B, 4 * H), hs[:-1].reshape(T * B, H)
+    _, dw_hh, _ = _linear_grads(backend, flat_dgates, flat_h, w_hh, False, False, True)
+    return dgates, dh0, dc0, dw_hh
 
 
 @lstm_recurrence_bwd.register_fake
@@ -253,18 +265,20 @@ def _last_states(states, lengths):
     return states[lengths.long(), torch.arange(states.shape[1], device=states.device)]
 
 
-@torch.library.custom_op("deepfuse::lstm_recurrence_infer", mutates_args=())
+def _recurrence_infer_cost(xp, h0, c0, w_hh, lengths, backend):
+    T, B, H4 = xp.shape
+    return 2 * T * B * H4 * (H4 // 4), xp.element_size() * (xp.numel() * 5 // 4 + w_hh.numel())
+
+
+@fused_op("lstm_recurrence_infer", cost=_recurrence_infer_cost)
 def lstm_recurrence_infer(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor,
                           lengths: torch.Tensor | None, backend: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Inference (nothing saved for backward): (hs (T + 1, B, H) with h0 first, c_n (B, H))."""
-    T, B, H4 = xp.shape
-    flops = 2 * T * B * H4 * (H4 // 4)
-    with op_range("lstm_recurrence_infer", backend, flops, xp.element_size() * (xp.numel() * 5 // 4 + w_hh.numel())):
-        if backend == "torch":
-            hs, cs, _ = _recurrence_fwd_torch(xp, h0, c0, w_hh, lengths)
-            return hs, _last_states(cs, lengths)
-        hs, _, _, c_n = _kernels(backend).lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save=False)
-        return hs, c_n
+    if backend == "torch":
+        hs, cs, _ = _recurrence_fwd_torch(xp, h0, c0, w_hh, lengths)
+        return hs, _last_states(cs, lengths)
+    hs, _, _, c_n = _kernels(backend).lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save=False)
+    return hs, c_n
 
 
 @lstm_recurrence_infer.register_fake
@@ -311,6 +325,23 @@ def _preference(x, *args, **kwargs):
 _backend.register_op(_backend.OpSpec("lstm", _supports, _preference, lambda x, *a, **k: x.device))
 
 
+def _cell_torch_cost(x, state, w_ih, w_hh, b_ih, b_hh):
+    return _cell_fwd_cost(x, state[0], state[1], w_ih, w_hh, b_ih, "torch")
+
+
+def _lstm_layer_torch(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    weights = [w_ih, w_hh] if b_ih is None else [w_ih, w_hh, b_ih, b_hh]
+    output, h_n, c_n = torch.lstm(x, (h0[None], c0[None]), weights, b_ih is not None, 1, 0.0, False, False, False)
+    return output, h_n[0], c_n[0]
+
+
+def _layer_torch_cost(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    T, B, inputs = x.shape
+    H = h0.shape[1]
+    min_bytes = x.element_size() * (2 * x.numel() + w_ih.numel() + w_hh.numel() + T * B * H)
+    return 2 * T * B * 4 * H * (inputs + H), min_bytes
+
+
 def _validate_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
     check_tensor("x", x, ndim=2)
     check_tensor("w_ih", w_ih, ndim=2)
@@ -332,7 +363,6 @@ def _validate_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
             check_tensor(name, bias, ndim=1)
             if bias.shape[0] != 4 * hidden:
                 raise ValueError(f"{name} must be (4 * hidden_size = {4 * hidden},), got {tuple(bias.shape)}")
-    check_same_dtype_and_device("x", x, h=h, c=c, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
 
 
 @accepts_cupy
@@ -350,7 +380,10 @@ def lstm_cell(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_ih: torch.Ten
     """
     _validate_cell(x, h, c, w_ih, w_hh, b_ih, b_hh)
     x, h, c, w_ih, w_hh, b_ih, b_hh = autocast_inputs(x, h, c, w_ih, w_hh, b_ih, b_hh)
+    check_same_dtype_and_device("x", x, h=h, c=c, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
     chosen = _backend.choose_backend("lstm", backend, x)
+    if chosen == "torch":  # torch's own fused cell (nn.LSTMCell's): its autograd, traced natively by torch.compile
+        return torch_path("lstm_cell_fwd", _cell_torch_cost, torch.lstm_cell, x, (h, c), w_ih, w_hh, b_ih, b_hh)
     bias = b_ih + b_hh if b_ih is not None else None
     h_next, c_next, _ = lstm_cell_fwd(x, h, c, w_ih, w_hh, bias, chosen)
     return h_next, c_next
@@ -369,7 +402,10 @@ def lstm_layer(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: torch.
     T, B = x.shape[:2]
     _validate_cell(x[0] if T else x.new_empty((B, x.shape[2])), h0, c0, w_ih, w_hh, b_ih, b_hh)
     x, h0, c0, w_ih, w_hh, b_ih, b_hh = autocast_inputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    check_same_dtype_and_device("x", x, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
     chosen = _backend.choose_backend("lstm", backend, x)
+    if chosen == "torch" and lengths is None and T > 0:  # torch's fused LSTM (cuDNN on the GPU), differentiable
+        return torch_path("lstm_layer_fwd", _layer_torch_cost, _lstm_layer_torch, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     bias = b_ih + b_hh if b_ih is not None else None
     xp = linear_act(x, w_ih, bias, backend=chosen)  # every step's input projection in one GEMM
     if lengths is not None:
