@@ -245,7 +245,7 @@ def test_a_lock_from_another_host_is_not_taken_over(tmp_path):
 
 def test_the_lock_is_released_however_the_run_ends(tmp_path):
     with pytest.raises(RunError, match="nothing to resume"):
-        train(DROPOUT, config_for(DROPOUT, tmp_path / "new"), resume=True, log=quiet)
+        train(DROPOUT, config_for(DROPOUT, tmp_path / "new" / "run"), resume=True, log=quiet)
     assert not (tmp_path / "new").exists(), "a refused run leaves no folder behind"
     run = prepare(DROPOUT, config_for(DROPOUT, tmp_path / "held"), log=quiet)
     with pytest.raises(RunError, match="in use by another run"):  # the same process, a second run

@@ -370,26 +370,27 @@ def _check_out(out: Path, resume: bool) -> None:
                        "or choose another --out (nothing was overwritten)")  # fmt: skip
 
 
-def _claim_out(out: Path, log) -> tuple[run_lock.RunLock, bool]:
-    """Create ``out`` and lock it for this run: (the lock, whether the folder was created). --out naming a file,
-    a folder that cannot be created or written, or one another run owns is a RunError."""
+def _claim_out(out: Path, log) -> tuple[run_lock.RunLock, list[Path]]:
+    """Create ``out`` and lock it for this run: (the lock, the folders created, deepest first). --out naming a
+    file, a folder that cannot be created or written, or one another run owns is a RunError."""
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} is a file; a run folder is a folder (choose another --out)")
-    created = not out.exists()
+    created = [folder for folder in (out, *out.parents) if not folder.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
         return run_lock.acquire(out, log), created
     except run_lock.RunFolderLocked as error:
         raise RunError(str(error)) from None
     except OSError as error:
-        if created:
-            _remove_if_empty(out)
+        _remove_if_empty(created)
         raise RunError(f"--out {out} is not writable ({error.strerror or error}); choose another --out") from None
 
 
-def _remove_if_empty(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        folder.rmdir()
+def _remove_if_empty(folders: list[Path]) -> None:
+    """A run refused before it wrote anything leaves no folders behind."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def checkpoint_bytes(model: nn.Module, optimizer) -> int:
@@ -461,7 +462,7 @@ def prepare(task: Task, config: dict, resume: bool = False, given: set[str] | No
         log("note: --amp fp16 on a CPU works but is slow (no fp16 arithmetic on most CPUs); bf16 is the fast one")
     out = Path(config["out"]) if config["out"] else _default_out(task)
     place = distributed.setup(device.type)
-    lock, created = _claim_out(out, log) if place.is_main else (None, False)
+    lock, created = _claim_out(out, log) if place.is_main else (None, [])
     try:
         run = _prepare_locked(task, config, resume, given, device, place, out)
         run.lock = lock
@@ -469,8 +470,7 @@ def prepare(task: Task, config: dict, resume: bool = False, given: set[str] | No
     except BaseException:
         if lock is not None:
             lock.release()
-        if created:
-            _remove_if_empty(out)
+        _remove_if_empty(created)
         raise
 
 
