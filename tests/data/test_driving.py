@@ -8,13 +8,18 @@ from PIL import Image
 from deepfuse.data import DataError
 from deepfuse.data.driving import (
     HEIGHT,
+    SHIFT_STEERING_PER_PIXEL,
     WIDTH,
     SteeringDataset,
     block_split,
     find_logs,
+    frame_times,
+    jitter,
     load_frames,
+    looks_like_keystrokes,
     preprocess,
     read_log,
+    smooth_steering,
     to_yuv,
 )
 
@@ -164,3 +169,63 @@ def test_block_split_is_disjoint_complete_and_fixed():
     assert all(np.array_equal(a, b) for a, b in zip(block_split(1000, seed=0), (train, val, test), strict=True))
     small = block_split(3)
     assert [len(part) for part in small] == [1, 1, 1]
+
+
+def test_keystroke_labels_are_recognised():
+    keyboard = np.zeros(100)
+    keyboard[::7] = 0.25
+    keyboard[3::11] = -0.5
+    assert looks_like_keystrokes(keyboard)[0]
+    assert "exact zeros" in looks_like_keystrokes(keyboard)[1]
+    analogue = np.random.default_rng(0).normal(0, 0.1, 100)
+    assert not looks_like_keystrokes(analogue)[0]
+    steady_turn = np.full(100, 0.1)  # few distinct values but no zeros: not a keyboard's
+    assert not looks_like_keystrokes(steady_turn)[0]
+
+
+def test_smoothing_spreads_a_tap_in_time_and_never_across_a_pause():
+    times = np.concatenate([np.arange(20) * 0.1, 10.0 + np.arange(20) * 0.1])  # a 8 s pause after frame 19
+    steering = np.zeros(40)
+    steering[[9, 19]] = 1.0  # a tap inside the first stretch, one just before the pause
+    smooth = smooth_steering(steering, times, 0.3)
+    assert smooth.dtype == np.float32 and (smooth[20:] == 0).all()  # nothing leaks over the pause
+    assert smooth[4:15].sum() == pytest.approx(1.0, abs=0.02)  # inside a stretch, a tap's area is kept
+    assert 0 < smooth[6] < smooth[8] < smooth[9] < 0.5 and smooth[8] == pytest.approx(smooth[10], rel=0.02)
+    assert np.array_equal(smooth_steering(steering, times, 0.0), steering.astype(np.float32))
+
+
+def test_frame_times_come_from_the_image_names(realdata, tmp_path):
+    rows = read_log(realdata / "driving" / "udacity_sample" / "data" / "driving_log.csv")
+    times = frame_times(rows)
+    steps = np.diff(times)
+    assert times[0] == 0 and (steps > 0).all() and np.median(steps) < 0.2  # ~10 Hz
+    assert steps[1] > 20 and steps[4] > 60  # the standing start pauses 24.5 s; the trimmed log jumps to row 841
+    log = write_log(tmp_path, [("a", "0", "1"), ("b", "0", "1"), ("c", "0", "1")])
+    assert np.allclose(frame_times(read_log(log)), [0.0, 0.1, 0.2])  # no time stamps: 10 Hz assumed
+
+
+def test_jitter_shifts_with_a_steering_correction_and_shades():
+    image = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
+    image[..., 0] = 200
+    image[:, 100, 0] = 50  # a dark line in the middle
+    image[..., 1:] = 128
+    for seed in range(5):
+        out, steering = jitter(image, 0.1, np.random.default_rng(seed))
+        line = int(np.argmin(out[HEIGHT // 2, 20:180, 0].astype(int) - out[HEIGHT // 2, 19:179, 0])) + 20
+        shift = (steering - 0.1) / SHIFT_STEERING_PER_PIXEL
+        assert abs(shift - round(shift)) < 1e-6 and abs(shift) <= 20
+        assert abs(line - (100 + round(shift))) <= 1, (seed, line, shift)
+        assert out.dtype == np.uint8 and (out[..., 1:] == 128).all()  # brightness and shadow touch Y only
+        assert out[..., 0].std() > 0  # a shadow's edge or the line
+
+
+def test_most_straight_frames_can_be_left_out_of_training(tmp_path):
+    stamps = [(f"s{i}", "0" if i % 4 else "0.3", "1") for i in range(40)]  # 30 straight, 10 turning
+    frames = load_frames(read_log(write_log(tmp_path, stamps)))
+    kept = SteeringDataset(frames, augment=True, straight_keep=0.2, seed=0, side_cameras=False, flip=False)
+    straight = np.abs(frames.steering[kept.rows]) < 0.01
+    assert (~straight).sum() == 10 and 1 <= straight.sum() <= 12
+    assert np.array_equal(kept.rows, SteeringDataset(frames, augment=True, straight_keep=0.2, seed=0).rows)
+    assert len(SteeringDataset(frames, augment=False, straight_keep=0.2)) == 40  # validation and test keep all
+    with pytest.raises(ValueError, match="straight_keep"):
+        SteeringDataset(frames, augment=True, straight_keep=1.5)

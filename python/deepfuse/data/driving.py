@@ -10,11 +10,18 @@ Three flavours are read (real samples in ../shared/realdata/driving, see SOURCES
 Only images named in a CSV are read, so macOS's ``__MACOSX/._*.jpg`` AppleDouble files are never taken for
 images; CSVs under ``__MACOSX`` are skipped too. Images are cropped (sky and bonnet: the top 60 and bottom 25 of
 160 rows), resized to 66x200 (PilotNet's input) and converted to YUV, then kept as uint8.
+
+Keyboard recordings (steering mostly exact zeros with spikes: ``looks_like_keystrokes``) are what most public
+logs are. What practitioners do with them is here: labels smoothed in time (``smooth_steering``: a Gaussian over
+the frames' time stamps, never across a gap in the recording), most straight frames dropped from training
+(``SteeringDataset(straight_keep=...)``) and brightness, horizontal-shift and shadow augmentation (``jitter``).
 """
 
 from __future__ import annotations
 
 import csv
+import datetime
+import re
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 
@@ -29,6 +36,17 @@ HEADER = (*CAMERAS, "steering", "throttle", "brake", "speed")
 HEIGHT, WIDTH = 66, 200
 CROP_TOP, CROP_BOTTOM = 60 / 160, 25 / 160  # shares of the image height cut away
 LOG_NAME = "driving_log.csv"
+FRAME_SECONDS = 0.1  # the simulator logs at ~10 Hz: the time step assumed when file names carry no time stamp
+GAP_SECONDS = 1.0  # a longer pause between two frames starts a new stretch of driving (never smoothed across)
+STRAIGHT = 0.01  # |steering| below this is driving straight
+# Keystroke-like labels: more than half exact zeros and few distinct values (a keyboard gives a handful of
+# levels; an analogue stick or a wheel gives nearly one per frame).
+KEYSTROKE_ZEROS, KEYSTROKE_DISTINCT = 0.5, 0.1
+# Horizontal shift: a shift of the 200-pixel-wide input by one pixel is a yaw of the camera by ~0.3° (a 60° field
+# of view over 200 pixels); the simulator's pure-pursuit expert (7.2 m look-ahead at 8 m/s) answers a heading
+# error e with about 1.65 e of steering, so 0.3° (0.0052 rad) per pixel -> 0.0086 steering per pixel.
+SHIFT_STEERING_PER_PIXEL = 0.0086
+_STAMP = re.compile(r"(\d{4})_(\d{2})_(\d{2})_(\d{2})_(\d{2})_(\d{2})_(\d{3})")
 
 
 @dataclass(frozen=True)
@@ -156,21 +174,89 @@ def read_image(path: Path, source: Path | None = None, line: int | None = None) 
 @dataclass
 class Frames:
     """Preprocessed camera images and steering: ``images`` (rows, 3 cameras, 66, 200, 3) YUV uint8 (a missing
-    side camera is all zeros, marked False in ``has_side``), ``steering`` (rows,) float32."""
+    side camera is all zeros, marked False in ``has_side``), ``steering`` (rows,) float32: the labels trained on
+    (smoothed or not), ``recorded`` (rows,) float32: the steering as the log has it."""
 
     images: np.ndarray
     steering: np.ndarray
     has_side: np.ndarray
+    recorded: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.recorded is None:
+            self.recorded = self.steering.copy()
 
     def __len__(self) -> int:
         return len(self.steering)
 
     def subset(self, indices) -> Frames:
-        return Frames(self.images[indices], self.steering[indices], self.has_side[indices])
+        return Frames(self.images[indices], self.steering[indices], self.has_side[indices], self.recorded[indices])
 
     @classmethod
     def concatenate(cls, parts: list[Frames]) -> Frames:
-        return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("images", "steering", "has_side")))
+        keys = ("images", "steering", "has_side", "recorded")
+        return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in keys))
+
+
+def frame_times(rows: list[Row]) -> np.ndarray:
+    """Seconds since the first frame, from the time stamps in the image names (``center_2016_12_01_13_30_48_287``);
+    ``FRAME_SECONDS`` apart when a name carries none."""
+    stamps = []
+    for row in rows:
+        match = _STAMP.search(row.center.name)
+        if match is None:
+            return np.arange(len(rows)) * FRAME_SECONDS
+        year, month, day, hour, minute, second, milli = (int(g) for g in match.groups())
+        try:
+            moment = datetime.datetime(year, month, day, hour, minute, second, milli * 1000)
+        except ValueError:
+            return np.arange(len(rows)) * FRAME_SECONDS
+        stamps.append((moment - datetime.datetime(1970, 1, 1)).total_seconds())  # naive: no time zone, no DST
+    return np.asarray(stamps) - stamps[0]
+
+
+def looks_like_keystrokes(steering: np.ndarray) -> tuple[bool, str]:
+    """Whether labels look like a keyboard's (> 50 % exact zeros, distinct values < 10 % of the frames or <= 20),
+    and the numbers that say so."""
+    steering = np.asarray(steering)
+    zeros = float((steering == 0).mean()) if len(steering) else 0.0
+    distinct = len(np.unique(steering))
+    keyboard = zeros > KEYSTROKE_ZEROS and distinct <= max(20, KEYSTROKE_DISTINCT * len(steering))
+    return keyboard, f"{zeros:.0%} exact zeros, {distinct} distinct values"
+
+
+def smooth_steering(steering: np.ndarray, times: np.ndarray, sigma: float) -> np.ndarray:
+    """Steering smoothed in time: a Gaussian of ``sigma`` seconds over the frames' ``times``, within stretches
+    of the recording without a pause longer than ``GAP_SECONDS`` (or a step back in time)."""
+    steering, times = np.asarray(steering, dtype=np.float64), np.asarray(times, dtype=np.float64)
+    if sigma <= 0 or len(steering) < 2:
+        return steering.astype(np.float32)
+    breaks = np.flatnonzero((np.diff(times) > GAP_SECONDS) | (np.diff(times) < 0)) + 1
+    out = np.empty_like(steering)
+    for part in np.split(np.arange(len(steering)), breaks):
+        t = times[part]
+        weights = np.exp(-0.5 * ((t[:, None] - t[None, :]) / sigma) ** 2)
+        weights[np.abs(t[:, None] - t[None, :]) > 4 * sigma] = 0.0
+        out[part] = weights @ steering[part] / weights.sum(1)
+    return out.astype(np.float32)
+
+
+def jitter(image: np.ndarray, steering: float, rng: np.random.Generator, max_shift: int = 20):
+    """Random photometric and geometric changes of one (66, 200, 3) YUV uint8 image, as practitioners augment
+    driving logs: brightness (Y scaled by 0.5-1.3), a horizontal shift of up to ``max_shift`` pixels with the
+    steering corrected by ``SHIFT_STEERING_PER_PIXEL`` each (edge columns repeated), and the shadow of a straight
+    edge across the image (Y scaled by 0.5-0.85 on one side). Returns (image, steering)."""
+    y = image[..., 0].astype(np.float32) * rng.uniform(0.5, 1.3)
+    height, width = y.shape
+    columns = np.arange(width)
+    top, bottom = rng.uniform(0, width, 2)  # the shadow's edge, from the top row to the bottom row
+    edge = top + (bottom - top) * (np.arange(height)[:, None] / max(height - 1, 1))
+    shaded = (columns[None, :] < edge) if rng.random() < 0.5 else (columns[None, :] >= edge)
+    y = np.where(shaded, y * rng.uniform(0.5, 0.85), y)
+    out = np.concatenate([np.clip(np.rint(y), 0, 255).astype(np.uint8)[..., None], image[..., 1:]], -1)
+    shift = int(rng.integers(-max_shift, max_shift + 1)) if max_shift > 0 else 0
+    out = out[:, np.clip(columns - shift, 0, width - 1)]  # > 0: the road moves right, as when the car yaws left
+    return out, steering + shift * SHIFT_STEERING_PER_PIXEL
 
 
 def load_frames(rows: list[Row]) -> Frames:
@@ -206,17 +292,28 @@ class SteeringDataset(Dataset):
 
     ``augment``: every row gives the center image, the left image with steering + ``correction`` and the right
     one with steering - ``correction`` (rows that have side cameras), and each of those mirrored with the
-    steering negated. Otherwise the center images only, as the car sees the road when it drives itself.
+    steering negated; ``straight_keep`` of the straight rows (|steering| < ``STRAIGHT``) are kept (drawn with
+    ``seed``); ``jitter_images``: each item is changed at random by ``jitter`` (numpy's global generator is not
+    used: a generator per item from torch's, so DataLoader workers and resumed runs draw as torch does).
+    Otherwise the center images only, as the car sees the road when it drives itself.
     Steering is clipped to [-1, 1].
     """
 
     def __init__(self, frames: Frames, augment: bool, correction: float = 0.2, flip: bool = True,
-                 side_cameras: bool = True) -> None:  # fmt: skip
+                 side_cameras: bool = True, straight_keep: float = 1.0, jitter_images: bool = False,
+                 seed: int = 0) -> None:  # fmt: skip
+        if not 0.0 <= straight_keep <= 1.0:
+            raise ValueError(f"straight_keep must be in [0, 1], got {straight_keep}")
         self.frames = frames
         rows = np.arange(len(frames))
-        items = [(rows, np.zeros_like(rows), frames.steering)]
+        if augment and straight_keep < 1.0:
+            straight = np.abs(frames.steering) < STRAIGHT
+            drop = straight & (np.random.default_rng(seed).random(len(frames)) >= straight_keep)
+            rows = rows[~drop]
+        self.rows = rows
+        items = [(rows, np.zeros_like(rows), frames.steering[rows])]
         if augment and side_cameras:
-            sided = rows[frames.has_side]
+            sided = rows[frames.has_side[rows]]
             items.append((sided, np.ones_like(sided), frames.steering[sided] + correction))
             items.append((sided, np.full_like(sided, 2), frames.steering[sided] - correction))
         row, camera, steering = (np.concatenate(parts) for parts in zip(*items, strict=True))
@@ -227,15 +324,20 @@ class SteeringDataset(Dataset):
             mirrored = np.concatenate([mirrored, np.ones_like(mirrored)])
         self.row, self.camera, self.mirrored = row, camera, mirrored
         self.steering = np.clip(steering, -1.0, 1.0).astype(np.float32)
+        self.jitter_images = augment and jitter_images
 
     def __len__(self) -> int:
         return len(self.row)
 
     def __getitem__(self, index: int):
-        image = self.frames.images[self.row[index], self.camera[index]]
+        image, steering = self.frames.images[self.row[index], self.camera[index]], float(self.steering[index])
         if self.mirrored[index]:
             image = image[:, ::-1]
-        return to_tensor(image), torch.tensor([self.steering[index]])
+        if self.jitter_images:
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
+            image, steering = jitter(image, steering, rng)
+            steering = min(max(steering, -1.0), 1.0)
+        return to_tensor(image), torch.tensor([steering], dtype=torch.float32)
 
 
 def to_tensor(yuv: np.ndarray) -> torch.Tensor:

@@ -18,6 +18,15 @@ def add_drive_commands(commands) -> None:
     record.add_argument("--steps", type=int, default=1000, help="frames (rows) to record, 10 per simulated second")
     record.add_argument("--seed", type=int, default=0)
     record.add_argument("--tracks", type=int, default=8, help="training tracks the expert drives on")
+    record.add_argument("--style", choices=["road", "narrow", "mixed"], default="road",
+                        help="tracks: 7-9 m roads, 4-5 m roads with the sharpest bends, or alternately")  # fmt: skip
+    record.add_argument(
+        "--keyboard",
+        type=float,
+        default=0.0,
+        metavar="STEP",
+        help="record keyboard-like steering: taps of multiples of STEP, mostly exact zeros (0: off)",
+    )
     record.set_defaults(run=_record)
 
     play = actions.add_parser("play", help="drive one unseen track; write a GIF and/or a PNG strip")
@@ -39,6 +48,8 @@ def _record(args: argparse.Namespace) -> int:
         raise RunError(f"--steps must be >= 1, got {args.steps}")
     if args.tracks < 1:
         raise RunError(f"--tracks must be >= 1, got {args.tracks}")
+    if not 0.0 <= args.keyboard <= 1.0:
+        raise RunError(f"--keyboard must be a steering step in [0, 1] (0: off), got {args.keyboard}")
     out = Path(args.out)
     if (out / "driving_log.csv").exists():
         raise RunError(f"--out {out} already holds a driving_log.csv (nothing was overwritten)")
@@ -46,7 +57,7 @@ def _record(args: argparse.Namespace) -> int:
         raise RunError(f"--out {out} is a file, not a folder")
     from deepfuse.envs.recorder import record
 
-    log = record(out, args.steps, args.seed, tracks=args.tracks)
+    log = record(out, args.steps, args.seed, tracks=args.tracks, style=args.style, keyboard=args.keyboard)
     print(f"recorded {args.steps} frames ({args.steps / 10:.0f} s of driving) to {log} and {out / 'IMG'}")
     return 0
 
