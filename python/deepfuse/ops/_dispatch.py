@@ -103,9 +103,41 @@ def fused_op(name: str, *, cost: Callable[..., tuple[int, int]]) -> Callable[[Ca
 
 
 def torch_path(name: str, cost: Callable[..., tuple[int, int]], composite: Callable, *args):
-    """The torch backend of op ``name``: ``composite(*args)``, torch's own differentiable ops (its autograd in eager,
-    traced natively under torch.compile), labelled ``deepfuse::<name>[torch]`` only while a profiler records."""
+    """The torch backend of op ``name`` (``<op>_fwd``): ``composite(*args)``, torch's own differentiable ops (its
+    autograd in eager, traced natively under torch.compile). While a profiler records, forward and backward are
+    labelled ``deepfuse::<op>_fwd[torch]`` / ``<op>_bwd[torch]`` with their cost, as the kernels are."""
     if not _profiling():
         return composite(*args)
-    with op_range(name, "torch", *cost(*args)):
-        return composite(*args)
+    flops, min_bytes = cost(*args)
+    labels = (name, name.removesuffix("_fwd") + "_bwd", flops, min_bytes)
+    return _LabelledTorchPath.apply(labels, composite, *args)
+
+
+class _LabelledTorchPath(torch.autograd.Function):
+    """``composite(*args)`` inside profiler labels: the forward builds torch's own graph on detached inputs, the
+    backward runs it (``torch.autograd.grad``) inside the backward label. Only while a profiler records."""
+
+    @staticmethod
+    def forward(ctx, labels, composite, *args):
+        fwd_name, _, flops, min_bytes = labels
+        inputs = [a.detach().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a for a in args]
+        with torch.enable_grad(), op_range(fwd_name, "torch", flops, min_bytes):
+            outputs = composite(*inputs)
+        ctx.labels, ctx.graph = labels, (inputs, outputs if isinstance(outputs, tuple) else (outputs,))
+        return tuple(o.detach() for o in ctx.graph[1]) if isinstance(outputs, tuple) else outputs.detach()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grad_outputs):
+        _, bwd_name, flops, min_bytes = ctx.labels
+        inputs, outputs = ctx.graph
+        wanted = [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor) and a.requires_grad]
+        pairs = [(o, g) for o, g in zip(outputs, grad_outputs, strict=True) if g is not None and o.requires_grad]
+        grads = [None] * len(inputs)
+        if wanted and pairs:
+            with op_range(bwd_name, "torch", 2 * flops, 2 * min_bytes):
+                found = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted],
+                                            [g for _, g in pairs], allow_unused=True)  # fmt: skip
+            for i, grad in zip(wanted, found, strict=True):
+                grads[i] = grad
+        return (None, None, *grads)
