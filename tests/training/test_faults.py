@@ -344,6 +344,20 @@ def test_a_full_disk_when_writing_metrics_is_one_line(tmp_path, monkeypatch, cap
     )
 
 
+def test_a_folder_made_read_only_mid_run_is_one_line(tmp_path, monkeypatch):
+    import deepfuse.training.engine
+
+    def refused(path, row):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(deepfuse.training.engine, "append_history", refused)
+    with pytest.raises(RunError) as caught:
+        train(DROPOUT, config_for(DROPOUT, tmp_path), log=quiet)
+    assert str(caught.value).startswith(f"{tmp_path / 'history.csv'}: cannot write (Permission denied); the last good")
+    assert "make it writable, then continue with" in str(caught.value)
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+
+
 # --- 4. non-finite numbers ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("flag", [["--lr", "inf"], ["--lr", "nan"], ["--weight-decay", "inf"], ["--lr=-inf"]])
 def test_non_finite_flags_are_refused(flag, tmp_path, capsys):

@@ -7,6 +7,11 @@ each written atomically. At the end it evaluates the test split with the best we
 ``metrics.json``, ``history.csv`` and PNGs. ``resume=True`` continues from ``out/last.pt`` exactly: model,
 optimizer, scheduler, grad scaler, epoch and step, RNG states. Under torchrun, DistributedDataParallel;
 only the main process writes.
+
+Nothing lost, nothing silently wrong: a run owns its folder (``run_lock``), checked writable before the data is
+read and for room for one checkpoint before training; Ctrl-C anywhere saves the state after the last finished optimizer
+step; a full disk or a non-finite loss stops the run with one line naming the checkpoint that stands;
+metrics.json is strict JSON.
 """
 
 from __future__ import annotations
@@ -166,9 +171,9 @@ class Run:
     lock: run_lock.RunLock | None = None  # this run owns ``out`` (main process)
     saved: str | None = None  # the last checkpoint written (or resumed from): what stands if a write fails
     # the module buffers and RNG states at the last finished optimizer step (see mark_finished_step)
-    _finished_buffers: list | None = None
-    _live_buffers: list | None = None
-    _finished_rng: dict | None = None
+    _finished_buffers: list | None = field(default=None, init=False, repr=False)
+    _live_buffers: list | None = field(default=None, init=False, repr=False)
+    _finished_rng: tuple | None = field(default=None, init=False, repr=False)
 
     # --- what loops use ---------------------------------------------------------------------------------------
     def to_device(self, value):
@@ -547,10 +552,13 @@ def fit(run: Run, log=print) -> dict:
                        + ", or check the data for extreme values") from None  # fmt: skip
     except CheckpointWriteError as error:
         raise RunError(_write_failed(run, str(error), error.disk_full)) from None
-    except OSError as error:
-        if not is_disk_full(error):
+    except OSError as error:  # writing history.csv, metrics.json, the pictures
+        full = is_disk_full(error)
+        ours = error.filename is not None and Path(error.filename).absolute().is_relative_to(run.out.absolute())
+        if not (full or ours):
             raise
-        raise RunError(_write_failed(run, f"{error.filename or run.out}: the disk is full", True)) from None
+        problem = "the disk is full" if full else f"cannot write ({error.strerror or error})"
+        raise RunError(_write_failed(run, f"{error.filename or run.out}: {problem}", full)) from None
 
 
 def _position(epoch: int, step_in_epoch: int) -> str:
