@@ -2,6 +2,7 @@
 simulator recording, with the closed-loop metrics, and predicts from camera images."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,3 +171,36 @@ def test_a_pilot_sees_what_training_saw(recording):
     pilot.steer(live, None)
     error = (seen.pop().double() - trained_on.double()).abs().mean().item() * 127.5  # in pixel levels
     assert error <= jpeg_error, f"pilot's input differs by {error:.2f} levels, JPEG's own error is {jpeg_error:.2f}"
+
+
+REFERENCE_RUN = Path(__file__).with_name("driving_reference_run.json")
+BASELINES = ("straight", "constant", "mean", "random")
+
+
+def _check_trained_pilot(metrics):
+    """What README's driving section states for the reference run: the trained network drives the 3 narrow unseen
+    test tracks (1000 steps each) with autonomy >= 0.95; every baseline pilot scores autonomy <= 0.1 and leaves the
+    road within a twentieth of the network's distance; test MSE at least 25 % under always-straight's."""
+    assert metrics["closed_loop_autonomy"] >= 0.95, metrics
+    assert metrics["closed_loop_expert_autonomy"] == 1.0
+    for pilot in BASELINES:
+        assert metrics[f"closed_loop_{pilot}_autonomy"] <= 0.1, pilot
+        assert metrics[f"closed_loop_{pilot}_mean_distance_m"] < metrics["closed_loop_mean_distance_m"] / 20, pilot
+    assert metrics["mse"] < 0.75 * metrics["straight_mse"] and metrics["mse"] < 0.75 * metrics["mean_mse"]
+
+
+def test_the_committed_reference_run_meets_what_the_readme_states():
+    """The full run's metrics (command, seed and thread count in the file), as committed; the slow test below
+    reruns it."""
+    run = json.loads(REFERENCE_RUN.read_text())
+    assert run["torch_threads"] == 1 and "--seed 0" in run["command"] and "--sim-rows 1000" in run["command"]
+    _check_trained_pilot(run["metrics"])
+
+
+@pytest.mark.slow  # ~9 min on one busy core: 1000 simulator frames, 3 epochs, 3 x 1000 closed-loop steps
+def test_a_trained_pilotnet_drives_narrow_unseen_tracks(tmp_path, one_thread):
+    from deepfuse.training.engine import make_config, train
+
+    config = make_config(TASK, out=str(tmp_path / "run"), sim_rows=1000, epochs=3, seed=0, progress=False)
+    metrics = train(TASK, config, log=lambda line: None)
+    _check_trained_pilot(metrics)
