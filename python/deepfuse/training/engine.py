@@ -447,11 +447,6 @@ def _resumed_config(saved: dict, config: dict, given: set[str] | None) -> dict:
     return saved | {k: config[k] for k in RESUME_MAY_CHANGE if k in given and k in config}
 
 
-def _check_amp(amp: str | None, device: torch.device) -> None:
-    if amp not in AMP_DTYPES:
-        raise RunError(f"--amp must be bf16 or fp16, got {amp!r}")
-
-
 def prepare(task: Task, config: dict, resume: bool = False, given: set[str] | None = None, log=print) -> Run:
     """Lock the run folder, read the data, build the model and optimizer, restore a checkpoint when resuming.
 
@@ -459,7 +454,8 @@ def prepare(task: Task, config: dict, resume: bool = False, given: set[str] | No
     except for where it runs (device, workers, backend, progress bars, the data's path). The caller releases
     the run folder with ``run.release()`` (``train`` does)."""
     device = resolve_device(config["device"])
-    _check_amp(config["amp"], device)
+    if config["amp"] not in AMP_DTYPES:  # both work on CPUs too (bf16 and fp16 autocast; fp16 with a GradScaler)
+        raise RunError(f"--amp must be bf16 or fp16, got {config['amp']!r}")
     if config["backend"] not in ("auto", *deepfuse.backend.BACKENDS):
         raise RunError(f"--backend must be auto, torch, triton or cuda, got {config['backend']!r}")
     if config["amp"] == "fp16" and device.type == "cpu":
@@ -485,7 +481,6 @@ def _prepare_locked(task, config, resume, given, device, place, out) -> Run:
     if resume:
         payload = load_checkpoint(out / "last.pt", task.name)
         config = _resumed_config(payload["config"], config, given)
-        _check_amp(config["amp"], device)
     config["out"] = str(out)
     if config["data"]:  # absolute: eval and predict find it from any folder
         config["data"] = str(Path(config["data"]).expanduser().absolute())
@@ -518,12 +513,13 @@ def _prepare_locked(task, config, resume, given, device, place, out) -> Run:
 def _epochs_without_improvement(run: Run) -> int:
     """Epochs since the best validation metric (from the history, so a resumed run counts the same)."""
     values = [row["val_metric"] for row in run.history]
-    best_at = None
+    best_at = -1
     for index, value in enumerate(values):
-        if value == value and (best_at is None or (value > values[best_at] if run.task.maximize
-                                                   else value < values[best_at])):  # fmt: skip
+        if value != value:  # NaN never improves
+            continue
+        if best_at < 0 or (value > values[best_at] if run.task.maximize else value < values[best_at]):
             best_at = index
-    return len(values) - (best_at + 1 if best_at is not None else 0)
+    return len(values) - 1 - best_at
 
 
 def _patience_exhausted(run: Run) -> bool:
