@@ -8,6 +8,7 @@ so. A live owner's lock is refused, naming the owner. A lock file written on ano
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -31,12 +32,17 @@ class RunLock:
     def release(self) -> None:
         if self._handle is None:
             return
-        self.path.unlink(missing_ok=True)  # before unlocking: nobody may lock a file about to disappear
-        os.close(self._handle)  # closing drops the flock
-        self._handle = None
+        handle, self._handle = self._handle, None
+        try:
+            self.path.unlink(missing_ok=True)  # before unlocking: nobody may lock a file about to disappear
+        except OSError:
+            pass  # a folder made read-only or removed meanwhile: the flock still goes with the handle
+        finally:
+            os.close(handle)  # closing drops the flock
 
     def __del__(self) -> None:  # a Run dropped without release (an API caller): the folder is free again
-        self.release()
+        with contextlib.suppress(Exception):  # at interpreter exit the modules may be gone already
+            self.release()
 
 
 def _owner(handle: int) -> dict:
