@@ -299,9 +299,17 @@ class SteeringDataset(Dataset):
     Steering is clipped to [-1, 1].
     """
 
-    def __init__(self, frames: Frames, augment: bool, correction: float = 0.2, flip: bool = True,
-                 side_cameras: bool = True, straight_keep: float = 1.0, jitter_images: bool = False,
-                 seed: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        frames: Frames,
+        augment: bool,
+        correction: float = 0.2,
+        flip: bool = True,
+        side_cameras: bool = True,
+        straight_keep: float = 1.0,
+        jitter_images: bool = False,
+        seed: int = 0,
+    ) -> None:
         if not 0.0 <= straight_keep <= 1.0:
             raise ValueError(f"straight_keep must be in [0, 1], got {straight_keep}")
         self.frames = frames

@@ -18,8 +18,12 @@ def add_drive_commands(commands) -> None:
     record.add_argument("--steps", type=int, default=1000, help="frames (rows) to record, 10 per simulated second")
     record.add_argument("--seed", type=int, default=0)
     record.add_argument("--tracks", type=int, default=8, help="training tracks the expert drives on")
-    record.add_argument("--style", choices=["road", "narrow", "mixed"], default="road",
-                        help="tracks: 7-9 m roads, 4-5 m roads with the sharpest bends, or alternately")  # fmt: skip
+    record.add_argument(
+        "--style",
+        choices=["road", "narrow", "mixed"],
+        default="road",
+        help="tracks: 7-9 m roads, 4-5 m roads with the sharpest bends, or alternately",
+    )
     record.add_argument(
         "--keyboard",
         type=float,

@@ -80,8 +80,12 @@ CONSTANT_STEERING = 0.1  # the constant pilot's command: a gentle right turn (2.
 def baseline_pilots(mean_steering: float, seed: int = 0) -> list[Pilot]:
     """The pilots a trained one must beat: straight (0), constant (``CONSTANT_STEERING``), the mean steering of
     the training labels, uniform random."""
-    return [constant_pilot(0.0, "straight"), constant_pilot(CONSTANT_STEERING),
-            constant_pilot(mean_steering, "mean"), random_pilot(seed)]  # fmt: skip
+    return [
+        constant_pilot(0.0, "straight"),
+        constant_pilot(CONSTANT_STEERING),
+        constant_pilot(mean_steering, "mean"),
+        random_pilot(seed),
+    ]
 
 
 def drive(pilot: Pilot, tracks: TrackSet, steps: int = 1000, target_speed: float = 8.0,

@@ -141,8 +141,7 @@ def _worst_wheel(points, cum, seglen, first, count, x, y, heading, seg):
     worst = 0.0
     for w in range(4):
         ahead, left = WHEELS[w]
-        _, _, off = _project(points, cum, seglen, first, count, x + c * ahead - s * left, y + s * ahead + c * left,
-                             seg)  # fmt: skip
+        _, _, off = _project(points, cum, seglen, first, count, x + c * ahead - s * left, y + s * ahead + c * left, seg)
         worst = max(worst, abs(off))
     return worst
 
@@ -152,8 +151,9 @@ def measure_wheels(cars, seg, track, points, cum, seglen, offset, count):
     """Fill the WHEEL column of every car (after cars were placed)."""
     for i in range(cars.shape[0]):
         k = track[i]
-        cars[i, WHEEL] = _worst_wheel(points, cum, seglen, offset[k], count[k], cars[i, X], cars[i, Y],
-                                      cars[i, HEADING], seg[i])  # fmt: skip
+        cars[i, WHEEL] = _worst_wheel(
+            points, cum, seglen, offset[k], count[k], cars[i, X], cars[i, Y], cars[i, HEADING], seg[i]
+        )
 
 
 # NOTE: stepping is ~100 ns of work per car: as a parallel kernel a 64-car step took 2 ms on the loaded 2-core CI
@@ -277,7 +277,7 @@ THREADS = _Threads()
 
 
 def set_render_threads(mode: str) -> None:
-    """"auto" (default; or the DEEPFUSE_RENDER_THREADS variable), "serial" or "parallel", for large batches."""
+    """ "auto" (default; or the DEEPFUSE_RENDER_THREADS variable), "serial" or "parallel", for large batches."""
     if mode not in ("auto", "serial", "parallel"):
         raise ValueError(f"mode must be auto, serial or parallel, got {mode!r}")
     THREADS.mode, THREADS.calls, THREADS.seconds = mode, 0, {True: [], False: []}

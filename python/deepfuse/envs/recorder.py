@@ -35,9 +35,18 @@ START = datetime.datetime(2026, 1, 1, 12, 0, 0)
 NOISE_DECAY, NOISE_STEP = 0.8, 0.12  # OU noise on the executed steering: stationary std 0.12 / 0.6 = 0.2
 
 
-def drive_expert(rows: int, seed: int = 0, *, split: str = "train", tracks: int = 8, noise: float = 1.0,
-                 episode_steps: int = 300, target_speed: float = 8.0, style: str = "road",
-                 keyboard: float = 0.0) -> Iterator[dict]:  # fmt: skip
+def drive_expert(
+    rows: int,
+    seed: int = 0,
+    *,
+    split: str = "train",
+    tracks: int = 8,
+    noise: float = 1.0,
+    episode_steps: int = 300,
+    target_speed: float = 8.0,
+    style: str = "road",
+    keyboard: float = 0.0,
+) -> Iterator[dict]:
     """``rows`` time steps of one expert-driven car, each ``{"center" | "left" | "right": (160, 320, 3) uint8,
     "steering", "throttle", "brake", "speed" (mph)}``; ``noise`` scales the steering noise (0: none); ``style``
     of the tracks ("road", "narrow", "mixed"); ``keyboard`` > 0: keyboard-like quantised steering (see above)."""
@@ -72,8 +81,16 @@ def _number(value: float) -> str:
     return "0" if value == 0 else f"{value:.7g}"
 
 
-def record(out: str | Path, rows: int = 1000, seed: int = 0, *, tracks: int = 8, quality: int = 90,
-           style: str = "road", keyboard: float = 0.0) -> Path:  # fmt: skip
+def record(
+    out: str | Path,
+    rows: int = 1000,
+    seed: int = 0,
+    *,
+    tracks: int = 8,
+    quality: int = 90,
+    style: str = "road",
+    keyboard: float = 0.0,
+) -> Path:
     """Drive ``rows`` steps on the training tracks and write them to ``out`` in Udacity's format; returns the
     path of ``driving_log.csv``."""
     from PIL import Image

@@ -57,8 +57,16 @@ def worst_wheel(tracks, track, x, y, heading, seg):
     c, s = np.cos(heading), np.sin(heading)
     worst = np.zeros(len(x))
     for ahead, left in K.WHEELS:
-        _, _, offset = _project(tracks.points, tracks.cum, tracks.seglen, tracks.offset[track], tracks.count[track],
-                                x + c * ahead - s * left, y + s * ahead + c * left, seg)  # fmt: skip
+        _, _, offset = _project(
+            tracks.points,
+            tracks.cum,
+            tracks.seglen,
+            tracks.offset[track],
+            tracks.count[track],
+            x + c * ahead - s * left,
+            y + s * ahead + c * left,
+            seg,
+        )
         worst = np.maximum(worst, np.abs(offset))
     return worst
 

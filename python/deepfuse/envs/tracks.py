@@ -51,9 +51,14 @@ class Style:
 
 STYLES = {
     "road": Style((3.5, 4.5), (35.0, 55.0), (0.22, 0.12, 0.07, 0.04), MIN_BEND_RADIUS),
-    "narrow": Style((2.0, 2.5), (24.0, 36.0), (0.30, 0.16, 0.09, 0.06), sharpest_bend(NARROW_SPEED),
-                    1.5 * sharpest_bend(NARROW_SPEED)),
-}  # fmt: skip
+    "narrow": Style(
+        (2.0, 2.5),
+        (24.0, 36.0),
+        (0.30, 0.16, 0.09, 0.06),
+        sharpest_bend(NARROW_SPEED),
+        1.5 * sharpest_bend(NARROW_SPEED),
+    ),
+}
 
 
 @dataclass(frozen=True)

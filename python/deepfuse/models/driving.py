@@ -105,17 +105,23 @@ def _read_logs(path: Path, config: dict):
     note = None
     if smoothed:
         why = "" if config["smooth_steering"] == "on" else " (keyboard-like labels)"
-        note = (f"steering smoothed in time (Gaussian, {config['smooth_seconds']} s){why} in {len(smoothed)} of "
-                f"{len(logs)} logs: " + "; ".join(smoothed))  # fmt: skip
+        note = (
+            f"steering smoothed in time (Gaussian, {config['smooth_seconds']} s){why} in {len(smoothed)} of "
+            f"{len(logs)} logs: " + "; ".join(smoothed)
+        )
     return logs_io.Frames.concatenate(parts), logs, note
 
 
 def steering_metrics(predicted: np.ndarray, truth: np.ndarray, mean_steering: float, prefix: str = "") -> dict:
     """MSE beside always straight and the training mean, with their ratios."""
     mse, straight, mean = (float(np.mean((p - truth) ** 2)) for p in (predicted, 0.0, mean_steering))
-    return {f"{prefix}mse": mse, f"{prefix}straight_mse": straight, f"{prefix}mean_mse": mean,
-            f"{prefix}mse_vs_straight": mse / straight if straight else float("nan"),
-            f"{prefix}mse_vs_mean": mse / mean if mean else float("nan")}  # fmt: skip
+    return {
+        f"{prefix}mse": mse,
+        f"{prefix}straight_mse": straight,
+        f"{prefix}mean_mse": mean,
+        f"{prefix}mse_vs_straight": mse / straight if straight else float("nan"),
+        f"{prefix}mse_vs_mean": mse / mean if mean else float("nan"),
+    }
 
 
 def verdict(metrics: dict, prefix: str = "") -> str:
@@ -183,9 +189,14 @@ class DrivingTask(Task):
         if len(splits["train"]) == 0:
             raise DataError(path, "no training frames")
         state = state or {"image_size": list(IMAGE_SIZE), "mean_steering": float(splits["train"].steering.mean())}
-        augment = {"correction": config["steering_correction"], "flip": config["flip"],
-                   "side_cameras": config["side_cameras"], "straight_keep": config["straight_keep"],
-                   "jitter_images": config["jitter"], "seed": config.get("seed", 0)}  # fmt: skip
+        augment = {
+            "correction": config["steering_correction"],
+            "flip": config["flip"],
+            "side_cameras": config["side_cameras"],
+            "straight_keep": config["straight_keep"],
+            "jitter_images": config["jitter"],
+            "seed": config.get("seed", 0),
+        }
         train = SteeringDataset(splits["train"], augment=True, **augment)
         val, test = (SteeringDataset(splits[k], augment=False) for k in ("val", "test"))
         kept = len(train.rows)
@@ -227,8 +238,9 @@ class DrivingTask(Task):
             metrics.update(raw, recorded_verdict=verdict(raw, "recorded_"))
         tracks = run.config.get("closed_loop_tracks", 0)
         if split == "test" and tracks > 0 and run.place.is_main:
-            metrics.update(self.closed_loop(run.raw_model, run.data.state, tracks,
-                                            run.config.get("closed_loop_steps", 1000)))  # fmt: skip
+            metrics.update(
+                self.closed_loop(run.raw_model, run.data.state, tracks, run.config.get("closed_loop_steps", 1000))
+            )
         if split == "test" and metrics and run.place.is_main:
             print(f"{self.name} test: {metrics['verdict']}")
             if "recorded_verdict" in metrics:
