@@ -109,7 +109,9 @@ def test_bench_and_profile_a_model_on_the_cpu(tmp_path, capsys):
     assert cli.main(["bench", "digits", "--out", str(tmp_path)]) == 0
     (result,) = tmp_path.glob("*/*-digits.json")
     rows = json.loads(result.read_text())["rows"]
-    assert {(r["mode"], r["provider"]) for r in rows} == {("fwd", "torch_fp32"), ("fwdbwd", "torch_fp32")}
+    # The plain-torch twin (the baseline) and deepfuse's model on its torch backend.
+    providers = {"torch_fp32", "deepfuse_torch_fp32"}
+    assert {(r["mode"], r["provider"]) for r in rows} == {(m, p) for m in ("fwd", "fwdbwd") for p in providers}
     assert all(r["samples_per_s"] > 0 and r["tflops"] > 0 for r in rows)
     capsys.readouterr()
     assert cli.main(["profile", "digits", "--steps", "1", "--backend", "torch"]) == 0

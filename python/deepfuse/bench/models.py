@@ -1,7 +1,10 @@
 """Model benchmarks: train-step and inference throughput of each registered model on its example batch.
 
-Providers: eager torch (cuBLAS/cuDNN), torch.compile, and the deepfuse backends (triton, cuda), each in fp32 and
-under bf16 autocast. Mode ``fwd`` is inference (eval mode, no autograd); ``fwdbwd`` is a training step's forward
+Providers: the baseline — the same network built from plain torch modules with the same weights
+(``bench.baseline.plain_torch_twin``: nn.Linear + activation, nn.Conv2d + nn.BatchNorm2d, nn.LSTM,
+nn.MultiheadAttention...) — eager (``torch``) and under torch.compile (``torch_compile``, on the GPU); then deepfuse's
+model on each of its backends (``deepfuse_torch``, ``triton``, ``cuda``); each in fp32 and, on the GPU, under bf16
+autocast. Mode ``fwd`` is inference (eval mode, no autograd); ``fwdbwd`` is a training step's forward
 and backward (train mode). Forward FLOPs come from deepfuse's op labels plus torch's FlopCounterMode for the
 rest. Rows use the op benchmarks' format, plus ``samples_per_s``.
 """
@@ -16,13 +19,14 @@ import torch
 import deepfuse
 from deepfuse import models
 from deepfuse.bench import records, runner
+from deepfuse.bench.baseline import plain_torch_twin
 
 GPU_BATCH, CPU_BATCH = 64, 2
 
 
 def _count_flops(model, inputs) -> int:
-    """Forward FLOPs: deepfuse ops from their profiler labels, every other aten op from FlopCounterMode (which
-    sees a deepfuse custom op as one opaque call)."""
+    """Forward FLOPs: deepfuse's kernel ops from their profiler labels, every aten op (the torch backend's
+    included) from FlopCounterMode (which sees a deepfuse custom op as one opaque call)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from deepfuse.profile.labels import parse_label
@@ -31,7 +35,9 @@ def _count_flops(model, inputs) -> int:
     model.eval()
     with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof, counter:
         model(*inputs)
-    labelled = sum(label["flops"] for event in prof.events() if (label := parse_label(event.name)))
+    # The torch backend's labels wrap aten ops the counter already saw: only kernel backends' labels add FLOPs.
+    labelled = sum(label["flops"] for event in prof.events()
+                   if (label := parse_label(event.name)) and label["backend"] != "torch")  # fmt: skip
     return int(counter.get_total_flops()) + labelled
 
 
@@ -67,14 +73,17 @@ def model_case(name: str, device: torch.device, quick: bool):
     return task, model, case, batch
 
 
-def providers_for(task, model, device: torch.device) -> dict:
+def providers_for(task, model, device: torch.device, example_inputs: tuple) -> dict:
     found = {}
     amps = {"fp32": None, "bf16": torch.bfloat16} if device.type == "cuda" else {"fp32": None}
+    twin = plain_torch_twin(model, example_inputs)
     for amp_name, amp in amps.items():
-        found[f"torch_{amp_name}"] = _provider(model, task, "torch", amp, device)
+        found[f"torch_{amp_name}"] = _provider(twin, task, "torch", amp, device)
         if device.type == "cuda":
-            found[f"torch_compile_{amp_name}"] = torch.compile(_provider(copy.deepcopy(model), task, "torch", amp,
+            found[f"torch_compile_{amp_name}"] = torch.compile(_provider(copy.deepcopy(twin), task, "torch", amp,
                                                                          device))  # fmt: skip
+        found[f"deepfuse_torch_{amp_name}"] = _provider(model, task, "torch", amp, device)
+        if device.type == "cuda":
             for backend in ("triton", "cuda"):
                 usable, reason = deepfuse.available_backends()[backend]
                 if usable:
@@ -91,7 +100,7 @@ def main(names, quick: bool = True, modes=("fwd", "fwdbwd"), out_dir="benchmarks
     rows = []
     for name in names:
         task, model, case, batch = model_case(name, device, quick)
-        for row in runner.run([case], providers_for(task, model, device), modes, device):
+        for row in runner.run([case], providers_for(task, model, device, case.inputs[:-1]), modes, device):
             row["samples_per_s"] = batch / (row["median_ms"] / 1000)
             rows.append(row)
     path = records.write_results(rows, records.environment(), out_dir, "models" if len(names) > 1 else names[0])

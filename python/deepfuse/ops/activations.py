@@ -67,3 +67,19 @@ def activation_grad_ref(saved: torch.Tensor, activation: str) -> torch.Tensor:
         return 1.0 - t * t
     check_activation(activation)
     raise AssertionError(activation)
+
+
+def activation_module(activation: str) -> torch.nn.Module:
+    """The torch module a user would write for ``activation`` (nn.Identity for "none")."""
+    check_activation(activation)
+    modules = {
+        "none": torch.nn.Identity,
+        "relu": torch.nn.ReLU,
+        "leaky_relu": lambda: torch.nn.LeakyReLU(LEAKY_RELU_SLOPE),
+        "gelu": torch.nn.GELU,
+        "gelu_tanh": lambda: torch.nn.GELU(approximate="tanh"),
+        "silu": torch.nn.SiLU,
+        "sigmoid": torch.nn.Sigmoid,
+        "tanh": torch.nn.Tanh,
+    }
+    return modules[activation]()
