@@ -509,6 +509,18 @@ def test_ctrl_c_during_the_final_evaluation_says_what_is_kept(tmp_path, monkeypa
     assert not (tmp_path / LOCK_NAME).exists()
 
 
+def test_ctrl_c_while_reading_the_data_leaves_nothing_behind(tmp_path, monkeypatch, capsys, dropout_model):
+    def interrupted(path, config, state=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DROPOUT, "load_data", interrupted)
+    assert cli.main(["train", dropout_model, "--out", str(tmp_path / "run"), "--no-progress"]) == 130
+    assert (
+        capsys.readouterr().out == f"interrupted before training started: nothing was written to {tmp_path / 'run'}\n"
+    )
+    assert not (tmp_path / "run").exists()
+
+
 def test_eval_says_which_data_path_it_uses(tmp_path, monkeypatch, capsys):
     from tests.models.test_digits import fake_mnist
 

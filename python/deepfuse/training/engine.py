@@ -468,10 +468,12 @@ def prepare(task: Task, config: dict, resume: bool = False, given: set[str] | No
         run = _prepare_locked(task, config, resume, given, device, place, out)
         run.lock = lock
         return run
-    except BaseException:
+    except BaseException as error:
         if lock is not None:
             lock.release()
         _remove_if_empty(created)
+        if isinstance(error, KeyboardInterrupt):
+            log(f"interrupted before training started: nothing was written to {out}")
         raise
 
 
@@ -536,11 +538,8 @@ def fit(run: Run, log=print) -> dict:
     config = run.config
     started = time.perf_counter()
     try:
-        with deepfuse.use_backend(config["backend"]):
-            if "layers" not in run.extra and run.data.train is not None and len(run.data.train):
-                run.extra["layers"] = _layer_backends(run)
-            with _STEP_GUARD.installed():
-                _train_epochs(run, log)
+        with deepfuse.use_backend(config["backend"]), _STEP_GUARD.installed():
+            _train_epochs(run, log)
         return _finish(run, time.perf_counter() - started, log)
     except NonFiniteLossError as error:
         raise RunError(f"{error}: training stopped and saved nothing of this epoch; {_kept(run)}; try a lower "
@@ -558,7 +557,9 @@ def fit(run: Run, log=print) -> dict:
 
 
 def _position(epoch: int, step_in_epoch: int) -> str:
-    return f"end of epoch {epoch}" if step_in_epoch == 0 else f"epoch {epoch + 1}, step {step_in_epoch}"
+    if step_in_epoch == 0:
+        return f"end of epoch {epoch}" if epoch else "before the first step"
+    return f"epoch {epoch + 1}, step {step_in_epoch}"
 
 
 def _kept(run: Run) -> str:
@@ -575,6 +576,8 @@ def _train_epochs(run: Run, log) -> None:
     task, config = run.task, run.config
     supervised = type(task).train_epoch is Task.train_epoch
     try:
+        if "layers" not in run.extra and run.data.train is not None and len(run.data.train):
+            run.extra["layers"] = _layer_backends(run)
         while run.epoch < config["epochs"]:
             if _patience_exhausted(run):
                 run.extra["stopped_early"] = {"after_epoch": run.epoch, "patience": config["patience"]}
