@@ -1,5 +1,6 @@
-// Host emulation, for g++, of the CUDA features csrc/lstm.cu uses (per-thread block state, cooperative launches
-// with grid.sync(), __ldcg), so that its kernels run unchanged on the CPU:
+// Host emulation, for g++, of the CUDA features csrc/*.cu use (per-thread block state, static and dynamic shared
+// memory, 3-D grids, <<<>>> launches, cooperative launches with grid.sync(), __ldcg, the few CUDA runtime calls the
+// launchers make), so that their kernels run unchanged on the CPU:
 // one std::thread per CUDA thread, real barriers for __syncthreads/__syncwarp, shuffles through a per-warp
 // exchange, and a fake nvcuda::wmma whose fragment element order is a fixed random permutation (so code that
 // assumes a layout breaks). Shared memory is a heap block of exactly the launch's size (AddressSanitizer
@@ -18,6 +19,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <thread>
 #include <type_traits>
@@ -40,6 +42,10 @@ struct BlockState {
   float exchange_f[kMaxThreads];
   const void* exchange_p[kMaxThreads][3];
   unsigned char* smem = nullptr;
+  // Static __shared__ arrays, in the order the kernel declares them (host_source.py turns each declaration into a
+  // static_shared<T>() call): one exact-size heap block each, so AddressSanitizer sees overruns.
+  std::mutex statics_lock;
+  std::vector<std::unique_ptr<unsigned char, void (*)(void*)>> statics;
 };
 
 // Per CUDA thread (one std::thread each): its block's state and indices. The grid barrier exists only during a
@@ -47,6 +53,7 @@ struct BlockState {
 inline thread_local BlockState* t_block = nullptr;
 inline thread_local uint3 t_thread_idx;
 inline thread_local uint3 t_block_idx;
+inline thread_local size_t t_static_index = 0;  // this thread's next static __shared__ declaration
 inline dim3 g_block_dim, g_grid_dim;
 inline std::barrier<>* g_grid_barrier = nullptr;
 inline std::atomic<long> g_grid_syncs{0};
@@ -253,6 +260,7 @@ void* thread_main(void* raw) {
   t_block = a->block;
   t_block_idx = a->block_idx;
   t_thread_idx = a->thread_idx;
+  t_static_index = 0;
   a->kernel(*a->p);
   return nullptr;
 }
@@ -284,7 +292,7 @@ void run_blocks(void (*kernel)(Params), const std::vector<uint3>& blocks, unsign
 template <class Params>
 void launch(void (*kernel)(Params), dim3 grid, unsigned threads, size_t smem_bytes, const Params& p, bool cooperative) {
   if (threads > kMaxThreads) fail("too many threads per block");
-  if (grid.x == 0 || grid.y == 0 || grid.z != 1) fail("bad grid");
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) fail("bad grid");
   ++g_launches;
   g_last_grid[0] = grid.x;
   g_last_grid[1] = grid.y;
@@ -292,8 +300,9 @@ void launch(void (*kernel)(Params), dim3 grid, unsigned threads, size_t smem_byt
   g_grid_dim = grid;
   g_block_dim = dim3(threads, 1, 1);
   std::vector<uint3> blocks;
-  for (unsigned y = 0; y < grid.y; ++y)
-    for (unsigned x = 0; x < grid.x; ++x) blocks.push_back(uint3{x, y, 0});
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) blocks.push_back(uint3{x, y, z});
   if (cooperative) {
     ++g_coop_launches;
     std::barrier<> grid_barrier(static_cast<std::ptrdiff_t>(blocks.size() * threads));
@@ -308,3 +317,36 @@ void launch(void (*kernel)(Params), dim3 grid, unsigned threads, size_t smem_byt
 }
 
 }  // namespace shim
+
+namespace shim {
+
+// `__shared__ T name[N]...;` inside a kernel: every thread of the block gets the same array (its k-th declaration).
+template <class T>
+T& static_shared() {
+  BlockState* block = t_block;
+  const size_t index = t_static_index++;
+  std::lock_guard<std::mutex> guard(block->statics_lock);
+  while (block->statics.size() <= index) block->statics.emplace_back(nullptr, free);
+  if (!block->statics[index]) {
+    void* data = nullptr;  // posix_memalign: the exact size (AddressSanitizer checks it), 128-byte aligned
+    if (posix_memalign(&data, 128, sizeof(T)) != 0) fail("posix_memalign");
+    memset(data, 0xff, sizeof(T));  // garbage, as on the GPU
+    block->statics[index].reset(static_cast<unsigned char*>(data));
+  }
+  return *reinterpret_cast<T*>(block->statics[index].get());
+}
+
+// `kernel<<<grid, block, smem, stream>>>(p)`: a 1-D block of threads, an ordinary launch.
+template <class Params>
+void launch_cfg(void (*kernel)(Params), dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t, const Params& p) {
+  if (block.y != 1 || block.z != 1) fail("2-D or 3-D thread blocks are not emulated");
+  launch(kernel, grid, block.x, smem_bytes, p, false);
+}
+
+}  // namespace shim
+
+// cuda_runtime.h's typed overloads exist only under nvcc: the launchers pass kernels (function pointers) directly.
+template <class F>
+cudaError_t cudaFuncSetAttribute(F* kernel, enum cudaFuncAttribute attr, int value) {
+  return ::cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), attr, value);
+}

@@ -1,0 +1,61 @@
+"""Turns any csrc/*.cu file into host C++ for shim.h: the kernels and launchers unchanged, only CUDA's GPU-only
+syntax rewritten, the same way for every file:
+
+- ``#include <mma.h>`` / ``<cooperative_groups.h>`` dropped (shim.h provides both);
+- ``extern __shared__ unsigned char smem[];`` -> the block's dynamic shared memory (``shim::t_block->smem``);
+- ``__shared__ T name[N]...;`` -> ``auto& name = shim::static_shared<T[N]...>();`` (one array per block);
+- ``kernel<<<grid, block, smem, stream>>>(args);`` -> ``shim::launch_cfg(kernel, grid, block, smem, stream, args);``.
+
+The CUDA runtime calls the launchers make are answered by cudart_stubs.inc. Files that need Hopper-only hardware
+(CUTLASS / CuTe, wgmma, setmaxnreg: the ``*_sm90.cu`` kernels) have no host emulation: ``hopper_only`` says why,
+and the runner skips them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+HOPPER_MARKERS = ("#include <cute/", "#include <cutlass/", "wgmma.mma_async", "setmaxnreg.", "cp.async.bulk")
+
+_DYNAMIC_SHARED = re.compile(r"extern __shared__ (?:__align__\(\d+\) )?unsigned char (\w+)\[\];")
+_STATIC_SHARED = re.compile(r"__shared__ (?:__align__\(\d+\) )?([\w:<>, ]+?) (\w+)((?:\[[^\]\n]+\])+);")
+_LAUNCH = re.compile(r"([\w:]+)<<<([^;]*?)>>>\(([^;]*?)\);")
+
+
+def hopper_only(cu: Path) -> str | None:
+    """Why ``cu`` cannot be built for the host, or None when it can."""
+    text = cu.read_text()
+    found = [marker for marker in HOPPER_MARKERS if marker in text]
+    if cu.name.endswith("_sm90.cu") or found:
+        return f"{cu.name}: sm_90a-only code ({', '.join(found) or '*_sm90.cu'}); no host emulation"
+    return None
+
+
+def host_text(text: str) -> str:
+    """The source with CUDA's GPU-only syntax rewritten for shim.h (see the module docstring)."""
+    text = re.sub(r"#include <(?:mma|cooperative_groups)\.h>\n", "", text)
+    text = _DYNAMIC_SHARED.sub(r"unsigned char* \1 = shim::t_block->smem;", text)
+    text = _STATIC_SHARED.sub(r"auto& \2 = shim::static_shared<\1\3>();", text)
+    text = _LAUNCH.sub(r"shim::launch_cfg(\1, \2, \3);", text)
+    for left in ("__shared__", "<<<"):
+        if left in text:
+            line = next(line for line in text.splitlines() if left in line)
+            raise ValueError(f"host_source: a {left} form the rewrite does not know: {line.strip()!r}")
+    return text
+
+
+def host_source(cu: Path) -> str:
+    """``cu`` as a host C++ translation unit (shim.h first)."""
+    reason = hopper_only(cu)
+    if reason is not None:
+        raise ValueError(reason)
+    return '#include "shim.h"\n' + host_text(cu.read_text())
+
+
+def write_host_headers(csrc: Path, out_dir: Path) -> None:
+    """csrc's headers, rewritten, into ``out_dir`` (put it before csrc on the include path): fused_gemm.cuh's
+    kernels and launch need the same rewrite as a .cu file's."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for header in [*csrc.glob("*.cuh"), *csrc.glob("*.h")]:
+        (out_dir / header.name).write_text(host_text(header.read_text()))

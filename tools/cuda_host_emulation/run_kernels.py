@@ -1,0 +1,320 @@
+"""Builds deepfuse._C for the CPU: every csrc/*.cu through host_source.py and shim.h (lstm.cu through
+extract_lstm.py's seams), csrc/bindings.cpp unchanged, the CUDA runtime calls from cudart_stubs.inc; all under
+AddressSanitizer + UBSan. Then it runs the ops' own CUDA launchers (``deepfuse.ops.<op>._FWD["cuda"]`` /
+``_BWD["cuda"]``) on CPU tensors through that module and checks every output against the ops' torch implementations
+in float64, with the test suite's rule (error <= 2 x torch's own error in the same dtype + ATOL,
+tests/tolerances.py). Outputs start as NaN (an unwritten element fails). Files with Hopper-only code (``*_sm90.cu``:
+CUTLASS, wgmma) are skipped with the reason. See README.md.
+
+    python tools/cuda_host_emulation/run_kernels.py --quick         # linear_act, conv2d_act, attention
+    python tools/cuda_host_emulation/run_kernels.py --op attention  # one op, every case
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+CSRC = REPO / "csrc"
+CHILD_FLAG = "_DEEPFUSE_HOST_C"  # set in the sanitizer-preloaded child: the built module's path
+FLAGS = [
+    "-std=c++20",
+    "-fsanitize=address,undefined",
+    "-O1",
+    "-g",
+    "-fno-omit-frame-pointer",
+    "-fPIC",
+    "-pthread",
+    "-w",
+]
+STUBS = (
+    '#include "shim.h"\n#include "cudart_stubs.inc"\nnamespace deepfuse { const char* ptxas_report() { return ""; } }\n'
+)
+
+
+# ------------------------------------------------------------------------------------------------------ build
+def translation_units(out: Path) -> list[Path]:
+    """Writes the host sources into ``out``; returns them (the rewritten headers go to out/include)."""
+    sys.path.insert(0, str(HERE))
+    from extract_lstm import host_source as lstm_host_source
+    from host_source import hopper_only, host_source, write_host_headers
+
+    write_host_headers(CSRC, out / "include")
+    units = []
+    for cu in sorted(CSRC.glob("*.cu")):
+        reason = hopper_only(cu)
+        if reason is not None:
+            print(f"skipped {reason}", flush=True)
+            continue
+        unit = out / f"{cu.stem}_host.cpp"
+        unit.write_text(lstm_host_source(cu) if cu.name == "lstm.cu" else host_source(cu))
+        units.append(unit)
+    (out / "stubs.cpp").write_text(STUBS)
+    units.append(out / "stubs.cpp")
+    units.append(CSRC / "bindings.cpp")
+    return units
+
+
+def build(out: Path, jobs: int) -> Path:
+    import pybind11
+    from run_lstm import cuda_include
+
+    out.mkdir(parents=True, exist_ok=True)
+    units = translation_units(out)
+    includes = [
+        f"-I{out / 'include'}",
+        f"-I{HERE}",
+        f"-I{CSRC}",
+        f"-I{cuda_include()}",
+        f"-I{pybind11.get_include()}",
+        f"-I{sysconfig.get_paths()['include']}",
+    ]
+    start = time.time()
+
+    def compile_unit(unit: Path) -> Path:
+        obj = out / f"{unit.stem}.o"
+        subprocess.run(["g++", *FLAGS, *includes, "-c", str(unit), "-o", str(obj)], check=True)
+        return obj
+
+    with ThreadPoolExecutor(jobs) as pool:
+        objects = list(pool.map(compile_unit, units))
+    module = out / f"_C{sysconfig.get_config_var('EXT_SUFFIX')}"
+    subprocess.run(["g++", *FLAGS, "-shared", *map(str, objects), "-o", str(module)], check=True)
+    print(f"built {module} from {len(units)} translation units ({time.time() - start:.0f} s)", flush=True)
+    return module
+
+
+def run_child(module: Path, argv: list[str]) -> int:
+    """The module is loaded into Python, so the sanitizer runtimes must be preloaded into a fresh interpreter."""
+    runtimes = [
+        subprocess.run(["g++", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+        for name in ("libasan.so", "libubsan.so")
+    ]
+    env = dict(
+        os.environ,
+        **{
+            CHILD_FLAG: str(module),
+            "LD_PRELOAD": " ".join(runtimes),
+            "ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1",
+            "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
+        },
+    )
+    env.pop("TRITON_INTERPRET", None)
+    return subprocess.run([sys.executable, __file__, *argv], env=env).returncode
+
+
+# ------------------------------------------------------------------------------------------------------ checks
+def load_host_module(path: str):
+    """The host-built module as deepfuse._C, and torch.cuda's stream/device calls answered for CPU tensors."""
+    import torch
+
+    spec = importlib.util.spec_from_file_location("deepfuse._C", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules["deepfuse._C"] = module
+    torch.cuda.device = lambda device: contextlib.nullcontext()
+    torch.cuda.current_stream = lambda device=None: SimpleNamespace(cuda_stream=0)
+    from deepfuse.kernels import utils
+
+    utils.POISON_OUTPUTS = True
+    return module
+
+
+def _randn(*shape, dtype):
+    import torch
+
+    return torch.randn(*shape, dtype=torch.float64).to(dtype)
+
+
+def linear_cases(quick: bool):
+    shapes = [(37, 29, 53), (1, 17, 1), (70, 64, 130)] if not quick else [(37, 29, 53), (70, 64, 130)]
+    for (M, K, N), activation in zip(shapes, ["gelu", "relu", "silu"], strict=False):
+        for bias in (True, False):
+
+            def make(dtype, M=M, K=K, N=N, activation=activation, bias=bias):
+                x, w = _randn(M, K, dtype=dtype), _randn(N, K, dtype=dtype) / K**0.5
+                b = _randn(N, dtype=dtype) if bias else None
+                fwd = (x, w, b, activation, True)
+                return fwd, lambda grad, saved: (grad, saved, x, w, activation, bias, True, True)
+
+            yield f"M{M}K{K}N{N}-{activation}-bias{int(bias)}", make
+
+
+def conv_cases(quick: bool):
+    geometries = [  # (N, C_in, H, W, C_out, k, stride, pad, dilation, groups, activation, residual)
+        (2, 3, 9, 11, 8, 3, 1, 1, 1, 1, "relu", False),
+        (2, 8, 7, 7, 16, 3, 2, 1, 1, 2, "gelu", True),
+        (1, 4, 6, 5, 4, 1, 1, 0, 1, 1, "silu", False),
+        (2, 6, 8, 8, 6, 3, 1, 2, 2, 6, "tanh", False),
+    ]
+    for N, C, H, W, C_out, k, s, p, d, g, activation, residual in geometries[: 2 if quick else None]:
+
+        def make(
+            dtype, N=N, C=C, H=H, W=W, C_out=C_out, k=k, s=s, p=p, d=d, g=g, activation=activation, residual=residual
+        ):
+            from deepfuse.ops.conv2d_act import _out_shape
+
+            x, w = _randn(N, C, H, W, dtype=dtype), _randn(C_out, C // g, k, k, dtype=dtype) / (C * k * k / g) ** 0.5
+            b = _randn(C_out, dtype=dtype)
+            stride, pad, dilation = (s, s), (p, p, p, p), (d, d)
+            r = _randn(*_out_shape(x, w, stride, pad, dilation), dtype=dtype) if residual else None
+            fwd = (x, w, b, r, stride, pad, dilation, g, activation, True)
+            return fwd, lambda grad, saved: (
+                grad,
+                saved,
+                x,
+                w,
+                stride,
+                pad,
+                dilation,
+                g,
+                activation,
+                True,
+                True,
+                True,
+                residual,
+            )
+
+        yield f"N{N}C{C}H{H}W{W}O{C_out}k{k}s{s}p{p}d{d}g{g}-{activation}{'-residual' if residual else ''}", make
+
+
+def attention_cases(quick: bool):
+    import torch
+
+    shapes = [  # (B, Hq, Hkv, Nq, Nk, D, causal, padding)
+        (2, 2, 2, 17, 17, 32, False, True),
+        (1, 4, 2, 33, 20, 64, True, False),
+        (2, 2, 1, 5, 70, 48, False, True),
+    ]
+    for B, Hq, Hkv, Nq, Nk, D, causal, padding in shapes[: 2 if quick else None]:
+
+        def make(dtype, B=B, Hq=Hq, Hkv=Hkv, Nq=Nq, Nk=Nk, D=D, causal=causal, padding=padding):
+            q = _randn(B, Hq, Nq, D, dtype=dtype)
+            k, v = _randn(B, Hkv, Nk, D, dtype=dtype), _randn(B, Hkv, Nk, D, dtype=dtype)
+            mask = None
+            if padding:
+                lengths = torch.arange(B) * 3 % Nk + 1
+                mask = torch.arange(Nk)[None, :] >= lengths[:, None]
+            scale = D**-0.5
+            fwd = (q, k, v, mask, causal, scale)
+            return fwd, lambda grad, saved: (grad, q, k, v, saved[0], saved[1], mask, causal, scale)
+
+        yield f"B{B}Hq{Hq}Hkv{Hkv}Nq{Nq}Nk{Nk}D{D}{'-causal' if causal else ''}{'-padding' if padding else ''}", make
+
+
+OPS = {"linear_act": linear_cases, "conv2d_act": conv_cases, "attention": attention_cases}
+# What each op's backward returns, in order.
+GRADIENTS = {
+    "linear_act": ("grad_x", "grad_weight", "grad_bias"),
+    "conv2d_act": ("grad_x", "grad_weight", "grad_bias", "grad_residual"),
+    "attention": ("dq", "dk", "dv"),
+}
+
+
+def _upcast(value):
+    import torch
+
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.double()
+    return value
+
+
+def check_case(op: str, make, dtype) -> list[str]:
+    """Forward and backward of the host-built kernels vs the op's torch implementation in float64; the problems."""
+    import importlib
+
+    import torch
+
+    from tests.tolerances import assert_close_to_reference
+
+    module = importlib.import_module(f"deepfuse.ops.{op}")
+    fwd_args, bwd_args = make(dtype)
+    ref_fwd_args = tuple(map(_upcast, fwd_args))
+    problems = []
+    forward = {
+        "cuda": module._FWD["cuda"](*fwd_args),
+        "torch": module._FWD["torch"](*fwd_args),
+        "ref": module._FWD["torch"](*ref_fwd_args),
+    }
+    grad = _randn(*forward["cuda"][0].shape, dtype=dtype)
+    backward = {}
+    for name, out in forward.items():
+        saved = out if op == "attention" else out[1]  # attention's backward takes (out, lse), the others preact
+        args = bwd_args(grad, saved)
+        backward[name] = module._BWD["torch" if name == "ref" else name](
+            *(map(_upcast, args) if name == "ref" else args)
+        )
+    labels = ["out", *GRADIENTS[op]]
+    values = {name: [forward[name][0], *backward[name]] for name in forward}
+    if any(len(values[name]) != len(labels) for name in values):
+        return [f"the backward returned {len(values['cuda']) - 1} gradients, expected {len(labels) - 1}"]
+    for index, label in enumerate(labels):
+        ours, theirs, ref = (values[name][index] for name in ("cuda", "torch", "ref"))
+        if ours.numel() == 0 and ref.numel() == 0:
+            continue
+        try:
+            assert_close_to_reference(label, ours, ref, theirs, dtype)
+        except AssertionError as error:
+            problems.append(str(error))
+    if op == "attention":
+        lse, ref_lse = forward["cuda"][1], forward["ref"][1]
+        finite = torch.isfinite(ref_lse)
+        if not torch.equal(torch.isfinite(lse), finite) or (lse[finite] - ref_lse[finite]).abs().max() > 1e-3:
+            problems.append("lse: differs from the reference's log-sum-exp")
+    return problems
+
+
+def run_checks(args) -> int:
+    import torch
+
+    load_host_module(os.environ[CHILD_FLAG])
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    failures = total = 0
+    start = time.time()
+    for op in args.op:
+        for case, make in OPS[op](args.quick):
+            for dtype_name in args.dtype:
+                total += 1
+                torch.manual_seed(total)
+                problems = check_case(op, make, dtypes[dtype_name])
+                failures += bool(problems)
+                print(f"{'FAIL' if problems else 'ok  '} {op} {case} {dtype_name}", flush=True)
+                for problem in problems:
+                    print(f"     {problem}", flush=True)
+    print(f"{total - failures}/{total} cases passed in {time.time() - start:.0f} s", flush=True)
+    return 1 if failures else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="two cases per op (the CI-sized set)")
+    parser.add_argument("--op", nargs="+", choices=sorted(OPS), default=sorted(OPS))
+    parser.add_argument(
+        "--dtype", nargs="+", choices=["float32", "float16", "bfloat16"], default=["float32", "float16", "bfloat16"]
+    )
+    parser.add_argument("--build-dir", type=Path, help="build there and keep the sources (default: a temporary one)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="parallel compiles")
+    args = parser.parse_args()
+    if os.environ.get(CHILD_FLAG):
+        sys.path.insert(0, str(REPO))
+        return run_checks(args)
+    with contextlib.ExitStack() as stack:
+        out = args.build_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="deepfuse-host-c-")))
+        module = build(out, args.jobs)
+        return run_child(module, sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
