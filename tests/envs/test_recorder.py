@@ -77,3 +77,21 @@ def test_benchmark_writes_its_results(tmp_path):
     (result,) = tmp_path.glob("*/*-drive_env.json")
     data = json.loads(result.read_text())
     assert len(data["rows"]) == len(rows) == 9 and "load_average" in data["environment"]
+
+
+def test_keyboard_recording_is_mostly_exact_zeros_with_taps(tmp_path, capsys):
+    from deepfuse.data.driving import looks_like_keystrokes
+
+    steering = np.array([f["steering"] for f in drive_expert(200, 0, tracks=2, keyboard=0.5)])
+    assert set(np.unique(steering)) <= {-1.0, -0.5, 0.0, 0.5, 1.0} and (steering != 0).any()
+    assert looks_like_keystrokes(steering)[0], looks_like_keystrokes(steering)[1]
+    smooth = np.array([f["steering"] for f in drive_expert(200, 0, tracks=2)])
+    assert not looks_like_keystrokes(smooth)[0]  # the expert's own labels are analogue
+    with pytest.raises(ValueError, match="keyboard"):
+        next(drive_expert(5, 0, tracks=1, keyboard=2.0))
+    out = tmp_path / "kbd"
+    arguments = ["--steps", "5", "--tracks", "1", "--keyboard", "0.5", "--style", "narrow"]
+    assert cli.main(["drive", "record", "--out", str(out), *arguments]) == 0
+    assert {r.steering for r in read_log(out / "driving_log.csv")} <= {-1.0, -0.5, 0.0, 0.5, 1.0}
+    assert cli.main(["drive", "record", "--out", str(tmp_path / "bad"), "--keyboard", "-0.1"]) == 2
+    assert "--keyboard must be a steering step in [0, 1]" in capsys.readouterr().err
