@@ -43,8 +43,9 @@ compile-gate: install  ## every Triton launch compiled for sm_90 and every _C ke
 test-gpu: install  ## GPU tests (needs a CUDA device): both kernels, every dtype, large shapes
 	$(PYTEST) -q -m gpu tests
 
-bench: install  ## every op's benchmark; results under benchmarks/results/<gpu>/
+bench: install  ## every op's benchmark and the host-overhead table; results under benchmarks/results/<gpu>/
 	$(PY) -m deepfuse bench all
+	$(PY) -m deepfuse bench overhead
 
 demo: install  ## the main job: train the digits CNN (fused layers) on the built-in digits; run folder under runs/demo/
 	$(PY) -m deepfuse demo

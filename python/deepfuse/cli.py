@@ -164,8 +164,13 @@ def _bench(args) -> int:
             print(f"skipped model file {name}.py: needs {package}, not installed here")
         bench_models(names, quick=args.quick, modes=args.modes.split(","), out_dir=args.out)
         return 0
+    if args.op == "overhead":
+        from deepfuse.bench.overhead import main as bench_overhead
+
+        bench_overhead(quick=args.quick, modes=args.modes.split(","), out_dir=args.out)
+        return 0
     if args.op not in (*BENCH_OPS, "all"):
-        raise UserError(f"unknown op or model {args.op!r}; ops: {', '.join(BENCH_OPS)}, all; "
+        raise UserError(f"unknown op or model {args.op!r}; ops: {', '.join(BENCH_OPS)}, all, overhead; "
                         f"models: {', '.join(models.names())}, models")  # fmt: skip
     rows = []
     for op in BENCH_OPS if args.op == "all" else (args.op,):
@@ -303,7 +308,8 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmark ops or models against eager torch and torch.compile")
     bench.add_argument("op", nargs="?", default="all",
-                       help="an op, all, a model name, models, or drive (simulator steps/s)")  # fmt: skip
+                       help="an op, all, overhead (µs per call vs torch), a model name, models, or drive "
+                            "(simulator steps/s)")  # fmt: skip
     bench.add_argument("--quick", action="store_true", help="fewer shapes")
     bench.add_argument("--dtype", default="bf16", choices=list(DTYPES))
     bench.add_argument("--modes", default="fwd,fwdbwd")

@@ -22,15 +22,24 @@ def _to_cupy(value):
     return value
 
 
+# Argument types that are never cupy arrays: checked first, so a plain call costs a set lookup per argument.
+_NOT_CUPY = {torch.Tensor, torch.nn.Parameter, type(None), str, int, float, bool}
+
+
+def _any_cupy(args: tuple, kwargs: dict) -> bool:
+    for value in args:
+        if value.__class__ not in _NOT_CUPY and is_cupy_array(value):
+            return True
+    return any(value.__class__ not in _NOT_CUPY and is_cupy_array(value) for value in kwargs.values())
+
+
 def accepts_cupy(op):
     """Lets ``op`` take cupy arrays for any tensor argument; its tensors then come back as cupy arrays."""
 
     @functools.wraps(op)
     def wrapper(*args, **kwargs):
         # torch.compile traces tensors only, so there is nothing to convert while compiling.
-        if torch.compiler.is_compiling() or not any(
-            is_cupy_array(v) for v in (*args, *kwargs.values()) if not isinstance(v, torch.Tensor)
-        ):
+        if not _any_cupy(args, kwargs) or torch.compiler.is_compiling():
             return op(*args, **kwargs)
         args = tuple(torch.from_dlpack(v) if is_cupy_array(v) else v for v in args)
         kwargs = {k: torch.from_dlpack(v) if is_cupy_array(v) else v for k, v in kwargs.items()}

@@ -11,7 +11,14 @@ def _dtype_names(dtypes) -> str:
     return ", ".join(str(d).removeprefix("torch.") for d in dtypes)
 
 
+_FLOAT_DTYPES = frozenset(FLOAT_DTYPES)
+
+
 def check_tensor(name: str, value, *, ndim: int | None = None, min_ndim: int | None = None) -> None:
+    if (value.__class__ is torch.Tensor or value.__class__ is torch.nn.Parameter) and value.dtype in _FLOAT_DTYPES:
+        ndims = value.ndim
+        if (ndim is None or ndims == ndim) and (min_ndim is None or ndims >= min_ndim):
+            return  # the common case, checked in few steps: this runs on every op call
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor (or a cupy array), got {type(value).__name__}")
     if value.dtype not in FLOAT_DTYPES:
