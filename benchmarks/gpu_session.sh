@@ -45,7 +45,8 @@ from tests.compile_gate.device import install
 
 recorder = install()  # before deepfuse's kernels are imported
 import deepfuse  # noqa: E402
-from deepfuse.bench import attention as b_attention, conv2d_act as b_conv, linear_act as b_linear, lstm as b_lstm  # noqa: E402
+from deepfuse.bench import attention as b_attention, conv2d_act as b_conv  # noqa: E402
+from deepfuse.bench import linear_act as b_linear, lstm as b_lstm  # noqa: E402
 from deepfuse.ops import attention, attention_varlen, conv2d_act, linear_act  # noqa: E402
 from deepfuse.ops.lstm import lstm_layer  # noqa: E402
 
@@ -64,13 +65,15 @@ def spec(op, dtype):  # stage 2: the GPU tests' model shapes
         backward(linear_act(leaf(4096, 256, **d), leaf(1024, 256, **d), leaf(1024, **d), "gelu", backend="triton"))
     elif op == "conv2d_act":  # resnet_56_residual
         x, r = leaf(16, 64, 56, 56, **d), leaf(16, 64, 56, 56, **d)
-        backward(conv2d_act(x, leaf(64, 64, 3, 3, **d), leaf(64, **d), 1, 1, 1, 1, "relu", residual=r, backend="triton"))
+        w, b = leaf(64, 64, 3, 3, **d), leaf(64, **d)
+        backward(conv2d_act(x, w, b, 1, 1, 1, 1, "relu", residual=r, backend="triton"))
     elif op == "attention":  # imdb_padded_d64
         q, k, v = (leaf(8, 4, 512, 64, **d) for _ in range(3))
         backward(attention(q, k, v, key_padding_mask=torch.rand(8, 512) > 0.8, backend="triton"))
     else:  # T64B64I256H256
         weights = [leaf(1024, 256, **d), leaf(1024, 256, **d), leaf(1024, **d), leaf(1024, **d)]
-        backward(lstm_layer(leaf(64, 64, 256, **d), leaf(64, 256, **d), leaf(64, 256, **d), *weights, backend="triton")[0])
+        x, h0, c0 = leaf(64, 64, 256, **d), leaf(64, 256, **d), leaf(64, 256, **d)
+        backward(lstm_layer(x, h0, c0, *weights, backend="triton")[0])
 
 
 def bench(op, dtype):  # stage 4: deepfuse bench <op> --quick --dtype bf16, the triton provider
@@ -81,7 +84,8 @@ def bench(op, dtype):  # stage 4: deepfuse bench <op> --quick --dtype bf16, the 
     elif op == "conv2d_act":
         for _, B, cin, H, W, cout, k, s, p, g in b_conv.QUICK_LAYERS:
             w = leaf(cout, cin // g, k, k, **d)
-            backward(conv2d_act(leaf(B, cin, H, W, **d), w, leaf(cout, **d), s, p, 1, g, b_conv.ACTIVATION, backend="triton"))
+            x, b = leaf(B, cin, H, W, **d), leaf(cout, **d)
+            backward(conv2d_act(x, w, b, s, p, 1, g, b_conv.ACTIVATION, backend="triton"))
     elif op == "attention":
         for n, head_dim, causal in b_attention.QUICK:
             q, k, v = (leaf(max(1, b_attention.TOKENS // n), b_attention.HEADS, n, head_dim, **d) for _ in range(3))
@@ -172,7 +176,8 @@ SPEC="(test_gpu_backends_match_reference and gelu and 4096x1024x256) or (test_gp
   or test_gpu_cuda_varlen or (test_gpu_layer and None-T64B64I256H256) or (test_sm90_matches and gelu-bias)
   or models_shape"
 FILES=$(ls tests/ops/test_linear_act.py tests/ops/test_linear_act_sm90.py tests/ops/test_conv2d_act.py \
-  tests/ops/test_attention.py tests/ops/test_lstm.py tests/models/test_stock.py tests/models/test_sentiment.py 2>/dev/null)
+  tests/ops/test_attention.py tests/ops/test_lstm.py tests/models/test_stock.py tests/models/test_sentiment.py \
+  2>/dev/null)
 # shellcheck disable=SC2086
 step "$S" spec "$(limit 150)" python -m pytest -q -m gpu -p no:cacheprovider $PARALLEL -rfE --junitxml="$S/spec.xml" \
   -k "$(echo $SPEC)" $FILES
