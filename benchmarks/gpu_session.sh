@@ -116,6 +116,7 @@ for stage, run, dtypes in (("2 spec", spec, (torch.float32, torch.float16, torch
 PY
 fi
 START=$SECONDS
+PY=${PYTHON:-python3}  # the GPU machine's python3 holds torch and triton
 DEADLINE=$((START + 470))  # 8 minutes less a margin for packing
 RUN=benchmarks/results/h200/session-$(date -u +%Y-%m-%d)-$(git rev-parse --short HEAD 2>/dev/null || echo nogit)
 mkdir -p "$RUN"
@@ -148,28 +149,28 @@ step() {
 
 # --- 1. build _C (parallel) ------------------------------------------------------------------------------------------
 S=$RUN/01-build && mkdir -p "$S"
-{ nvidia-smi; python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } \
+{ nvidia-smi; $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } \
   >"$S/env.log" 2>&1
 say "session on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)"
 # CUTLASS's headers come from the nvidia-cutlass wheel; the GPU machine has no registry: carried wheels in .whl/
-if ! python -c "import cutlass_library" 2>/dev/null; then
+if ! $PY -c "import cutlass_library" 2>/dev/null; then
   if ls .whl/nvidia_cutlass-*.whl >/dev/null 2>&1; then
-    python -m pip install -q --no-index --no-deps --target /tmp/site .whl/nvidia_cutlass-*.whl >>"$S/env.log" 2>&1
+    $PY -m pip install -q --no-index --no-deps --target /tmp/site .whl/nvidia_cutlass-*.whl >>"$S/env.log" 2>&1
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   fi
 fi
-if ! python -c "import cutlass_library" 2>/dev/null; then
+if ! $PY -c "import cutlass_library" 2>/dev/null; then
   export DEEPFUSE_SM90=0
   say "build: nvidia-cutlass not importable (carry its wheel in .whl/): building WITHOUT the sm_90a kernels"
 fi
 export DEEPFUSE_BUILD_JOBS=16
-step "$S" build "$(limit 180)" pip install --no-build-isolation --no-deps -e . ||
+step "$S" build "$(limit 180)" $PY -m pip install --no-build-isolation --no-deps -e . ||
   { tail -30 "$S/build.log"; finish 01-build; exit 1; }
 finish 01-build
 
 # --- 2. every op x backend x dtype once at a model shape, against the specification ---------------------------------
 S=$RUN/02-spec && mkdir -p "$S"
-PARALLEL=$(python -c "import xdist" 2>/dev/null && echo "-n 16" || echo "")
+PARALLEL=$($PY -c "import xdist" 2>/dev/null && echo "-n 16" || echo "")
 [ -z "$PARALLEL" ] && say "spec: pytest-xdist missing, one process"
 SPEC="(test_gpu_backends_match_reference and gelu and 4096x1024x256) or (test_gpu_model_layers and resnet_56_residual)
   or (test_gpu_kernels and imdb_padded_d64) or (test_gpu_cuda_fp32 and n127_d64) or test_gpu_triton_varlen
@@ -179,18 +180,18 @@ FILES=$(ls tests/ops/test_linear_act.py tests/ops/test_linear_act_sm90.py tests/
   tests/ops/test_attention.py tests/ops/test_lstm.py tests/models/test_stock.py tests/models/test_sentiment.py \
   2>/dev/null)
 # shellcheck disable=SC2086
-step "$S" spec "$(limit 150)" python -m pytest -q -m gpu -p no:cacheprovider $PARALLEL -rfE --junitxml="$S/spec.xml" \
+step "$S" spec "$(limit 150)" $PY -m pytest -q -m gpu -p no:cacheprovider $PARALLEL -rfE --junitxml="$S/spec.xml" \
   -k "$(echo $SPEC)" $FILES
 finish 02-spec
 
 # --- 3. compute-sanitizer on a few cases ----------------------------------------------------------------------------
 S=$RUN/03-sanitizer && mkdir -p "$S"
-step "$S" memcheck "$(limit 60)" compute-sanitizer --tool memcheck --error-exitcode 9 python -m pytest -q -m gpu \
+step "$S" memcheck "$(limit 60)" compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest -q -m gpu \
   -p no:cacheprovider tests/ops/test_linear_act.py::test_gpu_edge_shapes tests/ops/test_attention.py::test_gpu_kernels \
   tests/ops/test_conv2d_act.py::test_gpu_odd_geometry -k "cuda and (edge or n17 or padding_mqa or 3x3_pad1_relu)"
 # The LSTM's persistent kernels sync across blocks each step.
 for tool in racecheck synccheck; do
-  step "$S" "$tool-lstm" "$(limit 30)" compute-sanitizer --tool $tool --error-exitcode 9 python -m pytest -q -m gpu \
+  step "$S" "$tool-lstm" "$(limit 30)" compute-sanitizer --tool $tool --error-exitcode 9 $PY -m pytest -q -m gpu \
     -p no:cacheprovider tests/ops/test_lstm.py -k "test_gpu_layer and cuda-persistent-T60B64I1H64 and torch.float16"
 done
 finish 03-sanitizer
@@ -200,17 +201,17 @@ S=$RUN/04-bench && mkdir -p "$S"
 WARM=$(limit 150)
 if [ "$WARM" -ge 20 ]; then
   for op in linear_act conv2d_act attention lstm; do  # timings of this pass are discarded
-    timeout --kill-after=10 "$WARM" python -m deepfuse bench $op --quick --dtype bf16 --out /tmp/deepfuse-warm \
+    timeout --kill-after=10 "$WARM" $PY -m deepfuse bench $op --quick --dtype bf16 --out /tmp/deepfuse-warm \
       >"$S/warm-$op.log" 2>&1 &
   done
   wait
   say "bench warm-up: done at the limit of $WARM s or before"
 fi
 for op in linear_act attention conv2d_act lstm; do
-  step "$S" "bench-$op" "$(limit 90)" python -m deepfuse bench $op --quick --dtype bf16 --out "$S/results"
+  step "$S" "bench-$op" "$(limit 90)" $PY -m deepfuse bench $op --quick --dtype bf16 --out "$S/results"
   finish 04-bench
 done
-step "$S" bench-models "$(limit 120)" python -m deepfuse bench models --out "$S/results"
+step "$S" bench-models "$(limit 120)" $PY -m deepfuse bench models --out "$S/results"
 finish 04-bench
 say "session done in $((SECONDS - START)) s"
 [ -n "${OUT:-}" ] && cp "$SUMMARY" "$OUT/summary.log"
