@@ -53,6 +53,9 @@ def test_cli_play_writes_a_gif_and_a_strip_of_the_expert(tmp_path, capsys):
     gif, png = tmp_path / "run.gif", tmp_path / "run.png"
     assert cli.main(["drive", "play", "--gif", str(gif), "--png", str(png), "--steps", "12", "--every", "3"]) == 0
     assert "expert on test track 0" in capsys.readouterr().out
+    narrow = ["--steps", "5", "--style", "narrow", "--track", "1"]
+    assert cli.main(["drive", "play", "--png", str(tmp_path / "narrow.png"), *narrow]) == 0
+    assert "expert on test track 1 (narrow): " in capsys.readouterr().out
     with Image.open(gif) as image:
         assert image.n_frames == 4
     with Image.open(png) as image:

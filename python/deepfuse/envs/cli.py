@@ -40,6 +40,7 @@ def add_drive_commands(commands) -> None:
     play.add_argument("--steps", type=int, default=300)
     play.add_argument("--track", type=int, default=0, help="which track of the split")
     play.add_argument("--split", choices=["train", "val", "test"], default="test")
+    play.add_argument("--style", choices=["road", "narrow"], default="road", help="narrow: the closed loop's tracks")
     play.add_argument("--every", type=int, default=2, help="keep every N-th frame")
     play.add_argument("--device", choices=["cpu", "cuda"])
     play.set_defaults(run=_play)
@@ -82,10 +83,10 @@ def _play(args: argparse.Namespace) -> int:
     from deepfuse.envs.player import play
 
     metrics = play(pilot, split=args.split, track=args.track, steps=args.steps, gif=args.gif, png=args.png,
-                   every=args.every)  # fmt: skip
+                   every=args.every, style=args.style)  # fmt: skip
     shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-    print(f"{pilot.name} on {args.split} track {args.track}: {shown}; wrote " + " and ".join(filter(None, (args.gif,
-          args.png))))  # fmt: skip
+    written = " and ".join(filter(None, (args.gif, args.png)))
+    print(f"{pilot.name} on {args.split} track {args.track} ({args.style}): {shown}; wrote {written}")
     return 0
 
 

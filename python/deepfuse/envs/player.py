@@ -14,9 +14,10 @@ from deepfuse.envs.tracks import TrackSet, make_track
 
 
 def play(pilot: Pilot, *, split: str = "test", track: int = 0, steps: int = 300, gif: str | Path | None = None,
-         png: str | Path | None = None, strip_frames: int = 8, every: int = 1) -> dict:  # fmt: skip
-    """Drive track ``track`` of ``split`` with ``pilot`` for ``steps`` steps, keep every ``every``-th frame, write
-    them to ``gif`` and/or a ``strip_frames``-frame strip to ``png``; returns the drive's metrics."""
+         png: str | Path | None = None, strip_frames: int = 8, every: int = 1,
+         style: str = "road") -> dict:  # fmt: skip
+    """Drive track ``track`` of ``split`` (in ``style``) with ``pilot`` for ``steps`` steps, keep every ``every``-th
+    frame, write them to ``gif`` and/or a ``strip_frames``-frame strip to ``png``; returns the drive's metrics."""
     if gif is None and png is None:
         raise ValueError("give gif=... or png=... (where to write the pictures)")
     frames = []
@@ -27,7 +28,7 @@ def play(pilot: Pilot, *, split: str = "test", track: int = 0, steps: int = 300,
             camera = images[0] if images is not None else sim.render(_camera_for_pictures(pilot))[0]
             frames.append(picture(sim, camera, 0, view))
 
-    metrics = drive(pilot, TrackSet.of([make_track(split, track)]), steps, on_step=record)
+    metrics = drive(pilot, TrackSet.of([make_track(split, track, style)]), steps, on_step=record)
     from PIL import Image
 
     if gif is not None:
