@@ -50,9 +50,28 @@ class DropoutTask(Task):
         return []
 
 
-DROPOUT = DropoutTask()
+class NoisyItems(TensorDataset):
+    """Augmentation: every read of an item adds fresh noise from torch's generator."""
+
+    def __getitem__(self, index):
+        x, y = super().__getitem__(index)
+        return x + 0.3 * torch.randn(x.shape), y
+
+
+class AugmentedTask(DropoutTask):
+    """The dropout MLP on items that draw random numbers when read (in a DataLoader worker with --workers 1)."""
+
+    name = "augmented-mlp"
+
+    def load_data(self, path, config, state=None):
+        data = super().load_data(path, config, state)
+        data.train = NoisyItems(*data.train.tensors)
+        return data
+
+
+DROPOUT, AUGMENTED = DropoutTask(), AugmentedTask()
 # (task, epochs, the finished steps after which the interrupt cuts the next batch): a cut in the second epoch
-CASES = {"digits": (DIGITS, 2, 26), "dropout-mlp": (DROPOUT, 2, 14)}
+CASES = {"digits": (DIGITS, 2, 26), "dropout-mlp": (DROPOUT, 2, 14), "augmented-mlp": (AUGMENTED, 2, 14)}
 
 
 def quiet(_line):
@@ -532,14 +551,15 @@ def test_eval_says_which_data_path_it_uses(tmp_path, monkeypatch, capsys):
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     capsys.readouterr()
-    assert cli.main(["eval", "digits", "--checkpoint", str(checkpoint)]) == 0
-    assert f"data: {tmp_path / 'project' / 'mnist'} (the checkpoint's;" in capsys.readouterr().out
+    assert cli.main(["eval", "digits", "--checkpoint", str(checkpoint)]) == 0  # the path is stored absolute
+    assert f"digits test (MNIST IDX files in {tmp_path / 'project' / 'mnist'}:" in capsys.readouterr().out
     payload = load_checkpoint(checkpoint)  # a checkpoint of an older version keeps --data as given
     payload["config"]["data"] = "mnist"
     torch.save(payload, tmp_path / "old.pt")
     monkeypatch.chdir(tmp_path / "project")
     assert cli.main(["eval", "digits", "--checkpoint", str(tmp_path / "old.pt")]) == 0
-    assert "its relative path mnist resolved against the current folder" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"data: {tmp_path / 'project' / 'mnist'} (the checkpoint's relative --data, resolved against the" in out
 
 
 def test_predict_offers_the_skip_bad_its_errors_suggest(tmp_path, capsys):

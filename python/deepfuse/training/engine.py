@@ -727,11 +727,10 @@ def evaluate(task: Task, checkpoint: str | Path, data: str | Path | None = None,
              backend: str = "auto", log=print) -> dict:  # fmt: skip
     """Metrics of a checkpoint on the test split (the validation split when there is no test split)."""
     model, config, state = load_for_inference(task, checkpoint, device, data)
-    if data is None and config["data"]:
-        saved = Path(config["data"])
-        config["data"] = str(saved.absolute())
-        how = "" if saved.is_absolute() else f"; its relative path {saved} resolved against the current folder"
-        log(f"data: {config['data']} (the checkpoint's{how}; --data to evaluate other data)")
+    if data is None and config["data"] and not Path(config["data"]).is_absolute():  # older checkpoints: as given
+        config["data"] = str(Path(config["data"]).absolute())
+        log(f"data: {config['data']} (the checkpoint's relative --data, resolved against the current folder; "
+            "--data to evaluate other data)")
     config |= {"backend": backend, "workers": 0}
     dataset = task.load_data(Path(config["data"]) if config["data"] else None, config, state)
     run = Run(task, config, dataset, next(model.parameters()).device, distributed.Distributed(), model, model)

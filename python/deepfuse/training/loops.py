@@ -6,7 +6,7 @@ import math
 import time
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from deepfuse.training.batching import EpochBatches, ShardBatches
 from deepfuse.training.distributed import gather_objects, mean_over_processes
@@ -18,6 +18,34 @@ class NonFiniteLossError(ArithmeticError):
     def __init__(self, run, value: float) -> None:
         super().__init__(f"epoch {run.epoch + 1}, step {run.step_in_epoch}: the training loss is {value}")
         self.epoch, self.step, self.value = run.epoch + 1, run.step_in_epoch, value
+
+
+class SeededSamples(Dataset):
+    """A training split whose items draw random numbers (augmentation): each item's draws come from torch's
+    generator seeded by (seed, epoch, batch, place in the batch, rank), so that they are the same whatever the
+    worker count and wherever a resumed epoch starts. Keys are those tuples; the global RNG is left as it was."""
+
+    def __init__(self, dataset, seed: int, epoch: int, rank: int) -> None:
+        self.dataset, self.seed, self.epoch, self.rank = dataset, seed, epoch, rank
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        batch, place, index = key
+        with torch.random.fork_rng(devices=[]):
+            # NOTE: hashing a tuple of ints is the same in every process (only str hashing is salted)
+            # the CPU generator only (torch.manual_seed would queue a seed for every GPU as well)
+            torch.default_generator.manual_seed(hash((self.seed, self.epoch, batch, place, self.rank)) & (2**63 - 1))
+            return self.dataset[index]
+
+
+def draws_random_numbers(dataset) -> bool:
+    """Whether reading an item moves torch's generator (an augmenting dataset). Reads item 0 once."""
+    with torch.random.fork_rng(devices=[]):
+        before = torch.get_rng_state()
+        dataset[0]
+        return not torch.equal(before, torch.get_rng_state())
 
 
 def loader(run, dataset, batch_sampler) -> DataLoader:
@@ -36,11 +64,16 @@ def supervised_epoch(run) -> dict[str, float]:
     sampler = EpochBatches(len(data.train), run.config["batch_size"], run.config["seed"], run.epoch,
                            run.place.rank, run.place.world, data.sample_weights, data.lengths,
                            skip=run.step_in_epoch)  # fmt: skip
+    dataset = data.train
+    if len(sampler) and draws_random_numbers(dataset):  # exact resume with augmentation, any worker count
+        dataset = SeededSamples(dataset, run.config["seed"], run.epoch, run.place.rank)
+        sampler = [[(run.step_in_epoch + b, place, i) for place, i in enumerate(batch)]
+                   for b, batch in enumerate(sampler.batches)]  # fmt: skip
     run.model.train()
     seen, start = 0, time.perf_counter()
     run.mark_finished_step()  # an interrupt inside the first batch rewinds to here
     progress = run.progress(len(sampler), f"epoch {run.epoch + 1}/{run.config['epochs']}")
-    for inputs, targets in loader(run, data.train, sampler):
+    for inputs, targets in loader(run, dataset, sampler):
         inputs, targets = run.to_device(inputs), run.to_device(targets)
         with run.autocast():
             outputs = run.forward(inputs)
