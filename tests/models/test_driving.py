@@ -139,6 +139,9 @@ def test_the_verdict_says_when_the_network_loses():
     assert "beats always-straight (75% lower MSE)" in good["verdict"] and "beats the mean steering" in good["verdict"]
     bad = TASK.evaluate(torch.full((4, 1), 0.3), truth, {"mean_steering": 0.1}, "test")
     assert "LOSES to always-straight" in bad["verdict"] and "LOSES to the mean steering" in bad["verdict"]
+    assert bad["verdict"].endswith("only 4 frames, too few to tell")
+    many = torch.zeros(100, 1)
+    assert "too few" not in TASK.evaluate(many, many + 0.1, {}, "test")["verdict"]
 
 
 def test_a_pilot_sees_what_training_saw(recording):

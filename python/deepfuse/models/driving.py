@@ -124,8 +124,12 @@ def steering_metrics(predicted: np.ndarray, truth: np.ndarray, mean_steering: fl
     }
 
 
-def verdict(metrics: dict, prefix: str = "") -> str:
-    """One line: does the network beat always-straight and the mean-steering predictor, and by how much."""
+FEW_FRAMES = 100  # 10 s of driving: fewer test frames are a few blocks of one manoeuvre, not evidence
+
+
+def verdict(metrics: dict, frames: int, prefix: str = "") -> str:
+    """One line: does the network beat always-straight and the mean-steering predictor, by how much, and whether
+    ``frames`` frames are enough to tell."""
     mse, parts = metrics[f"{prefix}mse"], []
     for name in ("straight", "mean"):
         baseline = metrics[f"{prefix}{name}_mse"]
@@ -136,7 +140,8 @@ def verdict(metrics: dict, prefix: str = "") -> str:
             parts.append(f"beats {label} ({1 - mse / baseline:.0%} lower MSE)")
         else:
             parts.append(f"LOSES to {label} (MSE {mse / baseline:.2f}x)")
-    return f"MSE {mse:.4g}: " + ", ".join(parts)
+    few = f" — only {frames} frames, too few to tell" if frames < FEW_FRAMES else ""
+    return f"MSE {mse:.4g}: " + ", ".join(parts) + few
 
 
 class DrivingTask(Task):
@@ -222,7 +227,7 @@ class DrivingTask(Task):
 
         predicted, truth = outputs.double().flatten().numpy(), targets.double().flatten().numpy()
         metrics = steering_metrics(predicted, truth, state.get("mean_steering", 0.0))
-        return metrics | regression_metrics(predicted, truth) | {"verdict": verdict(metrics)}
+        return metrics | regression_metrics(predicted, truth) | {"verdict": verdict(metrics, len(truth))}
 
     def validate(self, run, split: str):
         from deepfuse.training.loops import evaluate_split
@@ -235,7 +240,7 @@ class DrivingTask(Task):
             predicted = outputs.double().flatten().numpy()
             recorded = np.clip(frames.recorded[dataset.row].astype(np.float64), -1.0, 1.0)
             raw = steering_metrics(predicted, recorded, run.data.state.get("mean_steering", 0.0), "recorded_")
-            metrics.update(raw, recorded_verdict=verdict(raw, "recorded_"))
+            metrics.update(raw, recorded_verdict=verdict(raw, len(recorded), "recorded_"))
         tracks = run.config.get("closed_loop_tracks", 0)
         if split == "test" and tracks > 0 and run.place.is_main:
             metrics.update(
