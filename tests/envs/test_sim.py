@@ -197,3 +197,7 @@ def test_bad_arguments_are_named():
         Simulator(0, TrackSet.split("train", 1))
     with pytest.raises(ValueError, match="track indices"):
         Simulator(1, TrackSet.split("train", 1)).place([0], [3], 0.0)
+    sim = Simulator(2, TrackSet.split("train", 1))
+    old = sim.state_dict() | {"cars": np.zeros((2, 8))}  # saved before the wheels' column
+    with pytest.raises(ValueError, match="another version of the simulator"):
+        sim.load_state_dict(old)

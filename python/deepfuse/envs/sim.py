@@ -149,6 +149,11 @@ class Simulator:
                 "steps": self.steps.copy()}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
+        if state["cars"].shape[1:] != self.cars.shape[1:]:
+            raise ValueError(
+                f"a saved state with {state['cars'].shape[1]} numbers per car comes from another version "
+                f"of the simulator (this one keeps {kernels.STATE}: the wheels' column was added)"
+            )
         if state["cars"].shape != self.cars.shape:
             raise ValueError(f"a saved state of {len(state['cars'])} cars cannot be loaded into {self.num_cars}")
         self.cars[:], self.seg[:], self.track[:], self.steps[:] = (state[k] for k in ("cars", "seg", "track",
