@@ -118,6 +118,16 @@ def test_trains_evaluates_and_predicts_from_the_cli(recording, tmp_path, capsys,
     assert "--closed-loop-tracks must be at least 0" in capsys.readouterr().err
 
 
+def test_help_lists_the_keyboard_options_and_bad_values_are_one_line_errors(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main(["train", "driving", "--help"])
+    assert exit_code.value.code == 0
+    assert "--smooth-steering {auto,on,off}" in capsys.readouterr().out
+    out = str(tmp_path / "run")
+    assert cli.main(["train", "driving", "--sim-rows", "10", "--straight-keep", "1.5", "--out", out]) == 2
+    assert "--straight-keep must be in [0, 1], got 1.5" in capsys.readouterr().err
+
+
 def test_closed_loop_puts_the_network_beside_the_expert_and_the_baselines(one_thread):
     """What the test split's closed loop reports; an untrained network's numbers are only checked for consistency
     (the slow test below checks a trained one's)."""

@@ -161,7 +161,7 @@ class DrivingTask(Task):
         "smooth_steering": Option(
             "auto",
             "smooth the labels in time: auto = in logs that look like keystrokes "
-            "(> 50 % exact zeros, few distinct values)",
+            "(more than half exact zeros, few distinct values)",
             choices=("auto", "on", "off"),
         ),
         "smooth_seconds": Option(0.3, "the smoothing Gaussian's standard deviation, seconds"),
