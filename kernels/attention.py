@@ -9,6 +9,10 @@ and the caller sums each group.
 
 Masks: causal (SDPA's top-left alignment: key j is visible to query i when j <= i) and a key-padding
 mask (B, Nk), nonzero = ignore. A query whose keys are all masked outputs zeros (its LSE is +inf).
+Hopper (capability 9.x): the padded-layout forward has a twin whose Q, K and V tiles come by TMA (4-D host tensor
+descriptors over (B, H, N, D), zero-filled past each sequence and past D), taken for fp16/bf16 and TF32 when q, k
+and v are TMA-ready (last dim contiguous, 16-byte aligned base and strides); otherwise the pointer kernel.
+
 Layouts: (B, H, N, D) with any strides; D up to 256, padded to a power of two inside the kernel. Tiles depend on
 the padded head dim, the dtype and the dot precision (tiles(): 64x64 for fp16/bf16 up to D = 128, smaller from
 there and for fp32), so every head dim fits an H200 block's 227 KB of shared memory; python -m tests.compile_gate
@@ -22,7 +26,7 @@ import triton
 import triton.language as tl
 
 from . import utils
-from .gemm_common import INTERPRET, dot_flags, mma
+from .gemm_common import INTERPRET, dot_flags, hopper_device, mma, tensor_descriptor
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 
@@ -36,8 +40,9 @@ class Tiles(NamedTuple):
 
 # (largest padded head dim, tiles) per dot kind and kernel, smallest head dims first.
 # NOTE: chosen from ptxas for sm_90 (tests/compile_gate; speed unmeasured, no GPU run yet). fp16/bf16: 64x64 on
-# 4 warps fits up to D = 128 (dkdv needs 8 warps there: 20 B of spills on 4); at D = 256, 64x64 in backward
-# needs 262-271 KB of shared memory (> 227 KB), so dkdv takes 32 keys per program (173 KB, 206 registers) and
+# 4 warps fits up to D = 128 (dkdv at D = 128: 8 warps split its 64 key rows into two 32-row warpgroups and ptxas
+# serialised the wgmmas (C7515); 4 warps spill 80 B); at D = 256, 64x64 in backward needs 262-271 KB of shared
+# memory (> 227 KB), so dkdv takes 32 keys per program on mma.sync (64x32 on 8 warps: 136 KB, 178 registers) and
 # fwd/dq 8 warps and 2 stages (164/197 KB). tf32 operands are twice as wide: smaller tiles from D = 128.
 # fp32 without TF32 runs tl.dot on FMAs, which keeps whole operand rows in registers: at 64x64 it spilled
 # 2-165 KB per thread (and took 20-330 s to compile); 32x32 (dkdv 16x32) on 8 warps, one or two stages, keeps
@@ -45,13 +50,13 @@ class Tiles(NamedTuple):
 _TILES = {
     "half": {
         "fwd": [(128, Tiles(64, 64, 4, 3)), (256, Tiles(64, 64, 8, 2))],
-        "dkdv": [(64, Tiles(64, 64, 4, 3)), (128, Tiles(64, 64, 8, 3)), (256, Tiles(128, 32, 8, 2))],
+        "dkdv": [(64, Tiles(64, 64, 4, 3)), (128, Tiles(64, 64, 4, 3)), (256, Tiles(64, 32, 8, 2))],
         "dq": [(128, Tiles(64, 64, 4, 3)), (256, Tiles(64, 64, 8, 2))],
     },
     "tf32": {
         "fwd": [(64, Tiles(64, 64, 4, 3)), (128, Tiles(64, 64, 8, 2)), (256, Tiles(32, 32, 4, 2))],
         "dkdv": [(32, Tiles(64, 64, 4, 3)), (64, Tiles(64, 64, 8, 3)), (128, Tiles(64, 32, 8, 2)),
-                 (256, Tiles(32, 32, 4, 2))],  # fmt: skip
+                 (256, Tiles(32, 32, 8, 2))],  # fmt: skip
         "dq": [(64, Tiles(64, 64, 4, 3)), (128, Tiles(64, 32, 8, 2)), (256, Tiles(32, 32, 4, 2))],
     },
     "ieee": {
@@ -161,6 +166,56 @@ def _attention_fwd_kernel(
 
 
 @triton.jit
+def _attention_fwd_tma_kernel(
+    # descriptors of q (B, Hq, Nq, D), k and v (B, Hkv, Nk, D); pointers
+    q_desc, k_desc, v_desc, mask_ptr, out_ptr, lse_ptr,
+    # sizes
+    Hq, Nq, Nk, D, GROUP,
+    # strides of out (batch, head, token, dim), of the mask (B, Nk) and lse (batch, head)
+    sob, soh, son, sod, smb, smn, slb, slh,
+    qk_scale,
+    # meta-parameters
+    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // Hq
+    h = bh % Hq
+    kv_h = h // GROUP
+    q_pos = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    d = tl.arange(0, BLOCK_D)
+    # TMA zero-fills past Nq and D, as the pointer kernel's masked loads do
+    q = q_desc.load([b, h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, BLOCK_D)
+    mask_row = mask_ptr + b.to(tl.int64) * smb
+
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    hi = tl.minimum(Nk, (pid_m + 1) * BLOCK_M) if CAUSAL else Nk
+    for start_n in range(0, hi, BLOCK_N):
+        k_pos = start_n + tl.arange(0, BLOCK_N)
+        k = k_desc.load([b, kv_h, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
+        s = _scores(q, k.T, q_pos, k_pos, mask_row, Nk, qk_scale, CAUSAL, HAS_MASK, DOT_PRECISION, UPCAST_DOT)
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = v_desc.load([b, kv_h, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
+        acc = mma(p.to(v.dtype), v, acc * alpha[:, None], DOT_PRECISION, UPCAST_DOT)
+        m_i = m_new
+
+    visible = l_i > 0.0
+    out = tl.where(visible[:, None], acc / tl.where(visible, l_i, 1.0)[:, None], 0.0)
+    out_ptr += b.to(tl.int64) * sob + h.to(tl.int64) * soh
+    tl.store(out_ptr + q_pos[:, None] * son + d[None, :] * sod, out.to(out_ptr.dtype.element_ty),
+             mask=(q_pos < Nq)[:, None] & (d < D)[None, :])  # fmt: skip
+    lse = tl.where(visible, m_i + tl.math.log2(tl.where(visible, l_i, 1.0)), float("inf"))
+    tl.store(lse_ptr + b.to(tl.int64) * slb + h.to(tl.int64) * slh + q_pos, lse, mask=q_pos < Nq)
+
+
+@triton.jit
 def _attention_bwd_dkdv_kernel(
     # pointers: dO has q's strides, delta lse's; dk and dv are fp32 per query head with strides sg*
     q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, cu_q_ptr, cu_k_ptr,
@@ -191,9 +246,14 @@ def _attention_bwd_dkdv_kernel(
                 other=0.0)  # fmt: skip
     v = tl.load(v_ptr + b * svb + kv_h * svh + (k_start + k_pos[:, None]) * svn + d[None, :] * svd, mask=kv_mask,
                 other=0.0)  # fmt: skip
-    k_t = tl.trans(k)
     mask_row = mask_ptr + b * smb
+    key_visible = k_pos < Nk
+    if HAS_MASK:
+        key_visible = key_visible & (tl.load(mask_row + k_pos, mask=k_pos < Nk, other=1) == 0)
 
+    # Everything transposed (keys on rows), as FlashAttention-2's dK/dV loop: no register tensor is transposed.
+    # NOTE: the untransposed loop (tl.trans of p and ds as wgmma A operands) made ptxas serialise every wgmma on
+    # sm_90 (C7515 "Potential Performance Loss", tests/compile_gate, fp16/bf16 D = 64).
     dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     lo = (pid_n * BLOCK_N // BLOCK_M) * BLOCK_M if CAUSAL else 0
@@ -202,15 +262,20 @@ def _attention_bwd_dkdv_kernel(
         q_mask = (q_pos < Nq)[:, None] & (d < D)[None, :]
         q_offsets = q_pos[:, None] * sqn + d[None, :] * sqd
         q = tl.load(q_ptr + q_offsets, mask=q_mask, other=0.0)
+        q_t = tl.load(q_ptr + q_pos[None, :] * sqn + d[:, None] * sqd, mask=(d < D)[:, None] & (q_pos < Nq)[None, :],
+                      other=0.0)  # fmt: skip
         do = tl.load(do_ptr + q_offsets, mask=q_mask, other=0.0)
         lse = tl.load(lse_ptr + q_pos, mask=q_pos < Nq, other=float("inf"))
         delta = tl.load(delta_ptr + q_pos, mask=q_pos < Nq, other=0.0)
-        s = _scores(q, k_t, q_pos, k_pos, mask_row, Nk, qk_scale, CAUSAL, HAS_MASK, DOT_PRECISION, UPCAST_DOT)
-        p = tl.math.exp2(s - lse[:, None])  # (BLOCK_M, BLOCK_N); 0 where masked or the row is empty
-        dv = mma(tl.trans(p.to(do.dtype)), do, dv, DOT_PRECISION, UPCAST_DOT)
-        dp = mma(do, tl.trans(v), tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT_PRECISION, UPCAST_DOT)
-        ds = p * (dp - delta[:, None])
-        dk = mma(tl.trans(ds.to(q.dtype)), q, dk, DOT_PRECISION, UPCAST_DOT)
+        s_t = mma(k, q_t, tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32), DOT_PRECISION, UPCAST_DOT) * qk_scale
+        visible = key_visible[:, None]
+        if CAUSAL:
+            visible = visible & (k_pos[:, None] <= q_pos[None, :])
+        p_t = tl.math.exp2(tl.where(visible, s_t, float("-inf")) - lse[None, :])  # 0 where masked or row empty
+        dv = mma(p_t.to(do.dtype), do, dv, DOT_PRECISION, UPCAST_DOT)
+        dp_t = mma(v, tl.trans(do), tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32), DOT_PRECISION, UPCAST_DOT)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = mma(ds_t.to(q.dtype), q, dk, DOT_PRECISION, UPCAST_DOT)
 
     out_offsets = b * sgb + h * sgh + (k_start + k_pos[:, None]) * sgn + d[None, :] * sgd
     tl.store(dk_ptr + out_offsets, dk * scale, mask=kv_mask)
@@ -292,10 +357,36 @@ def _launch_meta(kernel, causal, has_mask, varlen, D, dtype):
                 BLOCK_D=_block_d(D), num_warps=num_warps, num_stages=num_stages, **flags)  # fmt: skip
 
 
-def attention_fwd(q, k, v, key_padding_mask, causal: bool, scale: float, cu_seqlens=None, max_seqlens=None):
+def _tma_ready(*tensors: torch.Tensor) -> bool:
+    """TMA's rules for the 4-D descriptors: last dim contiguous, base address and other strides 16-byte aligned."""
+    return all(t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(st * t.element_size() % 16 == 0
+               for st in t.stride()[:-1]) for t in tensors)  # fmt: skip
+
+
+def _take_tma(variant: str | None, q, k, v, block_m: int = 64) -> bool:
+    """Whether the forward runs its TMA kernel: "tma" demands it, "pointer" refuses it, None (default) takes it on a
+    Hopper device for 16-bit or TF32 dots when q, k and v are TMA-ready and the query tile has 64+ rows (smaller
+    ones lower to mma.sync, not wgmma: TF32 at D > 128)."""
+    if variant not in (None, "tma", "pointer"):
+        raise ValueError(f"variant must be None, 'tma' or 'pointer', got {variant!r}")
+    if variant == "pointer":
+        return False
+    ready = _tma_ready(q, k, v)
+    if variant == "tma":
+        if not ready:
+            raise ValueError("variant='tma' needs q, k, v with a contiguous last dim and 16-byte aligned base and "
+                             "strides")  # fmt: skip
+        return True
+    tensor_cores = q.dtype != torch.float32 or dot_flags(q.dtype)["DOT_PRECISION"] == "tf32"
+    return hopper_device(q) and tensor_cores and ready and block_m >= 64
+
+
+def attention_fwd(q, k, v, key_padding_mask, causal: bool, scale: float, cu_seqlens=None, max_seqlens=None, *,
+                  variant: str | None = None):  # fmt: skip
     """(out, lse). Padded: q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D); lse (B, Hq, Nq). Packed (cu_seqlens =
     (cu_q, cu_k) int32, max_seqlens = (max_q, max_k)): q (Tq, Hq, D), k/v (Tk, Hkv, D); lse (Hq, Tq).
-    out is contiguous in q's layout and dtype; lse is fp32, base 2, +inf where a query sees no key."""
+    out is contiguous in q's layout and dtype; lse is fp32, base 2, +inf where a query sees no key. variant: see
+    _take_tma (padded layouts only; packed ones always take the pointer kernel)."""
     packed = cu_seqlens is not None
     D, Hq, Hkv = q.shape[-1], q.shape[-2 if packed else 1], k.shape[-2 if packed else 1]
     out = utils.empty_output(q.shape, q)
@@ -314,6 +405,16 @@ def attention_fwd(q, k, v, key_padding_mask, causal: bool, scale: float, cu_seql
         return out, lse
     mask, smb, smn, has_mask = _mask_args(key_padding_mask, q)
     meta = _launch_meta("fwd", causal, has_mask, packed, D, q.dtype)
+    if not packed and _take_tma(variant, q, k, v, meta["BLOCK_M"]):
+        del meta["VARLEN"]
+        descriptors = [tensor_descriptor(t) for t in (q, k, v)]
+        descriptors[0].block_shape = [1, 1, meta["BLOCK_M"], meta["BLOCK_D"]]
+        descriptors[1].block_shape = descriptors[2].block_shape = [1, 1, meta["BLOCK_N"], meta["BLOCK_D"]]
+        _attention_fwd_tma_kernel[(triton.cdiv(Nq, meta["BLOCK_M"]), batch * Hq)](
+            *descriptors, mask, out, lse, Hq, Nq, Nk, D, Hq // Hkv, *out.stride(), smb, smn, *lse_strides,
+            scale * 1.4426950408889634, **meta,
+        )  # fmt: skip
+        return out, lse
     _attention_fwd_kernel[(triton.cdiv(Nq, meta["BLOCK_M"]), batch * Hq)](
         q, k, v, mask, out, lse, cu_q, cu_k, Hq, Nq, Nk, D, Hq // Hkv,
         *_layout(q, packed), *_layout(k, packed), *_layout(v, packed), *_layout(out, packed), smb, smn,

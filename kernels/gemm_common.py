@@ -1,11 +1,14 @@
 """Pieces shared by the Triton GEMM-shaped kernels (linear_act, conv2d_act): autotune configs, the dot
-with its precision switches, tile ordering and the fused activation-gradient prologue."""
+with its precision switches, tile ordering and the fused activation-gradient prologue; and for Hopper, when the
+TMA kernels may run (hopper_device, tma_ready), their autotune space (TMA_SHAPES: plain, persistent and
+warp-specialised) and the host tensor descriptors whose block shapes each config sets."""
 
 import os
 
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .activations import activation_grad
 
@@ -58,6 +61,9 @@ def prune_configs(configs, named_args, **kwargs):
     IEEE fp32, every tile over 16 accumulators per thread spilled in some kernel (0.1-26 KB; e.g. linear 64x64x64
     on 4 warps 6.3 KB, 128x128x64 on 8 warps 8.8 KB, conv fwd 128x256x64 26 KB) and compiled in 5-40 s.
     """
+    descriptors = [arg.base for arg in named_args.values() if isinstance(arg, TensorDescriptor)]
+    if descriptors:  # a TMA kernel
+        return _prune_tma(configs, descriptors[0].element_size(), named_args, kwargs)
     element_size = next(arg.element_size() for arg in named_args.values() if isinstance(arg, torch.Tensor))
     a_streams = 2 if named_args.get("saved_ptr") is not None and kwargs.get("ACTIVATION", 0) != 0 else 1
     fma = kwargs.get("DOT_PRECISION") == "ieee" and element_size == 4
@@ -100,15 +106,136 @@ def grouped_tile(pid, num_rows, num_cols, GROUP: tl.constexpr):
 
 
 @triton.jit
+def grad_preact(dy, saved, ACTIVATION: tl.constexpr):
+    """dz = dy * act'(saved) for one loaded tile, rounded to the input dtype (as torch's unfused backward stores it)."""
+    if ACTIVATION == 0:
+        return dy
+    return (dy.to(tl.float32) * activation_grad(saved.to(tl.float32), ACTIVATION)).to(dy.dtype)
+
+
+@triton.jit
 def load_grad_preact(dy_ptr, saved_ptr, offsets, mask, ACTIVATION: tl.constexpr):
-    """dz = dy * act'(saved) for one tile, rounded to the input dtype (as torch's unfused backward stores it)."""
+    """dz = dy * act'(saved) for one tile, loaded through pointers."""
     dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0)
     if ACTIVATION == 0:
         return dy
-    saved = tl.load(saved_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    return (dy.to(tl.float32) * activation_grad(saved, ACTIVATION)).to(dy.dtype)
+    return grad_preact(dy, tl.load(saved_ptr + offsets, mask=mask, other=0.0), ACTIVATION)
 
 
 def dot_flags(dtype: torch.dtype) -> dict:
     precision = "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
     return {"DOT_PRECISION": precision, "UPCAST_DOT": INTERPRET and dtype == torch.bfloat16}
+
+
+# ---------------------------------------------------------------------------------------------
+# Hopper: TMA tensor descriptors, persistent tile loops, warp specialisation
+# ---------------------------------------------------------------------------------------------
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, PERSISTENT, WARP_SPECIALIZE) of the TMA kernels: the plain
+# tiles of GEMM_SHAPES of 64+ rows (one program per tile), the large ones again persistent (one program per SM
+# looping over tiles), and warp-specialised persistent ones. NOTE (SASS for sm_90, tests/compile_gate): tiles of
+# 32 rows lower to mma.sync (HMMA), not wgmma (HGMMA, 64 rows per warpgroup), so they stay out. Triton 3.6 honours
+# tl.range(warp_specialize=True) only at num_warps=4 and flatten=False: it then builds a producer warpgroup (TMA)
+# and two consumer warpgroups (wgmma), 12 warps with setmaxnreg; with 8 warps the flag is ignored without a word.
+TMA_SHAPES = [
+    *((*shape, False, False) for shape in GEMM_SHAPES if shape[0] >= 64),
+    (128, 256, 64, 8, 3, True, False),
+    (128, 128, 64, 8, 3, True, False),
+    (128, 128, 64, 4, 4, True, False),
+    (128, 256, 64, 4, 3, True, True),
+    (128, 128, 64, 4, 3, True, True),
+    (128, 64, 64, 4, 4, True, True),
+]
+
+# What each TMA kernel's config is tested with under the interpreter (one config there, see autotune_configs):
+# small tiles, every variant reachable by the tests through ``config=``.
+INTERPRET_TMA_CONFIG = (32, 32, 32, 4, 1, False, False)
+
+
+def hopper_device(tensor: torch.Tensor) -> bool:
+    """Whether tensor lives on a capability 9.x CUDA device (an H100/H200), where the TMA kernels run."""
+    return tensor.is_cuda and torch.cuda.get_device_capability(tensor.device)[0] == 9
+
+
+def num_sms(tensor: torch.Tensor) -> int:
+    """Programs of a persistent grid: the device's SMs; 3 on the CPU (the interpreter), so the tile loop runs."""
+    return torch.cuda.get_device_properties(tensor.device).multi_processor_count if tensor.is_cuda else 3
+
+
+def tma_ready(*tensors: torch.Tensor) -> bool:
+    """TMA's rules for a 2-D operand: last dim contiguous, base address and row stride 16-byte aligned."""
+    for t in tensors:
+        if t.dim() != 2 or t.stride(1) != 1 or t.data_ptr() % 16 or (t.stride(0) * t.element_size()) % 16:
+            return False
+    return True
+
+
+def tensor_descriptor(t: torch.Tensor) -> TensorDescriptor:
+    """A host descriptor of a tensor; its block shape is set per launch (the GEMMs: by the config's pre_hook)."""
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1] * t.dim())
+
+
+def descriptor_blocks(**blocks: tuple[str, str]):
+    """A config pre_hook setting each descriptor argument's block shape from the config, e.g.
+    descriptor_blocks(x_desc=("BLOCK_M", "BLOCK_K")): the descriptor loads (BLOCK_M, BLOCK_K) tiles."""
+
+    def hook(nargs):
+        for name, (rows, cols) in blocks.items():
+            nargs[name].block_shape = [nargs[rows], nargs[cols]]
+
+    return hook
+
+
+def tma_config(shape, pre_hook) -> triton.Config:
+    bm, bn, bk, warps, stages, persistent, warp_specialize = shape
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "PERSISTENT": persistent,
+                          "WARP_SPECIALIZE": warp_specialize}, num_warps=warps, num_stages=stages,
+                         pre_hook=pre_hook)  # fmt: skip
+
+
+def tma_autotune(key: list[str], **blocks: tuple[str, str]):
+    """@triton.autotune over TMA_SHAPES (one small config under the interpreter) for a TMA kernel whose descriptor
+    arguments take the block shapes ``blocks`` (see descriptor_blocks), pruned before anything compiles."""
+    hook = descriptor_blocks(**blocks)
+    shapes = [INTERPRET_TMA_CONFIG] if INTERPRET else TMA_SHAPES
+    return triton.autotune(configs=[tma_config(shape, hook) for shape in shapes], key=[*key, "DOT_PRECISION"],
+                           prune_configs_by={"early_config_prune": prune_configs})  # fmt: skip
+
+
+def _prune_tma(configs, element_size, named_args, kwargs):
+    """prune_configs for the TMA kernels: shared memory as shared_bytes_estimate, one more stage and the fp32
+    accumulator tile when warp-specialised (ptxas for sm_90: fp16 128x128x64 s3 took 98,328 B plain, 114,912 B
+    warp-specialised; TF32 196,632 B and 262,368 B)."""
+    a_streams = 2 if kwargs.get("ACTIVATION", 0) != 0 and "saved_desc" in named_args else 1
+    kept = []
+    for config in configs:
+        needed = shared_bytes_estimate(config, element_size, a_streams)
+        if config.kwargs["WARP_SPECIALIZE"]:
+            kw = config.kwargs
+            needed += (a_streams * kw["BLOCK_M"] + kw["BLOCK_N"]) * kw["BLOCK_K"] * element_size
+            needed += kw["BLOCK_M"] * kw["BLOCK_N"] * 4
+        if needed <= MAX_SHARED_BYTES:
+            kept.append(config)
+    return kept
+
+
+def tma_grid(rows: int, cols: int, programs: int):
+    """Programs for a TMA kernel's tile loop: one per tile, or at most ``programs`` when persistent."""
+
+    def grid(meta):
+        tiles = triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(cols, meta["BLOCK_N"])
+        return (min(tiles, programs) if meta["PERSISTENT"] else tiles,)
+
+    return grid
+
+
+def launch_tma(kernel, grid, args, kwargs, config: tuple | None):
+    """Launches an autotuned TMA kernel; with ``config`` (a TMA_SHAPES row) that config alone, bypassing the
+    autotuner (tests reach every variant this way under the interpreter)."""
+    if config is None:
+        kernel[grid](*args, **kwargs)
+        return
+    chosen = tma_config(config, kernel.configs[0].pre_hook)
+    meta = {**dict(zip(kernel.arg_names, args, strict=False)), **kwargs, **chosen.all_kwargs()}
+    chosen.pre_hook(meta)
+    kernel.fn[grid](*args, **kwargs, **chosen.all_kwargs())
