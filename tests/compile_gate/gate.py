@@ -8,6 +8,10 @@ Checks, per compiled launch:
   over the limit fails with OutOfResources;
 - a kernel with no autotune alternative spills at most SPILL_BUDGET bytes (its tiles are the launcher's
   only choice; an autotuned kernel's spilling configs are reported and left to the autotuner);
+- its SASS shows the instructions its design promises (promised_markers: HGMMA for wgmma, UTMALDG for TMA
+  loads, USETMAXREG where warp-specialised), and ptxas printed no "Potential Performance Loss" line (e.g. wgmma
+  serialised) for a kernel without autotune alternative or with promised markers; in the autotuned pointer GEMMs
+  such a config is reported (as their spills are) and left to the autotuner, which times it against the others;
 and over the whole run: every @triton.jit function in deepfuse.kernels is launched by some case or called
 by a launched kernel, so a new kernel without a case fails the gate.
 """
@@ -21,7 +25,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from .compile import MAX_REGISTERS, MAX_SHARED_BYTES, Compiled, compile_launch
+from .compile import MARKERS, MAX_REGISTERS, MAX_SHARED_BYTES, Compiled, ResultCache, compile_launch
 from .device import Launch, Recorder
 
 # Bytes of spill stores per thread allowed in a kernel without autotune alternatives (attention, LSTM). The most
@@ -35,15 +39,18 @@ SPILL_BUDGET = 256
 
 
 def _is_tile(name: str) -> bool:
-    return name.startswith(("BLOCK_", "GROUP_")) or name in ("HIDDEN", "SINGLE_SLICE")
+    return name.startswith(("BLOCK_", "GROUP_")) or name in ("HIDDEN", "SINGLE_SLICE", "PERSISTENT",
+                                                              "WARP_SPECIALIZE")  # fmt: skip
 
 
 def dtype_class(launch: Launch) -> str:
     """fp16 / bf16 / fp32 (IEEE dots) / tf32: the data type and the dot precision."""
     pointers = [t for name, t in launch.signature.items() if t.startswith("*") and "lengths" not in name
                 and "counters" not in name and "cu_" not in name and "mask" not in name]  # fmt: skip
-    types = {"*fp16": "fp16", "*bf16": "bf16"}
-    name = next((types[t] for t in pointers if t in types), "fp32")
+    descriptors = [t.removeprefix("tensordesc<").split("[")[0] for t in launch.signature.values()
+                   if t.startswith("tensordesc<")]  # fmt: skip
+    types = {"*fp16": "fp16", "*bf16": "bf16", "fp16": "fp16", "bf16": "bf16"}
+    name = next((types[t] for t in descriptors + pointers if t in types), "fp32")
     if name == "fp32" and launch.constexpr_values().get("DOT_PRECISION") == "tf32":
         return "tf32"
     return name
@@ -63,7 +70,9 @@ def spec_class(launch: Launch) -> tuple:
     values = launch.constexpr_values()
     rest = tuple((k, v) for k, v in values.items() if not _is_tile(k) and k != "DOT_PRECISION")
     floats = {"*fp16": "*float", "*bf16": "*float", "*fp32": "*float"}
-    signature = tuple((k, floats.get(t, t)) for k, t in launch.signature.items())
+    # a descriptor's type holds its block shape (the tile config) and dtype: neither is a specialisation
+    signature = tuple((k, "tensordesc" if t.startswith("tensordesc<") else floats.get(t, t))
+                      for k, t in launch.signature.items())  # fmt: skip
     return rest, signature, tuple(sorted((k, str(v)) for k, v in launch.attrs.items()))
 
 
@@ -86,18 +95,22 @@ def _priority(launch: Launch) -> tuple:
 
 
 def cover_items(launch: Launch) -> set:
+    """What compiling this launch checks: its tile config in its dtype family, and its (dtype, specialisation)
+    pair."""
     dtype = dtype_class(launch)
-    return {(launch.kernel, _resource_family(dtype), "config", tile_config(launch)), (launch.kernel, "dtype", dtype),
-            (launch.kernel, "spec", spec_class(launch))}  # fmt: skip
+    return {(launch.kernel, _resource_family(dtype), "config", tile_config(launch)),
+            (launch.kernel, "pair", dtype, spec_class(launch))}  # fmt: skip
 
 
-def select(launches: list[Launch], full: bool) -> list[Launch]:
-    """The launches to compile. full: all of them. Otherwise a cover: every kernel's tile configs in every dtype
-    family (fp16/bf16, fp32 with IEEE dots, TF32), every dtype, and every specialisation class at least once
-    (in some dtype), largest tiles first."""
+def select(launches: list[Launch], full: bool, autotuned: set[str] = frozenset()) -> list[Launch]:
+    """The launches to compile. full: all of them. Otherwise every distinct launch of the kernels without an
+    autotune alternative (the launcher's choice is the one that runs), and for the autotuned ones a cover: every
+    (dtype, specialisation) pair and every tile config in every dtype family (fp16/bf16, fp32 with IEEE dots,
+    TF32), each config first at its most demanding launch."""
     if full:
         return list(launches)
-    ordered = sorted(launches, key=_priority)
+    fixed = [launch for launch in launches if launch.kernel not in autotuned]
+    ordered = sorted((launch for launch in launches if launch.kernel in autotuned), key=_priority)
     needs = {id(launch): cover_items(launch) for launch in ordered}
     remaining = set().union(*needs.values()) if needs else set()
     chosen = []
@@ -113,7 +126,19 @@ def select(launches: list[Launch], full: bool) -> list[Launch]:
         best = max(ordered, key=lambda launch: len(needs[id(launch)] & remaining))
         chosen.append(best)
         remaining -= needs[id(best)]
-    return sorted(chosen, key=lambda launch: (launch.kernel, dtype_class(launch), tile_config(launch)))
+    return sorted(fixed + chosen, key=lambda launch: (launch.kernel, dtype_class(launch), tile_config(launch)))
+
+
+def promised_markers(launch: Launch) -> tuple[str, ...]:
+    """The SASS instructions a launch's design promises on sm_90. The TMA GEMMs (``*_tma_kernel``; taken only
+    for 16-bit and TF32 dots): wgmma (HGMMA) fed by TMA loads (UTMALDG), and setmaxnreg (USETMAXREG) when
+    warp-specialised. The other kernels promise no particular path (their table row shows what they use)."""
+    if not launch.kernel.endswith("_tma_kernel"):
+        return ()
+    promised = ("UTMALDG",) if dtype_class(launch) == "fp32" else ("HGMMA", "UTMALDG")
+    if launch.constexpr_values().get("WARP_SPECIALIZE"):
+        promised += ("USETMAXREG",)
+    return promised
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,6 +215,11 @@ def check(launch: Launch, result: Compiled, autotuned: bool) -> list[str]:
     if result.error:
         return [f"does not compile: {result.error}"]
     problems = []
+    missing = [marker for marker in (promised_markers(launch) if launch else ()) if not result.markers.get(marker)]
+    if missing:
+        problems.append(f"SASS lacks {', '.join(missing)} (the design promises {', '.join(promised_markers(launch))})")
+    if result.performance_loss and (not autotuned or (launch and promised_markers(launch))):
+        problems.append(f"ptxas: {result.performance_loss}")
     if result.shared > MAX_SHARED_BYTES:
         where = "prune this config before the autotuner sees it" if autotuned else "choose smaller tiles"
         problems.append(f"shared memory {result.shared:,} B > {MAX_SHARED_BYTES:,} B per block ({where})")
@@ -204,16 +234,43 @@ def _short(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
 
+def _marker_names(markers: dict) -> str:
+    return " ".join(marker for marker in MARKERS if markers.get(marker)) or "-"
+
+
 def format_table(rows: list[Row]) -> str:
-    header = f"{'kernel':<28} {'dtype':<5} {'config':<34} {'shared B':>9} {'regs':>4} {'spill B':>7} {'s':>5}  status"
+    header = (f"{'kernel':<32} {'dtype':<5} {'config':<40} {'shared B':>9} {'regs':>4} {'spill B':>7} {'s':>5}  "
+              f"{'SASS markers':<30} status")  # fmt: skip
     lines = [header, "-" * len(header)]
     for row in rows:
         r = row.result
         status = "ok" if not row.problems else "FAIL: " + row.problems[0].splitlines()[0][:150]
         if not row.problems and r.spill_stores:
             status = "ok (spills; autotuned)" if row.autotuned else "ok (spills within budget)"
-        lines.append(f"{_short(row.launch.kernel):<28} {dtype_class(row.launch):<5} {tile_config(row.launch):<34} "
-                     f"{r.shared:>9,} {r.registers:>4} {r.spill_stores:>7,} {r.seconds:>5.1f}  {status}")  # fmt: skip
+        if not row.problems and r.performance_loss:
+            status = "ok (ptxas: wgmma serialised; autotuned)"
+        seconds = "cache" if r.cached else f"{r.seconds:.1f}"
+        lines.append(f"{_short(row.launch.kernel):<32} {dtype_class(row.launch):<5} {tile_config(row.launch):<40} "
+                     f"{r.shared:>9,} {r.registers:>4} {r.spill_stores:>7,} {seconds:>5}  "
+                     f"{_marker_names(r.markers):<30} {status}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def format_markers(rows: list[Row]) -> str:
+    """Kernel -> SASS markers, per dtype: what the design promises, what every compiled launch shows, and what
+    only some show (e.g. HGMMA only at tiles of 64+ rows, USETMAXREG only in warp-specialised configs)."""
+    seen = defaultdict(list)
+    for row in rows:
+        if not row.result.error:
+            seen[(_short(row.launch.kernel), dtype_class(row.launch))].append(row)
+    header = f"{'kernel':<32} {'dtype':<5} {'n':>3}  {'promised':<26} {'in every launch':<30} in some"
+    lines = ["", "SASS markers on sm_90 (nvdisasm of each compiled cubin)", header, "-" * len(header)]
+    for (kernel, dtype), group in sorted(seen.items()):
+        promised = sorted({m for row in group for m in promised_markers(row.launch)}, key=MARKERS.index)
+        every = {m: 1 for m in MARKERS if all(row.result.markers.get(m) for row in group)}
+        some = {m: 1 for m in MARKERS if any(row.result.markers.get(m) for row in group) and m not in every}
+        lines.append(f"{kernel:<32} {dtype:<5} {len(group):>3}  {' '.join(promised) or '-':<26} "
+                     f"{_marker_names(every):<30} {_marker_names(some)}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -234,16 +291,30 @@ def record(recorder: Recorder, cases: dict, dtypes: dict, tf32_context, only: st
     return errors
 
 
-def compile_all(launches: list[Launch], jobs: int) -> list[Compiled]:
-    if jobs <= 1:
-        return [compile_launch(launch) for launch in launches]
+def compile_all(launches: list[Launch], jobs: int, cache: ResultCache | None = None) -> list[Compiled]:
+    """Every launch's result: from the cache when it holds one, else compiled and stored as soon as it is done (an
+    interrupted run keeps what it compiled)."""
+    results = [cache.get(launch) if cache else None for launch in launches]
+    todo = [index for index, result in enumerate(results) if result is None]
+    for index, result in zip(todo, _compile([launches[i] for i in todo], jobs), strict=True):
+        results[index] = result
+        if cache:
+            cache.put(launches[index], result)
+    return results
+
+
+def _compile(launches: list[Launch], jobs: int):
+    """Compiled results in order, yielded one by one."""
+    if jobs <= 1 or len(launches) <= 1:
+        yield from map(compile_launch, launches)
+        return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     global _POOL_LAUNCHES
     _POOL_LAUNCHES = launches  # inherited by the forked workers
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-        return list(pool.map(_compile_index, range(len(launches)), chunksize=1))
+        yield from pool.map(_compile_index, range(len(launches)), chunksize=1)
 
 
 _POOL_LAUNCHES: list[Launch] = []
@@ -253,8 +324,11 @@ def _compile_index(index: int) -> Compiled:
     return compile_launch(_POOL_LAUNCHES[index])
 
 
-COVER = ("compiled: a cover (every kernel's tile configs in fp16/bf16, fp32 and TF32, each at its most demanding "
-         "launch; every dtype; every specialisation class once); --full compiles every distinct launch")
+COVER = (
+    "compiled: every distinct launch of the kernels without an autotune alternative; for the autotuned ones "
+    "every (kernel, dtype, specialisation) pair and every tile config in fp16/bf16, fp32 and TF32 (at its most "
+    "demanding launch); --full compiles every distinct launch"
+)
 
 
 def summarise(rows: list[Row], recorder: Recorder, selected: int, case_errors: list[str], missing: list[str],
@@ -270,16 +344,19 @@ def summarise(rows: list[Row], recorder: Recorder, selected: int, case_errors: l
         f"launches made by the cases: {recorder.calls:,}; distinct (kernel, specialisation, config): "
         f"{len(recorder.launches):,}; compiled: {selected:,}",
         f"compiled clean: {len(rows) - failed:,}; failed: {failed:,}; with spills: "
-        f"{sum(r.result.spill_stores > 0 for r in rows):,}; case errors: {len(case_errors)}; "
-        f"unreached kernels: {len(missing)}; wall time {seconds:.0f} s",
+        f"{sum(r.result.spill_stores > 0 for r in rows):,}; autotuned configs with a ptxas performance-loss line: "
+        f"{sum(bool(r.result.performance_loss) and not r.problems for r in rows):,}; case errors: {len(case_errors)}; "
+        f"unreached kernels: {len(missing)}; from the compile cache: {sum(r.result.cached for r in rows):,}; "
+        f"wall time {seconds:.0f} s",
         "per kernel (compiled / failed): "
         + ", ".join(f"{name} {n}/{bad}" for name, (n, bad) in sorted(per_kernel.items())),
     ]
     return "\n".join(lines)
 
 
-def run(jobs: int = 1, full: bool = False, only: str | None = None, verbose: bool = False) -> int:
-    """The whole gate; returns the number of failures (0: green)."""
+def run(jobs: int = 1, full: bool = False, only: str | None = None, verbose: bool = False,
+        cache: ResultCache | None = None) -> int:  # fmt: skip
+    """The whole gate; returns the number of failures (0: green). cache: earlier runs' results (see ResultCache)."""
     start = time.perf_counter()
     from . import device
 
@@ -290,15 +367,16 @@ def run(jobs: int = 1, full: bool = False, only: str | None = None, verbose: boo
     functions, autotuned = kernel_functions()
     launches = list(recorder.launches.values())
     missing = [] if only else unreached(functions, {launch.kernel for launch in launches})
-    selected = select(launches, full)
+    selected = select(launches, full, autotuned)
     print(f"compile gate: {recorder.calls:,} launches, {len(launches):,} distinct, compiling {len(selected):,} "
-          f"for sm_90 with {jobs} job(s)", flush=True)  # fmt: skip
-    results = compile_all(selected, jobs)
+          f"for sm_90 with {jobs} job(s)" + (f", cache {cache.directory}" if cache else ""), flush=True)  # fmt: skip
+    results = compile_all(selected, jobs, cache)
     rows = []
     for launch, result in zip(selected, results, strict=True):
         tuned = launch.kernel in autotuned
         rows.append(Row(launch, result, tuned, check(launch, result, tuned)))
     print(format_table(rows))
+    print(format_markers(rows))
     failures = [row for row in rows if row.problems]
     for row in failures:
         print(f"\nFAIL {row.launch.kernel} [{dtype_class(row.launch)}; {tile_config(row.launch)}]")

@@ -10,9 +10,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-from tests.compile_gate.compile import MAX_SHARED_BYTES, Compiled, _ptxas_numbers
+import triton.language as tl  # the test kernel's global
+
+from tests.compile_gate.compile import MAX_SHARED_BYTES, Compiled, ResultCache, _ptxas_numbers
 from tests.compile_gate.device import Launch
-from tests.compile_gate.gate import SPILL_BUDGET, check, cover_items, select
+from tests.compile_gate.gate import SPILL_BUDGET, check, cover_items, dtype_class, promised_markers, select, spec_class
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,18 +50,76 @@ def _launch(kernel, dtype, block, activation, ones, warps=4):
     return Launch(kernel, fn, key, signature, constexprs, {}, {"num_warps": warps, "num_stages": 3})
 
 
-def test_select_covers_every_config_dtype_and_specialisation():
+def test_select_covers_every_pair_and_config_of_autotuned_kernels_and_every_launch_of_the_others():
     launches = [_launch(kernel, dtype, block, activation, ones)
                 for kernel in ("k.a", "k.b") for dtype in ("fp16", "bf16", "fp32") for block in (32, 64, 128)
                 for activation in (0, 1, 3) for ones in (False, True)]  # fmt: skip
-    chosen = select(launches, full=False)
-    assert len(chosen) < len(launches) / 4
+    chosen = select(launches, full=False, autotuned={"k.a", "k.b"})
+    assert len(chosen) < len(launches) / 2
+    pairs = {(launch.kernel, dtype_class(launch), spec_class(launch)) for launch in launches}
+    assert pairs == {(launch.kernel, dtype_class(launch), spec_class(launch)) for launch in chosen}
     needed = set().union(*(cover_items(launch) for launch in launches))
     assert needed == set().union(*(cover_items(launch) for launch in chosen))
+    fixed = select(launches, full=False, autotuned={"k.a"})
+    assert sorted(x.key for x in fixed if x.kernel == "k.b") == sorted(x.key for x in launches if x.kernel == "k.b")
     assert select(launches, full=True) == launches
 
 
-_PROBE = '''
+def test_tma_kernels_promise_wgmma_tma_and_setmaxnreg_when_warp_specialised():
+    def tma(warp_specialize, dtype="fp16"):
+        launch = _launch("m._gemm_tma_kernel", dtype, 128, 0, False)
+        names = [*launch.fn.arg_names, "WARP_SPECIALIZE"]
+        launch.fn.arg_names = names
+        launch.constexprs[(len(names) - 1,)] = warp_specialize
+        return launch
+
+    shows = {"HGMMA": 8, "UTMALDG": 3, "SYNCS": 9}
+    assert check(tma(False), Compiled(markers=shows), autotuned=True) == []
+    assert "USETMAXREG" in check(tma(True), Compiled(markers=shows), autotuned=True)[0]
+    assert check(tma(True), Compiled(markers={**shows, "USETMAXREG": 8}), autotuned=True) == []
+    assert "HGMMA" in check(tma(False), Compiled(markers={"HMMA": 8, "UTMALDG": 3}), autotuned=True)[0]
+    assert promised_markers(_launch("m._gemm_kernel", "fp16", 128, 0, False)) == ()
+    loss = "ptxas info: (C7515) Potential Performance Loss: wgmma.mma_async instructions are serialized"
+    assert "Potential Performance Loss" in check(tma(False), Compiled(markers=shows, performance_loss=loss), True)[0]
+    pointer = _launch("m._gemm_kernel", "fp16", 128, 0, False)
+    assert "Potential Performance Loss" in check(pointer, Compiled(performance_loss=loss), autotuned=False)[0]
+    assert check(pointer, Compiled(performance_loss=loss), autotuned=True) == []  # reported, the autotuner's call
+
+
+def test_sass_markers_are_read_from_a_cubin(tmp_path):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    from tests.compile_gate.compile import sass_markers
+
+    def dot_kernel(a_ptr, c_ptr):
+        offs = tl.arange(0, 64)
+        a = tl.load(a_ptr + offs[:, None] * 64 + offs[None, :])
+        tl.store(c_ptr + offs[:, None] * 64 + offs[None, :], tl.dot(a, a))
+
+    # JITFunction itself: the test session's TRITON_INTERPRET=1 turns @triton.jit into an interpreted function
+    source = ASTSource(fn=JITFunction(dot_kernel), signature={"a_ptr": "*fp16", "c_ptr": "*fp32"}, constexprs={})
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    markers = sass_markers(compiled.asm["cubin"])
+    assert markers.get("HGMMA", 0) > 0 and "HMMA" not in markers and "UTMALDG" not in markers
+
+
+def test_result_cache_round_trip_skips_failures(tmp_path):
+    cache = ResultCache(str(tmp_path))
+    launch = _launch("k.a", "fp16", 64, 0, False)
+    launch.fn.cache_key = "source-hash"
+    assert cache.get(launch) is None
+    cache.put(launch, Compiled(shared=1024, registers=90, markers={"HGMMA": 4}))
+    assert cache.get(launch) == Compiled(shared=1024, registers=90, markers={"HGMMA": 4}, cached=True)
+    launch.fn.cache_key = "edited source"
+    assert cache.get(launch) is None
+    cache.put(launch, Compiled(error="CompilationError"))
+    assert cache.get(launch) is None
+
+
+_PROBE = """
 import json, sys
 import torch
 from tests.compile_gate import device
@@ -78,9 +138,9 @@ functions, _ = kernel_functions("gate_probe")
 print(json.dumps({"constant_one": [list(launch.constexpr_values()) for launch in launches],
                   "errors": [compile_launch(launch).error[:200] for launch in launches],
                   "unreached": unreached(functions, {launch.kernel for launch in launches})}))
-'''
+"""
 
-_PROBE_KERNELS = '''
+_PROBE_KERNELS = """
 import triton
 import triton.language as tl
 
@@ -98,7 +158,7 @@ def _widen_kernel(out_ptr, B):
 @triton.jit
 def _never_launched_kernel(out_ptr):
     tl.store(out_ptr, 1)
-'''
+"""
 
 
 def test_gate_sees_launches_as_a_gpu_and_reports_failures(tmp_path):
