@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from deepfuse.kernels import linear_act as kernels
+from deepfuse.kernels.gemm_common import TMA_SHAPES
 from deepfuse.ops.activations import ACTIVATION_CODES, ACTIVATIONS
 from deepfuse.ops.linear_act import linear_act_ref
 from tests.reference import forward_backward
@@ -33,9 +34,11 @@ def _inputs(M, N, K, dtype, seed):
     return [t.to(dtype) for t in (x, w, b, dy)]
 
 
-def _check(variant, dtype, shape, activation):
+def _check(variant, dtype, shape, activation, device="cpu"):
     x, w, b, dy = _inputs(*shape, dtype, seed=zlib.crc32(f"{variant}{shape}{activation}{dtype}".encode()))
-    config, code = VARIANTS[variant], ACTIVATION_CODES[activation]
+    x, w, b, dy = (t.to(device) for t in (x, w, b, dy))
+    config = VARIANTS[variant] if isinstance(variant, str) else variant
+    code = ACTIVATION_CODES[activation]
     y, preact = kernels.linear_act_fwd(x, w, b, code, True, variant="tma", config=config)
     # saved = z works for every activation (relu/leaky_relu read only its sign)
     dx, dw, db = kernels.linear_act_bwd(dy, preact, x, w, code, True, True, True, variant="tma", config=config)
@@ -115,3 +118,16 @@ def test_tma_refuses_what_tma_cannot_load():
         kernels.linear_act_fwd(x, w, None, 0, False, variant="tma")
     with pytest.raises(ValueError, match="variant must be"):
         kernels.linear_act_fwd(x, w, None, 0, False, variant="wgmma")
+
+
+@pytest.mark.gpu
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("config", TMA_SHAPES, ids=lambda c: "x".join(map(str, c[:3])) + f"w{c[3]}s{c[4]}"
+                         + ("p" if c[5] else "") + ("ws" if c[6] else ""))  # fmt: skip
+def test_gpu_every_tma_config_matches_reference(config, dtype):
+    # Every config of the autotune space on the H200, warp-specialised ones included: the interpreter cannot check
+    # what Triton's Hopper passes (wgmma, TMA, warp specialisation) generate. More tiles than SMs for persistence.
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("TMA kernels are taken on capability 9.x")
+    _check(config, dtype, (2 * 132 * 64 + 37, 264, 520), "gelu", device="cuda")
