@@ -80,6 +80,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision (autocast; on a CPU fp16 is slow)")
     # None when not given (not False): a resumed run tells a flag the user gave from one left out
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    parser.add_argument("--cuda-graphs", action="store_true", default=None,
+                        help="replay each training and evaluation step as CUDA graphs (torch.compile, reduce-overhead "
+                             "mode); GPU only, refused for models that read data-dependent sizes")  # fmt: skip
     parser.add_argument("--seed", type=int)
     parser.add_argument("--deterministic", action="store_true", default=None, help="torch's deterministic algorithms")
     parser.add_argument("--workers", type=int, help="DataLoader worker processes")

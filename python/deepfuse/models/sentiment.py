@@ -270,12 +270,21 @@ ARCHS = {
 }
 
 
+# Variable-length batches without padding work size their kernels from the data, on the host.
+CUDA_GRAPHS_BLOCKERS = {
+    "lstm": "its PackedSequence needs the review lengths on the host (torch's packing reads them every batch)",
+    "transformer": "its packed tokens are counted on the host every batch (the longest review sizes the attention "
+    "grid, the real tokens are gathered by a mask)",
+}
+
+
 class SentimentTask(Task):
     data_help = "IMDb's aclImdb folder (or the folder holding it): {train,test}/{pos,neg}/<id>_<rating>.txt"
     metric = "accuracy"
 
     def __init__(self, name: str, arch: str, defaults: dict, dropout: float) -> None:
         self.name, self.arch = name, arch
+        self.cuda_graphs_blocker = CUDA_GRAPHS_BLOCKERS[arch]
         self.description = f"IMDb review sentiment ({arch}, variable lengths without padding work)"
         self.defaults = defaults
         self.options = COMMON | {"dropout": Option(dropout, COMMON["dropout"].help)} | ARCHS[arch]

@@ -66,6 +66,9 @@ class Task:
     # early stopping by default: stop after this many epochs without a better validation metric (None: off;
     # --patience overrides it)
     default_patience: int | None = None
+    # Why a training step of this model cannot be captured in a CUDA graph (it reads data-dependent sizes on the
+    # host), or None when its forward and backward never wait for the GPU (tests/test_host_sync.py checks both).
+    cuda_graphs_blocker: str | None = None
 
     # --- required -------------------------------------------------------------------------------------------
     def load_data(self, path: Path | None, config: dict, state: dict | None = None) -> Data:

@@ -43,6 +43,9 @@ def _needs_grad(args: tuple) -> bool:
     return torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
 
 
+FUSED_OPS: dict[str, FusedOp] = {}  # every op by name (``linear_act_fwd``...), for tools that run implementations
+
+
 class FusedOp:
     """A deepfuse op: ``op(*args)`` runs the implementation directly in eager mode, else the custom op.
 
@@ -51,7 +54,7 @@ class FusedOp:
 
     def __init__(self, name: str, implementation: Callable, cost: Callable[..., tuple[int, int]]):
         self.name = name
-        self._implementation = implementation
+        self.implementation = implementation
         self._backend_index = list(inspect.signature(implementation).parameters).index("backend")
         self._cost = cost
 
@@ -65,6 +68,7 @@ class FusedOp:
         self.custom_op = torch.library.custom_op(f"deepfuse::{name}", labelled, mutates_args=())
         self._function: type[torch.autograd.Function] | None = None
         functools.update_wrapper(self, implementation)
+        FUSED_OPS[name] = self
 
     def register_fake(self, fake: Callable) -> Callable:
         return self.custom_op.register_fake(fake)
@@ -72,7 +76,7 @@ class FusedOp:
     def register_autograd(self, backward: Callable, *, setup_context: Callable) -> None:
         """The same backward for both paths: the custom op's and the eager ``autograd.Function``'s."""
         self.custom_op.register_autograd(backward, setup_context=setup_context)
-        implementation = self._implementation
+        implementation = self.implementation
         self._function = type(
             f"{self.name}_function",
             (torch.autograd.Function,),
@@ -89,7 +93,7 @@ class FusedOp:
             return self.custom_op(*args)
         if self._function is not None and _needs_grad(args):
             return self._function.apply(*args)
-        return self._implementation(*args)
+        return self.implementation(*args)
 
 
 def fused_op(name: str, *, cost: Callable[..., tuple[int, int]]) -> Callable[[Callable], FusedOp]:

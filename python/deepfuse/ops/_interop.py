@@ -39,7 +39,7 @@ def accepts_cupy(op):
     @functools.wraps(op)
     def wrapper(*args, **kwargs):
         # torch.compile traces tensors only, so there is nothing to convert while compiling.
-        if not _any_cupy(args, kwargs) or torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or not _any_cupy(args, kwargs):
             return op(*args, **kwargs)
         args = tuple(torch.from_dlpack(v) if is_cupy_array(v) else v for v in args)
         kwargs = {k: torch.from_dlpack(v) if is_cupy_array(v) else v for k, v in kwargs.items()}

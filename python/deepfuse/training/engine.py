@@ -57,6 +57,7 @@ GENERIC_DEFAULTS = {
     "backend": "auto",
     "amp": None,  # None, "bf16" or "fp16"
     "compile": False,
+    "cuda_graphs": False,  # capture each step in CUDA graphs (torch.compile's reduce-overhead mode)
     "seed": 0,
     "out": None,  # runs/<model>/<timestamp>
     "workers": 0,
@@ -110,6 +111,16 @@ def _check_settings(task: Task, config: dict) -> None:
             minimum = 1 if isinstance(default, int) and default > 0 else 0
         if value < minimum:
             raise RunError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
+
+
+def _check_cuda_graphs(task: Task, config: dict, device: torch.device) -> None:
+    """--cuda-graphs needs a GPU and a model whose steps never wait for it (Task.cuda_graphs_blocker)."""
+    if not config.get("cuda_graphs"):
+        return
+    if task.cuda_graphs_blocker:
+        raise RunError(f"--cuda-graphs: {task.name} cannot be captured: {task.cuda_graphs_blocker}")
+    if device.type != "cuda":
+        raise RunError("--cuda-graphs needs a CUDA device (a CUDA graph replays GPU work); drop it on the CPU")
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -458,6 +469,7 @@ def prepare(task: Task, config: dict, resume: bool = False, given: set[str] | No
         raise RunError(f"--amp must be bf16 or fp16, got {config['amp']!r}")
     if config["backend"] not in ("auto", *deepfuse.backend.BACKENDS):
         raise RunError(f"--backend must be auto, torch, triton or cuda, got {config['backend']!r}")
+    _check_cuda_graphs(task, config, device)
     if config["amp"] == "fp16" and device.type == "cpu":
         # NOTE: measured, digits on 2 cores: fp16 ~190 samples/s, fp32 ~3,300, bf16 ~2,800
         log("note: --amp fp16 on a CPU works but is slow (no fp16 arithmetic on most CPUs); bf16 is the fast one")
@@ -508,7 +520,10 @@ def _prepare_locked(task, config, resume, given, device, place, out) -> Run:
     if place.active:
         device_ids = [device.index] if device.type == "cuda" else None
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    run.model = torch.compile(wrapped) if config["compile"] else wrapped
+    if config.get("cuda_graphs"):  # Inductor's CUDA graph trees: capture after warm-up, static input buffers
+        run.model = torch.compile(wrapped, mode="reduce-overhead")
+    else:
+        run.model = torch.compile(wrapped) if config["compile"] else wrapped
     return run
 
 

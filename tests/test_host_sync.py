@@ -1,0 +1,96 @@
+"""CUDA-graph readiness: no op path waits for the GPU. Every model's training step (forward, loss, backward) and
+inference step run under a dispatch mode that records every operation that would copy a value to the host on a
+GPU (``.item()``/``int()``/``bool()`` of a tensor, ``nonzero``, boolean-mask indexing, ``repeat_interleave``
+without its output size, ``masked_select``, ``unique``, ``equal``). A model that must read data-dependent sizes
+says why in ``Task.cuda_graphs_blocker``, and is checked to really need it (the list cannot go stale).
+The optimizer step is torch's (``capturable=True`` makes Adam's sync-free)."""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import deepfuse
+from deepfuse import models
+from deepfuse.ops._dispatch import FUSED_OPS
+
+HOST_READS = {"_local_scalar_dense", "nonzero", "masked_select", "unique_consecutive", "_unique2", "unique_dim",
+              "equal", "is_nonzero"}  # fmt: skip
+
+
+class HostSyncRecorder(TorchDispatchMode):
+    """Records the operations that wait for the device. A deepfuse custom op is run through its implementation
+    under this mode, so what happens inside it is seen too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        if func.namespace == "deepfuse":
+            with self:
+                return FUSED_OPS[name].implementation(*args, **kwargs)
+        if name in HOST_READS:
+            self.found.append(name)
+        elif name == "index" and any(i is not None and i.dtype == torch.bool for i in args[1]):
+            self.found.append("index with a boolean mask")
+        elif name == "repeat_interleave" and isinstance(args[-1] if len(args) > 1 else None, torch.Tensor) and (
+            kwargs.get("output_size") is None
+        ):
+            self.found.append("repeat_interleave without output_size")
+        return func(*args, **kwargs)
+
+
+def _steps(name, backend):
+    task = models.get(name)
+    state, inputs, targets = task.example(3, {})
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    torch.manual_seed(0)
+    model = task.build({}, state)
+    found = {}
+    for mode in ("train", "eval"):
+        recorder = HostSyncRecorder()
+        with deepfuse.use_backend(backend), recorder:
+            if mode == "train":
+                task.loss(model.train()(*inputs), targets).backward()
+            else:
+                with torch.no_grad():
+                    model.eval()(*inputs)
+        found[mode] = sorted(set(recorder.found))
+    return task, found
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("name", models.names())
+def test_model_steps_never_wait_for_the_device(name, backend):
+    task, found = _steps(name, backend)
+    if task.cuda_graphs_blocker is None:
+        assert found == {"train": [], "eval": []}, f"{name} waits for the device: {found}"
+    else:
+        assert found["train"] and found["eval"], f"{name} says {task.cuda_graphs_blocker!r} but never syncs"
+
+
+def test_the_recorder_sees_a_sync_inside_a_custom_op(monkeypatch):
+    linear_act_module = __import__("importlib").import_module("deepfuse.ops.linear_act")
+    original = linear_act_module._FWD["triton"]
+
+    def syncing(x, *args):
+        float(x.sum())  # a host read hidden inside the op
+        return original(x, *args)
+
+    monkeypatch.setitem(linear_act_module._FWD, "triton", syncing)
+    recorder = HostSyncRecorder()
+    with recorder:
+        deepfuse.ops.linear_act(torch.randn(2, 3), torch.randn(4, 3), backend="triton")
+    assert recorder.found == ["_local_scalar_dense"]
+
+
+def test_cuda_graphs_flag_is_refused_with_the_reason(tmp_path, capsys):
+    from deepfuse import cli
+
+    assert cli.main(["train", "digits", "--cuda-graphs", "--device", "cpu", "--out", str(tmp_path / "a")]) == 2
+    assert "--cuda-graphs needs a CUDA device" in capsys.readouterr().err
+    blocked = ["train", "sentiment-transformer", "--cuda-graphs", "--out", str(tmp_path / "b")]
+    assert cli.main(blocked) == 2
+    assert "sentiment-transformer cannot be captured: its packed tokens" in capsys.readouterr().err
