@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).parent.resolve()
@@ -71,8 +71,10 @@ class CMakeBuild(build_ext):
         subprocess.run(["cmake", "--build", str(build_dir), "--parallel", jobs], check=True)
 
 
+# Every package under python/ is found (a new subpackage needs no edit here); the Triton kernels live in the
+# top-level kernels/ folder and install as deepfuse.kernels. tests/packaging/check_wheel.sh installs the wheel.
 setup(
-    packages=["deepfuse", "deepfuse.ops", "deepfuse.nn", "deepfuse.bench", "deepfuse.profile", "deepfuse.kernels"],
+    packages=[*find_packages(where="python"), "deepfuse.kernels"],
     package_dir={"deepfuse": "python/deepfuse", "deepfuse.kernels": "kernels"},
     ext_modules=[CMakeExtension("deepfuse._C")],
     cmdclass={"build_ext": CMakeBuild},
