@@ -155,7 +155,7 @@ def _bench(args) -> int:
     from deepfuse import models
 
     if args.op == "drive":
-        from deepfuse.envs.bench import main as bench_drive
+        from deepfuse.bench.simulator import main as bench_drive
 
         bench_drive(out_dir=args.out, quick=args.quick)
         return 0
@@ -330,7 +330,7 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     prof.set_defaults(run=_profile)
 
     try:
-        from deepfuse.envs.cli import add_drive_commands
+        from deepfuse.drive_cli import add_drive_commands
     except ModuleNotFoundError as error:  # the simulator needs gymnasium (and numba); say so when asked for it
         if error.name is None or error.name.startswith("deepfuse"):
             raise

@@ -16,6 +16,7 @@ from torch.utils.data import default_collate
 
 import deepfuse
 from deepfuse import models
+from deepfuse.bench.timing import measure
 from deepfuse.training import make_config
 from deepfuse.training.engine import fit, prepare
 from deepfuse.training.layers import format_layer_backends, layer_backends
@@ -61,8 +62,6 @@ def _first_batch(training, size: int):
 
 def _compare_step_time(training, backend: str | None) -> None:
     """Median training-step time (forward, backward, AdamW) on deepfuse's kernels vs plain torch, same run."""
-    from deepfuse.bench.timing import measure
-
     inputs, targets = _first_batch(training, 256)
     times = {}
     for name in (backend or "auto", "torch"):

@@ -65,7 +65,7 @@ def test_cli_play_writes_a_gif_and_a_strip_of_the_expert(tmp_path, capsys):
 
 
 def test_benchmark_measures_rendered_steps(tmp_path):
-    from deepfuse.envs import bench
+    from deepfuse.bench import simulator as bench
 
     row = bench.measure(4, "auto", image_size=16, steps=5, repeats=2)
     assert row["steps_per_s"] > 0 and row["p20_ms"] <= row["median_ms"] <= row["p80_ms"]
@@ -74,7 +74,7 @@ def test_benchmark_measures_rendered_steps(tmp_path):
 
 @pytest.mark.slow
 def test_benchmark_writes_its_results(tmp_path):
-    from deepfuse.envs import bench
+    from deepfuse.bench import simulator as bench
 
     rows = bench.main(tmp_path, quick=True)
     (result,) = tmp_path.glob("*/*-drive_env.json")

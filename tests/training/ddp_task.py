@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from deepfuse.models.task import Data, Task
+from deepfuse.training.task import Data, Task
 from deepfuse.nn import FusedLinear
 from deepfuse.training import make_config, train
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+import deepfuse
 from deepfuse.bench import runner
 from deepfuse.ops import attention, attention_ref, attention_varlen
 
@@ -92,7 +93,6 @@ def _padded_providers(device):
     found = {"torch": sdpa_masked if device.type == "cuda" else reference}
     if device.type != "cuda":
         return found
-    import deepfuse
 
     for name in ("triton", "cuda"):
         if deepfuse.available_backends()[name][0]:
@@ -117,7 +117,6 @@ def providers(device: torch.device) -> dict:
         dense |= {f"sdpa_{name.lower()}": _sdpa(name) for name in SDPA_BACKENDS}
         dense["torch_compile"] = torch.compile(lambda q, k, v, causal: F.scaled_dot_product_attention(
             q, k, v, is_causal=causal))  # fmt: skip
-        import deepfuse
 
         dense |= {name: _deepfuse(name) for name in ("triton", "cuda") if deepfuse.available_backends()[name][0]}
     return {"dense": dense, "padded": _padded_providers(device)}

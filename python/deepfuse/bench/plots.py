@@ -1,4 +1,4 @@
-"""Plots regenerated from result rows: speedup over eager torch by shape, and a roofline chart.
+"""Plots regenerated from result rows: speedup over eager torch by shape (the roofline: deepfuse.profile.roofline).
 
 matplotlib is optional (``pip install deepfuse[plots]``); without it the caller is told and no PNG is written.
 """
@@ -7,21 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
+from deepfuse.profile.roofline import pyplot
 
 
 def speedup_chart(rows: list[dict], path: str | Path, baseline: str = "torch") -> Path | None:
     """Bars: baseline median / provider median, per shape, one panel per mode."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return None
     modes = sorted({r["mode"] for r in rows})
@@ -43,35 +34,6 @@ def speedup_chart(rows: list[dict], path: str | Path, baseline: str = "torch") -
         ax.set_title(f"{rows[0]['op']} — {mode}")
         if providers:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
-
-
-def roofline_chart(points: list[dict], path: str | Path, ceiling: dict | None, title: str) -> Path | None:
-    """Arithmetic intensity (FLOP/byte) vs achieved TFLOP/s, one point per kernel or row, with the
-    measured compute and bandwidth ceilings when known. Each point: {"label", "tflops", "gbps"}."""
-    plt = _pyplot()
-    if plt is None:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for point in points:
-        if point["gbps"] <= 0 or point["tflops"] <= 0:
-            continue
-        intensity = point["tflops"] * 1e3 / point["gbps"]
-        ax.scatter(intensity, point["tflops"], s=18)
-        ax.annotate(point["label"], (intensity, point["tflops"]), fontsize=6)
-    if ceiling:
-        xs = [2**i for i in range(-4, 14)]
-        ax.plot(xs, [min(ceiling["tflops"], x * ceiling["gbps"] / 1e3) for x in xs], color="black", linewidth=1,
-                label=f"ceiling: {ceiling['tflops']:.0f} TFLOP/s, {ceiling['gbps']:.0f} GB/s")  # fmt: skip
-        ax.legend(fontsize=7)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("arithmetic intensity (FLOP / minimum byte)")
-    ax.set_ylabel("achieved TFLOP/s")
-    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

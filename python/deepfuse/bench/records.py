@@ -2,61 +2,17 @@
 
 from __future__ import annotations
 
-import datetime
 import json
-import platform
-import subprocess
 from pathlib import Path
 
-import torch
-
 from deepfuse.bench import plots
+from deepfuse.profile.roofline import ceiling_for, roofline_chart
+from deepfuse.provenance import environment
 
-# Measured ceilings (../shared/PERFORMANCE.md, measured on the lent H200): dense bf16/fp16 matmul through
-# cuBLAS at 8192^3 and device-to-device copy bandwidth. Other GPUs: no measured ceiling, no % column.
-CEILINGS = {"H200": {"tflops": 790.0, "gbps": 4300.0}}
+__all__ = ["ROW_FIELDS", "ceiling_for", "environment", "gpu_folder", "markdown_table", "write_plots", "write_results"]
 
 ROW_FIELDS = ("op", "shape", "mode", "provider", "dtype", "median_ms", "p20_ms", "p80_ms", "tflops", "gbps",
               "pct_of_peak", "peak_mem_mb")  # fmt: skip
-
-
-def _git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def environment() -> dict:
-    env = {
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_sha": _git_sha(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "cuda": torch.version.cuda,
-    }
-    try:
-        import triton
-
-        env["triton"] = triton.__version__
-    except ImportError:
-        env["triton"] = None
-    if torch.cuda.is_available():
-        try:
-            env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-        except (OSError, subprocess.CalledProcessError):
-            env["driver"] = None
-    return env
-
-
-def ceiling_for(gpu_name: str | None) -> dict | None:
-    for key, ceiling in CEILINGS.items():
-        if gpu_name and key in gpu_name:
-            return ceiling
-    return None
 
 
 def gpu_folder(env: dict) -> str:
@@ -104,7 +60,7 @@ def write_plots(rows: list[dict], env: dict, folder: Path, stem: str) -> list[Pa
               for r in rows]  # fmt: skip
     written = [
         plots.speedup_chart(rows, folder / f"{stem}-speedup.png"),
-        plots.roofline_chart(points, folder / f"{stem}-roofline.png", ceiling_for(env.get("gpu")), stem),
+        roofline_chart(points, folder / f"{stem}-roofline.png", ceiling_for(env.get("gpu")), stem),
     ]
     if None in written:
         print("matplotlib is not installed: no plots (pip install deepfuse[plots])")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+import deepfuse
 from deepfuse.bench import records
 from deepfuse.bench.timing import measure, peak_memory_mb
 
@@ -93,8 +94,6 @@ def run(cases: list[Case], providers: dict[str, Callable], modes, device: torch.
 
 def deepfuse_providers(op: Callable, **op_kwargs) -> dict[str, Callable]:
     """The deepfuse backends usable here, each as provider(*inputs)."""
-    import deepfuse
-
     providers = {}
     for name in ("triton", "cuda"):
         if deepfuse.available_backends()[name][0]:

@@ -1,7 +1,7 @@
 """A small, fast driving simulator on the CPU (numba): procedurally generated closed tracks, a kinematic bicycle
 car, a forward-looking camera rendered from a raster of the ground, N cars stepped and rendered in one compiled
 call — behind gymnasium's API, with a pure-pursuit expert, a recorder of Udacity-format driving logs, a player
-that writes GIFs, and a benchmark of rendered steps per second.
+that writes GIFs (its benchmark of rendered steps per second is deepfuse.bench.simulator).
 
     import gymnasium as gym
     env = gym.make("deepfuse.envs:deepfuse/Drive-v0")            # one car, 64x64 camera

@@ -1,6 +1,6 @@
 """The example models, one file each, and their registry.
 
-``names()`` lists them; ``get(name)`` returns the model's ``Task`` (see ``deepfuse.models.task``): what the
+``names()`` lists them; ``get(name)`` returns the model's ``Task`` (see ``deepfuse.training.task``): what the
 training engine needs to build the network, read its data, compute its loss and metrics. Adding a model is one
 file here that defines ``TASK`` (and a loader in ``deepfuse.data``); nothing else changes.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from deepfuse.models.task import Data, Option, Task
+from deepfuse.training.task import Data, Option, Task
 
 __all__ = ["Data", "Option", "Task", "get", "names", "unavailable"]
 

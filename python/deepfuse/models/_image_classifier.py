@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from deepfuse.data import DataError
 from deepfuse.data.images import ImageDataset, ImageTransform, check_images, input_images
 from deepfuse.nn import ConvBNAct, FusedLinear, ResidualBlock
+from deepfuse.training.metrics import positive_probability
 
 
 def to_channels_last(images: torch.Tensor) -> torch.Tensor:
@@ -29,10 +31,6 @@ def readable_inputs(inputs: list[str], config: dict) -> list[Path]:
 
 def predict_probabilities(model: nn.Module, files: list[Path], transform: ImageTransform, config: dict) -> np.ndarray:
     """P(class 1) of each file, batched through a DataLoader (decoding in ``workers`` processes)."""
-    from torch.utils.data import DataLoader
-
-    from deepfuse.training.metrics import positive_probability
-
     device = next(model.parameters()).device
     loader = DataLoader(ImageDataset(files, None, transform), batch_size=config.get("batch_size", 64),
                         num_workers=config.get("workers", 0), pin_memory=device.type == "cuda")  # fmt: skip

@@ -23,9 +23,12 @@ import torch
 from torch import nn
 
 from deepfuse.data import DataError
+from deepfuse.data.catsdogs import read_catsdogs, split_off
 from deepfuse.data.images import Augment, ImageDataset, ImageTransform
 from deepfuse.models._image_classifier import ResidualCNN, predict_probabilities, readable_inputs
-from deepfuse.models.task import Data, Option, Task
+from deepfuse.training.metrics import binary_metrics, positive_probability
+from deepfuse.training.plots import roc_curve_png
+from deepfuse.training.task import Data, Option, Task
 
 CLASSES = ["cat", "dog"]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's: photos of the same kind
@@ -50,8 +53,6 @@ class CatsDogsTask(Task):
         return ImageTransform(state["image_size"], 3, tuple(state["mean"]), tuple(state["std"]), augment)
 
     def load_data(self, path: Path | None, config: dict, state: dict | None = None) -> Data:
-        from deepfuse.data.catsdogs import read_catsdogs, split_off
-
         if path is None:
             raise DataError(None, f"--data is required: {self.data_help}")
         if state is None:
@@ -87,14 +88,9 @@ class CatsDogsTask(Task):
 
     def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor, state: dict, split: str) -> dict:
         """Accuracy, and the binary metrics of "dog" at probability 0.5 (ROC-AUC, F1, ...)."""
-        from deepfuse.training.metrics import binary_metrics, positive_probability
-
         return binary_metrics(positive_probability(outputs), targets.cpu().numpy(), 0.5)
 
     def plots(self, outputs, targets, state, out_dir, data):
-        from deepfuse.training.metrics import positive_probability
-        from deepfuse.training.plots import roc_curve_png
-
         pictures = super().plots(outputs, targets, state, out_dir, data)
         truth = targets.cpu().numpy()
         if len(set(truth.tolist())) == 2:

@@ -27,9 +27,13 @@ import torch
 from torch import nn
 
 from deepfuse.data import DataError
+from deepfuse.data.chest_xray import patient_id, patient_split, read_chest_xray
 from deepfuse.data.images import Augment, ImageDataset, ImageTransform
 from deepfuse.models._image_classifier import ResidualCNN, predict_probabilities, readable_inputs
-from deepfuse.models.task import Data, Option, Task
+from deepfuse.training.loops import evaluate_split
+from deepfuse.training.metrics import binary_metrics, choose_threshold, positive_probability
+from deepfuse.training.plots import confusion_matrix_png, roc_curve_png
+from deepfuse.training.task import Data, Option, Task
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
 MEAN, STD = (0.50,), (0.22,)  # measured on the 19 real sample images; BN follows the stem, so roughly is enough
@@ -54,8 +58,6 @@ class ChestXrayTask(Task):
         return ImageTransform(state["image_size"], 1, tuple(state["mean"]), tuple(state["std"]), augment)
 
     def load_data(self, path: Path | None, config: dict, state: dict | None = None) -> Data:
-        from deepfuse.data.chest_xray import patient_id, patient_split, read_chest_xray
-
         if path is None:
             raise DataError(None, f"--data is required: {self.data_help}")
         if state is None:
@@ -96,8 +98,6 @@ class ChestXrayTask(Task):
 
     def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor, state: dict, split: str) -> dict:
         """Binary metrics at the threshold chosen on validation ("val" chooses it and stores it in ``state``)."""
-        from deepfuse.training.metrics import binary_metrics, choose_threshold, positive_probability
-
         probability, truth = positive_probability(outputs), targets.cpu().numpy()
         if split == "val":
             state["threshold"] = choose_threshold(probability, truth)
@@ -107,8 +107,6 @@ class ChestXrayTask(Task):
         return metrics
 
     def validate(self, run, split: str):
-        from deepfuse.training.loops import evaluate_split
-
         if split == "test" and run.data.val is not None and len(run.data.val):
             # the threshold must come from these very weights (the engine may have loaded best.pt since the
             # last validation): choose it on validation again first
@@ -118,9 +116,6 @@ class ChestXrayTask(Task):
         return evaluate_split(run, split)
 
     def plots(self, outputs, targets, state, out_dir, data):
-        from deepfuse.training.metrics import positive_probability
-        from deepfuse.training.plots import confusion_matrix_png, roc_curve_png
-
         probability, truth = positive_probability(outputs), targets.cpu().numpy()
         threshold = state.get("threshold", 0.5)
         decided = torch.from_numpy((probability >= threshold).astype(np.int64))

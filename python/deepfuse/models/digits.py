@@ -18,8 +18,11 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from deepfuse.data import DataError
-from deepfuse.models.task import Data, Task
+from deepfuse.data.digits import load_splits
+from deepfuse.data.mnist import IMAGES_MAGIC, load_split, read_idx
 from deepfuse.nn import ConvBNAct, FusedLinear
+from deepfuse.training.plots import image_grid_png
+from deepfuse.training.task import Data, Task
 
 CLASSES = [str(d) for d in range(10)]
 
@@ -61,13 +64,9 @@ class DigitsTask(Task):
 
     def load_data(self, path: Path | None, config: dict, state: dict | None = None) -> Data:
         if path is None:
-            from deepfuse.data.digits import load_splits
-
             splits = load_splits()
             source = "scikit-learn digits (8x8)"
         else:
-            from deepfuse.data.mnist import load_split
-
             train_images, train_labels = load_split(path, "train")
             test_images, test_labels = load_split(path, "test")
             train_images = train_images.astype(np.float32) / 255.0
@@ -100,8 +99,6 @@ class DigitsTask(Task):
         return state, torch.randn(batch_size, 1, 28, 28), torch.randint(0, 10, (batch_size,))
 
     def plots(self, outputs, targets, state, out_dir, data):
-        from deepfuse.training.plots import image_grid_png
-
         pictures = super().plots(outputs, targets, state, out_dir, data)
         split = data.test if data.test is not None else data.val
         predicted = outputs.argmax(-1)
@@ -123,8 +120,6 @@ class DigitsTask(Task):
 
 def _read_inputs(inputs: list[str], size: int) -> tuple[torch.Tensor, list[str]]:
     """Images in [0, 1], white digit on black, from image files or IDX files."""
-    from deepfuse.data.mnist import IMAGES_MAGIC, read_idx
-
     images, names = [], []
     for item in inputs:
         path = Path(item)

@@ -31,8 +31,13 @@ import torch
 from torch import nn
 
 from deepfuse.data import DataError
-from deepfuse.models.task import Data, Option, Task
+from deepfuse.data import driving as logs_io
+from deepfuse.data.driving import Frames, SteeringDataset, block_split, preprocess, read_image, to_tensor
 from deepfuse.nn import FusedConv2d, FusedLinear
+from deepfuse.training.loops import evaluate_split
+from deepfuse.training.metrics import regression_metrics
+from deepfuse.training.plots import _pyplot
+from deepfuse.training.task import Data, Option, Task
 
 IMAGE_SIZE = (66, 200)
 
@@ -75,7 +80,6 @@ class PilotNet(nn.Module):
 def _simulated_frames(rows: int, seed: int, split: str, tracks: int):
     """The expert's drive on ``split``'s tracks (road and narrow ones), preprocessed as a log read from disk
     would be."""
-    from deepfuse.data.driving import Frames, preprocess
     from deepfuse.envs.recorder import drive_expert
 
     images, steering = [], []
@@ -89,8 +93,6 @@ def _simulated_frames(rows: int, seed: int, split: str, tracks: int):
 def _read_logs(path: Path, config: dict):
     """Every log under ``path``, its labels smoothed where ``--smooth-steering`` says; returns (frames, logs,
     a line saying what was smoothed or None)."""
-    from deepfuse.data import driving as logs_io
-
     logs, parts, smoothed = logs_io.find_logs(path), [], []
     for log in logs:
         rows = logs_io.read_log(log)
@@ -172,8 +174,6 @@ class DrivingTask(Task):
     }
 
     def load_data(self, path: Path | None, config: dict, state: dict | None = None) -> Data:
-        from deepfuse.data.driving import SteeringDataset, block_split
-
         config = {name: option.default for name, option in self.options.items()} | config
         if not 0.0 <= config["straight_keep"] <= 1.0:
             raise DataError(None, f"--straight-keep must be in [0, 1], got {config['straight_keep']}")
@@ -223,15 +223,11 @@ class DrivingTask(Task):
         return nn.functional.mse_loss(outputs, targets.to(outputs.dtype))
 
     def evaluate(self, outputs, targets, state, split):
-        from deepfuse.training.metrics import regression_metrics
-
         predicted, truth = outputs.double().flatten().numpy(), targets.double().flatten().numpy()
         metrics = steering_metrics(predicted, truth, state.get("mean_steering", 0.0))
         return metrics | regression_metrics(predicted, truth) | {"verdict": verdict(metrics, len(truth))}
 
     def validate(self, run, split: str):
-        from deepfuse.training.loops import evaluate_split
-
         metrics, outputs, targets = evaluate_split(run, split)
         dataset = getattr(run.data, split)
         frames = getattr(dataset, "frames", None)
@@ -267,7 +263,6 @@ class DrivingTask(Task):
 
     def pilot(self, model: nn.Module, state: dict):
         """The network as the simulator's driver: the center camera, preprocessed as the training images."""
-        from deepfuse.data.driving import preprocess, to_tensor
         from deepfuse.envs.camera import udacity_cameras
         from deepfuse.envs.closed_loop import network_pilot
 
@@ -277,8 +272,6 @@ class DrivingTask(Task):
         return network_pilot("pilotnet", udacity_cameras()["center"], model, to_input)
 
     def plots(self, outputs, targets, state, out_dir, data):
-        from deepfuse.training.plots import _pyplot
-
         plt = _pyplot()
         figure, axis = plt.subplots(figsize=(9, 3.5))
         axis.plot(targets.flatten().numpy(), label="recorded", linewidth=1)
@@ -293,8 +286,6 @@ class DrivingTask(Task):
         return [path]
 
     def predict(self, model, inputs, config, state, out_dir):
-        from deepfuse.data.driving import preprocess, read_image, to_tensor
-
         lines = []
         device = next(model.parameters()).device
         for item in inputs:

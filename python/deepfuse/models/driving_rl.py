@@ -35,8 +35,10 @@ import torch
 from torch import nn
 
 from deepfuse.data import DataError
-from deepfuse.models.task import Data, Option, Task
+from deepfuse.data.driving import read_image
 from deepfuse.nn import FusedConv2d, FusedLinear
+from deepfuse.training.engine import RunError
+from deepfuse.training.task import Data, Option, Task
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,6 @@ class DrivingRLTask(Task):
         if path is not None:
             raise DataError(path, "driving-rl learns in the built-in simulator and reads no data; omit --data")
         config = {name: option.default for name, option in self.options.items()} | config
-        from deepfuse.training.engine import RunError
 
         for name in ("num_envs", "rollout_steps", "update_epochs", "minibatches", "tracks", "max_steps",
                      "eval_tracks", "eval_steps"):  # fmt: skip
@@ -314,8 +315,6 @@ class DrivingRLTask(Task):
 
     def predict(self, model, inputs, config, state, out_dir):
         from PIL import Image
-
-        from deepfuse.data.driving import read_image
 
         size, lines = state["image_size"], []
         device = next(model.parameters()).device

@@ -46,11 +46,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from deepfuse.data import DataError
+from deepfuse.data import DataError, imdb
+from deepfuse.data.imdb import clean, read_review
 from deepfuse.data.text import TokenDataset, Vocabulary, collate_padded
-from deepfuse.models.task import Data, Option, Task
 from deepfuse.nn import LSTM, FusedLinear, TransformerEncoderLayer
 from deepfuse.ops import attention_varlen, linear_act
+from deepfuse.training.metrics import binary_metrics, positive_probability
+from deepfuse.training.plots import roc_curve_png
+from deepfuse.training.task import Data, Option, Task
 
 CLASSES = ["negative", "positive"]
 
@@ -165,8 +168,6 @@ def tfidf_baseline(train: tuple[list[str], list[int]], val: tuple[list[str], lis
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from tqdm.auto import tqdm
-
-    from deepfuse.training.metrics import binary_metrics
 
     if len(set(train[1])) < 2:
         raise DataError(None, "the training split holds one class only: neither the baseline nor a model can learn")
@@ -294,8 +295,6 @@ class SentimentTask(Task):
         return {name: option.default for name, option in self.options.items()} | config
 
     def load_data(self, path: Path | None, config: dict, state: dict | None = None) -> Data:
-        from deepfuse.data import imdb
-
         if path is None:
             raise DataError(None, f"--data is required: {self.data_help}")
         settings = self._settings(config)
@@ -349,8 +348,6 @@ class SentimentTask(Task):
         return F.cross_entropy(outputs.to(torch.promote_types(outputs.dtype, torch.float32)), targets)
 
     def evaluate(self, outputs, targets, state, split):
-        from deepfuse.training.metrics import binary_metrics, positive_probability
-
         metrics = binary_metrics(positive_probability(outputs), targets.numpy())
         return {k: _finite_or_none(v) for k, v in metrics.items() if k != "threshold"}
 
@@ -363,17 +360,12 @@ class SentimentTask(Task):
         return metrics, outputs, targets
 
     def plots(self, outputs, targets, state, out_dir, data):
-        from deepfuse.training.metrics import positive_probability
-        from deepfuse.training.plots import roc_curve_png
-
         pictures = super().plots(outputs, targets, state, out_dir, data)
         if len(torch.unique(targets)) == 2:
             pictures.append(roc_curve_png(positive_probability(outputs), targets.numpy(), out_dir / "roc_curve.png"))
         return pictures
 
     def predict(self, model, inputs, config, state, out_dir):
-        from deepfuse.data.imdb import clean, read_review
-
         names, texts = [], []
         for item in inputs:
             path = Path(item)

@@ -32,9 +32,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepfuse.data import DataError
-from deepfuse.data.stock import FEATURES, Normaliser, WindowDataset, daily_features
-from deepfuse.models.task import Data, Option, Task
+from deepfuse.data.stock import (
+    FEATURES,
+    Normaliser,
+    WindowDataset,
+    daily_features,
+    fit_normaliser,
+    make_windows,
+    read_prices,
+    split_dates,
+)
 from deepfuse.nn import LSTM, FusedLinear
+from deepfuse.training.metrics import regression_metrics
+from deepfuse.training.plots import _pyplot
+from deepfuse.training.significance import diebold_mariano, mcnemar_exact, verdict
+from deepfuse.training.task import Data, Option, Task
 
 
 class StockLSTM(nn.Module):
@@ -57,9 +69,6 @@ def close_metrics(predicted_return: np.ndarray, targets: np.ndarray) -> dict:
     """The model's and the naive forecast's errors on the close, and whether the differences are more than noise;
     targets columns: (scaled return, previous close, last close, next close). Every value is a number, a string
     or None (with a reason): never NaN."""
-    from deepfuse.training.metrics import regression_metrics
-    from deepfuse.training.significance import diebold_mariano, mcnemar_exact, verdict
-
     previous, last, actual = targets[:, 1], targets[:, 2], targets[:, 3]
     predicted = last * np.exp(predicted_return)
     ours, naive = regression_metrics(predicted, actual), regression_metrics(last, actual)
@@ -121,8 +130,6 @@ class StockTask(Task):
         return {name: option.default for name, option in self.options.items()} | config
 
     def load_data(self, path: Path | None, config: dict, state: dict | None = None) -> Data:
-        from deepfuse.data.stock import fit_normaliser, make_windows, read_prices, split_dates
-
         if path is None:
             raise DataError(None, f"--data is required: {self.data_help}")
         s = self._settings(config)
@@ -183,8 +190,6 @@ class StockTask(Task):
         return metrics, outputs, targets
 
     def plots(self, outputs, targets, state, out_dir, data):
-        from deepfuse.training.plots import _pyplot
-
         plt = _pyplot()
         dataset = data.test if data.test is not None and len(data.test) else data.val
         scale = state["normaliser"]["target_scale"]
@@ -208,8 +213,6 @@ class StockTask(Task):
         return [path]
 
     def predict(self, model, inputs, config, state, out_dir):
-        from deepfuse.data.stock import read_prices
-
         window, normaliser = state["window"], Normaliser.from_state(state["normaliser"])
         device = next(model.parameters()).device
         lines = []

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from deepfuse.bench import plots, records
 from deepfuse.profile.labels import parse_label
+from deepfuse.profile.roofline import ceiling_for, roofline_chart
 
 STEP_LABEL = "deepfuse.profile.step"
 # Below this mean duration a GPU kernel is dominated by launch cost rather than math or memory.
@@ -77,7 +77,7 @@ def profile(fn, *args, steps: int = 5, warmup: int = 2, trace: str | Path | None
     step_us = step_events[0].cpu_time_total / steps if step_events else 0.0
     if on_gpu:  # the step's GPU time: every kernel that ran
         step_us = sum(e.device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA) / steps
-    ceiling = records.ceiling_for(torch.cuda.get_device_name() if on_gpu else None)
+    ceiling = ceiling_for(torch.cuda.get_device_name() if on_gpu else None)
 
     rows = []
     labelled = [e for e in events if parse_label(e.key)]
@@ -107,5 +107,5 @@ def profile(fn, *args, steps: int = 5, warmup: int = 2, trace: str | Path | None
         (folder / "profile.md").write_text(report.table())
         points = [{"label": r["name"].split(" ")[0], "tflops": r["tflops"], "gbps": r["gbps"]} for r in rows
                   if r["tflops"]]  # fmt: skip
-        plots.roofline_chart(points, folder / "profile-roofline.png", ceiling, "deepfuse ops")
+        roofline_chart(points, folder / "profile-roofline.png", ceiling, "deepfuse ops")
     return report

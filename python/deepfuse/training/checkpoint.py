@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 FORMAT = "deepfuse-checkpoint/1"
@@ -87,10 +89,6 @@ def load_checkpoint(path: str | Path, model_name: str | None = None) -> dict:
 
 
 def rng_states() -> dict:
-    import random
-
-    import numpy as np
-
     states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
@@ -98,10 +96,6 @@ def rng_states() -> dict:
 
 
 def restore_rng_states(states: dict) -> None:
-    import random
-
-    import numpy as np
-
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
     torch.set_rng_state(states["torch"])

@@ -20,6 +20,7 @@ import contextlib
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -30,9 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import default_collate
 
 import deepfuse
-from deepfuse.models.task import Data, Task
+from deepfuse.provenance import git_sha
 from deepfuse.training import distributed, run_lock
 from deepfuse.training.batching import batches_per_epoch
 from deepfuse.training.checkpoint import (
@@ -44,8 +46,11 @@ from deepfuse.training.checkpoint import (
     rng_states,
     save_atomically,
 )
+from deepfuse.training.layers import layer_backends
 from deepfuse.training.loops import NonFiniteLossError
 from deepfuse.training.metrics import append_history, write_json
+from deepfuse.training.plots import learning_curves_png
+from deepfuse.training.task import Data, Task
 
 GENERIC_DEFAULTS = {
     "data": None,
@@ -420,8 +425,6 @@ def checkpoint_bytes(model: nn.Module, optimizer) -> int:
 
 
 def _check_free_space(out: Path, needed: int) -> None:
-    import shutil
-
     free = shutil.disk_usage(out).free
     if free < needed:
         raise RunError(f"--out {out}: {_size(free)} free on its disk, one checkpoint needs about {_size(needed)}; "
@@ -637,10 +640,6 @@ def _train_epochs(run: Run, log) -> None:
 @torch.no_grad()
 def _layer_backends(run: Run) -> dict[str, str]:
     """{layer: "op: backend"} from a train-mode and an eval-mode forward of two training samples (state kept)."""
-    from torch.utils.data import default_collate
-
-    from deepfuse.training.layers import layer_backends
-
     samples = [run.data.train[i] for i in range(min(2, len(run.data.train)))]
     inputs, _ = (run.data.collate or default_collate)(samples)
     inputs = run.to_device(inputs)
@@ -678,7 +677,7 @@ def _finish(run: Run, seconds: float, log) -> dict:
             f"{run.out / 'best.pt'}")  # fmt: skip
         raise
     payload = {**final, "split": split, "val": val_metrics, "model": task.name, "config": run.config,
-               "seed": run.config["seed"], "git_sha": _git_sha(), "device": str(run.device),
+               "seed": run.config["seed"], "git_sha": git_sha(), "device": str(run.device),
                "backend": run.config["backend"], "layers": run.extra.get("layers"), "seconds": round(seconds, 2),
                "epochs": run.epoch, "patience": run.config.get("patience"),
                "stopped_early": run.extra.get("stopped_early"), "data": run.data.summary}  # fmt: skip
@@ -687,8 +686,6 @@ def _finish(run: Run, seconds: float, log) -> dict:
         write_json(run.out / "metrics.json", payload)
         pictures = []
         if (run.out / "history.csv").exists():
-            from deepfuse.training.plots import learning_curves_png
-
             pictures.append(learning_curves_png(run.out / "history.csv", run.out / "learning_curves.png", task.metric))
         if outputs is not None:
             pictures += task.plots(outputs, targets, run.data.state, run.out, run.data)
@@ -707,12 +704,6 @@ def finite_or_none(value):
     if isinstance(value, float | np.floating):
         return float(value) if math.isfinite(value) else None
     return value
-
-
-def _git_sha() -> str:
-    from deepfuse.bench.records import _git_sha as sha
-
-    return sha()
 
 
 def train(task: Task, config: dict, resume: bool = False, log=print, given: set[str] | None = None) -> dict:

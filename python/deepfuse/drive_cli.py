@@ -1,11 +1,15 @@
 """``deepfuse drive record | play``: record the expert in Udacity's format; watch a checkpoint (or the expert)
-drive. Added to deepfuse's command line by ``add_drive_commands``; this module imports nothing heavy, so the
-command line stays quick to start."""
+drive. Added to deepfuse's command line by ``add_drive_commands``. Importing this module imports the simulator's
+package (gymnasium, numba: optional, ``deepfuse[drive]``), so that ``cli.py`` can say which one is missing; the
+recorder, the player and the models are imported by the commands that use them (the CLI's start-up time)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+import deepfuse.envs  # noqa: F401  (the simulator's optional packages: a missing one raises here, for cli.py)
+from deepfuse.training.engine import RunError
 
 
 def add_drive_commands(commands) -> None:
@@ -47,8 +51,6 @@ def add_drive_commands(commands) -> None:
 
 
 def _record(args: argparse.Namespace) -> int:
-    from deepfuse.training.engine import RunError
-
     if args.steps < 1:
         raise RunError(f"--steps must be >= 1, got {args.steps}")
     if args.tracks < 1:
@@ -60,7 +62,7 @@ def _record(args: argparse.Namespace) -> int:
         raise RunError(f"--out {out} already holds a driving_log.csv (nothing was overwritten)")
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} is a file, not a folder")
-    from deepfuse.envs.recorder import record
+    from deepfuse.envs.recorder import record  # CLI start-up time (numba compiles on first use)
 
     log = record(out, args.steps, args.seed, tracks=args.tracks, style=args.style, keyboard=args.keyboard)
     print(f"recorded {args.steps} frames ({args.steps / 10:.0f} s of driving) to {log} and {out / 'IMG'}")
@@ -68,19 +70,17 @@ def _record(args: argparse.Namespace) -> int:
 
 
 def _play(args: argparse.Namespace) -> int:
-    from deepfuse.training.engine import RunError
-
     if not args.gif and not args.png:
         raise RunError("give --gif FILE and/or --png FILE")
     if args.steps < 1 or args.every < 1 or args.track < 0:
         raise RunError("--steps and --every must be >= 1, --track >= 0")
     if args.checkpoint is None:
-        from deepfuse.envs.closed_loop import expert_pilot
+        from deepfuse.envs.closed_loop import expert_pilot  # CLI start-up time
 
         pilot = expert_pilot()
     else:
         pilot = _pilot_from_checkpoint(args.checkpoint, args.device)
-    from deepfuse.envs.player import play
+    from deepfuse.envs.player import play  # CLI start-up time
 
     metrics = play(pilot, split=args.split, track=args.track, steps=args.steps, gif=args.gif, png=args.png,
                    every=args.every, style=args.style)  # fmt: skip
@@ -91,6 +91,7 @@ def _play(args: argparse.Namespace) -> int:
 
 
 def _pilot_from_checkpoint(path: str, device: str | None):
+    # CLI start-up time: the model registry imports every model file
     from deepfuse import models
     from deepfuse.training.checkpoint import CheckpointError, load_checkpoint
     from deepfuse.training.engine import load_for_inference

@@ -7,27 +7,30 @@ Rows: one per number of cars and renderer threading ("auto", "serial", "parallel
 Written beside the op benchmarks: ``<out_dir>/<gpu or cpu>/<date>-<sha>-drive_env.{json,md}``. The machine's
 load average is recorded with them: on a shared machine other processes take cores from the renderer.
 
-    python -m deepfuse.envs.bench [--quick] [--out benchmarks/results]
+    python -m deepfuse.bench.simulator [--quick] [--out benchmarks/results]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
+
+from deepfuse.bench import records
+from deepfuse.envs import kernels
+from deepfuse.envs.env import DriveVectorEnv
 
 GOAL = 20_000  # rendered 64x64 steps per second on 2 cores (the issue's goal)
 
 
 def measure(num_envs: int, threads: str, image_size: int = 64, steps: int = 200, repeats: int = 5) -> dict:
     """One row: ``repeats`` runs of ``steps`` vector steps after a warm-up."""
-    from deepfuse.envs import kernels
-    from deepfuse.envs.env import DriveVectorEnv
-
     kernels.set_render_threads(threads)
     try:
         envs = DriveVectorEnv(num_envs, tracks=8, image_size=image_size)
@@ -55,10 +58,6 @@ def measure(num_envs: int, threads: str, image_size: int = 64, steps: int = 200,
 
 def main(out_dir: str | Path = "benchmarks/results", quick: bool = True) -> list[dict]:
     """Measure, print a table, write the results files; returns the rows."""
-    import numba
-
-    from deepfuse.bench import records
-
     counts = (1, 16, 64) if quick else (1, 16, 64, 256)
     rows = [measure(n, threads) for n in counts for threads in ("auto", "serial", "parallel")]
     env = records.environment() | {"numba": numba.__version__, "numba_threads": numba.get_num_threads(),
@@ -83,8 +82,6 @@ def main(out_dir: str | Path = "benchmarks/results", quick: bool = True) -> list
 
 
 def _threading_layer() -> str:
-    import numba
-
     try:
         return numba.threading_layer()
     except ValueError:  # no parallel kernel has run yet
@@ -92,8 +89,6 @@ def _threading_layer() -> str:
 
 
 if __name__ == "__main__":
-    import argparse
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default="benchmarks/results")
