@@ -762,9 +762,4 @@ def predict(task: Task, checkpoint: str | Path, inputs: list[str], device: str |
         return task.predict(model, inputs, config, state, out)
 
 
-def check_checkpoint(path: str | Path, task: Task) -> None:
-    """Raises CheckpointError when ``path`` is not a checkpoint of ``task`` (for early CLI errors)."""
-    load_checkpoint(path, task.name)
-
-
 __all__ = ["CheckpointError", "Run", "RunError", "evaluate", "fit", "make_config", "predict", "prepare", "train"]
