@@ -13,8 +13,8 @@ import deepfuse
 from deepfuse import models
 from deepfuse.ops._dispatch import FUSED_OPS
 
-HOST_READS = {"_local_scalar_dense", "nonzero", "masked_select", "unique_consecutive", "_unique2", "unique_dim",
-              "equal", "is_nonzero"}  # fmt: skip
+HOST_READS = {"item", "_local_scalar_dense", "nonzero", "masked_select", "unique_consecutive", "_unique2",
+              "unique_dim", "equal", "is_nonzero"}  # fmt: skip
 
 
 class HostSyncRecorder(TorchDispatchMode):
@@ -42,12 +42,18 @@ class HostSyncRecorder(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+# Small settings where a model has them: the triton kernels run through the interpreter here.
+SMALL = {"catsdogs": {"image_size": 32, "width": 4}, "chest_xray": {"image_size": 64, "width": 4},
+         "driving-rl": {"image_size": 32}}  # fmt: skip
+
+
 def _steps(name, backend):
     task = models.get(name)
-    state, inputs, targets = task.example(3, {})
+    config = SMALL.get(name, {})
+    state, inputs, targets = task.example(2, config)
     inputs = inputs if isinstance(inputs, tuple) else (inputs,)
     torch.manual_seed(0)
-    model = task.build({}, state)
+    model = task.build(config, state)
     found = {}
     for mode in ("train", "eval"):
         recorder = HostSyncRecorder()
@@ -61,13 +67,18 @@ def _steps(name, backend):
     return task, found
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-@pytest.mark.parametrize("name", models.names())
+# NOTE: the triton backend runs through the interpreter here; driving's 66x200 images took 104 s on the 2-core
+# CI machine, so its layers (FusedConv2d, FusedLinear) are covered by driving-rl's small images instead.
+TRITON_CASES = [name for name in models.names() if name != "driving" and not models.get(name).cuda_graphs_blocker]
+
+
+@pytest.mark.parametrize(("name", "backend"), [(name, "torch") for name in models.names()]
+                         + [(name, "triton") for name in TRITON_CASES])  # fmt: skip
 def test_model_steps_never_wait_for_the_device(name, backend):
     task, found = _steps(name, backend)
     if task.cuda_graphs_blocker is None:
         assert found == {"train": [], "eval": []}, f"{name} waits for the device: {found}"
-    else:
+    else:  # the reason given must be real: its steps do read the host
         assert found["train"] and found["eval"], f"{name} says {task.cuda_graphs_blocker!r} but never syncs"
 
 
@@ -83,7 +94,7 @@ def test_the_recorder_sees_a_sync_inside_a_custom_op(monkeypatch):
     recorder = HostSyncRecorder()
     with recorder:
         deepfuse.ops.linear_act(torch.randn(2, 3), torch.randn(4, 3), backend="triton")
-    assert recorder.found == ["_local_scalar_dense"]
+    assert recorder.found[:1] == ["item"]
 
 
 def test_cuda_graphs_flag_is_refused_with_the_reason(tmp_path, capsys):

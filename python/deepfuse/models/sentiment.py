@@ -273,7 +273,7 @@ ARCHS = {
 
 # Variable-length batches without padding work size their kernels from the data, on the host.
 CUDA_GRAPHS_BLOCKERS = {
-    "lstm": "its PackedSequence needs the review lengths on the host (torch's packing reads them every batch)",
+    "lstm": "its PackedSequence is sized by the review lengths, read on the host every batch (torch's packing)",
     "transformer": "its packed tokens are counted on the host every batch (the longest review sizes the attention "
     "grid, the real tokens are gathered by a mask)",
 }
