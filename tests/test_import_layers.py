@@ -41,11 +41,7 @@ FORBIDDEN = {"deepfuse.envs": ("deepfuse.training", "deepfuse.models")}
 OPTIONAL_DEEPFUSE = ("deepfuse._C", "deepfuse.kernels", "deepfuse.envs", "deepfuse.data.text", "deepfuse.data.imdb")
 CLI_MODULES = ("deepfuse.cli", "deepfuse.drive_cli")
 # Local imports in files the lead engineer was editing when this test was written (issue 20): to hoist there.
-NOT_YET = {
-    ("deepfuse.bench.models", "deepfuse.profile.labels"),
-    ("deepfuse.ops.lstm", "deepfuse.ops.linear_act"),
-    ("deepfuse.ops.lstm", "deepfuse.ops._lstm_cuda"),
-}
+NOT_YET: set[tuple[str, str]] = set()
 
 
 def _module_files() -> dict[str, Path]:

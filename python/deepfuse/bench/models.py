@@ -15,11 +15,13 @@ import contextlib
 import copy
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import deepfuse
 from deepfuse import models
 from deepfuse.bench import records, runner
 from deepfuse.bench.baseline import plain_torch_twin
+from deepfuse.profile.labels import parse_label
 
 GPU_BATCH, CPU_BATCH = 64, 2
 
@@ -27,10 +29,6 @@ GPU_BATCH, CPU_BATCH = 64, 2
 def _count_flops(model, inputs) -> int:
     """Forward FLOPs: deepfuse's kernel ops from their profiler labels, every aten op (the torch backend's
     included) from FlopCounterMode (which sees a deepfuse custom op as one opaque call)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from deepfuse.profile.labels import parse_label
-
     counter = FlopCounterMode(display=False)
     model.eval()
     with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof, counter:

@@ -113,6 +113,7 @@ def _bwd_cuda(grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_
 
 _FWD = {"torch": _fwd_torch, "triton": _fwd_triton, "cuda": _fwd_cuda}
 _BWD = {"torch": _bwd_torch, "triton": _bwd_triton, "cuda": _bwd_cuda}
+LINEAR_ACT_BACKWARD = _BWD  # each backend's (grad_x, grad_weight, grad_bias); the LSTM's weight gradients use it
 
 
 # ---------------------------------------------------------------------------------------------

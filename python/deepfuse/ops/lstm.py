@@ -16,11 +16,12 @@ from __future__ import annotations
 import torch
 
 from deepfuse import backend as _backend
+from deepfuse.ops import _lstm_cuda
 from deepfuse.ops._dispatch import fused_op, torch_path
 from deepfuse.ops._interop import accepts_cupy
 from deepfuse.ops._shared import autocast_inputs, nothing
 from deepfuse.ops._validation import check_same_dtype_and_device, check_tensor, kernel_dtype_reason
-from deepfuse.ops.linear_act import linear_act
+from deepfuse.ops.linear_act import LINEAR_ACT_BACKWARD, linear_act
 
 
 def lstm_cell_ref(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None):
@@ -77,10 +78,8 @@ def _cell_fwd_torch(x, h, c, w_ih, w_hh, bias):
 def _kernels(backend):
     """The module with backend's launchers: kernels/lstm.py (triton) or its CUDA C++ twin (cuda)."""
     if backend == "cuda":
-        from deepfuse.ops import _lstm_cuda
-
         return _lstm_cuda
-    from deepfuse.kernels import lstm
+    from deepfuse.kernels import lstm  # triton: imported only when a triton backend runs
 
     return lstm
 
@@ -96,9 +95,7 @@ def _linear_grads(backend, dgates, inputs, weight, has_bias, need_input, need_we
     if backend == "torch":
         return (dgates @ weight if need_input else nothing(inputs), dgates.t() @ inputs if need_weight
                 else nothing(inputs), dgates.sum(0) if has_bias else nothing(inputs))  # fmt: skip
-    from deepfuse.ops.linear_act import _BWD
-
-    return _BWD[backend](dgates, dgates, inputs, weight, "none", has_bias, need_input, need_weight)
+    return LINEAR_ACT_BACKWARD[backend](dgates, dgates, inputs, weight, "none", has_bias, need_input, need_weight)
 
 
 def _cell_fwd_cost(x, h, c, w_ih, w_hh, bias, backend):
