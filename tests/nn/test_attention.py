@@ -199,3 +199,101 @@ def test_transformer_encoder_fast_path_hands_nested_tensors_to_the_fused_layer()
     pad[0, 5:] = pad[2, 3:] = True
     with torch.no_grad():
         torch.testing.assert_close(ours(x, src_key_padding_mask=pad), theirs(x, src_key_padding_mask=pad))
+
+
+# --- forward_packed: packed variable-length sequences ---------------------------------------------------------
+PACKED_LENGTHS = [1, 7, 4, 5]  # odd lengths, a single-token sequence among them
+PACKED_WIDTH = 32
+
+
+def _packed(x_padded: torch.Tensor, lengths: list[int]):
+    """The real tokens of a batch_first padded batch, one sequence after another; cu_seqlens; the padding mask."""
+    valid = torch.arange(x_padded.shape[1])[None, :] < torch.tensor(lengths)[:, None]
+    cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    return x_padded[valid], cu_seqlens, valid
+
+
+def _check_packed_against_padded(ours, theirs, reference, backend, padded_call):
+    """ours.forward_packed on the real tokens vs ``padded_call(module, x, mask)`` of torch's module (float32 and the
+    float64 reference) on the padded batch, at the real tokens: the output and the gradients of x and of every
+    parameter, under the same upstream gradient. Returns the run's record_choices log."""
+    theirs.load_state_dict(ours.state_dict())
+    reference.load_state_dict(ours.state_dict())
+    padded = torch.randn(len(PACKED_LENGTHS), max(PACKED_LENGTHS), PACKED_WIDTH)
+    x, cu_seqlens, valid = _packed(padded, PACKED_LENGTHS)
+    x.requires_grad_(True)
+    x_theirs, x_ref = padded.clone().requires_grad_(True), padded.double().requires_grad_(True)
+    with record_choices() as log, deepfuse.use_backend(backend):
+        out = ours.forward_packed(x, cu_seqlens, max(PACKED_LENGTHS))
+    expected = padded_call(theirs, x_theirs, ~valid)[valid]
+    ref = padded_call(reference, x_ref, ~valid)[valid]
+    assert_close_to_reference("out", out.detach(), ref.detach(), expected.detach(), torch.float32)
+    dy = torch.randn_like(out)
+    for result in (out, expected, ref):
+        result.backward(dy.to(result.dtype))
+    assert_close_to_reference("x.grad", x.grad, x_ref.grad[valid], x_theirs.grad[valid], torch.float32)
+    parameters = zip(ours.named_parameters(), reference.parameters(), theirs.parameters(), strict=True)
+    for (name, p), p_ref, p_theirs in parameters:
+        assert_close_to_reference(f"{name}.grad", p.grad, p_ref.grad, p_theirs.grad, torch.float32)
+    return log
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_multihead_attention_forward_packed_matches_the_padded_key_mask_path(backend):
+    torch.manual_seed(8)
+    ours = MultiheadAttention(PACKED_WIDTH, 4, batch_first=True)
+    theirs, reference = (nn.MultiheadAttention(PACKED_WIDTH, 4, batch_first=True) for _ in range(2))
+
+    def padded_call(module, x, mask):
+        return module(x, x, x, key_padding_mask=mask, need_weights=False)[0]
+
+    log = _check_packed_against_padded(ours, theirs, reference.double(), backend, padded_call)
+    assert ("attention", backend) in log and not log.reasons, (list(log), dict(log.reasons))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_transformer_encoder_layer_forward_packed_matches_the_padded_key_mask_path(norm_first, backend):
+    """Packed == padded with src_key_padding_mask, at the real tokens (pre-LN and post-LN)."""
+    torch.manual_seed(9)
+    kwargs = dict(dim_feedforward=48, dropout=0.0, activation="gelu", batch_first=True, norm_first=norm_first)
+    ours = TransformerEncoderLayer(PACKED_WIDTH, 4, **kwargs)
+    theirs, reference = (nn.TransformerEncoderLayer(PACKED_WIDTH, 4, **kwargs) for _ in range(2))
+    log = _check_packed_against_padded(
+        ours, theirs, reference.double(), backend, lambda m, x, mask: m(x, src_key_padding_mask=mask)
+    )
+    assert ("attention", backend) in log and not log.reasons, (list(log), dict(log.reasons))
+
+
+def test_forward_packed_with_attention_dropout_in_training_raises_under_triton_and_runs_torch_under_auto():
+    layer = MultiheadAttention(8, 2, dropout=0.1, batch_first=True).train()
+    theirs = nn.MultiheadAttention(8, 2, dropout=0.1, batch_first=True).train()
+    theirs.load_state_dict(layer.state_dict())
+    x, cu_seqlens, valid = _packed(torch.randn(3, 5, 8), [5, 1, 3])
+    with deepfuse.use_backend("triton"), pytest.raises(deepfuse.BackendUnavailableError, match="dropout 0.1"):
+        layer.forward_packed(x, cu_seqlens, 5)
+    with record_choices() as log:
+        torch.manual_seed(7)
+        out = layer.forward_packed(x, cu_seqlens, 5)
+    assert list(log) == [("multihead_attention", "torch")] and "dropout 0.1 in training" in log.reasons[0]
+    padded = torch.zeros(3, 5, 8)
+    padded[valid] = x
+    torch.manual_seed(7)
+    expected = theirs(padded, padded, padded, key_padding_mask=~valid, need_weights=False)[0][valid]
+    assert torch.equal(out, expected)  # torch's implementation itself, on the padded batch
+
+
+def test_forward_packed_names_a_bad_argument():
+    layer = TransformerEncoderLayer(8, 2, 16, dropout=0.0)
+    cu_seqlens = torch.tensor([0, 2, 5], dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"x must be packed tokens \(T, 8\)"):
+        layer.forward_packed(torch.randn(1, 5, 8), cu_seqlens, 3)
+    with pytest.raises(ValueError, match="token count 4"):
+        layer.forward_packed(torch.randn(4, 8), cu_seqlens, 3)
+    with pytest.raises(ValueError, match="must equal embed_dim"):
+        MultiheadAttention(8, 2, kdim=4, vdim=4).forward_packed(torch.randn(5, 8), cu_seqlens, 3)
+
+
+def test_forward_packed_keeps_the_state_dict():
+    layer = TransformerEncoderLayer(8, 2, 16)
+    assert list(layer.state_dict()) == list(nn.TransformerEncoderLayer(8, 2, 16).state_dict())

@@ -7,8 +7,9 @@ Variable lengths without work on padding:
 - ``sentiment-lstm``: embedding → bidirectional ``deepfuse.nn.LSTM`` over a PackedSequence (each sequence stops at
   its own length) → mean and max over each review's outputs → ``FusedLinear`` → 2 logits.
 - ``sentiment-transformer``: the batch's real tokens are packed one review after another, ``cu_seqlens`` marking
-  where each starts, and every layer runs on the packed tokens: the QKV projection, ``deepfuse.ops.attention_varlen``
-  (no padded keys or queries), the output projection and the feed-forward block (``FusedLinear``), pre-LN. With a
+  where each starts, and every layer runs on the packed tokens (``TransformerEncoderLayer.forward_packed``): the QKV
+  projection, ``deepfuse.ops.attention_varlen`` (no padded keys or queries), the output projection and the
+  feed-forward block (``FusedLinear``), pre-LN. With a
   key-padding mask instead, the projections and the feed-forward would also run on the padding rows and the flash
   kernel would still load the masked key tiles; with packing nothing runs on padding. The layers are
   ``deepfuse.nn.TransformerEncoderLayer``s (nn.TransformerEncoderLayer's state_dict): ``forward_padded`` runs them
@@ -50,7 +51,6 @@ from deepfuse.data import DataError, imdb
 from deepfuse.data.imdb import clean, read_review
 from deepfuse.data.text import TokenDataset, Vocabulary, collate_padded
 from deepfuse.nn import LSTM, FusedLinear, TransformerEncoderLayer
-from deepfuse.ops import attention_varlen, linear_act
 from deepfuse.training.metrics import binary_metrics, positive_probability
 from deepfuse.training.plots import roc_curve_png
 from deepfuse.training.task import Data, Option, Task
@@ -81,23 +81,6 @@ class LSTMClassifier(nn.Module):
         mean = out.sum(1) / lengths[:, None].to(out.dtype)
         peak = out.masked_fill(~_valid(lengths, out.shape[1])[..., None], float("-inf")).amax(1)
         return self.classifier(self.dropout(torch.cat([mean, peak], -1)))
-
-
-def _attention_packed(attn: nn.MultiheadAttention, x: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int):
-    """Self-attention of packed tokens x (T, E) with nn.MultiheadAttention's parameters."""
-    tokens, width, heads = x.shape[0], attn.embed_dim, attn.num_heads
-    q, k, v = linear_act(x, attn.in_proj_weight, attn.in_proj_bias).view(tokens, 3, heads, width // heads).unbind(1)
-    out = attention_varlen(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len)
-    return linear_act(out.reshape(tokens, width), attn.out_proj.weight, attn.out_proj.bias)
-
-
-def encoder_layer_packed(layer: TransformerEncoderLayer, x: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int):
-    """``layer`` (pre-LN or post-LN, as built) applied to packed tokens x (T, E)."""
-    if layer.norm_first:
-        x = x + layer.dropout1(_attention_packed(layer.self_attn, layer.norm1(x), cu_seqlens, max_len))
-        return x + layer._ff_block(layer.norm2(x))
-    x = layer.norm1(x + layer.dropout1(_attention_packed(layer.self_attn, x, cu_seqlens, max_len)))
-    return layer.norm2(x + layer._ff_block(x))
 
 
 class TransformerClassifier(nn.Module):
@@ -131,7 +114,7 @@ class TransformerClassifier(nn.Module):
         cu_seqlens = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
         max_len = int(lengths.max())
         for layer in self.layers:
-            x = encoder_layer_packed(layer, x, cu_seqlens, max_len)
+            x = layer.forward_packed(x, cu_seqlens, max_len)
         x = self.norm(x)
         review = torch.repeat_interleave(torch.arange(len(lengths), device=ids.device), lengths)
         mean = x.new_zeros(len(lengths), x.shape[1]).index_add_(0, review, x) / lengths[:, None].to(x.dtype)

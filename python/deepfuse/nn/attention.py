@@ -16,7 +16,7 @@ from torch import nn
 
 from deepfuse.backend import BackendUnavailableError, record_fallback, requested_backend
 from deepfuse.nn.linear import FusedLinear
-from deepfuse.ops.attention import attention
+from deepfuse.ops.attention import attention, attention_varlen
 from deepfuse.ops.linear_act import linear_act
 
 # The op name under which MultiheadAttention records a call run by torch's implementation instead of its fused path.
@@ -60,6 +60,39 @@ def _attention_weights(q, k, causal: bool, key_padding_mask, average: bool) -> t
     return (weights.mean(1) if average else weights).to(q.dtype)
 
 
+def _allow_torch_path(problem: str) -> None:
+    """Raise where a kernel backend was requested (it cannot run the call), else record the torch path's reason."""
+    requested, source = requested_backend(None)
+    if requested not in (None, "torch"):
+        raise BackendUnavailableError(
+            f"MultiheadAttention: backend {requested!r} (from {source}) cannot run this call: {problem} "
+            "(use_backend('auto') or 'torch' runs torch's implementation)"
+        )
+    record_fallback(TORCH_PATH_OP, "torch", problem)
+
+
+def _check_packed(x: torch.Tensor, cu_seqlens: torch.Tensor, embed_dim: int) -> None:
+    """forward_packed's input rules as ValueErrors (attention_varlen checks cu_seqlens against max_seqlen)."""
+    if x.dim() != 2 or x.shape[1] != embed_dim:
+        raise ValueError(f"x must be packed tokens (T, {embed_dim}), got shape {tuple(x.shape)}")
+    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
+        raise ValueError("cu_seqlens must be a 1-D tensor of cumulative lengths, from 0 to the token count")
+
+
+def _pad_packed(x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed tokens (T, E) as a zero-padded batch (B, max_seqlen, E) and its (B, max_seqlen) bool mask of real
+    tokens (``padded[valid]`` gives x back)."""
+    lengths = cu_seqlens.diff().long()
+    if int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != x.shape[0] or bool((lengths < 0).any()):
+        raise ValueError(f"cu_seqlens must rise from 0 to the token count {x.shape[0]}, got {cu_seqlens.tolist()}")
+    if lengths.numel() and int(lengths.max()) > max_seqlen:
+        raise ValueError(f"max_seqlen is {max_seqlen} but a sequence has {int(lengths.max())} tokens")
+    valid = torch.arange(max_seqlen, device=x.device)[None, :] < lengths.to(x.device)[:, None]
+    padded = x.new_zeros(lengths.numel(), max_seqlen, x.shape[1])
+    padded[valid] = x
+    return padded, valid
+
+
 class MultiheadAttention(nn.MultiheadAttention):
     """Drop-in for ``nn.MultiheadAttention`` (same constructor, parameters and forward signature).
 
@@ -90,6 +123,9 @@ class MultiheadAttention(nn.MultiheadAttention):
 
     One extension: ``is_causal=True`` without ``attn_mask`` (torch raises) means the causal mask on every path.
     A query whose keys are all masked gets zeros (and zero weights) on the fused path (torch gives NaN).
+
+    ``forward_packed(x, cu_seqlens, max_seqlen)`` is self-attention over packed variable-length sequences (no
+    padding, no work on padding), through ``deepfuse.ops.attention_varlen``.
     """
 
     def fused_path_problem(self, key_padding_mask=None, attn_mask=None, is_causal=False) -> str | None:
@@ -112,13 +148,7 @@ class MultiheadAttention(nn.MultiheadAttention):
                 average_attn_weights=True, is_causal=False):  # fmt: skip
         problem = self.fused_path_problem(key_padding_mask, attn_mask, is_causal)
         if problem is not None:
-            requested, source = requested_backend(None)
-            if requested not in (None, "torch"):
-                raise BackendUnavailableError(
-                    f"MultiheadAttention: backend {requested!r} (from {source}) cannot run this call: {problem} "
-                    "(use_backend('auto') or 'torch' runs torch's implementation)"
-                )
-            record_fallback(TORCH_PATH_OP, "torch", problem)
+            _allow_torch_path(problem)
             if is_causal and attn_mask is None:  # torch needs the mask itself
                 attn_mask = _causal_mask(query, key, self.batch_first)
             return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
@@ -164,6 +194,40 @@ class MultiheadAttention(nn.MultiheadAttention):
             return out.squeeze(0), (None if weights is None else weights.squeeze(0))
         return (out if self.batch_first else out.transpose(0, 1)), weights
 
+    def forward_packed(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+        """Self-attention of packed sequences: each token attends to the tokens of its own sequence only.
+
+        Args:
+            x: (T, E) the sequences' tokens one after another (``batch_first`` does not apply).
+            cu_seqlens: (num_seqs + 1,) int32 cumulative lengths, from 0 to T (as ``attention_varlen`` takes them).
+            max_seqlen: the longest sequence's length (sizes the kernel's grid).
+
+        Returns: (T, E), the same as ``forward`` on the padded batch with the padding as key_padding_mask, at the
+        real tokens. The projections run through linear_act on the T real tokens and the attention through
+        ``deepfuse.ops.attention_varlen``. Where the fused path cannot run the call (``add_bias_kv``,
+        ``add_zero_attn``, attention dropout in training: see the class docstring) a requested triton / cuda
+        backend raises BackendUnavailableError; otherwise torch's implementation runs on the padded batch with a
+        key-padding mask, recorded as ``multihead_attention: torch`` with the reason.
+        """
+        if not self._qkv_same_embed_dim:
+            raise ValueError(
+                f"forward_packed is self-attention: kdim ({self.kdim}) and vdim ({self.vdim}) must equal embed_dim "
+                f"({self.embed_dim})"
+            )
+        _check_packed(x, cu_seqlens, self.embed_dim)
+        problem = self.fused_path_problem()
+        if problem is not None:
+            _allow_torch_path(problem)
+            padded, valid = _pad_packed(x, cu_seqlens, int(max_seqlen))
+            padded = padded if self.batch_first else padded.transpose(0, 1)
+            out = super().forward(padded, padded, padded, key_padding_mask=~valid, need_weights=False)[0]
+            return (out if self.batch_first else out.transpose(0, 1))[valid]
+        tokens, width, heads = x.shape[0], self.embed_dim, self.num_heads
+        qkv = linear_act(x, self.in_proj_weight, self.in_proj_bias).view(tokens, 3, heads, width // heads)
+        q, k, v = qkv.unbind(1)
+        out = attention_varlen(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen)
+        return linear_act(out.reshape(tokens, width), self.out_proj.weight, self.out_proj.bias)
+
 
 def _fused_activation(activation) -> str | None:
     """The linear_act name of nn.TransformerEncoderLayer's ``activation`` (a name or a callable), or None."""
@@ -202,7 +266,12 @@ class TransformerEncoderLayer(nn.TransformerEncoderLayer):
       ``layer.self_attn.dropout = 0.0`` to train on the kernels (dropout1/dropout2 and the feed-forward dropout
       still apply).
 
-    In eval, or with dropout 0, every call runs on the fused path."""
+    In eval, or with dropout 0, every call runs on the fused path.
+
+    ``forward_packed(x, cu_seqlens, max_seqlen)`` runs the layer on packed variable-length sequences (T, E): the
+    self-attention through ``MultiheadAttention.forward_packed`` (its fallbacks as above), the norms and the
+    feed-forward block on the T real tokens; it equals ``forward`` on the padded batch with the padding as
+    ``src_key_padding_mask``, at the real tokens."""
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
                  activation="relu", layer_norm_eps: float = 1e-5, batch_first: bool = False, norm_first: bool = False,
@@ -231,6 +300,15 @@ class TransformerEncoderLayer(nn.TransformerEncoderLayer):
             x = self.norm2(x + self._ff_block(x))
         return x
 
+    def forward_packed(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+        """The layer (pre-LN or post-LN, as built) on packed tokens x (T, E); cu_seqlens (num_seqs + 1,) int32 and
+        max_seqlen as ``MultiheadAttention.forward_packed`` takes them. Returns (T, E)."""
+        if self.norm_first:
+            x = x + self._sa_block_packed(self.norm1(x), cu_seqlens, max_seqlen)
+            return x + self._ff_block(self.norm2(x))
+        x = self.norm1(x + self._sa_block_packed(x, cu_seqlens, max_seqlen))
+        return self.norm2(x + self._ff_block(x))
+
     def _forward_nested(self, src, src_mask, is_causal):
         """Pad (batch_first, as the fast path requires), run the fused layer with a key-padding mask, unpad."""
         lengths = [t.shape[0] for t in src.unbind()]
@@ -247,7 +325,11 @@ class TransformerEncoderLayer(nn.TransformerEncoderLayer):
                            is_causal=is_causal)[0]  # fmt: skip
         return self.dropout1(x)
 
+    def _sa_block_packed(self, x, cu_seqlens, max_seqlen):
+        return self.dropout1(self.self_attn.forward_packed(x, cu_seqlens, max_seqlen))
+
     def _ff_block(self, x):
+        """linear1 (activation fused, or after it) -> dropout -> linear2 -> dropout2, as torch's layer computes."""
         hidden = self.linear1(x)
         if self._unfused_activation is not None:
             hidden = self._unfused_activation(hidden)
