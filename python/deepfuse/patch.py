@@ -54,16 +54,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 from torch.nn.utils import parametrize
 
 from deepfuse import nn as dfnn
-from deepfuse.nn.conv import fold_batch_norm
-from deepfuse.ops.activations import LEAKY_RELU_SLOPE, activation_ref
-from deepfuse.ops.conv2d_act import conv2d_act
+from deepfuse.nn.consumed import ConsumedActivation, ConsumedBatchNorm2d
+from deepfuse.nn.conv import FusedConvBN2d
+from deepfuse.ops.activations import LEAKY_RELU_SLOPE
 
 __all__ = ["ConsumedActivation", "ConsumedBatchNorm2d", "FusedConvBN2d", "PatchEntry", "PatchReport", "patch",
            "unpatch"]  # fmt: skip
@@ -141,66 +140,6 @@ class _Record:
     extra_keys: tuple[str, ...]
 
 
-class ConsumedActivation(nn.Module):
-    """The slot of an activation fused into the layer before it: passes its input through. Keeps the original
-    module (not as a child: it has no state) so that ``unpatch`` puts it back."""
-
-    def __init__(self, original: nn.Module, fused_into: str) -> None:
-        super().__init__()
-        object.__setattr__(self, "original", original)
-        self.fused_into = fused_into
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return input
-
-    def extra_repr(self) -> str:
-        return f"{self.original!r} fused into {self.fused_into!r}"
-
-
-class ConsumedBatchNorm2d(nn.BatchNorm2d):
-    """A BatchNorm2d that the convolution before it (a ``FusedConvBN2d``) applies: its own forward passes the input
-    through. ``patch`` switches the class of the existing instance, so its parameters, buffers, state_dict and
-    identity stay; ``unpatch`` switches it back."""
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return input
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, fused into {self.__dict__.get('_deepfuse_fused_into', '?')!r}"
-
-
-class FusedConvBN2d(dfnn.FusedConv2d):
-    """A FusedConv2d that also applies the BatchNorm2d of the next slot of its nn.Sequential, then the activation.
-
-    The BatchNorm is read from that slot at every call (not owned: its state_dict keys stay where they were). It
-    follows BatchNorm's own training flag, as torch does (so a frozen BN — ``bn.eval()`` in a training model —
-    folds): batch statistics → convolution fused with its bias, torch's BatchNorm forward (running statistics
-    updated as torch's), activation; running statistics → BN folded into the weights, one fused convolution with
-    the activation.
-    """
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        bn = self._bn_parent._modules[self._bn_key]
-        if type(bn) is not ConsumedBatchNorm2d:
-            raise RuntimeError(
-                f"the BatchNorm2d that deepfuse.patch fused into this convolution is no longer in slot "
-                f"{self._bn_key!r} of its nn.Sequential (found {type(bn).__name__}; replaced after patching, e.g. "
-                f"by nn.SyncBatchNorm.convert_sync_batchnorm?): call deepfuse.unpatch(model), change it, then patch"
-            )
-        padding = self.padding
-        if self.padding_mode != "zeros":  # as nn.Conv2d: pad first (not fused), then convolve without padding
-            input, padding = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode), 0
-        geometry = (self.stride, padding, self.dilation, self.groups)
-        if bn.training or (bn.running_mean is None and bn.running_var is None):
-            normalized = nn.BatchNorm2d.forward(bn, conv2d_act(input, self.weight, self.bias, *geometry))
-            return activation_ref(normalized, self.activation)
-        weight, bias = fold_batch_norm(self.weight, self.bias, bn)
-        return conv2d_act(input, weight, bias, *geometry, self.activation)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, batch_norm=slot {self._bn_key!r}"
-
-
 # ---------------------------------------------------------------------------------------------
 # Building a module of another class from an existing one, taking over its state
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +150,7 @@ class _Unsupported(Exception):
 
 
 def _class_name(cls: type) -> str:
-    """torch.nn.Linear, deepfuse.nn.FusedLinear, deepfuse.patch.FusedConvBN2d: where users find the class."""
+    """torch.nn.Linear, deepfuse.nn.FusedLinear, deepfuse.nn.FusedConvBN2d: where users find the class."""
     for namespace, path in ((dfnn, "deepfuse.nn"), (nn, "torch.nn")):
         if getattr(namespace, cls.__name__, None) is cls:
             return f"{path}.{cls.__name__}"
@@ -465,10 +404,7 @@ class _Patcher:
             before = [type(child).__name__]
             if plan.bn is not None:
                 key, bn = plan.bn
-                object.__setattr__(new, "_bn_parent", parent)  # not a child: the BN's keys stay in its own slot
-                new._bn_key = key
-                bn.__class__ = ConsumedBatchNorm2d
-                bn._deepfuse_fused_into = qualified
+                new.bind_batch_norm(parent, key, qualified)
                 consumed.add(key)
                 before.append(f"BatchNorm2d ({prefix}{key})")
             if plan.act is not None:
@@ -589,8 +525,7 @@ def _unpatch_walk(parent: nn.Module, prefix: str, report: PatchReport, memo: dic
             )
             continue
         if type(child) is ConsumedBatchNorm2d:
-            child.__class__ = nn.BatchNorm2d
-            child.__dict__.pop("_deepfuse_fused_into", None)
+            ConsumedBatchNorm2d.release(child)
             report.replaced.append(PatchEntry(qualified, "ConsumedBatchNorm2d", "-> torch.nn.BatchNorm2d"))
             continue
         record = child.__dict__.get("_deepfuse_patch")

@@ -1,11 +1,11 @@
-"""FusedConv2d and ConvBNAct: drop-ins for nn.Conv2d (+ BatchNorm2d) + activation."""
+"""FusedConv2d, ConvBNAct and FusedConvBN2d: drop-ins for nn.Conv2d (+ BatchNorm2d) + activation."""
 
 import pytest
 import torch
 from torch import nn
 
 import deepfuse
-from deepfuse.nn import ConvBNAct, FusedConv2d
+from deepfuse.nn import ConsumedBatchNorm2d, ConvBNAct, FusedConv2d, FusedConvBN2d
 from tests.tolerances import assert_close_to_reference
 
 
@@ -104,3 +104,73 @@ def test_conv_bn_act_trains_and_evaluates_like_sequential(backend):
         y = ours(x)  # eval: folded into one fused convolution
     expected, ref = theirs(x), reference(x.double())
     assert_close_to_reference("eval y", y, ref, expected, torch.float32)
+
+
+def _conv_bn_relu(seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, padding_mode="reflect"), nn.BatchNorm2d(6), nn.ReLU())
+    _randomise_bn(model[1], seed)
+    return model
+
+
+def _bind_fused_conv_bn(theirs: nn.Sequential) -> nn.Sequential:
+    """A copy of Conv2d → BatchNorm2d → ReLU with FusedConvBN2d in slot 0 applying the BatchNorm of slot 1."""
+    ours = _conv_bn_relu(0)
+    ours.load_state_dict(theirs.state_dict())
+    conv = FusedConvBN2d(3, 6, 3, padding=1, padding_mode="reflect", activation="relu")
+    conv.load_state_dict(ours[0].state_dict())
+    ours[0], ours[2] = conv, nn.Identity()
+    conv.bind_batch_norm(ours, "1", "0")
+    return ours
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_fused_conv_bn_applies_the_batch_norm_of_its_slot_in_training_and_eval(backend):
+    theirs = _conv_bn_relu(7)
+    ours = _bind_fused_conv_bn(theirs)
+    reference = _conv_bn_relu(0)
+    reference.load_state_dict(theirs.state_dict())
+    reference.double()
+    assert type(ours[1]) is ConsumedBatchNorm2d and list(ours.state_dict()) == list(theirs.state_dict())
+    assert torch.equal(ours[1](torch.ones(2, 6, 1, 1)), torch.ones(2, 6, 1, 1))  # the slot passes through
+    x = torch.randn(2, 3, 7, 9)
+    for mode in ("train", "eval"):  # batch statistics, then the BN folded into the convolution
+        for model in (ours, theirs, reference):
+            getattr(model, mode)()
+        x_ours, x_theirs, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_(), x.double().requires_grad_()
+        with deepfuse.use_backend(backend):
+            y = ours(x_ours)
+        expected, ref = theirs(x_theirs), reference(x_ref)
+        assert_close_to_reference(f"{mode} y", y.detach(), ref.detach(), expected.detach(), torch.float32)
+        dy = torch.randn_like(y)
+        for result in (y, expected, ref):
+            result.backward(dy.to(result.dtype))
+        assert_close_to_reference(f"{mode} x.grad", x_ours.grad, x_ref.grad, x_theirs.grad, torch.float32)
+        for name in ("0.weight", "0.bias", "1.weight", "1.bias"):
+            grads = [dict(m.named_parameters())[name].grad for m in (ours, reference, theirs)]
+            assert_close_to_reference(f"{mode} {name}.grad", *grads, torch.float32)
+            for m in (ours, reference, theirs):
+                dict(m.named_parameters())[name].grad = None
+        for buffer in ("1.running_mean", "1.running_var"):  # updated in training exactly as torch's
+            buffers = [dict(m.named_buffers())[buffer] for m in (ours, reference, theirs)]
+            assert_close_to_reference(f"{mode} {buffer}", *buffers, torch.float32)
+
+
+def test_fused_conv_bn_names_a_missing_or_replaced_batch_norm():
+    conv = FusedConvBN2d(3, 6, 3)
+    with pytest.raises(RuntimeError, match="no BatchNorm2d bound"):
+        conv(torch.randn(1, 3, 5, 5))
+    with pytest.raises(TypeError, match="slot '1' of the parent must hold an nn.BatchNorm2d, got ReLU"):
+        conv.bind_batch_norm(nn.Sequential(conv, nn.ReLU()), "1")
+    parent = nn.Sequential(conv, nn.BatchNorm2d(6))
+    conv.bind_batch_norm(parent, "1")
+    parent[1] = nn.BatchNorm2d(6)  # replaced after binding
+    with pytest.raises(RuntimeError, match="no longer in slot '1'"):
+        conv(torch.randn(1, 3, 5, 5))
+    assert type(ConsumedBatchNorm2d.release(_bound_bn())) is nn.BatchNorm2d
+
+
+def _bound_bn() -> ConsumedBatchNorm2d:
+    parent = nn.Sequential(FusedConvBN2d(3, 6, 3), nn.BatchNorm2d(6))
+    parent[0].bind_batch_norm(parent, "1")
+    return parent[1]

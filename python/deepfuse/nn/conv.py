@@ -1,4 +1,5 @@
-"""FusedConv2d (nn.Conv2d + activation, BatchNorm folding) and ConvBNAct (Conv2d → BatchNorm2d → activation)."""
+"""FusedConv2d (nn.Conv2d + activation, BatchNorm folding), ConvBNAct (Conv2d → BatchNorm2d → activation) and
+FusedConvBN2d (a Conv2d that applies the BatchNorm2d of the next slot of its nn.Sequential: ``deepfuse.patch``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepfuse.nn.consumed import ConsumedBatchNorm2d
 from deepfuse.ops.activations import activation_ref, check_activation
 from deepfuse.ops.conv2d_act import conv2d_act
 
@@ -131,3 +133,50 @@ class ConvBNAct(nn.Sequential):
 
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}"
+
+
+class FusedConvBN2d(FusedConv2d):
+    """A FusedConv2d that also applies the BatchNorm2d of the next slot of its nn.Sequential, then the activation:
+    what ``deepfuse.patch`` puts in place of Conv2d → BatchNorm2d [→ activation] inside an nn.Sequential, keeping
+    the state_dict's keys where they were.
+
+    The BatchNorm is read from that slot at every call (not owned: its state_dict keys stay where they were); bind
+    it with ``bind_batch_norm(parent, key)``. It follows BatchNorm's own training flag, as torch does (so a frozen
+    BN — ``bn.eval()`` in a training model — folds): batch statistics → convolution fused with its bias, torch's
+    BatchNorm forward (running statistics updated as torch's), activation; running statistics → BN folded into the
+    weights, one fused convolution with the activation. Arguments and state_dict as FusedConv2d's.
+    """
+
+    def bind_batch_norm(self, parent: nn.Module, key: str, fused_into: str = "") -> None:
+        """Apply the nn.BatchNorm2d in slot ``key`` of ``parent`` (the Sequential holding this convolution); that
+        BatchNorm becomes a ConsumedBatchNorm2d (same object, parameters and buffers) whose own forward passes its
+        input through. ``fused_into`` names this convolution in the BatchNorm's repr."""
+        bn = parent._modules.get(key)
+        if type(bn) is not nn.BatchNorm2d:
+            raise TypeError(f"slot {key!r} of the parent must hold an nn.BatchNorm2d, got {type(bn).__name__}")
+        object.__setattr__(self, "_bn_parent", parent)  # not a child: the BN's keys stay in its own slot
+        self._bn_key = key
+        bn.__class__ = ConsumedBatchNorm2d
+        bn._deepfuse_fused_into = fused_into
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        parent = self.__dict__.get("_bn_parent")
+        if parent is None:
+            raise RuntimeError("FusedConvBN2d has no BatchNorm2d bound: call bind_batch_norm(parent, key) first")
+        bn = parent._modules[self._bn_key]
+        if type(bn) is not ConsumedBatchNorm2d:
+            raise RuntimeError(
+                f"the BatchNorm2d that deepfuse.patch fused into this convolution is no longer in slot "
+                f"{self._bn_key!r} of its nn.Sequential (found {type(bn).__name__}; replaced after patching, e.g. "
+                f"by nn.SyncBatchNorm.convert_sync_batchnorm?): call deepfuse.unpatch(model), change it, then patch"
+            )
+        input, padding = _apply_padding_mode(self, input)
+        geometry = (self.stride, padding, self.dilation, self.groups)
+        if bn.training or (bn.running_mean is None and bn.running_var is None):
+            normalized = nn.BatchNorm2d.forward(bn, conv2d_act(input, self.weight, self.bias, *geometry))
+            return activation_ref(normalized, self.activation)
+        weight, bias = fold_batch_norm(self.weight, self.bias, bn)
+        return conv2d_act(input, weight, bias, *geometry, self.activation)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, batch_norm=slot {self.__dict__.get('_bn_key', '?')!r}"
