@@ -87,18 +87,31 @@ def test_use_backend_rejects_unknown_names():
         pass
 
 
-def test_environment_variable_sets_the_backend(spies, monkeypatch):
-    monkeypatch.setenv("DEEPFUSE_BACKEND", "triton")
+@pytest.fixture
+def environment(monkeypatch):
+    """Sets DEEPFUSE_BACKEND and has deepfuse read it; the original is read back afterwards."""
+
+    def set_backend(value):
+        monkeypatch.setenv("DEEPFUSE_BACKEND", value)
+        backend_module.read_environment()
+
+    yield set_backend
+    monkeypatch.undo()
+    backend_module.read_environment()
+
+
+def test_environment_variable_sets_the_backend(spies, environment):
+    environment("triton")
     linear_act(*_inputs())
     assert spies == ["triton"]
     assert "DEEPFUSE_BACKEND" in deepfuse.explain("linear_act", *_inputs()).reasons["triton"]
-    monkeypatch.setenv("DEEPFUSE_BACKEND", "bogus")
+    environment("bogus")
     with pytest.raises(ValueError, match="DEEPFUSE_BACKEND must be one of"):
         linear_act(*_inputs())
 
 
-def test_argument_beats_context_beats_environment(spies, monkeypatch):
-    monkeypatch.setenv("DEEPFUSE_BACKEND", "triton")
+def test_argument_beats_context_beats_environment(spies, environment):
+    environment("triton")
     with deepfuse.use_backend("torch"):
         linear_act(*_inputs())
         linear_act(*_inputs(), backend="triton")

@@ -2,9 +2,13 @@
 
 import torch
 
+_any_autocast = torch._C._is_any_autocast_enabled
+
 
 def autocast_inputs(*tensors: torch.Tensor | None) -> tuple:
     """Casts the tensors to the autocast dtype when autocast is on for their device (as F.linear/F.conv2d do)."""
+    if not _any_autocast():  # one cheap call on the common path
+        return tensors
     device_type = tensors[0].device.type
     if not torch.is_autocast_enabled(device_type):
         return tensors

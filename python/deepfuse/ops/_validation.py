@@ -12,6 +12,7 @@ def _dtype_names(dtypes) -> str:
 
 
 _FLOAT_DTYPES = frozenset(FLOAT_DTYPES)
+PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
 def check_tensor(name: str, value, *, ndim: int | None = None, min_ndim: int | None = None) -> None:
@@ -30,6 +31,13 @@ def check_tensor(name: str, value, *, ndim: int | None = None, min_ndim: int | N
 
 
 def check_same_dtype_and_device(reference_name: str, reference: torch.Tensor, **others: torch.Tensor | None) -> None:
+    # get_device(): -1 on the CPU (and on meta), else the index; is_meta tells those two apart.
+    dtype, device_index, meta = reference.dtype, reference.get_device(), reference.is_meta
+    for value in others.values():
+        if value is not None and (value.dtype != dtype or value.get_device() != device_index or value.is_meta != meta):
+            break
+    else:
+        return  # the common case, without building device objects
     for name, value in others.items():
         if value is None:
             continue

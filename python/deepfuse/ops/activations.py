@@ -83,3 +83,37 @@ def activation_module(activation: str) -> torch.nn.Module:
         "tanh": torch.nn.Tanh,
     }
     return modules[activation]()
+
+
+def activation_name(activation) -> str | None:
+    """deepfuse's name for a torch activation, or None where deepfuse has no kernel activation equal to it.
+
+    ``activation``: a name nn.TransformerEncoderLayer takes ("relu", "gelu"; any name of ACTIVATIONS but "none"
+    is returned as is), an activation module, or an activation function. Modules are matched by exact type (a
+    subclass may override forward): nn.ReLU, nn.LeakyReLU with negative_slope 0.01, nn.GELU (approximate "none" →
+    "gelu", "tanh" → "gelu_tanh"), nn.SiLU, nn.Sigmoid, nn.Tanh. Functions: F.relu / torch.relu, F.leaky_relu
+    (its default slope is 0.01), F.gelu (erf), F.silu, F.sigmoid / torch.sigmoid, F.tanh / torch.tanh.
+    nn.Identity is not mapped to "none": nothing needs fusing. The inverse of ``activation_module``.
+    """
+    if isinstance(activation, str):
+        return activation if activation in ACTIVATION_CODES and activation != "none" else None
+    kind = type(activation)
+    if kind is torch.nn.LeakyReLU:
+        return "leaky_relu" if activation.negative_slope == LEAKY_RELU_SLOPE else None
+    if kind is torch.nn.GELU:
+        return {"none": "gelu", "tanh": "gelu_tanh"}.get(activation.approximate)
+    modules = {torch.nn.ReLU: "relu", torch.nn.SiLU: "silu", torch.nn.Sigmoid: "sigmoid", torch.nn.Tanh: "tanh"}
+    if kind in modules:
+        return modules[kind]
+    functions = (
+        (F.relu, "relu"),
+        (torch.relu, "relu"),
+        (F.leaky_relu, "leaky_relu"),
+        (F.gelu, "gelu"),
+        (F.silu, "silu"),
+        (F.sigmoid, "sigmoid"),
+        (torch.sigmoid, "sigmoid"),
+        (F.tanh, "tanh"),
+        (torch.tanh, "tanh"),
+    )
+    return next((name for function, name in functions if activation is function), None)

@@ -22,7 +22,13 @@ from deepfuse.kernels import utils as _kernel_utils
 from deepfuse.ops._dispatch import fused_op, torch_path
 from deepfuse.ops._interop import accepts_cupy
 from deepfuse.ops._shared import autocast_inputs, pointer
-from deepfuse.ops._validation import check_same_dtype_and_device, check_tensor, kernel_dtype_reason
+from deepfuse.ops._validation import (
+    FLOAT_DTYPES,
+    PLAIN_TENSORS,
+    check_same_dtype_and_device,
+    check_tensor,
+    kernel_dtype_reason,
+)
 
 MAX_HEAD_DIM = 256
 # The CUDA C++ kernels' limits (csrc/attention.cu): fp32's SIMT tiles would not fit shared memory past 128.
@@ -479,8 +485,11 @@ _backend.register_op(_backend.OpSpec("attention", _supports, _preference, lambda
 
 
 def _validate(q, k, v, key_padding_mask):
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        check_tensor(name, t, ndim=4)
+    plain = q.__class__ in PLAIN_TENSORS and k.__class__ in PLAIN_TENSORS and v.__class__ in PLAIN_TENSORS
+    if not (plain and q.ndim == k.ndim == v.ndim == 4 and q.dtype in FLOAT_DTYPES):  # else say which is wrong
+        check_tensor("q", q, ndim=4)
+        check_tensor("k", k, ndim=4)
+        check_tensor("v", v, ndim=4)
     B, Hq, Nq, D = q.shape
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
