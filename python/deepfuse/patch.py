@@ -62,7 +62,7 @@ from torch.nn.utils import parametrize
 from deepfuse import nn as dfnn
 from deepfuse.nn.consumed import ConsumedActivation, ConsumedBatchNorm2d
 from deepfuse.nn.conv import FusedConvBN2d
-from deepfuse.ops.activations import LEAKY_RELU_SLOPE
+from deepfuse.ops.activations import LEAKY_RELU_SLOPE, activation_name
 
 __all__ = ["ConsumedActivation", "ConsumedBatchNorm2d", "FusedConvBN2d", "PatchEntry", "PatchReport", "patch",
            "unpatch"]  # fmt: skip
@@ -297,23 +297,17 @@ def _convert(old: nn.Module, cls: type, activation: str | None, patching: bool) 
 
 
 def _fusable_activation(module: nn.Module) -> tuple[str | None, str | None]:
-    """(deepfuse's name, None) for an activation module deepfuse fuses, (None, why not) for another activation,
-    (None, None) for anything else."""
+    """(deepfuse's name, None) for an activation module deepfuse fuses (``activation_name``), (None, why not) for
+    another activation, (None, None) for anything else."""
+    name = activation_name(module)
+    if name is not None:
+        return name, None
     kind = type(module)
-    if kind is nn.ReLU:
-        return "relu", None
     if kind is nn.LeakyReLU:
-        if module.negative_slope == LEAKY_RELU_SLOPE:
-            return "leaky_relu", None
         return None, f"negative_slope={module.negative_slope} (deepfuse's leaky_relu has {LEAKY_RELU_SLOPE})"
     if kind is nn.GELU:
-        if module.approximate in ("none", "tanh"):
-            return ("gelu" if module.approximate == "none" else "gelu_tanh"), None
         return None, f"approximate={module.approximate!r}"
-    named = {nn.SiLU: "silu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}
-    if kind in named:
-        return named[kind], None
-    if isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.GELU, *named)):
+    if isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh)):
         return None, f"{kind.__name__} is a subclass (its forward may differ)"
     if kind.__module__ == "torch.nn.modules.activation" and kind is not nn.MultiheadAttention:
         return None, f"{kind.__name__} is not one deepfuse fuses ({_FUSED_ACTIVATIONS})"

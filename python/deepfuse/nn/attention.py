@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from deepfuse.backend import BackendUnavailableError, record_fallback, requested_backend
 from deepfuse.nn.linear import FusedLinear
+from deepfuse.ops.activations import activation_name
 from deepfuse.ops.attention import attention, attention_varlen
 from deepfuse.ops.linear_act import linear_act
 
@@ -229,32 +229,12 @@ class MultiheadAttention(nn.MultiheadAttention):
         return linear_act(out.reshape(tokens, width), self.out_proj.weight, self.out_proj.bias)
 
 
-def _fused_activation(activation) -> str | None:
-    """The linear_act name of nn.TransformerEncoderLayer's ``activation`` (a name or a callable), or None."""
-    if isinstance(activation, str):
-        return activation if activation in ("relu", "gelu") else None
-    # Exact types only: a subclass may override forward.
-    if type(activation) is nn.GELU:
-        return "gelu_tanh" if activation.approximate == "tanh" else "gelu"
-    if type(activation) is nn.LeakyReLU:
-        return "leaky_relu" if activation.negative_slope == 0.01 else None
-    modules = {nn.ReLU: "relu", nn.SiLU: "silu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}
-    for module_type, name in modules.items():
-        if type(activation) is module_type:
-            return name
-    functions = {F.relu: "relu", torch.relu: "relu", F.gelu: "gelu", F.silu: "silu", torch.sigmoid: "sigmoid",
-                 F.sigmoid: "sigmoid", torch.tanh: "tanh", F.tanh: "tanh"}  # fmt: skip
-    for function, name in functions.items():
-        if activation is function:
-            return name
-    return None
-
-
 class TransformerEncoderLayer(nn.TransformerEncoderLayer):
     """Drop-in for ``nn.TransformerEncoderLayer`` (same constructor and state_dict): self-attention through
     deepfuse.nn.MultiheadAttention and the feed-forward block through FusedLinear, with the activation fused into
-    linear1 when it is one linear_act knows ("relu", "gelu", F.relu/F.gelu/F.silu/torch.tanh/torch.sigmoid,
-    nn.ReLU/GELU/SiLU/Tanh/Sigmoid/LeakyReLU(0.01) instances); any other callable runs after linear1.
+    linear1 when it is one linear_act knows (``deepfuse.ops.activations.activation_name``: "relu", "gelu",
+    F.relu/F.leaky_relu/F.gelu/F.silu/torch.tanh/torch.sigmoid, nn.ReLU/GELU/SiLU/Tanh/Sigmoid/LeakyReLU(0.01)
+    instances); any other callable runs after linear1.
     Unbatched (S, E) inputs, batch_first and norm_first as in torch. torch's inference fast path (nested tensors)
     is not used: nested inputs are padded and run here with a key-padding mask.
 
@@ -281,7 +261,7 @@ class TransformerEncoderLayer(nn.TransformerEncoderLayer):
         factory = {"device": device, "dtype": dtype}
         self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first,
                                             **factory)  # fmt: skip
-        fused_activation = _fused_activation(activation)
+        fused_activation = activation_name(activation)
         self.linear1 = FusedLinear(d_model, dim_feedforward, bias=bias, activation=fused_activation or "none",
                                    **factory)  # fmt: skip
         self.linear2 = FusedLinear(dim_feedforward, d_model, bias=bias, **factory)
