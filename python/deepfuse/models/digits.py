@@ -18,8 +18,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from deepfuse.data import DataError
-from deepfuse.data.digits import load_splits
-from deepfuse.data.mnist import IMAGES_MAGIC, load_split, read_idx
+from deepfuse.data.digits import load_mnist_splits, load_splits, read_digit_images
 from deepfuse.nn import ConvBNAct, FusedLinear
 from deepfuse.training.plots import image_grid_png
 from deepfuse.training.task import Data, Task
@@ -67,15 +66,7 @@ class DigitsTask(Task):
             splits = load_splits()
             source = "scikit-learn digits (8x8)"
         else:
-            train_images, train_labels = load_split(path, "train")
-            test_images, test_labels = load_split(path, "test")
-            train_images = train_images.astype(np.float32) / 255.0
-            # a fixed 5,000-image validation split carved from train (the test split stays untouched)
-            order = np.random.default_rng(0).permutation(len(train_images))
-            val, train = order[: min(5000, len(order) // 10)], order[min(5000, len(order) // 10) :]
-            splits = {"train": (train_images[train], train_labels[train]),
-                      "val": (train_images[val], train_labels[val]),
-                      "test": (test_images.astype(np.float32) / 255.0, test_labels)}  # fmt: skip
+            splits = load_mnist_splits(path)
             source = f"MNIST IDX files in {path}"
         for split, (images, _) in splits.items():
             if len(images) == 0:
@@ -110,49 +101,12 @@ class DigitsTask(Task):
         return pictures
 
     def predict(self, model, inputs, config, state, out_dir):
-        images, names = _read_inputs(inputs, state["image_size"])
+        images, names = read_digit_images(inputs, state["image_size"])
         x = ((images - state["mean"]) / state["std"])[:, None].to(next(model.parameters()).device)
         probabilities = torch.softmax(model(x).float(), -1).cpu()
         best = probabilities.max(-1)
         return [f"{name}: {best.indices[i].item()} (probability {best.values[i].item():.3f})"
                 for i, name in enumerate(names)]  # fmt: skip
-
-
-def _read_inputs(inputs: list[str], size: int) -> tuple[torch.Tensor, list[str]]:
-    """Images in [0, 1], white digit on black, from image files or IDX files."""
-    images, names = [], []
-    for item in inputs:
-        path = Path(item)
-        if not path.is_file():
-            raise DataError(path, "no such file (expected an image file or an IDX images file)")
-        if "idx3" in path.name:
-            array = read_idx(path, IMAGES_MAGIC).astype(np.float32) / 255.0
-            images += [_resize(a, size) for a in array]
-            names += [f"{path.name}[{i}]" for i in range(len(array))]
-        else:
-            images.append(_resize(_read_image(path), size))
-            names.append(path.name)
-    return torch.from_numpy(np.stack(images)).float(), names
-
-
-def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            gray = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as error:
-        raise DataError(path, f"not a readable image ({error})") from None
-    # MNIST digits are white on black; a photo or scan of ink on paper is the other way round
-    return 1.0 - gray if gray.mean() > 0.5 else gray
-
-
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
-    if image.shape == (size, size):
-        return image
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR), dtype=np.float32)
 
 
 TASK = DigitsTask()
