@@ -232,10 +232,17 @@ def _automatic_order(op: OpSpec, *args, **kwargs) -> tuple[str, ...]:
 
 
 def choose_backend(op_name: str, backend: str | None, *args, **kwargs) -> str:
-    """The backend that runs this call; raises BackendUnavailableError for an unusable request."""
+    """The backend that runs this call, recorded for ``record_choices()``; raises BackendUnavailableError for an
+    unusable request."""
+    return _record(op_name, backend_for(op_name, backend, *args, **kwargs))
+
+
+def backend_for(op_name: str, backend: str | None, *args, **kwargs) -> str:
+    """The backend ``op_name(*args, **kwargs)`` would run on, without recording it (a layer deciding how to call
+    an op); raises BackendUnavailableError for an unusable request."""
     requested, source = requested_backend(backend)
     if requested is None and not args[0].is_cuda:  # every op's first argument is a tensor on its device
-        return _record(op_name, "torch")  # the automatic choice off the GPU: nothing to weigh
+        return "torch"  # the automatic choice off the GPU: nothing to weigh
     op = _ops[op_name]
     if requested is not None:
         reason = unusable_reason(op, requested, *args, **kwargs)
@@ -243,13 +250,13 @@ def choose_backend(op_name: str, backend: str | None, *args, **kwargs) -> str:
             raise BackendUnavailableError(
                 f"{op_name}: backend {requested!r} (from {source}) cannot run this call: {reason}"
             )
-        return _record(op_name, requested)
+        return requested
     order = _automatic_order(op, *args, **kwargs)
     for name in order:
         if unusable_reason(op, name, *args, **kwargs) is None:
             if name != order[0] and not torch.compiler.is_compiling():
                 logger.debug("%s: automatic choice %r; preferred %r cannot run this call", op_name, name, order[0])
-            return _record(op_name, name)
+            return name
     raise AssertionError("unreachable: the torch backend runs every call")  # torch's supports() never refuses
 
 
