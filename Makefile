@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml setup.py CMakeLists.txt requirements-dev.txt $(wildcard
 build: install  ## rebuild deepfuse._C after editing csrc/
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 
-test: install  ## CPU tests and, in parallel on the other core, the sm_90 compile gates
+test: install lint  ## lint (seconds), then the CPU tests and, in parallel on the other core, the sm_90 compile gates
 	$(MAKE) -j2 --output-sync=target test-cpu compile-gate
 
 # Single-threaded torch: the CPU tests' tensors are tiny, and the compile gate has the other core.
@@ -50,8 +50,9 @@ bench: install  ## every op's benchmark and the host-overhead table; results und
 demo: install  ## the main job: train the digits CNN (fused layers) on the built-in digits; run folder under runs/demo/
 	$(PY) -m deepfuse demo
 
-lint: install
+lint: install  ## ruff's lint rules and its formatter (check only: `ruff format .` fixes)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 clean:
 	rm -rf build python/deepfuse/_C*.so *.egg-info python/*.egg-info

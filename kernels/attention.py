@@ -55,8 +55,12 @@ _TILES = {
     },
     "tf32": {
         "fwd": [(64, Tiles(64, 64, 4, 3)), (128, Tiles(64, 64, 8, 2)), (256, Tiles(32, 32, 4, 2))],
-        "dkdv": [(32, Tiles(64, 64, 4, 3)), (64, Tiles(64, 64, 8, 3)), (128, Tiles(64, 32, 8, 2)),
-                 (256, Tiles(32, 32, 8, 2))],  # fmt: skip
+        "dkdv": [
+            (32, Tiles(64, 64, 4, 3)),
+            (64, Tiles(64, 64, 8, 3)),
+            (128, Tiles(64, 32, 8, 2)),
+            (256, Tiles(32, 32, 8, 2)),
+        ],
         "dq": [(64, Tiles(64, 64, 4, 3)), (128, Tiles(64, 32, 8, 2)), (256, Tiles(32, 32, 4, 2))],
     },
     "ieee": {
@@ -94,8 +98,19 @@ def _sequence(cu_seqlens_ptr, b, n, VARLEN: tl.constexpr):
 
 
 @triton.jit
-def _scores(q, k_t, q_pos, k_pos, mask_ptr, Nk, qk_scale, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
-            DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):  # fmt: skip
+def _scores(
+    q,
+    k_t,
+    q_pos,
+    k_pos,
+    mask_ptr,
+    Nk,
+    qk_scale,
+    CAUSAL: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+):
     """Scores in log2 units for a (query block, key block), -inf where masked."""
     s = mma(q, k_t, tl.zeros((q.shape[0], k_t.shape[1]), dtype=tl.float32), DOT_PRECISION, UPCAST_DOT) * qk_scale
     visible = (k_pos < Nk)[None, :]
@@ -120,7 +135,7 @@ def _attention_fwd_kernel(
     # meta-parameters
     CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
     UPCAST_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-):  # fmt: skip
+):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // Hq
@@ -133,8 +148,9 @@ def _attention_fwd_kernel(
     v_ptr += b * svb + kv_h * svh + k_start * svn
     q_pos = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     d = tl.arange(0, BLOCK_D)
-    q = tl.load(q_ptr + q_pos[:, None] * sqn + d[None, :] * sqd, mask=(q_pos < Nq)[:, None] & (d < D)[None, :],
-                other=0.0)  # fmt: skip
+    q = tl.load(
+        q_ptr + q_pos[:, None] * sqn + d[None, :] * sqd, mask=(q_pos < Nq)[:, None] & (d < D)[None, :], other=0.0
+    )
     mask_row = mask_ptr + b * smb
 
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
@@ -151,16 +167,20 @@ def _attention_fwd_kernel(
         p = tl.math.exp2(s - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_ptr + k_pos[:, None] * svn + d[None, :] * svd, mask=(k_pos < Nk)[:, None] & (d < D)[None, :],
-                    other=0.0)  # fmt: skip
+        v = tl.load(
+            v_ptr + k_pos[:, None] * svn + d[None, :] * svd, mask=(k_pos < Nk)[:, None] & (d < D)[None, :], other=0.0
+        )
         acc = mma(p.to(v.dtype), v, acc * alpha[:, None], DOT_PRECISION, UPCAST_DOT)
         m_i = m_new
 
     visible = l_i > 0.0
     out = tl.where(visible[:, None], acc / tl.where(visible, l_i, 1.0)[:, None], 0.0)
     out_ptr += b * sob + h * soh + q_start * son
-    tl.store(out_ptr + q_pos[:, None] * son + d[None, :] * sod, out.to(out_ptr.dtype.element_ty),
-             mask=(q_pos < Nq)[:, None] & (d < D)[None, :])  # fmt: skip
+    tl.store(
+        out_ptr + q_pos[:, None] * son + d[None, :] * sod,
+        out.to(out_ptr.dtype.element_ty),
+        mask=(q_pos < Nq)[:, None] & (d < D)[None, :],
+    )
     lse = tl.where(visible, m_i + tl.math.log2(tl.where(visible, l_i, 1.0)), float("inf"))
     tl.store(lse_ptr + b * slb + h * slh + q_start + q_pos, lse, mask=q_pos < Nq)
 
@@ -177,7 +197,7 @@ def _attention_fwd_tma_kernel(
     # meta-parameters
     CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-):  # fmt: skip
+):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // Hq
@@ -209,8 +229,11 @@ def _attention_fwd_tma_kernel(
     visible = l_i > 0.0
     out = tl.where(visible[:, None], acc / tl.where(visible, l_i, 1.0)[:, None], 0.0)
     out_ptr += b.to(tl.int64) * sob + h.to(tl.int64) * soh
-    tl.store(out_ptr + q_pos[:, None] * son + d[None, :] * sod, out.to(out_ptr.dtype.element_ty),
-             mask=(q_pos < Nq)[:, None] & (d < D)[None, :])  # fmt: skip
+    tl.store(
+        out_ptr + q_pos[:, None] * son + d[None, :] * sod,
+        out.to(out_ptr.dtype.element_ty),
+        mask=(q_pos < Nq)[:, None] & (d < D)[None, :],
+    )
     lse = tl.where(visible, m_i + tl.math.log2(tl.where(visible, l_i, 1.0)), float("inf"))
     tl.store(lse_ptr + b.to(tl.int64) * slb + h.to(tl.int64) * slh + q_pos, lse, mask=q_pos < Nq)
 
@@ -227,7 +250,7 @@ def _attention_bwd_dkdv_kernel(
     # meta-parameters
     CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
     UPCAST_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-):  # fmt: skip
+):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
     pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // Hq
@@ -242,10 +265,12 @@ def _attention_bwd_dkdv_kernel(
     k_pos = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     d = tl.arange(0, BLOCK_D)
     kv_mask = (k_pos < Nk)[:, None] & (d < D)[None, :]
-    k = tl.load(k_ptr + b * skb + kv_h * skh + (k_start + k_pos[:, None]) * skn + d[None, :] * skd, mask=kv_mask,
-                other=0.0)  # fmt: skip
-    v = tl.load(v_ptr + b * svb + kv_h * svh + (k_start + k_pos[:, None]) * svn + d[None, :] * svd, mask=kv_mask,
-                other=0.0)  # fmt: skip
+    k = tl.load(
+        k_ptr + b * skb + kv_h * skh + (k_start + k_pos[:, None]) * skn + d[None, :] * skd, mask=kv_mask, other=0.0
+    )
+    v = tl.load(
+        v_ptr + b * svb + kv_h * svh + (k_start + k_pos[:, None]) * svn + d[None, :] * svd, mask=kv_mask, other=0.0
+    )
     mask_row = mask_ptr + b * smb
     key_visible = k_pos < Nk
     if HAS_MASK:
@@ -262,8 +287,9 @@ def _attention_bwd_dkdv_kernel(
         q_mask = (q_pos < Nq)[:, None] & (d < D)[None, :]
         q_offsets = q_pos[:, None] * sqn + d[None, :] * sqd
         q = tl.load(q_ptr + q_offsets, mask=q_mask, other=0.0)
-        q_t = tl.load(q_ptr + q_pos[None, :] * sqn + d[:, None] * sqd, mask=(d < D)[:, None] & (q_pos < Nq)[None, :],
-                      other=0.0)  # fmt: skip
+        q_t = tl.load(
+            q_ptr + q_pos[None, :] * sqn + d[:, None] * sqd, mask=(d < D)[:, None] & (q_pos < Nq)[None, :], other=0.0
+        )
         do = tl.load(do_ptr + q_offsets, mask=q_mask, other=0.0)
         lse = tl.load(lse_ptr + q_pos, mask=q_pos < Nq, other=float("inf"))
         delta = tl.load(delta_ptr + q_pos, mask=q_pos < Nq, other=0.0)
@@ -294,7 +320,7 @@ def _attention_bwd_dq_kernel(
     # meta-parameters
     CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
     UPCAST_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-):  # fmt: skip
+):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // Hq
@@ -322,8 +348,7 @@ def _attention_bwd_dq_kernel(
         kv_mask = (k_pos < Nk)[:, None] & (d < D)[None, :]
         k = tl.load(k_ptr + k_pos[:, None] * skn + d[None, :] * skd, mask=kv_mask, other=0.0)
         v = tl.load(v_ptr + k_pos[:, None] * svn + d[None, :] * svd, mask=kv_mask, other=0.0)
-        s = _scores(q, tl.trans(k), q_pos, k_pos, mask_row, Nk, qk_scale, CAUSAL, HAS_MASK, DOT_PRECISION,
-                    UPCAST_DOT)  # fmt: skip
+        s = _scores(q, tl.trans(k), q_pos, k_pos, mask_row, Nk, qk_scale, CAUSAL, HAS_MASK, DOT_PRECISION, UPCAST_DOT)
         p = tl.math.exp2(s - lse[:, None])
         dp = mma(do, tl.trans(v), tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT_PRECISION, UPCAST_DOT)
         ds = p * (dp - delta[:, None])
@@ -353,14 +378,25 @@ def _layout(t: torch.Tensor, packed: bool) -> tuple:
 def _launch_meta(kernel, causal, has_mask, varlen, D, dtype):
     flags = dot_flags(dtype)
     block_m, block_n, num_warps, num_stages = tiles(kernel, _block_d(D), dtype, flags["DOT_PRECISION"])
-    return dict(CAUSAL=causal, HAS_MASK=has_mask, VARLEN=varlen, BLOCK_M=block_m, BLOCK_N=block_n,
-                BLOCK_D=_block_d(D), num_warps=num_warps, num_stages=num_stages, **flags)  # fmt: skip
+    return dict(
+        CAUSAL=causal,
+        HAS_MASK=has_mask,
+        VARLEN=varlen,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_D=_block_d(D),
+        num_warps=num_warps,
+        num_stages=num_stages,
+        **flags,
+    )
 
 
 def _tma_ready(*tensors: torch.Tensor) -> bool:
     """TMA's rules for the 4-D descriptors: last dim contiguous, base address and other strides 16-byte aligned."""
-    return all(t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(st * t.element_size() % 16 == 0
-               for st in t.stride()[:-1]) for t in tensors)  # fmt: skip
+    return all(
+        t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(st * t.element_size() % 16 == 0 for st in t.stride()[:-1])
+        for t in tensors
+    )
 
 
 def _take_tma(variant: str | None, q, k, v, block_m: int = 64) -> bool:
@@ -374,15 +410,26 @@ def _take_tma(variant: str | None, q, k, v, block_m: int = 64) -> bool:
     ready = _tma_ready(q, k, v)
     if variant == "tma":
         if not ready:
-            raise ValueError("variant='tma' needs q, k, v with a contiguous last dim and 16-byte aligned base and "
-                             "strides")  # fmt: skip
+            raise ValueError(
+                "variant='tma' needs q, k, v with a contiguous last dim and 16-byte aligned base and strides"
+            )
         return True
     tensor_cores = q.dtype != torch.float32 or dot_flags(q.dtype)["DOT_PRECISION"] == "tf32"
     return hopper_device(q) and tensor_cores and ready and block_m >= 64
 
 
-def attention_fwd(q, k, v, key_padding_mask, causal: bool, scale: float, cu_seqlens=None, max_seqlens=None, *,
-                  variant: str | None = None):  # fmt: skip
+def attention_fwd(
+    q,
+    k,
+    v,
+    key_padding_mask,
+    causal: bool,
+    scale: float,
+    cu_seqlens=None,
+    max_seqlens=None,
+    *,
+    variant: str | None = None,
+):
     """(out, lse). Padded: q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D); lse (B, Hq, Nq). Packed (cu_seqlens =
     (cu_q, cu_k) int32, max_seqlens = (max_q, max_k)): q (Tq, Hq, D), k/v (Tk, Hkv, D); lse (Hq, Tq).
     out is contiguous in q's layout and dtype; lse is fp32, base 2, +inf where a query sees no key. variant: see
@@ -411,20 +458,53 @@ def attention_fwd(q, k, v, key_padding_mask, causal: bool, scale: float, cu_seql
         descriptors[0].block_shape = [1, 1, meta["BLOCK_M"], meta["BLOCK_D"]]
         descriptors[1].block_shape = descriptors[2].block_shape = [1, 1, meta["BLOCK_N"], meta["BLOCK_D"]]
         _attention_fwd_tma_kernel[(triton.cdiv(Nq, meta["BLOCK_M"]), batch * Hq)](
-            *descriptors, mask, out, lse, Hq, Nq, Nk, D, Hq // Hkv, *out.stride(), smb, smn, *lse_strides,
-            scale * 1.4426950408889634, **meta,
-        )  # fmt: skip
+            *descriptors,
+            mask,
+            out,
+            lse,
+            Hq,
+            Nq,
+            Nk,
+            D,
+            Hq // Hkv,
+            *out.stride(),
+            smb,
+            smn,
+            *lse_strides,
+            scale * 1.4426950408889634,
+            **meta,
+        )
         return out, lse
     _attention_fwd_kernel[(triton.cdiv(Nq, meta["BLOCK_M"]), batch * Hq)](
-        q, k, v, mask, out, lse, cu_q, cu_k, Hq, Nq, Nk, D, Hq // Hkv,
-        *_layout(q, packed), *_layout(k, packed), *_layout(v, packed), *_layout(out, packed), smb, smn,
-        *lse_strides, scale * 1.4426950408889634, **meta,
-    )  # fmt: skip
+        q,
+        k,
+        v,
+        mask,
+        out,
+        lse,
+        cu_q,
+        cu_k,
+        Hq,
+        Nq,
+        Nk,
+        D,
+        Hq // Hkv,
+        *_layout(q, packed),
+        *_layout(k, packed),
+        *_layout(v, packed),
+        *_layout(out, packed),
+        smb,
+        smn,
+        *lse_strides,
+        scale * 1.4426950408889634,
+        **meta,
+    )
     return out, lse
 
 
-def attention_bwd(grad_out, q, k, v, out, lse, key_padding_mask, causal: bool, scale: float, cu_seqlens=None,
-                  max_seqlens=None):  # fmt: skip
+def attention_bwd(
+    grad_out, q, k, v, out, lse, key_padding_mask, causal: bool, scale: float, cu_seqlens=None, max_seqlens=None
+):
     """(dq, dk, dv) in the inputs' layouts and dtypes; dk, dv summed over each GQA group."""
     packed = cu_seqlens is not None
     D, Hq, Hkv = q.shape[-1], q.shape[-2 if packed else 1], k.shape[-2 if packed else 1]

@@ -37,7 +37,7 @@ def _conv2d_act_fwd_kernel(
     KH: tl.constexpr, KW: tl.constexpr, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, SAVE_PREACT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-):  # fmt: skip
+):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
     group = tl.program_id(1)
     pid_m, pid_n = grouped_tile(tl.program_id(0).to(tl.int64), tl.cdiv(M, BLOCK_M), tl.cdiv(COUT_G, BLOCK_N), GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -60,10 +60,16 @@ def _conv2d_act_fwd_kernel(
         for c0 in range(0, CIN_G, BLOCK_K):
             offs_c = c0 + tl.arange(0, BLOCK_K)
             mask_c = offs_c < CIN_G
-            a = tl.load(x_rows[:, None] + (group * CIN_G + offs_c)[None, :] * sxc,
-                        mask=row_ok[:, None] & mask_c[None, :], other=0.0)  # fmt: skip
-            b = tl.load(w_ptr + offs_co[None, :] * swo + offs_c[:, None] * swi + kh * swh + kw * sww,
-                        mask=mask_c[:, None] & mask_co[None, :], other=0.0)  # fmt: skip
+            a = tl.load(
+                x_rows[:, None] + (group * CIN_G + offs_c)[None, :] * sxc,
+                mask=row_ok[:, None] & mask_c[None, :],
+                other=0.0,
+            )
+            b = tl.load(
+                w_ptr + offs_co[None, :] * swo + offs_c[:, None] * swi + kh * swh + kw * sww,
+                mask=mask_c[:, None] & mask_co[None, :],
+                other=0.0,
+            )
             acc = mma(a, b, acc, DOT_PRECISION, UPCAST_DOT)
 
     out_mask = mask_m[:, None] & mask_co[None, :]
@@ -94,7 +100,7 @@ def _conv2d_act_bwd_dx_kernel(
     KH: tl.constexpr, KW: tl.constexpr, ACTIVATION: tl.constexpr, DOT_PRECISION: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-):  # fmt: skip
+):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
     group = tl.program_id(1)
     pid_m, pid_n = grouped_tile(tl.program_id(0).to(tl.int64), tl.cdiv(M, BLOCK_M), tl.cdiv(CIN_G, BLOCK_N), GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -120,10 +126,18 @@ def _conv2d_act_bwd_dx_kernel(
             offs_co_g = c0 + tl.arange(0, BLOCK_K)
             mask_co = offs_co_g < COUT_G
             offs_co = group * COUT_G + offs_co_g
-            dz = load_grad_preact(dy_ptr, saved_ptr, dy_rows[:, None] + offs_co[None, :] * sdc,
-                                  row_ok[:, None] & mask_co[None, :], ACTIVATION)  # fmt: skip
-            w = tl.load(w_ptr + offs_co[:, None] * swo + offs_ci_g[None, :] * swi + kh * swh + kw * sww,
-                        mask=mask_co[:, None] & mask_ci[None, :], other=0.0)  # fmt: skip
+            dz = load_grad_preact(
+                dy_ptr,
+                saved_ptr,
+                dy_rows[:, None] + offs_co[None, :] * sdc,
+                row_ok[:, None] & mask_co[None, :],
+                ACTIVATION,
+            )
+            w = tl.load(
+                w_ptr + offs_co[:, None] * swo + offs_ci_g[None, :] * swi + kh * swh + kw * sww,
+                mask=mask_co[:, None] & mask_ci[None, :],
+                other=0.0,
+            )
             acc = mma(dz, w, acc, DOT_PRECISION, UPCAST_DOT)
 
     dx_offsets = (n_idx * sxn + ih * sxh + iw * sxw)[:, None] + (group * CIN_G + offs_ci_g)[None, :] * sxc
@@ -145,11 +159,12 @@ def _conv2d_act_bwd_dw_kernel(
     KH: tl.constexpr, KW: tl.constexpr, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-):  # fmt: skip
+):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
     group = tl.program_id(1)
     num_cols = CIN_G * KH * KW
-    pid_co, pid_j = grouped_tile(tl.program_id(0).to(tl.int64), tl.cdiv(COUT_G, BLOCK_M), tl.cdiv(num_cols, BLOCK_N),
-                                 GROUP_M)  # fmt: skip
+    pid_co, pid_j = grouped_tile(
+        tl.program_id(0).to(tl.int64), tl.cdiv(COUT_G, BLOCK_M), tl.cdiv(num_cols, BLOCK_N), GROUP_M
+    )
     offs_co_g = pid_co * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_co = offs_co_g < COUT_G
     offs_co = group * COUT_G + offs_co_g
@@ -204,19 +219,51 @@ def conv2d_act_fwd(x, weight, bias, residual, out, preact, stride, padding, dila
     if M == 0 or cout == 0:
         return
     _conv2d_act_fwd_kernel[_grid(M, cout // groups, groups)](
-        x, weight, bias if bias is not None else out, residual if residual is not None else out, out,
+        x,
+        weight,
+        bias if bias is not None else out,
+        residual if residual is not None else out,
+        out,
         preact if preact is not None else out,
-        M, H, W, OH, OW, cin_g, cout // groups,
-        *stride, *padding, *dilation,
-        *_strides4(x), *_strides4(weight), *_strides4(residual if residual is not None else out),
+        M,
+        H,
+        W,
+        OH,
+        OW,
+        cin_g,
+        cout // groups,
+        *stride,
+        *padding,
+        *dilation,
+        *_strides4(x),
+        *_strides4(weight),
+        *_strides4(residual if residual is not None else out),
         *_strides4(out),
-        KH=KH, KW=KW, ACTIVATION=activation_code, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
-        SAVE_PREACT=preact is not None, **dot_flags(x.dtype),
-    )  # fmt: skip
+        KH=KH,
+        KW=KW,
+        ACTIVATION=activation_code,
+        HAS_BIAS=bias is not None,
+        HAS_RESIDUAL=residual is not None,
+        SAVE_PREACT=preact is not None,
+        **dot_flags(x.dtype),
+    )
 
 
-def conv2d_act_bwd(grad_z_source, saved, x, weight, stride, padding, dilation, groups, activation_code, has_bias,
-                   need_grad_x, need_grad_weight, memory_format):  # fmt: skip
+def conv2d_act_bwd(
+    grad_z_source,
+    saved,
+    x,
+    weight,
+    stride,
+    padding,
+    dilation,
+    groups,
+    activation_code,
+    has_bias,
+    need_grad_x,
+    need_grad_weight,
+    memory_format,
+):
     """(grad_x, grad_weight, grad_bias) with dz = grad_z_source * act'(saved) formed in the loaders.
 
     grad_z_source and saved must share strides; grad_x comes in ``memory_format``. Outputs not asked for are None.
@@ -235,12 +282,28 @@ def conv2d_act_bwd(grad_z_source, saved, x, weight, stride, padding, dilation, g
                 grad_x.zero_()
             else:
                 _conv2d_act_bwd_dx_kernel[_grid(batch * H * W, cin_g, groups)](
-                    grad_z_source, saved, weight, grad_x,
-                    batch * H * W, H, W, OH, OW, cin_g, cout_g,
-                    *stride, *padding, *dilation,
-                    *_strides4(grad_z_source), *_strides4(weight), *_strides4(grad_x),
-                    KH=KH, KW=KW, ACTIVATION=activation_code, **flags,
-                )  # fmt: skip
+                    grad_z_source,
+                    saved,
+                    weight,
+                    grad_x,
+                    batch * H * W,
+                    H,
+                    W,
+                    OH,
+                    OW,
+                    cin_g,
+                    cout_g,
+                    *stride,
+                    *padding,
+                    *dilation,
+                    *_strides4(grad_z_source),
+                    *_strides4(weight),
+                    *_strides4(grad_x),
+                    KH=KH,
+                    KW=KW,
+                    ACTIVATION=activation_code,
+                    **flags,
+                )
     if need_grad_weight or has_bias:
         dw = utils.empty_output(weight.shape, x)
         db = utils.empty_output((cout,), x) if has_bias else None
@@ -251,12 +314,29 @@ def conv2d_act_bwd(grad_z_source, saved, x, weight, stride, padding, dilation, g
                     db.zero_()
             else:
                 _conv2d_act_bwd_dw_kernel[_grid(cout_g, max(cin_g * KH * KW, 1), groups)](
-                    grad_z_source, saved, x, dw, db if db is not None else dw,
-                    batch * OH * OW, H, W, OH, OW, cin_g, cout_g,
-                    *stride, *padding, *dilation,
-                    *_strides4(grad_z_source), *_strides4(x),
-                    KH=KH, KW=KW, ACTIVATION=activation_code, HAS_BIAS=has_bias, **flags,
-                )  # fmt: skip
+                    grad_z_source,
+                    saved,
+                    x,
+                    dw,
+                    db if db is not None else dw,
+                    batch * OH * OW,
+                    H,
+                    W,
+                    OH,
+                    OW,
+                    cin_g,
+                    cout_g,
+                    *stride,
+                    *padding,
+                    *dilation,
+                    *_strides4(grad_z_source),
+                    *_strides4(x),
+                    KH=KH,
+                    KW=KW,
+                    ACTIVATION=activation_code,
+                    HAS_BIAS=has_bias,
+                    **flags,
+                )
         grad_weight = dw if need_grad_weight else None
         grad_bias = db
     return grad_x, grad_weight, grad_bias

@@ -80,8 +80,11 @@ def prune_configs(configs, named_args, **kwargs):
 def gemm_autotune(key: list[str]):
     """@triton.autotune over GEMM_SHAPES for a GEMM-shaped kernel, pruned (prune_configs) before anything is
     compiled; the dot precision is part of the key (IEEE and TF32 keep their own choices)."""
-    return triton.autotune(configs=autotune_configs(GEMM_SHAPES), key=[*key, "DOT_PRECISION"],
-                           prune_configs_by={"early_config_prune": prune_configs})  # fmt: skip
+    return triton.autotune(
+        configs=autotune_configs(GEMM_SHAPES),
+        key=[*key, "DOT_PRECISION"],
+        prune_configs_by={"early_config_prune": prune_configs},
+    )
 
 
 @triton.jit
@@ -188,9 +191,19 @@ def descriptor_blocks(**blocks: tuple[str, str]):
 
 def tma_config(shape, pre_hook) -> triton.Config:
     bm, bn, bk, warps, stages, persistent, warp_specialize = shape
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "PERSISTENT": persistent,
-                          "WARP_SPECIALIZE": warp_specialize}, num_warps=warps, num_stages=stages,
-                         pre_hook=pre_hook)  # fmt: skip
+    return triton.Config(
+        {
+            "BLOCK_M": bm,
+            "BLOCK_N": bn,
+            "BLOCK_K": bk,
+            "GROUP_M": 8,
+            "PERSISTENT": persistent,
+            "WARP_SPECIALIZE": warp_specialize,
+        },
+        num_warps=warps,
+        num_stages=stages,
+        pre_hook=pre_hook,
+    )
 
 
 def tma_autotune(key: list[str], **blocks: tuple[str, str]):
@@ -198,8 +211,11 @@ def tma_autotune(key: list[str], **blocks: tuple[str, str]):
     arguments take the block shapes ``blocks`` (see descriptor_blocks), pruned before anything compiles."""
     hook = descriptor_blocks(**blocks)
     shapes = [INTERPRET_TMA_CONFIG] if INTERPRET else TMA_SHAPES
-    return triton.autotune(configs=[tma_config(shape, hook) for shape in shapes], key=[*key, "DOT_PRECISION"],
-                           prune_configs_by={"early_config_prune": prune_configs})  # fmt: skip
+    return triton.autotune(
+        configs=[tma_config(shape, hook) for shape in shapes],
+        key=[*key, "DOT_PRECISION"],
+        prune_configs_by={"early_config_prune": prune_configs},
+    )
 
 
 def _prune_tma(configs, element_size, named_args, kwargs):

@@ -51,7 +51,7 @@ def _linear_act_fwd_kernel(
     ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE_PREACT: tl.constexpr,
     DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-):  # fmt: skip
+):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
     pid_m, pid_n = grouped_tile(tl.program_id(0).to(tl.int64), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -62,10 +62,16 @@ def _linear_act_fwd_kernel(
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        a = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
-                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)  # fmt: skip
-        b = tl.load(w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn,
-                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)  # fmt: skip
+        a = tl.load(
+            x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+            mask=mask_m[:, None] & mask_k[None, :],
+            other=0.0,
+        )
+        b = tl.load(
+            w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn,
+            mask=mask_k[:, None] & mask_n[None, :],
+            other=0.0,
+        )
         acc = mma(a, b, acc, DOT_PRECISION, UPCAST_DOT)
 
     if HAS_BIAS:
@@ -90,7 +96,7 @@ def _linear_act_bwd_dx_kernel(
     # meta-parameters (BLOCK_N tiles dx's K columns; BLOCK_K tiles the reduction over N)
     ACTIVATION: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-):  # fmt: skip
+):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
     pid_m, pid_k = grouped_tile(tl.program_id(0).to(tl.int64), tl.cdiv(M, BLOCK_M), tl.cdiv(K, BLOCK_N), GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = pid_k * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -101,14 +107,21 @@ def _linear_act_bwd_dx_kernel(
     for n0 in range(0, N, BLOCK_K):
         offs_n = n0 + tl.arange(0, BLOCK_K)
         mask_n = offs_n < N
-        dz = load_grad_preact(dy_ptr, saved_ptr, offs_m[:, None] * N + offs_n[None, :],
-                               mask_m[:, None] & mask_n[None, :], ACTIVATION)  # fmt: skip
-        w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk,
-                    mask=mask_n[:, None] & mask_k[None, :], other=0.0)  # fmt: skip
+        dz = load_grad_preact(
+            dy_ptr, saved_ptr, offs_m[:, None] * N + offs_n[None, :], mask_m[:, None] & mask_n[None, :], ACTIVATION
+        )
+        w = tl.load(
+            w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk,
+            mask=mask_n[:, None] & mask_k[None, :],
+            other=0.0,
+        )
         acc = mma(dz, w, acc, DOT_PRECISION, UPCAST_DOT)
 
-    tl.store(dx_ptr + offs_m[:, None] * K + offs_k[None, :], acc.to(dx_ptr.dtype.element_ty),
-             mask=mask_m[:, None] & mask_k[None, :])  # fmt: skip
+    tl.store(
+        dx_ptr + offs_m[:, None] * K + offs_k[None, :],
+        acc.to(dx_ptr.dtype.element_ty),
+        mask=mask_m[:, None] & mask_k[None, :],
+    )
 
 
 @gemm_autotune(key=["M", "N", "K", "ACTIVATION", "HAS_BIAS"])
@@ -123,7 +136,7 @@ def _linear_act_bwd_dw_kernel(
     # meta-parameters (BLOCK_M tiles dW's N rows, BLOCK_N its K columns, BLOCK_K the reduction over M)
     ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-):  # fmt: skip
+):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
     num_k_tiles = tl.maximum(tl.cdiv(K, BLOCK_N), 1)  # one column of programs even when K == 0, for db
     pid_n, pid_k = grouped_tile(tl.program_id(0).to(tl.int64), tl.cdiv(N, BLOCK_M), num_k_tiles, GROUP_M)
     offs_n = pid_n * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -137,23 +150,31 @@ def _linear_act_bwd_dw_kernel(
         offs_m = m0 + tl.arange(0, BLOCK_K)
         mask_m = offs_m < M
         # dz^T tile (BLOCK_M rows of n, BLOCK_K columns of m)
-        dz_t = load_grad_preact(dy_ptr, saved_ptr, offs_m[None, :] * N + offs_n[:, None],
-                                 mask_n[:, None] & mask_m[None, :], ACTIVATION)  # fmt: skip
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
-                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)  # fmt: skip
+        dz_t = load_grad_preact(
+            dy_ptr, saved_ptr, offs_m[None, :] * N + offs_n[:, None], mask_n[:, None] & mask_m[None, :], ACTIVATION
+        )
+        x = tl.load(
+            x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+            mask=mask_m[:, None] & mask_k[None, :],
+            other=0.0,
+        )
         acc = mma(dz_t, x, acc, DOT_PRECISION, UPCAST_DOT)
         if HAS_BIAS:
             db += tl.sum(dz_t.to(tl.float32), axis=1)
 
-    tl.store(dw_ptr + offs_n[:, None] * K + offs_k[None, :], acc.to(dw_ptr.dtype.element_ty),
-             mask=mask_n[:, None] & mask_k[None, :])  # fmt: skip
+    tl.store(
+        dw_ptr + offs_n[:, None] * K + offs_k[None, :],
+        acc.to(dw_ptr.dtype.element_ty),
+        mask=mask_n[:, None] & mask_k[None, :],
+    )
     if HAS_BIAS:
         # Every K-column of programs summed the same dz; the first one writes it.
         tl.store(db_ptr + offs_n, db.to(db_ptr.dtype.element_ty), mask=mask_n & (pid_k == 0))
 
 
-@tma_autotune(key=["M", "N", "K", "ACTIVATION", "HAS_BIAS"], x_desc=("BLOCK_M", "BLOCK_K"),
-              w_desc=("BLOCK_N", "BLOCK_K"))  # fmt: skip
+@tma_autotune(
+    key=["M", "N", "K", "ACTIVATION", "HAS_BIAS"], x_desc=("BLOCK_M", "BLOCK_K"), w_desc=("BLOCK_N", "BLOCK_K")
+)
 @triton.jit
 def _linear_act_fwd_tma_kernel(
     # descriptors of x (M, K) and W (N, K); pointers
@@ -165,11 +186,12 @@ def _linear_act_fwd_tma_kernel(
     DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     PERSISTENT: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
-):  # fmt: skip
+):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
-    for tile in tl.range(tl.program_id(0), num_m * num_n, tl.num_programs(0), flatten=False,
-                         warp_specialize=WARP_SPECIALIZE):  # fmt: skip
+    for tile in tl.range(
+        tl.program_id(0), num_m * num_n, tl.num_programs(0), flatten=False, warp_specialize=WARP_SPECIALIZE
+    ):
         pid_m, pid_n = grouped_tile(tile, num_m, num_n, GROUP_M)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):  # TMA fills the tails past M, N and K with zeros
@@ -190,8 +212,12 @@ def _linear_act_fwd_tma_kernel(
         tl.store(y_ptr + out_offsets, y.to(y_ptr.dtype.element_ty), mask=out_mask)
 
 
-@tma_autotune(key=["M", "N", "K", "ACTIVATION"], dy_desc=("BLOCK_M", "BLOCK_K"), saved_desc=("BLOCK_M", "BLOCK_K"),
-              w_desc=("BLOCK_K", "BLOCK_N"))  # fmt: skip
+@tma_autotune(
+    key=["M", "N", "K", "ACTIVATION"],
+    dy_desc=("BLOCK_M", "BLOCK_K"),
+    saved_desc=("BLOCK_M", "BLOCK_K"),
+    w_desc=("BLOCK_K", "BLOCK_N"),
+)
 @triton.jit
 def _linear_act_bwd_dx_tma_kernel(
     # descriptors of dy and saved (M, N) and W (N, K); dx (M, K) contiguous
@@ -202,11 +228,12 @@ def _linear_act_bwd_dx_tma_kernel(
     ACTIVATION: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     PERSISTENT: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
-):  # fmt: skip
+):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
     num_m = tl.cdiv(M, BLOCK_M)
     num_k = tl.cdiv(K, BLOCK_N)
-    for tile in tl.range(tl.program_id(0), num_m * num_k, tl.num_programs(0), flatten=False,
-                         warp_specialize=WARP_SPECIALIZE):  # fmt: skip
+    for tile in tl.range(
+        tl.program_id(0), num_m * num_k, tl.num_programs(0), flatten=False, warp_specialize=WARP_SPECIALIZE
+    ):
         pid_m, pid_k = grouped_tile(tile, num_m, num_k, GROUP_M)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for n0 in range(0, N, BLOCK_K):
@@ -218,12 +245,19 @@ def _linear_act_bwd_dx_tma_kernel(
 
         offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
         offs_k = pid_k * BLOCK_N + tl.arange(0, BLOCK_N)
-        tl.store(dx_ptr + offs_m[:, None] * K + offs_k[None, :], acc.to(dx_ptr.dtype.element_ty),
-                 mask=(offs_m < M)[:, None] & (offs_k < K)[None, :])  # fmt: skip
+        tl.store(
+            dx_ptr + offs_m[:, None] * K + offs_k[None, :],
+            acc.to(dx_ptr.dtype.element_ty),
+            mask=(offs_m < M)[:, None] & (offs_k < K)[None, :],
+        )
 
 
-@tma_autotune(key=["M", "N", "K", "ACTIVATION", "HAS_BIAS"], dy_desc=("BLOCK_K", "BLOCK_M"),
-              saved_desc=("BLOCK_K", "BLOCK_M"), x_desc=("BLOCK_K", "BLOCK_N"))  # fmt: skip
+@tma_autotune(
+    key=["M", "N", "K", "ACTIVATION", "HAS_BIAS"],
+    dy_desc=("BLOCK_K", "BLOCK_M"),
+    saved_desc=("BLOCK_K", "BLOCK_M"),
+    x_desc=("BLOCK_K", "BLOCK_N"),
+)
 @triton.jit
 def _linear_act_bwd_dw_tma_kernel(
     # descriptors of dy and saved (M, N) and x (M, K); dw (N, K) contiguous; db (N,)
@@ -234,11 +268,12 @@ def _linear_act_bwd_dw_tma_kernel(
     ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     PERSISTENT: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
-):  # fmt: skip
+):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
     num_n = tl.cdiv(N, BLOCK_M)
     num_k = tl.cdiv(K, BLOCK_N)
-    for tile in tl.range(tl.program_id(0), num_n * num_k, tl.num_programs(0), flatten=False,
-                         warp_specialize=WARP_SPECIALIZE):  # fmt: skip
+    for tile in tl.range(
+        tl.program_id(0), num_n * num_k, tl.num_programs(0), flatten=False, warp_specialize=WARP_SPECIALIZE
+    ):
         pid_n, pid_k = grouped_tile(tile, num_n, num_k, GROUP_M)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         db = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -254,8 +289,11 @@ def _linear_act_bwd_dw_tma_kernel(
         offs_n = pid_n * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_k = pid_k * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
-        tl.store(dw_ptr + offs_n.to(tl.int64)[:, None] * K + offs_k[None, :], acc.to(dw_ptr.dtype.element_ty),
-                 mask=mask_n[:, None] & (offs_k < K)[None, :])  # fmt: skip
+        tl.store(
+            dw_ptr + offs_n.to(tl.int64)[:, None] * K + offs_k[None, :],
+            acc.to(dw_ptr.dtype.element_ty),
+            mask=mask_n[:, None] & (offs_k < K)[None, :],
+        )
         if HAS_BIAS:
             # Every K-column of tiles summed the same dz; the first one writes it.
             tl.store(db_ptr + offs_n, db.to(db_ptr.dtype.element_ty), mask=mask_n & (pid_k == 0))
@@ -271,8 +309,9 @@ def _take_tma(variant: str | None, *operands: torch.Tensor) -> bool:
     ready = tma_ready(*operands)
     if variant == "tma":
         if not ready:
-            raise ValueError("variant='tma' needs 2-D operands with a contiguous last dim and 16-byte aligned base "
-                             "and row stride")  # fmt: skip
+            raise ValueError(
+                "variant='tma' needs 2-D operands with a contiguous last dim and 16-byte aligned base and row stride"
+            )
         return True
     tensor_cores = operands[0].dtype != torch.float32 or dot_flags(operands[0].dtype)["DOT_PRECISION"] == "tf32"
     return hopper_device(operands[0]) and tensor_cores and ready
@@ -282,9 +321,16 @@ def _gemm_grid(rows: int, cols: int):
     return lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(cols, meta["BLOCK_N"]),)
 
 
-def linear_act_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation_code: int,
-                   save_preact: bool, *, variant: str | None = None,
-                   config: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def linear_act_fwd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    activation_code: int,
+    save_preact: bool,
+    *,
+    variant: str | None = None,
+    config: tuple | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Launches the forward kernel. x: (M, K), weight: (N, K), bias: (N,) or None, all validated by the caller.
 
     Returns (y, preact), both (M, N) contiguous; preact is an empty tensor unless ``save_preact``. variant: see
@@ -298,25 +344,48 @@ def linear_act_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         return y, preact
     bias_arg = bias.contiguous() if bias is not None else y  # never read without HAS_BIAS
     if K > 0 and _take_tma(variant, x, weight):
-        launch_tma(_linear_act_fwd_tma_kernel, tma_grid(M, N, num_sms(x)),
-                   (tensor_descriptor(x), tensor_descriptor(weight), bias_arg, y, preact if save_preact else y,
-                    M, N, K),
-                   dict(ACTIVATION=activation_code, HAS_BIAS=bias is not None, SAVE_PREACT=save_preact,
-                        **dot_flags(x.dtype)), config)  # fmt: skip
+        launch_tma(
+            _linear_act_fwd_tma_kernel,
+            tma_grid(M, N, num_sms(x)),
+            (tensor_descriptor(x), tensor_descriptor(weight), bias_arg, y, preact if save_preact else y, M, N, K),
+            dict(ACTIVATION=activation_code, HAS_BIAS=bias is not None, SAVE_PREACT=save_preact, **dot_flags(x.dtype)),
+            config,
+        )
         return y, preact
     _linear_act_fwd_kernel[_gemm_grid(M, N)](
-        x, weight, bias_arg, y, preact if save_preact else y,
-        M, N, K,
-        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
-        ACTIVATION=activation_code, HAS_BIAS=bias is not None, SAVE_PREACT=save_preact, **dot_flags(x.dtype),
-    )  # fmt: skip
+        x,
+        weight,
+        bias_arg,
+        y,
+        preact if save_preact else y,
+        M,
+        N,
+        K,
+        x.stride(0),
+        x.stride(1),
+        weight.stride(0),
+        weight.stride(1),
+        ACTIVATION=activation_code,
+        HAS_BIAS=bias is not None,
+        SAVE_PREACT=save_preact,
+        **dot_flags(x.dtype),
+    )
     return y, preact
 
 
-def linear_act_bwd(grad_y: torch.Tensor, saved: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                   activation_code: int, has_bias: bool, need_grad_x: bool, need_grad_weight: bool, *,
-                   variant: str | None = None,
-                   config: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+def linear_act_bwd(
+    grad_y: torch.Tensor,
+    saved: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    activation_code: int,
+    has_bias: bool,
+    need_grad_x: bool,
+    need_grad_weight: bool,
+    *,
+    variant: str | None = None,
+    config: tuple | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launches the backward kernels. grad_y, saved: (M, N); x: (M, K); weight: (N, K).
 
     Returns (grad_x, grad_weight, grad_bias); the ones not asked for are empty tensors. variant and config: as
@@ -336,14 +405,27 @@ def linear_act_bwd(grad_y: torch.Tensor, saved: torch.Tensor, x: torch.Tensor, w
         elif M > 0 and K > 0 and _take_tma(variant, grad_y, saved, weight):
             dy_desc = tensor_descriptor(grad_y)
             saved_desc = tensor_descriptor(saved) if activation_code != 0 else dy_desc
-            launch_tma(_linear_act_bwd_dx_tma_kernel, tma_grid(M, K, num_sms(x)),
-                       (dy_desc, saved_desc, tensor_descriptor(weight), grad_x, M, N, K),
-                       dict(ACTIVATION=activation_code, **flags), config)  # fmt: skip
+            launch_tma(
+                _linear_act_bwd_dx_tma_kernel,
+                tma_grid(M, K, num_sms(x)),
+                (dy_desc, saved_desc, tensor_descriptor(weight), grad_x, M, N, K),
+                dict(ACTIVATION=activation_code, **flags),
+                config,
+            )
         elif M > 0 and K > 0:
             _linear_act_bwd_dx_kernel[_gemm_grid(M, K)](
-                grad_y, saved, weight, grad_x, M, N, K, weight.stride(0), weight.stride(1),
-                ACTIVATION=activation_code, **flags,
-            )  # fmt: skip
+                grad_y,
+                saved,
+                weight,
+                grad_x,
+                M,
+                N,
+                K,
+                weight.stride(0),
+                weight.stride(1),
+                ACTIVATION=activation_code,
+                **flags,
+            )
     if need_grad_weight or has_bias:
         # db comes out of the dW kernel, so dW storage exists whenever db is asked for.
         grad_weight = utils.empty_output((N, K), x)
@@ -355,16 +437,39 @@ def linear_act_bwd(grad_y: torch.Tensor, saved: torch.Tensor, x: torch.Tensor, w
         elif N > 0 and K > 0 and _take_tma(variant, grad_y, saved, x):
             dy_desc = tensor_descriptor(grad_y)
             saved_desc = tensor_descriptor(saved) if activation_code != 0 else dy_desc
-            launch_tma(_linear_act_bwd_dw_tma_kernel, tma_grid(N, K, num_sms(x)),
-                       (dy_desc, saved_desc, tensor_descriptor(x), grad_weight,
-                        grad_bias if has_bias else grad_weight, M, N, K),
-                       dict(ACTIVATION=activation_code, HAS_BIAS=has_bias, **flags), config)  # fmt: skip
+            launch_tma(
+                _linear_act_bwd_dw_tma_kernel,
+                tma_grid(N, K, num_sms(x)),
+                (
+                    dy_desc,
+                    saved_desc,
+                    tensor_descriptor(x),
+                    grad_weight,
+                    grad_bias if has_bias else grad_weight,
+                    M,
+                    N,
+                    K,
+                ),
+                dict(ACTIVATION=activation_code, HAS_BIAS=has_bias, **flags),
+                config,
+            )
         elif N > 0:
             # With K == 0 there are no dW tiles, but one column of programs still sums db.
             _linear_act_bwd_dw_kernel[_gemm_grid(N, max(K, 1))](
-                grad_y, saved, x, grad_weight, grad_bias if has_bias else grad_weight, M, N, K,
-                x.stride(0), x.stride(1), ACTIVATION=activation_code, HAS_BIAS=has_bias, **flags,
-            )  # fmt: skip
+                grad_y,
+                saved,
+                x,
+                grad_weight,
+                grad_bias if has_bias else grad_weight,
+                M,
+                N,
+                K,
+                x.stride(0),
+                x.stride(1),
+                ACTIVATION=activation_code,
+                HAS_BIAS=has_bias,
+                **flags,
+            )
         if not need_grad_weight:
             grad_weight = x.new_empty((0,))
     return grad_x, grad_weight, grad_bias

@@ -56,19 +56,54 @@ def _grid_barrier(counter_ptr, target):
 
 
 @triton.jit
-def _gate_block(acc, a_ptrs, a_mask, w_ptr, gate, H, offs_j, mask_j, offs_k, mask_k, swr, swc,
-                DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):  # fmt: skip
+def _gate_block(
+    acc,
+    a_ptrs,
+    a_mask,
+    w_ptr,
+    gate,
+    H,
+    offs_j,
+    mask_j,
+    offs_k,
+    mask_k,
+    swr,
+    swc,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+):
     """acc += A (BLOCK_B, BLOCK_K) @ W[gate * H + j, k]^T for the hidden block j."""
     a = tl.load(a_ptrs, mask=a_mask, other=0.0)
-    w = tl.load(w_ptr + (gate * H + offs_j)[None, :] * swr + offs_k[:, None] * swc,
-                mask=mask_j[None, :] & mask_k[:, None], other=0.0)  # fmt: skip
+    w = tl.load(
+        w_ptr + (gate * H + offs_j)[None, :] * swr + offs_k[:, None] * swc,
+        mask=mask_j[None, :] & mask_k[:, None],
+        other=0.0,
+    )
     return mma(a, w, acc, DOT_PRECISION, UPCAST_DOT)
 
 
 @triton.jit
-def _accumulate_gates(acc_i, acc_f, acc_g, acc_o, a_ptr, sab, sak, offs_b, mask_b, w_ptr, swr, swc, K, H, offs_j,
-                      mask_j, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
-                      BLOCK_K: tl.constexpr):  # fmt: skip
+def _accumulate_gates(
+    acc_i,
+    acc_f,
+    acc_g,
+    acc_o,
+    a_ptr,
+    sab,
+    sak,
+    offs_b,
+    mask_b,
+    w_ptr,
+    swr,
+    swc,
+    K,
+    H,
+    offs_j,
+    mask_j,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """The four gate accumulators += A (rows offs_b, K columns) @ W[gate * H + j, :K]^T."""
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -77,14 +112,18 @@ def _accumulate_gates(acc_i, acc_f, acc_g, acc_o, a_ptr, sab, sak, offs_b, mask_
         a_mask = mask_b[:, None] & mask_k[None, :]
         # The constexprs go by name: packed into a tuple, a constexpr string becomes a value the compiler
         # cannot convert ("cannot convert ieee of type str to tensor"; the interpreter does not mind).
-        acc_i = _gate_block(acc_i, a_ptrs, a_mask, w_ptr, 0, H, offs_j, mask_j, offs_k, mask_k, swr, swc,
-                            DOT_PRECISION, UPCAST_DOT)  # fmt: skip
-        acc_f = _gate_block(acc_f, a_ptrs, a_mask, w_ptr, 1, H, offs_j, mask_j, offs_k, mask_k, swr, swc,
-                            DOT_PRECISION, UPCAST_DOT)  # fmt: skip
-        acc_g = _gate_block(acc_g, a_ptrs, a_mask, w_ptr, 2, H, offs_j, mask_j, offs_k, mask_k, swr, swc,
-                            DOT_PRECISION, UPCAST_DOT)  # fmt: skip
-        acc_o = _gate_block(acc_o, a_ptrs, a_mask, w_ptr, 3, H, offs_j, mask_j, offs_k, mask_k, swr, swc,
-                            DOT_PRECISION, UPCAST_DOT)  # fmt: skip
+        acc_i = _gate_block(
+            acc_i, a_ptrs, a_mask, w_ptr, 0, H, offs_j, mask_j, offs_k, mask_k, swr, swc, DOT_PRECISION, UPCAST_DOT
+        )
+        acc_f = _gate_block(
+            acc_f, a_ptrs, a_mask, w_ptr, 1, H, offs_j, mask_j, offs_k, mask_k, swr, swc, DOT_PRECISION, UPCAST_DOT
+        )
+        acc_g = _gate_block(
+            acc_g, a_ptrs, a_mask, w_ptr, 2, H, offs_j, mask_j, offs_k, mask_k, swr, swc, DOT_PRECISION, UPCAST_DOT
+        )
+        acc_o = _gate_block(
+            acc_o, a_ptrs, a_mask, w_ptr, 3, H, offs_j, mask_j, offs_k, mask_k, swr, swc, DOT_PRECISION, UPCAST_DOT
+        )
     return acc_i, acc_f, acc_g, acc_o
 
 
@@ -129,7 +168,7 @@ def _lstm_step_fwd_kernel(
     HAS_X: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr, SAVE_GATES: tl.constexpr,
     DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
+):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
     offs_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_j = tl.program_id(1).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask_b = offs_b < B
@@ -141,17 +180,53 @@ def _lstm_step_fwd_kernel(
         acc_f = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
         acc_g = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
         acc_o = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-        acc_i, acc_f, acc_g, acc_o = _accumulate_gates(acc_i, acc_f, acc_g, acc_o, x_ptr, sxb, sxk, offs_b, mask_b,
-                                                       wih_ptr, swir, swic, IN, H, offs_j, mask_j, DOT_PRECISION,
-                                                       UPCAST_DOT, BLOCK_K)  # fmt: skip
+        acc_i, acc_f, acc_g, acc_o = _accumulate_gates(
+            acc_i,
+            acc_f,
+            acc_g,
+            acc_o,
+            x_ptr,
+            sxb,
+            sxk,
+            offs_b,
+            mask_b,
+            wih_ptr,
+            swir,
+            swic,
+            IN,
+            H,
+            offs_j,
+            mask_j,
+            DOT_PRECISION,
+            UPCAST_DOT,
+            BLOCK_K,
+        )
     else:
         acc_i = _load_f32(xp_ptr, gate_offs, mask)
         acc_f = _load_f32(xp_ptr, gate_offs + H, mask)
         acc_g = _load_f32(xp_ptr, gate_offs + 2 * H, mask)
         acc_o = _load_f32(xp_ptr, gate_offs + 3 * H, mask)
-    acc_i, acc_f, acc_g, acc_o = _accumulate_gates(acc_i, acc_f, acc_g, acc_o, h_ptr, shb, shk, offs_b, mask_b,
-                                                   whh_ptr, swhr, swhc, H, H, offs_j, mask_j, DOT_PRECISION,
-                                                   UPCAST_DOT, BLOCK_K)  # fmt: skip
+    acc_i, acc_f, acc_g, acc_o = _accumulate_gates(
+        acc_i,
+        acc_f,
+        acc_g,
+        acc_o,
+        h_ptr,
+        shb,
+        shk,
+        offs_b,
+        mask_b,
+        whh_ptr,
+        swhr,
+        swhc,
+        H,
+        H,
+        offs_j,
+        mask_j,
+        DOT_PRECISION,
+        UPCAST_DOT,
+        BLOCK_K,
+    )
     if HAS_BIAS:  # b_ih + b_hh, summed by the caller
         acc_i += tl.load(bias_ptr + offs_j, mask=mask_j, other=0.0).to(tl.float32)[None, :]
         acc_f += tl.load(bias_ptr + H + offs_j, mask=mask_j, other=0.0).to(tl.float32)[None, :]
@@ -180,10 +255,16 @@ def _gate_grads(dh, dc_in, c_prev, c_new, i, f, g, o):
 @triton.jit
 def _step_gate_grads(dh, dc_in, c_prev_ptr, c_new_ptr, gates_ptr, state, gate_offs, mask, H):
     """_gate_grads with the saved cell states and activated gates loaded at one step's offsets."""
-    return _gate_grads(dh, dc_in, _load_f32(c_prev_ptr, state, mask), _load_f32(c_new_ptr, state, mask),
-                       _load_f32(gates_ptr, gate_offs, mask), _load_f32(gates_ptr, gate_offs + H, mask),
-                       _load_f32(gates_ptr, gate_offs + 2 * H, mask),
-                       _load_f32(gates_ptr, gate_offs + 3 * H, mask))  # fmt: skip
+    return _gate_grads(
+        dh,
+        dc_in,
+        _load_f32(c_prev_ptr, state, mask),
+        _load_f32(c_new_ptr, state, mask),
+        _load_f32(gates_ptr, gate_offs, mask),
+        _load_f32(gates_ptr, gate_offs + H, mask),
+        _load_f32(gates_ptr, gate_offs + 2 * H, mask),
+        _load_f32(gates_ptr, gate_offs + 3 * H, mask),
+    )
 
 
 @triton.jit(do_not_specialize=["t"])  # t is the step: one compiled kernel for every step
@@ -196,7 +277,7 @@ def _lstm_step_grads_kernel(
     B, H, t,
     HAS_DC: tl.constexpr, CARRY: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-):  # fmt: skip
+):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
     offs_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_j = tl.program_id(1).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask_b = offs_b < B
@@ -209,8 +290,7 @@ def _lstm_step_grads_kernel(
         dh += tl.load(dh_carry_ptr + state, mask=mask, other=0.0)
         dc_carry = tl.load(dc_carry_ptr + state, mask=mask, other=0.0)
         dc_in += dc_carry
-    di, df, dg, do, dc_prev = _step_gate_grads(dh, dc_in, c_prev_ptr, c_new_ptr, gates_ptr, state, gate_offs, mask,
-                                               H)  # fmt: skip
+    di, df, dg, do, dc_prev = _step_gate_grads(dh, dc_in, c_prev_ptr, c_new_ptr, gates_ptr, state, gate_offs, mask, H)
     keep = mask
     if HAS_LENGTHS:
         keep = keep & (t < tl.load(lengths_ptr + offs_b, mask=mask_b, other=0))[:, None]
@@ -230,7 +310,7 @@ def _lstm_step_dh_kernel(
     swr, swc,
     HAS_LENGTHS: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
+):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
     offs_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_j = tl.program_id(1).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask_b = offs_b < B
@@ -239,10 +319,12 @@ def _lstm_step_dh_kernel(
     for r0 in range(0, 4 * H, BLOCK_K):
         offs_r = r0 + tl.arange(0, BLOCK_K)
         mask_r = offs_r < 4 * H
-        dg = tl.load(dgates_ptr + offs_b[:, None] * (4 * H) + offs_r[None, :],
-                     mask=mask_b[:, None] & mask_r[None, :], other=0.0)  # fmt: skip
-        w = tl.load(whh_ptr + offs_r[:, None] * swr + offs_j[None, :] * swc,
-                    mask=mask_r[:, None] & mask_j[None, :], other=0.0)  # fmt: skip
+        dg = tl.load(
+            dgates_ptr + offs_b[:, None] * (4 * H) + offs_r[None, :], mask=mask_b[:, None] & mask_r[None, :], other=0.0
+        )
+        w = tl.load(
+            whh_ptr + offs_r[:, None] * swr + offs_j[None, :] * swc, mask=mask_r[:, None] & mask_j[None, :], other=0.0
+        )
         acc = mma(dg, w, acc, DOT_PRECISION, UPCAST_DOT)
     valid = mask_b
     if HAS_LENGTHS:
@@ -272,7 +354,7 @@ def _lstm_persistent_fwd_kernel(
     swr, swc,
     HAS_LENGTHS: tl.constexpr, SAVE: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, HIDDEN: tl.constexpr, SINGLE_SLICE: tl.constexpr,
-):  # fmt: skip
+):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
     num_slices = tl.num_programs(0)
     group = tl.program_id(1)
     offs_j = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -285,8 +367,7 @@ def _lstm_persistent_fwd_kernel(
     col_j = tl.program_id(0) * BLOCK_H + offs_n % BLOCK_H
     col = (offs_n // BLOCK_H) * H + col_j  # the column of xp and gates, the row of W_hh
     mask_n = col_j < H
-    w = tl.load(whh_ptr + col[None, :] * swr + offs_k[:, None] * swc, mask=mask_k[:, None] & mask_n[None, :],
-                other=0.0)  # fmt: skip
+    w = tl.load(whh_ptr + col[None, :] * swr + offs_k[:, None] * swc, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
     state_step, gate_step, counter, arrivals = _persistent_setup(counters_ptr, group, num_slices, B, H)
     for tile in range(group, tl.cdiv(B, BLOCK_B), tl.num_programs(1)):
         offs_b = tile * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
@@ -305,8 +386,12 @@ def _lstm_persistent_fwd_kernel(
         for t in range(0, T):
             if not SINGLE_SLICE:
                 # h_{t-1} of every hidden unit, written by the whole group; .cg reads around the incoherent L1
-                h_prev = tl.load(hs_ptr + t * state_step + offs_b[:, None] * H + offs_k[None, :], mask=h_mask,
-                                 other=0.0, cache_modifier=".cg")  # fmt: skip
+                h_prev = tl.load(
+                    hs_ptr + t * state_step + offs_b[:, None] * H + offs_k[None, :],
+                    mask=h_mask,
+                    other=0.0,
+                    cache_modifier=".cg",
+                )
             acc = mma(h_prev, w, _load_f32(xp_ptr + t * gate_step, xp_offs, xp_mask), DOT_PRECISION, UPCAST_DOT)
             acc_i, acc_f, acc_g, acc_o = _split_gates(acc, BLOCK_B, BLOCK_H)
             i, f, g, o, c_new, h = _cell_update(acc_i, acc_f, acc_g, acc_o, c)
@@ -317,8 +402,11 @@ def _lstm_persistent_fwd_kernel(
             h = tl.where(keep, h, 0.0).to(hs_ptr.dtype.element_ty)
             tl.store(hs_ptr + (t + 1) * state_step + state, h, mask=mask)
             if SAVE:
-                tl.store(cs_ptr + (t + 1) * state_step + state,
-                         tl.where(keep, c_new, 0.0).to(cs_ptr.dtype.element_ty), mask=mask)  # fmt: skip
+                tl.store(
+                    cs_ptr + (t + 1) * state_step + state,
+                    tl.where(keep, c_new, 0.0).to(cs_ptr.dtype.element_ty),
+                    mask=mask,
+                )
                 _store_gates(gates_ptr + t * gate_step, gate_offs, mask, keep, i, f, g, o, H)
             if SINGLE_SLICE:
                 h_prev = h
@@ -338,7 +426,7 @@ def _lstm_persistent_bwd_kernel(
     swr, swc,
     HAS_LENGTHS: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, HIDDEN: tl.constexpr, SINGLE_SLICE: tl.constexpr,
-):  # fmt: skip
+):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
     num_slices = tl.num_programs(0)
     group = tl.program_id(1)
     offs_j = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -373,9 +461,17 @@ def _lstm_persistent_bwd_kernel(
             # this slice's gate gradients and the cell-state carry
             dh = _load_f32(dhs_ptr + t * state_step, state, mask) + dh_carry
             dc_in = _load_f32(dcs_ptr + t * state_step, state, mask) + dc_carry
-            di, df, dg, do, dc_prev = _step_gate_grads(dh, dc_in, cs_ptr + t * state_step,
-                                                       cs_ptr + (t + 1) * state_step, gates_ptr + t * gate_step,
-                                                       state, gate_offs, mask, H)  # fmt: skip
+            di, df, dg, do, dc_prev = _step_gate_grads(
+                dh,
+                dc_in,
+                cs_ptr + t * state_step,
+                cs_ptr + (t + 1) * state_step,
+                gates_ptr + t * gate_step,
+                state,
+                gate_offs,
+                mask,
+                H,
+            )
             dgates = dgates_ptr + t * gate_step
             _store_gates(dgates, gate_offs, mask, keep, di, df, dg, do, H)
             dc_carry = tl.where(keep, dc_prev, dc_carry)  # rows past their length pass both carries through
@@ -482,10 +578,32 @@ def lstm_cell_fwd(x, h, c, w_ih, w_hh, bias, save_gates: bool):
         return h_next, c_next, gates
     grid, meta = _step_launch(step_tiles(x.dtype), B, H, x.dtype)
     _lstm_step_fwd_kernel[grid](
-        x, w_ih, x, h, c, w_hh, bias if bias is not None else x, x, h_next, c_next, gates if save_gates else h_next,
-        B, IN, H, 0, *x.stride(), *h.stride(), *c.stride(), *w_ih.stride(), *w_hh.stride(),
-        HAS_X=True, HAS_BIAS=bias is not None, HAS_LENGTHS=False, SAVE_GATES=save_gates, **meta,
-    )  # fmt: skip
+        x,
+        w_ih,
+        x,
+        h,
+        c,
+        w_hh,
+        bias if bias is not None else x,
+        x,
+        h_next,
+        c_next,
+        gates if save_gates else h_next,
+        B,
+        IN,
+        H,
+        0,
+        *x.stride(),
+        *h.stride(),
+        *c.stride(),
+        *w_ih.stride(),
+        *w_hh.stride(),
+        HAS_X=True,
+        HAS_BIAS=bias is not None,
+        HAS_LENGTHS=False,
+        SAVE_GATES=save_gates,
+        **meta,
+    )
     return h_next, c_next, gates
 
 
@@ -499,9 +617,24 @@ def lstm_cell_grad_gates(grad_h, grad_c, c, c_next, gates):
     grid, meta = _step_launch(step_tiles(c.dtype), B, H, c.dtype, dot=False)
     grad_h = grad_h.contiguous()
     _lstm_step_grads_kernel[grid](
-        grad_h, grad_c.contiguous() if grad_c is not None else grad_h, grad_h, grad_h, c.contiguous(), c_next, gates,
-        grad_h, dgates, dc_prev, B, H, 0, HAS_DC=grad_c is not None, CARRY=False, HAS_LENGTHS=False, **meta,
-    )  # fmt: skip
+        grad_h,
+        grad_c.contiguous() if grad_c is not None else grad_h,
+        grad_h,
+        grad_h,
+        c.contiguous(),
+        c_next,
+        gates,
+        grad_h,
+        dgates,
+        dc_prev,
+        B,
+        H,
+        0,
+        HAS_DC=grad_c is not None,
+        CARRY=False,
+        HAS_LENGTHS=False,
+        **meta,
+    )
     return dgates, dc_prev
 
 
@@ -532,19 +665,62 @@ def lstm_seq_fwd(xp, h0, c0, w_hh, lengths, save: bool, persistent: bool | None 
     if layout is not None:
         counters = torch.zeros(layout.groups, device=xp.device, dtype=torch.int32)
         _lstm_persistent_fwd_kernel[(triton.cdiv(H, layout.block_h), layout.groups)](
-            xp, w_hh, lengths if has_lengths else xp, hs, c0.contiguous(), cs if save else hs,
-            gates if save else hs, c_n, counters, T, B, H, *w_hh.stride(), HAS_LENGTHS=has_lengths, SAVE=save,
-            BLOCK_B=layout.block_b, BLOCK_H=layout.block_h, HIDDEN=layout.hidden, SINGLE_SLICE=layout.single_slice,
-            num_warps=layout.num_warps, **dot_flags(xp.dtype),
-        )  # fmt: skip
+            xp,
+            w_hh,
+            lengths if has_lengths else xp,
+            hs,
+            c0.contiguous(),
+            cs if save else hs,
+            gates if save else hs,
+            c_n,
+            counters,
+            T,
+            B,
+            H,
+            *w_hh.stride(),
+            HAS_LENGTHS=has_lengths,
+            SAVE=save,
+            BLOCK_B=layout.block_b,
+            BLOCK_H=layout.block_h,
+            HIDDEN=layout.hidden,
+            SINGLE_SLICE=layout.single_slice,
+            num_warps=layout.num_warps,
+            **dot_flags(xp.dtype),
+        )
         return hs, cs, gates, c_n
     grid, meta = _step_launch(step_tiles(xp.dtype), B, H, xp.dtype)
     for t in range(T):
         _lstm_step_fwd_kernel[grid](
-            xp, w_hh, xp[t], hs[t], cs[t], w_hh, xp, lengths if has_lengths else xp, hs[t + 1], cs[t + 1],
-            gates[t] if save else hs, B, 0, H, t, 0, 0, H, 1, H, 1, 0, 0, *w_hh.stride(),
-            HAS_X=False, HAS_BIAS=False, HAS_LENGTHS=has_lengths, SAVE_GATES=save, **meta,
-        )  # fmt: skip
+            xp,
+            w_hh,
+            xp[t],
+            hs[t],
+            cs[t],
+            w_hh,
+            xp,
+            lengths if has_lengths else xp,
+            hs[t + 1],
+            cs[t + 1],
+            gates[t] if save else hs,
+            B,
+            0,
+            H,
+            t,
+            0,
+            0,
+            H,
+            1,
+            H,
+            1,
+            0,
+            0,
+            *w_hh.stride(),
+            HAS_X=False,
+            HAS_BIAS=False,
+            HAS_LENGTHS=has_lengths,
+            SAVE_GATES=save,
+            **meta,
+        )
     c_n.copy_(cs[lengths.long(), torch.arange(B, device=xp.device)] if has_lengths else cs[T])
     if not save:
         cs = cs.new_empty((0,))
@@ -569,11 +745,28 @@ def lstm_seq_bwd(dhs, dcs, cs, gates, w_hh, lengths, persistent: bool | None = N
         if layout is not None:
             counters = torch.zeros(layout.groups, device=cs.device, dtype=torch.int32)
             _lstm_persistent_bwd_kernel[(triton.cdiv(H, layout.block_h), layout.groups)](
-                dh_steps, dc_steps, cs, gates, w_hh, lengths if has_lengths else cs, dgates, dh_carry, dc_carry,
-                counters, T, B, H, *w_hh.stride(), HAS_LENGTHS=has_lengths, BLOCK_B=layout.block_b,
-                BLOCK_H=layout.block_h, HIDDEN=layout.hidden, SINGLE_SLICE=layout.single_slice,
-                num_warps=layout.num_warps, **dot_flags(cs.dtype),
-            )  # fmt: skip
+                dh_steps,
+                dc_steps,
+                cs,
+                gates,
+                w_hh,
+                lengths if has_lengths else cs,
+                dgates,
+                dh_carry,
+                dc_carry,
+                counters,
+                T,
+                B,
+                H,
+                *w_hh.stride(),
+                HAS_LENGTHS=has_lengths,
+                BLOCK_B=layout.block_b,
+                BLOCK_H=layout.block_h,
+                HIDDEN=layout.hidden,
+                SINGLE_SLICE=layout.single_slice,
+                num_warps=layout.num_warps,
+                **dot_flags(cs.dtype),
+            )
         elif persistent:
             raise ValueError(f"hidden_size {H} is too large for the persistent LSTM kernel")
         else:
@@ -582,12 +775,34 @@ def lstm_seq_bwd(dhs, dcs, cs, gates, w_hh, lengths, persistent: bool | None = N
             dh_grid, dh_meta = _step_launch(tiles, B, H, cs.dtype)
             for t in reversed(range(T)):
                 _lstm_step_grads_kernel[grads_grid](
-                    dh_steps[t], dc_steps[t], dh_carry, dc_carry, cs[t], cs[t + 1], gates[t],
-                    lengths if has_lengths else cs, dgates[t], cs, B, H, t, HAS_DC=True, CARRY=True,
-                    HAS_LENGTHS=has_lengths, **grads_meta,
-                )  # fmt: skip
+                    dh_steps[t],
+                    dc_steps[t],
+                    dh_carry,
+                    dc_carry,
+                    cs[t],
+                    cs[t + 1],
+                    gates[t],
+                    lengths if has_lengths else cs,
+                    dgates[t],
+                    cs,
+                    B,
+                    H,
+                    t,
+                    HAS_DC=True,
+                    CARRY=True,
+                    HAS_LENGTHS=has_lengths,
+                    **grads_meta,
+                )
                 _lstm_step_dh_kernel[dh_grid](
-                    dgates[t], w_hh, lengths if has_lengths else cs, dh_carry, B, H, t, *w_hh.stride(),
-                    HAS_LENGTHS=has_lengths, **dh_meta,
-                )  # fmt: skip
+                    dgates[t],
+                    w_hh,
+                    lengths if has_lengths else cs,
+                    dh_carry,
+                    B,
+                    H,
+                    t,
+                    *w_hh.stride(),
+                    HAS_LENGTHS=has_lengths,
+                    **dh_meta,
+                )
     return dgates, (dh_carry + dhs[0].float()).to(cs.dtype), (dc_carry + dcs[0].float()).to(cs.dtype)

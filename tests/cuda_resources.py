@@ -29,8 +29,14 @@ from functools import partial
 from pathlib import Path
 
 # The H200 (sm_90), per block unless said otherwise. H200 is the device the dry runs describe (launch_plan's keywords).
-H200 = dict(sms=132, smem_optin=232_448, smem_per_sm=233_472, smem_reserved_per_block=1024, max_threads_per_sm=2048,
-            cooperative=True)  # fmt: skip
+H200 = dict(
+    sms=132,
+    smem_optin=232_448,
+    smem_per_sm=233_472,
+    smem_reserved_per_block=1024,
+    max_threads_per_sm=2048,
+    cooperative=True,
+)
 ARCHS = ("sm_90", "sm_90a")  # per kernel, the first of these ptxas compiled it for
 MAX_DYNAMIC_SMEM_OPTIN = 232_448  # 227 KiB: cudaDevAttrMaxSharedMemoryPerBlockOptin; static + dynamic must fit
 MAX_SMEM_WITHOUT_OPTIN = 48 * 1024  # beyond this, dynamic shared memory needs the kernel's opt-in
@@ -119,8 +125,10 @@ def parse_ptxas(report: str) -> tuple[dict[str, Kernel], list[str]]:
         if arch in ARCHS and (mangled not in chosen or ARCHS.index(arch) < ARCHS.index(chosen[mangled][0])):
             chosen[mangled] = (arch, info)
     if not chosen:
-        raise ValueError(f"the ptxas report has no kernels for {' or '.join(ARCHS)}: build with sm_90 among "
-                         f"DEEPFUSE_CUDA_ARCHS (the default)")  # fmt: skip
+        raise ValueError(
+            f"the ptxas report has no kernels for {' or '.join(ARCHS)}: build with sm_90 among "
+            f"DEEPFUSE_CUDA_ARCHS (the default)"
+        )
     labels = demangle(list(chosen))
     kernels = {}
     for (mangled, (arch, info)), label in zip(chosen.items(), labels, strict=True):
@@ -129,8 +137,11 @@ def parse_ptxas(report: str) -> tuple[dict[str, Kernel], list[str]]:
         kernel = Kernel(label=kernel_key(label), arch=arch, **info, **properties.get(mangled, {}))
         kernels[kernel.label] = kernel
     entry_names = {e[0] for e in entries}
-    spilling = [name for name, props in properties.items()
-                if name not in entry_names and (props.get("spill_stores") or props.get("spill_loads"))]  # fmt: skip
+    spilling = [
+        name
+        for name, props in properties.items()
+        if name not in entry_names and (props.get("spill_stores") or props.get("spill_loads"))
+    ]
     return kernels, [f"{label}: {properties[name]}" for name, label in zip(spilling, demangle(spilling), strict=True)]
 
 
@@ -181,14 +192,16 @@ def _attention(C, dtype: int, d: int) -> None:
     sizes = (batch, heads, heads // 2, n, n, d)
     for causal, mask in ((False, 0), (True, a)):
         C.attention_fwd(a, strides, a, strides, a, strides, mask, (n, 1), a, a, sizes, 0.1, causal, dtype, 0)
-        C.attention_bwd(a, strides, a, strides, a, strides, a, strides, mask, (n, 1), a, a, a, a, a, sizes, 0.1,
-                        causal, dtype, 0)  # fmt: skip
+        C.attention_bwd(
+            a, strides, a, strides, a, strides, a, strides, mask, (n, 1), a, a, a, a, a, sizes, 0.1, causal, dtype, 0
+        )
     packed = (0, d, heads * d, 1)  # (T, H, D) as (1, H, T, D) strides; 3 sequences of at most n tokens
     varlen = dict(cu_seqlens_q=a, cu_seqlens_k=a, total_q=2 * n)
     sizes = (3, heads, heads, n, n, d)
     C.attention_fwd(a, packed, a, packed, a, packed, 0, (0, 0), a, a, sizes, 0.1, True, dtype, 0, **varlen)
-    C.attention_bwd(a, packed, a, packed, a, packed, a, packed, 0, (0, 0), a, a, a, a, a, sizes, 0.1, True, dtype, 0,
-                    **varlen)  # fmt: skip
+    C.attention_bwd(
+        a, packed, a, packed, a, packed, a, packed, 0, (0, 0), a, a, a, a, a, sizes, 0.1, True, dtype, 0, **varlen
+    )
 
 
 def _lstm_cell(C, dtype: int, hidden: int) -> None:
@@ -236,15 +249,20 @@ def check(C, lstm_hidden_sizes=LSTM_PERSISTENT_SCAN) -> tuple[list[Kernel], list
             where = f"{kernel.label} ({case})"
             total = kernel.static_smem + launch["smem"]
             if total > MAX_DYNAMIC_SMEM_OPTIN:
-                violations.append(f"{where}: {kernel.static_smem} B static + {launch['smem']} B dynamic shared "
-                                  f"memory > {MAX_DYNAMIC_SMEM_OPTIN} B per block")  # fmt: skip
+                violations.append(
+                    f"{where}: {kernel.static_smem} B static + {launch['smem']} B dynamic shared "
+                    f"memory > {MAX_DYNAMIC_SMEM_OPTIN} B per block"
+                )
             if launch["smem"] > MAX_SMEM_WITHOUT_OPTIN and launch["smem_opt_in"] < launch["smem"]:
-                violations.append(f"{where}: asks for {launch['smem']} B of dynamic shared memory, but set "
-                                  f"MaxDynamicSharedMemorySize to {launch['smem_opt_in']}")  # fmt: skip
+                violations.append(
+                    f"{where}: asks for {launch['smem']} B of dynamic shared memory, but set "
+                    f"MaxDynamicSharedMemorySize to {launch['smem_opt_in']}"
+                )
             regs_per_block = round_up(kernel.registers, REGISTER_GRANULE) * round_up(launch["block"], 32)
             if regs_per_block > REGISTERS_PER_SM:
-                violations.append(f"{where}: {regs_per_block} registers per block of {launch['block']} threads > "
-                                  f"{REGISTERS_PER_SM}")  # fmt: skip
+                violations.append(
+                    f"{where}: {regs_per_block} registers per block of {launch['block']} threads > {REGISTERS_PER_SM}"
+                )
     refused = []
     for case, fn in too_large_cases(C):
         try:
@@ -260,8 +278,10 @@ def check(C, lstm_hidden_sizes=LSTM_PERSISTENT_SCAN) -> tuple[list[Kernel], list
             violations.append(f"{kernel.label}: {kernel.registers} registers > {MAX_REGISTERS_PER_THREAD}")
         spills = kernel.spill_stores + kernel.spill_loads
         if spills > SPILL_BUDGET.get(kernel.label, 0):
-            violations.append(f"{kernel.label}: spills {kernel.spill_stores} B stored / {kernel.spill_loads} B loaded "
-                              f"(budget {SPILL_BUDGET.get(kernel.label, 0)} B)")  # fmt: skip
+            violations.append(
+                f"{kernel.label}: spills {kernel.spill_stores} B stored / {kernel.spill_loads} B loaded "
+                f"(budget {SPILL_BUDGET.get(kernel.label, 0)} B)"
+            )
         if kernel.static_smem > MAX_STATIC_SMEM:
             violations.append(f"{kernel.label}: {kernel.static_smem} B of static shared memory > {MAX_STATIC_SMEM}")
     rows = sorted(kernels.values(), key=lambda k: k.label)
@@ -284,8 +304,18 @@ def format_table(rows: list[Kernel], totals: dict) -> str:
     lines = []
     for k in rows:
         case, launch = k.largest_launch() or ("never launched", {"smem": 0, "block": 0})
-        lines.append((k.label, str(k.registers), f"{k.spill_stores}/{k.spill_loads}", str(k.stack),
-                      str(k.static_smem), str(launch["smem"]), str(launch["block"]), case))  # fmt: skip
+        lines.append(
+            (
+                k.label,
+                str(k.registers),
+                f"{k.spill_stores}/{k.spill_loads}",
+                str(k.stack),
+                str(k.static_smem),
+                str(launch["smem"]),
+                str(launch["block"]),
+                case,
+            )
+        )
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
     left = (0, len(header) - 1)  # names left-aligned, numbers right-aligned
 

@@ -36,8 +36,11 @@ def test_train_eval_predict_digits(tmp_path, capsys):
     idx = fake_mnist(tmp_path / "mnist", n_train=1, n_test=2, compress=False) / "t10k-images-idx3-ubyte"
     assert cli.main(["predict", "digits", "--checkpoint", str(run / "best.pt"), str(ink_on_paper), str(idx)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [line.split(":")[0] for line in lines] == ["seven.png", "t10k-images-idx3-ubyte[0]",
-                                                      "t10k-images-idx3-ubyte[1]"]  # fmt: skip
+    assert [line.split(":")[0] for line in lines] == [
+        "seven.png",
+        "t10k-images-idx3-ubyte[0]",
+        "t10k-images-idx3-ubyte[1]",
+    ]
     assert all("(probability 0." in line or "(probability 1.0" in line for line in lines)
 
 
@@ -83,8 +86,16 @@ def test_bench_compare_flags_regressions(tmp_path, capsys):
     from deepfuse.bench.compare import compare_rows
 
     def row(median, p20, p80, provider="triton"):
-        return {"op": "linear_act", "shape": "8x8x8", "mode": "fwd", "provider": provider, "dtype": "bfloat16",
-                "median_ms": median, "p20_ms": p20, "p80_ms": p80}  # fmt: skip
+        return {
+            "op": "linear_act",
+            "shape": "8x8x8",
+            "mode": "fwd",
+            "provider": provider,
+            "dtype": "bfloat16",
+            "median_ms": median,
+            "p20_ms": p20,
+            "p80_ms": p80,
+        }
 
     previous = [row(1.0, 0.95, 1.05), row(1.0, 0.95, 1.05, "cuda"), row(1.0, 0.9, 1.1, "torch")]
     current = [row(1.5, 1.4, 1.6), row(0.5, 0.45, 0.55, "cuda"), row(1.04, 0.9, 1.2, "torch")]

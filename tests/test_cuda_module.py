@@ -54,8 +54,25 @@ def test_bad_arguments_raise_value_error():
 
 def _lstm_seq_fwd_args(**overrides):
     """Keyword arguments of _C.lstm_seq_fwd for T=3, B=2, H=4 at fake (never dereferenced) addresses."""
-    args = dict(xp=16, w_hh=16, w_stride_r=4, w_stride_k=1, lengths=0, hs=16, c0=16, cs=0, gates=0, c_n=16, c_work=16,
-                T=3, B=2, H=4, dtype=1, path=0, stream=0)  # fmt: skip
+    args = dict(
+        xp=16,
+        w_hh=16,
+        w_stride_r=4,
+        w_stride_k=1,
+        lengths=0,
+        hs=16,
+        c0=16,
+        cs=0,
+        gates=0,
+        c_n=16,
+        c_work=16,
+        T=3,
+        B=2,
+        H=4,
+        dtype=1,
+        path=0,
+        stream=0,
+    )
     return args | overrides
 
 

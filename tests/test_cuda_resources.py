@@ -55,8 +55,9 @@ def test_gate_fails_on_a_spill(C):
     report = C.ptxas_report()
     needle = "0 bytes spill stores"
     assert needle in report
-    _, violations, _ = gate.check(Doctored(C, ptxas_report=lambda: report.replace(needle, "16 bytes spill stores", 1)),
-                                  FEW_LSTM_SIZES)  # fmt: skip
+    _, violations, _ = gate.check(
+        Doctored(C, ptxas_report=lambda: report.replace(needle, "16 bytes spill stores", 1)), FEW_LSTM_SIZES
+    )
     assert [v for v in violations if "spills 16 B stored" in v], violations
 
 
@@ -124,16 +125,18 @@ def test_kernel_key_joins_demangled_names_and_labels():
 
 
 def test_parse_ptxas_reads_entries_and_callee_spills():
-    report = "\n".join([
-        "ptxas info    : Compiling entry function '_Z1kv' for 'sm_80'",
-        "ptxas info    : Used 10 registers",
-        "ptxas info    : Compiling entry function '_Z1kv' for 'sm_90'",
-        "ptxas info    : Function properties for _Z1kv",
-        "    8 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads",
-        "ptxas info    : Used 40 registers, used 1 barriers, 8 bytes cumulative stack size, 2048 bytes smem",
-        "ptxas info    : Function properties for _Z6helperv",
-        "    16 bytes stack frame, 12 bytes spill stores, 12 bytes spill loads",
-    ])  # fmt: skip
+    report = "\n".join(
+        [
+            "ptxas info    : Compiling entry function '_Z1kv' for 'sm_80'",
+            "ptxas info    : Used 10 registers",
+            "ptxas info    : Compiling entry function '_Z1kv' for 'sm_90'",
+            "ptxas info    : Function properties for _Z1kv",
+            "    8 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads",
+            "ptxas info    : Used 40 registers, used 1 barriers, 8 bytes cumulative stack size, 2048 bytes smem",
+            "ptxas info    : Function properties for _Z6helperv",
+            "    16 bytes stack frame, 12 bytes spill stores, 12 bytes spill loads",
+        ]
+    )
     kernels, callee_spills = gate.parse_ptxas(report)
     assert list(kernels) == ["k"]
     k = kernels["k"]

@@ -13,8 +13,17 @@ import deepfuse
 from deepfuse import models
 from deepfuse.ops._dispatch import FUSED_OPS
 
-HOST_READS = {"item", "_local_scalar_dense", "nonzero", "masked_select", "unique_consecutive", "_unique2",
-              "unique_dim", "equal", "is_nonzero"}  # fmt: skip
+HOST_READS = {
+    "item",
+    "_local_scalar_dense",
+    "nonzero",
+    "masked_select",
+    "unique_consecutive",
+    "_unique2",
+    "unique_dim",
+    "equal",
+    "is_nonzero",
+}
 
 
 class HostSyncRecorder(TorchDispatchMode):
@@ -35,16 +44,21 @@ class HostSyncRecorder(TorchDispatchMode):
             self.found.append(name)
         elif name == "index" and any(i is not None and i.dtype == torch.bool for i in args[1]):
             self.found.append("index with a boolean mask")
-        elif name == "repeat_interleave" and isinstance(args[-1] if len(args) > 1 else None, torch.Tensor) and (
-            kwargs.get("output_size") is None
+        elif (
+            name == "repeat_interleave"
+            and isinstance(args[-1] if len(args) > 1 else None, torch.Tensor)
+            and (kwargs.get("output_size") is None)
         ):
             self.found.append("repeat_interleave without output_size")
         return func(*args, **kwargs)
 
 
 # Small settings where a model has them: the triton kernels run through the interpreter here.
-SMALL = {"catsdogs": {"image_size": 32, "width": 4}, "chest_xray": {"image_size": 64, "width": 4},
-         "driving-rl": {"image_size": 32}}  # fmt: skip
+SMALL = {
+    "catsdogs": {"image_size": 32, "width": 4},
+    "chest_xray": {"image_size": 64, "width": 4},
+    "driving-rl": {"image_size": 32},
+}
 
 
 def _steps(name, backend):
@@ -72,8 +86,9 @@ def _steps(name, backend):
 TRITON_CASES = [name for name in models.names() if name != "driving" and not models.get(name).cuda_graphs_blocker]
 
 
-@pytest.mark.parametrize(("name", "backend"), [(name, "torch") for name in models.names()]
-                         + [(name, "triton") for name in TRITON_CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "backend"), [(name, "torch") for name in models.names()] + [(name, "triton") for name in TRITON_CASES]
+)
 def test_model_steps_never_wait_for_the_device(name, backend):
     task, found = _steps(name, backend)
     if task.cuda_graphs_blocker is None:

@@ -33,16 +33,23 @@ def _without_onednn(monkeypatch):
 
 def _mlp() -> nn.Sequential:
     return nn.Sequential(
-        nn.Linear(12, 24), nn.ReLU(),
-        nn.Linear(24, 24), nn.GELU(approximate="tanh"),
-        nn.Linear(24, 20), nn.SiLU(),
-        nn.Linear(20, 16), nn.LeakyReLU(0.01),
+        nn.Linear(12, 24),
+        nn.ReLU(),
+        nn.Linear(24, 24),
+        nn.GELU(approximate="tanh"),
+        nn.Linear(24, 20),
+        nn.SiLU(),
+        nn.Linear(20, 16),
+        nn.LeakyReLU(0.01),
         nn.Dropout(0.0),
-        nn.Linear(16, 16), nn.Sigmoid(),
-        nn.Linear(16, 16), nn.Tanh(),
-        nn.Linear(16, 10), nn.LeakyReLU(0.2),  # a slope deepfuse does not fuse: reported, still runs
+        nn.Linear(16, 16),
+        nn.Sigmoid(),
+        nn.Linear(16, 16),
+        nn.Tanh(),
+        nn.Linear(16, 10),
+        nn.LeakyReLU(0.2),  # a slope deepfuse does not fuse: reported, still runs
         nn.Linear(10, 5),
-    )  # fmt: skip
+    )
 
 
 class ResidualBlock(nn.Module):
@@ -137,11 +144,14 @@ class TaggedLinear(nn.Linear):
 
 def _subclass_model() -> nn.Sequential:
     return nn.Sequential(
-        ScaledLinear(6, 8), nn.ReLU(),
-        TaggedLinear(8, 8), nn.ReLU(),
-        parametrizations.weight_norm(nn.Linear(8, 8)), nn.ReLU(),
+        ScaledLinear(6, 8),
+        nn.ReLU(),
+        TaggedLinear(8, 8),
+        nn.ReLU(),
+        parametrizations.weight_norm(nn.Linear(8, 8)),
+        nn.ReLU(),
         nn.Linear(8, 4),
-    )  # fmt: skip
+    )
 
 
 def _tokens(batch, length, vocab, seed):
@@ -234,8 +244,16 @@ def test_mlp_report_and_fused_activations():
     report = deepfuse.patch(model)
     fused = {entry.name: entry for entry in report.replaced}
     assert list(fused) == ["0", "2", "4", "6", "9", "11", "13", "15"]
-    expected = {"0": "relu", "2": "gelu_tanh", "4": "silu", "6": "leaky_relu", "9": "sigmoid", "11": "tanh",
-                "13": "none", "15": "none"}  # fmt: skip
+    expected = {
+        "0": "relu",
+        "2": "gelu_tanh",
+        "4": "silu",
+        "6": "leaky_relu",
+        "9": "sigmoid",
+        "11": "tanh",
+        "13": "none",
+        "15": "none",
+    }
     for name, activation in expected.items():
         assert type(model[int(name)]) is FusedLinear and model[int(name)].activation == activation
     for index in (1, 3, 5, 7, 10, 12):

@@ -21,8 +21,9 @@ def max_error(value: torch.Tensor, reference: torch.Tensor) -> float:
     return (value.double() - reference.double()).abs().max().item()
 
 
-def assert_close_to_reference(name: str, value: torch.Tensor, reference: torch.Tensor, torch_value: torch.Tensor,
-                              dtype: torch.dtype) -> None:  # fmt: skip
+def assert_close_to_reference(
+    name: str, value: torch.Tensor, reference: torch.Tensor, torch_value: torch.Tensor, dtype: torch.dtype
+) -> None:
     """``value`` (kernel, in ``dtype``) vs ``reference`` (float64), with torch's ``torch_value`` as the yardstick."""
     assert value.shape == reference.shape, f"{name}: shape {tuple(value.shape)} != {tuple(reference.shape)}"
     assert value.dtype == dtype, f"{name}: dtype {value.dtype}, expected {dtype}"

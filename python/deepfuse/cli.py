@@ -80,17 +80,25 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision (autocast; on a CPU fp16 is slow)")
     # None when not given (not False): a resumed run tells a flag the user gave from one left out
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    parser.add_argument("--cuda-graphs", action="store_true", default=None,
-                        help="replay each training and evaluation step as CUDA graphs (torch.compile, reduce-overhead "
-                             "mode); GPU only, refused for models that read data-dependent sizes")  # fmt: skip
+    parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        default=None,
+        help="replay each training and evaluation step as CUDA graphs (torch.compile, reduce-overhead "
+        "mode); GPU only, refused for models that read data-dependent sizes",
+    )
     parser.add_argument("--seed", type=int)
     parser.add_argument("--deterministic", action="store_true", default=None, help="torch's deterministic algorithms")
     parser.add_argument("--workers", type=int, help="DataLoader worker processes")
     parser.add_argument("--out", help="run folder (default runs/MODEL/TIMESTAMP)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    parser.add_argument("--patience", type=int, metavar="N",
-                        help="stop when the validation metric has not improved for N epochs (default: off, or the "
-                             "model's own); best.pt is then tested")  # fmt: skip
+    parser.add_argument(
+        "--patience",
+        type=int,
+        metavar="N",
+        help="stop when the validation metric has not improved for N epochs (default: off, or the "
+        "model's own); best.pt is then tested",
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None)
 
 
@@ -98,12 +106,23 @@ def _add_task_options(parser: argparse.ArgumentParser, task) -> None:
     for name, option in task.options.items():
         flag = "--" + name.replace("_", "-")
         if isinstance(option.default, bool):
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"{option.help} (default {option.default})")  # fmt: skip
+            parser.add_argument(
+                flag,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{option.help} (default {option.default})",
+            )
         else:
             kind = type(option.default) if option.default is not None else str
-            parser.add_argument(flag, dest=name, type=kind, choices=option.choices, default=None,
-                                help=f"{option.help} (default {option.default})")  # fmt: skip
+            parser.add_argument(
+                flag,
+                dest=name,
+                type=kind,
+                choices=option.choices,
+                default=None,
+                help=f"{option.help} (default {option.default})",
+            )
 
 
 def _model_name(argv: list[str], command: str) -> str | None:
@@ -140,8 +159,15 @@ def _predict(args) -> int:
     from deepfuse.training import predict
 
     options = {"skip_bad": True} if getattr(args, "skip_bad", None) else {}
-    for line in predict(_task(args.model), args.checkpoint, args.inputs, device=args.device, out=args.out,
-                        backend=args.backend, options=options):  # fmt: skip
+    for line in predict(
+        _task(args.model),
+        args.checkpoint,
+        args.inputs,
+        device=args.device,
+        out=args.out,
+        backend=args.backend,
+        options=options,
+    ):
         print(line)
     return 0
 
@@ -173,13 +199,16 @@ def _bench(args) -> int:
         bench_overhead(quick=args.quick, modes=args.modes.split(","), out_dir=args.out)
         return 0
     if args.op not in (*BENCH_OPS, "all"):
-        raise UserError(f"unknown op or model {args.op!r}; ops: {', '.join(BENCH_OPS)}, all, overhead; "
-                        f"models: {', '.join(models.names())}, models")  # fmt: skip
+        raise UserError(
+            f"unknown op or model {args.op!r}; ops: {', '.join(BENCH_OPS)}, all, overhead; "
+            f"models: {', '.join(models.names())}, models"
+        )
     rows = []
     for op in BENCH_OPS if args.op == "all" else (args.op,):
         module = importlib.import_module(f"deepfuse.bench.{op}")
-        rows += module.main(quick=args.quick, dtype=getattr(torch, DTYPES[args.dtype]), modes=args.modes.split(","),
-                            out_dir=args.out)  # fmt: skip
+        rows += module.main(
+            quick=args.quick, dtype=getattr(torch, DTYPES[args.dtype]), modes=args.modes.split(","), out_dir=args.out
+        )
     if args.compare:
         return _report_changes(rows, args.compare)
     return 0
@@ -194,8 +223,10 @@ def _report_changes(rows, previous_path) -> int:
     for change in changes:
         print(change)
     regressed = [c for c in changes if c.status == "REGRESSED"]
-    print(f"compared with {previous_path}: {len(regressed)} regressed, "
-          f"{sum(c.status == 'IMPROVED' for c in changes)} improved, {len(changes)} rows")  # fmt: skip
+    print(
+        f"compared with {previous_path}: {len(regressed)} regressed, "
+        f"{sum(c.status == 'IMPROVED' for c in changes)} improved, {len(changes)} rows"
+    )
     return 1 if regressed else 0
 
 
@@ -205,8 +236,9 @@ def _profile(args) -> int:
     if args.op in models.names():
         return _profile_model(args)
     if args.op not in BENCH_OPS:
-        raise UserError(f"unknown op or model {args.op!r}; ops: {', '.join(BENCH_OPS)}; "
-                        f"models: {', '.join(models.names())}")  # fmt: skip
+        raise UserError(
+            f"unknown op or model {args.op!r}; ops: {', '.join(BENCH_OPS)}; models: {', '.join(models.names())}"
+        )
     return _profile_op(args)
 
 
@@ -262,8 +294,10 @@ def _profile_model(args) -> int:
 
     model.train()
     report = deepfuse.profile(step, steps=args.steps, trace=args.trace, out_dir=args.out)
-    print(f"model {args.op}, one training step (forward, backward, AdamW) on a batch of {batch}, "
-          f"backend {args.backend or 'automatic'}")  # fmt: skip
+    print(
+        f"model {args.op}, one training step (forward, backward, AdamW) on a batch of {batch}, "
+        f"backend {args.backend or 'automatic'}"
+    )
     print(report)
     return 0
 
@@ -310,9 +344,12 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     predict.set_defaults(run=_predict)
 
     bench = commands.add_parser("bench", help="benchmark ops or models against eager torch and torch.compile")
-    bench.add_argument("op", nargs="?", default="all",
-                       help="an op, all, overhead (µs per call vs torch), a model name, models, or drive "
-                            "(simulator steps/s)")  # fmt: skip
+    bench.add_argument(
+        "op",
+        nargs="?",
+        default="all",
+        help="an op, all, overhead (µs per call vs torch), a model name, models, or drive (simulator steps/s)",
+    )
     bench.add_argument("--quick", action="store_true", help="fewer shapes")
     bench.add_argument("--dtype", default="bf16", choices=list(DTYPES))
     bench.add_argument("--modes", default="fwd,fwdbwd")

@@ -76,5 +76,7 @@ def _compare_step_time(training, backend: str | None) -> None:
 
         times[name] = measure(step, training.device)["median_ms"]
     ours, theirs = times[backend or "auto"], times["torch"]
-    print(f"train step, batch 256: deepfuse ({backend or 'automatic'}) {ours:.3f} ms, plain torch {theirs:.3f} ms "
-          f"({theirs / ours:.2f}x)")  # fmt: skip
+    print(
+        f"train step, batch 256: deepfuse ({backend or 'automatic'}) {ours:.3f} ms, plain torch {theirs:.3f} ms "
+        f"({theirs / ours:.2f}x)"
+    )

@@ -82,8 +82,16 @@ def _play(args: argparse.Namespace) -> int:
         pilot = _pilot_from_checkpoint(args.checkpoint, args.device)
     from deepfuse.envs.player import play  # CLI start-up time
 
-    metrics = play(pilot, split=args.split, track=args.track, steps=args.steps, gif=args.gif, png=args.png,
-                   every=args.every, style=args.style)  # fmt: skip
+    metrics = play(
+        pilot,
+        split=args.split,
+        track=args.track,
+        steps=args.steps,
+        gif=args.gif,
+        png=args.png,
+        every=args.every,
+        style=args.style,
+    )
     shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
     written = " and ".join(filter(None, (args.gif, args.png)))
     print(f"{pilot.name} on {args.split} track {args.track} ({args.style}): {shown}; wrote {written}")

@@ -64,8 +64,15 @@ from deepfuse.nn.consumed import ConsumedActivation, ConsumedBatchNorm2d
 from deepfuse.nn.conv import FusedConvBN2d
 from deepfuse.ops.activations import LEAKY_RELU_SLOPE, activation_name
 
-__all__ = ["ConsumedActivation", "ConsumedBatchNorm2d", "FusedConvBN2d", "PatchEntry", "PatchReport", "patch",
-           "unpatch"]  # fmt: skip
+__all__ = [
+    "ConsumedActivation",
+    "ConsumedBatchNorm2d",
+    "FusedConvBN2d",
+    "PatchEntry",
+    "PatchReport",
+    "patch",
+    "unpatch",
+]
 
 # The layer kinds patch knows, most specific first (isinstance decides the kind), and the deepfuse class of each.
 _KINDS = (nn.TransformerEncoderLayer, nn.MultiheadAttention, nn.LSTM, nn.LSTMCell, nn.Conv2d, nn.Linear)
@@ -82,10 +89,18 @@ _DEEPFUSE_CLASS = {
 _REPLACEABLE = frozenset((*_DEEPFUSE_CLASS, NonDynamicallyQuantizableLinear))
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _HOOK_DICTS = (
-    "_backward_pre_hooks", "_backward_hooks", "_forward_hooks", "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called", "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_state_dict_hooks",
-    "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
-)  # fmt: skip
+    "_backward_pre_hooks",
+    "_backward_hooks",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_state_dict_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)
 _RUN_HOOK_DICTS = ("_backward_pre_hooks", "_backward_hooks", "_forward_hooks", "_forward_pre_hooks")
 _FUSED_ACTIVATIONS = "ReLU, LeakyReLU(0.01), GELU, SiLU, Sigmoid, Tanh"
 
@@ -171,21 +186,42 @@ def _has_run_hooks(module: nn.Module) -> bool:
 
 def _build_linear(old, cls, activation):
     extra = {} if activation is None else {"activation": activation}
-    return cls(old.in_features, old.out_features, bias=old.bias is not None, device="meta", dtype=old.weight.dtype,
-               **extra)  # fmt: skip
+    return cls(
+        old.in_features, old.out_features, bias=old.bias is not None, device="meta", dtype=old.weight.dtype, **extra
+    )
 
 
 def _build_conv(old, cls, activation):
     extra = {} if activation is None else {"activation": activation}
-    return cls(old.in_channels, old.out_channels, old.kernel_size, stride=old.stride, padding=old.padding,
-               dilation=old.dilation, groups=old.groups, bias=old.bias is not None, padding_mode=old.padding_mode,
-               device="meta", dtype=old.weight.dtype, **extra)  # fmt: skip
+    return cls(
+        old.in_channels,
+        old.out_channels,
+        old.kernel_size,
+        stride=old.stride,
+        padding=old.padding,
+        dilation=old.dilation,
+        groups=old.groups,
+        bias=old.bias is not None,
+        padding_mode=old.padding_mode,
+        device="meta",
+        dtype=old.weight.dtype,
+        **extra,
+    )
 
 
 def _build_lstm(old, cls, activation):
-    return cls(old.input_size, old.hidden_size, num_layers=old.num_layers, bias=old.bias, batch_first=old.batch_first,
-               dropout=old.dropout, bidirectional=old.bidirectional, proj_size=old.proj_size, device="meta",
-               dtype=old.weight_ih_l0.dtype)  # fmt: skip
+    return cls(
+        old.input_size,
+        old.hidden_size,
+        num_layers=old.num_layers,
+        bias=old.bias,
+        batch_first=old.batch_first,
+        dropout=old.dropout,
+        bidirectional=old.bidirectional,
+        proj_size=old.proj_size,
+        device="meta",
+        dtype=old.weight_ih_l0.dtype,
+    )
 
 
 def _build_lstm_cell(old, cls, activation):
@@ -193,16 +229,35 @@ def _build_lstm_cell(old, cls, activation):
 
 
 def _build_mha(old, cls, activation):
-    return cls(old.embed_dim, old.num_heads, dropout=old.dropout, bias=old.in_proj_bias is not None,
-               add_bias_kv=old.bias_k is not None, add_zero_attn=old.add_zero_attn, kdim=old.kdim, vdim=old.vdim,
-               batch_first=old.batch_first, device="meta", dtype=old.out_proj.weight.dtype)  # fmt: skip
+    return cls(
+        old.embed_dim,
+        old.num_heads,
+        dropout=old.dropout,
+        bias=old.in_proj_bias is not None,
+        add_bias_kv=old.bias_k is not None,
+        add_zero_attn=old.add_zero_attn,
+        kdim=old.kdim,
+        vdim=old.vdim,
+        batch_first=old.batch_first,
+        device="meta",
+        dtype=old.out_proj.weight.dtype,
+    )
 
 
 def _build_encoder_layer(old, cls, activation):
-    return cls(old.self_attn.embed_dim, old.self_attn.num_heads, dim_feedforward=old.linear1.out_features,
-               dropout=old.dropout.p, activation=old.activation, layer_norm_eps=old.norm1.eps,
-               batch_first=old.self_attn.batch_first, norm_first=old.norm_first, bias=old.linear1.bias is not None,
-               device="meta", dtype=old.linear1.weight.dtype)  # fmt: skip
+    return cls(
+        old.self_attn.embed_dim,
+        old.self_attn.num_heads,
+        dim_feedforward=old.linear1.out_features,
+        dropout=old.dropout.p,
+        activation=old.activation,
+        layer_norm_eps=old.norm1.eps,
+        batch_first=old.self_attn.batch_first,
+        norm_first=old.norm_first,
+        bias=old.linear1.bias is not None,
+        device="meta",
+        dtype=old.linear1.weight.dtype,
+    )
 
 
 _BUILDERS = {
@@ -218,8 +273,10 @@ _BUILDERS = {
 def _check_dtypes(module: nn.Module) -> None:
     for name, tensor in module.named_parameters():
         if tensor.dtype not in _DTYPES:
-            raise _Unsupported(f"parameter {name} is {tensor.dtype} (deepfuse runs float32, float16, bfloat16, "
-                               "and float64 on the torch backend)")  # fmt: skip
+            raise _Unsupported(
+                f"parameter {name} is {tensor.dtype} (deepfuse runs float32, float16, bfloat16, "
+                "and float64 on the torch backend)"
+            )
 
 
 def _check_same_structure(old: nn.Module, new: nn.Module) -> None:
@@ -256,8 +313,9 @@ def _convert(old: nn.Module, cls: type, activation: str | None, patching: bool) 
             fused = getattr(target, "activation", None)  # e.g. deepfuse's encoder layer fuses linear1's activation
             new._modules[name] = _convert(child, type(target), fused if isinstance(fused, str) else None, patching)
         else:
-            raise _Unsupported(f"its child {name!r} is {type(child).__name__}, where {cls.__name__} has "
-                               f"{type(target).__name__}")  # fmt: skip
+            raise _Unsupported(
+                f"its child {name!r} is {type(child).__name__}, where {cls.__name__} has {type(target).__name__}"
+            )
     for name, parameter in old._parameters.items():
         if parameter is not None:
             setattr(new, name, parameter)  # setattr: nn.LSTM keeps its _flat_weights in step
@@ -340,8 +398,10 @@ class _Patcher:
         self.exclude = tuple(exclude)
         unknown = [name for name in self.exclude if name not in names]
         if unknown:
-            raise ValueError(f"exclude names modules the model does not have: {unknown} (give qualified names as "
-                             "in model.named_modules(), e.g. 'encoder.layers.0')")  # fmt: skip
+            raise ValueError(
+                f"exclude names modules the model does not have: {unknown} (give qualified names as "
+                "in model.named_modules(), e.g. 'encoder.layers.0')"
+            )
 
     def excluded(self, name: str) -> bool:
         return any(name == e or name.startswith(e + ".") for e in self.exclude)
@@ -441,8 +501,9 @@ class _Patcher:
                 if problem is None and bn.num_features != producer.out_channels:
                     problem = f"{bn.num_features} features but {producer_name} has {producer.out_channels} channels"
                 if problem is not None:
-                    plan.not_fused.append(PatchEntry(prefix + name, type(bn).__name__,
-                                                     f"not fused into {producer_name}: {problem}"))  # fmt: skip
+                    plan.not_fused.append(
+                        PatchEntry(prefix + name, type(bn).__name__, f"not fused into {producer_name}: {problem}")
+                    )
                     return plan
                 plan.bn = (name, bn)
                 position += 1
@@ -454,8 +515,9 @@ class _Patcher:
             if activation is not None and problem is None:
                 plan.act, plan.activation = (name, act), activation
             elif problem is not None:
-                plan.not_fused.append(PatchEntry(prefix + name, type(act).__name__,
-                                                 f"not fused into {producer_name}: {problem}"))  # fmt: skip
+                plan.not_fused.append(
+                    PatchEntry(prefix + name, type(act).__name__, f"not fused into {producer_name}: {problem}")
+                )
         return plan
 
 
@@ -485,17 +547,29 @@ def patch(model: nn.Module, *, exclude: Iterable[str] = ()) -> PatchReport:
         patcher.skip("", model, "already a deepfuse module")
     else:
         if type(model) in _REPLACEABLE:
-            patcher.skip("", model, "the model itself is this layer: patch replaces submodules in place (for a "
-                                    "lone layer use deepfuse.nn's classes, e.g. FusedLinear.from_torch)")  # fmt: skip
+            patcher.skip(
+                "",
+                model,
+                "the model itself is this layer: patch replaces submodules in place (for a "
+                "lone layer use deepfuse.nn's classes, e.g. FusedLinear.from_torch)",
+            )
         patcher.walk(model, "")
     report = patcher.report
     for name, module in model.named_modules():
-        if (isinstance(module, nn.TransformerEncoder) and getattr(module, "use_nested_tensor", False)
-                and any(isinstance(layer, dfnn.TransformerEncoderLayer) for layer in module.layers)):  # fmt: skip
+        if (
+            isinstance(module, nn.TransformerEncoder)
+            and getattr(module, "use_nested_tensor", False)
+            and any(isinstance(layer, dfnn.TransformerEncoderLayer) for layer in module.layers)
+        ):
             module.use_nested_tensor = False
             module._deepfuse_use_nested_tensor = True
-            report.notes.append(PatchEntry(name, type(module).__name__, "use_nested_tensor set to False (the "
-                                           "nested-tensor fast path cannot run deepfuse's layers)"))  # fmt: skip
+            report.notes.append(
+                PatchEntry(
+                    name,
+                    type(module).__name__,
+                    "use_nested_tensor set to False (the nested-tensor fast path cannot run deepfuse's layers)",
+                )
+            )
     return report
 
 
@@ -535,8 +609,9 @@ def _unpatch_walk(parent: nn.Module, prefix: str, report: PatchReport, memo: dic
             )
             continue
         if _is_deepfuse(child):
-            report.skipped.append(PatchEntry(qualified, type(child).__name__,
-                                             "not put in by deepfuse.patch: left as is"))  # fmt: skip
+            report.skipped.append(
+                PatchEntry(qualified, type(child).__name__, "not put in by deepfuse.patch: left as is")
+            )
             continue
         _unpatch_walk(child, qualified + ".", report, memo)
 
@@ -548,8 +623,9 @@ def unpatch(model: nn.Module) -> PatchReport:
     _check_model(model, "unpatch")
     report = PatchReport("unpatch")
     if "_deepfuse_patch" in model.__dict__:
-        report.skipped.append(PatchEntry("", type(model).__name__, "the model itself: call unpatch on the model "
-                                         "that holds this module"))  # fmt: skip
+        report.skipped.append(
+            PatchEntry("", type(model).__name__, "the model itself: call unpatch on the model that holds this module")
+        )
     _unpatch_walk(model, "", report, {})
     for name, module in model.named_modules():
         if module.__dict__.pop("_deepfuse_use_nested_tensor", False):

@@ -15,14 +15,18 @@ if os.environ.get("TRITON_INTERPRET", "0") == "1":  # e.g. started from a test s
 
 parser = argparse.ArgumentParser(prog="python -m tests.compile_gate", description=__doc__.splitlines()[0])
 parser.add_argument("--jobs", type=int, default=1, help="compiler processes (default 1)")
-parser.add_argument("--full", action="store_true",
-                    help="compile every distinct launch, not the cover of configs and specialisations")
-parser.add_argument("--only", help="only the cases whose '<op> <case name>' contains this text (skips the "
-                    "unreached-kernel check)")  # fmt: skip
+parser.add_argument(
+    "--full", action="store_true", help="compile every distinct launch, not the cover of configs and specialisations"
+)
+parser.add_argument(
+    "--only", help="only the cases whose '<op> <case name>' contains this text (skips the unreached-kernel check)"
+)
 parser.add_argument("--verbose", action="store_true", help="full compiler messages")
-parser.add_argument("--no-cache", action="store_true",
-                    help="compile everything, neither reading nor writing ~/.cache/deepfuse/compile_gate "
-                    "(DEEPFUSE_COMPILE_GATE_CACHE)")  # fmt: skip
+parser.add_argument(
+    "--no-cache",
+    action="store_true",
+    help="compile everything, neither reading nor writing ~/.cache/deepfuse/compile_gate (DEEPFUSE_COMPILE_GATE_CACHE)",
+)
 args = parser.parse_args()
 
 import shutil  # noqa: E402
@@ -38,8 +42,13 @@ from tests.compile_gate.compile import ResultCache  # noqa: E402 - after the env
 from tests.compile_gate.gate import run  # noqa: E402
 
 try:
-    failures = run(jobs=args.jobs, full=args.full, only=args.only, verbose=args.verbose,
-                   cache=None if args.no_cache else ResultCache())  # fmt: skip
+    failures = run(
+        jobs=args.jobs,
+        full=args.full,
+        only=args.only,
+        verbose=args.verbose,
+        cache=None if args.no_cache else ResultCache(),
+    )
 finally:
     if scratch:
         shutil.rmtree(scratch, ignore_errors=True)

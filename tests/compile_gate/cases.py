@@ -17,8 +17,12 @@ import torch
 import deepfuse
 
 # name -> (torch dtype, torch.backends.cuda.matmul.allow_tf32)
-DTYPES = {"fp16": (torch.float16, False), "bf16": (torch.bfloat16, False), "fp32": (torch.float32, False),
-          "tf32": (torch.float32, True)}  # fmt: skip
+DTYPES = {
+    "fp16": (torch.float16, False),
+    "bf16": (torch.bfloat16, False),
+    "fp32": (torch.float32, False),
+    "tf32": (torch.float32, True),
+}
 ACTIVATIONS = deepfuse.ops.ACTIVATIONS
 
 
@@ -82,8 +86,22 @@ LINEAR = [
 # ---------------------------------------------------------------------------------------------
 
 
-def _conv(batch, cin, hw, cout, k, stride=1, padding=0, dilation=1, groups=1, activation="relu", bias=True,
-          residual=False, channels_last=False, grad=True):  # fmt: skip
+def _conv(
+    batch,
+    cin,
+    hw,
+    cout,
+    k,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    activation="relu",
+    bias=True,
+    residual=False,
+    channels_last=False,
+    grad=True,
+):
     def run(dtype):
         x = torch.randn(batch, cin, hw, hw + 1).to(dtype)
         if channels_last:
@@ -91,11 +109,14 @@ def _conv(batch, cin, hw, cout, k, stride=1, padding=0, dilation=1, groups=1, ac
         x.requires_grad_(grad)
         w = _leaf(cout, cin // groups, k, k, dtype=dtype, grad=grad)
         b = _leaf(cout, dtype=dtype, grad=grad) if bias else None
-        out_hw = ((hw + 2 * padding - dilation * (k - 1) - 1) // stride + 1,
-                  (hw + 1 + 2 * padding - dilation * (k - 1) - 1) // stride + 1)  # fmt: skip
+        out_hw = (
+            (hw + 2 * padding - dilation * (k - 1) - 1) // stride + 1,
+            (hw + 1 + 2 * padding - dilation * (k - 1) - 1) // stride + 1,
+        )
         res = _leaf(batch, cout, *out_hw, dtype=dtype, grad=grad) if residual else None
-        y = deepfuse.ops.conv2d_act(x, w, b, stride, padding, dilation, groups, activation, residual=res,
-                                    backend="triton")  # fmt: skip
+        y = deepfuse.ops.conv2d_act(
+            x, w, b, stride, padding, dilation, groups, activation, residual=res, backend="triton"
+        )
         if grad:
             _backward(y)
 
@@ -142,8 +163,9 @@ def _varlen(lengths, Hq, Hkv, D, causal=False):
         q = _leaf(total, Hq, D, dtype=dtype)
         k = _leaf(total, Hkv, D, dtype=dtype)
         v = _leaf(total, Hkv, D, dtype=dtype)
-        out = deepfuse.ops.attention_varlen(q, k, v, cu, cu, max(lengths), max(lengths), causal=causal,
-                                            backend="triton")  # fmt: skip
+        out = deepfuse.ops.attention_varlen(
+            q, k, v, cu, cu, max(lengths), max(lengths), causal=causal, backend="triton"
+        )
         _backward(out)
 
     return run

@@ -91,8 +91,15 @@ def compile_launch(launch: Launch) -> Compiled:
         return Compiled(seconds=time.perf_counter() - start, error=message.strip()[-1500:])
     registers, stores, loads, static_shared = _ptxas_numbers(log.getvalue())
     loss = "\n".join(line.strip() for line in log.getvalue().splitlines() if "Potential Performance Loss" in line)
-    return Compiled(compiled.metadata.shared + static_shared, registers, stores, loads, time.perf_counter() - start,
-                    markers=sass_markers(compiled.asm["cubin"]), performance_loss=loss)  # fmt: skip
+    return Compiled(
+        compiled.metadata.shared + static_shared,
+        registers,
+        stores,
+        loads,
+        time.perf_counter() - start,
+        markers=sass_markers(compiled.asm["cubin"]),
+        performance_loss=loss,
+    )
 
 
 class ResultCache:

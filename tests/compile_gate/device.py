@@ -14,8 +14,9 @@ from types import SimpleNamespace
 import torch
 
 # The H200 the launchers are asked about (PLATFORM.md: 132 SMs, ~139 GiB); capability 9.0, warp size 32.
-H200 = SimpleNamespace(name="NVIDIA H200 (pretend)", major=9, minor=0, multi_processor_count=132,
-                       total_memory=139 * 1024**3, warp_size=32)  # fmt: skip
+H200 = SimpleNamespace(
+    name="NVIDIA H200 (pretend)", major=9, minor=0, multi_processor_count=132, total_memory=139 * 1024**3, warp_size=32
+)
 
 
 @dataclass
@@ -49,10 +50,19 @@ class Recorder:
         name = f"{fn.module}.{fn.name}"
         entry = self.launches.get((name, key))
         if entry is None:
-            options = {k: compile[k] for k in ("num_warps", "num_ctas", "num_stages", "enable_fp_fusion",
-                                               "launch_cooperative_grid")}  # fmt: skip
-            entry = Launch(name, fn.jit_function, key, dict(compile["signature"]), dict(compile["constants"]),
-                           dict(compile["configs"][0]), options)  # fmt: skip
+            options = {
+                k: compile[k]
+                for k in ("num_warps", "num_ctas", "num_stages", "enable_fp_fusion", "launch_cooperative_grid")
+            }
+            entry = Launch(
+                name,
+                fn.jit_function,
+                key,
+                dict(compile["signature"]),
+                dict(compile["constants"]),
+                dict(compile["configs"][0]),
+                options,
+            )
             self.launches[(name, key)] = entry
         if self.case not in entry.cases:
             entry.cases.append(self.case)
@@ -107,8 +117,10 @@ def _kernel_modules(package) -> list:
 def install() -> Recorder:
     """Makes this process's Triton and deepfuse believe an H200 is present; returns the launch recorder."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        raise RuntimeError("the compile gate must run without TRITON_INTERPRET=1 (interpreted kernels cannot be "
-                           "compiled); run it as its own process: python -m tests.compile_gate")  # fmt: skip
+        raise RuntimeError(
+            "the compile gate must run without TRITON_INTERPRET=1 (interpreted kernels cannot be "
+            "compiled); run it as its own process: python -m tests.compile_gate"
+        )
     from triton import knobs
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.driver import driver

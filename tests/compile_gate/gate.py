@@ -39,16 +39,23 @@ SPILL_BUDGET = 256
 
 
 def _is_tile(name: str) -> bool:
-    return name.startswith(("BLOCK_", "GROUP_")) or name in ("HIDDEN", "SINGLE_SLICE", "PERSISTENT",
-                                                              "WARP_SPECIALIZE")  # fmt: skip
+    return name.startswith(("BLOCK_", "GROUP_")) or name in ("HIDDEN", "SINGLE_SLICE", "PERSISTENT", "WARP_SPECIALIZE")
 
 
 def dtype_class(launch: Launch) -> str:
     """fp16 / bf16 / fp32 (IEEE dots) / tf32: the data type and the dot precision."""
-    pointers = [t for name, t in launch.signature.items() if t.startswith("*") and "lengths" not in name
-                and "counters" not in name and "cu_" not in name and "mask" not in name]  # fmt: skip
-    descriptors = [t.removeprefix("tensordesc<").split("[")[0] for t in launch.signature.values()
-                   if t.startswith("tensordesc<")]  # fmt: skip
+    pointers = [
+        t
+        for name, t in launch.signature.items()
+        if t.startswith("*")
+        and "lengths" not in name
+        and "counters" not in name
+        and "cu_" not in name
+        and "mask" not in name
+    ]
+    descriptors = [
+        t.removeprefix("tensordesc<").split("[")[0] for t in launch.signature.values() if t.startswith("tensordesc<")
+    ]
     types = {"*fp16": "fp16", "*bf16": "bf16", "fp16": "fp16", "bf16": "bf16"}
     name = next((types[t] for t in descriptors + pointers if t in types), "fp32")
     if name == "fp32" and launch.constexpr_values().get("DOT_PRECISION") == "tf32":
@@ -59,8 +66,11 @@ def dtype_class(launch: Launch) -> str:
 def tile_config(launch: Launch) -> str:
     """The tile meta-parameters (autotune config or the launcher's choice), warps and stages."""
     values = launch.constexpr_values()
-    tiles = [f"{k.removeprefix('BLOCK_')}{int(v) if not isinstance(v, bool) else v}" for k, v in values.items()
-             if _is_tile(k)]  # fmt: skip
+    tiles = [
+        f"{k.removeprefix('BLOCK_')}{int(v) if not isinstance(v, bool) else v}"
+        for k, v in values.items()
+        if _is_tile(k)
+    ]
     return " ".join(tiles + [f"w{launch.options['num_warps']}", f"s{launch.options['num_stages']}"])
 
 
@@ -71,8 +81,9 @@ def spec_class(launch: Launch) -> tuple:
     rest = tuple((k, v) for k, v in values.items() if not _is_tile(k) and k != "DOT_PRECISION")
     floats = {"*fp16": "*float", "*bf16": "*float", "*fp32": "*float"}
     # a descriptor's type holds its block shape (the tile config) and dtype: neither is a specialisation
-    signature = tuple((k, "tensordesc" if t.startswith("tensordesc<") else floats.get(t, t))
-                      for k, t in launch.signature.items())  # fmt: skip
+    signature = tuple(
+        (k, "tensordesc" if t.startswith("tensordesc<") else floats.get(t, t)) for k, t in launch.signature.items()
+    )
     return rest, signature, tuple(sorted((k, str(v)) for k, v in launch.attrs.items()))
 
 
@@ -98,8 +109,10 @@ def cover_items(launch: Launch) -> set:
     """What compiling this launch checks: its tile config in its dtype family, and its (dtype, specialisation)
     pair."""
     dtype = dtype_class(launch)
-    return {(launch.kernel, _resource_family(dtype), "config", tile_config(launch)),
-            (launch.kernel, "pair", dtype, spec_class(launch))}  # fmt: skip
+    return {
+        (launch.kernel, _resource_family(dtype), "config", tile_config(launch)),
+        (launch.kernel, "pair", dtype, spec_class(launch)),
+    }
 
 
 def select(launches: list[Launch], full: bool, autotuned: set[str] = frozenset()) -> list[Launch]:
@@ -239,8 +252,10 @@ def _marker_names(markers: dict) -> str:
 
 
 def format_table(rows: list[Row]) -> str:
-    header = (f"{'kernel':<32} {'dtype':<5} {'config':<40} {'shared B':>9} {'regs':>4} {'spill B':>7} {'s':>5}  "
-              f"{'SASS markers':<30} status")  # fmt: skip
+    header = (
+        f"{'kernel':<32} {'dtype':<5} {'config':<40} {'shared B':>9} {'regs':>4} {'spill B':>7} {'s':>5}  "
+        f"{'SASS markers':<30} status"
+    )
     lines = [header, "-" * len(header)]
     for row in rows:
         r = row.result
@@ -250,9 +265,11 @@ def format_table(rows: list[Row]) -> str:
         if not row.problems and r.performance_loss:
             status = "ok (ptxas: wgmma serialised; autotuned)"
         seconds = "cache" if r.cached else f"{r.seconds:.1f}"
-        lines.append(f"{_short(row.launch.kernel):<32} {dtype_class(row.launch):<5} {tile_config(row.launch):<40} "
-                     f"{r.shared:>9,} {r.registers:>4} {r.spill_stores:>7,} {seconds:>5}  "
-                     f"{_marker_names(r.markers):<30} {status}")  # fmt: skip
+        lines.append(
+            f"{_short(row.launch.kernel):<32} {dtype_class(row.launch):<5} {tile_config(row.launch):<40} "
+            f"{r.shared:>9,} {r.registers:>4} {r.spill_stores:>7,} {seconds:>5}  "
+            f"{_marker_names(r.markers):<30} {status}"
+        )
     return "\n".join(lines)
 
 
@@ -269,8 +286,10 @@ def format_markers(rows: list[Row]) -> str:
         promised = sorted({m for row in group for m in promised_markers(row.launch)}, key=MARKERS.index)
         every = {m: 1 for m in MARKERS if all(row.result.markers.get(m) for row in group)}
         some = {m: 1 for m in MARKERS if any(row.result.markers.get(m) for row in group) and m not in every}
-        lines.append(f"{kernel:<32} {dtype:<5} {len(group):>3}  {' '.join(promised) or '-':<26} "
-                     f"{_marker_names(every):<30} {_marker_names(some)}")  # fmt: skip
+        lines.append(
+            f"{kernel:<32} {dtype:<5} {len(group):>3}  {' '.join(promised) or '-':<26} "
+            f"{_marker_names(every):<30} {_marker_names(some)}"
+        )
     return "\n".join(lines)
 
 
@@ -331,8 +350,15 @@ COVER = (
 )
 
 
-def summarise(rows: list[Row], recorder: Recorder, selected: int, case_errors: list[str], missing: list[str],
-              seconds: float, full: bool = False) -> str:  # fmt: skip
+def summarise(
+    rows: list[Row],
+    recorder: Recorder,
+    selected: int,
+    case_errors: list[str],
+    missing: list[str],
+    seconds: float,
+    full: bool = False,
+) -> str:
     per_kernel = defaultdict(lambda: [0, 0])
     for row in rows:
         per_kernel[_short(row.launch.kernel)][0] += 1
@@ -354,8 +380,9 @@ def summarise(rows: list[Row], recorder: Recorder, selected: int, case_errors: l
     return "\n".join(lines)
 
 
-def run(jobs: int = 1, full: bool = False, only: str | None = None, verbose: bool = False,
-        cache: ResultCache | None = None) -> int:  # fmt: skip
+def run(
+    jobs: int = 1, full: bool = False, only: str | None = None, verbose: bool = False, cache: ResultCache | None = None
+) -> int:
     """The whole gate; returns the number of failures (0: green). cache: earlier runs' results (see ResultCache)."""
     start = time.perf_counter()
     from . import device
@@ -368,8 +395,11 @@ def run(jobs: int = 1, full: bool = False, only: str | None = None, verbose: boo
     launches = list(recorder.launches.values())
     missing = [] if only else unreached(functions, {launch.kernel for launch in launches})
     selected = select(launches, full, autotuned)
-    print(f"compile gate: {recorder.calls:,} launches, {len(launches):,} distinct, compiling {len(selected):,} "
-          f"for sm_90 with {jobs} job(s)" + (f", cache {cache.directory}" if cache else ""), flush=True)  # fmt: skip
+    print(
+        f"compile gate: {recorder.calls:,} launches, {len(launches):,} distinct, compiling {len(selected):,} "
+        f"for sm_90 with {jobs} job(s)" + (f", cache {cache.directory}" if cache else ""),
+        flush=True,
+    )
     results = compile_all(selected, jobs, cache)
     rows = []
     for launch, result in zip(selected, results, strict=True):
@@ -386,7 +416,9 @@ def run(jobs: int = 1, full: bool = False, only: str | None = None, verbose: boo
     for error in case_errors:
         print(f"\nFAIL case {error}")
     for name in missing:
-        print(f"\nFAIL {name}: no case launches or reaches this @triton.jit function (add a case in "
-              f"tests/compile_gate/cases.py)")  # fmt: skip
+        print(
+            f"\nFAIL {name}: no case launches or reaches this @triton.jit function (add a case in "
+            f"tests/compile_gate/cases.py)"
+        )
     print(summarise(rows, recorder, len(selected), case_errors, missing, time.perf_counter() - start, full))
     return len(failures) + len(case_errors) + len(missing)

@@ -42,8 +42,12 @@ def test_ptxas_report_is_read():
 def _launch(kernel, dtype, block, activation, ones, warps=4):
     """A recorded launch as the gate sees it: dtype, one tile constexpr, one other constexpr, ints equal to 1."""
     pointer = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32"}[dtype]
-    signature = {"x_ptr": pointer, "M": "constexpr" if ones else "i32", "ACTIVATION": "constexpr",
-                 "BLOCK_M": "constexpr"}  # fmt: skip
+    signature = {
+        "x_ptr": pointer,
+        "M": "constexpr" if ones else "i32",
+        "ACTIVATION": "constexpr",
+        "BLOCK_M": "constexpr",
+    }
     constexprs = {(2,): activation, (3,): block} | ({(1,): 1} if ones else {})
     fn = type("Fn", (), {"arg_names": list(signature)})()
     key = f"{kernel}{dtype}{block}{activation}{ones}{warps}"
@@ -51,9 +55,14 @@ def _launch(kernel, dtype, block, activation, ones, warps=4):
 
 
 def test_select_covers_every_pair_and_config_of_autotuned_kernels_and_every_launch_of_the_others():
-    launches = [_launch(kernel, dtype, block, activation, ones)
-                for kernel in ("k.a", "k.b") for dtype in ("fp16", "bf16", "fp32") for block in (32, 64, 128)
-                for activation in (0, 1, 3) for ones in (False, True)]  # fmt: skip
+    launches = [
+        _launch(kernel, dtype, block, activation, ones)
+        for kernel in ("k.a", "k.b")
+        for dtype in ("fp16", "bf16", "fp32")
+        for block in (32, 64, 128)
+        for activation in (0, 1, 3)
+        for ones in (False, True)
+    ]
     chosen = select(launches, full=False, autotuned={"k.a", "k.b"})
     assert len(chosen) < len(launches) / 2
     pairs = {(launch.kernel, dtype_class(launch), spec_class(launch)) for launch in launches}
@@ -168,8 +177,9 @@ def test_gate_sees_launches_as_a_gpu_and_reports_failures(tmp_path):
     (package / "kernels.py").write_text(_PROBE_KERNELS)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
-    done = subprocess.run([sys.executable, "-c", _PROBE, str(tmp_path)], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(tmp_path)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["constant_one"] == [[], ["B"]]  # B == 5 stays an argument, B == 1 became a constant

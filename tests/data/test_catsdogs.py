@@ -58,8 +58,9 @@ def test_corrupt_and_appledouble_files_stop_unless_skipped(tmp_path):
         files = read_catsdogs(root, skip_bad=True)
     assert [str(w.message).split(" (")[0] for w in caught] == ["skipped 2 unreadable image files of 13"]
     assert caught[0].category is BadImagesSkipped
-    assert {f.name for f, _ in files.train} == {f"cat.{n}.jpg" for n in (0, 1, 2, 3, 90)} | \
-        {f"dog.{n}.jpg" for n in (0, 1, 2, 3, 91)} | {"dog.92.png"}  # fmt: skip
+    assert {f.name for f, _ in files.train} == {f"cat.{n}.jpg" for n in (0, 1, 2, 3, 90)} | {
+        f"dog.{n}.jpg" for n in (0, 1, 2, 3, 91)
+    } | {"dog.92.png"}
 
 
 @pytest.mark.parametrize("under", ["", "train"])

@@ -12,11 +12,24 @@ from deepfuse.data.chest_xray import patient_id, patient_split, read_chest_xray
 from deepfuse.data.images import BadImageError, BadImagesSkipped
 from tests.data.test_images import write_appledouble, write_corrupt, write_image
 
-NORMAL_NAMES = ["IM-0115-0001.jpeg", "IM-0117-0001.jpeg", "NORMAL2-IM-0012-0001.jpeg", "NORMAL2-IM-0020-0001.jpeg",
-                "IM-0119-0001.jpeg", "IM-0122-0001.jpeg"]  # fmt: skip
-PNEUMONIA_NAMES = ["person1_bacteria_1.jpeg", "person1_bacteria_2.jpeg", "person2_virus_3.jpeg",
-                   "person3_bacteria_10.jpeg", "person3_virus_11.jpeg", "person4_bacteria_12.jpeg",
-                   "person5_virus_13.jpeg", "person6_bacteria_14.jpeg"]  # fmt: skip
+NORMAL_NAMES = [
+    "IM-0115-0001.jpeg",
+    "IM-0117-0001.jpeg",
+    "NORMAL2-IM-0012-0001.jpeg",
+    "NORMAL2-IM-0020-0001.jpeg",
+    "IM-0119-0001.jpeg",
+    "IM-0122-0001.jpeg",
+]
+PNEUMONIA_NAMES = [
+    "person1_bacteria_1.jpeg",
+    "person1_bacteria_2.jpeg",
+    "person2_virus_3.jpeg",
+    "person3_bacteria_10.jpeg",
+    "person3_virus_11.jpeg",
+    "person4_bacteria_12.jpeg",
+    "person5_virus_13.jpeg",
+    "person6_bacteria_14.jpeg",
+]
 
 
 def kaggle_xray_folder(root, with_test=True, with_val=True, nest=True):
@@ -36,10 +49,19 @@ def kaggle_xray_folder(root, with_test=True, with_val=True, nest=True):
     return root
 
 
-@pytest.mark.parametrize(("name", "patient"), [
-    ("person123_bacteria_456.jpeg", "person123"), ("person123_virus_78.jpeg", "person123"),
-    ("PERSON0007_bacteria_1.jpeg", "person7"), ("IM-0115-0001.jpeg", "IM-115"), ("IM-0467-0001-0002.jpeg", "IM-467"),
-    ("NORMAL2-IM-0012-0001.jpeg", "IM-12"), ("scan_7.jpeg", "scan_7"), ("IM-x.jpeg", "IM-x")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "patient"),
+    [
+        ("person123_bacteria_456.jpeg", "person123"),
+        ("person123_virus_78.jpeg", "person123"),
+        ("PERSON0007_bacteria_1.jpeg", "person7"),
+        ("IM-0115-0001.jpeg", "IM-115"),
+        ("IM-0467-0001-0002.jpeg", "IM-467"),
+        ("NORMAL2-IM-0012-0001.jpeg", "IM-12"),
+        ("scan_7.jpeg", "scan_7"),
+        ("IM-x.jpeg", "IM-x"),
+    ],
+)
 def test_patient_ids(name, patient):
     assert patient_id(Path(name)) == patient
 
@@ -63,8 +85,9 @@ def test_kaggle_fixture_keeps_test_untouched(tmp_path):
     files = read_chest_xray(kaggle_xray_folder(tmp_path))
     assert files.root == tmp_path / "chest_xray" / "chest_xray"
     assert len(files.train) == 15 and files.unused_val == 4
-    assert sorted(f.name for f, _ in files.test) == sorted(["IM-0001-0001.jpeg", "NORMAL2-IM-0300-0001.jpeg",
-                                                            "person100_bacteria_475.jpeg", "person101_virus_476.jpeg"])
+    assert sorted(f.name for f, _ in files.test) == sorted(
+        ["IM-0001-0001.jpeg", "NORMAL2-IM-0300-0001.jpeg", "person100_bacteria_475.jpeg", "person101_virus_476.jpeg"]
+    )
     assert [label for f, label in files.test if f.name.startswith("person")] == [1, 1]
     train, val = patient_split(files.train, 0.25, seed=0)
     assert_no_leak(train, val)
@@ -90,8 +113,12 @@ def test_patient_split_has_no_leak_and_is_seeded():
 
 
 def test_patient_split_needs_two_patients_of_a_class_to_hold_one_out():
-    items = [(Path("IM-0001-0001.jpeg"), 0), (Path("IM-0001-0002.jpeg"), 0), (Path("person1_virus_1.jpeg"), 1),
-             (Path("person2_virus_2.jpeg"), 1)]  # fmt: skip
+    items = [
+        (Path("IM-0001-0001.jpeg"), 0),
+        (Path("IM-0001-0002.jpeg"), 0),
+        (Path("person1_virus_1.jpeg"), 1),
+        (Path("person2_virus_2.jpeg"), 1),
+    ]
     train, val = patient_split(items, 0.5, seed=0)
     assert [label for _, label in val] == [1] and len(train) == 3
     with pytest.raises(DataError, match="val_fraction"):

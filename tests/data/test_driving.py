@@ -79,11 +79,16 @@ def test_a_folder_of_all_three_flavours(realdata):
 
 
 def test_windows_paths_resolve_by_name_beside_the_csv(tmp_path):
-    log = write_log(tmp_path, [("2024_01_01_00_00_00_000", "-1", "4.770404E-05"), ("2024_01_01_00_00_00_100", "1",
-                                                                                   "30.1")], windows=True)  # fmt: skip
+    log = write_log(
+        tmp_path,
+        [("2024_01_01_00_00_00_000", "-1", "4.770404E-05"), ("2024_01_01_00_00_00_100", "1", "30.1")],
+        windows=True,
+    )
     rows = read_log(log)
-    assert [r.center for r in rows] == [tmp_path / "IMG" / "center_2024_01_01_00_00_00_000.jpg",
-                                        tmp_path / "IMG" / "center_2024_01_01_00_00_00_100.jpg"]  # fmt: skip
+    assert [r.center for r in rows] == [
+        tmp_path / "IMG" / "center_2024_01_01_00_00_00_000.jpg",
+        tmp_path / "IMG" / "center_2024_01_01_00_00_00_100.jpg",
+    ]
     assert rows[0].speed == pytest.approx(4.770404e-05) and rows[1].steering == 1.0
 
 

@@ -114,8 +114,18 @@ def test_sixteen_bit_grayscale_is_scaled_by_its_range(peak, expected):
     assert np.asarray(to_channels(image, 1)).tolist() == [[0, expected]]
 
 
-@pytest.mark.parametrize(("mode", "suffix"), [("RGB", ".jpg"), ("L", ".jpg"), ("CMYK", ".jpg"), ("P", ".png"),
-                                              ("RGBA", ".png"), ("I;16", ".png"), ("P", ".gif")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("mode", "suffix"),
+    [
+        ("RGB", ".jpg"),
+        ("L", ".jpg"),
+        ("CMYK", ".jpg"),
+        ("P", ".png"),
+        ("RGBA", ".png"),
+        ("I;16", ".png"),
+        ("P", ".gif"),
+    ],
+)
 @pytest.mark.parametrize("channels", [1, 3])
 def test_every_file_mode_loads_to_the_models_channels(tmp_path, mode, suffix, channels):
     path = write_image(tmp_path / f"x{suffix}", mode)
@@ -150,8 +160,13 @@ def test_natural_order():
     from pathlib import Path
 
     names = ["10.jpg", "2.jpg", "1.jpg", "cat.10.jpg", "cat.9.jpg"]
-    assert [p.name for p in sorted(map(Path, names), key=natural_key)] == \
-        ["1.jpg", "2.jpg", "10.jpg", "cat.9.jpg", "cat.10.jpg"]  # fmt: skip
+    assert [p.name for p in sorted(map(Path, names), key=natural_key)] == [
+        "1.jpg",
+        "2.jpg",
+        "10.jpg",
+        "cat.9.jpg",
+        "cat.10.jpg",
+    ]
 
 
 def test_bad_files_are_named(tmp_path):

@@ -7,19 +7,30 @@ from deepfuse.data import DataError
 from deepfuse.data.imdb import EmptyReviewsSkipped, carve_validation, find_root, load_split, read_review
 from deepfuse.data.text import PREFIX_CHARACTERS_PER_TOKEN, Vocabulary
 
-POSITIVE = ["A wonderful film.<br /><br />Great acting and a great story", "Loved it\u0085 truly great, a gem",
-            "Brilliant, moving and great fun", "The best film of the year, great cast"]  # fmt: skip
-NEGATIVE = ["A dull, awful film.<br />Bad acting", "Terrible plot \u0096 boring and bad",
-            "Awful. Just awful and dull", "The worst film of the year, bad cast"]  # fmt: skip
+POSITIVE = [
+    "A wonderful film.<br /><br />Great acting and a great story",
+    "Loved it\u0085 truly great, a gem",
+    "Brilliant, moving and great fun",
+    "The best film of the year, great cast",
+]
+NEGATIVE = [
+    "A dull, awful film.<br />Bad acting",
+    "Terrible plot \u0096 boring and bad",
+    "Awful. Just awful and dull",
+    "The worst film of the year, bad cast",
+]
 
 
 def write_imdb(root, positive=POSITIVE, negative=NEGATIVE, test_positive=None, test_negative=None):
     """aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt as published: no newline at the end, UTF-8, ids not
     contiguous; plus what a loader must ignore (unsup/, imdb.vocab, urls, .DS_Store)."""
     base = root / "aclImdb"
-    texts = {("train", "pos"): positive, ("train", "neg"): negative,
-             ("test", "pos"): test_positive or positive[::-1],
-             ("test", "neg"): test_negative or negative[::-1]}  # fmt: skip
+    texts = {
+        ("train", "pos"): positive,
+        ("train", "neg"): negative,
+        ("test", "pos"): test_positive or positive[::-1],
+        ("test", "neg"): test_negative or negative[::-1],
+    }
     for (split, label), reviews in texts.items():
         folder = base / split / label
         folder.mkdir(parents=True)
@@ -135,8 +146,12 @@ def test_encoding_a_prefix_gives_the_whole_texts_first_tokens(realdata):
     max_len = 12
     limit = max_len * PREFIX_CHARACTERS_PER_TOKEN
     word = "Cafe\u0301s"  # an accent that NFKC composes with the letter before it
-    crafted = [("ab " * 40)[: limit - 1] + word * 3, "x" * (limit + 50) + " tail", "!?" * limit,
-               ". " * (limit // 2 - 1) + "e\u0301" + " great" * 20]  # fmt: skip
+    crafted = [
+        ("ab " * 40)[: limit - 1] + word * 3,
+        "x" * (limit + 50) + " tail",
+        "!?" * limit,
+        ". " * (limit // 2 - 1) + "e\u0301" + " great" * 20,
+    ]
     for max_len in (3, 12, 100):
         whole = [e.ids[:max_len] or [vocabulary.unk_id] for e in vocabulary.tokenizer.encode_batch(texts + crafted)]
         assert vocabulary.encode(texts + crafted, max_len) == whole

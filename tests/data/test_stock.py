@@ -47,14 +47,23 @@ def write_yfinance(path, tickers=("AAPL",), days=80, adj_close=False):
     fields = (["Adj Close"] if adj_close else []) + ["Close", "High", "Low", "Open", "Volume"]
     series = {t: random_walk(days, seed) for seed, t in enumerate(tickers)}
     columns = [(f, t) for f in fields for t in tickers]
-    lines = ["Price," + ",".join(f for f, _ in columns), "Ticker," + ",".join(t for _, t in columns),
-             "Date" + "," * len(columns)]  # fmt: skip
+    lines = [
+        "Price," + ",".join(f for f, _ in columns),
+        "Ticker," + ",".join(t for _, t in columns),
+        "Date" + "," * len(columns),
+    ]
     for i in range(days):
         values = []
         for f, t in columns:
             dates, o, h, low, c, v = series[t]
-            value = {"Adj Close": c[i] * 0.97, "Close": c[i], "High": h[i], "Low": low[i], "Open": o[i],
-                     "Volume": v[i]}[f]  # fmt: skip
+            value = {
+                "Adj Close": c[i] * 0.97,
+                "Close": c[i],
+                "High": h[i],
+                "Low": low[i],
+                "Open": o[i],
+                "Volume": v[i],
+            }[f]
             values.append("" if (t != tickers[0] and i < 3) else repr(float(value)) if f != "Volume" else str(value))
         lines.append(f"{series[tickers[0]][0][i]}," + ",".join(values))
     path.write_text("\n".join(lines) + "\n")
@@ -100,14 +109,18 @@ def test_folder_of_files_one_ticker_each(tmp_path):
 
 @pytest.mark.parametrize(
     "bad, message",
-    [("2020-01-08,101.5,abc,100.1,101.0,101.0,1200", r"line 6: High is 'abc', not a number"),
-     ("2020/01/08,101.5,102.0,100.1,101.0,101.0,1200", r"line 6: bad date '2020/01/08' \(expected YYYY-MM-DD\)"),
-     ("2020-01-08,101.5,102.0,100.1,-3,101.0,1200", r"line 6: Close is -3: prices must be positive"),
-     ("2020-01-08,101.5,102.0,100.1,101.0", r"line 6: 5 fields, the header has 7"),
-     ("2020-01-06,101.5,102.0,100.1,101.0,101.0,1200",
-      r"line 6: AAPL: date 2020-01-06 appears twice \(also on line 5\)")],
+    [
+        ("2020-01-08,101.5,abc,100.1,101.0,101.0,1200", r"line 6: High is 'abc', not a number"),
+        ("2020/01/08,101.5,102.0,100.1,101.0,101.0,1200", r"line 6: bad date '2020/01/08' \(expected YYYY-MM-DD\)"),
+        ("2020-01-08,101.5,102.0,100.1,-3,101.0,1200", r"line 6: Close is -3: prices must be positive"),
+        ("2020-01-08,101.5,102.0,100.1,101.0", r"line 6: 5 fields, the header has 7"),
+        (
+            "2020-01-06,101.5,102.0,100.1,101.0,101.0,1200",
+            r"line 6: AAPL: date 2020-01-06 appears twice \(also on line 5\)",
+        ),
+    ],
     ids=["number", "date", "negative", "fields", "duplicate"],
-)  # fmt: skip
+)
 def test_a_malformed_row_names_the_file_and_line(tmp_path, bad, message):
     path = write_web_export(tmp_path / "AAPL.csv", days=8)
     lines = path.read_text().split("\n")
@@ -131,10 +144,13 @@ def test_unknown_header_and_missing_columns(tmp_path):
 def test_reads_every_real_sample(realdata):
     folder = realdata / "stock"
     expected = {  # data rows with prices, null rows skipped (SOURCES.md)
-        "yahoo_web_export/AAPL.csv": (354, 0), "yahoo_web_export/^GSPC.csv": (1259, 0),
-        "yahoo_web_export/^NSEI.csv": (882, 1), "yahoo_web_export/BTC-USD.csv": (1178, 5),
-        "yfinance_multiheader/AAPL.csv": (2650, 0), "yfinance_multiheader_adjclose/AAPL.csv": (2513, 0),
-    }  # fmt: skip
+        "yahoo_web_export/AAPL.csv": (354, 0),
+        "yahoo_web_export/^GSPC.csv": (1259, 0),
+        "yahoo_web_export/^NSEI.csv": (882, 1),
+        "yahoo_web_export/BTC-USD.csv": (1178, 5),
+        "yfinance_multiheader/AAPL.csv": (2650, 0),
+        "yfinance_multiheader_adjclose/AAPL.csv": (2513, 0),
+    }
     for name, (rows, skipped) in expected.items():
         (table,) = read_csv(folder / name)
         assert (len(table), table.skipped) == (rows, skipped), name

@@ -65,8 +65,18 @@ def test_compiled_step_equals_numpy_reference(tracks, auto_throttle):
     rng = np.random.default_rng(2)
     for _ in range(10):
         steer, throttle = rng.uniform(-1.3, 1.3, sim.num_cars), rng.uniform(-1.3, 1.3, sim.num_cars)
-        expected = reference.step(sim.cars, sim.seg, sim.track, sim.steps, steer, throttle, auto_throttle,
-                                  sim.target_speed, sim.max_steps, tracks)  # fmt: skip
+        expected = reference.step(
+            sim.cars,
+            sim.seg,
+            sim.track,
+            sim.steps,
+            steer,
+            throttle,
+            auto_throttle,
+            sim.target_speed,
+            sim.max_steps,
+            tracks,
+        )
         reward, terminated, truncated = sim.step(steer, None if auto_throttle else throttle)
         np.testing.assert_allclose(sim.cars, expected[0], rtol=0, atol=EXACT)
         np.testing.assert_array_equal(sim.seg, expected[1])
@@ -78,8 +88,9 @@ def test_compiled_step_equals_numpy_reference(tracks, auto_throttle):
 
 
 @pytest.mark.parametrize("threads", ["serial", "parallel"])
-@pytest.mark.parametrize("camera", [rl_camera(32), udacity_cameras()["left"], TopView(48)],
-                         ids=["rl", "udacity", "top"])  # fmt: skip
+@pytest.mark.parametrize(
+    "camera", [rl_camera(32), udacity_cameras()["left"], TopView(48)], ids=["rl", "udacity", "top"]
+)
 def test_compiled_render_equals_numpy_reference(tracks, camera, threads):
     sim = _random_sim(tracks, n=5)
     sim.cars[0, kernels.X] += 500.0  # one car far off the raster: grass everywhere

@@ -44,8 +44,9 @@ def forward_and_grads(model: nn.Module, task, inputs, targets, backend: str, tra
     return outputs.detach(), grads
 
 
-def assert_backend_agrees(task, state: dict, config: dict, inputs, targets, backend: str = "triton",
-                          train: bool = True) -> None:  # fmt: skip
+def assert_backend_agrees(
+    task, state: dict, config: dict, inputs, targets, backend: str = "triton", train: bool = True
+) -> None:
     """``backend`` vs the torch backend vs float64, same weights and batch: outputs and parameter gradients."""
     torch.manual_seed(0)
     model = _no_dropout(task.build(config, state))

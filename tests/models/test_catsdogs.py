@@ -87,11 +87,28 @@ def test_cli_eval_and_predict_writes_a_submission(trained_on_real_sample, tmp_pa
     test1 = kaggle_folder(tmp_path / "kaggle") / "test1"
     extra = folder / "catsdogs" / "train" / "dog.0.jpg"
     predictions = tmp_path / "predictions"
-    assert main(["predict", "catsdogs", "--checkpoint", str(out / "best.pt"), str(test1), str(extra),
-                 "--out", str(predictions)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                "catsdogs",
+                "--checkpoint",
+                str(out / "best.pt"),
+                str(test1),
+                str(extra),
+                "--out",
+                str(predictions),
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split(":")[0] for line in lines[:4]] == [str(test1 / "1.jpg"), str(test1 / "2.jpg"),
-                                                          str(test1 / "10.jpg"), str(extra)]  # fmt: skip
+    assert [line.split(":")[0] for line in lines[:4]] == [
+        str(test1 / "1.jpg"),
+        str(test1 / "2.jpg"),
+        str(test1 / "10.jpg"),
+        str(extra),
+    ]
     assert all(" P(dog) 0." in line or " P(dog) 1." in line for line in lines[:4])
     assert lines[4] == f"wrote {predictions / 'submission.csv'} (4 rows: id,label = probability of dog)"
     with (predictions / "submission.csv").open() as file:

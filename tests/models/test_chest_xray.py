@@ -33,8 +33,11 @@ class TorchBasicBlock(nn.Module):
         self.conv1 = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout))
         self.conv2 = nn.Sequential(nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
         projection = stride != 1 or cin != cout
-        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)) \
-            if projection else nn.Identity()  # fmt: skip
+        self.shortcut = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if projection
+            else nn.Identity()
+        )
 
     def forward(self, x):
         return F.relu(self.conv2(F.relu(self.conv1(x))) + self.shortcut(x))
@@ -50,12 +53,25 @@ def _run(block, x, train, backend="torch"):
     return y.detach(), x.grad, grads, {k: v for k, v in block.state_dict().items() if "running" in k}
 
 
-@pytest.mark.parametrize(("cin", "cout", "stride", "train", "layout"), [
-    (4, 6, 2, True, torch.contiguous_format), (4, 6, 2, False, torch.contiguous_format),
-    (5, 5, 1, True, torch.contiguous_format), (5, 5, 1, False, torch.contiguous_format),
-    (4, 6, 2, True, torch.channels_last), (5, 5, 1, False, torch.channels_last),
-], ids=["projection-train", "projection-eval", "identity-train", "identity-eval", "projection-train-nhwc",
-        "identity-eval-nhwc"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("cin", "cout", "stride", "train", "layout"),
+    [
+        (4, 6, 2, True, torch.contiguous_format),
+        (4, 6, 2, False, torch.contiguous_format),
+        (5, 5, 1, True, torch.contiguous_format),
+        (5, 5, 1, False, torch.contiguous_format),
+        (4, 6, 2, True, torch.channels_last),
+        (5, 5, 1, False, torch.channels_last),
+    ],
+    ids=[
+        "projection-train",
+        "projection-eval",
+        "identity-train",
+        "identity-eval",
+        "projection-train-nhwc",
+        "identity-eval-nhwc",
+    ],
+)
 def test_residual_block_is_a_resnet_block(cin, cout, stride, train, layout, backend="triton"):
     """The kernels and the block's logic at once (train: conv, BN on batch statistics, add, ReLU; eval: BN
     folded, add and ReLU in the epilogue) against the float64 torch block, with torch's float32 as yardstick;
@@ -177,8 +193,19 @@ def trained_on_real_sample(tmp_path_factory):
     out = tmp_path_factory.mktemp("xray") / "run"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        code = main(["train", "chest_xray", "--data", str(folder / "chest_xray"), "--out", str(out), *FLAGS,
-                     "--val-fraction", "0.2"])  # fmt: skip
+        code = main(
+            [
+                "train",
+                "chest_xray",
+                "--data",
+                str(folder / "chest_xray"),
+                "--out",
+                str(out),
+                *FLAGS,
+                "--val-fraction",
+                "0.2",
+            ]
+        )
     return code, out, folder
 
 
@@ -206,17 +233,36 @@ def test_cli_eval_and_predict(trained_on_real_sample, capsys):
     assert all(" → NORMAL (threshold" in line or " → PNEUMONIA (threshold" in line for line in lines)
     bad = write_corrupt(out.parent / "scan.jpeg")
     assert main(["predict", "chest_xray", "--checkpoint", str(out / "best.pt"), str(normal), str(bad)]) == 2
-    assert _error_line(capsys) == f"deepfuse predict: error: {bad}: not a readable image (UnidentifiedImageError: " \
-        "cannot identify image file) (skip_bad / --skip-bad skips them)"  # fmt: skip
+    assert (
+        _error_line(capsys) == f"deepfuse predict: error: {bad}: not a readable image (UnidentifiedImageError: "
+        "cannot identify image file) (skip_bad / --skip-bad skips them)"
+    )
 
 
 def test_cli_on_kaggle_layout_uses_the_validation_threshold_on_test(tmp_path, capsys):
     root = kaggle_xray_folder(tmp_path)
-    assert main(["train", "chest_xray", "--data", str(root), "--out", str(tmp_path / "run"), *FLAGS,
-                 "--val-fraction", "0.3"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "chest_xray",
+                "--data",
+                str(root),
+                "--out",
+                str(tmp_path / "run"),
+                *FLAGS,
+                "--val-fraction",
+                "0.3",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["split"] == "test" and "4 test" in metrics["data"] and "published val/ (4 images) unused" in \
-        metrics["data"]  # fmt: skip
+    assert (
+        metrics["split"] == "test"
+        and "4 test" in metrics["data"]
+        and "published val/ (4 images) unused" in metrics["data"]
+    )
     assert metrics["threshold"] == metrics["val"]["threshold"]
     assert sum(map(sum, metrics["confusion_matrix"])) == 4
     assert capsys.readouterr().out.splitlines()[-2].startswith("test: loss ")
@@ -243,8 +289,9 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     line = _error_line(capsys)
     assert line.startswith(f"deepfuse train: error: {bad}: not a readable image") and "--skip-bad" in line
     assert main([*run, "--data", str(root), "--out", str(tmp_path / "r4"), "--image-size", "32"]) == 2
-    assert _error_line(capsys).endswith("image_size 32 is too small for this network: at least 64, so that its last "
-                                        "stage keeps 2x2 pixels")  # fmt: skip
+    assert _error_line(capsys).endswith(
+        "image_size 32 is too small for this network: at least 64, so that its last stage keeps 2x2 pixels"
+    )
 
 
 def test_predict_needs_a_readable_input(tmp_path):

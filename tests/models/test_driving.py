@@ -38,8 +38,12 @@ def test_pilotnet_is_nvidias_network():
     model = PilotNet()
     convs = [m for m in model.features if isinstance(m, FusedConv2d)]
     assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == [
-        (24, (5, 5), (2, 2)), (36, (5, 5), (2, 2)), (48, (5, 5), (2, 2)), (64, (3, 3), (1, 1)), (64, (3, 3), (1, 1))
-    ]  # fmt: skip
+        (24, (5, 5), (2, 2)),
+        (36, (5, 5), (2, 2)),
+        (48, (5, 5), (2, 2)),
+        (64, (3, 3), (1, 1)),
+        (64, (3, 3), (1, 1)),
+    ]
     assert all(c.activation == "relu" for c in convs)
     linears = [m for m in model.head if isinstance(m, FusedLinear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(1152, 100), (100, 50), (50, 10), (10, 1)]
@@ -98,8 +102,21 @@ def test_reads_the_real_udacity_samples(realdata):
 
 def test_trains_evaluates_and_predicts_from_the_cli(recording, tmp_path, capsys, one_thread):
     out = tmp_path / "run"
-    arguments = ["train", "driving", "--data", str(recording), "--epochs", "1", "--batch-size", "32", "--out", str(out),
-                 "--no-progress", "--closed-loop-tracks", "0"]  # fmt: skip
+    arguments = [
+        "train",
+        "driving",
+        "--data",
+        str(recording),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--closed-loop-tracks",
+        "0",
+    ]
     assert cli.main(arguments) == 0  # 0 turns the closed loop off, as the help says (it used to be refused)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["split"] == "test" and {"mse", "straight_mse", "mean_mse", "rmse", "verdict"} <= set(metrics)

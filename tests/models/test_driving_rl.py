@@ -14,8 +14,17 @@ from deepfuse.training.engine import RunError, make_config, prepare, train
 from tests.models.helpers import assert_backend_agrees
 
 TASK = models.get("driving-rl")
-TINY = {"image_size": 16, "num_envs": 4, "rollout_steps": 32, "minibatches": 2, "update_epochs": 4, "tracks": 2,
-        "eval_tracks": 1, "eval_steps": 40, "progress": False}  # fmt: skip
+TINY = {
+    "image_size": 16,
+    "num_envs": 4,
+    "rollout_steps": 32,
+    "minibatches": 2,
+    "update_epochs": 4,
+    "tracks": 2,
+    "eval_tracks": 1,
+    "eval_steps": 40,
+    "progress": False,
+}
 
 
 @pytest.fixture
@@ -121,8 +130,20 @@ def test_reads_no_data_and_checks_its_options(tmp_path):
 
 @pytest.mark.slow  # ~50 s on one busy core: 12 PPO iterations of 8 cars x 128 steps on 16x16 images
 def test_ppo_learns_to_drive_unseen_tracks(tmp_path, one_thread):
-    config = make_config(TASK, out=str(tmp_path / "run"), epochs=12, device="cpu", seed=0, image_size=16, num_envs=8,
-                         rollout_steps=128, tracks=8, eval_tracks=2, eval_steps=300, progress=False)  # fmt: skip
+    config = make_config(
+        TASK,
+        out=str(tmp_path / "run"),
+        epochs=12,
+        device="cpu",
+        seed=0,
+        image_size=16,
+        num_envs=8,
+        rollout_steps=128,
+        tracks=8,
+        eval_tracks=2,
+        eval_steps=300,
+        progress=False,
+    )
     metrics = train(TASK, config, log=lambda line: None)
     # measured (a wheel off the road ends an episode): test return 209 (expert 230, random 13), 0.91 of the expert
     assert metrics["mean_return"] > 5 * metrics["random_return"], metrics

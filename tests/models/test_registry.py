@@ -8,8 +8,16 @@ from deepfuse import models
 
 
 def test_every_model_is_registered():
-    assert models.names() == ["catsdogs", "chest_xray", "digits", "driving", "driving-rl", "sentiment-lstm",
-                              "sentiment-transformer", "stock"]  # fmt: skip
+    assert models.names() == [
+        "catsdogs",
+        "chest_xray",
+        "digits",
+        "driving",
+        "driving-rl",
+        "sentiment-lstm",
+        "sentiment-transformer",
+        "stock",
+    ]
     for name in models.names():
         task = models.get(name)
         assert task.name == name and task.description and task.metric

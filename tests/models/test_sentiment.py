@@ -22,9 +22,16 @@ from tests.tolerances import ATOL, assert_close_to_reference
 LSTM, TRANSFORMER = models.get("sentiment-lstm"), models.get("sentiment-transformer")
 TINY = {
     "sentiment-lstm": {"embed_dim": 8, "hidden_size": 16, "vocab_size": 60, "max_len": 6, "dropout": 0.0},
-    "sentiment-transformer": {"d_model": 16, "heads": 2, "ffn_dim": 32, "layers": 2, "vocab_size": 60,
-                              "max_len": 8, "dropout": 0.0},
-}  # fmt: skip
+    "sentiment-transformer": {
+        "d_model": 16,
+        "heads": 2,
+        "ffn_dim": 32,
+        "layers": 2,
+        "vocab_size": 60,
+        "max_len": 8,
+        "dropout": 0.0,
+    },
+}
 TASKS = [LSTM, TRANSFORMER]
 IDS = [t.name for t in TASKS]
 
@@ -82,8 +89,9 @@ def test_transformer_packed_tokens_match_the_padded_key_mask_path():
     torch.manual_seed(0)
     model = TRANSFORMER.build(TINY["sentiment-transformer"], {"vocab_size": 60, "pad_id": 0}).double().eval()
     ids, lengths, _ = _batch(TRANSFORMER, [2, 8, 5])
-    torch.testing.assert_close(model(ids, lengths), model.forward_padded(ids, lengths), rtol=0,
-                               atol=ATOL[torch.float64])  # fmt: skip
+    torch.testing.assert_close(
+        model(ids, lengths), model.forward_padded(ids, lengths), rtol=0, atol=ATOL[torch.float64]
+    )
 
 
 @pytest.mark.parametrize("task", TASKS, ids=IDS)
@@ -136,8 +144,24 @@ def test_example_batch_builds(task):
 def test_cli_train_eval_predict_on_the_real_sample(realdata, tmp_path, capsys, task):
     run = tmp_path / "run"
     sizes = ["--embed-dim", "8", "--hidden-size", "8"] if task is LSTM else ["--d-model", "16", "--ffn-dim", "32"]
-    argv = ["train", task.name, "--data", str(realdata / "imdb"), "--epochs", "1", "--no-progress", "--out", str(run),
-            "--vocab-size", "500", "--max-len", "32", "--batch-size", "64", *sizes]  # fmt: skip
+    argv = [
+        "train",
+        task.name,
+        "--data",
+        str(realdata / "imdb"),
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--out",
+        str(run),
+        "--vocab-size",
+        "500",
+        "--max-len",
+        "32",
+        "--batch-size",
+        "64",
+        *sizes,
+    ]
     assert cli.main(argv) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["split"] == "test" and 0.0 <= metrics["accuracy"] <= 1.0
@@ -173,8 +197,9 @@ def test_predict_names_a_missing_file(tmp_path):
     model = LSTM.build(TINY["sentiment-lstm"], data.state).eval()
     with pytest.raises(DataError, match=r"nosuch\.txt: no such file"):
         LSTM.predict(model, ["great", str(tmp_path / "nosuch.txt")], TINY["sentiment-lstm"], data.state, tmp_path)
-    lines = LSTM.predict(model, ["great", str(tmp_path / "aclImdb" / "test" / "pos")], TINY["sentiment-lstm"],
-                         data.state, tmp_path)  # fmt: skip
+    lines = LSTM.predict(
+        model, ["great", str(tmp_path / "aclImdb" / "test" / "pos")], TINY["sentiment-lstm"], data.state, tmp_path
+    )
     assert len(lines) == 1 + 2 and lines[0].startswith("'great': ")
 
 
@@ -213,9 +238,15 @@ def test_load_data_shows_each_phase_and_fits_the_baseline_once_per_dataset(tmp_p
     assert fits == []  # training starts without the baseline: it comes with the first validation
     val, test = data.val.extra["baseline"](), data.test.extra["baseline"]()
     err = capsys.readouterr().err
-    for phase in ("reading train reviews", "reading test reviews", "fitting the vocabulary", "encoding",
-                  "TF-IDF baseline: fitting the vectorizer on train", "TF-IDF baseline: fitting logistic regression"):
-        assert phase in err, phase  # fmt: skip
+    for phase in (
+        "reading train reviews",
+        "reading test reviews",
+        "fitting the vocabulary",
+        "encoding",
+        "TF-IDF baseline: fitting the vectorizer on train",
+        "TF-IDF baseline: fitting logistic regression",
+    ):
+        assert phase in err, phase
     assert fits == [4.0] and val["baseline_c"] == 4.0 and set(test) == set(val)
     assert val["baseline_roc_auc"] is None  # one validation review: null, not NaN
     again = LSTM.load_data(tmp_path, TINY["sentiment-lstm"] | {"progress": False})

@@ -105,8 +105,10 @@ def test_metrics_put_the_model_beside_the_naive_forecast():
     targets = _targets(last, actual, np.array([99.0, 103.0, 102.0, 101.0]))
     naive = close_metrics(np.zeros(4), targets)
     assert naive["rmse_ratio"] == 1.0 and naive["mae_ratio"] == 1.0 and not naive["beats_naive"]
-    assert naive["verdict"].startswith("the model cannot be tested against the naive last-value forecast (undefined: "
-                                       "the two forecasts' losses are equal on every day)")  # fmt: skip
+    assert naive["verdict"].startswith(
+        "the model cannot be tested against the naive last-value forecast (undefined: "
+        "the two forecasts' losses are equal on every day)"
+    )
     perfect = close_metrics(np.log(actual / last), targets)
     assert perfect["rmse"] == pytest.approx(0.0, abs=1e-12) and perfect["directional_accuracy"] == 1.0
     # exact on 4 days is still not evidence: the test says so
@@ -147,8 +149,10 @@ def test_a_real_edge_is_called_a_win_and_direction_is_tested_against_always_up()
     up = actual > last
     assert metrics["direction_vs_always_up_statistic"] == (~up).sum()  # the down days only the model calls right
     always_up = close_metrics(np.full(len(returns), 1e-4), _targets(last, actual))
-    assert "its direction cannot be tested against always-up (undefined: the two make the same call on every day)" in (
-        always_up["verdict"])  # fmt: skip
+    assert (
+        "its direction cannot be tested against always-up (undefined: the two make the same call on every day)"
+        in (always_up["verdict"])
+    )
 
 
 def test_a_period_without_moves_gives_null_ratios_with_a_reason():
@@ -176,8 +180,23 @@ def _halted(path, days, flat_days):
 def test_cli_a_halted_ticker_trains_and_writes_strict_json(tmp_path, capsys):
     path = _halted(tmp_path / "HALT.csv", days=300, flat_days=60)
     run = tmp_path / "run"
-    argv = ["train", "stock", "--data", str(path), "--epochs", "2", "--no-progress", "--out", str(run),
-            "--window", "5", "--hidden-size", "8", "--layers", "1"]  # fmt: skip
+    argv = [
+        "train",
+        "stock",
+        "--data",
+        str(path),
+        "--epochs",
+        "2",
+        "--no-progress",
+        "--out",
+        str(run),
+        "--window",
+        "5",
+        "--hidden-size",
+        "8",
+        "--layers",
+        "1",
+    ]
     assert cli.main(argv) == 0
     text = (run / "metrics.json").read_text()
     metrics = json.loads(text, parse_constant=lambda name: pytest.fail(f"metrics.json holds {name}"))
@@ -187,8 +206,19 @@ def test_cli_a_halted_ticker_trains_and_writes_strict_json(tmp_path, capsys):
 
 def test_cli_a_fully_flat_file_is_a_one_line_error(tmp_path, capsys):
     path = _halted(tmp_path / "FLAT.csv", days=120, flat_days=119)  # every row the first one
-    argv = ["train", "stock", "--data", str(path), "--epochs", "1", "--no-progress", "--out", str(tmp_path / "r"),
-            "--window", "5"]  # fmt: skip
+    argv = [
+        "train",
+        "stock",
+        "--data",
+        str(path),
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "r"),
+        "--window",
+        "5",
+    ]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "FLAT.csv: the close never changes over the training period" in err and "nothing to learn" in err
@@ -198,8 +228,25 @@ def test_cli_a_fully_flat_file_is_a_one_line_error(tmp_path, capsys):
 def test_cli_train_eval_predict_on_the_real_samples(realdata, tmp_path, capsys):
     run = tmp_path / "run"
     folder = realdata / "stock" / "yahoo_web_export"
-    argv = ["train", "stock", "--data", str(folder), "--epochs", "1", "--no-progress", "--out", str(run),
-            "--window", "5", "--hidden-size", "8", "--layers", "1", "--batch-size", "256"]  # fmt: skip
+    argv = [
+        "train",
+        "stock",
+        "--data",
+        str(folder),
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--out",
+        str(run),
+        "--window",
+        "5",
+        "--hidden-size",
+        "8",
+        "--layers",
+        "1",
+        "--batch-size",
+        "256",
+    ]
     assert cli.main(argv) == 0
     out = capsys.readouterr()
     assert "skipped 6 rows without prices" in out.err and "stock test: the model " in out.out

@@ -70,8 +70,9 @@ def test_need_weights_stays_on_the_kernel_and_matches_torchs_weights(batched, av
     ref, ref_weights = reference(q.double(), kv.double(), kv.double(), **kwargs)
     assert weights.shape == expected_weights.shape
     assert_close_to_reference("out", out.detach(), ref.detach(), expected.detach(), torch.float32)
-    assert_close_to_reference("weights", weights.detach(), ref_weights.detach(), expected_weights.detach(),
-                              torch.float32)  # fmt: skip
+    assert_close_to_reference(
+        "weights", weights.detach(), ref_weights.detach(), expected_weights.detach(), torch.float32
+    )
 
 
 def test_need_weights_with_a_causal_mask_and_its_gradient():
@@ -96,12 +97,16 @@ def _fallback_cases():
     return [
         ("bool attn_mask", MultiheadAttention(8, 2), dict(attn_mask=torch.rand(5, 5) > 0.7), "bool attn_mask"),
         ("float attn_mask", MultiheadAttention(8, 2), dict(attn_mask=float_mask), "float attn_mask"),
-        ("float key_padding_mask", MultiheadAttention(8, 2), dict(key_padding_mask=torch.zeros(3, 5)),
-         "torch.float32 key_padding_mask"),
+        (
+            "float key_padding_mask",
+            MultiheadAttention(8, 2),
+            dict(key_padding_mask=torch.zeros(3, 5)),
+            "torch.float32 key_padding_mask",
+        ),
         ("add_bias_kv", MultiheadAttention(8, 2, add_bias_kv=True), {}, "add_bias_kv"),
         ("add_zero_attn", MultiheadAttention(8, 2, add_zero_attn=True), {}, "add_zero_attn"),
         ("dropout in training", MultiheadAttention(8, 2, dropout=0.1).train(), {}, "dropout 0.1 in training"),
-    ]  # fmt: skip
+    ]
 
 
 @pytest.mark.parametrize("case", range(len(_fallback_cases())), ids=[c[0] for c in _fallback_cases()])
@@ -118,8 +123,9 @@ def test_a_call_the_fused_path_cannot_run_raises_under_a_requested_kernel_backen
 @pytest.mark.parametrize("backend", ["auto", "torch"])
 def test_a_call_the_fused_path_cannot_run_is_recorded_with_its_reason(backend, case):
     name, module, kwargs, words = _fallback_cases()[case]
-    theirs = nn.MultiheadAttention(8, 2, dropout=module.dropout, add_bias_kv=module.bias_k is not None,
-                                   add_zero_attn=module.add_zero_attn).train(module.training)  # fmt: skip
+    theirs = nn.MultiheadAttention(
+        8, 2, dropout=module.dropout, add_bias_kv=module.bias_k is not None, add_zero_attn=module.add_zero_attn
+    ).train(module.training)
     theirs.load_state_dict(module.state_dict())
     x = torch.randn(5, 3, 8)
     with record_choices() as log, deepfuse.use_backend(backend):
@@ -153,8 +159,9 @@ def test_transformer_encoder_layer_with_default_dropout_raises_in_training_under
     assert ("attention", "triton") in log and not log.reasons
     with record_choices() as log:
         layer.train()(src)
-    assert ("multihead_attention", "torch") in log and "dropout 0.1 in training" in log.reasons[log.index(
-        ("multihead_attention", "torch"))]  # fmt: skip
+    assert ("multihead_attention", "torch") in log and "dropout 0.1 in training" in log.reasons[
+        log.index(("multihead_attention", "torch"))
+    ]
 
 
 @pytest.mark.parametrize("norm_first", [False, True])

@@ -67,8 +67,13 @@ def test_from_torch_folds_batch_norm_in_eval(backend):
     assert torch.equal(plain.weight, conv.weight) and torch.equal(plain.bias, conv.bias)
     reflect = nn.Conv2d(3, 5, 3, padding=1, padding_mode="reflect")
     with torch.no_grad(), deepfuse.use_backend(backend):
-        assert_close_to_reference("reflect", FusedConv2d.from_torch(reflect)(x), reflect.double()(x.double()),
-                                  reflect.float()(x), torch.float32)  # fmt: skip
+        assert_close_to_reference(
+            "reflect",
+            FusedConv2d.from_torch(reflect)(x),
+            reflect.double()(x.double()),
+            reflect.float()(x),
+            torch.float32,
+        )
     with pytest.raises(ValueError, match="running statistics"):
         FusedConv2d.from_torch(conv, nn.BatchNorm2d(5, track_running_stats=False))
 
@@ -96,8 +101,9 @@ def test_conv_bn_act_trains_and_evaluates_like_sequential(backend):
         y = ours(x)  # training: batch statistics
     assert_close_to_reference("train y", y.detach(), reference(x.double()).detach(), theirs(x).detach(), torch.float32)
     # Running statistics moved the same way.
-    assert_close_to_reference("running_mean", ours[1].running_mean, reference[1].running_mean,
-                              theirs[1].running_mean, torch.float32)  # fmt: skip
+    assert_close_to_reference(
+        "running_mean", ours[1].running_mean, reference[1].running_mean, theirs[1].running_mean, torch.float32
+    )
     for model in (ours, theirs, reference):
         model.eval()
     with torch.no_grad(), deepfuse.use_backend(backend):

@@ -216,7 +216,7 @@ def conv_samples():
             (2, 4, 7, 6),
             "silu",
             False,
-        ),  # fmt: skip
+        ),
         ("depthwise", (3, 3, 3), {"padding": 1, "groups": 3}, (2, 3, 5, 5), "tanh", False),
         (
             "asymmetric_kernel",
@@ -225,7 +225,7 @@ def conv_samples():
             (1, 2, 5, 4),
             "leaky_relu",
             False,
-        ),  # fmt: skip
+        ),
         ("even_kernel_same", (2, 3, 4), {"padding": "same"}, (1, 2, 5, 6), "sigmoid", False),
         ("valid", (2, 3, 2), {"padding": "valid"}, (2, 2, 4, 3), "gelu_tanh", False),
         ("channels_last", (4, 5, 3), {"padding": 1}, (2, 4, 5, 4), "relu", True),
@@ -237,7 +237,7 @@ def conv_samples():
             (3, 4, 5),
             "none",
             False,
-        ),  # fmt: skip
+        ),
         ("replicate_same", (3, 4, 2), {"padding": "same", "padding_mode": "replicate"}, (1, 3, 4, 5), "silu", False),
     ]
     for name, args, kwargs, shape, act, channels_last in cases:
@@ -276,7 +276,7 @@ def conv_bn_act_samples():
             {"padding": 1, "groups": 2, "momentum": None, "eps": 1e-3},
             (3, 4, 4, 4),
             "silu",
-        ),  # fmt: skip
+        ),
         ("identity_activation_reflect", (2, 3, 3), {"padding": 1, "padding_mode": "reflect"}, (2, 2, 4, 5), "none"),
         ("batch_1", (2, 3, 1), {}, (1, 2, 3, 3), "tanh"),
     ]
@@ -286,8 +286,9 @@ def conv_bn_act_samples():
         bn_kwargs = {k: v for k, v in kwargs.items() if k in ("momentum", "eps")}
 
         def theirs(args=args, conv_kwargs=conv_kwargs, bn_kwargs=bn_kwargs, act=act):
-            return nn.Sequential(nn.Conv2d(*args, **conv_kwargs), nn.BatchNorm2d(args[1], **bn_kwargs),
-                                 TORCH_ACTIVATION_MODULES[act]())  # fmt: skip
+            return nn.Sequential(
+                nn.Conv2d(*args, **conv_kwargs), nn.BatchNorm2d(args[1], **bn_kwargs), TORCH_ACTIVATION_MODULES[act]()
+            )
 
         yield Sample(
             f"ConvBNAct-{name}-{'train' if train else 'eval'}",
@@ -311,10 +312,12 @@ LSTM_HIDDEN = 3
 def lstm_samples():
     # torch's module_inputs_torch_nn_LSTM: input 2, hidden 3, two layers, over bias x batch_first x bidirectional
     # x proj_size, unbatched with and without hx; here also batched and packed inputs and dropout (in eval).
-    for bias, batch_first, bidirectional, proj_size in itertools.product((True, False), (False, True),
-                                                                         (False, True), (0, 2)):  # fmt: skip
-        kwargs = dict(num_layers=2, bias=bias, batch_first=batch_first, bidirectional=bidirectional,
-                      proj_size=proj_size)  # fmt: skip
+    for bias, batch_first, bidirectional, proj_size in itertools.product(
+        (True, False), (False, True), (False, True), (0, 2)
+    ):
+        kwargs = dict(
+            num_layers=2, bias=bias, batch_first=batch_first, bidirectional=bidirectional, proj_size=proj_size
+        )
         axes = f"bias{int(bias)}-bf{int(batch_first)}-bi{int(bidirectional)}-proj{proj_size}"
         states, out = 2 * (2 if bidirectional else 1), proj_size or LSTM_HIDDEN
 
@@ -325,17 +328,22 @@ def lstm_samples():
             "no_batch_dim": (lambda g: (_randn(g, 2, 2),), None),
             "no_batch_dim_hx": (
                 lambda g, s=states, o=out: (_randn(g, 3, 2), _randn(g, s, o), _randn(g, s, LSTM_HIDDEN)),
-                None),
+                None,
+            ),
             "batched_hx": (
                 lambda g, s=states, o=out, seq=seq: (seq(g, 4, 3), _randn(g, s, 3, o), _randn(g, s, 3, LSTM_HIDDEN)),
-                None),
-            "packed": (lambda g, seq=seq: (seq(g, 5, 3),),
-                       partial(_lstm_call, lengths=torch.tensor([2, 5, 3]), batch_first=batch_first)),
+                None,
+            ),
+            "packed": (
+                lambda g, seq=seq: (seq(g, 5, 3),),
+                partial(_lstm_call, lengths=torch.tensor([2, 5, 3]), batch_first=batch_first),
+            ),
             # hx in the caller's batch order, as torch (which permutes it to the packed order itself)
-            "packed_hx": (lambda g, s=states, o=out, seq=seq: (seq(g, 4, 3), _randn(g, s, 3, o),
-                                                               _randn(g, s, 3, LSTM_HIDDEN)),
-                          partial(_lstm_call, lengths=torch.tensor([1, 4, 3]), batch_first=batch_first)),
-        }  # fmt: skip
+            "packed_hx": (
+                lambda g, s=states, o=out, seq=seq: (seq(g, 4, 3), _randn(g, s, 3, o), _randn(g, s, 3, LSTM_HIDDEN)),
+                partial(_lstm_call, lengths=torch.tensor([1, 4, 3]), batch_first=batch_first),
+            ),
+        }
         for form, (inputs, call) in forms.items():
             yield Sample(
                 f"LSTM-{axes}-{form}",
@@ -406,10 +414,18 @@ def mha_samples():
     for bias, bias_kv, zero_attn, kpm, attn_mask, batch_first in itertools.product(
         (True, False), (True, False), (True, False), (None, kpm_1d), (None, attn_3d), (True, False)
     ):
-        ctor = dict(embed_dim=3, num_heads=3, batch_first=batch_first, bias=bias, add_bias_kv=bias_kv,
-                    add_zero_attn=zero_attn)  # fmt: skip
-        unsupported = ("bool attn_mask" if attn_mask is not None else "add_bias_kv" if bias_kv else
-                       "add_zero_attn" if zero_attn else "")  # the first reason MultiheadAttention gives  # fmt: skip
+        ctor = dict(
+            embed_dim=3, num_heads=3, batch_first=batch_first, bias=bias, add_bias_kv=bias_kv, add_zero_attn=zero_attn
+        )
+        unsupported = (
+            "bool attn_mask"
+            if attn_mask is not None
+            else "add_bias_kv"
+            if bias_kv
+            else "add_zero_attn"
+            if zero_attn
+            else ""
+        )  # the first reason MultiheadAttention gives
         yield Sample(
             f"MHA-torch_samples-bias{int(bias)}-kv{int(bias_kv)}-zero{int(zero_attn)}-kpm{int(kpm is not None)}-"
             f"mask{int(attn_mask is not None)}-bf{int(batch_first)}",
@@ -426,38 +442,68 @@ def mha_samples():
         ("self_no_batch_dim", {}, lambda g: (_randn(g, 5, 8),), {}),
         ("self_no_batch_dim_kpm", {}, lambda g: (_randn(g, 5, 8),), dict(key_padding_mask=_kpm(1, 5, [3])[0])),
         ("self_batched_kpm", {}, lambda g: (_randn(g, 5, 3, 8),), dict(key_padding_mask=_kpm(3, 5, [5, 2, 4]))),
-        ("self_causal_kpm", {}, lambda g: (_randn(g, 5, 2, 8),),
-         dict(attn_mask=causal, is_causal=True, key_padding_mask=_kpm(2, 5, [4, 1]))),
+        (
+            "self_causal_kpm",
+            {},
+            lambda g: (_randn(g, 5, 2, 8),),
+            dict(attn_mask=causal, is_causal=True, key_padding_mask=_kpm(2, 5, [4, 1])),
+        ),
         ("self_no_batch_dim_causal", {}, lambda g: (_randn(g, 5, 8),), dict(attn_mask=causal, is_causal=True)),
-        ("cross_no_bias", {"bias": False}, lambda g: (_randn(g, 4, 2, 8), _randn(g, 6, 2, 8)),
-         dict(key_padding_mask=_kpm(2, 6, [6, 3]))),
-        ("cross_kdim_vdim", {"kdim": 5, "vdim": 3},
-         lambda g: (_randn(g, 4, 2, 8), _randn(g, 6, 2, 5), _randn(g, 6, 2, 3)), {}),
-        ("cross_kdim_vdim_no_batch_dim_kpm", {"kdim": 5, "vdim": 3},
-         lambda g: (_randn(g, 4, 8), _randn(g, 6, 5), _randn(g, 6, 3)), dict(key_padding_mask=_kpm(1, 6, [2])[0])),
+        (
+            "cross_no_bias",
+            {"bias": False},
+            lambda g: (_randn(g, 4, 2, 8), _randn(g, 6, 2, 8)),
+            dict(key_padding_mask=_kpm(2, 6, [6, 3])),
+        ),
+        (
+            "cross_kdim_vdim",
+            {"kdim": 5, "vdim": 3},
+            lambda g: (_randn(g, 4, 2, 8), _randn(g, 6, 2, 5), _randn(g, 6, 2, 3)),
+            {},
+        ),
+        (
+            "cross_kdim_vdim_no_batch_dim_kpm",
+            {"kdim": 5, "vdim": 3},
+            lambda g: (_randn(g, 4, 8), _randn(g, 6, 5), _randn(g, 6, 3)),
+            dict(key_padding_mask=_kpm(1, 6, [2])[0]),
+        ),
         ("dropout_in_eval", {"dropout": 0.5}, lambda g: (_randn(g, 5, 2, 8),), {}),
-        ("bool_attn_mask_torch_path", {}, lambda g: (_randn(g, 5, 2, 8),),
-         dict(attn_mask=torch.tensor([[False, True] * 2 + [False]] * 5))),
-        ("float_kpm_torch_path", {}, lambda g: (_randn(g, 5, 2, 8),),
-         dict(key_padding_mask=torch.where(_kpm(2, 5, [5, 3]), float("-inf"), 0.0))),
-        ("need_weights_per_head", {}, lambda g: (_randn(g, 5, 2, 8),),
-         dict(need_weights=True, average_attn_weights=False, key_padding_mask=_kpm(2, 5, [5, 3]))),
-    ]  # fmt: skip
+        (
+            "bool_attn_mask_torch_path",
+            {},
+            lambda g: (_randn(g, 5, 2, 8),),
+            dict(attn_mask=torch.tensor([[False, True] * 2 + [False]] * 5)),
+        ),
+        (
+            "float_kpm_torch_path",
+            {},
+            lambda g: (_randn(g, 5, 2, 8),),
+            dict(key_padding_mask=torch.where(_kpm(2, 5, [5, 3]), float("-inf"), 0.0)),
+        ),
+        (
+            "need_weights_per_head",
+            {},
+            lambda g: (_randn(g, 5, 2, 8),),
+            dict(need_weights=True, average_attn_weights=False, key_padding_mask=_kpm(2, 5, [5, 3])),
+        ),
+    ]
     for (name, ctor, inputs, fwd), batch_first in itertools.product(cases, (False, True)):
 
         def batch_first_inputs(g, inputs=inputs, batch_first=batch_first):
             tensors = inputs(g)
             return tuple(t.transpose(0, 1) for t in tensors) if batch_first and tensors[0].dim() == 3 else tensors
 
-        unsupported = {"bool_attn_mask_torch_path": "bool attn_mask",
-                       "float_kpm_torch_path": "torch.float32 key_padding_mask"}.get(name, "")  # fmt: skip
+        unsupported = {
+            "bool_attn_mask_torch_path": "bool attn_mask",
+            "float_kpm_torch_path": "torch.float32 key_padding_mask",
+        }.get(name, "")
         train = "dropout" not in ctor
         yield Sample(
             f"MHA-{name}-bf{int(batch_first)}",
             ours=lambda ctor=ctor, batch_first=batch_first: MultiheadAttention(8, 2, batch_first=batch_first, **ctor),
             theirs=lambda ctor=ctor, batch_first=batch_first: nn.MultiheadAttention(
                 8, 2, batch_first=batch_first, **ctor
-            ),  # fmt: skip
+            ),
             inputs=batch_first_inputs,
             kwargs=lambda fwd=fwd: {"need_weights": False, **fwd},
             call=_mha_call,
@@ -475,8 +521,15 @@ def encoder_layer_samples():
     for src_mask, kpm, norm_first, batch_first, bias in itertools.product(
         (None, mask_2d), (None, kpm_1d), (True, False), (True, False), (True, False)
     ):
-        ctor = dict(d_model=4, nhead=2, dim_feedforward=8, dropout=0.0, batch_first=batch_first, norm_first=norm_first,
-                    bias=bias)  # fmt: skip
+        ctor = dict(
+            d_model=4,
+            nhead=2,
+            dim_feedforward=8,
+            dropout=0.0,
+            batch_first=batch_first,
+            norm_first=norm_first,
+            bias=bias,
+        )
         yield Sample(
             f"TEL-no_batch_dim-mask{int(src_mask is not None)}-kpm{int(kpm is not None)}-nf{int(norm_first)}-"
             f"bf{int(batch_first)}-bias{int(bias)}",
@@ -491,16 +544,29 @@ def encoder_layer_samples():
         ("F.gelu", dict(activation=F.gelu), (3, 2, 4), {}, True),
         ("no_bias", dict(bias=False), (3, 2, 4), {}, True),
         ("kpm_norm_first", dict(norm_first=True), (5, 3, 4), dict(src_key_padding_mask=_kpm(3, 5, [5, 1, 3])), True),
-        ("causal_kpm", {}, (5, 2, 4),
-         dict(src_mask=torch.ones(5, 5, dtype=torch.bool).triu(1), is_causal=True,
-              src_key_padding_mask=_kpm(2, 5, [3, 5])), True),
+        (
+            "causal_kpm",
+            {},
+            (5, 2, 4),
+            dict(
+                src_mask=torch.ones(5, 5, dtype=torch.bool).triu(1),
+                is_causal=True,
+                src_key_padding_mask=_kpm(2, 5, [3, 5]),
+            ),
+            True,
+        ),
         ("nn.GELU_tanh", dict(activation=nn.GELU(approximate="tanh")), (3, 2, 4), {}, True),
         ("nn.SiLU_odd_heads", dict(d_model=6, nhead=3, activation=nn.SiLU()), (3, 2, 6), {}, True),
         ("torch.tanh", dict(activation=torch.tanh), (3, 2, 4), {}, True),
         ("lambda_unfused", dict(activation=lambda z: z * torch.sigmoid(2 * z)), (3, 2, 4), {}, True),
-        ("dropout_in_eval_eps", dict(dropout=0.3, layer_norm_eps=1e-3), (4, 2, 4),
-         dict(src_key_padding_mask=_kpm(2, 4, [2, 4])), False),
-    ]  # fmt: skip
+        (
+            "dropout_in_eval_eps",
+            dict(dropout=0.3, layer_norm_eps=1e-3),
+            (4, 2, 4),
+            dict(src_key_padding_mask=_kpm(2, 4, [2, 4])),
+            False,
+        ),
+    ]
     for (name, ctor, shape, fwd, train), batch_first in itertools.product(cases, (False, True)):
         full = dict(d_model=4, nhead=2, dim_feedforward=8, dropout=0.0, batch_first=batch_first) | ctor
 

@@ -34,8 +34,9 @@ def _compare(ours, theirs, reference, run, dtype=torch.float32):
         out.float().square().sum().backward()
         results.append(out.detach())
     assert_close_to_reference("out", results[0], results[2], results[1], dtype)
-    for (name, p), p_theirs, p_ref in zip(ours.named_parameters(), theirs.parameters(), reference.parameters(),
-                                          strict=True):  # fmt: skip
+    for (name, p), p_theirs, p_ref in zip(
+        ours.named_parameters(), theirs.parameters(), reference.parameters(), strict=True
+    ):
         assert_close_to_reference(f"grad of {name}", p.grad, p_ref.grad, p_theirs.grad, dtype)
 
 

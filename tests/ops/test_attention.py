@@ -48,8 +48,13 @@ def make_case(case, dtype, device="cpu", seed=0):
 
 def check_case(backend, case, dtype, device="cpu"):
     tensors, dy, options = make_case(case, dtype, device)
-    check_against_reference(lambda *t: attention(*t, **options, backend=backend),
-                            lambda *t: attention_ref(*t, **options), tensors, dy, ("q", "k", "v"))  # fmt: skip
+    check_against_reference(
+        lambda *t: attention(*t, **options, backend=backend),
+        lambda *t: attention_ref(*t, **options),
+        tensors,
+        dy,
+        ("q", "k", "v"),
+    )
 
 
 @pytest.mark.parametrize("case", CPU_CASES.values(), ids=CPU_CASES.keys())
@@ -72,8 +77,9 @@ def test_reference_equals_sdpa_where_no_row_is_fully_masked():
     assert max_error(attention_ref(q, k, v, causal=True), sdpa) <= ATOL[torch.float64]
     mask = torch.rand(q.shape[0], k.shape[2]) < 0.3
     mask[:, 0] = False
-    sdpa = F.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
-                                          attn_mask=~mask[:, None, None, :])  # fmt: skip
+    sdpa = F.scaled_dot_product_attention(
+        q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), attn_mask=~mask[:, None, None, :]
+    )
     assert max_error(attention_ref(q, k, v, key_padding_mask=mask), sdpa) <= ATOL[torch.float64]
 
 
@@ -111,13 +117,21 @@ def _bad_input_cases():
         (dict(q=q[0], k=k, v=k), ValueError, r"q must be 4-D"),
         (dict(q=q, k=k.half(), v=k.half()), TypeError, r"k.dtype is torch.float16 but q.dtype is torch.float32"),
         (dict(q=q, k=k, v=k, key_padding_mask=torch.zeros(2, 9)), TypeError, r"key_padding_mask must be a bool"),
-        (dict(q=q, k=k, v=k, key_padding_mask=torch.zeros(2, 8, dtype=torch.bool)), ValueError,
-         r"key_padding_mask must have shape \(batch=2, Nk=9\)"),
+        (
+            dict(q=q, k=k, v=k, key_padding_mask=torch.zeros(2, 8, dtype=torch.bool)),
+            ValueError,
+            r"key_padding_mask must have shape \(batch=2, Nk=9\)",
+        ),
         (dict(q=q.long(), k=k, v=k), TypeError, r"q must be a floating-point tensor"),
         (dict(q=q, k=k, v=k, backend="cuda"), deepfuse.BackendUnavailableError, r"backend 'cuda'.*cannot run"),
-        (dict(q=torch.randn(1, 1, 2, 300), k=torch.randn(1, 1, 2, 300), v=torch.randn(1, 1, 2, 300), backend="triton"),
-         deepfuse.BackendUnavailableError, r"head dims up to 256"),
-    ]  # fmt: skip
+        (
+            dict(
+                q=torch.randn(1, 1, 2, 300), k=torch.randn(1, 1, 2, 300), v=torch.randn(1, 1, 2, 300), backend="triton"
+            ),
+            deepfuse.BackendUnavailableError,
+            r"head dims up to 256",
+        ),
+    ]
 
 
 @pytest.mark.parametrize("case", range(len(_bad_input_cases())))
@@ -177,8 +191,9 @@ def test_cuda_bindings_check_their_arguments():
     with pytest.raises(ValueError, match="bad dtype code"):
         fwd(dtype=7)
     with pytest.raises(ValueError, match="delta must be a device pointer"):
-        _C.attention_bwd(16, strides, 16, strides, 16, strides, 16, strides, 0, [0, 0], 16, 0, 16, 16, 16, sizes, 0.25,
-                         False, 1, 0)  # fmt: skip
+        _C.attention_bwd(
+            16, strides, 16, strides, 16, strides, 16, strides, 0, [0, 0], 16, 0, 16, 16, 16, sizes, 0.25, False, 1, 0
+        )
     if not torch.cuda.is_available():  # valid arguments: the missing driver is the error
         with pytest.raises(RuntimeError, match=r"deepfuse CUDA error: cudaError\w+: "):
             fwd()
@@ -207,8 +222,13 @@ def test_gpu_strided_inputs(backend, dims, poison_outputs):
     tensors, dy, options = make_case(CPU_CASES["causal_nq_ne_nk_gqa_d64"], torch.float16, "cuda")
     strided = tuple(t.transpose(*dims).contiguous().transpose(*dims) for t in tensors)
     assert not any(t.is_contiguous() for t in strided)
-    check_against_reference(lambda *t: attention(*t, **options, backend=backend),
-                            lambda *t: attention_ref(*t, **options), strided, dy, ("q", "k", "v"))  # fmt: skip
+    check_against_reference(
+        lambda *t: attention(*t, **options, backend=backend),
+        lambda *t: attention_ref(*t, **options),
+        strided,
+        dy,
+        ("q", "k", "v"),
+    )
 
 
 @pytest.mark.gpu
@@ -277,8 +297,13 @@ def _packed_reference(lengths, causal):
 def test_varlen_matches_each_sequence_alone(backend, causal):
     tensors, dy, cu = make_varlen(VARLEN_LENGTHS, 4, 2, 32, torch.float32)
     n = max(VARLEN_LENGTHS)
-    check_against_reference(lambda *t: attention_varlen(*t, cu, cu, n, n, causal=causal, backend=backend),
-                            _packed_reference(VARLEN_LENGTHS, causal), tensors, dy, ("q", "k", "v"))  # fmt: skip
+    check_against_reference(
+        lambda *t: attention_varlen(*t, cu, cu, n, n, causal=causal, backend=backend),
+        _packed_reference(VARLEN_LENGTHS, causal),
+        tensors,
+        dy,
+        ("q", "k", "v"),
+    )
 
 
 def test_varlen_equals_the_padded_batch_with_a_key_padding_mask():
@@ -304,7 +329,7 @@ def _bad_varlen_cases():
         (dict(max_seqlen_q=3), ValueError, r"a sequence has 4 tokens"),
         (dict(cu_seqlens_k=torch.tensor([0, 7], dtype=torch.int32), max_seqlen_k=7), ValueError, r"same number of seq"),
         (dict(k=k[:, :, :8], v=v[:, :, :8]), ValueError, r"need the same D"),
-    ]  # fmt: skip
+    ]
 
 
 @pytest.mark.parametrize("case", range(len(_bad_varlen_cases())))
@@ -348,8 +373,13 @@ def test_gpu_triton_varlen(dtype, poison_outputs):
     lengths = [64, 1, 511, 0, 300, 128]
     tensors, dy, cu = make_varlen(lengths, 4, 2, 64, dtype, device="cuda")
     n = max(lengths)
-    check_against_reference(lambda *t: attention_varlen(*t, cu, cu, n, n, causal=True, backend="triton"),
-                            _packed_reference(lengths, True), tensors, dy, ("q", "k", "v"))  # fmt: skip
+    check_against_reference(
+        lambda *t: attention_varlen(*t, cu, cu, n, n, causal=True, backend="triton"),
+        _packed_reference(lengths, True),
+        tensors,
+        dy,
+        ("q", "k", "v"),
+    )
 
 
 @pytest.mark.gpu
@@ -359,8 +389,13 @@ def test_gpu_cuda_varlen(dtype, causal, poison_outputs):
     lengths = [64, 1, 511, 0, 300, 128]
     tensors, dy, cu = make_varlen(lengths, 4, 2, 64, dtype, device="cuda")
     n = max(lengths)
-    check_against_reference(lambda *t: attention_varlen(*t, cu, cu, n, n, causal=causal, backend="cuda"),
-                            _packed_reference(lengths, causal), tensors, dy, ("q", "k", "v"))  # fmt: skip
+    check_against_reference(
+        lambda *t: attention_varlen(*t, cu, cu, n, n, causal=causal, backend="cuda"),
+        _packed_reference(lengths, causal),
+        tensors,
+        dy,
+        ("q", "k", "v"),
+    )
 
 
 @pytest.mark.gpu
@@ -420,5 +455,10 @@ def test_varlen_with_longest_sequence_of_one_token(causal):
     """max_seqlen == 1: Triton turns the length argument into a constant (the compile gate's varlen case)."""
     lengths = [1, 0, 1, 1]
     tensors, dy, cu = make_varlen(lengths, 2, 1, 24, torch.float32, seed=3)
-    check_against_reference(lambda *t: attention_varlen(*t, cu, cu, 1, 1, causal=causal, backend="triton"),
-                            _packed_reference(lengths, causal), tensors, dy, ("q", "k", "v"))  # fmt: skip
+    check_against_reference(
+        lambda *t: attention_varlen(*t, cu, cu, 1, 1, causal=causal, backend="triton"),
+        _packed_reference(lengths, causal),
+        tensors,
+        dy,
+        ("q", "k", "v"),
+    )

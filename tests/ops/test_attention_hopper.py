@@ -24,8 +24,9 @@ CASES = {
 def _case(name, dtype):
     B, Hq, Hkv, Nq, Nk, D, causal, masked = CASES[name]
     g = torch.Generator().manual_seed(len(name) * 7919 + D)
-    q, k, v = (torch.randn(B, h, n, D, generator=g, dtype=torch.float64).to(dtype)
-               for h, n in ((Hq, Nq), (Hkv, Nk), (Hkv, Nk)))  # fmt: skip
+    q, k, v = (
+        torch.randn(B, h, n, D, generator=g, dtype=torch.float64).to(dtype) for h, n in ((Hq, Nq), (Hkv, Nk), (Hkv, Nk))
+    )
     mask = None
     if masked:
         mask = torch.rand(B, Nk, generator=g) < 0.4

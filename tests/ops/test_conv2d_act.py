@@ -122,8 +122,11 @@ def test_triton_is_deterministic():
     tensors, dy, geometry, activation = make_case(CPU_CASES["dilated_same_grouped_silu_residual"], torch.float32)
 
     def run():
-        return forward_backward(lambda *t: conv2d_act(*t[:3], **geometry, activation=activation, residual=t[3],
-                                                      backend="triton"), tensors, dy)  # fmt: skip
+        return forward_backward(
+            lambda *t: conv2d_act(*t[:3], **geometry, activation=activation, residual=t[3], backend="triton"),
+            tensors,
+            dy,
+        )
 
     (y1, g1), (y2, g2) = run(), run()
     assert torch.equal(y1, y2) and all(torch.equal(a, b) for a, b in zip(g1, g2, strict=True))
@@ -148,7 +151,7 @@ def _bad_input_cases():
         (dict(x=x, weight=w, padding="same", stride=2), ValueError, r"padding='same' needs stride 1"),
         (dict(x=x, weight=w, activation="relu6"), ValueError, r"activation must be one of"),
         (dict(x=x, weight=w, backend="cuda"), deepfuse.BackendUnavailableError, r"backend 'cuda'.*cannot run"),
-    ]  # fmt: skip
+    ]
 
 
 @pytest.mark.parametrize("case", range(len(_bad_input_cases())))
@@ -212,6 +215,4 @@ def test_gpu_opcheck(backend):
     geometry = ([2, 2], [1, 1, 1, 1], [1, 1], 2)
     opcheck(conv2d_act_fwd.custom_op, (x.requires_grad_(), w, b, r, *geometry, "gelu", True, backend))
     dy, saved = torch.randn_like(r), torch.randn_like(r)
-    opcheck(
-        conv2d_act_bwd.custom_op, (dy, saved, x.detach(), w, *geometry, "gelu", True, True, True, True, backend)
-    )
+    opcheck(conv2d_act_bwd.custom_op, (dy, saved, x.detach(), w, *geometry, "gelu", True, True, True, True, backend))

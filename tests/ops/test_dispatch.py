@@ -21,15 +21,27 @@ def _op_calls(backend):
     """(name, call(*leaves), leaf shapes) of one small call per public op."""
     return [
         ("linear_act", lambda x, w, b: linear_act(x, w, b, "gelu", backend=backend), [(5, 7), (3, 7), (3,)]),
-        ("conv2d_act", lambda x, w, b: conv2d_act(x, w, b, padding=1, activation="silu", backend=backend),
-         [(2, 3, 5, 6), (4, 3, 3, 3), (4,)]),
-        ("attention", lambda q, k, v: attention(q, k, v, causal=True, backend=backend),
-         [(2, 4, 9, 16), (2, 2, 11, 16), (2, 2, 11, 16)]),
-        ("lstm_cell", lambda x, h, c, w_ih, w_hh: torch.cat(lstm_cell(x, h, c, w_ih, w_hh, backend=backend), -1),
-         [(3, 5), (3, 6), (3, 6), (24, 5), (24, 6)]),
-        ("lstm_layer", lambda x, h, c, w_ih, w_hh: lstm_layer(x, h, c, w_ih, w_hh, backend=backend)[0],
-         [(4, 3, 5), (3, 6), (3, 6), (24, 5), (24, 6)]),
-    ]  # fmt: skip
+        (
+            "conv2d_act",
+            lambda x, w, b: conv2d_act(x, w, b, padding=1, activation="silu", backend=backend),
+            [(2, 3, 5, 6), (4, 3, 3, 3), (4,)],
+        ),
+        (
+            "attention",
+            lambda q, k, v: attention(q, k, v, causal=True, backend=backend),
+            [(2, 4, 9, 16), (2, 2, 11, 16), (2, 2, 11, 16)],
+        ),
+        (
+            "lstm_cell",
+            lambda x, h, c, w_ih, w_hh: torch.cat(lstm_cell(x, h, c, w_ih, w_hh, backend=backend), -1),
+            [(3, 5), (3, 6), (3, 6), (24, 5), (24, 6)],
+        ),
+        (
+            "lstm_layer",
+            lambda x, h, c, w_ih, w_hh: lstm_layer(x, h, c, w_ih, w_hh, backend=backend)[0],
+            [(4, 3, 5), (3, 6), (3, 6), (24, 5), (24, 6)],
+        ),
+    ]
 
 
 def _forward_backward(call, shapes, seed):

@@ -8,10 +8,16 @@ import triton
 
 from deepfuse.kernels.gemm_common import GEMM_SHAPES, MAX_SHARED_BYTES, prune_configs, shared_bytes_estimate
 
-CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_warps=w, num_stages=s)
-           for m, n, k, w, s in GEMM_SHAPES]  # fmt: skip
-DTYPES = {"fp16": (torch.float16, "ieee"), "bf16": (torch.bfloat16, "ieee"), "fp32": (torch.float32, "ieee"),
-          "tf32": (torch.float32, "tf32")}  # fmt: skip
+CONFIGS = [
+    triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_warps=w, num_stages=s)
+    for m, n, k, w, s in GEMM_SHAPES
+]
+DTYPES = {
+    "fp16": (torch.float16, "ieee"),
+    "bf16": (torch.bfloat16, "ieee"),
+    "fp32": (torch.float32, "ieee"),
+    "tf32": (torch.float32, "tf32"),
+}
 
 
 def _prune(dtype_name, backward, activation):
@@ -49,14 +55,17 @@ def test_the_configs_that_cannot_launch_are_pruned():
     assert (128, 256, 64, 8, 3) not in tf32_backward and (128, 64, 64, 4, 4) not in tf32_backward
 
 
-@pytest.mark.parametrize("measured,shape,element,streams", [
-    (147_456, (128, 256, 64, 8, 3), 2, 1),  # linear fwd fp16
-    (294_912, (128, 256, 64, 8, 3), 4, 1),  # linear fwd tf32
-    (331_776, (128, 256, 64, 8, 3), 4, 2),  # linear dW tf32
-    (278_528, (128, 64, 64, 4, 4), 4, 2),  # linear dx / conv dW, IEEE fp32
-    (229_888, (64, 128, 64, 4, 4), 4, 2),  # linear dW tf32
-    (69_632, (32, 64, 32, 4, 5), 4, 2),  # linear dW, IEEE fp32
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "measured,shape,element,streams",
+    [
+        (147_456, (128, 256, 64, 8, 3), 2, 1),  # linear fwd fp16
+        (294_912, (128, 256, 64, 8, 3), 4, 1),  # linear fwd tf32
+        (331_776, (128, 256, 64, 8, 3), 4, 2),  # linear dW tf32
+        (278_528, (128, 64, 64, 4, 4), 4, 2),  # linear dx / conv dW, IEEE fp32
+        (229_888, (64, 128, 64, 4, 4), 4, 2),  # linear dW tf32
+        (69_632, (32, 64, 32, 4, 5), 4, 2),  # linear dW, IEEE fp32
+    ],
+)
 def test_estimate_bounds_what_triton_allocated(measured, shape, element, streams):
     """Shared memory Triton 3.6 allocated for sm_90 (the compile gate's table), never above the estimate."""
     m, n, k, w, s = shape

@@ -67,10 +67,12 @@ def test_tma_kernels_every_activation(activation):
 
 def test_tma_forward_without_bias_and_preact_is_bitwise_repeatable():
     x, w, _, _ = _inputs(37, 40, 72, torch.float32, seed=3)
-    first, _ = kernels.linear_act_fwd(x, w, None, ACTIVATION_CODES["relu"], False, variant="tma",
-                                      config=VARIANTS["persistent"])  # fmt: skip
-    second, _ = kernels.linear_act_fwd(x, w, None, ACTIVATION_CODES["relu"], False, variant="tma",
-                                       config=VARIANTS["persistent"])  # fmt: skip
+    first, _ = kernels.linear_act_fwd(
+        x, w, None, ACTIVATION_CODES["relu"], False, variant="tma", config=VARIANTS["persistent"]
+    )
+    second, _ = kernels.linear_act_fwd(
+        x, w, None, ACTIVATION_CODES["relu"], False, variant="tma", config=VARIANTS["persistent"]
+    )
     expected = linear_act_ref(x.double(), w.double(), None, "relu")
     assert_close_to_reference("y", first, expected, linear_act_ref(x, w, None, "relu"), torch.float32)
     assert torch.equal(first, second)
@@ -123,8 +125,11 @@ def test_tma_refuses_what_tma_cannot_load():
 @pytest.mark.gpu
 @pytest.mark.usefixtures("poison_outputs")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("config", TMA_SHAPES, ids=lambda c: "x".join(map(str, c[:3])) + f"w{c[3]}s{c[4]}"
-                         + ("p" if c[5] else "") + ("ws" if c[6] else ""))  # fmt: skip
+@pytest.mark.parametrize(
+    "config",
+    TMA_SHAPES,
+    ids=lambda c: "x".join(map(str, c[:3])) + f"w{c[3]}s{c[4]}" + ("p" if c[5] else "") + ("ws" if c[6] else ""),
+)
 def test_gpu_every_tma_config_matches_reference(config, dtype):
     # Every config of the autotune space on the H200, warp-specialised ones included: the interpreter cannot check
     # what Triton's Hopper passes (wgmma, TMA, warp specialisation) generate. More tiles than SMs for persistence.

@@ -36,8 +36,13 @@ def forward_backward(fn, x, w, b, dy):
 
 
 def check_against_reference(backend, x, w, b, dy, activation):
-    check_op_against_reference(lambda *a: linear_act(*a, activation, backend=backend),
-                               lambda *a: linear_act_ref(*a, activation), (x, w, b), dy, ("x", "w", "b"))  # fmt: skip
+    check_op_against_reference(
+        lambda *a: linear_act(*a, activation, backend=backend),
+        lambda *a: linear_act_ref(*a, activation),
+        (x, w, b),
+        dy,
+        ("x", "w", "b"),
+    )
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -153,9 +158,12 @@ def _bad_input_cases():
         (dict(x=x, weight=w, bias=b, activation="swish"), ValueError, r"activation must be one of 'none'"),
         (dict(x=x, weight=w, bias=b, backend="cudnn"), ValueError, r"backend must be one of 'torch', 'triton', 'cuda'"),
         (dict(x=x, weight=w, bias=b, backend="cuda"), deepfuse.BackendUnavailableError, r"backend 'cuda'.*cannot run"),
-        (dict(x=x.double(), weight=w.double(), bias=b.double(), backend="triton"), deepfuse.BackendUnavailableError,
-         r"x.dtype is torch.float64"),
-    ]  # fmt: skip
+        (
+            dict(x=x.double(), weight=w.double(), bias=b.double(), backend="triton"),
+            deepfuse.BackendUnavailableError,
+            r"x.dtype is torch.float64",
+        ),
+    ]
 
 
 @pytest.mark.parametrize("case", range(len(_bad_input_cases())))

@@ -51,8 +51,12 @@ def _layer_ref(lengths):
 def test_cell_matches_reference(shape, backend, dtype):
     B, IN, H = shape
     g = torch.Generator().manual_seed(B + IN + H)
-    tensors = (torch.randn(B, IN, generator=g).to(dtype), torch.randn(B, H, generator=g).to(dtype),
-               torch.randn(B, H, generator=g).to(dtype), *_weights(IN, H, dtype, g))  # fmt: skip
+    tensors = (
+        torch.randn(B, IN, generator=g).to(dtype),
+        torch.randn(B, H, generator=g).to(dtype),
+        torch.randn(B, H, generator=g).to(dtype),
+        *_weights(IN, H, dtype, g),
+    )
     dy = torch.randn(2 * B * H, generator=g).to(dtype)
 
     def ours(*t):
@@ -90,8 +94,12 @@ def test_layer_matches_reference(backend, path, sizes, with_lengths, monkeypatch
     lengths = torch.randint(0, T + 1, (B,), generator=g) if with_lengths else None
     if lengths is not None:
         lengths[:2] = torch.tensor([T, 0])  # a full row and an empty one
-    tensors = (torch.randn(T, B, IN, generator=g), torch.randn(B, H, generator=g), torch.randn(B, H, generator=g),
-               *_weights(IN, H, torch.float32, g))  # fmt: skip
+    tensors = (
+        torch.randn(T, B, IN, generator=g),
+        torch.randn(B, H, generator=g),
+        torch.randn(B, H, generator=g),
+        *_weights(IN, H, torch.float32, g),
+    )
     dy = torch.randn(T * B * H + 2 * B * H, generator=g)
 
     def ours(*t):
@@ -109,12 +117,17 @@ def test_layer_inference_matches_reference(backend, path, dtype, monkeypatch):
     g = torch.Generator().manual_seed(13)
     lengths = torch.randint(0, T + 1, (B,), generator=g)
     lengths[:2] = torch.tensor([T, 0])
-    tensors = (torch.randn(T, B, IN, generator=g), torch.randn(B, H, generator=g), torch.randn(B, H, generator=g),
-               *_weights(IN, H, torch.float32, g))  # fmt: skip
+    tensors = (
+        torch.randn(T, B, IN, generator=g),
+        torch.randn(B, H, generator=g),
+        torch.randn(B, H, generator=g),
+        *_weights(IN, H, torch.float32, g),
+    )
     spec = _layer_ref(lengths)
     with torch.no_grad():
-        out = torch.cat([s.flatten() for s in lstm_layer(*(t.to(dtype) for t in tensors), lengths=lengths,
-                                                         backend=backend)])  # fmt: skip
+        out = torch.cat(
+            [s.flatten() for s in lstm_layer(*(t.to(dtype) for t in tensors), lengths=lengths, backend=backend)]
+        )
         reference = spec(*(t.double() for t in tensors))
         yardstick = spec(*(t.to(dtype) for t in tensors))
     assert_close_to_reference("output, h_n, c_n", out, reference, yardstick, dtype)
@@ -130,8 +143,12 @@ def test_layer_with_sizes_of_one(backend, path, sizes, with_lengths, monkeypatch
     _force_path(monkeypatch, path)
     g = torch.Generator().manual_seed(T + 10 * B + 100 * H)
     lengths = torch.arange(T, T - B, -1).clamp(min=0) if with_lengths else None
-    tensors = (torch.randn(T, B, IN, generator=g), torch.randn(B, H, generator=g), torch.randn(B, H, generator=g),
-               *_weights(IN, H, torch.float32, g))  # fmt: skip
+    tensors = (
+        torch.randn(T, B, IN, generator=g),
+        torch.randn(B, H, generator=g),
+        torch.randn(B, H, generator=g),
+        *_weights(IN, H, torch.float32, g),
+    )
     dy = torch.randn(T * B * H + 2 * B * H, generator=g)
 
     def ours(*t):
@@ -152,8 +169,12 @@ def test_step_kernels_with_h200_tiles(dtype, monkeypatch):
     T, B, IN, H = 3, 5, 37, 70
     g = torch.Generator().manual_seed(21)
     lengths = torch.tensor([3, 0, 1, 2, 3])
-    tensors = (torch.randn(T, B, IN, generator=g).to(dtype), torch.randn(B, H, generator=g).to(dtype),
-               torch.randn(B, H, generator=g).to(dtype), *_weights(IN, H, dtype, g))  # fmt: skip
+    tensors = (
+        torch.randn(T, B, IN, generator=g).to(dtype),
+        torch.randn(B, H, generator=g).to(dtype),
+        torch.randn(B, H, generator=g).to(dtype),
+        *_weights(IN, H, dtype, g),
+    )
     dy = torch.randn(T * B * H + 2 * B * H, generator=g).to(dtype)
 
     def layer(*t):
@@ -199,7 +220,7 @@ def _bad_cell_cases():
         (dict(base, x=x.long()), TypeError, r"x must be a floating-point tensor"),
         (dict(base, h=h.double()), TypeError, r"h.dtype is torch.float64 but x.dtype is torch.float32"),
         (dict(base, backend="cuda"), deepfuse.BackendUnavailableError, r"backend 'cuda'"),
-    ]  # fmt: skip
+    ]
 
 
 @pytest.mark.parametrize("case", range(len(_bad_cell_cases())))
@@ -216,15 +237,31 @@ def test_opcheck(backend):
     x, h, c = (torch.randn(3, n, generator=g).requires_grad_() for n in (5, 6, 6))
     opcheck(lstm_cell_fwd.custom_op, (x, h, c, w_ih.requires_grad_(), w_hh, b_ih + b_hh, backend))
     h_next, c_next, gates = lstm_cell_fwd(x.detach(), h.detach(), c.detach(), w_ih.detach(), w_hh, b_ih, backend)
-    opcheck(lstm_cell_bwd.custom_op, (torch.randn(3, 6), torch.randn(3, 6), x.detach(), h.detach(), c.detach(),
-                                          c_next, gates, w_ih.detach(), w_hh, True, backend))  # fmt: skip
+    opcheck(
+        lstm_cell_bwd.custom_op,
+        (
+            torch.randn(3, 6),
+            torch.randn(3, 6),
+            x.detach(),
+            h.detach(),
+            c.detach(),
+            c_next,
+            gates,
+            w_ih.detach(),
+            w_hh,
+            True,
+            backend,
+        ),
+    )
     xp = torch.randn(4, 3, 24, generator=g).requires_grad_()
     lengths = torch.tensor([4, 0, 2], dtype=torch.int32)
     opcheck(lstm_recurrence_fwd.custom_op, (xp, h, c, w_hh.requires_grad_(), lengths, backend))
     opcheck(lstm_recurrence_infer.custom_op, (xp.detach(), h.detach(), c.detach(), w_hh.detach(), lengths, backend))
     hs, cs, gates = lstm_recurrence_fwd(xp.detach(), h.detach(), c.detach(), w_hh.detach(), lengths, backend)
-    opcheck(lstm_recurrence_bwd.custom_op, (torch.randn_like(hs), torch.randn_like(cs), hs, cs, gates,
-                                                w_hh.detach(), lengths, backend))  # fmt: skip
+    opcheck(
+        lstm_recurrence_bwd.custom_op,
+        (torch.randn_like(hs), torch.randn_like(cs), hs, cs, gates, w_hh.detach(), lengths, backend),
+    )
 
 
 def test_compiles_fullgraph():
@@ -243,8 +280,14 @@ def test_compiles_fullgraph():
 
 # Model sizes (T, B, input_size, H): stock (H 64, 128), sentiment (H 256) and H 1024 (per-step path)
 GPU_LAYER_SIZES = [(60, 64, 1, 64), (60, 128, 1, 128), (64, 64, 256, 256), (16, 64, 1024, 1024)]
-GPU_LAYER_PATHS = [("triton", None), ("triton", "slices"), ("triton", "per_step"), ("cuda", None),
-                   ("cuda", "persistent"), ("cuda", "per_step")]  # fmt: skip
+GPU_LAYER_PATHS = [
+    ("triton", None),
+    ("triton", "slices"),
+    ("triton", "per_step"),
+    ("cuda", None),
+    ("cuda", "persistent"),
+    ("cuda", "per_step"),
+]
 
 
 @pytest.mark.gpu
@@ -258,9 +301,15 @@ def test_gpu_layer(backend, path, sizes, dtype, monkeypatch):
     g = torch.Generator().manual_seed(12)
     lengths = torch.randint(1, T + 1, (B,), generator=g)
     lengths[0] = T
-    tensors = tuple(t.to(device="cuda", dtype=dtype) for t in (
-        torch.randn(T, B, IN, generator=g), torch.randn(B, H, generator=g), torch.randn(B, H, generator=g),
-        *_weights(IN, H, torch.float32, g)))  # fmt: skip
+    tensors = tuple(
+        t.to(device="cuda", dtype=dtype)
+        for t in (
+            torch.randn(T, B, IN, generator=g),
+            torch.randn(B, H, generator=g),
+            torch.randn(B, H, generator=g),
+            *_weights(IN, H, torch.float32, g),
+        )
+    )
     dy = torch.randn(T * B * H + 2 * B * H, generator=g).to(device="cuda", dtype=dtype)
     spec = _layer_ref(lengths.cuda())
 
@@ -281,9 +330,15 @@ def test_gpu_layer(backend, path, sizes, dtype, monkeypatch):
 def test_gpu_cell(backend, shape, dtype):
     B, IN, H = shape
     g = torch.Generator().manual_seed(14)
-    tensors = tuple(t.to(device="cuda", dtype=dtype) for t in (
-        torch.randn(B, IN, generator=g), torch.randn(B, H, generator=g), torch.randn(B, H, generator=g),
-        *_weights(IN, H, torch.float32, g)))  # fmt: skip
+    tensors = tuple(
+        t.to(device="cuda", dtype=dtype)
+        for t in (
+            torch.randn(B, IN, generator=g),
+            torch.randn(B, H, generator=g),
+            torch.randn(B, H, generator=g),
+            *_weights(IN, H, torch.float32, g),
+        )
+    )
     dy = torch.randn(2 * B * H, generator=g).to(device="cuda", dtype=dtype)
 
     def ours(*t):

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from deepfuse.training.task import Data, Task
 from deepfuse.nn import FusedLinear
 from deepfuse.training import make_config, train
+from deepfuse.training.task import Data, Task
 
 SAMPLES = 96  # divisible by every global batch the test uses: equal parts on both processes
 
@@ -24,8 +24,12 @@ class TinyTask(Task):
         generator = torch.Generator().manual_seed(5)
         x = torch.randn(SAMPLES + 32, 6, generator=generator)
         y = (x[:, 0] + x[:, 1] * x[:, 2] > 0).long()
-        return Data(TensorDataset(x[:SAMPLES], y[:SAMPLES]), TensorDataset(x[SAMPLES:], y[SAMPLES:]),
-                    state={}, summary="synthetic")  # fmt: skip
+        return Data(
+            TensorDataset(x[:SAMPLES], y[:SAMPLES]),
+            TensorDataset(x[SAMPLES:], y[SAMPLES:]),
+            state={},
+            summary="synthetic",
+        )
 
     def build(self, config, state):
         return nn.Sequential(FusedLinear(6, 16, activation="gelu"), nn.Dropout(0.0), FusedLinear(16, 2))

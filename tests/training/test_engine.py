@@ -50,8 +50,10 @@ def test_resume_after_an_interrupt_reaches_the_same_weights_bitwise(tmp_path, mo
     resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")
     assert straight["global_step"] == resumed["global_step"] == 40
     assert_same_training_state(straight, resumed)  # weights, buffers, every optimizer tensor and step
-    assert straight["history"] == [{**row, "seconds": s["seconds"], "samples_per_s": s["samples_per_s"]}
-                                   for row, s in zip(resumed["history"], straight["history"], strict=True)]
+    assert straight["history"] == [
+        {**row, "seconds": s["seconds"], "samples_per_s": s["samples_per_s"]}
+        for row, s in zip(resumed["history"], straight["history"], strict=True)
+    ]
 
 
 def test_run_folder_files(tmp_path):
@@ -62,8 +64,14 @@ def test_run_folder_files(tmp_path):
         rows = list(csv.DictReader(file))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
-    for name in ("metrics.json", "last.pt", "best.pt", "learning_curves.png", "confusion_matrix.png",
-                 "misclassified.png"):  # fmt: skip
+    for name in (
+        "metrics.json",
+        "last.pt",
+        "best.pt",
+        "learning_curves.png",
+        "confusion_matrix.png",
+        "misclassified.png",
+    ):
         assert (tmp_path / name).stat().st_size > 0, name
     assert metrics["layers"]["features.0"] == "conv2d_act: torch"
 
@@ -136,9 +144,20 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path)
     env.pop("TRITON_INTERPRET", None)
     runs = {
         "single": [sys.executable, "-m", "tests.training.ddp_task", str(tmp_path / "single"), "16"],
-        "ddp": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-                "-m", "tests.training.ddp_task", str(tmp_path / "ddp"), "8"],
-    }  # fmt: skip
+        "ddp": [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "-m",
+            "tests.training.ddp_task",
+            str(tmp_path / "ddp"),
+            "8",
+        ],
+    }
     for name, command in runs.items():
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, f"{name}: {done.stderr[-3000:]}"
@@ -160,10 +179,15 @@ def test_resume_keeps_the_runs_own_plan(tmp_path):
     assert payload["epochs"] == 1 and payload["config"]["epochs"] == 1
 
 
-@pytest.mark.parametrize("setting,value,message", [
-    ("epochs", 0, "--epochs must be positive"), ("batch_size", 0, "--batch-size must be positive"),
-    ("lr", -1.0, "--lr must be positive"), ("workers", -1, "--workers must be 0 or more"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "setting,value,message",
+    [
+        ("epochs", 0, "--epochs must be positive"),
+        ("batch_size", 0, "--batch-size must be positive"),
+        ("lr", -1.0, "--lr must be positive"),
+        ("workers", -1, "--workers must be 0 or more"),
+    ],
+)
 def test_unusable_numbers_are_clear_errors(setting, value, message):
     with pytest.raises(RunError, match=message):
         make_config(DIGITS, **{setting: value})

@@ -22,11 +22,11 @@ from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
 from deepfuse import cli, models
-from deepfuse.training.task import Data, Task
 from deepfuse.training import RunError, make_config, run_lock, train
 from deepfuse.training.checkpoint import load_checkpoint
 from deepfuse.training.engine import fit, prepare
 from deepfuse.training.run_lock import LOCK_NAME
+from deepfuse.training.task import Data, Task
 
 DIGITS = models.get("digits")
 

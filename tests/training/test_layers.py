@@ -21,8 +21,9 @@ def test_a_training_only_fallback_is_reported_with_its_reason():
     rows = _rows(model, lambda: model(src))
     attention = rows["0.self_attn"]
     assert "attention: torch in eval" in attention
-    assert ("multihead_attention: torch in training (attention dropout 0.1 in training: the flash kernels have no "
-            "dropout)") in attention  # fmt: skip
+    assert (
+        "multihead_attention: torch in training (attention dropout 0.1 in training: the flash kernels have no dropout)"
+    ) in attention
     assert rows["1"] == "linear_act: torch"
     assert not model.training and not model[0].self_attn.training  # flags restored
 
@@ -56,5 +57,7 @@ def test_need_weights_reports_the_second_pass():
     x = torch.randn(5, 3, 8)
     with deepfuse.use_backend("triton"):
         rows = _rows(model, lambda: model(x, x, x))
-    assert rows["(model)"] == ("attention: triton, attention_weights: torch (need_weights=True: the weights come "
-                               "from a second pass in torch ops), linear_act: triton")  # fmt: skip
+    assert rows["(model)"] == (
+        "attention: triton, attention_weights: torch (need_weights=True: the weights come "
+        "from a second pass in torch ops), linear_act: triton"
+    )

@@ -50,8 +50,9 @@ def test_diebold_mariano_matches_a_loop_implementation(loss, horizon, lags):
     truth = rng.standard_t(4, 301)
     model, naive = truth - 0.3 * rng.normal(size=301), truth - rng.normal(size=301)
     result = diebold_mariano(model, naive, loss, horizon, lags)
-    statistic, p_value = _dm_by_loops(model.tolist(), naive.tolist(), loss, horizon,
-                                      horizon - 1 if lags is None else lags)  # fmt: skip
+    statistic, p_value = _dm_by_loops(
+        model.tolist(), naive.tolist(), loss, horizon, horizon - 1 if lags is None else lags
+    )
     assert result.statistic == pytest.approx(statistic, rel=1e-10)
     assert result.p_value == pytest.approx(p_value, rel=1e-8)
     assert result.better == "first" and result.p_value < 1e-6  # the smaller errors are found, clearly
@@ -105,5 +106,9 @@ def test_verdict_claims_a_win_only_when_significant():
     assert verdict(worse, "the model", "naive").startswith("the model is worse than naive (p = ")
     undefined = diebold_mariano([1.0, 2.0], [0.0, 0.0])
     assert verdict(undefined, "the model", "naive").startswith("the model cannot be tested against naive (")
-    assert undefined.to_dict("dm") == {"dm_statistic": None, "dm_p_value": None, "dm_n": 2,
-                                       "dm_reason": "undefined: 2 days"}  # fmt: skip
+    assert undefined.to_dict("dm") == {
+        "dm_statistic": None,
+        "dm_p_value": None,
+        "dm_n": 2,
+        "dm_reason": "undefined: 2 days",
+    }

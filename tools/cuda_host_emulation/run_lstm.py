@@ -51,9 +51,23 @@ def build(build_dir: Path) -> Path:
     build_dir.mkdir(parents=True, exist_ok=True)
     source = write_host_source(REPO / "csrc" / "lstm.cu", build_dir / "lstm_host.cpp")
     lib = build_dir / "liblstm_host_emu.so"
-    cmd = ["g++", "-std=c++20", "-fsanitize=address,undefined", "-O1", "-g", "-fno-omit-frame-pointer", "-fPIC",
-           "-shared", "-pthread", f"-I{HERE}", f"-I{REPO / 'csrc'}", f"-I{cuda_include()}", str(source), "-o",
-           str(lib)]  # fmt: skip
+    cmd = [
+        "g++",
+        "-std=c++20",
+        "-fsanitize=address,undefined",
+        "-O1",
+        "-g",
+        "-fno-omit-frame-pointer",
+        "-fPIC",
+        "-shared",
+        "-pthread",
+        f"-I{HERE}",
+        f"-I{REPO / 'csrc'}",
+        f"-I{cuda_include()}",
+        str(source),
+        "-o",
+        str(lib),
+    ]
     start = time.time()
     print("building:", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
@@ -63,15 +77,19 @@ def build(build_dir: Path) -> Path:
 
 def run_child(lib: Path) -> int:
     """The library is loaded into Python, so the sanitizer runtimes must be preloaded into a fresh interpreter."""
-    runtimes = [subprocess.run(["g++", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
-                for name in ("libasan.so", "libubsan.so")]  # fmt: skip
+    runtimes = [
+        subprocess.run(["g++", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+        for name in ("libasan.so", "libubsan.so")
+    ]
     env = dict(os.environ)
-    env.update({
-        CHILD_FLAG: str(lib),
-        "LD_PRELOAD": " ".join(runtimes),
-        "ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1",  # torch's own allocations would be reported as leaks
-        "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
-    })  # fmt: skip
+    env.update(
+        {
+            CHILD_FLAG: str(lib),
+            "LD_PRELOAD": " ".join(runtimes),
+            "ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1",  # torch's own allocations would be reported as leaks
+            "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
+        }
+    )
     return subprocess.run([sys.executable, __file__, *sys.argv[1:]], env=env).returncode
 
 
@@ -93,8 +111,13 @@ def load(lib_path: str) -> None:
     from tests import tolerances
 
     torch, ATOL, max_error = _torch, tolerances.ATOL, tolerances.max_error
-    for name in ("_cell_fwd_torch", "_cell_grad_gates_torch", "_recurrence_fwd_torch", "_recurrence_bwd_torch",
-                 "_last_states"):  # fmt: skip
+    for name in (
+        "_cell_fwd_torch",
+        "_cell_grad_gates_torch",
+        "_recurrence_fwd_torch",
+        "_recurrence_bwd_torch",
+        "_last_states",
+    ):
         REF[name] = getattr(ref_lstm, name)
     LIB = ctypes.CDLL(lib_path)
     LIB.df_error.restype = ctypes.c_char_p
@@ -157,8 +180,22 @@ def run_cell(B, IN, H, dtype, layout, with_bias, save_gates, seed):
     strides = (I64 * 10)(*xv.stride(), *hv.stride(), *cv.stride(), *w_ihv.stride(), *w_hhv.stride())
     h_next, c_next = poisoned((B, H), dtype), poisoned((B, H), dtype)
     gates = poisoned((B, 4 * H), dtype) if save_gates else None
-    rc = LIB.df_cell_fwd(ptr(xv), ptr(hv), ptr(cv), ptr(w_ihv), ptr(w_hhv), strides, ptr(bias), ptr(h_next),
-                         ptr(c_next), ptr(gates), I64(B), I64(IN), I64(H), CODES[dtype])  # fmt: skip
+    rc = LIB.df_cell_fwd(
+        ptr(xv),
+        ptr(hv),
+        ptr(cv),
+        ptr(w_ihv),
+        ptr(w_hhv),
+        strides,
+        ptr(bias),
+        ptr(h_next),
+        ptr(c_next),
+        ptr(gates),
+        I64(B),
+        I64(IN),
+        I64(H),
+        CODES[dtype],
+    )
     assert rc == 0, LIB.df_error().decode()
     up = [t.double() if t is not None else None for t in (x, h, c, w_ih, w_hh, bias)]
     ref = REF["_cell_fwd_torch"](*up)
@@ -173,8 +210,18 @@ def run_cell(B, IN, H, dtype, layout, with_bias, save_gates, seed):
     gates_in = gates if save_gates else yard[2]
     for with_dc in (True, False):
         dgates, dc_prev = poisoned((B, 4 * H), dtype), poisoned((B, H), dtype)
-        rc = LIB.df_cell_grad_gates(ptr(dh), ptr(dc) if with_dc else ctypes.c_void_p(0), ptr(c), ptr(c_next),
-                                    ptr(gates_in), ptr(dgates), ptr(dc_prev), I64(B), I64(H), CODES[dtype])  # fmt: skip
+        rc = LIB.df_cell_grad_gates(
+            ptr(dh),
+            ptr(dc) if with_dc else ctypes.c_void_p(0),
+            ptr(c),
+            ptr(c_next),
+            ptr(gates_in),
+            ptr(dgates),
+            ptr(dc_prev),
+            I64(B),
+            I64(H),
+            CODES[dtype],
+        )
         assert rc == 0, LIB.df_error().decode()
         dc_arg = dc if with_dc else torch.zeros_like(dc)
         ref = REF["_cell_grad_gates_torch"](*(t.double() for t in (dh, dc_arg, c, c_next, gates_in)))
@@ -221,12 +268,32 @@ def run_seq(T, B, H, dtype, with_lengths, path, w_layout, seed):
         c_n = poisoned((B, H), dtype)
         c_work = poisoned((B, H), torch.float32)
         LIB.df_reset_counters()
-        rc = LIB.df_seq_fwd(ptr(xp), ptr(wv), I64(wv.stride(0)), I64(wv.stride(1)), ptr(lengths), ptr(hs),
-                            ptr(c0_arg), ptr(cs), ptr(gates), ptr(c_n), ctypes.c_void_p(c_work.data_ptr()), I64(T),
-                            I64(B), I64(H), CODES[dtype], PATHS[path])  # fmt: skip
+        rc = LIB.df_seq_fwd(
+            ptr(xp),
+            ptr(wv),
+            I64(wv.stride(0)),
+            I64(wv.stride(1)),
+            ptr(lengths),
+            ptr(hs),
+            ptr(c0_arg),
+            ptr(cs),
+            ptr(gates),
+            ptr(c_n),
+            ctypes.c_void_p(c_work.data_ptr()),
+            I64(T),
+            I64(B),
+            I64(H),
+            CODES[dtype],
+            PATHS[path],
+        )
         assert rc == 0, LIB.df_error().decode()
-        launches = (LIB.df_launches(), LIB.df_coop_launches(), LIB.df_grid_syncs(), LIB.df_last_grid(0),
-                    LIB.df_last_grid(1))  # fmt: skip
+        launches = (
+            LIB.df_launches(),
+            LIB.df_coop_launches(),
+            LIB.df_grid_syncs(),
+            LIB.df_last_grid(0),
+            LIB.df_last_grid(1),
+        )
         if T > 0 and B > 0:
             if path == "persistent":
                 assert launches[:3] == (1, 1, T - 1), launches
@@ -257,9 +324,25 @@ def run_seq(T, B, H, dtype, with_lengths, path, w_layout, seed):
     dh0, dc0 = poisoned((B, H), dtype), poisoned((B, H), dtype)
     work = poisoned((2, B, H), torch.float32)
     LIB.df_reset_counters()
-    rc = LIB.df_seq_bwd(ptr(dhs), ptr(dcs), ptr(cs_t), ptr(gates_t), ptr(wv), I64(wv.stride(0)), I64(wv.stride(1)),
-                        ptr(lengths), ptr(dgates), ptr(dh0), ptr(dc0), ctypes.c_void_p(work.data_ptr()), I64(T),
-                        I64(B), I64(H), CODES[dtype], PATHS[path])  # fmt: skip
+    rc = LIB.df_seq_bwd(
+        ptr(dhs),
+        ptr(dcs),
+        ptr(cs_t),
+        ptr(gates_t),
+        ptr(wv),
+        I64(wv.stride(0)),
+        I64(wv.stride(1)),
+        ptr(lengths),
+        ptr(dgates),
+        ptr(dh0),
+        ptr(dc0),
+        ctypes.c_void_p(work.data_ptr()),
+        I64(T),
+        I64(B),
+        I64(H),
+        CODES[dtype],
+        PATHS[path],
+    )
     assert rc == 0, LIB.df_error().decode()
     blaunches = (LIB.df_launches(), LIB.df_coop_launches(), LIB.df_grid_syncs())
     if T > 0 and B > 0:
@@ -355,10 +438,20 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a small representative subset (a few minutes)")
     p.add_argument("--what", choices=["all", "cell", "seq"], default="all", help="which kernels (default all)")
-    p.add_argument("--path", nargs="+", choices=["persistent", "per_step", "auto"], default=None,
-                   help="sequence paths (default persistent per_step)")  # fmt: skip
-    p.add_argument("--dtype", nargs="+", choices=["float32", "float16", "bfloat16"], default=None,
-                   help="dtypes (default: float32 float16 with --quick, all three without)")  # fmt: skip
+    p.add_argument(
+        "--path",
+        nargs="+",
+        choices=["persistent", "per_step", "auto"],
+        default=None,
+        help="sequence paths (default persistent per_step)",
+    )
+    p.add_argument(
+        "--dtype",
+        nargs="+",
+        choices=["float32", "float16", "bfloat16"],
+        default=None,
+        help="dtypes (default: float32 float16 with --quick, all three without)",
+    )
     p.add_argument("--sms", type=int, default=6, help="emulated SM count (default 6; small grids need few threads)")
     p.add_argument("--occ", type=int, default=2, help="emulated cap on blocks per SM (default 2)")
     p.add_argument("--build-dir", type=Path, help="build here and keep it (default: a temporary directory)")

@@ -37,12 +37,22 @@ def _dense_cases(device, dtype, quick):
         batch = max(1, (TOKENS if device.type == "cuda" else 128) // n)
         heads = HEADS if device.type == "cuda" else 2
         g = torch.Generator(device=device).manual_seed(n + d)
-        q, k, v = (torch.randn(batch, heads, n, d, device=device, dtype=dtype, generator=g).requires_grad_()
-                   for _ in range(3))  # fmt: skip
+        q, k, v = (
+            torch.randn(batch, heads, n, d, device=device, dtype=dtype, generator=g).requires_grad_() for _ in range(3)
+        )
         dy = torch.randn(batch, heads, n, d, device=device, dtype=dtype, generator=g)
         flops = 4 * batch * heads * n * n * d // (2 if causal else 1)
-        cases.append(runner.Case("attention", f"B{batch}H{heads}N{n}D{d}{'-causal' if causal else ''}",
-                                 (q, k, v, causal), dy, flops, 4 * q.numel() * q.element_size(), 3.5))  # fmt: skip
+        cases.append(
+            runner.Case(
+                "attention",
+                f"B{batch}H{heads}N{n}D{d}{'-causal' if causal else ''}",
+                (q, k, v, causal),
+                dy,
+                flops,
+                4 * q.numel() * q.element_size(),
+                3.5,
+            )
+        )
     return cases
 
 
@@ -55,14 +65,24 @@ def _padded_cases(device, dtype, quick):
     q, k, v = (torch.randn(batch, heads, n, d, device=device, dtype=dtype) for _ in range(3))
     for t in (q, k, v):
         t.masked_fill_(mask[:, None, :, None], 0.0)
-    packed = [torch.cat([t[i, :, : lengths[i]].transpose(0, 1) for i in range(batch)]).requires_grad_()
-              for t in (q, k, v)]  # fmt: skip
+    packed = [
+        torch.cat([t[i, :, : lengths[i]].transpose(0, 1) for i in range(batch)]).requires_grad_() for t in (q, k, v)
+    ]
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     dy = torch.randn(batch, heads, n, d, device=device, dtype=dtype)
     real = int((lengths.double() ** 2).sum()) * 4 * heads * d  # the work on real tokens only
     inputs = (q, k, v, mask, *packed, cu, int(lengths.max()))
-    return [runner.Case("attention", f"imdb-padded-B{batch}N{n}H{heads}D{d}", inputs, dy, real,
-                        4 * sum(t.numel() for t in packed) * q.element_size(), 3.5)]  # fmt: skip
+    return [
+        runner.Case(
+            "attention",
+            f"imdb-padded-B{batch}N{n}H{heads}D{d}",
+            inputs,
+            dy,
+            real,
+            4 * sum(t.numel() for t in packed) * q.element_size(),
+            3.5,
+        )
+    ]
 
 
 def cases(device: torch.device, dtype: torch.dtype, quick: bool) -> dict:
@@ -96,8 +116,9 @@ def _padded_providers(device):
 
     for name in ("triton", "cuda"):
         if deepfuse.available_backends()[name][0]:
-            found[f"{name}_masked"] = (lambda q, k, v, mask, *rest, _n=name:
-                                       attention(q, k, v, key_padding_mask=mask, backend=_n))  # fmt: skip
+            found[f"{name}_masked"] = lambda q, k, v, mask, *rest, _n=name: attention(
+                q, k, v, key_padding_mask=mask, backend=_n
+            )
     if deepfuse.available_backends()["triton"][0]:
 
         def varlen(q, k, v, mask, qp, kp, vp, cu, max_len):
@@ -111,12 +132,16 @@ def _padded_providers(device):
 
 
 def providers(device: torch.device) -> dict:
-    dense = {"torch": _sdpa("MATH") if device.type == "cuda" else
-             (lambda q, k, v, causal: attention_ref(q, k, v, causal=causal))}  # fmt: skip
+    dense = {
+        "torch": _sdpa("MATH")
+        if device.type == "cuda"
+        else (lambda q, k, v, causal: attention_ref(q, k, v, causal=causal))
+    }
     if device.type == "cuda":
         dense |= {f"sdpa_{name.lower()}": _sdpa(name) for name in SDPA_BACKENDS}
-        dense["torch_compile"] = torch.compile(lambda q, k, v, causal: F.scaled_dot_product_attention(
-            q, k, v, is_causal=causal))  # fmt: skip
+        dense["torch_compile"] = torch.compile(
+            lambda q, k, v, causal: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        )
 
         dense |= {name: _deepfuse(name) for name in ("triton", "cuda") if deepfuse.available_backends()[name][0]}
     return {"dense": dense, "padded": _padded_providers(device)}

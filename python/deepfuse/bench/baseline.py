@@ -61,16 +61,25 @@ def _twin_of(module: nn.Module) -> nn.Module | None:
     if isinstance(module, dfnn.FusedConv2d):
         return _as_torch_class(module, ConvAct, module.activation)
     if isinstance(module, dfnn.TransformerEncoderLayer):
-        twin = nn.TransformerEncoderLayer(module.linear1.in_features, module.self_attn.num_heads,
-                                          module.linear1.out_features, module.dropout.p,
-                                          activation_module(module.linear1.activation), module.norm1.eps,
-                                          module.self_attn.batch_first, module.norm_first,
-                                          module.linear1.bias is not None)  # fmt: skip
+        twin = nn.TransformerEncoderLayer(
+            module.linear1.in_features,
+            module.self_attn.num_heads,
+            module.linear1.out_features,
+            module.dropout.p,
+            activation_module(module.linear1.activation),
+            module.norm1.eps,
+            module.self_attn.batch_first,
+            module.norm_first,
+            module.linear1.bias is not None,
+        )
         twin.load_state_dict(module.state_dict())
         twin.self_attn.dropout = module.self_attn.dropout
         return twin.to(module.linear1.weight.device, module.linear1.weight.dtype)
-    for deepfuse_class, torch_class in ((dfnn.MultiheadAttention, nn.MultiheadAttention), (dfnn.LSTM, nn.LSTM),
-                                        (dfnn.LSTMCell, nn.LSTMCell)):  # fmt: skip
+    for deepfuse_class, torch_class in (
+        (dfnn.MultiheadAttention, nn.MultiheadAttention),
+        (dfnn.LSTM, nn.LSTM),
+        (dfnn.LSTMCell, nn.LSTMCell),
+    ):
         if isinstance(module, deepfuse_class):
             return _as_torch_class(module, torch_class)
     return None

@@ -49,8 +49,16 @@ def cases(device: torch.device, dtype: torch.dtype, quick: bool) -> list[runner.
         flops = 2 * batch * oh * ow * cout * fan_in
         min_bytes = x.element_size() * (x.numel() + w.numel() + cout + out.numel())
         geometry = (stride, padding, 1, groups)  # dilation 1
-        result.append(runner.Case("conv2d_act", f"{name}:{batch}x{cin}x{H}x{W}->{cout}k{k}s{stride}g{groups}",
-                                  (x, w, b, *geometry), dy, flops, min_bytes))  # fmt: skip
+        result.append(
+            runner.Case(
+                "conv2d_act",
+                f"{name}:{batch}x{cin}x{H}x{W}->{cout}k{k}s{stride}g{groups}",
+                (x, w, b, *geometry),
+                dy,
+                flops,
+                min_bytes,
+            )
+        )
     return result
 
 

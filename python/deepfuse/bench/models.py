@@ -34,8 +34,9 @@ def _count_flops(model, inputs) -> int:
     with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof, counter:
         model(*inputs)
     # The torch backend's labels wrap aten ops the counter already saw: only kernel backends' labels add FLOPs.
-    labelled = sum(label["flops"] for event in prof.events()
-                   if (label := parse_label(event.name)) and label["backend"] != "torch")  # fmt: skip
+    labelled = sum(
+        label["flops"] for event in prof.events() if (label := parse_label(event.name)) and label["backend"] != "torch"
+    )
     return int(counter.get_total_flops()) + labelled
 
 
@@ -66,8 +67,7 @@ def model_case(name: str, device: torch.device, quick: bool):
     inputs = tuple(t.to(device) for t in inputs)
     targets = targets.to(device)
     flops = _count_flops(copy.deepcopy(model), inputs)
-    case = runner.Case(f"model:{name}", f"batch {batch}", (*inputs, targets), torch.ones((), device=device),
-                       flops, 0)  # fmt: skip
+    case = runner.Case(f"model:{name}", f"batch {batch}", (*inputs, targets), torch.ones((), device=device), flops, 0)
     return task, model, case, batch
 
 
@@ -78,8 +78,9 @@ def providers_for(task, model, device: torch.device, example_inputs: tuple) -> d
     for amp_name, amp in amps.items():
         found[f"torch_{amp_name}"] = _provider(twin, task, "torch", amp, device)
         if device.type == "cuda":
-            found[f"torch_compile_{amp_name}"] = torch.compile(_provider(copy.deepcopy(twin), task, "torch", amp,
-                                                                         device))  # fmt: skip
+            found[f"torch_compile_{amp_name}"] = torch.compile(
+                _provider(copy.deepcopy(twin), task, "torch", amp, device)
+            )
         found[f"deepfuse_torch_{amp_name}"] = _provider(model, task, "torch", amp, device)
         if device.type == "cuda":
             for backend in ("triton", "cuda"):

@@ -61,18 +61,47 @@ def _op_cases(size: str, device) -> list[Case]:
     b_ih, b_hh = _randn(4 * Hl, device=device), _randn(4 * Hl, device=device)
     ops = deepfuse.ops
     return [
-        Case("linear_act gelu", size, f"{M}x{K}->{N}", lambda *a: ops.linear_act(*a, "gelu"),
-             lambda x, w, b: F.gelu(F.linear(x, w, b)), (x, w, b)),
-        Case("conv2d_act relu", size, f"{B}x{C}x{H}x{H} 3x3", lambda *a: ops.conv2d_act(*a, padding=1,
-             activation="relu"), lambda x, w, b: F.relu(F.conv2d(x, w, b, padding=1)), (xc, wc, bc)),
-        Case("attention causal", size, "x".join(map(str, shape)), lambda *a: ops.attention(*a, causal=True),
-             lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), (q, k, v)),
-        Case("lstm_cell", size, f"B{Bl} H{Hl}", lambda *a: ops.lstm_cell(*a)[0],
-             lambda x, h, c, *w: torch.lstm_cell(x, (h, c), *w)[0], (xl[0], h0, c0, w_ih, w_hh, b_ih, b_hh)),
-        Case("lstm_layer", size, f"T{T} B{Bl} H{Hl}", lambda *a: ops.lstm_layer(*a)[0],
-             lambda x, h, c, *w: torch.lstm(x, (h[None], c[None]), w, True, 1, 0.0, True, False, False)[0],
-             (xl, h0, c0, w_ih, w_hh, b_ih, b_hh)),
-    ]  # fmt: skip
+        Case(
+            "linear_act gelu",
+            size,
+            f"{M}x{K}->{N}",
+            lambda *a: ops.linear_act(*a, "gelu"),
+            lambda x, w, b: F.gelu(F.linear(x, w, b)),
+            (x, w, b),
+        ),
+        Case(
+            "conv2d_act relu",
+            size,
+            f"{B}x{C}x{H}x{H} 3x3",
+            lambda *a: ops.conv2d_act(*a, padding=1, activation="relu"),
+            lambda x, w, b: F.relu(F.conv2d(x, w, b, padding=1)),
+            (xc, wc, bc),
+        ),
+        Case(
+            "attention causal",
+            size,
+            "x".join(map(str, shape)),
+            lambda *a: ops.attention(*a, causal=True),
+            lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+            (q, k, v),
+        ),
+        Case(
+            "lstm_cell",
+            size,
+            f"B{Bl} H{Hl}",
+            lambda *a: ops.lstm_cell(*a)[0],
+            lambda x, h, c, *w: torch.lstm_cell(x, (h, c), *w)[0],
+            (xl[0], h0, c0, w_ih, w_hh, b_ih, b_hh),
+        ),
+        Case(
+            "lstm_layer",
+            size,
+            f"T{T} B{Bl} H{Hl}",
+            lambda *a: ops.lstm_layer(*a)[0],
+            lambda x, h, c, *w: torch.lstm(x, (h[None], c[None]), w, True, 1, 0.0, True, False, False)[0],
+            (xl, h0, c0, w_ih, w_hh, b_ih, b_hh),
+        ),
+    ]
 
 
 def _layer_cases(size: str, device) -> list[Case]:
@@ -85,21 +114,45 @@ def _layer_cases(size: str, device) -> list[Case]:
     image = _randn(B, C, H, H, device=device)
     sequence = _randn(Bl, T, Hl, device=device)
     layers = [
-        ("FusedLinear gelu", f"{batch}x{width}->{width // 2}", dfnn.FusedLinear(width, width // 2, activation="gelu"),
-         (x,), "train"),
-        ("ConvBNAct relu", f"{B}x{C}x{H}x{H} 3x3", dfnn.ConvBNAct(C, C, 3, padding=1, activation="relu"), (image,),
-         "train"),
-        ("ConvBNAct relu", f"{B}x{C}x{H}x{H} 3x3", dfnn.ConvBNAct(C, C, 3, padding=1, activation="relu"), (image,),
-         "eval"),
+        (
+            "FusedLinear gelu",
+            f"{batch}x{width}->{width // 2}",
+            dfnn.FusedLinear(width, width // 2, activation="gelu"),
+            (x,),
+            "train",
+        ),
+        (
+            "ConvBNAct relu",
+            f"{B}x{C}x{H}x{H} 3x3",
+            dfnn.ConvBNAct(C, C, 3, padding=1, activation="relu"),
+            (image,),
+            "train",
+        ),
+        (
+            "ConvBNAct relu",
+            f"{B}x{C}x{H}x{H} 3x3",
+            dfnn.ConvBNAct(C, C, 3, padding=1, activation="relu"),
+            (image,),
+            "eval",
+        ),
         ("ResidualBlock", f"{B}x{C}x{H}x{H}", dfnn.ResidualBlock(C, C), (image,), "eval"),
         ("MultiheadAttention", f"{tuple(seq.shape)} heads {heads}", _MHA(seq.shape[-1], heads), (seq,), "train"),
-        ("TransformerEncoderLayer", f"{tuple(seq.shape)} heads {heads}",
-         dfnn.TransformerEncoderLayer(seq.shape[-1], heads, 2 * seq.shape[-1], dropout=0.0, batch_first=True),
-         (seq,), "train"),
-        ("LSTM bidirectional", f"B{Bl} T{T} H{Hl}", _FirstOutput(dfnn.LSTM(Hl, Hl, batch_first=True,
-         bidirectional=True)), (sequence,), "train"),
+        (
+            "TransformerEncoderLayer",
+            f"{tuple(seq.shape)} heads {heads}",
+            dfnn.TransformerEncoderLayer(seq.shape[-1], heads, 2 * seq.shape[-1], dropout=0.0, batch_first=True),
+            (seq,),
+            "train",
+        ),
+        (
+            "LSTM bidirectional",
+            f"B{Bl} T{T} H{Hl}",
+            _FirstOutput(dfnn.LSTM(Hl, Hl, batch_first=True, bidirectional=True)),
+            (sequence,),
+            "train",
+        ),
         ("LSTMCell", f"B{Bl} H{Hl}", _FirstOutput(dfnn.LSTMCell(Hl, Hl)), (sequence[:, 0],), "train"),
-    ]  # fmt: skip
+    ]
     cases = []
     for name, shape, layer, inputs, mode in layers:
         layer = layer.to(device).train(mode == "train")
@@ -204,9 +257,18 @@ def run(sizes=("tiny", "model"), modes=("fwd", "fwdbwd"), device=None) -> list[d
                 if device.type == "cuda":
                     calls |= {f"{name}+graph": _as_graph(call, device) for name, call in list(calls.items())}
                 for provider, (median, p20, p80) in _per_call_us(calls, device).items():
-                    rows.append({"op": f"overhead:{case.name}", "shape": f"{case.size} {case.shape}", "mode": mode,
-                                 "provider": provider, "dtype": "float32", "median_ms": median / 1000,
-                                 "p20_ms": p20 / 1000, "p80_ms": p80 / 1000})  # fmt: skip
+                    rows.append(
+                        {
+                            "op": f"overhead:{case.name}",
+                            "shape": f"{case.size} {case.shape}",
+                            "mode": mode,
+                            "provider": provider,
+                            "dtype": "float32",
+                            "median_ms": median / 1000,
+                            "p20_ms": p20 / 1000,
+                            "p80_ms": p80 / 1000,
+                        }
+                    )
     return rows
 
 
@@ -226,8 +288,10 @@ def table(rows: list[dict]) -> str:
             row["median_ms"] * 1000
         )
     providers = sorted({p for times in keyed.values() for p in times if p != "torch"})
-    lines = ["| call | size | mode | torch µs | " + " | ".join(f"{p} µs (ratio)" for p in providers) + " |",
-             "|---|---|---|---|" + "---|" * len(providers)]  # fmt: skip
+    lines = [
+        "| call | size | mode | torch µs | " + " | ".join(f"{p} µs (ratio)" for p in providers) + " |",
+        "|---|---|---|---|" + "---|" * len(providers),
+    ]
     for (name, shape, mode), times in keyed.items():
         cells = [f"{times[p]:.1f} ({times[p] / times['torch']:.2f}×)" if p in times else "" for p in providers]
         lines.append(f"| {name} | {shape} | {mode} | {times['torch']:.1f} | " + " | ".join(cells) + " |")

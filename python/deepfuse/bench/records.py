@@ -11,8 +11,20 @@ from deepfuse.provenance import environment
 
 __all__ = ["ROW_FIELDS", "ceiling_for", "environment", "gpu_folder", "markdown_table", "write_plots", "write_results"]
 
-ROW_FIELDS = ("op", "shape", "mode", "provider", "dtype", "median_ms", "p20_ms", "p80_ms", "tflops", "gbps",
-              "pct_of_peak", "peak_mem_mb")  # fmt: skip
+ROW_FIELDS = (
+    "op",
+    "shape",
+    "mode",
+    "provider",
+    "dtype",
+    "median_ms",
+    "p20_ms",
+    "p80_ms",
+    "tflops",
+    "gbps",
+    "pct_of_peak",
+    "peak_mem_mb",
+)
 
 
 def gpu_folder(env: dict) -> str:
@@ -56,8 +68,9 @@ def write_plots(rows: list[dict], env: dict, folder: Path, stem: str) -> list[Pa
     """The speedup and roofline PNGs beside a results file (none without matplotlib, and it says so)."""
     if not rows:
         return []
-    points = [{"label": f"{r['provider']} {r['mode']} {r['shape']}", "tflops": r["tflops"], "gbps": r["gbps"]}
-              for r in rows]  # fmt: skip
+    points = [
+        {"label": f"{r['provider']} {r['mode']} {r['shape']}", "tflops": r["tflops"], "gbps": r["gbps"]} for r in rows
+    ]
     written = [
         plots.speedup_chart(rows, folder / f"{stem}-speedup.png"),
         roofline_chart(points, folder / f"{stem}-roofline.png", ceiling_for(env.get("gpu")), stem),
@@ -74,7 +87,8 @@ def write_results(rows: list[dict], env: dict, out_dir: str | Path, name: str) -
     stem = f"{env['timestamp'][:10]}-{env['git_sha']}-{name}"
     json_path = folder / f"{stem}.json"
     json_path.write_text(json.dumps({"environment": env, "rows": rows}, indent=1) + "\n")
-    (folder / f"{stem}.md").write_text(f"# {name} — {env.get('gpu') or 'CPU'}\n\n"
-                                       f"```\n{json.dumps(env, indent=1)}\n```\n\n{markdown_table(rows)}")  # fmt: skip
+    (folder / f"{stem}.md").write_text(
+        f"# {name} — {env.get('gpu') or 'CPU'}\n\n```\n{json.dumps(env, indent=1)}\n```\n\n{markdown_table(rows)}"
+    )
     write_plots(rows, env, folder, stem)
     return json_path

@@ -80,15 +80,24 @@ def run(cases: list[Case], providers: dict[str, Callable], modes, device: torch.
                 continue
             dtype = case.grad_output.dtype
             tflops = flops / timing["median_ms"] / 1e9
-            rows.append({
-                "op": case.op, "shape": case.shape, "mode": mode, "provider": provider,
-                "dtype": str(dtype).removeprefix("torch."), **timing, "tflops": tflops,
-                "gbps": min_bytes / timing["median_ms"] / 1e6,
-                "pct_of_peak": 100 * tflops / ceiling["tflops"] if ceiling and dtype != torch.float32 else None,
-                "peak_mem_mb": peak_memory_mb(call, device),
-            })  # fmt: skip
-            _print(f"{case.op:>11} {case.shape:>28} {mode:>6} {provider:>28} {timing['median_ms']:9.4f} ms "
-                   f"{tflops:8.2f} TFLOP/s")  # fmt: skip
+            rows.append(
+                {
+                    "op": case.op,
+                    "shape": case.shape,
+                    "mode": mode,
+                    "provider": provider,
+                    "dtype": str(dtype).removeprefix("torch."),
+                    **timing,
+                    "tflops": tflops,
+                    "gbps": min_bytes / timing["median_ms"] / 1e6,
+                    "pct_of_peak": 100 * tflops / ceiling["tflops"] if ceiling and dtype != torch.float32 else None,
+                    "peak_mem_mb": peak_memory_mb(call, device),
+                }
+            )
+            _print(
+                f"{case.op:>11} {case.shape:>28} {mode:>6} {provider:>28} {timing['median_ms']:9.4f} ms "
+                f"{tflops:8.2f} TFLOP/s"
+            )
     return rows
 
 
@@ -116,8 +125,9 @@ def groups(cases, providers):
     return [(cases, providers)]
 
 
-def main(op: str, cases_for: Callable, providers_for: Callable, *, quick: bool, dtype: torch.dtype, modes,
-         out_dir) -> list[dict]:  # fmt: skip
+def main(
+    op: str, cases_for: Callable, providers_for: Callable, *, quick: bool, dtype: torch.dtype, modes, out_dir
+) -> list[dict]:
     """Runs one op's benchmark on the GPU, or a CPU smoke run of the torch provider; writes the results."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda":

@@ -49,24 +49,41 @@ def measure(num_envs: int, threads: str, image_size: int = 64, steps: int = 200,
         kernels.set_render_threads("auto")
     quantiles = statistics.quantiles(samples, n=10) if len(samples) > 1 else samples * 9
     median = statistics.median(samples)
-    return {"op": "drive_env", "shape": f"{num_envs} cars {image_size}x{image_size}", "mode": "step",
-            "provider": f"numba_{threads}", "dtype": "uint8", "median_ms": median, "p20_ms": quantiles[1],
-            "p80_ms": quantiles[7], "tflops": 0.0, "gbps": 0.0, "pct_of_peak": None, "peak_mem_mb": None,
-            "steps_per_s": num_envs / (median / 1000),
-            "resets_per_step": resets / (repeats * steps * num_envs)}  # fmt: skip
+    return {
+        "op": "drive_env",
+        "shape": f"{num_envs} cars {image_size}x{image_size}",
+        "mode": "step",
+        "provider": f"numba_{threads}",
+        "dtype": "uint8",
+        "median_ms": median,
+        "p20_ms": quantiles[1],
+        "p80_ms": quantiles[7],
+        "tflops": 0.0,
+        "gbps": 0.0,
+        "pct_of_peak": None,
+        "peak_mem_mb": None,
+        "steps_per_s": num_envs / (median / 1000),
+        "resets_per_step": resets / (repeats * steps * num_envs),
+    }
 
 
 def main(out_dir: str | Path = "benchmarks/results", quick: bool = True) -> list[dict]:
     """Measure, print a table, write the results files; returns the rows."""
     counts = (1, 16, 64) if quick else (1, 16, 64, 256)
     rows = [measure(n, threads) for n in counts for threads in ("auto", "serial", "parallel")]
-    env = records.environment() | {"numba": numba.__version__, "numba_threads": numba.get_num_threads(),
-                                   "threading_layer": _threading_layer(), "cpus": os.cpu_count(),
-                                   "load_average": list(os.getloadavg())}  # fmt: skip
+    env = records.environment() | {
+        "numba": numba.__version__,
+        "numba_threads": numba.get_num_threads(),
+        "threading_layer": _threading_layer(),
+        "cpus": os.cpu_count(),
+        "load_average": list(os.getloadavg()),
+    }
     lines = ["| cars | renderer | ms per step (p20–p80) | steps/s | resets per car-step |", "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['shape']} | {r['provider']} | {r['median_ms']:.3f} ({r['p20_ms']:.3f}–{r['p80_ms']:.3f}) "
-                     f"| {r['steps_per_s']:,.0f} | {r['resets_per_step']:.3f} |")  # fmt: skip
+        lines.append(
+            f"| {r['shape']} | {r['provider']} | {r['median_ms']:.3f} ({r['p20_ms']:.3f}–{r['p80_ms']:.3f}) "
+            f"| {r['steps_per_s']:,.0f} | {r['resets_per_step']:.3f} |"
+        )
     best = max(r["steps_per_s"] for r in rows)
     verdict = f"best {best:,.0f} rendered steps/s (goal {GOAL:,} on 2 cores; load average {env['load_average'][0]:.1f})"
     table = "\n".join(lines)
@@ -75,8 +92,9 @@ def main(out_dir: str | Path = "benchmarks/results", quick: bool = True) -> list
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{env['timestamp'][:10]}-{env['git_sha']}-drive_env"
     (folder / f"{stem}.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1) + "\n")
-    (folder / f"{stem}.md").write_text(f"# drive_env — CPU\n\n```\n{json.dumps(env, indent=1)}\n```\n\n{table}\n\n"
-                                       f"{verdict}\n")  # fmt: skip
+    (folder / f"{stem}.md").write_text(
+        f"# drive_env — CPU\n\n```\n{json.dumps(env, indent=1)}\n```\n\n{table}\n\n{verdict}\n"
+    )
     print(f"results: {folder / stem}.json")
     return rows
 

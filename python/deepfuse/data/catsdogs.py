@@ -24,8 +24,10 @@ CLASSES = ("cat", "dog")
 CLASS_FOLDERS = {"cat": 0, "cats": 0, "dog": 1, "dogs": 1}
 KAGGLE_NAME = re.compile(r"^(cat|dog)\.\d+\.[a-z]+$", re.IGNORECASE)
 VAL_FOLDERS = ("val", "valid", "validation")
-EXPECTED = ("expected Kaggle's layout (train/cat.0.jpg, train/dog.0.jpg ..., optionally test1/) or one folder "
-            "per class (cats/ and dogs/, directly or under train/)")  # fmt: skip
+EXPECTED = (
+    "expected Kaggle's layout (train/cat.0.jpg, train/dog.0.jpg ..., optionally test1/) or one folder "
+    "per class (cats/ and dogs/, directly or under train/)"
+)
 
 Items = list[tuple[Path, int]]
 
@@ -76,8 +78,10 @@ def _check_both_named(folder: Path, named: list[Path]) -> None:
     if len(found) < 2:
         (have,) = found
         other = CLASSES[1 - CLASSES.index(have)]
-        raise DataError(folder, f"has {have}.N images but no {other}.N images (Kaggle's layout; a classifier of "
-                                "cats and dogs needs both)")  # fmt: skip
+        raise DataError(
+            folder,
+            f"has {have}.N images but no {other}.N images (Kaggle's layout; a classifier of cats and dogs needs both)",
+        )
 
 
 def find_files(path: Path) -> CatsDogsFiles:
@@ -134,8 +138,11 @@ def read_catsdogs(path: Path, skip_bad: bool = False) -> CatsDogsFiles:
             kept = _labelled([f for f, _ in kept])
         if name == "train" and len({label for _, label in kept}) < 2:
             (left,) = {CLASSES[label] for _, label in kept}
-            raise DataError(path, f"no readable {CLASSES[1 - CLASSES.index(left)]} image is left in the train "
-                                  f"split (only {left}s): a classifier needs both classes")  # fmt: skip
+            raise DataError(
+                path,
+                f"no readable {CLASSES[1 - CLASSES.index(left)]} image is left in the train "
+                f"split (only {left}s): a classifier needs both classes",
+            )
         setattr(files, name, kept)
     return files
 

@@ -25,10 +25,12 @@ def load_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)
     labels = digits.target.astype(np.int64)
-    x_train, x_rest, y_train, y_rest = train_test_split(images, labels, test_size=0.3, random_state=SPLIT_SEED,
-                                                        stratify=labels)  # fmt: skip
-    x_val, x_test, y_val, y_test = train_test_split(x_rest, y_rest, test_size=0.5, random_state=SPLIT_SEED,
-                                                    stratify=y_rest)  # fmt: skip
+    x_train, x_rest, y_train, y_rest = train_test_split(
+        images, labels, test_size=0.3, random_state=SPLIT_SEED, stratify=labels
+    )
+    x_val, x_test, y_val, y_test = train_test_split(
+        x_rest, y_rest, test_size=0.5, random_state=SPLIT_SEED, stratify=y_rest
+    )
     return {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
 
 

@@ -127,8 +127,12 @@ def check_images(paths: Sequence[Path], skip_bad: bool = False, decode: bool | N
         others = f"; {len(bad) - 1} more unreadable image files" if len(bad) > 1 else ""
         raise BadImageError(bad[0][0], f"{bad[0][1]}{others} (skip_bad / --skip-bad skips them)")
     if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable image file{'s' if len(bad) > 1 else ''} of {len(paths)} "
-                      f"(first: {bad[0][0]}: {bad[0][1]})", BadImagesSkipped, stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"skipped {len(bad)} unreadable image file{'s' if len(bad) > 1 else ''} of {len(paths)} "
+            f"(first: {bad[0][0]}: {bad[0][1]})",
+            BadImagesSkipped,
+            stacklevel=2,
+        )
     return [p for p, problem in zip(paths, problems, strict=True) if problem is None]
 
 
@@ -276,6 +280,19 @@ class ImageDataset(Dataset):
         return self.transform(self.files[index]), torch.tensor(self.labels[index], dtype=torch.long)
 
 
-__all__ = ["Augment", "BadImageError", "BadImagesSkipped", "ImageDataset", "ImageTransform", "check_images",
-           "image_files", "image_problem", "input_images", "load_image", "natural_key", "normalise",
-           "random_resized_crop_box", "to_channels"]  # fmt: skip
+__all__ = [
+    "Augment",
+    "BadImageError",
+    "BadImagesSkipped",
+    "ImageDataset",
+    "ImageTransform",
+    "check_images",
+    "image_files",
+    "image_problem",
+    "input_images",
+    "load_image",
+    "natural_key",
+    "normalise",
+    "random_resized_crop_box",
+    "to_channels",
+]

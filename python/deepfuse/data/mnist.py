@@ -44,8 +44,9 @@ def read_idx(path: str | Path, expected_magic: int | None = None) -> np.ndarray:
     shape = struct.unpack(f">{dims}I", raw[4:header])
     size = int(np.prod(shape))
     if len(raw) - header != size:
-        raise DataError(path, f"truncated or padded: the header promises {size} bytes of data, the file holds "
-                              f"{len(raw) - header}")  # fmt: skip
+        raise DataError(
+            path, f"truncated or padded: the header promises {size} bytes of data, the file holds {len(raw) - header}"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 

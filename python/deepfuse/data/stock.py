@@ -81,16 +81,20 @@ def _header(rows: list[tuple[int, list[str]]], path: Path) -> tuple[list[tuple[s
     if first[0] == "Price" and len(rows) > 1 and rows[1][1][0] == "Ticker":
         tickers = rows[1][1]
         if len(tickers) != len(first):
-            raise DataError(path, f"the Ticker line has {len(tickers)} fields, the Price line {len(first)}",
-                            line=rows[1][0])  # fmt: skip
+            raise DataError(
+                path, f"the Ticker line has {len(tickers)} fields, the Price line {len(first)}", line=rows[1][0]
+            )
         start = 2
         if len(rows) > 2 and rows[2][1][0] == "Date" and not any(rows[2][1][1:]):
             start = 3
         return list(zip(first[1:], tickers[1:], strict=True)), start
     if first[0].lower() != "date":
-        raise DataError(path, f"not a Yahoo Finance CSV: the first line is {','.join(first)[:80]!r}, expected "
-                              f"{CLASSIC_HEADER!r} or yfinance's Price/Ticker/Date header lines",
-                        line=number)  # fmt: skip
+        raise DataError(
+            path,
+            f"not a Yahoo Finance CSV: the first line is {','.join(first)[:80]!r}, expected "
+            f"{CLASSIC_HEADER!r} or yfinance's Price/Ticker/Date header lines",
+            line=number,
+        )
     return [(name, path.stem) for name in first[1:]], 1
 
 
@@ -109,8 +113,9 @@ def read_csv(path: str | Path) -> list[PriceTable]:
     except OSError as error:
         raise DataError(path, f"cannot read ({error.strerror or error})") from None
     except UnicodeDecodeError as error:
-        raise DataError(path, f"not a text (UTF-8) file: byte 0x{error.object[error.start]:02x} at offset "
-                              f"{error.start}") from None  # fmt: skip
+        raise DataError(
+            path, f"not a text (UTF-8) file: byte 0x{error.object[error.start]:02x} at offset {error.start}"
+        ) from None
     rows = [(number, _fields(line)) for number, line in enumerate(text.split("\n"), start=1) if line.strip()]
     if not rows:
         raise DataError(path, "empty file")
@@ -127,8 +132,9 @@ def read_csv(path: str | Path) -> list[PriceTable]:
     for ticker, where in tickers.items():
         missing = [c for c in REQUIRED if c not in where]
         if missing:
-            raise DataError(path, f"no {', '.join(missing)} column for {ticker}: expected {', '.join(REQUIRED)}",
-                            line=header_line)  # fmt: skip
+            raise DataError(
+                path, f"no {', '.join(missing)} column for {ticker}: expected {', '.join(REQUIRED)}", line=header_line
+            )
         tables.append(_read_rows(path, ticker, where, rows[start:], len(columns) + 1))
     return tables
 
@@ -150,8 +156,7 @@ def _read_rows(path: Path, ticker: str, where: dict[str, int], rows, width: int)
             except ValueError:
                 raise DataError(path, f"{name} is {text!r}, not a number", line=number) from None
             if not np.isfinite(value) or (value <= 0 and name != "Volume") or value < 0:
-                raise DataError(path, f"{name} is {text}: prices must be positive numbers, volumes >= 0",
-                                line=number)  # fmt: skip
+                raise DataError(path, f"{name} is {text}: prices must be positive numbers, volumes >= 0", line=number)
             row[name] = value
         if row is None:
             skipped += 1
@@ -166,8 +171,9 @@ def _read_rows(path: Path, ticker: str, where: dict[str, int], rows, width: int)
     repeated = np.nonzero(dates[1:] == dates[:-1])[0]
     if len(repeated):
         i = repeated[0]
-        raise DataError(path, f"{ticker}: date {dates[i + 1]} appears twice (also on line {lines[i]})",
-                        line=int(lines[i + 1]))  # fmt: skip
+        raise DataError(
+            path, f"{ticker}: date {dates[i + 1]} appears twice (also on line {lines[i]})", line=int(lines[i + 1])
+        )
     columns = {name: np.asarray(v, dtype=np.float64)[order] for name, v in values.items()}
     return PriceTable(path, ticker, dates, columns, lines, skipped)
 
@@ -187,8 +193,11 @@ def read_prices(path: str | Path) -> list[PriceTable]:
     names = [t.ticker for t in tables]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise DataError(path, f"ticker {twice[0]} comes from more than one file: "
-                              f"{', '.join(str(t.path) for t in tables if t.ticker == twice[0])}")  # fmt: skip
+        raise DataError(
+            path,
+            f"ticker {twice[0]} comes from more than one file: "
+            f"{', '.join(str(t.path) for t in tables if t.ticker == twice[0])}",
+        )
     return tables
 
 
@@ -219,8 +228,11 @@ class Normaliser:
         return (features - np.asarray(self.mean)) / np.asarray(self.std)
 
     def to_state(self) -> dict:
-        return {"mean": list(map(float, self.mean)), "std": list(map(float, self.std)),
-                "target_scale": float(self.target_scale)}  # fmt: skip
+        return {
+            "mean": list(map(float, self.mean)),
+            "std": list(map(float, self.std)),
+            "target_scale": float(self.target_scale),
+        }
 
     @classmethod
     def from_state(cls, state: dict) -> Normaliser:
@@ -240,9 +252,15 @@ class Windows:
     tickers: list[str] = field(default_factory=list)
 
     def select(self, mask: np.ndarray) -> Windows:
-        return Windows(self.inputs[mask], self.target[mask], self.previous_close[mask], self.last_close[mask],
-                       self.next_close[mask], self.dates[mask],
-                       [t for t, keep in zip(self.tickers, mask, strict=True) if keep])  # fmt: skip
+        return Windows(
+            self.inputs[mask],
+            self.target[mask],
+            self.previous_close[mask],
+            self.last_close[mask],
+            self.next_close[mask],
+            self.dates[mask],
+            [t for t, keep in zip(self.tickers, mask, strict=True) if keep],
+        )
 
 
 def make_windows(tables: list[PriceTable], window: int) -> Windows:
@@ -254,23 +272,39 @@ def make_windows(tables: list[PriceTable], window: int) -> Windows:
         if len(ends) == 0:
             continue
         index = ends[:, None] + np.arange(-window + 1, 1)[None, :]
-        parts.append(Windows(features[index], np.log(close[ends + 1] / close[ends]), close[ends - 1], close[ends],
-                             close[ends + 1], table.dates[ends + 1], [table.ticker] * len(ends)))  # fmt: skip
+        parts.append(
+            Windows(
+                features[index],
+                np.log(close[ends + 1] / close[ends]),
+                close[ends - 1],
+                close[ends],
+                close[ends + 1],
+                table.dates[ends + 1],
+                [table.ticker] * len(ends),
+            )
+        )
     if not parts:
         longest = max((len(t) for t in tables), default=0)
-        raise DataError(tables[0].path if len(tables) == 1 else None,
-                        f"too few rows: a window of {window} days needs at least {window + 2} rows per ticker, the "
-                        f"longest series has {longest}")  # fmt: skip
-    return Windows(*(np.concatenate([getattr(p, k) for p in parts]) for k in
-                     ("inputs", "target", "previous_close", "last_close", "next_close", "dates")),
-                   [t for p in parts for t in p.tickers])  # fmt: skip
+        raise DataError(
+            tables[0].path if len(tables) == 1 else None,
+            f"too few rows: a window of {window} days needs at least {window + 2} rows per ticker, the "
+            f"longest series has {longest}",
+        )
+    return Windows(
+        *(
+            np.concatenate([getattr(p, k) for p in parts])
+            for k in ("inputs", "target", "previous_close", "last_close", "next_close", "dates")
+        ),
+        [t for p in parts for t in p.tickers],
+    )
 
 
 def split_dates(dates: np.ndarray, val_fraction: float, test_fraction: float) -> tuple[np.datetime64, np.datetime64]:
     """(validation start, test start): the target dates cut so the last fractions of windows fall after them."""
     if not (val_fraction > 0 and test_fraction > 0 and val_fraction + test_fraction < 1):
-        raise ValueError(f"val and test fractions must be positive and sum below 1, got {val_fraction}, "
-                         f"{test_fraction}")  # fmt: skip
+        raise ValueError(
+            f"val and test fractions must be positive and sum below 1, got {val_fraction}, {test_fraction}"
+        )
     ordered = np.sort(dates)
     n = len(ordered)
     return ordered[int(n * (1 - val_fraction - test_fraction))], ordered[int(n * (1 - test_fraction))]
@@ -288,8 +322,9 @@ def fit_normaliser(tables: list[PriceTable], val_start: np.datetime64) -> Normal
     if len(rows) < 2:
         raise DataError(None, "fewer than two days before the validation period: nothing to fit the normaliser on")
     std = rows.std(0)
-    return Normaliser(rows.mean(0).tolist(), np.where(std > 0, std, 1.0).tolist(),
-                      float(targets.std()) if targets.std() > 0 else 1.0)  # fmt: skip
+    return Normaliser(
+        rows.mean(0).tolist(), np.where(std > 0, std, 1.0).tolist(), float(targets.std()) if targets.std() > 0 else 1.0
+    )
 
 
 class WindowDataset(Dataset):
@@ -298,8 +333,17 @@ class WindowDataset(Dataset):
 
     def __init__(self, windows: Windows, normaliser: Normaliser) -> None:
         self.inputs = torch.from_numpy(normaliser.apply(windows.inputs).astype(np.float32))
-        self.targets = torch.from_numpy(np.stack([windows.target / normaliser.target_scale, windows.previous_close,
-                                                  windows.last_close, windows.next_close], 1))  # fmt: skip
+        self.targets = torch.from_numpy(
+            np.stack(
+                [
+                    windows.target / normaliser.target_scale,
+                    windows.previous_close,
+                    windows.last_close,
+                    windows.next_close,
+                ],
+                1,
+            )
+        )
         self.dates, self.tickers = windows.dates, windows.tickers
 
     def __len__(self) -> int:

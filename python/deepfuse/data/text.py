@@ -45,8 +45,9 @@ class Vocabulary:
         tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
         tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
         tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-        trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                            special_tokens=[PAD, UNK], show_progress=False)  # fmt: skip
+        trainer = trainers.WordLevelTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[PAD, UNK], show_progress=False
+        )
         tokenizer.train_from_iterator(texts, trainer=trainer)
         return cls(tokenizer)
 
@@ -69,8 +70,15 @@ class Vocabulary:
             raise ValueError(f"max_len must be at least 1, got {max_len}")
         limit = max_len * PREFIX_CHARACTERS_PER_TOKEN
         ids = []
-        with tqdm(total=len(texts), desc="encoding", unit=" texts", leave=False, dynamic_ncols=True, file=sys.stderr,
-                  disable=not progress) as bar:  # fmt: skip
+        with tqdm(
+            total=len(texts),
+            desc="encoding",
+            unit=" texts",
+            leave=False,
+            dynamic_ncols=True,
+            file=sys.stderr,
+            disable=not progress,
+        ) as bar:
             for start in range(0, len(texts), ENCODE_CHUNK):
                 chunk = texts[start : start + ENCODE_CHUNK]
                 encoded = self.tokenizer.encode_batch_fast([text[:limit] for text in chunk])

@@ -88,5 +88,7 @@ SIDE_CAMERA_OFFSET = 1.0  # metres
 def udacity_cameras() -> dict[str, Camera]:
     width, height = UDACITY_SIZE
     mounts = {"center": 0.0, "left": SIDE_CAMERA_OFFSET, "right": -SIDE_CAMERA_OFFSET}
-    return {name: Camera(width, height, fov=60.0, pitch=6.0, mount_height=1.5, lateral=lateral)
-            for name, lateral in mounts.items()}  # fmt: skip
+    return {
+        name: Camera(width, height, fov=60.0, pitch=6.0, mount_height=1.5, lateral=lateral)
+        for name, lateral in mounts.items()
+    }

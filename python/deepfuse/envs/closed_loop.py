@@ -88,8 +88,13 @@ def baseline_pilots(mean_steering: float, seed: int = 0) -> list[Pilot]:
     ]
 
 
-def drive(pilot: Pilot, tracks: TrackSet, steps: int = 1000, target_speed: float = 8.0,
-          on_step: Callable[[Simulator, np.ndarray | None], None] | None = None) -> dict[str, float]:  # fmt: skip
+def drive(
+    pilot: Pilot,
+    tracks: TrackSet,
+    steps: int = 1000,
+    target_speed: float = 8.0,
+    on_step: Callable[[Simulator, np.ndarray | None], None] | None = None,
+) -> dict[str, float]:
     """Drive one car per track from its start (arc length 0, centred) for ``steps`` steps with the automatic
     throttle; ``on_step(sim, images)`` sees every step (the player records frames with it)."""
     if steps < 1:

@@ -67,9 +67,17 @@ class DriveEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
-    def __init__(self, render_mode: str | None = None, *, split: str = "train", tracks: int = 8,
-                 image_size: int = 64, max_steps: int = 1000, target_speed: float = 8.0,
-                 throttle: str = "auto") -> None:  # fmt: skip
+    def __init__(
+        self,
+        render_mode: str | None = None,
+        *,
+        split: str = "train",
+        tracks: int = 8,
+        image_size: int = 64,
+        max_steps: int = 1000,
+        target_speed: float = 8.0,
+        throttle: str = "auto",
+    ) -> None:
         _check(split, tracks, image_size, throttle)
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
@@ -81,8 +89,12 @@ class DriveEnv(gym.Env):
 
     def _info(self) -> dict:
         sim = self.sim
-        return {"speed": float(sim.speed[0]), "offset": float(sim.offset[0]), "progress": float(sim.progress[0]),
-                "track": int(sim.track[0])}  # fmt: skip
+        return {
+            "speed": float(sim.speed[0]),
+            "offset": float(sim.offset[0]),
+            "progress": float(sim.progress[0]),
+            "track": int(sim.track[0]),
+        }
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -107,8 +119,17 @@ class DriveVectorEnv(VectorEnv):
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
-    def __init__(self, num_envs: int = 8, *, split: str = "train", tracks: int = 8, image_size: int = 64,
-                 max_steps: int = 1000, target_speed: float = 8.0, throttle: str = "auto") -> None:  # fmt: skip
+    def __init__(
+        self,
+        num_envs: int = 8,
+        *,
+        split: str = "train",
+        tracks: int = 8,
+        image_size: int = 64,
+        max_steps: int = 1000,
+        target_speed: float = 8.0,
+        throttle: str = "auto",
+    ) -> None:
         _check(split, tracks, image_size, throttle)
         self.num_envs, self.throttle = num_envs, throttle
         self.camera = rl_camera(image_size)
@@ -153,8 +174,7 @@ class DriveVectorEnv(VectorEnv):
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue these episodes exactly (cars, returns, the RNG)."""
-        return {"sim": self.sim.state_dict(), "returns": self.returns.copy(),
-                "rng": self.np_random.bit_generator.state}  # fmt: skip
+        return {"sim": self.sim.state_dict(), "returns": self.returns.copy(), "rng": self.np_random.bit_generator.state}
 
     def load_state_dict(self, state: dict) -> None:
         self.sim.load_state_dict(state["sim"])

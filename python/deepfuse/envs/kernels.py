@@ -159,9 +159,27 @@ def measure_wheels(cars, seg, track, points, cum, seglen, offset, count):
 # NOTE: stepping is ~100 ns of work per car: as a parallel kernel a 64-car step took 2 ms on the loaded 2-core CI
 # machine (thread wake-ups), serial it takes microseconds; so step and expert_steer run on one thread.
 @njit(cache=True)
-def step(cars, seg, track, steps, steer, throttle, auto_throttle, target_speed, max_steps,
-         points, cum, seglen, offset, count, length, half_width,
-         reward, terminated, truncated):  # fmt: skip
+def step(
+    cars,
+    seg,
+    track,
+    steps,
+    steer,
+    throttle,
+    auto_throttle,
+    target_speed,
+    max_steps,
+    points,
+    cum,
+    seglen,
+    offset,
+    count,
+    length,
+    half_width,
+    reward,
+    terminated,
+    truncated,
+):
     """Advance every car one time step in place; write its reward and whether its episode ended."""
     for i in range(cars.shape[0]):
         k = track[i]
@@ -195,8 +213,9 @@ def step(cars, seg, track, steps, steer, throttle, auto_throttle, target_speed, 
 
 
 @njit(cache=True, inline="always")
-def _render_row(i, r, cars, track, cells, cell_offset, grid_shape, origin, inverse_resolution, forward, lateral,
-                haze, shades, out):  # fmt: skip
+def _render_row(
+    i, r, cars, track, cells, cell_offset, grid_shape, origin, inverse_resolution, forward, lateral, haze, shades, out
+):
     """Row ``r`` of car ``i``'s image: pixel (r, c) shows the ground point ``forward[r, c]`` metres ahead and
     ``lateral[r, c]`` to the left of the car, in the colour ``shades[haze[r, c], ground class]`` (haze level
     ``SKY_LEVEL``: the sky)."""
@@ -221,23 +240,53 @@ def _render_row(i, r, cars, track, cells, cell_offset, grid_shape, origin, inver
 
 
 @njit(parallel=True, cache=True)
-def render_parallel(cars, track, cells, cell_offset, grid_shape, origin, inverse_resolution, forward, lateral, haze,
-                    shades, out):  # fmt: skip
+def render_parallel(
+    cars, track, cells, cell_offset, grid_shape, origin, inverse_resolution, forward, lateral, haze, shades, out
+):
     """Each car's camera image (N, H, W, 3) uint8, rows on numba's threads."""
     height = forward.shape[0]
     for item in prange(cars.shape[0] * height):
-        _render_row(item // height, item % height, cars, track, cells, cell_offset, grid_shape, origin,
-                    inverse_resolution, forward, lateral, haze, shades, out)  # fmt: skip
+        _render_row(
+            item // height,
+            item % height,
+            cars,
+            track,
+            cells,
+            cell_offset,
+            grid_shape,
+            origin,
+            inverse_resolution,
+            forward,
+            lateral,
+            haze,
+            shades,
+            out,
+        )
 
 
 @njit(cache=True)
-def render_serial(cars, track, cells, cell_offset, grid_shape, origin, inverse_resolution, forward, lateral, haze,
-                  shades, out):  # fmt: skip
+def render_serial(
+    cars, track, cells, cell_offset, grid_shape, origin, inverse_resolution, forward, lateral, haze, shades, out
+):
     """``render_parallel`` on the calling thread."""
     height = forward.shape[0]
     for item in range(cars.shape[0] * height):
-        _render_row(item // height, item % height, cars, track, cells, cell_offset, grid_shape, origin,
-                    inverse_resolution, forward, lateral, haze, shades, out)  # fmt: skip
+        _render_row(
+            item // height,
+            item % height,
+            cars,
+            track,
+            cells,
+            cell_offset,
+            grid_shape,
+            origin,
+            inverse_resolution,
+            forward,
+            lateral,
+            haze,
+            shades,
+            out,
+        )
 
 
 # NOTE: on the 2-core CI machine under load (load average 11) a parallel render of 64 64x64 frames took 1.5 ms and
@@ -283,11 +332,24 @@ def set_render_threads(mode: str) -> None:
     THREADS.mode, THREADS.calls, THREADS.seconds = mode, 0, {True: [], False: []}
 
 
-def render(cars, track, cells, cell_offset, grid_shape, origin, inverse_resolution, forward, lateral, haze, shades,
-           out):  # fmt: skip
+def render(
+    cars, track, cells, cell_offset, grid_shape, origin, inverse_resolution, forward, lateral, haze, shades, out
+):
     """``_render`` on the calling thread or on numba's threads (see the note above)."""
-    arguments = (cars, track, cells, cell_offset, grid_shape, origin, inverse_resolution, forward, lateral, haze,
-                 shades, out)  # fmt: skip
+    arguments = (
+        cars,
+        track,
+        cells,
+        cell_offset,
+        grid_shape,
+        origin,
+        inverse_resolution,
+        forward,
+        lateral,
+        haze,
+        shades,
+        out,
+    )
     pixels = out.shape[0] * out.shape[1] * out.shape[2]
     if pixels <= PARALLEL_PIXELS or numba.get_num_threads() == 1:
         render_serial(*arguments)

@@ -13,9 +13,18 @@ from deepfuse.envs.env import picture
 from deepfuse.envs.tracks import TrackSet, make_track
 
 
-def play(pilot: Pilot, *, split: str = "test", track: int = 0, steps: int = 300, gif: str | Path | None = None,
-         png: str | Path | None = None, strip_frames: int = 8, every: int = 1,
-         style: str = "road") -> dict:  # fmt: skip
+def play(
+    pilot: Pilot,
+    *,
+    split: str = "test",
+    track: int = 0,
+    steps: int = 300,
+    gif: str | Path | None = None,
+    png: str | Path | None = None,
+    strip_frames: int = 8,
+    every: int = 1,
+    style: str = "road",
+) -> dict:
     """Drive track ``track`` of ``split`` (in ``style``) with ``pilot`` for ``steps`` steps, keep every ``every``-th
     frame, write them to ``gif`` and/or a ``strip_frames``-frame strip to ``png``; returns the drive's metrics."""
     if gif is None and png is None:

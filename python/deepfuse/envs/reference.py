@@ -15,8 +15,12 @@ def _project(points, cum, seglen, first, count, x, y, seg):
     a = points[first[:, None] + j]
     b = points[first[:, None] + (j + 1) % count[:, None]]
     u = b - a
-    t = np.clip(((x[:, None] - a[..., 0]) * u[..., 0] + (y[:, None] - a[..., 1]) * u[..., 1])
-                / (u[..., 0] * u[..., 0] + u[..., 1] * u[..., 1]), 0.0, 1.0)  # fmt: skip
+    t = np.clip(
+        ((x[:, None] - a[..., 0]) * u[..., 0] + (y[:, None] - a[..., 1]) * u[..., 1])
+        / (u[..., 0] * u[..., 0] + u[..., 1] * u[..., 1]),
+        0.0,
+        1.0,
+    )
     dx, dy = x[:, None] - (a[..., 0] + t * u[..., 0]), y[:, None] - (a[..., 1] + t * u[..., 1])
     best = np.argmin(dx * dx + dy * dy, axis=1)  # the first of equal distances, as the kernel's strict "<"
     rows = np.arange(len(x))
@@ -37,8 +41,9 @@ def step(cars, seg, track, steps, steer, throttle, auto_throttle, target_speed, 
     x = cars[:, K.X] + v * np.cos(heading) * K.DT
     y = cars[:, K.Y] + v * np.sin(heading) * K.DT
     length, half_width = tracks.length[track], tracks.half_width[track]
-    j, s, offset = _project(tracks.points, tracks.cum, tracks.seglen, tracks.offset[track], tracks.count[track],
-                            x, y, seg)  # fmt: skip
+    j, s, offset = _project(
+        tracks.points, tracks.cum, tracks.seglen, tracks.offset[track], tracks.count[track], x, y, seg
+    )
     ds = s - cars[:, K.S]
     ds = np.where(ds < -0.5 * length, ds + length, np.where(ds > 0.5 * length, ds - length, ds))
     cars[:, K.X], cars[:, K.Y], cars[:, K.HEADING], cars[:, K.SPEED] = x, y, heading, v

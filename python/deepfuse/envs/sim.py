@@ -24,8 +24,16 @@ class Simulator:
     the centre line and ``start_heading`` radians off its direction.
     """
 
-    def __init__(self, num_cars: int, tracks: TrackSet, *, max_steps: int = 1000, target_speed: float = 8.0,
-                 start_offset: float = 1.0, start_heading: float = 0.1) -> None:  # fmt: skip
+    def __init__(
+        self,
+        num_cars: int,
+        tracks: TrackSet,
+        *,
+        max_steps: int = 1000,
+        target_speed: float = 8.0,
+        start_offset: float = 1.0,
+        start_heading: float = 0.1,
+    ) -> None:
         if num_cars < 1:
             raise ValueError(f"num_cars must be >= 1, got {num_cars}")
         if max_steps < 1:
@@ -48,8 +56,9 @@ class Simulator:
         cars = np.atleast_1d(np.asarray(cars, dtype=np.int64))
         shape = cars.shape
         track = np.broadcast_to(np.asarray(track, dtype=np.int64), shape)
-        s, offset, heading_error = (np.broadcast_to(np.asarray(a, dtype=np.float64), shape)
-                                    for a in (s, offset, heading_error))  # fmt: skip
+        s, offset, heading_error = (
+            np.broadcast_to(np.asarray(a, dtype=np.float64), shape) for a in (s, offset, heading_error)
+        )
         speed = np.broadcast_to(np.asarray(self.target_speed if speed is None else speed, dtype=np.float64), shape)
         if ((track < 0) | (track >= len(self.tracks))).any():
             raise ValueError(f"track indices must be in [0, {len(self.tracks)}), got {track.tolist()}")
@@ -92,17 +101,47 @@ class Simulator:
         terminated = np.empty(self.num_cars, dtype=np.bool_)
         truncated = np.empty(self.num_cars, dtype=np.bool_)
         t = self.tracks
-        kernels.step(self.cars, self.seg, self.track, self.steps, steer, throttle, auto, self.target_speed,
-                     self.max_steps, t.points, t.cum, t.seglen, t.offset, t.count, t.length, t.half_width,
-                     reward, terminated, truncated)  # fmt: skip
+        kernels.step(
+            self.cars,
+            self.seg,
+            self.track,
+            self.steps,
+            steer,
+            throttle,
+            auto,
+            self.target_speed,
+            self.max_steps,
+            t.points,
+            t.cum,
+            t.seglen,
+            t.offset,
+            t.count,
+            t.length,
+            t.half_width,
+            reward,
+            terminated,
+            truncated,
+        )
         return reward, terminated, truncated
 
     def expert(self) -> np.ndarray:
         """The pure-pursuit expert's steering for every car (N,)."""
         out = np.empty(self.num_cars)
         t = self.tracks
-        kernels.expert_steer(self.cars, self.seg, self.track, EXPERT_LOOKAHEAD_TIME, EXPERT_MIN_LOOKAHEAD,
-                             t.points, t.cum, t.seglen, t.offset, t.count, t.length, out)  # fmt: skip
+        kernels.expert_steer(
+            self.cars,
+            self.seg,
+            self.track,
+            EXPERT_LOOKAHEAD_TIME,
+            EXPERT_MIN_LOOKAHEAD,
+            t.points,
+            t.cum,
+            t.seglen,
+            t.offset,
+            t.count,
+            t.length,
+            out,
+        )
         return out
 
     # --- rendering --------------------------------------------------------------------------------------------
@@ -117,8 +156,20 @@ class Simulator:
         state, track = (self.cars, self.track) if cars is None else (self.cars[cars], self.track[cars])
         out = np.empty((len(state), *forward.shape, 3), dtype=np.uint8)
         t = self.tracks
-        kernels.render(state, track, t.cells, t.cell_offset, t.grid_shape, t.origin, 1.0 / RESOLUTION,
-                       forward, lateral, haze, kernels.SHADES, out)  # fmt: skip
+        kernels.render(
+            state,
+            track,
+            t.cells,
+            t.cell_offset,
+            t.grid_shape,
+            t.origin,
+            1.0 / RESOLUTION,
+            forward,
+            lateral,
+            haze,
+            kernels.SHADES,
+            out,
+        )
         return out
 
     # --- what the cars are doing ------------------------------------------------------------------------------
@@ -145,8 +196,12 @@ class Simulator:
         return self.cars[:, kernels.WHEEL] <= self.tracks.half_width[self.track]
 
     def state_dict(self) -> dict:
-        return {"cars": self.cars.copy(), "seg": self.seg.copy(), "track": self.track.copy(),
-                "steps": self.steps.copy()}  # fmt: skip
+        return {
+            "cars": self.cars.copy(),
+            "seg": self.seg.copy(),
+            "track": self.track.copy(),
+            "steps": self.steps.copy(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state["cars"].shape[1:] != self.cars.shape[1:]:
@@ -156,5 +211,4 @@ class Simulator:
             )
         if state["cars"].shape != self.cars.shape:
             raise ValueError(f"a saved state of {len(state['cars'])} cars cannot be loaded into {self.num_cars}")
-        self.cars[:], self.seg[:], self.track[:], self.steps[:] = (state[k] for k in ("cars", "seg", "track",
-                                                                                       "steps"))  # fmt: skip
+        self.cars[:], self.seg[:], self.track[:], self.steps[:] = (state[k] for k in ("cars", "seg", "track", "steps"))

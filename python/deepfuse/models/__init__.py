@@ -56,7 +56,9 @@ def get(name: str) -> Task:
     if name not in tasks:
         module = name.replace("-", "_")
         if module in _missing:
-            raise ValueError(f"model {name!r} needs the package {_missing[module]!r}, which is not installed here "
-                             "(pip install 'deepfuse[models]')")  # fmt: skip
+            raise ValueError(
+                f"model {name!r} needs the package {_missing[module]!r}, which is not installed here "
+                "(pip install 'deepfuse[models]')"
+            )
         raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(tasks))}")
     return tasks[name]

@@ -32,8 +32,12 @@ def readable_inputs(inputs: list[str], config: dict) -> list[Path]:
 def predict_probabilities(model: nn.Module, files: list[Path], transform: ImageTransform, config: dict) -> np.ndarray:
     """P(class 1) of each file, batched through a DataLoader (decoding in ``workers`` processes)."""
     device = next(model.parameters()).device
-    loader = DataLoader(ImageDataset(files, None, transform), batch_size=config.get("batch_size", 64),
-                        num_workers=config.get("workers", 0), pin_memory=device.type == "cuda")  # fmt: skip
+    loader = DataLoader(
+        ImageDataset(files, None, transform),
+        batch_size=config.get("batch_size", 64),
+        num_workers=config.get("workers", 0),
+        pin_memory=device.type == "cuda",
+    )
     parts = [positive_probability(model(images.to(device, non_blocking=True))) for images, _ in loader]
     return np.concatenate(parts) if parts else np.zeros(0)
 
@@ -42,8 +46,9 @@ class ResidualCNN(nn.Module):
     """Stem (3x3 stride-2 ConvBNAct, 3x3 ConvBNAct, optionally a 2x2 max-pool), six ResidualBlocks (w, 2w, 4w, 8w
     channels; stride 2 at each widening), global average pool, dropout, FusedLinear(8w -> classes)."""
 
-    def __init__(self, in_channels: int, width: int = 32, classes: int = 2, dropout: float = 0.2,
-                 stem_pool: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self, in_channels: int, width: int = 32, classes: int = 2, dropout: float = 0.2, stem_pool: bool = False
+    ) -> None:
         super().__init__()
         w = width
         stem = [ConvBNAct(in_channels, w, 3, stride=2, padding=1), ConvBNAct(w, w, 3, padding=1)]
@@ -56,8 +61,9 @@ class ResidualCNN(nn.Module):
             ResidualBlock(4 * w, 4 * w),
             ResidualBlock(4 * w, 8 * w, stride=2),
         )
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                                  FusedLinear(8 * w, classes))  # fmt: skip
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), FusedLinear(8 * w, classes)
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(to_channels_last(images))))

@@ -56,11 +56,19 @@ class CatsDogsTask(Task):
         if path is None:
             raise DataError(None, f"--data is required: {self.data_help}")
         if state is None:
-            state = {"image_size": int(config.get("image_size", 128)), "width": int(config.get("width", 32)),
-                     "mean": list(MEAN), "std": list(STD), "classes": CLASSES}  # fmt: skip
+            state = {
+                "image_size": int(config.get("image_size", 128)),
+                "width": int(config.get("width", 32)),
+                "mean": list(MEAN),
+                "std": list(STD),
+                "classes": CLASSES,
+            }
         if state["image_size"] < MIN_IMAGE_SIZE:  # BatchNorm in the last stage needs >= 2x2 pixels to train on
-            raise DataError(None, f"image_size {state['image_size']} is too small for this network: at least "
-                                  f"{MIN_IMAGE_SIZE}, so that its last stage keeps 2x2 pixels")
+            raise DataError(
+                None,
+                f"image_size {state['image_size']} is too small for this network: at least "
+                f"{MIN_IMAGE_SIZE}, so that its last stage keeps 2x2 pixels",
+            )
         files = read_catsdogs(path, bool(config.get("skip_bad", False)))
         train, val = files.train, files.val
         if val is None:
@@ -72,18 +80,31 @@ class CatsDogsTask(Task):
             return ImageDataset([f for f, _ in items], [y for _, y in items], self.transform(state, train_mode))
 
         test1 = f"; test1/ ({len(list(files.test1.iterdir()))} files) is for predict" if files.test1 else ""
-        summary = (f"{path} ({files.layout}): {len(train)} train / {len(val)} val"
-                   + (f" / {len(files.test)} test" if files.test else "") + test1)  # fmt: skip
-        return Data(dataset(train, True), dataset(val, False), dataset(files.test, False) if files.test else None,
-                    state=state, summary=summary)  # fmt: skip
+        summary = (
+            f"{path} ({files.layout}): {len(train)} train / {len(val)} val"
+            + (f" / {len(files.test)} test" if files.test else "")
+            + test1
+        )
+        return Data(
+            dataset(train, True),
+            dataset(val, False),
+            dataset(files.test, False) if files.test else None,
+            state=state,
+            summary=summary,
+        )
 
     def build(self, config: dict, state: dict) -> nn.Module:
         return ResidualCNN(3, width=state.get("width", 32), dropout=0.2)
 
     def example(self, batch_size: int, config: dict):
         size = int(config.get("image_size", 128))
-        state = {"image_size": size, "width": int(config.get("width", 32)), "mean": list(MEAN), "std": list(STD),
-                 "classes": CLASSES}  # fmt: skip
+        state = {
+            "image_size": size,
+            "width": int(config.get("width", 32)),
+            "mean": list(MEAN),
+            "std": list(STD),
+            "classes": CLASSES,
+        }
         return state, torch.randn(batch_size, 3, size, size), torch.randint(0, 2, (batch_size,))
 
     def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor, state: dict, split: str) -> dict:

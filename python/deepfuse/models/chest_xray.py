@@ -61,11 +61,20 @@ class ChestXrayTask(Task):
         if path is None:
             raise DataError(None, f"--data is required: {self.data_help}")
         if state is None:
-            state = {"image_size": int(config.get("image_size", 224)), "width": int(config.get("width", 32)),
-                     "mean": list(MEAN), "std": list(STD), "classes": CLASSES, "threshold": 0.5}  # fmt: skip
+            state = {
+                "image_size": int(config.get("image_size", 224)),
+                "width": int(config.get("width", 32)),
+                "mean": list(MEAN),
+                "std": list(STD),
+                "classes": CLASSES,
+                "threshold": 0.5,
+            }
         if state["image_size"] < MIN_IMAGE_SIZE:  # BatchNorm in the last stage needs >= 2x2 pixels to train on
-            raise DataError(None, f"image_size {state['image_size']} is too small for this network: at least "
-                                  f"{MIN_IMAGE_SIZE}, so that its last stage keeps 2x2 pixels")
+            raise DataError(
+                None,
+                f"image_size {state['image_size']} is too small for this network: at least "
+                f"{MIN_IMAGE_SIZE}, so that its last stage keeps 2x2 pixels",
+            )
         files = read_chest_xray(path, bool(config.get("skip_bad", False)))
         train, val = patient_split(files.train, float(config.get("val_fraction", 0.1)), int(config.get("seed", 0)))
         if not val:
@@ -80,20 +89,34 @@ class ChestXrayTask(Task):
             return ImageDataset([f for f, _ in items], [y for _, y in items], self.transform(state, train_mode))
 
         patients = len({patient_id(f) for f, _ in val})
-        summary = (f"{files.root}: {len(train)} train / {len(val)} val ({patients} patients held out of train) / "
-                   + (f"{len(files.test)} test" if files.test else "no test/ folder: final metrics on val")
-                   + f"; train NORMAL:PNEUMONIA {counts[0]}:{counts[1]}, weighted sampling"
-                   + (f"; the published val/ ({files.unused_val} images) unused" if files.unused_val else ""))
-        return Data(dataset(train, True), dataset(val, False), dataset(files.test, False) if files.test else None,
-                    state=state, sample_weights=weights, summary=summary)  # fmt: skip
+        summary = (
+            f"{files.root}: {len(train)} train / {len(val)} val ({patients} patients held out of train) / "
+            + (f"{len(files.test)} test" if files.test else "no test/ folder: final metrics on val")
+            + f"; train NORMAL:PNEUMONIA {counts[0]}:{counts[1]}, weighted sampling"
+            + (f"; the published val/ ({files.unused_val} images) unused" if files.unused_val else "")
+        )
+        return Data(
+            dataset(train, True),
+            dataset(val, False),
+            dataset(files.test, False) if files.test else None,
+            state=state,
+            sample_weights=weights,
+            summary=summary,
+        )
 
     def build(self, config: dict, state: dict) -> nn.Module:
         return ResidualCNN(1, width=state.get("width", 32), dropout=0.3, stem_pool=True)
 
     def example(self, batch_size: int, config: dict):
         size = int(config.get("image_size", 224))
-        state = {"image_size": size, "width": int(config.get("width", 32)), "mean": list(MEAN), "std": list(STD),
-                 "classes": CLASSES, "threshold": 0.5}  # fmt: skip
+        state = {
+            "image_size": size,
+            "width": int(config.get("width", 32)),
+            "mean": list(MEAN),
+            "std": list(STD),
+            "classes": CLASSES,
+            "threshold": 0.5,
+        }
         return state, torch.randn(batch_size, 1, size, size), torch.randint(0, 2, (batch_size,))
 
     def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor, state: dict, split: str) -> dict:
@@ -119,8 +142,11 @@ class ChestXrayTask(Task):
         probability, truth = positive_probability(outputs), targets.cpu().numpy()
         threshold = state.get("threshold", 0.5)
         decided = torch.from_numpy((probability >= threshold).astype(np.int64))
-        pictures = [confusion_matrix_png(nn.functional.one_hot(decided, 2).float(), targets,
-                                         out_dir / "confusion_matrix.png", CLASSES)]  # fmt: skip
+        pictures = [
+            confusion_matrix_png(
+                nn.functional.one_hot(decided, 2).float(), targets, out_dir / "confusion_matrix.png", CLASSES
+            )
+        ]
         if len(np.unique(truth)) == 2:
             pictures.append(roc_curve_png(probability, truth, out_dir / "roc_curve.png", threshold))
         return pictures
@@ -129,8 +155,10 @@ class ChestXrayTask(Task):
         files = readable_inputs(inputs, config)
         probability = predict_probabilities(model, files, self.transform(state, False), config)
         threshold = state.get("threshold", 0.5)
-        return [f"{f}: P(pneumonia) {p:.4f} → {CLASSES[int(p >= threshold)]} (threshold {threshold:.3f})"
-                for f, p in zip(files, probability, strict=True)]  # fmt: skip
+        return [
+            f"{f}: P(pneumonia) {p:.4f} → {CLASSES[int(p >= threshold)]} (threshold {threshold:.3f})"
+            for f, p in zip(files, probability, strict=True)
+        ]
 
 
 TASK = ChestXrayTask()

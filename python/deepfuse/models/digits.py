@@ -73,8 +73,12 @@ class DigitsTask(Task):
                 raise DataError(path, f"the {split} split is empty")
         if state is None:
             train_images = splits["train"][0]
-            state = {"image_size": int(train_images.shape[-1]), "mean": float(train_images.mean()),
-                     "std": float(train_images.std()), "classes": CLASSES}  # fmt: skip
+            state = {
+                "image_size": int(train_images.shape[-1]),
+                "mean": float(train_images.mean()),
+                "std": float(train_images.std()),
+                "classes": CLASSES,
+            }
         size = splits["train"][0].shape[-1]
         if size != state["image_size"]:
             raise DataError(path, f"images are {size}x{size}, the checkpoint's model reads {state['image_size']}")
@@ -96,8 +100,14 @@ class DigitsTask(Task):
         wrong = (predicted != targets).nonzero().flatten()[:32].tolist()
         images = torch.stack([split[i][0] for i in wrong]) if wrong else torch.zeros(0, 1, 8, 8)
         captions = [f"true {targets[i].item()} → {predicted[i].item()}" for i in wrong]
-        pictures.append(image_grid_png(images, captions, out_dir / "misclassified.png",
-                                       f"misclassified: {len(wrong)} shown of {(predicted != targets).sum().item()}"))
+        pictures.append(
+            image_grid_png(
+                images,
+                captions,
+                out_dir / "misclassified.png",
+                f"misclassified: {len(wrong)} shown of {(predicted != targets).sum().item()}",
+            )
+        )
         return pictures
 
     def predict(self, model, inputs, config, state, out_dir):
@@ -105,8 +115,10 @@ class DigitsTask(Task):
         x = ((images - state["mean"]) / state["std"])[:, None].to(next(model.parameters()).device)
         probabilities = torch.softmax(model(x).float(), -1).cpu()
         best = probabilities.max(-1)
-        return [f"{name}: {best.indices[i].item()} (probability {best.values[i].item():.3f})"
-                for i, name in enumerate(names)]  # fmt: skip
+        return [
+            f"{name}: {best.indices[i].item()} (probability {best.values[i].item():.3f})"
+            for i, name in enumerate(names)
+        ]
 
 
 TASK = DigitsTask()

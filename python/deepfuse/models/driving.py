@@ -181,9 +181,11 @@ class DrivingTask(Task):
             rows, seed = config["sim_rows"], config.get("seed", 0)
             if rows < 10:
                 raise DataError(None, f"--sim-rows must be >= 10, got {rows}")
-            splits = {"train": _simulated_frames(rows, seed, "train", 16),
-                      "val": _simulated_frames(max(rows // 8, 5), seed, "val", 4),
-                      "test": _simulated_frames(max(rows // 8, 5), seed, "test", 4)}  # fmt: skip
+            splits = {
+                "train": _simulated_frames(rows, seed, "train", 16),
+                "val": _simulated_frames(max(rows // 8, 5), seed, "val", 4),
+                "test": _simulated_frames(max(rows // 8, 5), seed, "test", 4),
+            }
             source = f"the simulator's expert ({rows} frames on 16 training tracks)"
             note = None
         else:

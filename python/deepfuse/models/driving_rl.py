@@ -106,8 +106,13 @@ class _Live:
     def __init__(self, config: dict, saved: dict | None, rank: int) -> None:
         from deepfuse.envs.env import DriveVectorEnv
 
-        self.envs = DriveVectorEnv(config["num_envs"], split="train", tracks=config["tracks"],
-                                   image_size=config["image_size"], max_steps=config["max_steps"])  # fmt: skip
+        self.envs = DriveVectorEnv(
+            config["num_envs"],
+            split="train",
+            tracks=config["tracks"],
+            image_size=config["image_size"],
+            max_steps=config["max_steps"],
+        )
         seed = config["seed"] + 1_000_003 * rank  # each process of a distributed run drives its own cars
         if saved is None:
             self.obs, _ = self.envs.reset(seed=seed)
@@ -142,8 +147,16 @@ class DrivingRLTask(Task):
             raise DataError(path, "driving-rl learns in the built-in simulator and reads no data; omit --data")
         config = {name: option.default for name, option in self.options.items()} | config
 
-        for name in ("num_envs", "rollout_steps", "update_epochs", "minibatches", "tracks", "max_steps",
-                     "eval_tracks", "eval_steps"):  # fmt: skip
+        for name in (
+            "num_envs",
+            "rollout_steps",
+            "update_epochs",
+            "minibatches",
+            "tracks",
+            "max_steps",
+            "eval_tracks",
+            "eval_steps",
+        ):
             if config[name] < 1:
                 raise RunError(f"--{name.replace('_', '-')} must be >= 1, got {config[name]}")
         if config["image_size"] % 16 or config["image_size"] < 16:
@@ -152,8 +165,9 @@ class DrivingRLTask(Task):
             raise RunError("--minibatches cannot exceed num_envs x rollout_steps")
         state = state or {"image_size": config["image_size"], "baselines": {}}
         tracks = list(range(config["eval_tracks"]))
-        summary = (f"the simulator: {config['tracks']} training tracks, {len(tracks)} validation and "
-                   f"{len(tracks)} test tracks")  # fmt: skip
+        summary = (
+            f"the simulator: {config['tracks']} training tracks, {len(tracks)} validation and {len(tracks)} test tracks"
+        )
         return Data(train=None, val=tracks, test=tracks, state=state, summary=summary)
 
     def build(self, config: dict, state: dict) -> nn.Module:
@@ -215,16 +229,26 @@ class DrivingRLTask(Task):
         with torch.no_grad(), run.autocast():
             next_value = run.raw_model.distribution(torch.from_numpy(live.obs).to(device))[1].float().cpu()
         advantages, returns = _gae(rewards, values, dones, done, next_value)
-        stats = self._update(run, obs.flatten(0, 1), actions.flatten(0, 1), logprobs.flatten(), advantages.flatten(),
-                             returns.flatten(), values.flatten())  # fmt: skip
+        stats = self._update(
+            run,
+            obs.flatten(0, 1),
+            actions.flatten(0, 1),
+            logprobs.flatten(),
+            advantages.flatten(),
+            returns.flatten(),
+            values.flatten(),
+        )
         if run.scheduler is not None:
             run.scheduler.step()
         run.global_step += n * steps
         run.extra["env"] = envs.state_dict()
         run.extra["env_steps"] = run.extra.get("env_steps", 0) + n * steps
-        stats.update(episode_return=float(np.mean(finished)) if finished else float("nan"),
-                     episodes=float(len(finished)), samples_per_s=n * steps / rollout_seconds,
-                     env_steps=float(run.extra["env_steps"]))  # fmt: skip
+        stats.update(
+            episode_return=float(np.mean(finished)) if finished else float("nan"),
+            episodes=float(len(finished)),
+            samples_per_s=n * steps / rollout_seconds,
+            env_steps=float(run.extra["env_steps"]),
+        )
         return stats
 
     def _update(self, run, obs, actions, logprobs, advantages, returns, values) -> dict[str, float]:
@@ -254,8 +278,9 @@ class DrivingRLTask(Task):
                     clipped.append(((ratio - 1.0).abs() > HP.clip_coef).float().mean().item())
                 if HP.norm_adv:
                     mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-                policy_loss = torch.max(-mb_adv * ratio,
-                                        -mb_adv * ratio.clamp(1 - HP.clip_coef, 1 + HP.clip_coef)).mean()  # fmt: skip
+                policy_loss = torch.max(
+                    -mb_adv * ratio, -mb_adv * ratio.clamp(1 - HP.clip_coef, 1 + HP.clip_coef)
+                ).mean()
                 if HP.clip_vloss:
                     value_clipped = mb_old_value + (value - mb_old_value).clamp(-HP.clip_coef, HP.clip_coef)
                     value_loss = 0.5 * torch.max((value - mb_returns) ** 2, (value_clipped - mb_returns) ** 2).mean()
@@ -280,11 +305,17 @@ class DrivingRLTask(Task):
                 policy_losses.append(policy_loss.item())
                 entropies.append(entropy.mean().item())
         explained = 1.0 - (returns - values).var().item() / max(returns.var().item(), 1e-12)
-        return {"loss": float(np.mean(losses)), "value_loss": float(np.mean(value_losses)),
-                "value_loss_first": first_value_loss, "value_loss_last": value_losses[-1],
-                "policy_loss": float(np.mean(policy_losses)), "entropy": float(np.mean(entropies)),
-                "approx_kl": float(np.mean(kls)), "clip_fraction": float(np.mean(clipped)),
-                "explained_variance": explained}  # fmt: skip
+        return {
+            "loss": float(np.mean(losses)),
+            "value_loss": float(np.mean(value_losses)),
+            "value_loss_first": first_value_loss,
+            "value_loss_last": value_losses[-1],
+            "policy_loss": float(np.mean(policy_losses)),
+            "entropy": float(np.mean(entropies)),
+            "approx_kl": float(np.mean(kls)),
+            "clip_fraction": float(np.mean(clipped)),
+            "explained_variance": explained,
+        }
 
     # --- evaluation -------------------------------------------------------------------------------------------
     def validate(self, run, split: str):
@@ -299,8 +330,10 @@ class DrivingRLTask(Task):
         baselines = run.data.state.setdefault("baselines", {})
         key = f"{split}:{len(indices)}:{steps}"
         if key not in baselines:  # the same tracks every time: drive the expert and the random policy once
-            baselines[key] = {"expert_return": drive(expert_pilot(), tracks, steps)["mean_return"],
-                              "random_return": drive(random_pilot(0), tracks, steps)["mean_return"]}  # fmt: skip
+            baselines[key] = {
+                "expert_return": drive(expert_pilot(), tracks, steps)["mean_return"],
+                "random_return": drive(random_pilot(0), tracks, steps)["mean_return"],
+            }
         metrics = drive(self.pilot(run.raw_model, run.data.state), tracks, steps)
         metrics.update(baselines[key])
         metrics["return_vs_expert"] = metrics["mean_return"] / max(metrics["expert_return"], 1e-9)

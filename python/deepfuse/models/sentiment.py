@@ -64,12 +64,19 @@ def _valid(lengths: torch.Tensor, width: int) -> torch.Tensor:
 
 
 class LSTMClassifier(nn.Module):
-    def __init__(self, vocab: int, embed_dim: int, hidden: int, layers: int, bidirectional: bool, dropout: float,
-                 pad_id: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self, vocab: int, embed_dim: int, hidden: int, layers: int, bidirectional: bool, dropout: float, pad_id: int = 0
+    ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab, embed_dim, padding_idx=pad_id)
-        self.lstm = LSTM(embed_dim, hidden, num_layers=layers, bidirectional=bidirectional, batch_first=True,
-                         dropout=dropout if layers > 1 else 0.0)  # fmt: skip
+        self.lstm = LSTM(
+            embed_dim,
+            hidden,
+            num_layers=layers,
+            bidirectional=bidirectional,
+            batch_first=True,
+            dropout=dropout if layers > 1 else 0.0,
+        )
         self.dropout = nn.Dropout(dropout)
         self.classifier = FusedLinear(2 * hidden * (2 if bidirectional else 1), 2)
 
@@ -84,14 +91,24 @@ class LSTMClassifier(nn.Module):
 
 
 class TransformerClassifier(nn.Module):
-    def __init__(self, vocab: int, d_model: int, heads: int, ffn_dim: int, layers: int, dropout: float, max_len: int,
-                 pad_id: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        vocab: int,
+        d_model: int,
+        heads: int,
+        ffn_dim: int,
+        layers: int,
+        dropout: float,
+        max_len: int,
+        pad_id: int = 0,
+    ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab, d_model, padding_idx=pad_id)
         self.position = nn.Embedding(max_len, d_model)
         self.layers = nn.ModuleList(
-            TransformerEncoderLayer(d_model, heads, ffn_dim, dropout, activation="gelu", batch_first=True,
-                                    norm_first=True)  # fmt: skip
+            TransformerEncoderLayer(
+                d_model, heads, ffn_dim, dropout, activation="gelu", batch_first=True, norm_first=True
+            )
             for _ in range(layers)
         )
         for layer in self.layers:
@@ -106,8 +123,10 @@ class TransformerClassifier(nn.Module):
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         lengths = lengths.to(ids.device)
         if int(lengths.max()) > self.position.num_embeddings:
-            raise ValueError(f"a sequence has {int(lengths.max())} tokens, the model reads at most "
-                             f"{self.position.num_embeddings} (max_len)")  # fmt: skip
+            raise ValueError(
+                f"a sequence has {int(lengths.max())} tokens, the model reads at most "
+                f"{self.position.num_embeddings} (max_len)"
+            )
         valid = _valid(lengths, ids.shape[1])
         positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
         x = self._embed(ids[valid], positions[valid])  # (T, E): the real tokens, one review after another
@@ -143,9 +162,12 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def tfidf_baseline(train: tuple[list[str], list[int]], val: tuple[list[str], list[int]],
-                   others: dict[str, tuple[list[str], list[int]]],
-                   progress: bool = False) -> dict[str, dict[str, float]]:  # fmt: skip
+def tfidf_baseline(
+    train: tuple[list[str], list[int]],
+    val: tuple[list[str], list[int]],
+    others: dict[str, tuple[list[str], list[int]]],
+    progress: bool = False,
+) -> dict[str, dict[str, float]]:
     """TF-IDF of words and word pairs + logistic regression (C = ``BASELINE_C``), fitted on ``train``;
     ``{split: {"baseline_accuracy", "baseline_roc_auc", "baseline_f1", "baseline_c"}}`` for val and ``others``."""
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -156,15 +178,28 @@ def tfidf_baseline(train: tuple[list[str], list[int]], val: tuple[list[str], lis
         raise DataError(None, "the training split holds one class only: neither the baseline nor a model can learn")
 
     def bar(texts, what):  # the vectorizer reads an iterable: the bar follows it document by document
-        return tqdm(texts, desc=f"TF-IDF baseline: {what}", unit=" texts", leave=False, dynamic_ncols=True,
-                    file=sys.stderr, disable=not progress)  # fmt: skip
+        return tqdm(
+            texts,
+            desc=f"TF-IDF baseline: {what}",
+            unit=" texts",
+            leave=False,
+            dynamic_ncols=True,
+            file=sys.stderr,
+            disable=not progress,
+        )
 
     vectorizer = TfidfVectorizer(**TFIDF_SETTINGS)
     x_train = vectorizer.fit_transform(bar(train[0], "fitting the vectorizer on train"))
     splits = {"val": val, **others}
     features = {name: vectorizer.transform(bar(texts, name)) for name, (texts, _) in splits.items()}
-    with tqdm(total=1, desc="TF-IDF baseline: fitting logistic regression", leave=False, dynamic_ncols=True,
-              file=sys.stderr, disable=not progress) as fitting:  # fmt: skip
+    with tqdm(
+        total=1,
+        desc="TF-IDF baseline: fitting logistic regression",
+        leave=False,
+        dynamic_ncols=True,
+        file=sys.stderr,
+        disable=not progress,
+    ) as fitting:
         classifier = LogisticRegression(C=BASELINE_C, max_iter=2000).fit(x_train, train[1])
         fitting.update()
     results = {}
@@ -213,8 +248,11 @@ def cached_tfidf_baseline(splits: dict[str, list], progress: bool) -> dict[str, 
         temporary.write_text(json.dumps(results))
         temporary.replace(path)
     except OSError as error:
-        warnings.warn(f"could not cache the TF-IDF baseline in {path.parent} ({error.strerror or error}); set "
-                      "DEEPFUSE_CACHE_DIR to a writable folder to skip recomputing it", stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"could not cache the TF-IDF baseline in {path.parent} ({error.strerror or error}); set "
+            "DEEPFUSE_CACHE_DIR to a writable folder to skip recomputing it",
+            stacklevel=2,
+        )
     return results
 
 
@@ -289,34 +327,56 @@ class SentimentTask(Task):
         if state is None:
             from tqdm.auto import tqdm
 
-            texts = tqdm((r.text for r in train), total=len(train), desc="fitting the vocabulary", unit=" texts",
-                         leave=False, dynamic_ncols=True, file=sys.stderr, disable=not progress)  # fmt: skip
+            texts = tqdm(
+                (r.text for r in train),
+                total=len(train),
+                desc="fitting the vocabulary",
+                unit=" texts",
+                leave=False,
+                dynamic_ncols=True,
+                file=sys.stderr,
+                disable=not progress,
+            )
             vocabulary = Vocabulary.fit(texts, settings["vocab_size"])
-            state = {"tokenizer": vocabulary.to_json(), "vocab_size": len(vocabulary), "pad_id": vocabulary.pad_id,
-                     "classes": CLASSES}  # fmt: skip
+            state = {
+                "tokenizer": vocabulary.to_json(),
+                "vocab_size": len(vocabulary),
+                "pad_id": vocabulary.pad_id,
+                "classes": CLASSES,
+            }
         vocabulary = Vocabulary.from_json(state["tokenizer"])
         splits = {"train": train, "val": val, "test": test}
         every_text = [r.text for reviews in splits.values() for r in reviews]  # one bar for the three splits
         ids = iter(vocabulary.encode(every_text, settings["max_len"], progress))
-        datasets = {name: TokenDataset([next(ids) for _ in reviews], [r.label for r in reviews])
-                    for name, reviews in splits.items()}  # fmt: skip
+        datasets = {
+            name: TokenDataset([next(ids) for _ in reviews], [r.label for r in reviews])
+            for name, reviews in splits.items()
+        }
         baseline = BaselineOnDemand(splits, progress)
         for name, dataset in datasets.items():
             dataset.extra["baseline"] = functools.partial(baseline.metrics, name)
         counts = " / ".join(f"{len(d)} {k}" for k, d in datasets.items())
         summary = f"IMDb in {root}: {counts}, vocabulary {len(vocabulary)}, max_len {settings['max_len']}"
-        return Data(datasets["train"], datasets["val"], datasets["test"], state=state,
-                    collate=functools.partial(collate_padded, pad_id=state["pad_id"]),
-                    lengths=datasets["train"].lengths, summary=summary)  # fmt: skip
+        return Data(
+            datasets["train"],
+            datasets["val"],
+            datasets["test"],
+            state=state,
+            collate=functools.partial(collate_padded, pad_id=state["pad_id"]),
+            lengths=datasets["train"].lengths,
+            summary=summary,
+        )
 
     def build(self, config: dict, state: dict) -> nn.Module:
         s = self._settings(config)
         vocab, pad = state["vocab_size"], state.get("pad_id", 0)
         if self.arch == "lstm":
-            return LSTMClassifier(vocab, s["embed_dim"], s["hidden_size"], s["layers"], s["bidirectional"],
-                                  s["dropout"], pad)  # fmt: skip
-        return TransformerClassifier(vocab, s["d_model"], s["heads"], s["ffn_dim"], s["layers"], s["dropout"],
-                                     s["max_len"], pad)  # fmt: skip
+            return LSTMClassifier(
+                vocab, s["embed_dim"], s["hidden_size"], s["layers"], s["bidirectional"], s["dropout"], pad
+            )
+        return TransformerClassifier(
+            vocab, s["d_model"], s["heads"], s["ffn_dim"], s["layers"], s["dropout"], s["max_len"], pad
+        )
 
     def example(self, batch_size: int, config: dict):
         s = self._settings(config)
@@ -369,8 +429,11 @@ class SentimentTask(Task):
         # an empty text would still get an answer (the [UNK] token's): nothing was said, so nothing to classify
         empty = next((name for name, text in zip(names, texts, strict=True) if not text.strip()), None)
         if empty is not None:
-            raise DataError(None, f"{empty}: an empty review (only white space), nothing to classify; give the "
-                                  "review's text in quotes, a .txt file or a folder of them")  # fmt: skip
+            raise DataError(
+                None,
+                f"{empty}: an empty review (only white space), nothing to classify; give the "
+                "review's text in quotes, a .txt file or a folder of them",
+            )
         vocabulary = Vocabulary.from_json(state["tokenizer"])
         ids = vocabulary.encode(texts, self._settings(config)["max_len"])
         device = next(model.parameters()).device
@@ -387,6 +450,7 @@ class SentimentTask(Task):
 
 TASKS = [
     SentimentTask("sentiment-lstm", "lstm", {"epochs": 5, "batch_size": 64, "lr": 2e-3, "weight_decay": 1e-2}, 0.3),
-    SentimentTask("sentiment-transformer", "transformer",
-                  {"epochs": 5, "batch_size": 64, "lr": 5e-4, "weight_decay": 1e-2}, 0.1),  # fmt: skip
+    SentimentTask(
+        "sentiment-transformer", "transformer", {"epochs": 5, "batch_size": 64, "lr": 5e-4, "weight_decay": 1e-2}, 0.1
+    ),
 ]

@@ -76,11 +76,17 @@ def close_metrics(predicted_return: np.ndarray, targets: np.ndarray) -> dict:
     direction = float((says_up == up).mean())
     persistence = float(((last > previous) == up).mean())
     metrics = {
-        "rmse": ours["rmse"], "naive_rmse": naive["rmse"], "rmse_ratio": _ratio(ours["rmse"], naive["rmse"]),
-        "mae": ours["mae"], "naive_mae": naive["mae"], "mae_ratio": _ratio(ours["mae"], naive["mae"]),
-        "directional_accuracy": direction, "naive_directional_accuracy": persistence,
-        "directional_ratio": _ratio(direction, persistence), "always_up_accuracy": float(up.mean()),
-    }  # fmt: skip
+        "rmse": ours["rmse"],
+        "naive_rmse": naive["rmse"],
+        "rmse_ratio": _ratio(ours["rmse"], naive["rmse"]),
+        "mae": ours["mae"],
+        "naive_mae": naive["mae"],
+        "mae_ratio": _ratio(ours["mae"], naive["mae"]),
+        "directional_accuracy": direction,
+        "naive_directional_accuracy": persistence,
+        "directional_ratio": _ratio(direction, persistence),
+        "always_up_accuracy": float(up.mean()),
+    }
     if naive["rmse"] == 0:
         metrics["ratio_reason"] = "the close never moves in this period: the naive forecast is exact, no ratio to it"
     # the same errors as the RMSE / MAE ratios (price units); at horizon 1 the test ignores the days' order, so
@@ -140,27 +146,41 @@ class StockTask(Task):
         except ValueError as error:
             raise DataError(None, f"--val-fraction / --test-fraction: {error}") from None
         if state is None:
-            state = {"normaliser": fit_normaliser(tables, val_start).to_state(), "window": s["window"],
-                     "features": list(FEATURES)}  # fmt: skip
+            state = {
+                "normaliser": fit_normaliser(tables, val_start).to_state(),
+                "window": s["window"],
+                "features": list(FEATURES),
+            }
         normaliser = Normaliser.from_state(state["normaliser"])
-        masks = {"train": windows.dates < val_start, "val": (windows.dates >= val_start) & (windows.dates < test_start),
-                 "test": windows.dates >= test_start}  # fmt: skip
+        masks = {
+            "train": windows.dates < val_start,
+            "val": (windows.dates >= val_start) & (windows.dates < test_start),
+            "test": windows.dates >= test_start,
+        }
         splits = {name: WindowDataset(windows.select(mask), normaliser) for name, mask in masks.items()}
         for name, dataset in splits.items():
             if len(dataset) == 0:
-                raise DataError(path, f"the {name} period is empty ({len(windows.dates)} windows in all): give more "
-                                      "rows, or a shorter --window")  # fmt: skip
+                raise DataError(
+                    path,
+                    f"the {name} period is empty ({len(windows.dates)} windows in all): give more "
+                    "rows, or a shorter --window",
+                )
         if not splits["train"].targets[:, 0].any():
             dates = splits["train"].dates
-            raise DataError(path, f"the close never changes over the training period ({dates.min()}..{dates.max()}): "
-                                  "nothing to learn (a halted ticker?)")  # fmt: skip
+            raise DataError(
+                path,
+                f"the close never changes over the training period ({dates.min()}..{dates.max()}): "
+                "nothing to learn (a halted ticker?)",
+            )
         skipped = sum(t.skipped for t in tables)
         if skipped:
             per_file = ", ".join(f"{t.ticker} {t.skipped}" for t in tables if t.skipped)
             print(f"{path}: skipped {skipped} rows without prices (null / empty): {per_file}", file=sys.stderr)
         periods = " / ".join(f"{len(d)} {k} ({d.dates.min()}..{d.dates.max()})" for k, d in splits.items())
-        summary = (f"{len(tables)} ticker(s) ({', '.join(t.ticker for t in tables)}) from {path}: {periods}; "
-                   f"{skipped} null rows skipped")  # fmt: skip
+        summary = (
+            f"{len(tables)} ticker(s) ({', '.join(t.ticker for t in tables)}) from {path}: {periods}; "
+            f"{skipped} null rows skipped"
+        )
         return Data(splits["train"], splits["val"], splits["test"], state=state, summary=summary)
 
     def build(self, config: dict, state: dict) -> nn.Module:
@@ -169,8 +189,11 @@ class StockTask(Task):
 
     def example(self, batch_size: int, config: dict):
         s = self._settings(config)
-        state = {"normaliser": {"mean": [0.0] * len(FEATURES), "std": [1.0] * len(FEATURES), "target_scale": 0.01},
-                 "window": s["window"], "features": list(FEATURES)}  # fmt: skip
+        state = {
+            "normaliser": {"mean": [0.0] * len(FEATURES), "std": [1.0] * len(FEATURES), "target_scale": 0.01},
+            "window": s["window"],
+            "features": list(FEATURES),
+        }
         targets = torch.ones(batch_size, 4, dtype=torch.float64)
         targets[:, 0] = torch.randn(batch_size, dtype=torch.float64)
         return state, torch.randn(batch_size, s["window"], len(FEATURES)), targets
@@ -200,8 +223,14 @@ class StockTask(Task):
             rows = np.array([t == ticker for t in dataset.tickers])
             dates = dataset.dates[rows].astype("datetime64[D]").astype(object)
             axis.plot(dates, targets[rows, 3].numpy(), label="actual close", color="black", linewidth=1)
-            axis.plot(dates, targets[rows, 2].numpy(), label="naive (previous close)", color="tab:orange",
-                      linewidth=0.8, linestyle="--")  # fmt: skip
+            axis.plot(
+                dates,
+                targets[rows, 2].numpy(),
+                label="naive (previous close)",
+                color="tab:orange",
+                linewidth=0.8,
+                linestyle="--",
+            )
             axis.plot(dates, predicted[rows], label="predicted (model)", color="tab:blue", linewidth=1)
             axis.set(title=f"{ticker}: next-day close, test period", ylabel="close")
             axis.legend(loc="best", fontsize=8)
@@ -219,15 +248,19 @@ class StockTask(Task):
         for item in inputs:
             for table in read_prices(item):
                 if len(table) < window + 1:
-                    raise DataError(table.path, f"{table.ticker}: {len(table)} rows with prices, the model needs the "
-                                                f"latest {window + 1}")  # fmt: skip
+                    raise DataError(
+                        table.path,
+                        f"{table.ticker}: {len(table)} rows with prices, the model needs the latest {window + 1}",
+                    )
                 features = normaliser.apply(daily_features(table)[-window:])
                 x = torch.from_numpy(features.astype(np.float32))[None].to(device)
                 change = float(model(x).double().cpu()[0]) * normaliser.target_scale
                 close = table.columns["Close"][-1]
                 forecast = close * np.exp(change)
-                lines.append(f"{table.ticker} ({table.path.name}): close {close:.4f} on {table.dates[-1]} -> next "
-                             f"trading day {forecast:.4f} ({np.expm1(change) * 100:+.2f} %)")  # fmt: skip
+                lines.append(
+                    f"{table.ticker} ({table.path.name}): close {close:.4f} on {table.dates[-1]} -> next "
+                    f"trading day {forecast:.4f} ({np.expm1(change) * 100:+.2f} %)"
+                )
         return lines
 
 

@@ -31,11 +31,14 @@ def _check_shapes(query, key, value, key_padding_mask) -> bool:
         raise ValueError(f"query must be unbatched 2-D (L, E) or batched 3-D, got shape {tuple(query.shape)}")
     batched = query.dim() == 3
     if key.dim() != query.dim() or value.dim() != query.dim():
-        raise ValueError(f"key and value must be {query.dim()}-D like query, got shapes {tuple(key.shape)} and "
-                         f"{tuple(value.shape)}")  # fmt: skip
+        raise ValueError(
+            f"key and value must be {query.dim()}-D like query, got shapes {tuple(key.shape)} and {tuple(value.shape)}"
+        )
     if key_padding_mask is not None and key_padding_mask.dim() != (2 if batched else 1):
-        raise ValueError(f"key_padding_mask must be {'(N, S)' if batched else '(S,) for an unbatched query'}, "
-                         f"got shape {tuple(key_padding_mask.shape)}")  # fmt: skip
+        raise ValueError(
+            f"key_padding_mask must be {'(N, S)' if batched else '(S,) for an unbatched query'}, "
+            f"got shape {tuple(key_padding_mask.shape)}"
+        )
     return batched
 
 
@@ -132,8 +135,10 @@ class MultiheadAttention(nn.MultiheadAttention):
         """Why the fused path cannot run a call with these arguments in the current mode, or None when it can."""
         if attn_mask is not None and not is_causal:
             kind = "float" if torch.is_floating_point(attn_mask) else "bool"
-            return (f"a {kind} attn_mask: the flash kernel takes only the causal mask (is_causal=True) and a bool "
-                    "key_padding_mask")  # fmt: skip
+            return (
+                f"a {kind} attn_mask: the flash kernel takes only the causal mask (is_causal=True) and a bool "
+                "key_padding_mask"
+            )
         if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
             return f"a {key_padding_mask.dtype} key_padding_mask: the flash kernel takes a bool mask"
         if self.bias_k is not None:
@@ -144,16 +149,32 @@ class MultiheadAttention(nn.MultiheadAttention):
             return f"attention dropout {self.dropout} in training: the flash kernels have no dropout"
         return None
 
-    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
-                average_attn_weights=True, is_causal=False):  # fmt: skip
+    def forward(
+        self,
+        query,
+        key,
+        value,
+        key_padding_mask=None,
+        need_weights=True,
+        attn_mask=None,
+        average_attn_weights=True,
+        is_causal=False,
+    ):
         problem = self.fused_path_problem(key_padding_mask, attn_mask, is_causal)
         if problem is not None:
             _allow_torch_path(problem)
             if is_causal and attn_mask is None:  # torch needs the mask itself
                 attn_mask = _causal_mask(query, key, self.batch_first)
-            return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
-                                   attn_mask=attn_mask, average_attn_weights=average_attn_weights,
-                                   is_causal=is_causal)  # fmt: skip
+            return super().forward(
+                query,
+                key,
+                value,
+                key_padding_mask=key_padding_mask,
+                need_weights=need_weights,
+                attn_mask=attn_mask,
+                average_attn_weights=average_attn_weights,
+                is_causal=is_causal,
+            )
         batched = _check_shapes(query, key, value, key_padding_mask)
         self_attention = query is key and key is value
         # To (N, L, E): an unbatched (L, E) input is one batch row, whatever batch_first says.
@@ -163,9 +184,11 @@ class MultiheadAttention(nn.MultiheadAttention):
         elif not self.batch_first:
             query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
         if key.shape[0] != query.shape[0] or value.shape[:2] != key.shape[:2]:
-            raise ValueError(f"query, key and value must share the batch size, and key and value the sequence "
-                             f"length; got shapes {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)} "
-                             "as (N, L, E)")  # fmt: skip
+            raise ValueError(
+                f"query, key and value must share the batch size, and key and value the sequence "
+                f"length; got shapes {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)} "
+                "as (N, L, E)"
+            )
         E, heads = self.embed_dim, self.num_heads
         b = self.in_proj_bias
         b_q, b_k, b_v = (None, None, None) if b is None else (b[:E], b[E : 2 * E], b[2 * E :])
@@ -174,8 +197,11 @@ class MultiheadAttention(nn.MultiheadAttention):
             if self_attention:  # one projection GEMM
                 q, k, v = linear_act(query, w, b).chunk(3, dim=-1)
             else:
-                q, k, v = linear_act(query, w[:E], b_q), linear_act(key, w[E : 2 * E], b_k), linear_act(
-                    value, w[2 * E :], b_v)  # fmt: skip
+                q, k, v = (
+                    linear_act(query, w[:E], b_q),
+                    linear_act(key, w[E : 2 * E], b_k),
+                    linear_act(value, w[2 * E :], b_v),
+                )
         else:
             q = linear_act(query, self.q_proj_weight, b_q)
             k = linear_act(key, self.k_proj_weight, b_k)
@@ -253,17 +279,41 @@ class TransformerEncoderLayer(nn.TransformerEncoderLayer):
     feed-forward block on the T real tokens; it equals ``forward`` on the padded batch with the padding as
     ``src_key_padding_mask``, at the real tokens."""
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
-                 activation="relu", layer_norm_eps: float = 1e-5, batch_first: bool = False, norm_first: bool = False,
-                 bias: bool = True, device=None, dtype=None) -> None:  # fmt: skip
-        super().__init__(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps, batch_first, norm_first,
-                         bias, device, dtype)  # fmt: skip
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation="relu",
+        layer_norm_eps: float = 1e-5,
+        batch_first: bool = False,
+        norm_first: bool = False,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(
+            d_model,
+            nhead,
+            dim_feedforward,
+            dropout,
+            activation,
+            layer_norm_eps,
+            batch_first,
+            norm_first,
+            bias,
+            device,
+            dtype,
+        )
         factory = {"device": device, "dtype": dtype}
-        self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first,
-                                            **factory)  # fmt: skip
+        self.self_attn = MultiheadAttention(
+            d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first, **factory
+        )
         fused_activation = activation_name(activation)
-        self.linear1 = FusedLinear(d_model, dim_feedforward, bias=bias, activation=fused_activation or "none",
-                                   **factory)  # fmt: skip
+        self.linear1 = FusedLinear(
+            d_model, dim_feedforward, bias=bias, activation=fused_activation or "none", **factory
+        )
         self.linear2 = FusedLinear(dim_feedforward, d_model, bias=bias, **factory)
         # An activation deepfuse cannot fuse (a custom callable) still runs, after linear1.
         self._unfused_activation = None if fused_activation is not None else self.activation
@@ -301,8 +351,9 @@ class TransformerEncoderLayer(nn.TransformerEncoderLayer):
         return torch.nested.as_nested_tensor([out[i, :n] for i, n in enumerate(lengths)])
 
     def _sa_block(self, x, attn_mask, key_padding_mask, is_causal=False):
-        x = self.self_attn(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask, need_weights=False,
-                           is_causal=is_causal)[0]  # fmt: skip
+        x = self.self_attn(
+            x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask, need_weights=False, is_causal=is_causal
+        )[0]
         return self.dropout1(x)
 
     def _sa_block_packed(self, x, cu_seqlens, max_seqlen):

@@ -48,18 +48,50 @@ class FusedConv2d(nn.Conv2d):
     ``padding_mode`` other than "zeros" pads with ``F.pad`` first (unfused, as torch does), then convolves.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, activation: str = "none", device=None, dtype=None,
-                 padding_mode: str = "zeros") -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        activation: str = "none",
+        device=None,
+        dtype=None,
+        padding_mode: str = "zeros",
+    ) -> None:
         check_activation(activation)
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
-                         groups=groups, bias=bias, padding_mode=padding_mode, device=device, dtype=dtype)  # fmt: skip
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+            padding_mode=padding_mode,
+            device=device,
+            dtype=dtype,
+        )
         self.activation = activation
 
     def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         input, padding = _apply_padding_mode(self, input)
-        return conv2d_act(input, self.weight, self.bias, self.stride, padding, self.dilation, self.groups,
-                          self.activation, residual=residual)  # fmt: skip
+        return conv2d_act(
+            input,
+            self.weight,
+            self.bias,
+            self.stride,
+            padding,
+            self.dilation,
+            self.groups,
+            self.activation,
+            residual=residual,
+        )
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, activation={self.activation!r}"
@@ -69,9 +101,20 @@ class FusedConv2d(nn.Conv2d):
         """A FusedConv2d equal to ``conv`` (→ ``bn`` in eval mode, folded in) → activation."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
-        fused = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                    conv.groups, bias=conv.bias is not None or bn is not None, activation=activation,
-                    device=conv.weight.device, dtype=conv.weight.dtype, padding_mode=conv.padding_mode)  # fmt: skip
+        fused = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            bias=conv.bias is not None or bn is not None,
+            activation=activation,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+            padding_mode=conv.padding_mode,
+        )
         with torch.no_grad():
             weight, bias = (conv.weight, conv.bias) if bn is None else fold_batch_norm(conv.weight, conv.bias, bn)
             fused.weight.copy_(weight)
@@ -88,10 +131,23 @@ class ConvBNAct(nn.Sequential):
     one kernel. ``padding_mode`` as in FusedConv2d.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = False, activation: str = "relu", eps: float = 1e-5,
-                 momentum: float | None = 0.1, device=None, dtype=None,
-                 padding_mode: str = "zeros") -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = False,
+        activation: str = "relu",
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        device=None,
+        dtype=None,
+        padding_mode: str = "zeros",
+    ) -> None:
         check_activation(activation)
         factory = {"device": device, "dtype": dtype}
         super().__init__(

@@ -17,8 +17,9 @@ class FusedLinear(nn.Linear):
     (``deepfuse.use_backend`` / ``DEEPFUSE_BACKEND`` / automatic).
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "none",
-                 device=None, dtype=None) -> None:  # fmt: skip
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, activation: str = "none", device=None, dtype=None
+    ) -> None:
         check_activation(activation)
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.activation = activation
@@ -34,8 +35,14 @@ class FusedLinear(nn.Linear):
         """A FusedLinear with a copy of ``linear``'s parameters, on its device and dtype."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
-        fused = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, activation=activation,
-                    device=linear.weight.device, dtype=linear.weight.dtype)  # fmt: skip
+        fused = cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            activation=activation,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+        )
         fused.load_state_dict(linear.state_dict())
         fused.train(linear.training)
         return fused

@@ -49,8 +49,9 @@ def lstm_projected_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths=None, 
     valid_rows = None if lengths is None else lengths.to(x.device)
     outputs = []
     for t in range(x.shape[0]):
-        h_full, c_next = lstm_cell(x[t], F.pad(h, (0, hidden - proj)), c, w_ih, w_hh_padded, b_ih, b_hh,
-                                   backend=backend)  # fmt: skip
+        h_full, c_next = lstm_cell(
+            x[t], F.pad(h, (0, hidden - proj)), c, w_ih, w_hh_padded, b_ih, b_hh, backend=backend
+        )
         h_next = linear_act(h_full, w_hr, backend=backend)
         if valid_rows is not None:
             valid = (t < valid_rows)[:, None]
@@ -98,8 +99,10 @@ class LSTM(nn.LSTM):
             hx = _check_state_pair(hx)
             if unbatched:
                 if hx[0].dim() != 2 or hx[1].dim() != 2:
-                    raise ValueError(f"hx: for unbatched 2-D input, h_0 and c_0 must be 2-D, got shapes "
-                                     f"{tuple(hx[0].shape)} and {tuple(hx[1].shape)}")  # fmt: skip
+                    raise ValueError(
+                        f"hx: for unbatched 2-D input, h_0 and c_0 must be 2-D, got shapes "
+                        f"{tuple(hx[0].shape)} and {tuple(hx[1].shape)}"
+                    )
                 hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
         directions = 2 if self.bidirectional else 1
         batch = x.shape[1]
@@ -128,12 +131,20 @@ class LSTM(nn.LSTM):
                 index = layer * directions + direction
                 seq = _reverse_within_lengths(layer_input, lengths) if direction else layer_input
                 if self.proj_size > 0:
-                    out, h, c = lstm_projected_layer(seq, h0[index], c0[index], *weights, *biases,
-                                                     getattr(self, f"weight_hr{suffix}"), lengths=lengths,
-                                                     backend=backend)  # fmt: skip
+                    out, h, c = lstm_projected_layer(
+                        seq,
+                        h0[index],
+                        c0[index],
+                        *weights,
+                        *biases,
+                        getattr(self, f"weight_hr{suffix}"),
+                        lengths=lengths,
+                        backend=backend,
+                    )
                 else:
-                    out, h, c = lstm_layer(seq, h0[index], c0[index], *weights, *biases, lengths=lengths,
-                                           backend=backend)  # fmt: skip
+                    out, h, c = lstm_layer(
+                        seq, h0[index], c0[index], *weights, *biases, lengths=lengths, backend=backend
+                    )
                 outputs.append(_reverse_within_lengths(out, lengths) if direction else out)
                 h_n.append(h)
                 c_n.append(c)
@@ -171,12 +182,13 @@ class LSTMCell(nn.LSTMCell):
         else:
             h, c = _check_state_pair(hx)
             if h.dim() != input.dim() or c.dim() != input.dim():
-                raise ValueError(f"hx: h and c must be {input.dim()}-D like input {tuple(input.shape)}, got shapes "
-                                 f"{tuple(h.shape)} and {tuple(c.shape)}")  # fmt: skip
+                raise ValueError(
+                    f"hx: h and c must be {input.dim()}-D like input {tuple(input.shape)}, got shapes "
+                    f"{tuple(h.shape)} and {tuple(c.shape)}"
+                )
             if unbatched:
                 h, c = h.unsqueeze(0), c.unsqueeze(0)
         if x.shape[1] != self.input_size:
             raise ValueError(f"input must have input_size={self.input_size} features, got {x.shape[1]}")
-        h_next, c_next = lstm_cell(x, h, c, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
-                                   backend=backend)  # fmt: skip
+        h_next, c_next = lstm_cell(x, h, c, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, backend=backend)
         return (h_next.squeeze(0), c_next.squeeze(0)) if unbatched else (h_next, c_next)

@@ -39,5 +39,4 @@ def parse_label(name: str) -> dict | None:
     match = LABEL.match(name)
     if match is None:
         return None
-    return {"op": match["op"], "backend": match["backend"], "flops": int(match["flops"]),
-            "bytes": int(match["bytes"])}  # fmt: skip
+    return {"op": match["op"], "backend": match["backend"], "flops": int(match["flops"]), "bytes": int(match["bytes"])}

@@ -28,14 +28,18 @@ class ProfileReport:
     trace: Path | None = None
 
     def table(self) -> str:
-        header = ("| kernel | calls | total ms | mean ms | % of step | TFLOP/s | GB/s | % of roofline | bound |\n"
-                  "|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+        header = (
+            "| kernel | calls | total ms | mean ms | % of step | TFLOP/s | GB/s | % of roofline | bound |\n"
+            "|---|---|---|---|---|---|---|---|---|"
+        )
         lines = [header]
         for r in self.rows:
             fmt = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
-            lines.append(f"| {r['name']} | {r['calls']} | {r['total_ms']:.4f} | {r['mean_ms']:.4f} "
-                         f"| {r['pct_of_step']:.1f} | {fmt(r['tflops'], '.2f')} | {fmt(r['gbps'], '.1f')} "
-                         f"| {fmt(r['pct_of_roofline'], '.1f')} | {r['bound']} |")  # fmt: skip
+            lines.append(
+                f"| {r['name']} | {r['calls']} | {r['total_ms']:.4f} | {r['mean_ms']:.4f} "
+                f"| {r['pct_of_step']:.1f} | {fmt(r['tflops'], '.2f')} | {fmt(r['gbps'], '.1f')} "
+                f"| {fmt(r['pct_of_roofline'], '.1f')} | {r['bound']} |"
+            )
         note = "" if self.device == "cuda" else "\nCPU run: times are CPU times, not GPU performance.\n"
         return f"step: {self.step_ms:.4f} ms on {self.device}\n\n" + "\n".join(lines) + "\n" + note
 
@@ -55,8 +59,16 @@ def _bound(label: dict | None, mean_us: float, ceiling: dict | None, on_gpu: boo
     return ("compute" if intensity >= ridge else "memory"), 100 * achieved_tflops / attainable_tflops
 
 
-def profile(fn, *args, steps: int = 5, warmup: int = 2, trace: str | Path | None = None,
-            out_dir: str | Path | None = None, top: int = 15, **kwargs) -> ProfileReport:  # fmt: skip
+def profile(
+    fn,
+    *args,
+    steps: int = 5,
+    warmup: int = 2,
+    trace: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    top: int = 15,
+    **kwargs,
+) -> ProfileReport:
     """Profiles ``fn(*args, **kwargs)`` (a model's training step, say) over ``steps`` calls after ``warmup``."""
     on_gpu = torch.cuda.is_available()
     for _ in range(warmup):
@@ -81,22 +93,37 @@ def profile(fn, *args, steps: int = 5, warmup: int = 2, trace: str | Path | None
 
     rows = []
     labelled = [e for e in events if parse_label(e.key)]
-    others = sorted((e for e in events if e.key != STEP_LABEL and not parse_label(e.key) and time_of(e) > 0
-                     and (not on_gpu or e.device_type == torch.autograd.DeviceType.CUDA)),
-                    key=time_of, reverse=True)[:top]  # fmt: skip
+    others = sorted(
+        (
+            e
+            for e in events
+            if e.key != STEP_LABEL
+            and not parse_label(e.key)
+            and time_of(e) > 0
+            and (not on_gpu or e.device_type == torch.autograd.DeviceType.CUDA)
+        ),
+        key=time_of,
+        reverse=True,
+    )[:top]
     for event in labelled + others:
         label = parse_label(event.key)
         total_us = time_of(event)
         mean_us = total_us / max(event.count, 1)
         bound, pct_roofline = _bound(label, mean_us, ceiling, on_gpu)
         seconds = mean_us * 1e-6
-        rows.append({
-            "name": event.key, "calls": event.count, "total_ms": total_us / 1e3, "mean_ms": mean_us / 1e3,
-            "pct_of_step": 100 * total_us / steps / step_us if step_us else 0.0,
-            "tflops": label["flops"] / seconds / 1e12 if label and seconds else None,
-            "gbps": label["bytes"] / seconds / 1e9 if label and seconds else None,
-            "pct_of_roofline": pct_roofline, "bound": bound,
-        })  # fmt: skip
+        rows.append(
+            {
+                "name": event.key,
+                "calls": event.count,
+                "total_ms": total_us / 1e3,
+                "mean_ms": mean_us / 1e3,
+                "pct_of_step": 100 * total_us / steps / step_us if step_us else 0.0,
+                "tflops": label["flops"] / seconds / 1e12 if label and seconds else None,
+                "gbps": label["bytes"] / seconds / 1e9 if label and seconds else None,
+                "pct_of_roofline": pct_roofline,
+                "bound": bound,
+            }
+        )
     report = ProfileReport(step_us / 1e3, rows, "cuda" if on_gpu else "cpu")
     if trace is not None:
         prof.export_chrome_trace(str(trace))
@@ -105,7 +132,8 @@ def profile(fn, *args, steps: int = 5, warmup: int = 2, trace: str | Path | None
         folder = Path(out_dir)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "profile.md").write_text(report.table())
-        points = [{"label": r["name"].split(" ")[0], "tflops": r["tflops"], "gbps": r["gbps"]} for r in rows
-                  if r["tflops"]]  # fmt: skip
+        points = [
+            {"label": r["name"].split(" ")[0], "tflops": r["tflops"], "gbps": r["gbps"]} for r in rows if r["tflops"]
+        ]
         roofline_chart(points, folder / "profile-roofline.png", ceiling, "deepfuse ops")
     return report

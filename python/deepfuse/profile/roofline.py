@@ -47,8 +47,13 @@ def roofline_chart(points: list[dict], path: str | Path, ceiling: dict | None, t
         ax.annotate(point["label"], (intensity, point["tflops"]), fontsize=6)
     if ceiling:
         xs = [2**i for i in range(-4, 14)]
-        ax.plot(xs, [min(ceiling["tflops"], x * ceiling["gbps"] / 1e3) for x in xs], color="black", linewidth=1,
-                label=f"ceiling: {ceiling['tflops']:.0f} TFLOP/s, {ceiling['gbps']:.0f} GB/s")  # fmt: skip
+        ax.plot(
+            xs,
+            [min(ceiling["tflops"], x * ceiling["gbps"] / 1e3) for x in xs],
+            color="black",
+            linewidth=1,
+            label=f"ceiling: {ceiling['tflops']:.0f} TFLOP/s, {ceiling['gbps']:.0f} GB/s",
+        )
         ax.legend(fontsize=7)
     ax.set_xscale("log")
     ax.set_yscale("log")

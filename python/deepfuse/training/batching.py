@@ -23,8 +23,9 @@ def epoch_order(size: int, seed: int, epoch: int, weights: Sequence[float] | Non
     return torch.randperm(size, generator=generator)
 
 
-def global_batches(order: torch.Tensor, batch: int, seed: int, epoch: int,
-                   lengths: Sequence[int] | None = None) -> list[list[int]]:  # fmt: skip
+def global_batches(
+    order: torch.Tensor, batch: int, seed: int, epoch: int, lengths: Sequence[int] | None = None
+) -> list[list[int]]:
     """Split ``order`` into batches; with ``lengths``, batches of similar lengths (bucketed) in random order."""
     indices = order.tolist()
     if lengths is None:
@@ -44,9 +45,18 @@ class EpochBatches(Sampler[list[int]]):
     Distributed: a last global batch too small to give every process a sample is dropped.
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
-                 weights: Sequence[float] | None = None, lengths: Sequence[int] | None = None,
-                 skip: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        rank: int = 0,
+        world: int = 1,
+        weights: Sequence[float] | None = None,
+        lengths: Sequence[int] | None = None,
+        skip: int = 0,
+    ) -> None:
         order = epoch_order(size, seed, epoch, weights)
         batches = global_batches(order, batch_size * world, seed, epoch, lengths)
         if world > 1:

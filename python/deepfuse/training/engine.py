@@ -387,8 +387,10 @@ def _check_out(out: Path, resume: bool) -> None:
         if not (out / "last.pt").is_file():
             raise RunError(f"--resume: {out / 'last.pt'} does not exist (nothing to resume in --out {out})")
     elif any((out / name).exists() for name in ("last.pt", "best.pt")):
-        raise RunError(f"--out {out} already holds a run's checkpoints; pass --resume to continue it, "
-                       "or choose another --out (nothing was overwritten)")  # fmt: skip
+        raise RunError(
+            f"--out {out} already holds a run's checkpoints; pass --resume to continue it, "
+            "or choose another --out (nothing was overwritten)"
+        )
 
 
 def _claim_out(out: Path, log) -> tuple[run_lock.RunLock, list[Path]]:
@@ -427,8 +429,10 @@ def checkpoint_bytes(model: nn.Module, optimizer) -> int:
 def _check_free_space(out: Path, needed: int) -> None:
     free = shutil.disk_usage(out).free
     if free < needed:
-        raise RunError(f"--out {out}: {_size(free)} free on its disk, one checkpoint needs about {_size(needed)}; "
-                       "free some space or choose another --out")  # fmt: skip
+        raise RunError(
+            f"--out {out}: {_size(free)} free on its disk, one checkpoint needs about {_size(needed)}; "
+            "free some space or choose another --out"
+        )
 
 
 def _size(count: int) -> str:
@@ -448,16 +452,20 @@ def _flag(key: str) -> str:
 def _resumed_config(saved: dict, config: dict, given: set[str] | None) -> dict:
     given = set(config) if given is None else given
     if "epochs" in given and config["epochs"] != saved["epochs"]:
-        raise RunError(f"--resume: this run was planned for {saved['epochs']} epochs (its learning-rate schedule "
-                       f"too), not {config['epochs']}; resume without --epochs, or start a new run")  # fmt: skip
+        raise RunError(
+            f"--resume: this run was planned for {saved['epochs']} epochs (its learning-rate schedule "
+            f"too), not {config['epochs']}; resume without --epochs, or start a new run"
+        )
     fixed = sorted(given - set(RESUME_MAY_CHANGE) - {"out", "model", "resume"})
     changed = [k for k in fixed if k in config and config[k] != saved.get(k)]
     if changed:
         was = "; ".join(f"{_flag(k)} {saved.get(k)}, not {config[k]}" for k in changed)
         allowed = ", ".join(_flag(k) for k in RESUME_MAY_CHANGE if k != "progress")
         without = ", ".join(_flag(k) for k in changed)
-        raise RunError(f"--resume: this run was trained with {was}; a resumed run keeps its settings (only "
-                       f"{allowed} may change): resume without {without}, or start a new run elsewhere")  # fmt: skip
+        raise RunError(
+            f"--resume: this run was trained with {was}; a resumed run keeps its settings (only "
+            f"{allowed} may change): resume without {without}, or start a new run elsewhere"
+        )
     return saved | {k: config[k] for k in RESUME_MAY_CHANGE if k in given and k in config}
 
 
@@ -560,9 +568,12 @@ def fit(run: Run, log=print) -> dict:
             _train_epochs(run, log)
         return _finish(run, time.perf_counter() - started, log)
     except NonFiniteLossError as error:
-        raise RunError(f"{error}: training stopped and saved nothing of this epoch; {_kept(run)}; try a lower "
-                       f"--lr than {config['lr']:g}" + ("" if config["amp"] is None else " or no --amp")
-                       + ", or check the data for extreme values") from None  # fmt: skip
+        raise RunError(
+            f"{error}: training stopped and saved nothing of this epoch; {_kept(run)}; try a lower "
+            f"--lr than {config['lr']:g}"
+            + ("" if config["amp"] is None else " or no --amp")
+            + ", or check the data for extreme values"
+        ) from None
     except CheckpointWriteError as error:
         raise RunError(_write_failed(run, str(error), error.disk_full)) from None
     except OSError as error:  # writing history.csv, metrics.json, the pictures
@@ -586,8 +597,7 @@ def _kept(run: Run) -> str:
 
 def _write_failed(run: Run, what: str, disk_full: bool) -> str:
     fix = "free some space" if disk_full else "make it writable"
-    return (f"{what}; {_kept(run)}; {fix}, then continue with: deepfuse train {run.task.name} --out {run.out} "
-            "--resume")
+    return f"{what}; {_kept(run)}; {fix}, then continue with: deepfuse train {run.task.name} --out {run.out} --resume"
 
 
 def _train_epochs(run: Run, log) -> None:
@@ -599,8 +609,10 @@ def _train_epochs(run: Run, log) -> None:
         while run.epoch < config["epochs"]:
             if _patience_exhausted(run):
                 run.extra["stopped_early"] = {"after_epoch": run.epoch, "patience": config["patience"]}
-                log(f"early stop after epoch {run.epoch}: val {task.metric} has not improved for "
-                    f"{config['patience']} epochs (--patience); testing the best weights (best.pt)")  # fmt: skip
+                log(
+                    f"early stop after epoch {run.epoch}: val {task.metric} has not improved for "
+                    f"{config['patience']} epochs (--patience); testing the best weights (best.pt)"
+                )
                 break
             epoch_start = time.perf_counter()
             train_metrics = task.train_epoch(run)
@@ -609,11 +621,15 @@ def _train_epochs(run: Run, log) -> None:
                 raise NonFiniteLossError(run, loss)
             val_metrics, _, _ = task.validate(run, "val")
             value = val_metrics.get(task.metric, train_metrics.get(task.metric, float("nan")))
-            row = {"epoch": run.epoch + 1, "train_loss": loss,
-                   "val_loss": val_metrics.get("loss"), "val_metric": value,
-                   "lr": run.optimizer.param_groups[0]["lr"] if run.optimizer else None,
-                   "seconds": round(time.perf_counter() - epoch_start, 3),
-                   "samples_per_s": train_metrics.get("samples_per_s")}  # fmt: skip
+            row = {
+                "epoch": run.epoch + 1,
+                "train_loss": loss,
+                "val_loss": val_metrics.get("loss"),
+                "val_metric": value,
+                "lr": run.optimizer.param_groups[0]["lr"] if run.optimizer else None,
+                "seconds": round(time.perf_counter() - epoch_start, 3),
+                "samples_per_s": train_metrics.get("samples_per_s"),
+            }
             run.history.append(row)
             run.epoch, run.step_in_epoch, run.epoch_loss = run.epoch + 1, 0, [0.0, 0]
             best = run.improved(value)
@@ -652,9 +668,11 @@ def _layer_backends(run: Run) -> dict[str, str]:
 
 def _epoch_line(row: dict, metric: str, best: bool) -> str:
     val = "" if row["val_loss"] is None else f", val loss {row['val_loss']:.4f}"
-    return (f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}{val}, val {metric} {row['val_metric']:.4f}"
-            f"{' (best)' if best else ''}, {row['seconds']:.1f} s"
-            + (f", {row['samples_per_s']:.0f} samples/s" if row.get("samples_per_s") else ""))  # fmt: skip
+    return (
+        f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}{val}, val {metric} {row['val_metric']:.4f}"
+        f"{' (best)' if best else ''}, {row['seconds']:.1f} s"
+        + (f", {row['samples_per_s']:.0f} samples/s" if row.get("samples_per_s") else "")
+    )
 
 
 def _finish(run: Run, seconds: float, log) -> dict:
@@ -672,15 +690,29 @@ def _finish(run: Run, seconds: float, log) -> dict:
             if split == "test":
                 final, outputs, targets = task.validate(run, "test")
     except KeyboardInterrupt:
-        log(f"interrupted during the final evaluation: training is finished and kept ({run.out}: last.pt, "
+        log(
+            f"interrupted during the final evaluation: training is finished and kept ({run.out}: last.pt, "
             f"best.pt, history.csv; no metrics.json); evaluate with: deepfuse eval {task.name} --checkpoint "
-            f"{run.out / 'best.pt'}")  # fmt: skip
+            f"{run.out / 'best.pt'}"
+        )
         raise
-    payload = {**final, "split": split, "val": val_metrics, "model": task.name, "config": run.config,
-               "seed": run.config["seed"], "git_sha": git_sha(), "device": str(run.device),
-               "backend": run.config["backend"], "layers": run.extra.get("layers"), "seconds": round(seconds, 2),
-               "epochs": run.epoch, "patience": run.config.get("patience"),
-               "stopped_early": run.extra.get("stopped_early"), "data": run.data.summary}  # fmt: skip
+    payload = {
+        **final,
+        "split": split,
+        "val": val_metrics,
+        "model": task.name,
+        "config": run.config,
+        "seed": run.config["seed"],
+        "git_sha": git_sha(),
+        "device": str(run.device),
+        "backend": run.config["backend"],
+        "layers": run.extra.get("layers"),
+        "seconds": round(seconds, 2),
+        "epochs": run.epoch,
+        "patience": run.config.get("patience"),
+        "stopped_early": run.extra.get("stopped_early"),
+        "data": run.data.summary,
+    }
     payload = finite_or_none(payload)
     if run.place.is_main:
         write_json(run.out / "metrics.json", payload)
@@ -715,8 +747,9 @@ def train(task: Task, config: dict, resume: bool = False, log=print, given: set[
         distributed.teardown(run.place)
 
 
-def load_for_inference(task: Task, checkpoint: str | Path, device: str | None = None,
-                       data: str | Path | None = None) -> tuple[nn.Module, dict, dict]:  # fmt: skip
+def load_for_inference(
+    task: Task, checkpoint: str | Path, device: str | None = None, data: str | Path | None = None
+) -> tuple[nn.Module, dict, dict]:
     """(model in eval mode on the device, config, data state) from a checkpoint of ``task``."""
     payload = load_checkpoint(checkpoint, task.name)
     config = payload["config"] | {"device": device or payload["config"]["device"]}
@@ -729,14 +762,22 @@ def load_for_inference(task: Task, checkpoint: str | Path, device: str | None = 
     return model.to(resolve_device(config["device"])).eval(), config, payload["state"]
 
 
-def evaluate(task: Task, checkpoint: str | Path, data: str | Path | None = None, device: str | None = None,
-             backend: str = "auto", log=print) -> dict:  # fmt: skip
+def evaluate(
+    task: Task,
+    checkpoint: str | Path,
+    data: str | Path | None = None,
+    device: str | None = None,
+    backend: str = "auto",
+    log=print,
+) -> dict:
     """Metrics of a checkpoint on the test split (the validation split when there is no test split)."""
     model, config, state = load_for_inference(task, checkpoint, device, data)
     if data is None and config["data"] and not Path(config["data"]).is_absolute():  # older checkpoints: as given
         config["data"] = str(Path(config["data"]).absolute())
-        log(f"data: {config['data']} (the checkpoint's relative --data, resolved against the current folder; "
-            "--data to evaluate other data)")
+        log(
+            f"data: {config['data']} (the checkpoint's relative --data, resolved against the current folder; "
+            "--data to evaluate other data)"
+        )
     config |= {"backend": backend, "workers": 0}
     dataset = task.load_data(Path(config["data"]) if config["data"] else None, config, state)
     run = Run(task, config, dataset, next(model.parameters()).device, distributed.Distributed(), model, model)
@@ -750,8 +791,15 @@ def evaluate(task: Task, checkpoint: str | Path, data: str | Path | None = None,
     return {**metrics, "split": split}
 
 
-def predict(task: Task, checkpoint: str | Path, inputs: list[str], device: str | None = None, out: str | None = None,
-            backend: str = "auto", options: dict | None = None) -> list[str]:  # fmt: skip
+def predict(
+    task: Task,
+    checkpoint: str | Path,
+    inputs: list[str],
+    device: str | None = None,
+    out: str | None = None,
+    backend: str = "auto",
+    options: dict | None = None,
+) -> list[str]:
     """Lines for the user's ``inputs``; ``options``: model options that change for this prediction (skip_bad)."""
     out = Path(out or ".")
     if out.exists() and not out.is_dir():

@@ -50,9 +50,15 @@ def draws_random_numbers(dataset) -> bool:
 
 def loader(run, dataset, batch_sampler) -> DataLoader:
     workers = run.config["workers"]
-    return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=run.data.collate, num_workers=workers,
-                      pin_memory=run.device.type == "cuda", persistent_workers=False,
-                      generator=torch.Generator().manual_seed(run.config["seed"] * 7919 + run.epoch))  # fmt: skip
+    return DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        collate_fn=run.data.collate,
+        num_workers=workers,
+        pin_memory=run.device.type == "cuda",
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(run.config["seed"] * 7919 + run.epoch),
+    )
 
 
 def supervised_epoch(run) -> dict[str, float]:
@@ -61,14 +67,24 @@ def supervised_epoch(run) -> dict[str, float]:
     A resumed epoch starts at the batch after the last finished step, and its loss counts the batches trained
     before the interrupt too (``run.epoch_loss`` is checkpointed)."""
     data = run.data
-    sampler = EpochBatches(len(data.train), run.config["batch_size"], run.config["seed"], run.epoch,
-                           run.place.rank, run.place.world, data.sample_weights, data.lengths,
-                           skip=run.step_in_epoch)  # fmt: skip
+    sampler = EpochBatches(
+        len(data.train),
+        run.config["batch_size"],
+        run.config["seed"],
+        run.epoch,
+        run.place.rank,
+        run.place.world,
+        data.sample_weights,
+        data.lengths,
+        skip=run.step_in_epoch,
+    )
     dataset = data.train
     if len(sampler) and draws_random_numbers(dataset):  # exact resume with augmentation, any worker count
         dataset = SeededSamples(dataset, run.config["seed"], run.epoch, run.place.rank)
-        sampler = [[(run.step_in_epoch + b, place, i) for place, i in enumerate(batch)]
-                   for b, batch in enumerate(sampler.batches)]  # fmt: skip
+        sampler = [
+            [(run.step_in_epoch + b, place, i) for place, i in enumerate(batch)]
+            for b, batch in enumerate(sampler.batches)
+        ]
     run.model.train()
     seen, start = 0, time.perf_counter()
     run.mark_finished_step()  # an interrupt inside the first batch rewinds to here

@@ -42,8 +42,9 @@ def learning_curves_png(history_csv: Path, path: Path, metric: str) -> Path:
     return path
 
 
-def confusion_matrix_png(logits: torch.Tensor, targets: torch.Tensor, path: Path,
-                         class_names: Sequence[str] | None = None) -> Path:  # fmt: skip
+def confusion_matrix_png(
+    logits: torch.Tensor, targets: torch.Tensor, path: Path, class_names: Sequence[str] | None = None
+) -> Path:
     from sklearn.metrics import confusion_matrix
 
     plt = _pyplot()
@@ -56,8 +57,15 @@ def confusion_matrix_png(logits: torch.Tensor, targets: torch.Tensor, path: Path
     for (row, col), count in np.ndenumerate(matrix):
         color = "white" if count > matrix.max() / 2 else "black"
         axes.text(col, row, str(count), ha="center", va="center", color=color, fontsize=8)
-    axes.set(xticks=range(classes), yticks=range(classes), xticklabels=names, yticklabels=names,
-             xlabel="predicted", ylabel="true", title="confusion matrix")  # fmt: skip
+    axes.set(
+        xticks=range(classes),
+        yticks=range(classes),
+        xticklabels=names,
+        yticklabels=names,
+        xlabel="predicted",
+        ylabel="true",
+        title="confusion matrix",
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -75,8 +83,9 @@ def roc_curve_png(probability: np.ndarray, truth: np.ndarray, path: Path, thresh
     if threshold is not None:
         at = int(np.argmin(np.abs(thresholds - threshold)))
         axes.plot(fpr[at], tpr[at], "o", color="tab:red", label=f"threshold {threshold:.2f}")
-    axes.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)",
-             title="ROC curve")  # fmt: skip
+    axes.set(
+        xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)", title="ROC curve"
+    )
     axes.legend(loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=100)

@@ -70,8 +70,10 @@ def acquire(folder: Path, log=print) -> RunLock:
         except BlockingIOError:
             owner = _owner(handle)
             os.close(handle)
-            raise RunFolderLocked(f"--out {folder} is in use by another run ({_describe(owner)}); wait for it to "
-                                  "end, or choose another --out") from None  # fmt: skip
+            raise RunFolderLocked(
+                f"--out {folder} is in use by another run ({_describe(owner)}); wait for it to "
+                "end, or choose another --out"
+            ) from None
         try:
             if os.stat(path).st_ino != os.fstat(handle).st_ino:  # released and removed meanwhile: lock anew
                 os.close(handle)
@@ -82,8 +84,10 @@ def acquire(folder: Path, log=print) -> RunLock:
         owner, host = _owner(handle), socket.gethostname()
         if owner and owner.get("host") != host:
             os.close(handle)
-            raise RunFolderLocked(f"--out {folder} holds the lock of a run on host {owner.get('host')} "
-                                  f"({_describe(owner)}); if that run is gone, delete {path}")  # fmt: skip
+            raise RunFolderLocked(
+                f"--out {folder} holds the lock of a run on host {owner.get('host')} "
+                f"({_describe(owner)}); if that run is gone, delete {path}"
+            )
         if owner:  # the flock was free: its writer is gone (even if its pid has been reused since)
             log(f"--out {folder}: taking over the lock of a run that ended without releasing it ({_describe(owner)})")
         me = {"pid": os.getpid(), "host": host, "started": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -47,8 +47,13 @@ def long_run_variance(d: np.ndarray, lags: int) -> float:
     return variance
 
 
-def diebold_mariano(errors_first: np.ndarray, errors_second: np.ndarray, loss: str = "squared", horizon: int = 1,
-                    lags: int | None = None) -> SignificanceResult:  # fmt: skip
+def diebold_mariano(
+    errors_first: np.ndarray,
+    errors_second: np.ndarray,
+    loss: str = "squared",
+    horizon: int = 1,
+    lags: int | None = None,
+) -> SignificanceResult:
     """HLN-corrected Diebold-Mariano test of the first forecast's errors against the second's (same days, same
     order). A negative statistic: the first forecast has the smaller loss."""
     from scipy.stats import t as student_t
@@ -71,8 +76,11 @@ def diebold_mariano(errors_first: np.ndarray, errors_second: np.ndarray, loss: s
     # relative to the losses' own size: a differential equal to rounding noise has no variance worth testing
     scale = max(float(np.abs(d).max()), 1e-300)
     if not variance > (1e-12 * scale) ** 2:
-        reason = "the two forecasts' losses are equal on every day" if better is None else (
-            f"the loss difference is the same ({mean:.3g}) on every day: no variance to test against")  # fmt: skip
+        reason = (
+            "the two forecasts' losses are equal on every day"
+            if better is None
+            else (f"the loss difference is the same ({mean:.3g}) on every day: no variance to test against")
+        )
         return SignificanceResult(None, None, better, n, f"undefined: {reason}")
     correction = math.sqrt((n + 1 - 2 * horizon + horizon * (horizon - 1) / n) / n)
     statistic = mean / math.sqrt(variance / n) * correction
