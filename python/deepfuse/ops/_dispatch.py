@@ -140,8 +140,9 @@ class _LabelledTorchPath(torch.autograd.Function):
         grads = [None] * len(inputs)
         if wanted and pairs:
             with op_range(bwd_name, "torch", 2 * flops, 2 * min_bytes):
-                found = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted],
-                                            [g for _, g in pairs], allow_unused=True)  # fmt: skip
+                found = torch.autograd.grad(
+                    [o for o, _ in pairs], [inputs[i] for i in wanted], [g for _, g in pairs], allow_unused=True
+                )
             for i, grad in zip(wanted, found, strict=True):
                 grads[i] = grad
         return (None, None, *grads)

@@ -41,11 +41,31 @@ def lstm_cell_fwd(x, h, c, w_ih, w_hh, bias, save_gates: bool):
     bias = bias.contiguous() if bias is not None else None
     with torch.cuda.device(x.device):
         _C.lstm_cell_fwd(
-            pointer(x), x.stride(0), x.stride(1), pointer(h), h.stride(0), h.stride(1), pointer(c), c.stride(0),
-            c.stride(1), pointer(w_ih), w_ih.stride(0), w_ih.stride(1), pointer(w_hh), w_hh.stride(0), w_hh.stride(1),
-            pointer(bias), pointer(h_next), pointer(c_next), pointer(gates), B, IN, H, _backend.DTYPE_CODES[x.dtype],
+            pointer(x),
+            x.stride(0),
+            x.stride(1),
+            pointer(h),
+            h.stride(0),
+            h.stride(1),
+            pointer(c),
+            c.stride(0),
+            c.stride(1),
+            pointer(w_ih),
+            w_ih.stride(0),
+            w_ih.stride(1),
+            pointer(w_hh),
+            w_hh.stride(0),
+            w_hh.stride(1),
+            pointer(bias),
+            pointer(h_next),
+            pointer(c_next),
+            pointer(gates),
+            B,
+            IN,
+            H,
+            _backend.DTYPE_CODES[x.dtype],
             _stream(),
-        )  # fmt: skip
+        )
     return h_next, c_next, gates
 
 
@@ -62,9 +82,18 @@ def lstm_cell_grad_gates(grad_h, grad_c, c, c_next, gates):
     grad_c = grad_c.to(c.dtype).contiguous() if grad_c is not None else None
     with torch.cuda.device(c.device):
         _C.lstm_cell_grad_gates(
-            pointer(grad_h), pointer(grad_c), pointer(c), pointer(c_next), pointer(gates), pointer(dgates),
-            pointer(dc_prev), B, H, _backend.DTYPE_CODES[c.dtype], _stream(),
-        )  # fmt: skip
+            pointer(grad_h),
+            pointer(grad_c),
+            pointer(c),
+            pointer(c_next),
+            pointer(gates),
+            pointer(dgates),
+            pointer(dc_prev),
+            B,
+            H,
+            _backend.DTYPE_CODES[c.dtype],
+            _stream(),
+        )
     return dgates, dc_prev
 
 
@@ -88,10 +117,24 @@ def _seq_fwd(xp, h0, c0, w_hh, lengths, save: bool, path: str):
     c_work = torch.empty((B, H), device=xp.device, dtype=torch.float32)  # c of tiles not kept on chip
     with torch.cuda.device(xp.device):
         _C.lstm_seq_fwd(
-            pointer(xp), pointer(w_hh), w_hh.stride(0), w_hh.stride(1), pointer(lengths), pointer(hs), pointer(c0),
-            pointer(cs), pointer(gates), pointer(c_n), pointer(c_work), T, B, H, _backend.DTYPE_CODES[xp.dtype],
-            _PATH_CODES[path], _stream(),
-        )  # fmt: skip
+            pointer(xp),
+            pointer(w_hh),
+            w_hh.stride(0),
+            w_hh.stride(1),
+            pointer(lengths),
+            pointer(hs),
+            pointer(c0),
+            pointer(cs),
+            pointer(gates),
+            pointer(c_n),
+            pointer(c_work),
+            T,
+            B,
+            H,
+            _backend.DTYPE_CODES[xp.dtype],
+            _PATH_CODES[path],
+            _stream(),
+        )
     return hs, cs, gates, c_n
 
 
@@ -111,10 +154,25 @@ def _seq_bwd(dhs, dcs, cs, gates, w_hh, lengths, path: str):
     work = torch.empty((2, B, H), device=cs.device, dtype=torch.float32)  # dh, dc carries of tiles not kept on chip
     with torch.cuda.device(cs.device):
         _C.lstm_seq_bwd(
-            pointer(dhs), pointer(dcs), pointer(cs), pointer(gates), pointer(w_hh), w_hh.stride(0), w_hh.stride(1),
-            pointer(lengths), pointer(dgates), pointer(dh0), pointer(dc0), pointer(work), T, B, H,
-            _backend.DTYPE_CODES[cs.dtype], _PATH_CODES[path], _stream(),
-        )  # fmt: skip
+            pointer(dhs),
+            pointer(dcs),
+            pointer(cs),
+            pointer(gates),
+            pointer(w_hh),
+            w_hh.stride(0),
+            w_hh.stride(1),
+            pointer(lengths),
+            pointer(dgates),
+            pointer(dh0),
+            pointer(dc0),
+            pointer(work),
+            T,
+            B,
+            H,
+            _backend.DTYPE_CODES[cs.dtype],
+            _PATH_CODES[path],
+            _stream(),
+        )
     return dgates, dh0, dc0
 
 

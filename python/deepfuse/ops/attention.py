@@ -126,8 +126,14 @@ def _attention_varlen_torch(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, m
 
     lengths_k = (cu_seqlens_k[1:] - cu_seqlens_k[:-1])[:, None]
     key_padding_mask = torch.arange(max_seqlen_k, device=q.device)[None, :] >= lengths_k
-    out = _attention_torch(padded(q, seq_q, pos_q, max_seqlen_q), padded(k, seq_k, pos_k, max_seqlen_k),
-                           padded(v, seq_k, pos_k, max_seqlen_k), key_padding_mask, causal, scale)  # fmt: skip
+    out = _attention_torch(
+        padded(q, seq_q, pos_q, max_seqlen_q),
+        padded(k, seq_k, pos_k, max_seqlen_k),
+        padded(v, seq_k, pos_k, max_seqlen_k),
+        key_padding_mask,
+        causal,
+        scale,
+    )
     return out.transpose(1, 2)[seq_q, pos_q]
 
 
@@ -185,8 +191,9 @@ def _varlen_fwd_torch(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale):
 def _varlen_bwd_torch(grad_out, q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale):
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     for sq, sk in _sequences(cu_seqlens_q, cu_seqlens_k):
-        grads = _attention_grads_ref(_as_batch(grad_out[sq]), _as_batch(q[sq]), _as_batch(k[sk]), _as_batch(v[sk]),
-                                     causal, None, scale)  # fmt: skip
+        grads = _attention_grads_ref(
+            _as_batch(grad_out[sq]), _as_batch(q[sq]), _as_batch(k[sk]), _as_batch(v[sk]), causal, None, scale
+        )
         for full, grad, rows in zip((dq, dk, dv), grads, (sq, sk, sk), strict=True):
             full[rows] = grad[0].transpose(0, 1)
     return dq, dk, dv
@@ -201,8 +208,9 @@ def _varlen_fwd_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale, max_s
 def _varlen_bwd_triton(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, causal, scale, max_seqlens):
     from deepfuse.kernels.attention import attention_bwd
 
-    dq, dk, dv = attention_bwd(grad_out, q, k, v, out, lse, None, causal, scale, (cu_seqlens_q, cu_seqlens_k),
-                               max_seqlens)  # fmt: skip
+    dq, dk, dv = attention_bwd(
+        grad_out, q, k, v, out, lse, None, causal, scale, (cu_seqlens_q, cu_seqlens_k), max_seqlens
+    )
     return dq, dk.contiguous(), dv.contiguous()
 
 
@@ -230,10 +238,22 @@ def _fwd_cuda(q, k, v, key_padding_mask, causal, scale):
     mask, mask_strides = _cuda_mask(key_padding_mask)
     with torch.cuda.device(q.device):
         _C.attention_fwd(
-            pointer(q), list(q.stride()), pointer(k), list(k.stride()), pointer(v), list(v.stride()), pointer(mask),
-            mask_strides, pointer(out), pointer(lse), _cuda_sizes(q, k), scale, causal,
-            _backend.DTYPE_CODES[q.dtype], torch.cuda.current_stream().cuda_stream,
-        )  # fmt: skip
+            pointer(q),
+            list(q.stride()),
+            pointer(k),
+            list(k.stride()),
+            pointer(v),
+            list(v.stride()),
+            pointer(mask),
+            mask_strides,
+            pointer(out),
+            pointer(lse),
+            _cuda_sizes(q, k),
+            scale,
+            causal,
+            _backend.DTYPE_CODES[q.dtype],
+            torch.cuda.current_stream().cuda_stream,
+        )
     return out, lse
 
 
@@ -253,11 +273,27 @@ def _bwd_cuda(grad_out, q, k, v, out, lse, key_padding_mask, causal, scale):
     mask, mask_strides = _cuda_mask(key_padding_mask)
     with torch.cuda.device(q.device):
         _C.attention_bwd(
-            pointer(grad_out), list(grad_out.stride()), pointer(q), list(q.stride()), pointer(k), list(k.stride()),
-            pointer(v), list(v.stride()), pointer(mask), mask_strides, pointer(lse), pointer(delta), pointer(dq),
-            pointer(dk), pointer(dv), _cuda_sizes(q, k), scale, causal, _backend.DTYPE_CODES[q.dtype],
+            pointer(grad_out),
+            list(grad_out.stride()),
+            pointer(q),
+            list(q.stride()),
+            pointer(k),
+            list(k.stride()),
+            pointer(v),
+            list(v.stride()),
+            pointer(mask),
+            mask_strides,
+            pointer(lse),
+            pointer(delta),
+            pointer(dq),
+            pointer(dk),
+            pointer(dv),
+            _cuda_sizes(q, k),
+            scale,
+            causal,
+            _backend.DTYPE_CODES[q.dtype],
             torch.cuda.current_stream().cuda_stream,
-        )  # fmt: skip
+        )
     dk, dv = (t.view(B, Hkv, Hq // Hkv, Nk, D).sum(2) for t in (dk, dv))  # (B, Hq, ...) -> (B, Hkv, ...)
     return dq, dk.to(k.dtype), dv.to(v.dtype)
 
@@ -284,11 +320,25 @@ def _varlen_fwd_cuda(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale, max_seq
     cu_q, cu_k = cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()
     with torch.cuda.device(q.device):
         _C.attention_fwd(
-            pointer(q), _packed_strides(q), pointer(k), _packed_strides(k), pointer(v), _packed_strides(v), 0, [0, 0],
-            pointer(out), pointer(lse), _varlen_cuda_sizes(q, k, cu_q, max_seqlens), scale, causal,
-            _backend.DTYPE_CODES[q.dtype], torch.cuda.current_stream().cuda_stream, cu_seqlens_q=pointer(cu_q),
-            cu_seqlens_k=pointer(cu_k), total_q=q.shape[0],
-        )  # fmt: skip
+            pointer(q),
+            _packed_strides(q),
+            pointer(k),
+            _packed_strides(k),
+            pointer(v),
+            _packed_strides(v),
+            0,
+            [0, 0],
+            pointer(out),
+            pointer(lse),
+            _varlen_cuda_sizes(q, k, cu_q, max_seqlens),
+            scale,
+            causal,
+            _backend.DTYPE_CODES[q.dtype],
+            torch.cuda.current_stream().cuda_stream,
+            cu_seqlens_q=pointer(cu_q),
+            cu_seqlens_k=pointer(cu_k),
+            total_q=q.shape[0],
+        )
     return out, lse
 
 
@@ -308,12 +358,30 @@ def _varlen_bwd_cuda(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, ca
     cu_q, cu_k = cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()
     with torch.cuda.device(q.device):
         _C.attention_bwd(
-            pointer(grad_out), _packed_strides(grad_out), pointer(q), _packed_strides(q), pointer(k),
-            _packed_strides(k), pointer(v), _packed_strides(v), 0, [0, 0], pointer(lse), pointer(delta), pointer(dq),
-            pointer(dk), pointer(dv), _varlen_cuda_sizes(q, k, cu_q, max_seqlens), scale, causal,
-            _backend.DTYPE_CODES[q.dtype], torch.cuda.current_stream().cuda_stream, cu_seqlens_q=pointer(cu_q),
-            cu_seqlens_k=pointer(cu_k), total_q=Tq,
-        )  # fmt: skip
+            pointer(grad_out),
+            _packed_strides(grad_out),
+            pointer(q),
+            _packed_strides(q),
+            pointer(k),
+            _packed_strides(k),
+            pointer(v),
+            _packed_strides(v),
+            0,
+            [0, 0],
+            pointer(lse),
+            pointer(delta),
+            pointer(dq),
+            pointer(dk),
+            pointer(dv),
+            _varlen_cuda_sizes(q, k, cu_q, max_seqlens),
+            scale,
+            causal,
+            _backend.DTYPE_CODES[q.dtype],
+            torch.cuda.current_stream().cuda_stream,
+            cu_seqlens_q=pointer(cu_q),
+            cu_seqlens_k=pointer(cu_k),
+            total_q=Tq,
+        )
     dk, dv = (t.view(Tk, Hkv, Hq // Hkv, D).sum(2) for t in (dk, dv))  # (Tk, Hq, D) -> (Tk, Hkv, D)
     return dq, dk.to(k.dtype), dv.to(v.dtype)
 
@@ -347,8 +415,15 @@ def _varlen_torch_cost(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_se
 
 
 @fused_op("attention_fwd", cost=_fwd_cost)
-def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
-                  causal: bool, scale: float, backend: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    causal: bool,
+    scale: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(out (B, Hq, Nq, D) contiguous, lse (B, Hq, Nq) fp32)."""
     return _FWD[backend](q, k, v, key_padding_mask, causal, scale)
 
@@ -364,9 +439,18 @@ def _bwd_cost(grad_out, q, k, v, out, lse, key_padding_mask, causal, scale, back
 
 
 @fused_op("attention_bwd", cost=_bwd_cost)
-def attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                  lse: torch.Tensor, key_padding_mask: torch.Tensor | None, causal: bool, scale: float,
-                  backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+def attention_bwd(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    causal: bool,
+    scale: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv), contiguous, in the inputs' dtypes."""
     return _BWD[backend](grad_out, q, k, v, out, lse, key_padding_mask, causal, scale)
 
@@ -398,9 +482,18 @@ def _varlen_fwd_cost(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
 
 
 @fused_op("attention_varlen_fwd", cost=_varlen_fwd_cost)
-def attention_varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
-                         cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool, scale: float,
-                         backend: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def attention_varlen_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    causal: bool,
+    scale: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(out (Tq, Hq, D), lse (Hq, Tq) fp32) for packed sequences."""
     if backend == "torch":
         return _varlen_fwd_torch(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
@@ -413,24 +506,38 @@ def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, s
     return q.new_empty(q.shape), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
 
 
-def _varlen_bwd_cost(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-                     scale, backend):  # fmt: skip
-    flops, min_bytes = _varlen_fwd_cost(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
-                                        backend)  # fmt: skip
+def _varlen_bwd_cost(
+    grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, backend
+):
+    flops, min_bytes = _varlen_fwd_cost(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, backend
+    )
     return 2.5 * flops, 2 * min_bytes
 
 
 @fused_op("attention_varlen_bwd", cost=_varlen_bwd_cost)
-def attention_varlen_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                         lse: torch.Tensor, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, max_seqlen_q: int,
-                         max_seqlen_k: int, causal: bool, scale: float,
-                         backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+def attention_varlen_bwd(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    causal: bool,
+    scale: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) for packed sequences."""
     if backend == "torch":
         return _varlen_bwd_torch(grad_out, q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale)
     varlen_bwd = _varlen_bwd_cuda if backend == "cuda" else _varlen_bwd_triton
-    return varlen_bwd(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, causal, scale,
-                      (max_seqlen_q, max_seqlen_k))  # fmt: skip
+    return varlen_bwd(
+        grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, causal, scale, (max_seqlen_q, max_seqlen_k)
+    )
 
 
 @attention_varlen_bwd.register_fake
@@ -494,25 +601,36 @@ def _validate(q, k, v, key_padding_mask):
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
     if k.shape[0] != B or k.shape[3] != D:
-        raise ValueError(f"k must be (batch={B}, kv_heads, Nk, head_dim={D}) to match q {tuple(q.shape)}, "
-                         f"got {tuple(k.shape)}")  # fmt: skip
+        raise ValueError(
+            f"k must be (batch={B}, kv_heads, Nk, head_dim={D}) to match q {tuple(q.shape)}, got {tuple(k.shape)}"
+        )
     if k.shape[1] == 0 or Hq % k.shape[1] != 0:
         raise ValueError(f"q's heads ({Hq}) must be a multiple of k's heads ({k.shape[1]}) (GQA/MQA)")
     if key_padding_mask is not None:
         if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
-            raise TypeError("key_padding_mask must be a bool tensor (True = ignore that key), got "
-                            f"{getattr(key_padding_mask, 'dtype', type(key_padding_mask).__name__)}")  # fmt: skip
+            raise TypeError(
+                "key_padding_mask must be a bool tensor (True = ignore that key), got "
+                f"{getattr(key_padding_mask, 'dtype', type(key_padding_mask).__name__)}"
+            )
         if key_padding_mask.shape != (B, k.shape[2]):
-            raise ValueError(f"key_padding_mask must have shape (batch={B}, Nk={k.shape[2]}), "
-                             f"got {tuple(key_padding_mask.shape)}")  # fmt: skip
+            raise ValueError(
+                f"key_padding_mask must have shape (batch={B}, Nk={k.shape[2]}), got {tuple(key_padding_mask.shape)}"
+            )
         if key_padding_mask.device != q.device:
             raise ValueError(f"key_padding_mask is on {key_padding_mask.device} but q is on {q.device}")
 
 
 @accepts_cupy
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-              key_padding_mask: torch.Tensor | None = None, scale: float | None = None,
-              backend: str | None = None) -> torch.Tensor:  # fmt: skip
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    key_padding_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
     """softmax(q @ k^T * scale, masked) @ v without materialising the scores.
 
     Args:
@@ -544,11 +662,15 @@ def _validate_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
     if k.shape[2] != q.shape[2] or k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
-        raise ValueError(f"q (total_q, Hq, D) and k (total_k, Hkv, D) need the same D and Hq a multiple of Hkv, "
-                         f"got {tuple(q.shape)} and {tuple(k.shape)}")  # fmt: skip
+        raise ValueError(
+            f"q (total_q, Hq, D) and k (total_k, Hkv, D) need the same D and Hq a multiple of Hkv, "
+            f"got {tuple(q.shape)} and {tuple(k.shape)}"
+        )
     lengths = {}
-    for name, cu, total, max_len in (("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q),
-                                     ("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k)):  # fmt: skip
+    for name, cu, total, max_len in (
+        ("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q),
+        ("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k),
+    ):
         if not isinstance(cu, torch.Tensor) or cu.dtype != torch.int32 or cu.ndim != 1 or cu.numel() < 1:
             raise TypeError(f"{name} must be a 1-D int32 tensor of cumulative lengths starting at 0")
         if cu.device != q.device:
@@ -561,14 +683,26 @@ def _validate_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
             raise ValueError(f"max_seqlen for {name} is {max_len} but a sequence has {max(steps)} tokens")
         lengths[name] = len(host)
     if lengths["cu_seqlens_q"] != lengths["cu_seqlens_k"]:
-        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must describe the same number of sequences, got "
-                         f"{lengths['cu_seqlens_q'] - 1} and {lengths['cu_seqlens_k'] - 1}")  # fmt: skip
+        raise ValueError(
+            f"cu_seqlens_q and cu_seqlens_k must describe the same number of sequences, got "
+            f"{lengths['cu_seqlens_q'] - 1} and {lengths['cu_seqlens_k'] - 1}"
+        )
 
 
 @accepts_cupy
-def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
-                     cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, *, causal: bool = False,
-                     scale: float | None = None, backend: str | None = None) -> torch.Tensor:  # fmt: skip
+def attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    *,
+    causal: bool = False,
+    scale: float | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
     """Attention over packed variable-length sequences: no work is spent on padding.
 
     Args:
@@ -587,8 +721,21 @@ def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     chosen = _backend.choose_backend("attention", backend, q, k)
     if chosen == "torch":  # as in attention(): torch's own differentiable ops
-        return torch_path("attention_varlen_fwd", _varlen_torch_cost, _attention_varlen_torch, q, k, v, cu_seqlens_q,
-                          cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), causal, scale)  # fmt: skip
-    out, _ = attention_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), causal,
-                                  scale, chosen)  # fmt: skip
+        return torch_path(
+            "attention_varlen_fwd",
+            _varlen_torch_cost,
+            _attention_varlen_torch,
+            q,
+            k,
+            v,
+            cu_seqlens_q,
+            cu_seqlens_k,
+            int(max_seqlen_q),
+            int(max_seqlen_k),
+            causal,
+            scale,
+        )
+    out, _ = attention_varlen_fwd(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), causal, scale, chosen
+    )
     return out

@@ -30,8 +30,9 @@ from deepfuse.ops.activations import (
 )
 
 
-def conv2d_act_ref(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation="none", *,
-                   residual=None):  # fmt: skip
+def conv2d_act_ref(
+    x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation="none", *, residual=None
+):
     """The spec in plain torch: ``act(F.conv2d(x, weight, bias, ...) + residual)``."""
     z = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     if residual is not None:
@@ -132,14 +133,36 @@ def _grad_preact(grad_y, saved, activation):
     return (grad_y.to(compute) * activation_grad_ref(saved.to(compute), activation)).to(grad_y.dtype)
 
 
-def _bwd_torch(grad_y, saved, x, weight, stride, pad, dilation, groups, activation, has_bias, need_grad_x,
-               need_grad_weight, need_grad_residual):  # fmt: skip
+def _bwd_torch(
+    grad_y,
+    saved,
+    x,
+    weight,
+    stride,
+    pad,
+    dilation,
+    groups,
+    activation,
+    has_bias,
+    need_grad_x,
+    need_grad_weight,
+    need_grad_residual,
+):
     grad_z = _grad_preact(grad_y, saved, activation)
     xp, sym_pad = _padded_input(x, pad)
     grad_xp, grad_weight, _ = torch.ops.aten.convolution_backward(
-        grad_z, xp, weight, None, list(stride), list(sym_pad), list(dilation), False, [0, 0], groups,
+        grad_z,
+        xp,
+        weight,
+        None,
+        list(stride),
+        list(sym_pad),
+        list(dilation),
+        False,
+        [0, 0],
+        groups,
         [need_grad_x, need_grad_weight, False],
-    )  # fmt: skip
+    )
     grad_x = nothing(x)
     if need_grad_x:
         grad_x = grad_xp if xp is x else grad_xp[:, :, pad[0] : pad[0] + x.shape[2], pad[2] : pad[2] + x.shape[3]]
@@ -170,13 +193,27 @@ def _fwd_triton(x, weight, bias, residual, stride, pad, dilation, groups, activa
     shape = _out_shape(x, weight, stride, pad, dilation)
     y = _kernel_utils.empty_output(shape, x, fmt)
     preact = _kernel_utils.empty_output(shape, x, fmt) if save_preact else None
-    conv2d_act_fwd(x, weight, bias, residual, y, preact, stride, (pad[0], pad[2]), dilation, groups,
-                   ACTIVATION_CODES[activation])  # fmt: skip
+    conv2d_act_fwd(
+        x, weight, bias, residual, y, preact, stride, (pad[0], pad[2]), dilation, groups, ACTIVATION_CODES[activation]
+    )
     return y, (preact if save_preact else nothing(x))
 
 
-def _bwd_triton(grad_y, saved, x, weight, stride, pad, dilation, groups, activation, has_bias, need_grad_x,
-                need_grad_weight, need_grad_residual):  # fmt: skip
+def _bwd_triton(
+    grad_y,
+    saved,
+    x,
+    weight,
+    stride,
+    pad,
+    dilation,
+    groups,
+    activation,
+    has_bias,
+    need_grad_x,
+    need_grad_weight,
+    need_grad_residual,
+):
     from deepfuse.kernels.conv2d_act import conv2d_act_bwd
 
     fmt = output_memory_format(x)
@@ -190,9 +227,20 @@ def _bwd_triton(grad_y, saved, x, weight, stride, pad, dilation, groups, activat
     else:
         saved = saved.contiguous(memory_format=fmt)
     grad_x, grad_weight, grad_bias = conv2d_act_bwd(
-        grad_y, saved, x, weight, stride, (pad[0], pad[2]), dilation, groups, code, has_bias, need_grad_x,
-        need_grad_weight, fmt,
-    )  # fmt: skip
+        grad_y,
+        saved,
+        x,
+        weight,
+        stride,
+        (pad[0], pad[2]),
+        dilation,
+        groups,
+        code,
+        has_bias,
+        need_grad_x,
+        need_grad_weight,
+        fmt,
+    )
     return (
         grad_x if grad_x is not None else nothing(x),
         grad_weight if grad_weight is not None else nothing(x),
@@ -203,8 +251,24 @@ def _bwd_triton(grad_y, saved, x, weight, stride, pad, dilation, groups, activat
 
 def _cuda_shape(x, weight, out_shape, stride, pad, dilation, groups):
     batch, cin, H, W = x.shape
-    return [batch, cin, H, W, weight.shape[0], out_shape[2], out_shape[3], weight.shape[2], weight.shape[3],
-            stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1], groups]  # fmt: skip
+    return [
+        batch,
+        cin,
+        H,
+        W,
+        weight.shape[0],
+        out_shape[2],
+        out_shape[3],
+        weight.shape[2],
+        weight.shape[3],
+        stride[0],
+        stride[1],
+        pad[0],
+        pad[2],
+        dilation[0],
+        dilation[1],
+        groups,
+    ]
 
 
 def _fwd_cuda(x, weight, bias, residual, stride, pad, dilation, groups, activation, save_preact):
@@ -217,17 +281,39 @@ def _fwd_cuda(x, weight, bias, residual, stride, pad, dilation, groups, activati
     bias = bias.contiguous() if bias is not None else None
     with torch.cuda.device(x.device):
         _C.conv2d_act_fwd(
-            _cuda_shape(x, weight, shape, stride, pad, dilation, groups), pointer(x), list(x.stride()),
-            pointer(weight), list(weight.stride()), pointer(bias), pointer(residual),
-            list(residual.stride()) if residual is not None else [0, 0, 0, 0], pointer(y), pointer(preact),
-            list(y.stride()), _backend.DTYPE_CODES[x.dtype], ACTIVATION_CODES[activation],
+            _cuda_shape(x, weight, shape, stride, pad, dilation, groups),
+            pointer(x),
+            list(x.stride()),
+            pointer(weight),
+            list(weight.stride()),
+            pointer(bias),
+            pointer(residual),
+            list(residual.stride()) if residual is not None else [0, 0, 0, 0],
+            pointer(y),
+            pointer(preact),
+            list(y.stride()),
+            _backend.DTYPE_CODES[x.dtype],
+            ACTIVATION_CODES[activation],
             torch.cuda.current_stream().cuda_stream,
-        )  # fmt: skip
+        )
     return y, preact
 
 
-def _bwd_cuda(grad_y, saved, x, weight, stride, pad, dilation, groups, activation, has_bias, need_grad_x,
-              need_grad_weight, need_grad_residual):  # fmt: skip
+def _bwd_cuda(
+    grad_y,
+    saved,
+    x,
+    weight,
+    stride,
+    pad,
+    dilation,
+    groups,
+    activation,
+    has_bias,
+    need_grad_x,
+    need_grad_weight,
+    need_grad_residual,
+):
     from deepfuse import _C
 
     fmt = output_memory_format(x)
@@ -243,12 +329,22 @@ def _bwd_cuda(grad_y, saved, x, weight, stride, pad, dilation, groups, activatio
     grad_bias = _kernel_utils.empty_output(weight.shape[:1], x) if has_bias else nothing(x)
     with torch.cuda.device(x.device):
         _C.conv2d_act_bwd(
-            _cuda_shape(x, weight, grad_y.shape, stride, pad, dilation, groups), pointer(grad_y),
-            pointer(saved) if activation != "none" else 0, list(grad_y.stride()), pointer(x), list(x.stride()),
-            pointer(weight), list(weight.stride()), pointer(grad_x), list(grad_x.stride()) if need_grad_x
-            else [0, 0, 0, 0], pointer(grad_weight), pointer(grad_bias), _backend.DTYPE_CODES[x.dtype],
-            ACTIVATION_CODES[activation], torch.cuda.current_stream().cuda_stream,
-        )  # fmt: skip
+            _cuda_shape(x, weight, grad_y.shape, stride, pad, dilation, groups),
+            pointer(grad_y),
+            pointer(saved) if activation != "none" else 0,
+            list(grad_y.stride()),
+            pointer(x),
+            list(x.stride()),
+            pointer(weight),
+            list(weight.stride()),
+            pointer(grad_x),
+            list(grad_x.stride()) if need_grad_x else [0, 0, 0, 0],
+            pointer(grad_weight),
+            pointer(grad_bias),
+            _backend.DTYPE_CODES[x.dtype],
+            ACTIVATION_CODES[activation],
+            torch.cuda.current_stream().cuda_stream,
+        )
     return grad_x, grad_weight, grad_bias, grad_residual
 
 
@@ -274,12 +370,23 @@ def _fwd_cost(x, weight, bias, residual, stride, padding, dilation, groups, acti
 
 
 @fused_op("conv2d_act_fwd", cost=_fwd_cost)
-def conv2d_act_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
-                   stride: list[int], padding: list[int], dilation: list[int], groups: int, activation: str,
-                   save_preact: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def conv2d_act_fwd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    activation: str,
+    save_preact: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, preact) for 4-D x; padding is (top, bottom, left, right); preact is empty unless save_preact."""
-    return _FWD[backend](x, weight, bias, residual, tuple(stride), tuple(padding), tuple(dilation), groups,
-                         activation, save_preact)  # fmt: skip
+    return _FWD[backend](
+        x, weight, bias, residual, tuple(stride), tuple(padding), tuple(dilation), groups, activation, save_preact
+    )
 
 
 @conv2d_act_fwd.register_fake
@@ -290,30 +397,87 @@ def _(x, weight, bias, residual, stride, padding, dilation, groups, activation, 
     return y, (torch.empty(shape, device=x.device, dtype=x.dtype, memory_format=fmt) if save_preact else nothing(x))
 
 
-def _bwd_cost(grad_y, saved, x, weight, stride, padding, dilation, groups, activation, has_bias, need_grad_x,
-              need_grad_weight, need_grad_residual, backend):  # fmt: skip
+def _bwd_cost(
+    grad_y,
+    saved,
+    x,
+    weight,
+    stride,
+    padding,
+    dilation,
+    groups,
+    activation,
+    has_bias,
+    need_grad_x,
+    need_grad_weight,
+    need_grad_residual,
+    backend,
+):
     flops, min_bytes = _cost(x, weight, grad_y.shape, True)
     return flops * (need_grad_x + need_grad_weight), min_bytes
 
 
 @fused_op("conv2d_act_bwd", cost=_bwd_cost)
-def conv2d_act_bwd(grad_y: torch.Tensor, saved: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                   stride: list[int], padding: list[int], dilation: list[int], groups: int, activation: str,
-                   has_bias: bool, need_grad_x: bool, need_grad_weight: bool, need_grad_residual: bool,
-                   backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+def conv2d_act_bwd(
+    grad_y: torch.Tensor,
+    saved: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    activation: str,
+    has_bias: bool,
+    need_grad_x: bool,
+    need_grad_weight: bool,
+    need_grad_residual: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_x, grad_weight, grad_bias, grad_residual); those not asked for are empty."""
-    return _BWD[backend](grad_y, saved, x, weight, tuple(stride), tuple(padding), tuple(dilation), groups,
-                         activation, has_bias, need_grad_x, need_grad_weight, need_grad_residual)  # fmt: skip
+    return _BWD[backend](
+        grad_y,
+        saved,
+        x,
+        weight,
+        tuple(stride),
+        tuple(padding),
+        tuple(dilation),
+        groups,
+        activation,
+        has_bias,
+        need_grad_x,
+        need_grad_weight,
+        need_grad_residual,
+    )
 
 
 @conv2d_act_bwd.register_fake
-def _(grad_y, saved, x, weight, stride, padding, dilation, groups, activation, has_bias, need_grad_x,
-      need_grad_weight, need_grad_residual, backend):  # fmt: skip
+def _(
+    grad_y,
+    saved,
+    x,
+    weight,
+    stride,
+    padding,
+    dilation,
+    groups,
+    activation,
+    has_bias,
+    need_grad_x,
+    need_grad_weight,
+    need_grad_residual,
+    backend,
+):
     fmt = output_memory_format(x)
     grad_x = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=fmt) if need_grad_x else nothing(x)
     grad_residual = torch.empty_like(grad_y, memory_format=fmt) if need_grad_residual else nothing(x)
-    return (grad_x, weight.new_empty(weight.shape) if need_grad_weight else nothing(x),
-            weight.new_empty(weight.shape[:1]) if has_bias else nothing(x), grad_residual)  # fmt: skip
+    return (
+        grad_x,
+        weight.new_empty(weight.shape) if need_grad_weight else nothing(x),
+        weight.new_empty(weight.shape[:1]) if has_bias else nothing(x),
+        grad_residual,
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -336,15 +500,37 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_y, grad_preact):
     x, weight, saved = ctx.saved_tensors
     if saved is None:
-        raise RuntimeError(f"deepfuse::conv2d_act_fwd ran with save_preact=False, but {ctx.activation!r} needs the "
-                           "pre-activation for backward; call deepfuse.ops.conv2d_act, which sets it")  # fmt: skip
+        raise RuntimeError(
+            f"deepfuse::conv2d_act_fwd ran with save_preact=False, but {ctx.activation!r} needs the "
+            "pre-activation for backward; call deepfuse.ops.conv2d_act, which sets it"
+        )
     need_x, need_w, need_b, need_res = ctx.needs_input_grad[:4]
     grad_x, grad_w, grad_b, grad_res = conv2d_act_bwd(
-        grad_y, saved, x, weight, *ctx.geometry, ctx.activation, ctx.has_bias and need_b, need_x, need_w,
-        ctx.has_residual and need_res, ctx.backend,
-    )  # fmt: skip
-    return (grad_x if need_x else None, grad_w if need_w else None, grad_b if ctx.has_bias and need_b else None,
-            grad_res if ctx.has_residual and need_res else None, None, None, None, None, None, None, None)  # fmt: skip
+        grad_y,
+        saved,
+        x,
+        weight,
+        *ctx.geometry,
+        ctx.activation,
+        ctx.has_bias and need_b,
+        need_x,
+        need_w,
+        ctx.has_residual and need_res,
+        ctx.backend,
+    )
+    return (
+        grad_x if need_x else None,
+        grad_w if need_w else None,
+        grad_b if ctx.has_bias and need_b else None,
+        grad_res if ctx.has_residual and need_res else None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 conv2d_act_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -375,18 +561,22 @@ _backend.register_op(_backend.OpSpec("conv2d_act", _supports, _preference, lambd
 def _validate(x, weight, bias, residual, groups, activation):
     check_tensor("x", x)
     if x.ndim not in (3, 4):
-        raise ValueError(f"x must be (batch, channels, height, width) or (channels, height, width), "
-                         f"got shape {tuple(x.shape)}")  # fmt: skip
+        raise ValueError(
+            f"x must be (batch, channels, height, width) or (channels, height, width), got shape {tuple(x.shape)}"
+        )
     check_tensor("weight", weight, ndim=4)
     if not isinstance(groups, int) or groups < 1:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
     in_channels, out_channels = x.shape[-3], weight.shape[0]
     if in_channels % groups or out_channels % groups:
-        raise ValueError(f"groups={groups} must divide both x's channels ({in_channels}) and weight's out_channels "
-                         f"({out_channels})")  # fmt: skip
+        raise ValueError(
+            f"groups={groups} must divide both x's channels ({in_channels}) and weight's out_channels ({out_channels})"
+        )
     if weight.shape[1] * groups != in_channels:
-        raise ValueError(f"weight must have shape (out_channels, in_channels / groups = {in_channels // groups}, "
-                         f"kH, kW) for x with {in_channels} channels, got {tuple(weight.shape)}")  # fmt: skip
+        raise ValueError(
+            f"weight must have shape (out_channels, in_channels / groups = {in_channels // groups}, "
+            f"kH, kW) for x with {in_channels} channels, got {tuple(weight.shape)}"
+        )
     if bias is not None:
         check_tensor("bias", bias, ndim=1)
         if bias.shape[0] != out_channels:
@@ -397,9 +587,19 @@ def _validate(x, weight, bias, residual, groups, activation):
 
 
 @accepts_cupy
-def conv2d_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,
-               dilation=1, groups: int = 1, activation: str = "none", *, residual: torch.Tensor | None = None,
-               backend: str | None = None) -> torch.Tensor:  # fmt: skip
+def conv2d_act(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    activation: str = "none",
+    *,
+    residual: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
     """y = act(conv2d(x, weight, bias, stride, padding, dilation, groups) + residual), fused, differentiable.
 
     Args:
@@ -427,8 +627,10 @@ def conv2d_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     pad = resolve_padding(padding, weight.shape[2:], dilation, stride)
     out_shape = _out_shape(x, weight, stride, pad, dilation)
     if out_shape[2] < 1 or out_shape[3] < 1:
-        raise ValueError(f"weight's kernel {tuple(weight.shape[2:])} (dilation {dilation}) is larger than the padded "
-                         f"input {(x.shape[2] + pad[0] + pad[1], x.shape[3] + pad[2] + pad[3])}")  # fmt: skip
+        raise ValueError(
+            f"weight's kernel {tuple(weight.shape[2:])} (dilation {dilation}) is larger than the padded "
+            f"input {(x.shape[2] + pad[0] + pad[1], x.shape[3] + pad[2] + pad[3])}"
+        )
     if residual is not None and tuple(residual.shape) != out_shape:
         raise ValueError(f"residual must have the output's shape {out_shape}, got {tuple(residual.shape)}")
     x, weight, bias, residual = autocast_inputs(x, weight, bias, residual)
@@ -439,6 +641,17 @@ def conv2d_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
         y = torch_path("conv2d_act_fwd", _torch_cost, _conv2d_act_torch, *args)
         return y.squeeze(0) if unbatched else y
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, residual))
-    y, _ = conv2d_act_fwd(x, weight, bias, residual, list(stride), list(pad), list(dilation), groups, activation,
-                          needs_grad and activation in NEEDS_PREACTIVATION, chosen)  # fmt: skip
+    y, _ = conv2d_act_fwd(
+        x,
+        weight,
+        bias,
+        residual,
+        list(stride),
+        list(pad),
+        list(dilation),
+        groups,
+        activation,
+        needs_grad and activation in NEEDS_PREACTIVATION,
+        chosen,
+    )
     return y.squeeze(0) if unbatched else y

@@ -29,8 +29,9 @@ from deepfuse.ops.activations import (
 )
 
 
-def linear_act_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                   activation: str = "none") -> torch.Tensor:  # fmt: skip
+def linear_act_ref(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str = "none"
+) -> torch.Tensor:
     """The spec: ``act(F.linear(x, weight, bias))`` in plain torch (CPU-safe, differentiable)."""
     return activation_ref(F.linear(x, weight, bias), activation)
 
@@ -70,8 +71,9 @@ def _fwd_triton(x, weight, bias, activation, save_preact):
 def _bwd_triton(grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_grad_weight):
     from deepfuse.kernels.linear_act import linear_act_bwd
 
-    return linear_act_bwd(grad_y, saved, x, weight, ACTIVATION_CODES[activation], has_bias, need_grad_x,
-                          need_grad_weight)  # fmt: skip
+    return linear_act_bwd(
+        grad_y, saved, x, weight, ACTIVATION_CODES[activation], has_bias, need_grad_x, need_grad_weight
+    )
 
 
 def _fwd_cuda(x, weight, bias, activation, save_preact):
@@ -84,10 +86,22 @@ def _fwd_cuda(x, weight, bias, activation, save_preact):
     bias = bias.contiguous() if bias is not None else None
     with torch.cuda.device(x.device):
         _C.linear_act_fwd(
-            pointer(x), x.stride(0), x.stride(1), pointer(weight), weight.stride(0), weight.stride(1),
-            pointer(bias), pointer(y), pointer(preact), M, N, K,
-            _backend.DTYPE_CODES[x.dtype], ACTIVATION_CODES[activation], torch.cuda.current_stream().cuda_stream,
-        )  # fmt: skip
+            pointer(x),
+            x.stride(0),
+            x.stride(1),
+            pointer(weight),
+            weight.stride(0),
+            weight.stride(1),
+            pointer(bias),
+            pointer(y),
+            pointer(preact),
+            M,
+            N,
+            K,
+            _backend.DTYPE_CODES[x.dtype],
+            ACTIVATION_CODES[activation],
+            torch.cuda.current_stream().cuda_stream,
+        )
     return y, preact
 
 
@@ -103,11 +117,24 @@ def _bwd_cuda(grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_
     grad_bias = _kernel_utils.empty_output((N,), x) if has_bias else nothing(x)
     with torch.cuda.device(x.device):
         _C.linear_act_bwd(
-            pointer(grad_y), pointer(saved), pointer(x), x.stride(0), x.stride(1),
-            pointer(weight), weight.stride(0), weight.stride(1),
-            pointer(grad_x), pointer(grad_weight), pointer(grad_bias) if has_bias else 0, M, N, K,
-            _backend.DTYPE_CODES[x.dtype], ACTIVATION_CODES[activation], torch.cuda.current_stream().cuda_stream,
-        )  # fmt: skip
+            pointer(grad_y),
+            pointer(saved),
+            pointer(x),
+            x.stride(0),
+            x.stride(1),
+            pointer(weight),
+            weight.stride(0),
+            weight.stride(1),
+            pointer(grad_x),
+            pointer(grad_weight),
+            pointer(grad_bias) if has_bias else 0,
+            M,
+            N,
+            K,
+            _backend.DTYPE_CODES[x.dtype],
+            ACTIVATION_CODES[activation],
+            torch.cuda.current_stream().cuda_stream,
+        )
     return grad_x, grad_weight, grad_bias
 
 
@@ -129,8 +156,9 @@ def _fwd_cost(x, weight, bias, activation, save_preact, backend):
 
 
 @fused_op("linear_act_fwd", cost=_fwd_cost)
-def linear_act_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str,
-                   save_preact: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def linear_act_fwd(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str, save_preact: bool, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, preact) for 2-D x; preact is (M, N) when save_preact, else empty."""
     return _FWD[backend](x, weight, bias, activation, save_preact)
 
@@ -149,18 +177,28 @@ def _bwd_cost(grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_
 
 
 @fused_op("linear_act_bwd", cost=_bwd_cost)
-def linear_act_bwd(grad_y: torch.Tensor, saved: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, activation: str,
-                   has_bias: bool, need_grad_x: bool, need_grad_weight: bool,
-                   backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+def linear_act_bwd(
+    grad_y: torch.Tensor,
+    saved: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    activation: str,
+    has_bias: bool,
+    need_grad_x: bool,
+    need_grad_weight: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_x, grad_weight, grad_bias); those not asked for are empty."""
     return _BWD[backend](grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_grad_weight)
 
 
 @linear_act_bwd.register_fake
 def _(grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_grad_weight, backend):
-    return (x.new_empty(x.shape) if need_grad_x else nothing(x),
-            weight.new_empty(weight.shape) if need_grad_weight else nothing(x),
-            weight.new_empty(weight.shape[:1]) if has_bias else nothing(x))  # fmt: skip
+    return (
+        x.new_empty(x.shape) if need_grad_x else nothing(x),
+        weight.new_empty(weight.shape) if need_grad_weight else nothing(x),
+        weight.new_empty(weight.shape[:1]) if has_bias else nothing(x),
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -177,14 +215,30 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_y, grad_preact):
     x, weight, saved = ctx.saved_tensors
     if saved is None:
-        raise RuntimeError(f"deepfuse::linear_act_fwd ran with save_preact=False, but {ctx.activation!r} needs the "
-                           "pre-activation for backward; call deepfuse.ops.linear_act, which sets it")  # fmt: skip
+        raise RuntimeError(
+            f"deepfuse::linear_act_fwd ran with save_preact=False, but {ctx.activation!r} needs the "
+            "pre-activation for backward; call deepfuse.ops.linear_act, which sets it"
+        )
     need_grad_x, need_grad_weight, need_grad_bias = ctx.needs_input_grad[:3]
-    grad_x, grad_weight, grad_bias = linear_act_bwd(grad_y, saved, x, weight, ctx.activation,
-                                                    ctx.has_bias and need_grad_bias, need_grad_x, need_grad_weight,
-                                                    ctx.backend)  # fmt: skip
-    return (grad_x if need_grad_x else None, grad_weight if need_grad_weight else None,
-            grad_bias if ctx.has_bias and need_grad_bias else None, None, None, None)  # fmt: skip
+    grad_x, grad_weight, grad_bias = linear_act_bwd(
+        grad_y,
+        saved,
+        x,
+        weight,
+        ctx.activation,
+        ctx.has_bias and need_grad_bias,
+        need_grad_x,
+        need_grad_weight,
+        ctx.backend,
+    )
+    return (
+        grad_x if need_grad_x else None,
+        grad_weight if need_grad_weight else None,
+        grad_bias if ctx.has_bias and need_grad_bias else None,
+        None,
+        None,
+        None,
+    )
 
 
 linear_act_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -222,8 +276,10 @@ def _validate(x, weight, bias, activation):
     check_tensor("x", x, min_ndim=1)
     check_tensor("weight", weight, ndim=2)
     if weight.shape[1] != x.shape[-1]:
-        raise ValueError(f"weight must have shape (out_features, in_features={x.shape[-1]}) to match x's last "
-                         f"dimension, got {tuple(weight.shape)}")  # fmt: skip
+        raise ValueError(
+            f"weight must have shape (out_features, in_features={x.shape[-1]}) to match x's last "
+            f"dimension, got {tuple(weight.shape)}"
+        )
     if bias is not None:
         check_tensor("bias", bias, ndim=1)
         if bias.shape[0] != weight.shape[0]:
@@ -232,8 +288,14 @@ def _validate(x, weight, bias, activation):
 
 
 @accepts_cupy
-def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str = "none", *,
-               backend: str | None = None) -> torch.Tensor:  # fmt: skip
+def linear_act(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str = "none",
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
     """y = act(x @ weight.T + bias), fused, differentiable.
 
     Args:

@@ -49,8 +49,9 @@ def _gate_grads_ref(dh, dc_in, c_prev, c_next, gates):
     i, f, g, o = gates.chunk(4, dim=-1)
     tc = torch.tanh(c_next)
     dc = dc_in + dh * o * (1 - tc * tc)
-    dgates = torch.cat([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g), dh * tc * o * (1 - o)],
-                       dim=-1)  # fmt: skip
+    dgates = torch.cat(
+        [dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g), dh * tc * o * (1 - o)], dim=-1
+    )
     return dgates, dc * f
 
 
@@ -93,8 +94,11 @@ def _cell_grad_gates_torch(grad_h, grad_c, c, c_next, gates):
 def _linear_grads(backend, dgates, inputs, weight, has_bias, need_input, need_weight):
     """(d inputs, d weight, d bias) of inputs @ weight^T + bias for the gate gradient dgates."""
     if backend == "torch":
-        return (dgates @ weight if need_input else nothing(inputs), dgates.t() @ inputs if need_weight
-                else nothing(inputs), dgates.sum(0) if has_bias else nothing(inputs))  # fmt: skip
+        return (
+            dgates @ weight if need_input else nothing(inputs),
+            dgates.t() @ inputs if need_weight else nothing(inputs),
+            dgates.sum(0) if has_bias else nothing(inputs),
+        )
     return LINEAR_ACT_BACKWARD[backend](dgates, dgates, inputs, weight, "none", has_bias, need_input, need_weight)
 
 
@@ -104,9 +108,15 @@ def _cell_fwd_cost(x, h, c, w_ih, w_hh, bias, backend):
 
 
 @fused_op("lstm_cell_fwd", cost=_cell_fwd_cost)
-def lstm_cell_fwd(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor,
-                  bias: torch.Tensor | None, backend: str
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+def lstm_cell_fwd(
+    x: torch.Tensor,
+    h: torch.Tensor,
+    c: torch.Tensor,
+    w_ih: torch.Tensor,
+    w_hh: torch.Tensor,
+    bias: torch.Tensor | None,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(h_next, c_next, activated gates (B, 4H)); bias = b_ih + b_hh."""
     if backend == "torch":
         return _cell_fwd_torch(x, h, c, w_ih, w_hh, bias)
@@ -124,10 +134,19 @@ def _cell_bwd_cost(grad_h, grad_c, x, h, c, c_next, gates, w_ih, w_hh, has_bias,
 
 
 @fused_op("lstm_cell_bwd", cost=_cell_bwd_cost)
-def lstm_cell_bwd(grad_h: torch.Tensor, grad_c: torch.Tensor, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
-                  c_next: torch.Tensor, gates: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, has_bias: bool,
-                  backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                         torch.Tensor]:  # fmt: skip
+def lstm_cell_bwd(
+    grad_h: torch.Tensor,
+    grad_c: torch.Tensor,
+    x: torch.Tensor,
+    h: torch.Tensor,
+    c: torch.Tensor,
+    c_next: torch.Tensor,
+    gates: torch.Tensor,
+    w_ih: torch.Tensor,
+    w_hh: torch.Tensor,
+    has_bias: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dh, dc, dw_ih, dw_hh, dbias)."""
     grad_gates = _cell_grad_gates_torch if backend == "torch" else _kernels(backend).lstm_cell_grad_gates
     dgates, dc = grad_gates(grad_h, grad_c, c, c_next, gates)
@@ -138,8 +157,14 @@ def lstm_cell_bwd(grad_h: torch.Tensor, grad_c: torch.Tensor, x: torch.Tensor, h
 
 @lstm_cell_bwd.register_fake
 def _(grad_h, grad_c, x, h, c, c_next, gates, w_ih, w_hh, has_bias, backend):
-    return (x.new_empty(x.shape), h.new_empty(h.shape), c.new_empty(c.shape), w_ih.new_empty(w_ih.shape),
-            w_hh.new_empty(w_hh.shape), w_ih.new_empty((w_ih.shape[0],) if has_bias else (0,)))  # fmt: skip
+    return (
+        x.new_empty(x.shape),
+        h.new_empty(h.shape),
+        c.new_empty(c.shape),
+        w_ih.new_empty(w_ih.shape),
+        w_hh.new_empty(w_hh.shape),
+        w_ih.new_empty((w_ih.shape[0],) if has_bias else (0,)),
+    )
 
 
 def _cell_setup_context(ctx, inputs, output):
@@ -153,8 +178,9 @@ def _cell_backward(ctx, grad_h, grad_c, grad_gates):
     x, h, c, c_next, gates, w_ih, w_hh = ctx.saved_tensors
     grad_h = grad_h if grad_h is not None else torch.zeros_like(h)
     grad_c = grad_c if grad_c is not None else torch.zeros_like(c)
-    dx, dh, dc, dw_ih, dw_hh, db = lstm_cell_bwd(grad_h, grad_c, x, h, c, c_next, gates, w_ih, w_hh, ctx.has_bias,
-                                                 ctx.backend)  # fmt: skip
+    dx, dh, dc, dw_ih, dw_hh, db = lstm_cell_bwd(
+        grad_h, grad_c, x, h, c, c_next, gates, w_ih, w_hh, ctx.has_bias, ctx.backend
+    )
     return dx, dh, dc, dw_ih, dw_hh, (db if ctx.has_bias else None), None
 
 
@@ -196,8 +222,9 @@ def _recurrence_bwd_torch(dhs, dcs, cs, gates, w_hh, lengths):
     for t in reversed(range(T)):
         valid = (t < lengths)[:, None] if lengths is not None else torch.ones_like(dh_carry[:, :1], dtype=torch.bool)
         dh = dhs[t + 1].to(ct) + dh_carry
-        dgates, dc_prev = _gate_grads_ref(dh, dc_carry + dcs[t + 1].to(ct), cs[t].to(ct), cs[t + 1].to(ct),
-                                          gates[t].to(ct))  # fmt: skip
+        dgates, dc_prev = _gate_grads_ref(
+            dh, dc_carry + dcs[t + 1].to(ct), cs[t].to(ct), cs[t + 1].to(ct), gates[t].to(ct)
+        )
         dgates = torch.where(valid, dgates, 0.0)
         dc_carry = torch.where(valid, dc_prev, dc_carry)
         dh_carry = torch.where(valid, dgates @ w, dh_carry)
@@ -212,9 +239,9 @@ def _recurrence_fwd_cost(xp, h0, c0, w_hh, lengths, backend):
 
 
 @fused_op("lstm_recurrence_fwd", cost=_recurrence_fwd_cost)
-def lstm_recurrence_fwd(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor,
-                        lengths: torch.Tensor | None, backend: str
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+def lstm_recurrence_fwd(
+    xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor, lengths: torch.Tensor | None, backend: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(hs, cs (T + 1, B, H) with h0, c0 first, activated gates (T, B, 4H)) from xp (T, B, 4H)."""
     if backend == "torch":
         return _recurrence_fwd_torch(xp, h0, c0, w_hh, lengths)
@@ -234,9 +261,16 @@ def _recurrence_bwd_cost(dhs, dcs, hs, cs, gates, w_hh, lengths, backend):
 
 
 @fused_op("lstm_recurrence_bwd", cost=_recurrence_bwd_cost)
-def lstm_recurrence_bwd(dhs: torch.Tensor, dcs: torch.Tensor, hs: torch.Tensor, cs: torch.Tensor,
-                        gates: torch.Tensor, w_hh: torch.Tensor, lengths: torch.Tensor | None, backend: str
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+def lstm_recurrence_bwd(
+    dhs: torch.Tensor,
+    dcs: torch.Tensor,
+    hs: torch.Tensor,
+    cs: torch.Tensor,
+    gates: torch.Tensor,
+    w_hh: torch.Tensor,
+    lengths: torch.Tensor | None,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dxp, dh0, dc0, dw_hh)."""
     T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
     if backend == "torch":
@@ -251,8 +285,12 @@ def lstm_recurrence_bwd(dhs: torch.Tensor, dcs: torch.Tensor, hs: torch.Tensor, 
 
 @lstm_recurrence_bwd.register_fake
 def _(dhs, dcs, hs, cs, gates, w_hh, lengths, backend):
-    return gates.new_empty(gates.shape), hs.new_empty(hs.shape[1:]), cs.new_empty(cs.shape[1:]), w_hh.new_empty(
-        w_hh.shape)  # fmt: skip
+    return (
+        gates.new_empty(gates.shape),
+        hs.new_empty(hs.shape[1:]),
+        cs.new_empty(cs.shape[1:]),
+        w_hh.new_empty(w_hh.shape),
+    )
 
 
 def _last_states(states, lengths):
@@ -268,8 +306,9 @@ def _recurrence_infer_cost(xp, h0, c0, w_hh, lengths, backend):
 
 
 @fused_op("lstm_recurrence_infer", cost=_recurrence_infer_cost)
-def lstm_recurrence_infer(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor,
-                          lengths: torch.Tensor | None, backend: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def lstm_recurrence_infer(
+    xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor, lengths: torch.Tensor | None, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Inference (nothing saved for backward): (hs (T + 1, B, H) with h0 first, c_n (B, H))."""
     if backend == "torch":
         hs, cs, _ = _recurrence_fwd_torch(xp, h0, c0, w_hh, lengths)
@@ -347,8 +386,9 @@ def _validate_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
     if w_hh.shape[0] != 4 * hidden:
         raise ValueError(f"w_hh must be (4 * hidden_size, hidden_size), got {tuple(w_hh.shape)}")
     if w_ih.shape != (4 * hidden, x.shape[1]):
-        raise ValueError(f"w_ih must be (4 * hidden_size = {4 * hidden}, input_size = {x.shape[1]}), "
-                         f"got {tuple(w_ih.shape)}")  # fmt: skip
+        raise ValueError(
+            f"w_ih must be (4 * hidden_size = {4 * hidden}, input_size = {x.shape[1]}), got {tuple(w_ih.shape)}"
+        )
     for name, state in (("h", h), ("c", c)):
         check_tensor(name, state, ndim=2)
         if state.shape != (x.shape[0], hidden):
@@ -363,9 +403,17 @@ def _validate_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
 
 
 @accepts_cupy
-def lstm_cell(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor,
-              b_ih: torch.Tensor | None = None, b_hh: torch.Tensor | None = None, *,
-              backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def lstm_cell(
+    x: torch.Tensor,
+    h: torch.Tensor,
+    c: torch.Tensor,
+    w_ih: torch.Tensor,
+    w_hh: torch.Tensor,
+    b_ih: torch.Tensor | None = None,
+    b_hh: torch.Tensor | None = None,
+    *,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One LSTM step, fused: (h_next, c_next).
 
     Args:
@@ -386,10 +434,18 @@ def lstm_cell(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_ih: torch.Ten
     return h_next, c_next
 
 
-def lstm_layer(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor,
-               b_ih: torch.Tensor | None = None, b_hh: torch.Tensor | None = None, *,
-               lengths: torch.Tensor | None = None,
-               backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+def lstm_layer(
+    x: torch.Tensor,
+    h0: torch.Tensor,
+    c0: torch.Tensor,
+    w_ih: torch.Tensor,
+    w_hh: torch.Tensor,
+    b_ih: torch.Tensor | None = None,
+    b_hh: torch.Tensor | None = None,
+    *,
+    lengths: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One LSTM layer in one direction over a sequence: (output (T, B, H), h_n (B, H), c_n (B, H)).
 
     x: (T, B, input_size); lengths: None or (B,) int64/int32 on any device, each <= T (rows past their
