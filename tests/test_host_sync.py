@@ -120,3 +120,7 @@ def test_cuda_graphs_flag_is_refused_with_the_reason(tmp_path, capsys):
     blocked = ["train", "sentiment-transformer", "--cuda-graphs", "--out", str(tmp_path / "b")]
     assert cli.main(blocked) == 2
     assert "sentiment-transformer cannot be captured: its packed tokens" in capsys.readouterr().err
+    assert cli.main(["bench", "digits", "--cuda-graphs", "--out", str(tmp_path / "c")]) == 2
+    assert "--cuda-graphs needs a CUDA device" in capsys.readouterr().err
+    assert cli.main(["bench", "sentiment-lstm", "--cuda-graphs", "--out", str(tmp_path / "d")]) == 2
+    assert "sentiment-lstm cannot be captured: its PackedSequence" in capsys.readouterr().err

@@ -191,7 +191,14 @@ def _bench(args) -> int:
         names = models.names() if args.op == "models" else [args.op]
         for name, package in models.unavailable().items():
             print(f"skipped model file {name}.py: needs {package}, not installed here")
-        bench_models(names, quick=args.quick, modes=args.modes.split(","), out_dir=args.out)
+        try:
+            bench_models(
+                names, quick=args.quick, modes=args.modes.split(","), out_dir=args.out, cuda_graphs=args.cuda_graphs
+            )
+        except ValueError as error:
+            if not str(error).startswith("--cuda-graphs"):
+                raise
+            raise UserError(str(error)) from None
         return 0
     if args.op == "overhead":
         from deepfuse.bench.overhead import main as bench_overhead
@@ -355,6 +362,9 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     bench.add_argument("--modes", default="fwd,fwdbwd")
     bench.add_argument("--out", default="benchmarks/results")
     bench.add_argument("--compare", metavar="PREVIOUS.json", help="flag rows that regressed beyond the noise")
+    bench.add_argument(
+        "--cuda-graphs", action="store_true", help="models: also time every provider replayed as CUDA graphs (GPU only)"
+    )
     bench.set_defaults(run=_bench)
 
     prof = commands.add_parser("profile", help="per-kernel profile of an op (fwd+bwd) or a model's training step")

@@ -71,7 +71,9 @@ def model_case(name: str, device: torch.device, quick: bool):
     return task, model, case, batch
 
 
-def providers_for(task, model, device: torch.device, example_inputs: tuple) -> dict:
+def providers_for(task, model, device: torch.device, example_inputs: tuple, cuda_graphs: bool = False) -> dict:
+    """The baseline twin (eager, compiled), then deepfuse's backends; with ``cuda_graphs`` each also replayed as CUDA
+    graphs (torch.compile's reduce-overhead mode: ``<provider>+graphs``)."""
     found = {}
     amps = {"fp32": None, "bf16": torch.bfloat16} if device.type == "cuda" else {"fp32": None}
     twin = plain_torch_twin(model, example_inputs)
@@ -89,17 +91,40 @@ def providers_for(task, model, device: torch.device, example_inputs: tuple) -> d
                     found[f"{backend}_{amp_name}"] = _provider(model, task, backend, amp, device)
                 elif amp_name == "fp32":
                     print(f"skipped provider {backend}: {reason}")
+    if cuda_graphs:
+        for name in [name for name in found if "compile" not in name]:
+            # A fresh copy per provider: CUDA graph trees keep their own static buffers per compiled function.
+            owner = twin if name.startswith("torch_") else model
+            backend = "torch" if name.startswith(("torch_", "deepfuse_torch_")) else name.rsplit("_", 1)[0]
+            amp = torch.bfloat16 if name.endswith("bf16") else None
+            found[f"{name}+graphs"] = torch.compile(
+                _provider(copy.deepcopy(owner), task, backend, amp, device), mode="reduce-overhead"
+            )
     return found
 
 
-def main(names, quick: bool = True, modes=("fwd", "fwdbwd"), out_dir="benchmarks/results") -> list[dict]:
+def check_cuda_graphs(task, device: torch.device) -> None:
+    """--cuda-graphs needs a GPU and a model whose steps never wait for it; raises ValueError saying why not."""
+    if task.cuda_graphs_blocker:
+        raise ValueError(f"--cuda-graphs: {task.name} cannot be captured: {task.cuda_graphs_blocker}")
+    if device.type != "cuda":
+        raise ValueError("--cuda-graphs needs a CUDA device (a CUDA graph replays GPU work)")
+
+
+def main(
+    names, quick: bool = True, modes=("fwd", "fwdbwd"), out_dir="benchmarks/results", cuda_graphs: bool = False
+) -> list[dict]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cuda_graphs:
+        for name in names:
+            check_cuda_graphs(models.get(name), device)
     if device.type != "cuda":
         print("No GPU: a CPU smoke run of the torch provider on a batch of 2. CPU numbers are not GPU performance.")
     rows = []
     for name in names:
         task, model, case, batch = model_case(name, device, quick)
-        for row in runner.run([case], providers_for(task, model, device, case.inputs[:-1]), modes, device):
+        providers = providers_for(task, model, device, case.inputs[:-1], cuda_graphs)
+        for row in runner.run([case], providers, modes, device):
             row["samples_per_s"] = batch / (row["median_ms"] / 1000)
             rows.append(row)
     path = records.write_results(rows, records.environment(), out_dir, "models" if len(names) > 1 else names[0])
