@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 import deepfuse
@@ -39,3 +40,11 @@ def test_profile_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "deepfuse::conv2d_act_fwd[torch]" in out and "deepfuse::conv2d_act_bwd[torch]" in out
     assert cli.main(["profile", "conv9d"]) == 2
+
+
+def test_backend_auto_is_accepted_like_train_accepts_it(tmp_path, capsys):
+    assert cli.main(["profile", "conv2d_act", "--steps", "1", "--backend", "auto", "--out", str(tmp_path)]) == 0
+    assert "backend auto" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:  # argparse: one usage line, exit status 2
+        cli.main(["demo", "--backend", "bogus"])
+    assert exit_info.value.code == 2

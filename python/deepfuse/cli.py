@@ -317,7 +317,7 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="train the digits CNN on the built-in data (the main job)")
     demo.add_argument("--epochs", type=int, default=5)
     demo.add_argument("--out", default=None, help="run folder (default runs/demo/TIMESTAMP)")
-    demo.add_argument("--backend", choices=["torch", "triton", "cuda"], default=None)
+    demo.add_argument("--backend", choices=["auto", "torch", "triton", "cuda"], default=None, help="default: auto")
     demo.set_defaults(run=_demo)
 
     from deepfuse import models
@@ -370,7 +370,7 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     prof = commands.add_parser("profile", help="per-kernel profile of an op (fwd+bwd) or a model's training step")
     prof.add_argument("op", metavar="OP_OR_MODEL")
     prof.add_argument("--steps", type=int, default=5)
-    prof.add_argument("--backend", choices=["torch", "triton", "cuda"], default=None)
+    prof.add_argument("--backend", choices=["auto", "torch", "triton", "cuda"], default=None, help="default: auto")
     prof.add_argument("--dtype", default="bf16", choices=list(DTYPES))
     prof.add_argument("--trace", default=None, help="write a Chrome trace (chrome://tracing, Perfetto)")
     prof.add_argument("--out", default=None, help="folder for profile.md and the roofline PNG")
