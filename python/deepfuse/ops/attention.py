@@ -675,18 +675,36 @@ def _validate_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
             raise TypeError(f"{name} must be a 1-D int32 tensor of cumulative lengths starting at 0")
         if cu.device != q.device:
             raise ValueError(f"{name} is on {cu.device} but q is on {q.device}")
-        host = cu.tolist()  # one small device-to-host copy: the check needs the values
-        steps = [b - a for a, b in zip(host, host[1:], strict=False)]
-        if host[0] != 0 or host[-1] != total or any(step < 0 for step in steps):
-            raise ValueError(f"{name} must rise from 0 to the token count {total} without decreasing, got {host}")
-        if steps and max(steps) > max_len:
-            raise ValueError(f"max_seqlen for {name} is {max_len} but a sequence has {max(steps)} tokens")
-        lengths[name] = len(host)
+        check_values = _check_cu_seqlens_on_device if cu.is_cuda else _check_cu_seqlens_on_host
+        check_values(name, cu, total, max_len)
+        lengths[name] = cu.numel()
     if lengths["cu_seqlens_q"] != lengths["cu_seqlens_k"]:
         raise ValueError(
             f"cu_seqlens_q and cu_seqlens_k must describe the same number of sequences, got "
             f"{lengths['cu_seqlens_q'] - 1} and {lengths['cu_seqlens_k'] - 1}"
         )
+
+
+def _check_cu_seqlens_on_host(name, cu, total, max_len):
+    """The values checked with a message that shows them (CPU tensors: no device to wait for)."""
+    host = cu.tolist()
+    steps = [b - a for a, b in zip(host, host[1:], strict=False)]
+    if host[0] != 0 or host[-1] != total or any(step < 0 for step in steps):
+        raise ValueError(f"{name} must rise from 0 to the token count {total} without decreasing, got {host}")
+    if steps and max(steps) > max_len:
+        raise ValueError(f"max_seqlen for {name} is {max_len} but a sequence has {max(steps)} tokens")
+
+
+def _check_cu_seqlens_on_device(name, cu, total, max_len):
+    """The same checks queued on the device (torch._assert_async): reading the values on the host would make every
+    call wait for the GPU. A failure surfaces at the next synchronisation, with this message."""
+    steps = cu[1:] - cu[:-1]
+    valid = (cu[0] == 0) & (cu[-1] == total) & (steps >= 0).all() & (steps <= max_len).all()
+    torch._assert_async(
+        valid,
+        f"{name} must rise from 0 to the token count {total} without decreasing, in steps of at most "
+        f"max_seqlen = {max_len}",
+    )
 
 
 @accepts_cupy
@@ -711,7 +729,8 @@ def attention_varlen(
         max_seqlen_q, max_seqlen_k: the longest sequence (sizes the launch grid).
         causal, scale, backend: as in attention().
 
-    Returns: (total_q, Hq, D). Checking cu_seqlens reads them on the host (one small copy).
+    Returns: (total_q, Hq, D). cu_seqlens are checked on the host for CPU tensors; on a GPU the checks are queued
+    on the device (nothing waits for it) and a bad value fails at the next synchronisation.
 
     Equivalent PyTorch: attention_ref on each sequence.
     """
