@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from . import utils
-from .gemm_common import INTERPRET, dot_flags, hopper_device, mma, tensor_descriptor
+from .gemm_common import INTERPRET, dot_flags, hopper_device, mma, num_sms, tensor_descriptor
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 
@@ -80,6 +80,96 @@ def tiles(kernel: str, block_d: int, dtype: torch.dtype, precision: str) -> Tile
         if block_d <= largest:
             return choice
     raise ValueError(f"head dim {block_d} is larger than the attention kernels take ({largest})")
+
+
+class FwdVariant(NamedTuple):
+    """One config of the TMA forward's autotune space."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+    persistent: bool  # one program per SM looping over (query block, batch * head) tiles
+    warp_specialize: bool  # a TMA producer warpgroup beside the softmax/wgmma consumers (needs num_warps=4)
+
+
+def _plain_and_persistent(block_m: int, block_n: int, num_warps: int, num_stages: int) -> list[FwdVariant]:
+    return [FwdVariant(block_m, block_n, num_warps, num_stages, persistent, False) for persistent in (False, True)]
+
+
+# The TMA forward's autotune space per dot kind and largest padded head dim: the pointer kernel's tiles (_TILES) one
+# program per tile and persistent, and for fp16/bf16 a warp-specialised persistent variant. Only kinds and head dims
+# whose query tiles have 64+ rows take TMA (see _take_tma).
+# NOTE (ptxas and SASS for sm_90, tests/compile_gate; speed unmeasured, no GPU run yet): Triton 3.6 honours
+# tl.range(warp_specialize=True) only at num_warps=4 and flatten=False (ignored silently otherwise), so the
+# warp-specialised rows have 4 warps and the gate demands USETMAXREG in their SASS. 128x64 there: 147,624 B of
+# shared memory at D = 128, 168 registers; at D = 256 only 64x64 fits (229,528 B, 4 B spilled). With TF32 dots its
+# warp specialisation does not compile (RuntimeError in ConvertNVGPUToLLVM), so TF32 has no such row.
+FWD_TMA_VARIANTS = {
+    "half": [
+        (128, [*_plain_and_persistent(64, 64, 4, 3), FwdVariant(128, 64, 4, 2, True, True)]),
+        (256, [*_plain_and_persistent(64, 64, 8, 2), FwdVariant(64, 64, 4, 2, True, True)]),
+    ],
+    "tf32": [(64, _plain_and_persistent(64, 64, 4, 3)), (128, _plain_and_persistent(64, 64, 8, 2))],
+}
+# Under the interpreter (one config: it cannot autotune over several); tests reach the others through ``config=``.
+INTERPRET_FWD_VARIANT = FwdVariant(32, 32, 4, 1, False, False)
+
+
+def fwd_tma_variants(block_d: int, dtype: torch.dtype, precision: str) -> list[FwdVariant]:
+    """The TMA forward's variants at padded head dim block_d; where the table has none (variant="tma" demanded
+    for IEEE fp32, or TF32 past D = 128), the pointer kernel's tiles, one program per tile."""
+    if INTERPRET:
+        return [INTERPRET_FWD_VARIANT]
+    kind = "half" if dtype in (torch.float16, torch.bfloat16) else precision
+    for largest, variants in FWD_TMA_VARIANTS.get(kind, []):
+        if block_d <= largest:
+            return variants
+    return [FwdVariant(*tiles("fwd", block_d, dtype, precision), False, False)]
+
+
+def _fwd_tma_blocks(nargs):
+    """Config pre_hook: the descriptors load (BLOCK_M or BLOCK_N, BLOCK_D) tiles of one (batch, head)."""
+    nargs["q_desc"].block_shape = [1, 1, nargs["BLOCK_M"], nargs["BLOCK_D"]]
+    for name in ("k_desc", "v_desc"):
+        nargs[name].block_shape = [1, 1, nargs["BLOCK_N"], nargs["BLOCK_D"]]
+
+
+def _fwd_tma_config(variant: FwdVariant) -> triton.Config:
+    return triton.Config(
+        {
+            "BLOCK_M": variant.block_m,
+            "BLOCK_N": variant.block_n,
+            "PERSISTENT": variant.persistent,
+            "WARP_SPECIALIZE": variant.warp_specialize,
+        },
+        num_warps=variant.num_warps,
+        num_stages=variant.num_stages,
+        pre_hook=_fwd_tma_blocks,
+    )
+
+
+def _fwd_tma_configs() -> list[triton.Config]:
+    variants = (
+        {INTERPRET_FWD_VARIANT}
+        if INTERPRET
+        else {v for rows in FWD_TMA_VARIANTS.values() for _, vs in rows for v in vs}
+    )
+    return [_fwd_tma_config(v) for v in sorted(variants)]
+
+
+def _prune_fwd_tma(configs, named_args, **kwargs):
+    """Keeps the configs of this launch's dot kind and head dim (fwd_tma_variants)."""
+    wanted = fwd_tma_variants(kwargs["BLOCK_D"], named_args["out_ptr"].dtype, kwargs["DOT_PRECISION"])
+    kept = [config for config in configs if _variant_of(config) in wanted]
+    # the pointer tiles' fallback is no config of the space: build it
+    return kept or [_fwd_tma_config(variant) for variant in wanted]
+
+
+def _variant_of(config: triton.Config) -> FwdVariant:
+    kw = config.kwargs
+    variant = (kw["BLOCK_M"], kw["BLOCK_N"], config.num_warps, config.num_stages)
+    return FwdVariant(*variant, kw["PERSISTENT"], kw["WARP_SPECIALIZE"])
 
 
 @triton.jit
@@ -185,57 +275,69 @@ def _attention_fwd_kernel(
     tl.store(lse_ptr + b * slb + h * slh + q_start + q_pos, lse, mask=q_pos < Nq)
 
 
+@triton.autotune(
+    configs=_fwd_tma_configs(),
+    key=["Nq", "Nk", "BH", "BLOCK_D", "CAUSAL", "HAS_MASK", "DOT_PRECISION"],
+    prune_configs_by={"early_config_prune": _prune_fwd_tma},
+)
 @triton.jit
 def _attention_fwd_tma_kernel(
     # descriptors of q (B, Hq, Nq, D), k and v (B, Hkv, Nk, D); pointers
     q_desc, k_desc, v_desc, mask_ptr, out_ptr, lse_ptr,
-    # sizes
-    Hq, Nq, Nk, D, GROUP,
+    # sizes: BH = batch * Hq
+    Hq, Nq, Nk, D, GROUP, BH,
     # strides of out (batch, head, token, dim), of the mask (B, Nk) and lse (batch, head)
     sob, soh, son, sod, smb, smn, slb, slh,
     qk_scale,
-    # meta-parameters
+    # meta-parameters (PERSISTENT only sizes the grid: programs loop over (query block, batch * head) tiles)
     CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    PERSISTENT: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
 ):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // Hq
-    h = bh % Hq
-    kv_h = h // GROUP
-    q_pos = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    d = tl.arange(0, BLOCK_D)
-    # TMA zero-fills past Nq and D, as the pointer kernel's masked loads do
-    q = q_desc.load([b, h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, BLOCK_D)
-    mask_row = mask_ptr + b.to(tl.int64) * smb
+    num_m = tl.cdiv(Nq, BLOCK_M)
+    for tile in tl.range(
+        tl.program_id(0), num_m * BH, tl.num_programs(0), flatten=False, warp_specialize=WARP_SPECIALIZE
+    ):
+        bh = tile // num_m
+        pid_m = tile % num_m
+        if CAUSAL:  # the longest rows (most visible keys) first: a persistent program's last tiles are short
+            pid_m = num_m - 1 - pid_m
+        b = bh // Hq
+        h = bh % Hq
+        kv_h = h // GROUP
+        q_pos = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        d = tl.arange(0, BLOCK_D)
+        # TMA zero-fills past Nq and D, as the pointer kernel's masked loads do
+        q = q_desc.load([b, h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, BLOCK_D)
+        mask_row = mask_ptr + b.to(tl.int64) * smb
 
-    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    hi = tl.minimum(Nk, (pid_m + 1) * BLOCK_M) if CAUSAL else Nk
-    for start_n in range(0, hi, BLOCK_N):
-        k_pos = start_n + tl.arange(0, BLOCK_N)
-        k = k_desc.load([b, kv_h, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
-        s = _scores(q, k.T, q_pos, k_pos, mask_row, Nk, qk_scale, CAUSAL, HAS_MASK, DOT_PRECISION, UPCAST_DOT)
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
-        p = tl.math.exp2(s - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = v_desc.load([b, kv_h, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
-        acc = mma(p.to(v.dtype), v, acc * alpha[:, None], DOT_PRECISION, UPCAST_DOT)
-        m_i = m_new
+        m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+        hi = tl.minimum(Nk, (pid_m + 1) * BLOCK_M) if CAUSAL else Nk
+        for start_n in range(0, hi, BLOCK_N):
+            k_pos = start_n + tl.arange(0, BLOCK_N)
+            k = k_desc.load([b, kv_h, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
+            s = _scores(q, k.T, q_pos, k_pos, mask_row, Nk, qk_scale, CAUSAL, HAS_MASK, DOT_PRECISION, UPCAST_DOT)
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+            p = tl.math.exp2(s - m_safe[:, None])
+            alpha = tl.math.exp2(m_i - m_safe)
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            v = v_desc.load([b, kv_h, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
+            acc = mma(p.to(v.dtype), v, acc * alpha[:, None], DOT_PRECISION, UPCAST_DOT)
+            m_i = m_new
 
-    visible = l_i > 0.0
-    out = tl.where(visible[:, None], acc / tl.where(visible, l_i, 1.0)[:, None], 0.0)
-    out_ptr += b.to(tl.int64) * sob + h.to(tl.int64) * soh
-    tl.store(
-        out_ptr + q_pos[:, None] * son + d[None, :] * sod,
-        out.to(out_ptr.dtype.element_ty),
-        mask=(q_pos < Nq)[:, None] & (d < D)[None, :],
-    )
-    lse = tl.where(visible, m_i + tl.math.log2(tl.where(visible, l_i, 1.0)), float("inf"))
-    tl.store(lse_ptr + b.to(tl.int64) * slb + h.to(tl.int64) * slh + q_pos, lse, mask=q_pos < Nq)
+        visible = l_i > 0.0
+        out = tl.where(visible[:, None], acc / tl.where(visible, l_i, 1.0)[:, None], 0.0)
+        out_tile = out_ptr + b.to(tl.int64) * sob + h.to(tl.int64) * soh
+        tl.store(
+            out_tile + q_pos[:, None] * son + d[None, :] * sod,
+            out.to(out_ptr.dtype.element_ty),
+            mask=(q_pos < Nq)[:, None] & (d < D)[None, :],
+        )
+        lse = tl.where(visible, m_i + tl.math.log2(tl.where(visible, l_i, 1.0)), float("inf"))
+        tl.store(lse_ptr + b.to(tl.int64) * slb + h.to(tl.int64) * slh + q_pos, lse, mask=q_pos < Nq)
 
 
 @triton.jit
@@ -357,6 +459,110 @@ def _attention_bwd_dq_kernel(
     tl.store(dq_ptr + q_offsets, (dq * scale).to(dq_ptr.dtype.element_ty), mask=q_mask)
 
 
+@triton.jit
+def _attention_bwd_dkdv_tma_kernel(
+    # descriptors of q and dO (B, Hq, Nq, D), k and v (B, Hkv, Nk, D); pointers: delta has lse's strides, dk and
+    # dv are fp32 per query head with strides sg*
+    q_desc, k_desc, v_desc, do_desc, mask_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+    # sizes
+    Hq, Nq, Nk, D, GROUP,
+    # strides of the mask (B, Nk), lse (batch, head), dk and dv (batch, head, token, dim)
+    smb, smn, slb, slh, sgb, sgh, sgn, sgd,
+    qk_scale, scale,
+    # meta-parameters
+    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // Hq
+    h = bh % Hq
+    kv_h = h // GROUP
+    lse_ptr += b.to(tl.int64) * slb + h.to(tl.int64) * slh
+    delta_ptr += b.to(tl.int64) * slb + h.to(tl.int64) * slh
+    k_pos = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    d = tl.arange(0, BLOCK_D)
+    # TMA zero-fills past Nk, Nq and D, as the pointer kernel's masked loads do
+    k = k_desc.load([b, kv_h, pid_n * BLOCK_N, 0]).reshape(BLOCK_N, BLOCK_D)
+    v = v_desc.load([b, kv_h, pid_n * BLOCK_N, 0]).reshape(BLOCK_N, BLOCK_D)
+    key_visible = k_pos < Nk
+    if HAS_MASK:
+        key_visible = key_visible & (tl.load(mask_ptr + b.to(tl.int64) * smb + k_pos, mask=k_pos < Nk, other=1) == 0)
+
+    # Keys on rows, as the pointer kernel (see its note); q and dO enter the transposed products as shared-memory
+    # views (q.T, do.T), which wgmma reads without a register transpose.
+    dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    lo = (pid_n * BLOCK_N // BLOCK_M) * BLOCK_M if CAUSAL else 0
+    for start_m in range(lo, Nq, BLOCK_M):
+        q_pos = start_m + tl.arange(0, BLOCK_M)
+        q = q_desc.load([b, h, start_m, 0]).reshape(BLOCK_M, BLOCK_D)
+        do = do_desc.load([b, h, start_m, 0]).reshape(BLOCK_M, BLOCK_D)
+        lse = tl.load(lse_ptr + q_pos, mask=q_pos < Nq, other=float("inf"))
+        delta = tl.load(delta_ptr + q_pos, mask=q_pos < Nq, other=0.0)
+        s_t = mma(k, q.T, tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32), DOT_PRECISION, UPCAST_DOT) * qk_scale
+        visible = key_visible[:, None]
+        if CAUSAL:
+            visible = visible & (k_pos[:, None] <= q_pos[None, :])
+        p_t = tl.math.exp2(tl.where(visible, s_t, float("-inf")) - lse[None, :])  # 0 where masked or row empty
+        dv = mma(p_t.to(do.dtype), do, dv, DOT_PRECISION, UPCAST_DOT)
+        dp_t = mma(v, do.T, tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32), DOT_PRECISION, UPCAST_DOT)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = mma(ds_t.to(q.dtype), q, dk, DOT_PRECISION, UPCAST_DOT)
+
+    out_offsets = b.to(tl.int64) * sgb + h.to(tl.int64) * sgh + k_pos[:, None] * sgn + d[None, :] * sgd
+    kv_mask = (k_pos < Nk)[:, None] & (d < D)[None, :]
+    tl.store(dk_ptr + out_offsets, dk * scale, mask=kv_mask)
+    tl.store(dv_ptr + out_offsets, dv, mask=kv_mask)
+
+
+@triton.jit
+def _attention_bwd_dq_tma_kernel(
+    # descriptors of q and dO (B, Hq, Nq, D), k and v (B, Hkv, Nk, D); pointers: dq in q's dtype with strides sd*
+    q_desc, k_desc, v_desc, do_desc, mask_ptr, lse_ptr, delta_ptr, dq_ptr,
+    # sizes
+    Hq, Nq, Nk, D, GROUP,
+    # strides of the mask (B, Nk), lse (batch, head), dq (batch, head, token, dim)
+    smb, smn, slb, slh, sdb, sdh, sdn, sdd,
+    qk_scale, scale,
+    # meta-parameters
+    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // Hq
+    h = bh % Hq
+    kv_h = h // GROUP
+    q_pos = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    d = tl.arange(0, BLOCK_D)
+    q = q_desc.load([b, h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, BLOCK_D)
+    do = do_desc.load([b, h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, BLOCK_D)
+    row = b.to(tl.int64) * slb + h.to(tl.int64) * slh + q_pos
+    lse = tl.load(lse_ptr + row, mask=q_pos < Nq, other=float("inf"))
+    delta = tl.load(delta_ptr + row, mask=q_pos < Nq, other=0.0)
+    mask_row = mask_ptr + b.to(tl.int64) * smb
+
+    dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    hi = tl.minimum(Nk, (pid_m + 1) * BLOCK_M) if CAUSAL else Nk
+    for start_n in range(0, hi, BLOCK_N):
+        k_pos = start_n + tl.arange(0, BLOCK_N)
+        k = k_desc.load([b, kv_h, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
+        v = v_desc.load([b, kv_h, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
+        s = _scores(q, k.T, q_pos, k_pos, mask_row, Nk, qk_scale, CAUSAL, HAS_MASK, DOT_PRECISION, UPCAST_DOT)
+        p = tl.math.exp2(s - lse[:, None])
+        dp = mma(do, v.T, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT_PRECISION, UPCAST_DOT)
+        ds = p * (dp - delta[:, None])
+        dq = mma(ds.to(k.dtype), k, dq, DOT_PRECISION, UPCAST_DOT)
+
+    dq_tile = dq_ptr + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
+    tl.store(
+        dq_tile + q_pos[:, None] * sdn + d[None, :] * sdd,
+        (dq * scale).to(dq_ptr.dtype.element_ty),
+        mask=(q_pos < Nq)[:, None] & (d < D)[None, :],
+    )
+
+
 def _mask_args(key_padding_mask, q):
     if key_padding_mask is None:
         return q, 0, 0, False  # never read without HAS_MASK
@@ -399,23 +605,57 @@ def _tma_ready(*tensors: torch.Tensor) -> bool:
     )
 
 
-def _take_tma(variant: str | None, q, k, v, block_m: int = 64) -> bool:
-    """Whether the forward runs its TMA kernel: "tma" demands it, "pointer" refuses it, None (default) takes it on a
-    Hopper device for 16-bit or TF32 dots when q, k and v are TMA-ready and the query tile has 64+ rows (smaller
-    ones lower to mma.sync, not wgmma: TF32 at D > 128)."""
+def _take_tma(variant: str | None, *tensors: torch.Tensor, rows: int = 64) -> bool:
+    """Whether a kernel runs its TMA twin: "tma" demands it, "pointer" refuses it, None (default) takes it on a
+    Hopper device for 16-bit or TF32 dots when every tensor is TMA-ready and the kernel's dots have 64+ rows (its
+    BLOCK_M; dK/dV's BLOCK_N): smaller ones lower to mma.sync, not wgmma (TF32 at D > 128, dK/dV at D > 128)."""
     if variant not in (None, "tma", "pointer"):
         raise ValueError(f"variant must be None, 'tma' or 'pointer', got {variant!r}")
     if variant == "pointer":
         return False
-    ready = _tma_ready(q, k, v)
+    ready = _tma_ready(*tensors)
     if variant == "tma":
         if not ready:
             raise ValueError(
-                "variant='tma' needs q, k, v with a contiguous last dim and 16-byte aligned base and strides"
+                "variant='tma' needs q, k, v (and dO) with a contiguous last dim and 16-byte aligned base and strides"
             )
         return True
+    q = tensors[0]
     tensor_cores = q.dtype != torch.float32 or dot_flags(q.dtype)["DOT_PRECISION"] == "tf32"
-    return hopper_device(q) and tensor_cores and ready and block_m >= 64
+    return hopper_device(q) and tensor_cores and ready and rows >= 64
+
+
+def _descriptors(tensors, rows):
+    """4-D host descriptors of (B, H, N, D) tensors loading (rows, BLOCK_D) tiles of one (batch, head)."""
+    block_d = _block_d(tensors[0].shape[-1])
+    found = []
+    for t, r in zip(tensors, rows, strict=True):
+        descriptor = tensor_descriptor(t)
+        descriptor.block_shape = [1, 1, r, block_d]
+        found.append(descriptor)
+    return found
+
+
+def _launch_fwd_tma(q, k, v, mask, out, lse, sizes, strides, scale, meta, config):
+    """The TMA forward, autotuned over FWD_TMA_VARIANTS, or with ``config`` (a FwdVariant) alone (tests)."""
+    batch, Hq, Hkv, Nq, Nk, D = sizes
+    flags = {name: meta[name] for name in ("CAUSAL", "HAS_MASK", "BLOCK_D", "DOT_PRECISION", "UPCAST_DOT")}
+    programs = num_sms(q)
+
+    def grid(launch):
+        tiles = triton.cdiv(Nq, launch["BLOCK_M"]) * batch * Hq
+        return (min(tiles, programs) if launch["PERSISTENT"] else tiles,)
+
+    # block shapes are set by the config's pre_hook (_fwd_tma_blocks)
+    args = (*(tensor_descriptor(t) for t in (q, k, v)), mask, out, lse, Hq, Nq, Nk, D, Hq // Hkv, batch * Hq)
+    args = (*args, *strides, scale * 1.4426950408889634)
+    if config is None:
+        _attention_fwd_tma_kernel[grid](*args, **flags)
+        return
+    chosen = _fwd_tma_config(FwdVariant(*config))
+    named = {**dict(zip(_attention_fwd_tma_kernel.arg_names, args, strict=False)), **flags, **chosen.all_kwargs()}
+    _fwd_tma_blocks(named)
+    _attention_fwd_tma_kernel.fn[grid](*args, **flags, **chosen.all_kwargs())
 
 
 def attention_fwd(
@@ -429,11 +669,13 @@ def attention_fwd(
     max_seqlens=None,
     *,
     variant: str | None = None,
+    config: tuple | None = None,
 ):
     """(out, lse). Padded: q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D); lse (B, Hq, Nq). Packed (cu_seqlens =
     (cu_q, cu_k) int32, max_seqlens = (max_q, max_k)): q (Tq, Hq, D), k/v (Tk, Hkv, D); lse (Hq, Tq).
     out is contiguous in q's layout and dtype; lse is fp32, base 2, +inf where a query sees no key. variant: see
-    _take_tma (padded layouts only; packed ones always take the pointer kernel)."""
+    _take_tma (padded layouts only; packed ones always take the pointer kernel); config: one FwdVariant for the TMA
+    kernel instead of autotuning (tests)."""
     packed = cu_seqlens is not None
     D, Hq, Hkv = q.shape[-1], q.shape[-2 if packed else 1], k.shape[-2 if packed else 1]
     out = utils.empty_output(q.shape, q)
@@ -452,28 +694,9 @@ def attention_fwd(
         return out, lse
     mask, smb, smn, has_mask = _mask_args(key_padding_mask, q)
     meta = _launch_meta("fwd", causal, has_mask, packed, D, q.dtype)
-    if not packed and _take_tma(variant, q, k, v, meta["BLOCK_M"]):
-        del meta["VARLEN"]
-        descriptors = [tensor_descriptor(t) for t in (q, k, v)]
-        descriptors[0].block_shape = [1, 1, meta["BLOCK_M"], meta["BLOCK_D"]]
-        descriptors[1].block_shape = descriptors[2].block_shape = [1, 1, meta["BLOCK_N"], meta["BLOCK_D"]]
-        _attention_fwd_tma_kernel[(triton.cdiv(Nq, meta["BLOCK_M"]), batch * Hq)](
-            *descriptors,
-            mask,
-            out,
-            lse,
-            Hq,
-            Nq,
-            Nk,
-            D,
-            Hq // Hkv,
-            *out.stride(),
-            smb,
-            smn,
-            *lse_strides,
-            scale * 1.4426950408889634,
-            **meta,
-        )
+    if not packed and _take_tma(variant, q, k, v, rows=meta["BLOCK_M"]):
+        strides = (*out.stride(), smb, smn, *lse_strides)
+        _launch_fwd_tma(q, k, v, mask, out, lse, (batch, Hq, Hkv, Nq, Nk, D), strides, scale, meta, config)
         return out, lse
     _attention_fwd_kernel[(triton.cdiv(Nq, meta["BLOCK_M"]), batch * Hq)](
         q,
@@ -503,9 +726,22 @@ def attention_fwd(
 
 
 def attention_bwd(
-    grad_out, q, k, v, out, lse, key_padding_mask, causal: bool, scale: float, cu_seqlens=None, max_seqlens=None
+    grad_out,
+    q,
+    k,
+    v,
+    out,
+    lse,
+    key_padding_mask,
+    causal: bool,
+    scale: float,
+    cu_seqlens=None,
+    max_seqlens=None,
+    *,
+    variant: str | None = None,
 ):
-    """(dq, dk, dv) in the inputs' layouts and dtypes; dk, dv summed over each GQA group."""
+    """(dq, dk, dv) in the inputs' layouts and dtypes; dk, dv summed over each GQA group. variant: see _take_tma,
+    for each of the two kernels (padded layouts only; packed ones always take the pointer kernels)."""
     packed = cu_seqlens is not None
     D, Hq, Hkv = q.shape[-1], q.shape[-2 if packed else 1], k.shape[-2 if packed else 1]
     group = Hq // Hkv
@@ -533,13 +769,31 @@ def attention_bwd(
         args = (Hq, Nq, Nk, D, group, *strides)
         scales = (scale * 1.4426950408889634, scale)
         meta = _launch_meta("dkdv", causal, has_mask, packed, D, q.dtype)
-        _attention_bwd_dkdv_kernel[(triton.cdiv(Nk, meta["BLOCK_N"]), batch * Hq)](
-            q, k, v, mask, grad_out, lse, delta, dk, dv, cu_q, cu_k, *args, *_layout(dk, packed), *scales, **meta
-        )
+        grid = (triton.cdiv(Nk, meta["BLOCK_N"]), batch * Hq)
+        if not packed and _take_tma(variant, q, k, v, grad_out, rows=meta["BLOCK_N"]):
+            del meta["VARLEN"]
+            descriptors = _descriptors(
+                (q, k, v, grad_out), [meta[n] for n in ("BLOCK_M", "BLOCK_N", "BLOCK_N", "BLOCK_M")]
+            )
+            tail = (smb, smn, *lse_strides, *dk.stride(), *scales)
+            _attention_bwd_dkdv_tma_kernel[grid](
+                *descriptors, mask, lse, delta, dk, dv, Hq, Nq, Nk, D, group, *tail, **meta
+            )
+        else:
+            _attention_bwd_dkdv_kernel[grid](
+                q, k, v, mask, grad_out, lse, delta, dk, dv, cu_q, cu_k, *args, *_layout(dk, packed), *scales, **meta
+            )
         meta = _launch_meta("dq", causal, has_mask, packed, D, q.dtype)
-        _attention_bwd_dq_kernel[(triton.cdiv(Nq, meta["BLOCK_M"]), batch * Hq)](
-            q, k, v, mask, grad_out, lse, delta, dq, cu_q, cu_k, *args, *scales, **meta
-        )
+        grid = (triton.cdiv(Nq, meta["BLOCK_M"]), batch * Hq)
+        if not packed and _take_tma(variant, q, k, v, grad_out, rows=meta["BLOCK_M"]):
+            del meta["VARLEN"]
+            descriptors = _descriptors(
+                (q, k, v, grad_out), [meta[n] for n in ("BLOCK_M", "BLOCK_N", "BLOCK_N", "BLOCK_M")]
+            )
+            tail = (smb, smn, *lse_strides, *dq.stride(), *scales)
+            _attention_bwd_dq_tma_kernel[grid](*descriptors, mask, lse, delta, dq, Hq, Nq, Nk, D, group, *tail, **meta)
+        else:
+            _attention_bwd_dq_kernel[grid](q, k, v, mask, grad_out, lse, delta, dq, cu_q, cu_k, *args, *scales, **meta)
     if packed:  # (Tk, Hq, D) -> (Tk, Hkv, D)
         dk, dv = (t.view(t.shape[0], Hkv, group, D).sum(2) for t in (dk, dv))
     else:  # (B, Hq, Nk, D) -> (B, Hkv, Nk, D)

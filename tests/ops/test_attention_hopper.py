@@ -1,6 +1,8 @@
-"""The Hopper attention forward (Q, K, V tiles by TMA through 4-D tensor descriptors) through the interpreter
-against the float64 specification, and when the launcher takes it. Whether it compiles to wgmma + TMA on sm_90 is
-the compile gate's check."""
+"""The Hopper attention kernels (Q, K, V and dO tiles by TMA through 4-D tensor descriptors): the forward in each
+variant of its autotune space (one program per tile, persistent, warp-specialised) and both backward kernels,
+through the interpreter against the float64 specification, and when the launchers take them. On the CPU the
+persistent grid is 3 programs (gemm_common.num_sms), so the tile loop runs several tiles. Whether they compile to
+wgmma + TMA (+ setmaxnreg) on sm_90 is the compile gate's check."""
 
 import math
 
@@ -9,7 +11,15 @@ import torch
 
 from deepfuse.kernels import attention as kernels
 from deepfuse.ops.attention import attention_ref
+from tests.reference import forward_backward
 from tests.tolerances import assert_close_to_reference
+
+# kernels.FwdVariant rows with interpreter-sized tiles (the launcher's default under the interpreter is "plain").
+FWD_VARIANTS = {
+    "plain": None,
+    "persistent": kernels.FwdVariant(32, 32, 4, 1, True, False),
+    "warp_specialized": kernels.FwdVariant(32, 32, 4, 1, True, True),
+}
 
 # (B, Hq, Hkv, Nq, Nk, D, causal, padded keys): odd lengths, GQA/MQA, D below its power of two (TMA zero-fills),
 # a single query.
@@ -35,18 +45,43 @@ def _case(name, dtype):
 
 
 @pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("variant", FWD_VARIANTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("name", CASES)
-def test_tma_forward_matches_reference(name, dtype):
+def test_tma_forward_matches_reference(name, dtype, variant):
     q, k, v, mask, causal = _case(name, dtype)
     scale = 1 / math.sqrt(q.shape[-1])
-    out, lse = kernels.attention_fwd(q, k, v, mask, causal, scale, variant="tma")
+    out, lse = kernels.attention_fwd(q, k, v, mask, causal, scale, variant="tma", config=FWD_VARIANTS[variant])
     reference = attention_ref(q.double(), k.double(), v.double(), causal=causal, key_padding_mask=mask)
     yardstick = attention_ref(q, k, v, causal=causal, key_padding_mask=mask)
     assert_close_to_reference("out", out, reference, yardstick, dtype)
     pointer_out, pointer_lse = kernels.attention_fwd(q, k, v, mask, causal, scale, variant="pointer")
     assert torch.allclose(lse, pointer_lse, atol=1e-5, rtol=1e-5)  # the same online softmax, other loads
     assert torch.equal(torch.isinf(lse), torch.isinf(pointer_lse))
+
+
+def _gradients(q, k, v, mask, causal, dy, dtype):
+    """(reference float64 gradients, torch's in dtype) of <attention_ref(q, k, v), dy>."""
+    spec = lambda *t: attention_ref(*t, causal=causal, key_padding_mask=mask)  # noqa: E731
+    _, theirs = forward_backward(spec, (q, k, v), dy)
+    _, expected = forward_backward(spec, [t.double() for t in (q, k, v)], dy.double())
+    return expected, theirs
+
+
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("name", CASES)
+def test_tma_backward_matches_reference(name, dtype):
+    q, k, v, mask, causal = _case(name, dtype)
+    dy = torch.randn(q.shape, generator=torch.Generator().manual_seed(len(name)), dtype=torch.float64).to(dtype)
+    scale = 1 / math.sqrt(q.shape[-1])
+    out, lse = kernels.attention_fwd(q, k, v, mask, causal, scale, variant="pointer")
+    grads = kernels.attention_bwd(dy, q, k, v, out, lse, mask, causal, scale, variant="tma")
+    expected, theirs = _gradients(q, k, v, mask, causal, dy, dtype)
+    for grad_name, got, reference, yardstick in zip(("dq", "dk", "dv"), grads, expected, theirs, strict=True):
+        assert_close_to_reference(grad_name, got, reference, yardstick, dtype)
+    again = kernels.attention_bwd(dy, q, k, v, out, lse, mask, causal, scale, variant="tma")
+    assert all(torch.equal(a, b) for a, b in zip(grads, again, strict=True))  # deterministic: no atomics
 
 
 @pytest.fixture
@@ -62,8 +97,50 @@ def test_launcher_takes_tma_on_hopper_when_inputs_qualify():
     assert not kernels._take_tma(None, q[..., 1:], k[..., 1:], v[..., 1:])  # base and strides off 16 bytes
     assert not kernels._take_tma(None, q.transpose(2, 3), k, v)  # last dim not contiguous
     assert not kernels._take_tma(None, q.float(), k.float(), v.float())  # IEEE fp32: FMA dots, pointer kernel
+    assert not kernels._take_tma(None, q, k, v, rows=32)  # 32-row dots lower to mma.sync: the pointer kernel
     with pytest.raises(ValueError, match="16-byte"):
         kernels._take_tma("tma", q[..., 1:], k[..., 1:], v[..., 1:])
+
+
+class _Launches:
+    """Stands in for the four backward kernels: records which ones a launcher starts."""
+
+    def __init__(self):
+        self.names = []
+
+    def kernel(self, name):
+        recorder = self
+
+        class Kernel:
+            def __getitem__(self, grid):
+                return lambda *args, **kwargs: recorder.names.append(name)
+
+        return Kernel()
+
+
+@pytest.mark.usefixtures("on_hopper")
+@pytest.mark.parametrize(
+    ("D", "expected"),
+    [
+        (64, ["_attention_bwd_dkdv_tma_kernel", "_attention_bwd_dq_tma_kernel"]),
+        # D = 256: dK/dV takes 32 keys per program (shared memory), under wgmma's 64 rows: its pointer kernel
+        (256, ["_attention_bwd_dkdv_kernel", "_attention_bwd_dq_tma_kernel"]),
+    ],
+)
+def test_backward_launcher_takes_tma_where_the_h200_tiles_allow(D, expected, monkeypatch):
+    monkeypatch.setattr(kernels, "INTERPRET", False)  # the H200's tile table
+    launches = _Launches()
+    for name in ("_attention_bwd_dkdv_kernel", "_attention_bwd_dq_kernel", *expected):
+        monkeypatch.setattr(kernels, name, launches.kernel(name))
+    q, k, v = (torch.randn(1, 2, 40, D, dtype=torch.float16) for _ in range(3))
+    lse = torch.zeros(1, 2, 40)
+    kernels.attention_bwd(q, q, k, v, q, lse, None, True, 0.1)
+    assert launches.names == expected
+    launches.names.clear()
+    cu = torch.tensor([0, 40], dtype=torch.int32)
+    packed = [t[0].transpose(0, 1) for t in (q, k, v)]  # varlen (T, H, D): the pointer kernels
+    kernels.attention_bwd(packed[0], *packed, packed[0], lse[0], None, True, 0.1, (cu, cu), (40, 40))
+    assert launches.names == ["_attention_bwd_dkdv_kernel", "_attention_bwd_dq_kernel"]
 
 
 @pytest.mark.gpu
@@ -86,3 +163,45 @@ def test_gpu_tma_forward_matches_reference(causal, D, dtype):
     assert_close_to_reference("out", out, reference, yardstick, dtype)
     _, pointer_lse = kernels.attention_fwd(q, k, v, mask, causal, scale, variant="pointer")
     assert torch.allclose(lse, pointer_lse, atol=1e-4, rtol=1e-4)
+
+
+def _gpu_case(D, dtype):
+    g = torch.Generator().manual_seed(D)
+    q, k, v, dy = (torch.randn(2, h, 1000, D, generator=g).to("cuda", dtype) for h in (4, 2, 2, 4))
+    mask = torch.rand(2, 1000, generator=g).cuda() < 0.2
+    return q, k, v, dy, mask
+
+
+@pytest.mark.gpu
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("D", [64, 128, 256])
+def test_gpu_every_tma_forward_variant_matches_reference(D, dtype):
+    # Each row of the autotune space (persistent and warp-specialised ones included) on the H200, causal: the
+    # interpreter cannot check what Triton's Hopper passes generate.
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the TMA kernels are taken on capability 9.x")
+    q, k, v, _, mask = _gpu_case(D, dtype)
+    reference = attention_ref(q.double(), k.double(), v.double(), causal=True, key_padding_mask=mask)
+    yardstick = attention_ref(q, k, v, causal=True, key_padding_mask=mask)
+    for variant in kernels.fwd_tma_variants(D, dtype, "ieee"):
+        out, _ = kernels.attention_fwd(q, k, v, mask, True, 1 / math.sqrt(D), variant="tma", config=variant)
+        assert_close_to_reference(f"out {variant}", out, reference, yardstick, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("D", [64, 128, 256])
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_tma_backward_matches_reference(causal, D, dtype):
+    # The launcher's choice on the H200 (TMA for dQ at every D, for dK/dV up to D = 128) against the reference.
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the TMA kernels are taken on capability 9.x")
+    q, k, v, dy, mask = _gpu_case(D, dtype)
+    scale = 1 / math.sqrt(D)
+    out, lse = kernels.attention_fwd(q, k, v, mask, causal, scale)
+    grads = kernels.attention_bwd(dy, q, k, v, out, lse, mask, causal, scale)
+    expected, theirs = _gradients(q, k, v, mask, causal, dy, dtype)
+    for grad_name, got, reference, yardstick in zip(("dq", "dk", "dv"), grads, expected, theirs, strict=True):
+        assert_close_to_reference(grad_name, got, reference, yardstick, dtype)
