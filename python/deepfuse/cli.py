@@ -77,7 +77,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float)
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
     parser.add_argument("--backend", choices=["auto", "torch", "triton", "cuda"], help="default: auto")
-    parser.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision (autocast; on a CPU fp16 is slow)")
+    parser.add_argument(
+        "--amp",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="mixed precision (autocast; on a CPU fp16 is slow); auto: bf16 on a CPU with native bf16, else fp32",
+    )
     # None when not given (not False): a resumed run tells a flag the user gave from one left out
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     parser.add_argument(

@@ -50,6 +50,7 @@ from deepfuse.training.layers import layer_backends
 from deepfuse.training.loops import NonFiniteLossError
 from deepfuse.training.metrics import append_history, write_json
 from deepfuse.training.plots import learning_curves_png
+from deepfuse.training.precision import resolve_amp
 from deepfuse.training.task import Data, Task
 
 GENERIC_DEFAULTS = {
@@ -476,8 +477,11 @@ def prepare(task: Task, config: dict, resume: bool = False, given: set[str] | No
     except for where it runs (device, workers, backend, progress bars, the data's path). The caller releases
     the run folder with ``run.release()`` (``train`` does)."""
     device = resolve_device(config["device"])
+    config["amp"], precision = resolve_amp(config["amp"], device)  # auto / fp32 -> what the run records
+    if precision and not resume:  # a resumed run keeps its own precision
+        log(precision)
     if config["amp"] not in AMP_DTYPES:  # both work on CPUs too (bf16 and fp16 autocast; fp16 with a GradScaler)
-        raise RunError(f"--amp must be bf16 or fp16, got {config['amp']!r}")
+        raise RunError(f"--amp must be auto, fp32, bf16 or fp16, got {config['amp']!r}")
     if config["backend"] not in ("auto", *deepfuse.backend.BACKENDS):
         raise RunError(f"--backend must be auto, torch, triton or cuda, got {config['backend']!r}")
     _check_cuda_graphs(task, config, device)
@@ -571,7 +575,7 @@ def fit(run: Run, log=print) -> dict:
         raise RunError(
             f"{error}: training stopped and saved nothing of this epoch; {_kept(run)}; try a lower "
             f"--lr than {config['lr']:g}"
-            + ("" if config["amp"] is None else " or no --amp")
+            + ("" if config["amp"] is None else " or --amp fp32")
             + ", or check the data for extreme values"
         ) from None
     except CheckpointWriteError as error:
