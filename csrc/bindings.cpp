@@ -75,10 +75,13 @@ void linear_act_fwd(std::uintptr_t x, int64_t x_stride_m, int64_t x_stride_k, st
 void linear_act_bwd(std::uintptr_t grad_y, std::uintptr_t saved, std::uintptr_t x, int64_t x_stride_m,
                     int64_t x_stride_k, std::uintptr_t weight, int64_t w_stride_n, int64_t w_stride_k,
                     std::uintptr_t grad_x, std::uintptr_t grad_weight, std::uintptr_t grad_bias, int64_t M, int64_t N,
-                    int64_t K, int dtype, int activation, std::uintptr_t stream) {
+                    int64_t K, int dtype, int activation, std::uintptr_t stream, std::uintptr_t workspace,
+                    int64_t workspace_bytes) {
   require_positive_or_zero("M", M);
   require_positive_or_zero("N", N);
   require_positive_or_zero("K", K);
+  require_positive_or_zero("workspace_bytes", workspace_bytes);
+  if (workspace_bytes > 0) require_pointer("workspace", workspace);
   if (M > 0 && N > 0) {
     require_pointer("grad_y", grad_y);
     if (activation != 0) require_pointer("saved", saved);
@@ -90,9 +93,15 @@ void linear_act_bwd(std::uintptr_t grad_y, std::uintptr_t saved, std::uintptr_t 
                                         w_stride_n,         w_stride_k,             as_mut_ptr(grad_x),
                                         as_mut_ptr(grad_weight), as_mut_ptr(grad_bias), M,
                                         N,                  K,                      dtype,
-                                        activation};
+                                        activation,         as_mut_ptr(workspace),  workspace_bytes};
   py::gil_scoped_release release;
   deepfuse::linear_act_bwd(args, as_stream(stream));
+}
+
+int64_t linear_act_bwd_workspace_bytes(int64_t M, int64_t N, int dtype, int activation, bool grad_bias) {
+  require_positive_or_zero("M", M);
+  require_positive_or_zero("N", N);
+  return deepfuse::linear_act_bwd_workspace_bytes(M, N, dtype, activation, grad_bias);
 }
 
 // Which kernel linear_act_fwd would pick, and why, for a call at these sizes on a device of this capability: for
@@ -120,6 +129,39 @@ py::tuple linear_act_kernel_name(int64_t M, int64_t N, int64_t K, int dtype, int
                                         0};
   const deepfuse::LinearActKernelChoice choice = deepfuse::choose_linear_act_fwd_kernel(args, capability);
   return py::make_tuple(std::string(choice.kernel), choice.reason);
+}
+
+// The same for linear_act_bwd, which deepfuse's caller hands the workspace linear_act_bwd_workspace_bytes asks for
+// (workspace=False: a caller that passes none). grad_x, grad_weight and grad_bias are all wanted.
+py::tuple linear_act_bwd_kernel_name(int64_t M, int64_t N, int64_t K, int dtype, int capability, int activation,
+                                     int64_t x_stride_m, int64_t x_stride_k, int64_t w_stride_n, int64_t w_stride_k,
+                                     bool aligned, bool bias, bool workspace) {
+  require_positive_or_zero("M", M);
+  require_positive_or_zero("N", N);
+  require_positive_or_zero("K", K);
+  const std::uintptr_t address = aligned ? 1 << 20 : (1 << 20) + 2;
+  deepfuse::LinearActBwdArgs args{as_ptr(address),
+                                  as_ptr(address),
+                                  as_ptr(address),
+                                  x_stride_m < 0 ? K : x_stride_m,
+                                  x_stride_k,
+                                  as_ptr(address),
+                                  w_stride_n < 0 ? K : w_stride_n,
+                                  w_stride_k,
+                                  as_mut_ptr(address),
+                                  as_mut_ptr(address),
+                                  bias ? as_mut_ptr(address) : nullptr,
+                                  M,
+                                  N,
+                                  K,
+                                  dtype,
+                                  activation};
+  if (workspace) {
+    args.workspace = as_mut_ptr(1 << 20);  // the caching allocator's blocks are 512-byte aligned
+    args.workspace_bytes = INT64_MAX;
+  }
+  const deepfuse::LinearActBwdKernelChoice choice = deepfuse::choose_linear_act_bwd_kernel(args, capability);
+  return py::make_tuple(choice.kernel, choice.reason);
 }
 
 using Shape16 = std::array<int64_t, 16>;
@@ -461,7 +503,19 @@ PYBIND11_MODULE(_C, m) {
         py::arg("grad_y"), py::arg("saved"), py::arg("x"), py::arg("x_stride_m"), py::arg("x_stride_k"),
         py::arg("weight"), py::arg("w_stride_n"), py::arg("w_stride_k"), py::arg("grad_x"), py::arg("grad_weight"),
         py::arg("grad_bias"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("dtype"), py::arg("activation"),
-        py::arg("stream"));
+        py::arg("stream"), py::arg("workspace") = 0, py::arg("workspace_bytes") = 0);
+  m.def("linear_act_bwd_workspace_bytes", &linear_act_bwd_workspace_bytes,
+        "bytes of device scratch (workspace=) linear_act_bwd wants for this call on the current device: dz and db's "
+        "partial sums for the sm_90a kernels on a 9.0 device (fp16/bf16), else 0. Without it backward takes the "
+        "WMMA kernels",
+        py::arg("M"), py::arg("N"), py::arg("dtype"), py::arg("activation"), py::arg("grad_bias"));
+  m.def("linear_act_bwd_kernel_name", &linear_act_bwd_kernel_name,
+        "(kernels, why): the GEMM kernels linear_act_bwd would run for this call (dx, dW and db wanted) on a device "
+        "of this compute capability, given the workspace linear_act_bwd_workspace_bytes asks for (workspace=False: "
+        "none). Arguments as linear_act_kernel_name",
+        py::arg("M"), py::arg("N"), py::arg("K"), py::arg("dtype"), py::arg("capability"), py::kw_only(),
+        py::arg("activation") = 3, py::arg("x_stride_m") = -1, py::arg("x_stride_k") = 1, py::arg("w_stride_n") = -1,
+        py::arg("w_stride_k") = 1, py::arg("aligned") = true, py::arg("bias") = true, py::arg("workspace") = true);
   m.def("conv2d_act_fwd", &conv2d_act_fwd,
         "y = act(conv2d(x, W) + b + residual). shape: (batch, C, H, W, Cout, OH, OW, KH, KW, SH, SW, pad_top, "
         "pad_left, DH, DW, groups); strides are logical NCHW strides (W: Cout, Cin/groups, KH, KW)",

@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -134,14 +135,56 @@ inline void check_device_ready() {
   DEEPFUSE_CUDA_CHECK(cudaGetDevice(&device));
 }
 
+// Per device, an attribute that never changes while the process runs (capability, SM count), queried once: the
+// launchers read them on every call, and a driver query per call is host time an H200 kernel of 5 us cannot hide.
+// 0 means not yet known (no real device has 0 SMs or capability 0.0). Benign races: two threads store the same value.
+class DeviceAttributeCache {
+ public:
+  template <typename Query>
+  int get(int device, Query query) {
+    if (device < 0 || device >= kMaxDevices) return query();
+    int value = values_[device].load(std::memory_order_relaxed);
+    if (value == 0) {
+      value = query();
+      values_[device].store(value, std::memory_order_relaxed);
+    }
+    return value;
+  }
+
+ private:
+  static constexpr int kMaxDevices = 64;
+  std::atomic<int> values_[kMaxDevices] = {};
+};
+
+inline int current_device() {
+  int device = 0;
+  DEEPFUSE_CUDA_CHECK(cudaGetDevice(&device));
+  return device;
+}
+
 // Compute capability of the current device, major * 10 + minor (90 on an H100/H200): the launchers pick kernels by it.
 inline int device_capability() {
   if (const DryRun* dry = dry_run()) return dry->capability;
-  int device = 0, major = 0, minor = 0;
-  DEEPFUSE_CUDA_CHECK(cudaGetDevice(&device));
-  DEEPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  DEEPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-  return major * 10 + minor;
+  static DeviceAttributeCache cache;
+  const int device = current_device();
+  return cache.get(device, [device] {
+    int major = 0, minor = 0;
+    DEEPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    DEEPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+    return major * 10 + minor;
+  });
+}
+
+// Streaming multiprocessors of the current device (132 on an H200): persistent grids are sized by it.
+inline int multiprocessor_count() {
+  if (const DryRun* dry = dry_run()) return dry->sms;
+  static DeviceAttributeCache cache;
+  const int device = current_device();
+  return cache.get(device, [device] {
+    int sms = 0;
+    DEEPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    return sms;
+  });
 }
 
 // Dynamic shared memory per block that the current device allows with the opt-in (227 KiB on sm_90).

@@ -124,14 +124,6 @@ const RegisterKernelLabels kKernelLabels{
 
 bool aligned(const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % sm90::kAlignmentBytes == 0; }
 
-int multiprocessor_count() {
-  if (const DryRun* dry = dry_run()) return dry->sms;
-  int device = 0, sms = 0;
-  DEEPFUSE_CUDA_CHECK(cudaGetDevice(&device));
-  DEEPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return sms;
-}
-
 template <typename Element>
 void run(const LinearActFwdArgs& a, cudaStream_t stream) {
   using Gemm = sm90::LinearActGemm<Element>;
@@ -154,10 +146,8 @@ void run(const LinearActFwdArgs& a, cudaStream_t stream) {
   args.epilogue.dC = {a.N, cute::_1{}, a.M * a.N};
   args.epilogue.ptr_D = static_cast<Element*>(a.y);
   args.epilogue.dD = {a.N, cute::_1{}, a.M * a.N};
-  int device = 0;
-  if (dry_run() == nullptr) DEEPFUSE_CUDA_CHECK(cudaGetDevice(&device));
-  args.hw_info.device_id = device;
-  args.hw_info.sm_count = multiprocessor_count();
+  args.hw_info.device_id = dry_run() == nullptr ? current_device() : 0;
+  args.hw_info.sm_count = multiprocessor_count();  // cached per device (common.cuh)
 
   auto* kernel = &linear_act_sm90_kernel<Element>;
   constexpr size_t smem = Kernel::SharedStorageSize;

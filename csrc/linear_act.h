@@ -32,6 +32,10 @@ struct LinearActBwdArgs {
   void* grad_bias;    // (N,), or null when there is no bias
   int64_t M, N, K;
   int dtype, activation;
+  // Device scratch of linear_act_bwd_workspace_bytes(...) bytes (16-byte aligned), or null: the sm_90a backward
+  // stores dz and db's partial sums there; without it (or too small) backward takes the WMMA kernels.
+  void* workspace = nullptr;
+  int64_t workspace_bytes = 0;
 };
 
 // The kernel linear_act_fwd picks for a call on a device of compute capability `capability` (major * 10 + minor),
@@ -42,6 +46,19 @@ struct LinearActKernelChoice {
   bool sm90;
 };
 LinearActKernelChoice choose_linear_act_fwd_kernel(const LinearActFwdArgs& args, int capability);
+
+// The same for linear_act_bwd: the sm_90a path (dz stored by the grad_preact kernel, then CUTLASS dgrad and wgrad
+// GEMMs) or the WMMA/SIMT kernels that form dz while loading tiles. `kernel` names the GEMM kernels.
+struct LinearActBwdKernelChoice {
+  std::string kernel;
+  std::string reason;
+  bool sm90;
+};
+LinearActBwdKernelChoice choose_linear_act_bwd_kernel(const LinearActBwdArgs& args, int capability);
+
+// Bytes of LinearActBwdArgs::workspace the backward wants on the current device (0 on a device whose backward needs
+// none): dz (M, N) unless the activation is "none" (dz = dy then), and fp32 partial column sums of dz for db.
+int64_t linear_act_bwd_workspace_bytes(int64_t M, int64_t N, int dtype, int activation, bool grad_bias);
 
 void linear_act_fwd(const LinearActFwdArgs& args, cudaStream_t stream);
 void linear_act_bwd(const LinearActBwdArgs& args, cudaStream_t stream);

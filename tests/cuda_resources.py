@@ -168,12 +168,15 @@ def plan_cases(C, lstm_hidden_sizes=LSTM_PERSISTENT_SCAN) -> Iterator[tuple[str,
 
 def _linear_act(C, dtype: int, n: int) -> None:
     """Forward (on the H200: the sm_90a kernel in fp16/bf16), and with K = n + 1, which TMA cannot stride (the WMMA
-    kernel); dx and dW (+db), and db alone (frozen weight); gelu."""
+    kernel); backward with the workspace deepfuse passes (on the H200 in fp16/bf16: dz and db stored, then the sm_90a
+    dgrad and wgrad GEMMs): dx and dW (+db), db alone (frozen weight), and with K = n + 1 (the WMMA kernels); gelu."""
     a = FAKE_ADDRESS
     C.linear_act_fwd(a, n, 1, a, n, 1, a, a, a, n, n, n, dtype, 3, 0)
     C.linear_act_fwd(a, n + 1, 1, a, n + 1, 1, a, a, a, n, n, n + 1, dtype, 3, 0)
-    C.linear_act_bwd(a, a, a, n, 1, a, n, 1, a, a, a, n, n, n, dtype, 3, 0)
-    C.linear_act_bwd(a, a, a, n, 1, a, n, 1, 0, 0, a, n, n, n, dtype, 3, 0)
+    workspace = dict(workspace=a, workspace_bytes=C.linear_act_bwd_workspace_bytes(n, n, dtype, 3, True))
+    C.linear_act_bwd(a, a, a, n, 1, a, n, 1, a, a, a, n, n, n, dtype, 3, 0, **workspace)
+    C.linear_act_bwd(a, a, a, n, 1, a, n, 1, 0, 0, a, n, n, n, dtype, 3, 0, **workspace)
+    C.linear_act_bwd(a, a, a, n + 1, 1, a, n + 1, 1, a, a, a, n, n, n + 1, dtype, 3, 0, **workspace)
 
 
 def _conv2d_act(C, dtype: int) -> None:
@@ -338,7 +341,8 @@ def format_table(rows: list[Kernel], totals: dict) -> str:
 # Instructions that show which hardware path a kernel takes: wgmma, the Ampere mma.sync path, TMA loads and stores,
 # warp specialisation's register hand-over, cp.async.
 SASS_MARKERS = ("HGMMA", "HMMA.16816", "UTMALDG", "UTMASTG", "USETMAXREG", "LDGSTS")
-# What every sm_90a kernel's design promises (the CUTLASS warp-specialised TMA + wgmma GEMMs).
+# What every sm_90a kernel's design promises (the CUTLASS warp-specialised TMA + wgmma GEMMs: linear_act's forward,
+# and its backward's dgrad and wgrad).
 SM90A_REQUIRED = ("HGMMA", "UTMALDG", "USETMAXREG")
 PERFORMANCE_LOSS = "Potential Performance Loss"
 

@@ -1,5 +1,8 @@
-"""deepfuse._C: built where nvcc exists, codes agree with Python, failures are clean Python exceptions."""
+"""deepfuse._C: built where nvcc exists, codes agree with Python, failures are clean Python exceptions, and which
+kernels the launchers pick (dry runs on a described device)."""
 
+import importlib
+import math
 import os
 import shutil
 
@@ -38,6 +41,9 @@ def test_without_a_gpu_calls_raise_runtime_error_with_the_cuda_error_string():
         _C.linear_act_fwd(16, 8, 1, 16, 8, 1, 0, 16, 0, 4, 4, 8, 1, 0, 0)
     with pytest.raises(RuntimeError, match=r"deepfuse CUDA error: cudaError\w+: "):
         _C.linear_act_bwd(16, 16, 16, 8, 1, 16, 8, 1, 16, 16, 0, 4, 4, 8, 1, 1, 0)
+    with pytest.raises(RuntimeError, match=r"deepfuse CUDA error: cudaError\w+: "):
+        _C.linear_act_bwd_workspace_bytes(4, 8, 1, 1, True)  # fp16 asks the device's capability
+    assert _C.linear_act_bwd_workspace_bytes(4, 8, 0, 1, True) == 0  # fp32 never needs a workspace
 
 
 def test_bad_arguments_raise_value_error():
@@ -50,6 +56,10 @@ def test_bad_arguments_raise_value_error():
         _C.linear_act_fwd(16, 8, 1, 16, 8, 1, 0, 16, 0, 4, 4, 8, 9, 0, 0)
     with pytest.raises(ValueError, match="bad activation code"):
         _C.linear_act_fwd(16, 8, 1, 16, 8, 1, 0, 16, 0, 4, 4, 8, 1, 99, 0)
+    with pytest.raises(ValueError, match="workspace must be a device pointer"):
+        _C.linear_act_bwd(16, 16, 16, 8, 1, 16, 8, 1, 16, 16, 0, 4, 4, 8, 1, 1, 0, workspace=0, workspace_bytes=64)
+    with pytest.raises(ValueError, match="workspace_bytes must be >= 0"):
+        _C.linear_act_bwd(16, 16, 16, 8, 1, 16, 8, 1, 16, 16, 0, 4, 4, 8, 1, 1, 0, workspace=16, workspace_bytes=-1)
 
 
 def _lstm_seq_fwd_args(**overrides):
@@ -172,3 +182,106 @@ def test_linear_act_fwd_dispatches_by_capability_in_a_dry_run():
     assert unaligned["kernel"].startswith("gemm_detail::fused_gemm_wmma_kernel<__half,")
     (fp32,) = _C.launch_plan(forward(64, dtype=0))
     assert fp32["kernel"].startswith("gemm_detail::fused_gemm_simt_kernel<")
+
+
+def test_linear_act_bwd_kernel_name_says_which_kernels_and_why():
+    _C = _import_C()
+    fp16, bf16, fp32 = 1, 2, 0
+    kernels, why = _C.linear_act_bwd_kernel_name(1000, 1000, 1000, fp16, 90)
+    assert kernels == "linear_act_dgrad_sm90_kernel<cutlass::half_t> + linear_act_wgrad_sm90_kernel<cutlass::half_t>"
+    assert "wgmma" in why and "dz" in why
+    assert "bfloat16_t" in _C.linear_act_bwd_kernel_name(8, 8, 8, bf16, 90, activation=0, bias=False)[0]
+    refused = {
+        "device capability 8.0": _C.linear_act_bwd_kernel_name(1000, 1000, 1000, fp16, 80),
+        "float16 and bfloat16 only": _C.linear_act_bwd_kernel_name(1000, 1000, 1000, fp32, 90),
+        "not a multiple of 8": _C.linear_act_bwd_kernel_name(1000, 1001, 1000, fp16, 90),
+        "non-contiguous K": _C.linear_act_bwd_kernel_name(64, 64, 64, fp16, 90, w_stride_k=64, w_stride_n=1),
+        "row stride": _C.linear_act_bwd_kernel_name(64, 64, 64, fp16, 90, x_stride_m=68),
+        "16-byte aligned": _C.linear_act_bwd_kernel_name(64, 64, 64, bf16, 90, aligned=False),
+        "no workspace": _C.linear_act_bwd_kernel_name(64, 64, 64, bf16, 90, workspace=False),
+    }
+    for reason, (kernel, why) in refused.items():
+        assert reason in why and "sm90" not in kernel and "loading tiles" in why, (reason, kernel, why)
+    assert refused["float16 and bfloat16 only"][0].startswith("gemm_detail::fused_gemm_simt_kernel<")
+    assert refused["device capability 8.0"][0].startswith("gemm_detail::fused_gemm_wmma_kernel<__half,")
+    # "none" without a bias needs no workspace: the GEMMs read dy itself.
+    assert "sm90" in _C.linear_act_bwd_kernel_name(64, 64, 64, fp16, 90, activation=0, bias=False, workspace=False)[0]
+
+
+def _planned(_C, fn, **device):
+    """fn's return value and launches under a dry run (the workspace size depends on the device described)."""
+    out = []
+    launches = _C.launch_plan(lambda: out.append(fn()), **device)
+    return out[0], launches
+
+
+def test_linear_act_bwd_workspace_bytes_by_device_dtype_and_activation():
+    _C = _import_C()
+    M, N, fp16, fp32, gelu, none = 300, 200, 1, 0, 3, 0
+    with_bias, _ = _planned(_C, lambda: _C.linear_act_bwd_workspace_bytes(M, N, fp16, gelu, True))
+    without_bias, _ = _planned(_C, lambda: _C.linear_act_bwd_workspace_bytes(M, N, fp16, gelu, False))
+    assert without_bias >= M * N * 2 and with_bias >= without_bias + N * 4  # dz, then >= 1 fp32 partial row
+    assert _planned(_C, lambda: _C.linear_act_bwd_workspace_bytes(M, N, fp16, none, False))[0] == 0  # dz = dy
+    assert 0 < _planned(_C, lambda: _C.linear_act_bwd_workspace_bytes(M, N, fp16, none, True))[0] < M * N * 2
+    assert _planned(_C, lambda: _C.linear_act_bwd_workspace_bytes(M, N, fp32, gelu, True))[0] == 0
+    assert _planned(_C, lambda: _C.linear_act_bwd_workspace_bytes(M, N, fp16, gelu, True), capability=80)[0] == 0
+
+
+def test_linear_act_bwd_dispatches_by_capability_in_a_dry_run():
+    _C = _import_C()
+    a, M, N = 1 << 20, 300, 200
+
+    def backward(k, dtype=1, activation=3, bias=a, workspace=True):
+        def call():
+            nbytes = _C.linear_act_bwd_workspace_bytes(M, N, dtype, activation, bias != 0) if workspace else 0
+            _C.linear_act_bwd(a, a, a, k, 1, a, k, 1, a, a, bias, M, N, k, dtype, activation, 0, a, nbytes)
+
+        return call
+
+    preact, bias_sum, dgrad, wgrad = _C.launch_plan(backward(64))
+    assert preact["kernel"] == "linear_act_grad_preact_kernel<__half>" and preact["block"] == 256
+    assert preact["grid"][0] == 4 and preact["grid"][1] >= 1  # 64 columns per block, slabs of rows
+    assert bias_sum["kernel"] == "linear_act_grad_bias_kernel<__half>" and bias_sum["grid"] == (1, 1, 1)
+    # 384 threads: a producer and two consumer warpgroups; persistent grids over the 128 x 256 tiles of dx (300 x 64:
+    # 3 tiles) and dW (200 x 64: 2 tiles).
+    assert dgrad["kernel"] == "linear_act_dgrad_sm90_kernel<cutlass::half_t>" and dgrad["block"] == 384
+    assert wgrad["kernel"] == "linear_act_wgrad_sm90_kernel<cutlass::half_t>" and wgrad["block"] == 384
+    assert math.prod(dgrad["grid"]) == 3 and math.prod(wgrad["grid"]) == 2
+    assert all(g["smem_opt_in"] == g["smem"] > 48 << 10 for g in (dgrad, wgrad))
+    # "none" without a bias: nothing to store, the GEMMs read dy.
+    assert [g["kernel"] for g in _C.launch_plan(backward(64, activation=0, bias=0))] == [
+        "linear_act_dgrad_sm90_kernel<cutlass::half_t>",
+        "linear_act_wgrad_sm90_kernel<cutlass::half_t>",
+    ]
+    wmma = "gemm_detail::fused_gemm_wmma_kernel<__nv_bfloat16,"
+    for case, device in {
+        "capability 8.0": dict(fn=backward(64, dtype=2), capability=80),
+        "K not a multiple of 8": dict(fn=backward(65, dtype=2)),
+        "no workspace": dict(fn=backward(64, dtype=2, workspace=False)),
+    }.items():
+        launches = _C.launch_plan(**device)
+        assert len(launches) == 2 and all(g["kernel"].startswith(wmma) for g in launches), (case, launches)
+    fp32 = _C.launch_plan(backward(64, dtype=0))
+    assert len(fp32) == 2 and all(g["kernel"].startswith("gemm_detail::fused_gemm_simt_kernel<") for g in fp32)
+
+
+def test_explain_names_the_cuda_kernels_forward_and_backward(monkeypatch):
+    """deepfuse.explain on a usable cuda backend says which _C kernels run and why (here a 9.0 and an 8.0 device are
+    described; the tensors stay on the CPU, since only their shapes, strides and addresses matter)."""
+    _import_C()
+    import torch
+
+    import deepfuse
+    from deepfuse import backend
+
+    linear_act_module = importlib.import_module("deepfuse.ops.linear_act")  # deepfuse.ops.linear_act is the function
+
+    monkeypatch.setattr(backend, "unusable_reason", lambda op, name, *args, **kwargs: None)
+    x, w, b = torch.randn(4, 300, 64, dtype=torch.float16), torch.randn(200, 64, dtype=torch.float16), None
+    monkeypatch.setattr(linear_act_module, "_device_capability", lambda device: 90)
+    hopper = deepfuse.explain("linear_act", x, w, b, "gelu").reasons["cuda"]
+    assert "forward: linear_act_sm90_kernel<cutlass::half_t> (sm_90a CUTLASS kernel" in hopper
+    assert "backward: linear_act_dgrad_sm90_kernel<cutlass::half_t> + linear_act_wgrad_sm90_kernel" in hopper
+    monkeypatch.setattr(linear_act_module, "_device_capability", lambda device: 80)
+    ampere = deepfuse.explain("linear_act", x, w, b, "gelu").reasons["cuda"]
+    assert ampere.count("fused_gemm_wmma_kernel<__half,") == 2 and ampere.count("device capability 8.0") == 2

@@ -68,8 +68,9 @@ def test_gate_fails_on_a_missing_opt_in(C):
 
     _, violations, _ = gate.check(Doctored(C, launch_plan=doctored_plan(C, forget_opt_in)), FEW_LSTM_SIZES)
     flagged = [v for v in violations if "MaxDynamicSharedMemorySize to 0" in v]
-    assert flagged and all(any(name in v for name in ("attention", "lstm", "linear_act_sm90")) for v in flagged)
-    assert [v for v in flagged if "linear_act_sm90" in v], violations
+    assert flagged and all(any(name in v for name in ("attention", "lstm", "_sm90_kernel")) for v in flagged)
+    for gemm in ("linear_act_sm90", "linear_act_dgrad_sm90", "linear_act_wgrad_sm90"):
+        assert [v for v in flagged if gemm in v], (gemm, violations)
 
 
 def test_gate_fails_on_a_byte_too_many(C):
@@ -147,7 +148,9 @@ def test_parse_ptxas_reads_entries_and_callee_spills():
 
 
 # ------------------------------------------------------------------------------------------------ SASS markers
-SM90_GEMMS = {"linear_act_sm90_kernel<half_t>", "linear_act_sm90_kernel<bfloat16_t>"}
+SM90_GEMMS = {
+    f"linear_act_{part}sm90_kernel<{dtype}>" for part in ("", "dgrad_", "wgrad_") for dtype in ("half_t", "bfloat16_t")
+}
 
 
 @pytest.fixture(scope="module")

@@ -106,12 +106,14 @@ class OpSpec:
     supports(backend, *args, **kwargs) -> None when the backend can run the call, else the reason.
     preference(*args, **kwargs) -> backends in order of expected speed for a CUDA call.
     device_of(*args, **kwargs) -> the device the call runs on.
+    cuda_kernels(*args, **kwargs) -> which deepfuse._C kernels the cuda backend would run, and why (for explain).
     """
 
     name: str
     supports: Callable[..., str | None]
     preference: Callable[..., tuple[str, ...]]
     device_of: Callable[..., torch.device]
+    cuda_kernels: Callable[..., str] | None = None
 
 
 _ops: dict[str, OpSpec] = {}
@@ -299,4 +301,6 @@ def explain(op_name: str, *args, backend: str | None = None, **kwargs) -> Backen
             reasons[name] = "usable, but not used automatically for this device"
         else:
             reasons[name] = f"usable, but after {chosen!r} in the preference order {order}"
+        if name == "cuda" and reason is None and op.cuda_kernels is not None:
+            reasons[name] += f"; {op.cuda_kernels(*args, **kwargs)}"
     return BackendChoice(op_name, chosen, reasons, error)

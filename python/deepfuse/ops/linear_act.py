@@ -2,7 +2,8 @@
 
 Forward: one GEMM with bias and activation applied to the fp32 accumulator. Backward: dx = dz @ W and
 dW = dz^T @ x with dz = dy * act'(saved) formed while loading tiles (never written), db summed inside
-the dW kernel. Saved for backward: x, W and z (y for relu/leaky_relu, whose sign survives rounding).
+the dW kernel; on a 9.0 device the cuda backend stores dz once (in a workspace it allocates) for its sm_90a
+TMA + wgmma GEMMs. Saved for backward: x, W and z (y for relu/leaky_relu, whose sign survives rounding).
 
 dtypes: float32, float16, bfloat16 on every backend (fp32 accumulation), float64 on torch.
 """
@@ -115,7 +116,11 @@ def _bwd_cuda(grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_
     grad_x = _kernel_utils.empty_output((M, K), x) if need_grad_x else nothing(x)
     grad_weight = _kernel_utils.empty_output((N, K), x) if need_grad_weight else nothing(x)
     grad_bias = _kernel_utils.empty_output((N,), x) if has_bias else nothing(x)
+    dtype, act = _backend.DTYPE_CODES[x.dtype], ACTIVATION_CODES[activation]
     with torch.cuda.device(x.device):
+        # Scratch for the sm_90a backward (dz stored once, db's partial sums); 0 bytes on other devices and dtypes.
+        workspace_bytes = _C.linear_act_bwd_workspace_bytes(M, N, dtype, act, has_bias)
+        workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=x.device) if workspace_bytes else None
         _C.linear_act_bwd(
             pointer(grad_y),
             pointer(saved),
@@ -131,9 +136,11 @@ def _bwd_cuda(grad_y, saved, x, weight, activation, has_bias, need_grad_x, need_
             M,
             N,
             K,
-            _backend.DTYPE_CODES[x.dtype],
-            ACTIVATION_CODES[activation],
+            dtype,
+            act,
             torch.cuda.current_stream().cuda_stream,
+            pointer(workspace),
+            workspace_bytes,
         )
     return grad_x, grad_weight, grad_bias
 
@@ -264,7 +271,36 @@ def _preference(x, weight, bias=None, activation="none"):
     return ("torch",)
 
 
-_backend.register_op(_backend.OpSpec("linear_act", _supports, _preference, lambda x, *a, **k: x.device))
+def _device_capability(device: torch.device) -> int:
+    major, minor = torch.cuda.get_device_capability(device)
+    return major * 10 + minor
+
+
+def _cuda_kernels(x, weight, bias=None, activation="none"):
+    """Which _C kernels the cuda backend runs forward and backward for this call on x's device, and why."""
+    from deepfuse import _C
+
+    capability = _device_capability(x.device)
+    M, K, N = math.prod(x.shape[:-1]), x.shape[-1], weight.shape[0]
+    x = x.reshape(M, K)  # what linear_act passes: a view, or a copy where no view exists
+    pointers = [x.data_ptr(), weight.data_ptr()] + ([] if bias is None else [bias.data_ptr()])
+    layout = dict(
+        x_stride_m=x.stride(0),
+        x_stride_k=x.stride(1),
+        w_stride_n=weight.stride(0),
+        w_stride_k=weight.stride(1),
+        aligned=all(p % 16 == 0 for p in pointers),
+        bias=bias is not None,
+    )
+    dtype, act = _backend.DTYPE_CODES[x.dtype], ACTIVATION_CODES[activation]
+    forward = _C.linear_act_kernel_name(M, N, K, dtype, capability, **layout)
+    backward = _C.linear_act_bwd_kernel_name(M, N, K, dtype, capability, activation=act, **layout)
+    return f"forward: {forward[0]} ({forward[1]}); backward: {backward[0]} ({backward[1]})"
+
+
+_backend.register_op(
+    _backend.OpSpec("linear_act", _supports, _preference, lambda x, *a, **k: x.device, cuda_kernels=_cuda_kernels)
+)
 
 
 def _torch_cost(x, weight, bias, activation):
