@@ -149,10 +149,12 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    from deepfuse.training import evaluate
+    from deepfuse.training import evaluate_checkpoint
 
     try:
-        evaluate(_task(args.model), args.checkpoint, data=args.data, device=args.device, backend=args.backend)
+        evaluate_checkpoint(
+            _task(args.model), args.checkpoint, data=args.data, device=args.device, backend=args.backend
+        )
     except KeyboardInterrupt:
         print("deepfuse eval: interrupted (nothing is written by eval)", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -160,10 +162,10 @@ def _eval(args) -> int:
 
 
 def _predict(args) -> int:
-    from deepfuse.training import predict
+    from deepfuse.training import predict_with_checkpoint
 
     options = {"skip_bad": True} if getattr(args, "skip_bad", None) else {}
-    for line in predict(
+    for line in predict_with_checkpoint(
         _task(args.model),
         args.checkpoint,
         args.inputs,

@@ -48,7 +48,7 @@ def test_metrics_agree_with_sklearn():
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 2, 100)
     logits = torch.from_numpy(rng.normal(size=(100, 2))).float()
-    metrics = TASK.evaluate(logits, torch.from_numpy(truth), {}, "val")
+    metrics = TASK.metrics(logits, torch.from_numpy(truth), {}, "val")
     predicted = logits.argmax(-1).numpy()  # P(dog) >= 0.5 is the larger logit
     assert metrics["accuracy"] == pytest.approx(accuracy_score(truth, predicted))
     assert metrics["f1"] == pytest.approx(f1_score(truth, predicted))

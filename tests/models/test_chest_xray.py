@@ -151,7 +151,7 @@ def test_metrics_use_the_validation_threshold_and_agree_with_sklearn():
     val_truth = rng.integers(0, 2, 200)
     val_logits = torch.from_numpy(rng.normal(size=(200, 2)) + np.stack([np.zeros(200), 1.5 * val_truth], 1)).float()
     state = {"threshold": 0.5}
-    val = TASK.evaluate(val_logits, torch.from_numpy(val_truth), state, "val")
+    val = TASK.metrics(val_logits, torch.from_numpy(val_truth), state, "val")
     probability = torch.softmax(val_logits, -1)[:, 1].numpy()
     fpr, tpr, thresholds = roc_curve(val_truth, probability)
     assert state["threshold"] == pytest.approx(thresholds[np.argmax(tpr - fpr)]) != 0.5
@@ -159,7 +159,7 @@ def test_metrics_use_the_validation_threshold_and_agree_with_sklearn():
 
     truth = rng.integers(0, 2, 150)
     logits = torch.from_numpy(rng.normal(size=(150, 2)) + np.stack([np.zeros(150), 1.5 * truth], 1)).float()
-    test = TASK.evaluate(logits, torch.from_numpy(truth), state, "test")
+    test = TASK.metrics(logits, torch.from_numpy(truth), state, "test")
     p = torch.softmax(logits, -1)[:, 1].numpy()
     predicted = (p >= state["threshold"]).astype(int)
     assert test["threshold"] == state["threshold"]
@@ -175,7 +175,7 @@ def test_metrics_use_the_validation_threshold_and_agree_with_sklearn():
 def test_a_validation_split_of_one_class_falls_back_to_one_half():
     state = {"threshold": 0.3}
     with pytest.warns(UserWarning, match="one class only: decision threshold falls back to 0.5"):
-        metrics = TASK.evaluate(torch.randn(5, 2), torch.ones(5, dtype=torch.long), state, "val")
+        metrics = TASK.metrics(torch.randn(5, 2), torch.ones(5, dtype=torch.long), state, "val")
     assert state["threshold"] == 0.5 and metrics["threshold"] == 0.5 and np.isnan(metrics["roc_auc"])
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from deepfuse import cli, models
-from deepfuse.data import DataError
 from deepfuse.envs.recorder import record
 from deepfuse.models.driving import PilotNet
 from deepfuse.nn import FusedConv2d, FusedLinear
+from deepfuse.training.engine import RunError, make_config, train
 from tests.models.helpers import assert_backend_agrees, assert_loss_falls
 
 TASK = models.get("driving")
@@ -74,7 +74,7 @@ def test_example_batch_has_the_real_shapes():
 
 def test_metrics_put_the_mse_beside_the_straight_baseline():
     truth = torch.tensor([[0.5], [-0.5], [0.0], [0.2]])
-    metrics = TASK.evaluate(truth * 0.5, truth, {}, "val")
+    metrics = TASK.metrics(truth * 0.5, truth, {}, "val")
     assert metrics["straight_mse"] == pytest.approx(float((truth**2).mean()))
     assert metrics["mse"] == pytest.approx(metrics["straight_mse"] / 4)
 
@@ -83,8 +83,10 @@ def test_default_data_is_the_simulators_expert():
     data = TASK.load_data(None, {"sim_rows": 16})
     assert len(data.train) == 16 * 3 * 2 and len(data.val) == len(data.test) == 5
     assert not torch.equal(data.val[0][0], data.test[0][0])  # validation and test tracks differ
-    with pytest.raises(DataError, match="sim-rows"):
-        TASK.load_data(None, {"sim_rows": 2})
+    with pytest.raises(RunError, match="--sim-rows must be at least 10, got 2"):
+        make_config(TASK, sim_rows=2)
+    with pytest.raises(RunError, match=r"--straight-keep must be in \[0, 1\], got 1.5"):
+        make_config(TASK, straight_keep=1.5)
 
 
 def test_reads_the_real_udacity_samples(realdata):
@@ -160,15 +162,15 @@ def test_closed_loop_puts_the_network_beside_the_expert_and_the_baselines(one_th
 
 def test_the_verdict_says_when_the_network_loses():
     truth = torch.tensor([[0.0], [0.0], [0.0], [0.4]])
-    good = TASK.evaluate(truth * 0.5, truth, {"mean_steering": 0.1}, "test")
+    good = TASK.metrics(truth * 0.5, truth, {"mean_steering": 0.1}, "test")
     assert good["mean_mse"] == pytest.approx(float(((truth - 0.1) ** 2).mean()))
     assert good["mse_vs_straight"] == pytest.approx(0.25)
     assert "beats always-straight (75% lower MSE)" in good["verdict"] and "beats the mean steering" in good["verdict"]
-    bad = TASK.evaluate(torch.full((4, 1), 0.3), truth, {"mean_steering": 0.1}, "test")
+    bad = TASK.metrics(torch.full((4, 1), 0.3), truth, {"mean_steering": 0.1}, "test")
     assert "LOSES to always-straight" in bad["verdict"] and "LOSES to the mean steering" in bad["verdict"]
     assert bad["verdict"].endswith("only 4 frames, too few to tell")
     many = torch.zeros(100, 1)
-    assert "too few" not in TASK.evaluate(many, many + 0.1, {}, "test")["verdict"]
+    assert "too few" not in TASK.metrics(many, many + 0.1, {}, "test")["verdict"]
 
 
 def test_a_pilot_sees_what_training_saw(recording):
@@ -229,8 +231,6 @@ def test_the_committed_reference_run_meets_what_the_readme_states():
 
 @pytest.mark.slow  # ~9 min on one busy core: 1000 simulator frames, 3 epochs, 3 x 1000 closed-loop steps
 def test_a_trained_pilotnet_drives_narrow_unseen_tracks(tmp_path, one_thread):
-    from deepfuse.training.engine import make_config, train
-
     config = make_config(TASK, out=str(tmp_path / "run"), sim_rows=1000, epochs=3, seed=0, progress=False)
     metrics = train(TASK, config, log=lambda line: None)
     _check_trained_pilot(metrics)

@@ -9,11 +9,12 @@ import torch
 
 from deepfuse import cli, models
 from deepfuse.data import DataError
-from deepfuse.models.driving_rl import HP, DrivingPolicy, _gae
+from deepfuse.models.driving_rl import DrivingPolicy, _gae
 from deepfuse.training.engine import RunError, make_config, prepare, train
 from tests.models.helpers import assert_backend_agrees
 
 TASK = models.get("driving-rl")
+GAMMA, GAE_LAMBDA = TASK.options["gamma"].default, TASK.options["gae_lambda"].default
 TINY = {
     "image_size": 16,
     "num_envs": 4,
@@ -43,7 +44,8 @@ def test_policy_outputs_action_mean_and_value():
     assert images.dtype == torch.uint8 and out.shape == targets.shape == (3, 2)
     dist, value = model.distribution(images)
     assert dist.mean.shape == (3, 1) and value.shape == (3,)
-    assert torch.allclose(dist.stddev, torch.full((3, 1), torch.exp(torch.tensor(HP.initial_log_std)).item()))
+    std = torch.exp(torch.tensor(TASK.options["initial_log_std"].default)).item()
+    assert torch.allclose(dist.stddev, torch.full((3, 1), std))
     with pytest.raises(ValueError, match="multiple of 16"):
         DrivingPolicy(24)
 
@@ -60,18 +62,18 @@ def test_gae_matches_the_definition():
     rewards, values = torch.randn(steps, n), torch.randn(steps, n)
     dones = (torch.rand(steps, n) < 0.3).float()
     next_done, next_value = torch.tensor([0.0, 1.0, 0.0]), torch.randn(n)
-    advantages, returns = _gae(rewards, values, dones, next_done, next_value)
+    advantages, returns = _gae(rewards, values, dones, next_done, next_value, GAMMA, GAE_LAMBDA)
     starts = torch.cat([dones[1:], next_done[None]])  # 1 where the following observation begins an episode
     following = torch.cat([values[1:], next_value[None]])
     for i in range(n):
         for t in range(steps):  # A_t = sum_k (γλ)^k δ_{t+k}, stopping where an episode ends
             total, scale = 0.0, 1.0
             for k in range(t, steps):
-                delta = rewards[k, i] + HP.gamma * following[k, i] * (1 - starts[k, i]) - values[k, i]
+                delta = rewards[k, i] + GAMMA * following[k, i] * (1 - starts[k, i]) - values[k, i]
                 total += scale * delta
                 if starts[k, i]:
                     break
-                scale *= HP.gamma * HP.gae_lambda
+                scale *= GAMMA * GAE_LAMBDA
             assert advantages[t, i].item() == pytest.approx(total.item(), abs=1e-5)
     assert torch.allclose(returns, advantages + values)
 
@@ -81,9 +83,10 @@ def test_ppo_iteration_fits_the_value_and_records_the_simulator(tmp_path, one_th
     run = prepare(TASK, config)
     stats = TASK.train_epoch(run)
     assert stats["value_loss_last"] < stats["value_loss_first"], stats  # same rollout, four passes
-    assert stats["env_steps"] == 4 * 32 and run.global_step == 128
+    # every minibatch is one of the engine's optimizer steps: 4 passes x 2 minibatches
+    assert stats["env_steps"] == 4 * 32 and run.global_step == 4 * 2
     assert set(run.extra["env"]) == {"sim", "returns", "rng"}
-    assert run.scheduler.get_last_lr()[0] == pytest.approx(3e-4 * (1 - 1 / 3))  # annealed once per iteration
+    assert run.scheduler.get_last_lr()[0] == 3e-4  # the engine anneals it after the iteration (fit)
 
 
 def test_smoke_run_end_to_end_and_exact_resume(tmp_path, one_thread, capsys, monkeypatch):
@@ -122,10 +125,19 @@ def test_smoke_run_end_to_end_and_exact_resume(tmp_path, one_thread, capsys, mon
 def test_reads_no_data_and_checks_its_options(tmp_path):
     with pytest.raises(DataError, match="omit --data"):
         TASK.load_data(tmp_path, {})
-    with pytest.raises(RunError, match="--image-size"):
-        TASK.load_data(None, {"image_size": 20})
-    with pytest.raises(RunError, match="--num-envs"):
-        TASK.load_data(None, {"num_envs": 0})
+    for setting, value, message in (
+        ("image_size", 20, "--image-size must be a multiple of 16, got 20"),
+        ("image_size", 0, "--image-size must be at least 16, got 0"),
+        ("num_envs", 0, "--num-envs must be at least 1, got 0"),
+        ("gamma", 1.5, r"--gamma must be in \[0, 1\], got 1.5"),
+        ("clip_coef", 0.0, "--clip-coef must be positive, got 0.0"),
+        ("max_grad_norm", -1.0, "--max-grad-norm must be positive, got -1.0"),
+        ("minibatches", 9, "--minibatches 9 exceeds the 8 samples of a rollout"),
+    ):
+        with pytest.raises(RunError, match=message):
+            make_config(TASK, **({"num_envs": 2, "rollout_steps": 4} | {setting: value}))
+    assert make_config(TASK)["max_grad_norm"] == 0.5  # PPO clips; the supervised models do not
+    assert make_config(models.get("digits"))["max_grad_norm"] is None
 
 
 @pytest.mark.slow  # ~50 s on one busy core: 12 PPO iterations of 8 cars x 128 steps on 16x16 images

@@ -196,8 +196,10 @@ def test_predict_names_a_missing_file(tmp_path):
     data = _fixture_data(tmp_path, LSTM)
     model = LSTM.build(TINY["sentiment-lstm"], data.state).eval()
     with pytest.raises(DataError, match=r"nosuch\.txt: no such file"):
-        LSTM.predict(model, ["great", str(tmp_path / "nosuch.txt")], TINY["sentiment-lstm"], data.state, tmp_path)
-    lines = LSTM.predict(
+        LSTM.predict_inputs(
+            model, ["great", str(tmp_path / "nosuch.txt")], TINY["sentiment-lstm"], data.state, tmp_path
+        )
+    lines = LSTM.predict_inputs(
         model, ["great", str(tmp_path / "aclImdb" / "test" / "pos")], TINY["sentiment-lstm"], data.state, tmp_path
     )
     assert len(lines) == 1 + 2 and lines[0].startswith("'great': ")
@@ -208,11 +210,11 @@ def test_predict_refuses_an_empty_review(tmp_path, text):
     data = _fixture_data(tmp_path, LSTM)
     model = LSTM.build(TINY["sentiment-lstm"], data.state).eval()
     with pytest.raises(DataError, match=r"an empty review \(only white space\), nothing to classify"):
-        LSTM.predict(model, ["great", text], TINY["sentiment-lstm"], data.state, tmp_path)
+        LSTM.predict_inputs(model, ["great", text], TINY["sentiment-lstm"], data.state, tmp_path)
     empty_file = tmp_path / "empty.txt"
     empty_file.write_text(text)
     with pytest.raises(DataError, match=r"empty\.txt: an empty review"):
-        LSTM.predict(model, [str(empty_file)], TINY["sentiment-lstm"], data.state, tmp_path)
+        LSTM.predict_inputs(model, [str(empty_file)], TINY["sentiment-lstm"], data.state, tmp_path)
 
 
 def test_cli_predict_of_an_empty_text_is_a_one_line_error(tmp_path, capsys):

@@ -182,10 +182,13 @@ def test_resume_keeps_the_runs_own_plan(tmp_path):
 @pytest.mark.parametrize(
     "setting,value,message",
     [
-        ("epochs", 0, "--epochs must be positive"),
-        ("batch_size", 0, "--batch-size must be positive"),
-        ("lr", -1.0, "--lr must be positive"),
-        ("workers", -1, "--workers must be 0 or more"),
+        ("epochs", 0, "--epochs must be at least 1, got 0"),
+        ("batch_size", 0, "--batch-size must be at least 1, got 0"),
+        ("lr", -1.0, "--lr must be positive, got -1.0"),
+        ("lr", float("nan"), "--lr must be a finite number, got nan"),
+        ("workers", -1, "--workers must be at least 0, got -1"),
+        ("patience", 0, "--patience must be at least 1, got 0"),
+        ("max_grad_norm", 0.0, "--max-grad-norm must be positive, got 0.0"),
     ],
 )
 def test_unusable_numbers_are_clear_errors(setting, value, message):

@@ -422,12 +422,12 @@ def test_a_huge_learning_rate_stops_on_the_first_nan(tmp_path, capsys):
 
 
 def test_metrics_json_is_strict_json(tmp_path, monkeypatch):
-    evaluate = DROPOUT.evaluate
+    metrics = DROPOUT.metrics
 
     def with_undefined(outputs, targets, state, split):
-        return {**evaluate(outputs, targets, state, split), "roc_auc": float("nan"), "ratio": np.float32("inf")}
+        return {**metrics(outputs, targets, state, split), "roc_auc": float("nan"), "ratio": np.float32("inf")}
 
-    monkeypatch.setattr(DROPOUT, "evaluate", with_undefined)
+    monkeypatch.setattr(DROPOUT, "metrics", with_undefined)
     payload = train(DROPOUT, config_for(DROPOUT, tmp_path), log=quiet)
 
     def refuse(constant):
@@ -625,7 +625,7 @@ def test_kaggle_layout_with_one_class_is_refused(tmp_path, capsys):
 @pytest.fixture
 def flat_metric(monkeypatch):
     """The validation accuracy never improves after the first epoch."""
-    monkeypatch.setattr(DROPOUT, "evaluate", lambda outputs, targets, state, split: {"accuracy": 0.5})
+    monkeypatch.setattr(DROPOUT, "metrics", lambda outputs, targets, state, split: {"accuracy": 0.5})
 
 
 def test_patience_stops_early_and_tests_the_best_weights(tmp_path, flat_metric):
@@ -653,5 +653,7 @@ def test_a_model_sets_its_default_patience():
     assert make_config(Patient())["patience"] == 4
     assert make_config(Patient(), patience=1)["patience"] == 1
     assert make_config(DROPOUT)["patience"] is None
-    with pytest.raises(RunError, match="--patience must be a whole number of epochs, 1 or more, got 0"):
+    with pytest.raises(RunError, match="--patience must be at least 1, got 0"):
         make_config(DROPOUT, patience=0)
+    with pytest.raises(RunError, match="--patience must be a whole number, got 1.5"):
+        make_config(DROPOUT, patience=1.5)

@@ -107,7 +107,7 @@ class CatsDogsTask(Task):
         }
         return state, torch.randn(batch_size, 3, size, size), torch.randint(0, 2, (batch_size,))
 
-    def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor, state: dict, split: str) -> dict:
+    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor, state: dict, split: str) -> dict:
         """Accuracy, and the binary metrics of "dog" at probability 0.5 (ROC-AUC, F1, ...)."""
         return binary_metrics(positive_probability(outputs), targets.cpu().numpy(), 0.5)
 
@@ -118,7 +118,7 @@ class CatsDogsTask(Task):
             pictures.append(roc_curve_png(positive_probability(outputs), truth, out_dir / "roc_curve.png", 0.5))
         return pictures
 
-    def predict(self, model, inputs, config, state, out_dir):
+    def predict_inputs(self, model, inputs, config, state, out_dir):
         """P(dog) per image; writes Kaggle's submission.csv (id = the file name's stem) into ``out_dir``."""
         files = readable_inputs(inputs, config)
         ids: dict[str, Path] = {}

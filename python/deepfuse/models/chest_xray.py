@@ -30,7 +30,7 @@ from deepfuse.data import DataError
 from deepfuse.data.chest_xray import patient_id, patient_split, read_chest_xray
 from deepfuse.data.images import Augment, ImageDataset, ImageTransform
 from deepfuse.models._image_classifier import ResidualCNN, predict_probabilities, readable_inputs
-from deepfuse.training.loops import evaluate_split
+from deepfuse.training.loops import split_metrics
 from deepfuse.training.metrics import binary_metrics, choose_threshold, positive_probability
 from deepfuse.training.plots import confusion_matrix_png, roc_curve_png
 from deepfuse.training.task import Data, Option, Task
@@ -119,7 +119,7 @@ class ChestXrayTask(Task):
         }
         return state, torch.randn(batch_size, 1, size, size), torch.randint(0, 2, (batch_size,))
 
-    def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor, state: dict, split: str) -> dict:
+    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor, state: dict, split: str) -> dict:
         """Binary metrics at the threshold chosen on validation ("val" chooses it and stores it in ``state``)."""
         probability, truth = positive_probability(outputs), targets.cpu().numpy()
         if split == "val":
@@ -135,8 +135,8 @@ class ChestXrayTask(Task):
             # last validation): choose it on validation again first
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # its single-class warning was given at that validation already
-                evaluate_split(run, "val")
-        return evaluate_split(run, split)
+                split_metrics(run, "val")
+        return split_metrics(run, split)
 
     def plots(self, outputs, targets, state, out_dir, data):
         probability, truth = positive_probability(outputs), targets.cpu().numpy()
@@ -151,7 +151,7 @@ class ChestXrayTask(Task):
             pictures.append(roc_curve_png(probability, truth, out_dir / "roc_curve.png", threshold))
         return pictures
 
-    def predict(self, model, inputs, config, state, out_dir):
+    def predict_inputs(self, model, inputs, config, state, out_dir):
         files = readable_inputs(inputs, config)
         probability = predict_probabilities(model, files, self.transform(state, False), config)
         threshold = state.get("threshold", 0.5)

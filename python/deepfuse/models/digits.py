@@ -110,7 +110,7 @@ class DigitsTask(Task):
         )
         return pictures
 
-    def predict(self, model, inputs, config, state, out_dir):
+    def predict_inputs(self, model, inputs, config, state, out_dir):
         images, names = read_digit_images(inputs, state["image_size"])
         x = ((images - state["mean"]) / state["std"])[:, None].to(next(model.parameters()).device)
         probabilities = torch.softmax(model(x).float(), -1).cpu()

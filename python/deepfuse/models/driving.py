@@ -34,7 +34,7 @@ from deepfuse.data import DataError
 from deepfuse.data import driving as logs_io
 from deepfuse.data.driving import Frames, SteeringDataset, block_split, preprocess, read_image, to_tensor
 from deepfuse.nn import FusedConv2d, FusedLinear
-from deepfuse.training.loops import evaluate_split
+from deepfuse.training.loops import split_metrics
 from deepfuse.training.metrics import regression_metrics
 from deepfuse.training.plots import _pyplot
 from deepfuse.training.task import Data, Option, Task
@@ -167,20 +167,20 @@ class DrivingTask(Task):
             choices=("auto", "on", "off"),
         ),
         "smooth_seconds": Option(0.3, "the smoothing Gaussian's standard deviation, seconds"),
-        "straight_keep": Option(0.5, "share of straight frames (|steering| < 0.01) kept in training (1: all)"),
-        "sim_rows": Option(4000, "frames the simulator's expert records for training when there is no --data"),
+        "straight_keep": Option(
+            0.5, "share of straight frames (|steering| < 0.01) kept in training (1: all)", maximum=1.0
+        ),
+        "sim_rows": Option(
+            4000, "frames the simulator's expert records for training when there is no --data", minimum=10
+        ),
         "closed_loop_tracks": Option(3, "unseen simulator tracks driven on the test split (0: none)", minimum=0),
         "closed_loop_steps": Option(1000, "time steps (0.1 s) on each of them"),
     }
 
     def load_data(self, path: Path | None, config: dict, state: dict | None = None) -> Data:
-        config = {name: option.default for name, option in self.options.items()} | config
-        if not 0.0 <= config["straight_keep"] <= 1.0:
-            raise DataError(None, f"--straight-keep must be in [0, 1], got {config['straight_keep']}")
+        config = self.with_defaults(config)
         if path is None:
             rows, seed = config["sim_rows"], config.get("seed", 0)
-            if rows < 10:
-                raise DataError(None, f"--sim-rows must be >= 10, got {rows}")
             splits = {
                 "train": _simulated_frames(rows, seed, "train", 16),
                 "val": _simulated_frames(max(rows // 8, 5), seed, "val", 4),
@@ -224,13 +224,13 @@ class DrivingTask(Task):
             outputs = outputs.float()
         return nn.functional.mse_loss(outputs, targets.to(outputs.dtype))
 
-    def evaluate(self, outputs, targets, state, split):
+    def metrics(self, outputs, targets, state, split):
         predicted, truth = outputs.double().flatten().numpy(), targets.double().flatten().numpy()
         metrics = steering_metrics(predicted, truth, state.get("mean_steering", 0.0))
         return metrics | regression_metrics(predicted, truth) | {"verdict": verdict(metrics, len(truth))}
 
     def validate(self, run, split: str):
-        metrics, outputs, targets = evaluate_split(run, split)
+        metrics, outputs, targets = split_metrics(run, split)
         dataset = getattr(run.data, split)
         frames = getattr(dataset, "frames", None)
         if metrics and frames is not None and not np.array_equal(frames.recorded, frames.steering):
@@ -287,7 +287,7 @@ class DrivingTask(Task):
         plt.close(figure)
         return [path]
 
-    def predict(self, model, inputs, config, state, out_dir):
+    def predict_inputs(self, model, inputs, config, state, out_dir):
         lines = []
         device = next(model.parameters()).device
         for item in inputs:

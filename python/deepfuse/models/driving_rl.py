@@ -1,9 +1,11 @@
 """driving-rl: a CNN policy learns to drive in the simulator by reinforcement learning (PPO).
 
-PPO in one file, in the style of CleanRL's ``ppo_continuous_action.py``: hyper-parameters in one dataclass,
-the algorithm readable top to bottom. Chosen over stable-baselines3's PPO because the batched simulator
-already is the vectorised environment (SB3 would step it through its own VecEnv layer and copy every
-observation), the network is ours from deepfuse layers either way, and it adds no dependency.
+PPO in one file, in the style of CleanRL's ``ppo_continuous_action.py``: hyper-parameters in one table (the
+task's options, each with its help and limits, CleanRL's continuous-control defaults), the algorithm readable top
+to bottom, every optimizer step the engine's (``Run.optimizer_step``: gradients clipped to ``max_grad_norm``).
+Chosen over stable-baselines3's PPO because the batched simulator already is the vectorised environment (SB3
+would step it through its own VecEnv layer and copy every observation), the network is ours from deepfuse layers
+either way, and it adds no dependency.
 
 Network: the camera (image_size² RGB uint8) → four FusedConv2d (16, 32, 64, 64 filters; 5x5 then 3x3, stride
 2, ReLU fused) → FusedLinear(→ 256, ReLU) shared by the actor — FusedLinear(256 → 1): the mean steering of a
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,27 +38,7 @@ from torch import nn
 from deepfuse.data import DataError
 from deepfuse.data.driving import read_image
 from deepfuse.nn import FusedConv2d, FusedLinear
-from deepfuse.training.engine import RunError
-from deepfuse.training.task import Data, Option, Task
-
-
-@dataclass(frozen=True)
-class PPO:
-    """CleanRL's continuous-control defaults; reward_scale keeps returns (metres of progress) near 1-10."""
-
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_coef: float = 0.2
-    ent_coef: float = 0.0
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    norm_adv: bool = True
-    clip_vloss: bool = True
-    reward_scale: float = 0.1
-    initial_log_std: float = -0.5
-
-
-HP = PPO()
+from deepfuse.training.task import Data, Option, Task, positive
 
 
 def _init(layer: nn.Module, std: float = math.sqrt(2)) -> nn.Module:
@@ -67,11 +48,15 @@ def _init(layer: nn.Module, std: float = math.sqrt(2)) -> nn.Module:
     return layer
 
 
+def _multiple_of_16(size: int) -> str | None:
+    return None if size % 16 == 0 else "a multiple of 16"
+
+
 class DrivingPolicy(nn.Module):
     """Actor and critic on one CNN encoder. Input: camera images (B, H, W, 3) uint8 (any float dtype works too,
     in [0, 255]); output (B, actions + 1): the action means, then the value."""
 
-    def __init__(self, image_size: int = 64, actions: int = 1) -> None:
+    def __init__(self, image_size: int = 64, actions: int = 1, initial_log_std: float = -0.5) -> None:
         super().__init__()
         if image_size % 16 or image_size < 16:
             raise ValueError(f"image_size must be a multiple of 16 (>= 16), got {image_size}")
@@ -85,7 +70,7 @@ class DrivingPolicy(nn.Module):
         )
         self.actor = _init(FusedLinear(256, actions), 0.01)
         self.critic = _init(FusedLinear(256, 1), 1.0)
-        self.log_std = nn.Parameter(torch.full((actions,), HP.initial_log_std))
+        self.log_std = nn.Parameter(torch.full((actions,), float(initial_log_std)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # (B, H, W, 3) → a channels_last (B, 3, H, W) view: no copy, and the convolutions take that layout
@@ -99,11 +84,12 @@ class DrivingPolicy(nn.Module):
         return torch.distributions.Normal(mean, self.log_std.float().exp().expand_as(mean)), value
 
 
-class _Live:
-    """What a run keeps between PPO iterations besides the checkpointed state: the environments and the
-    current observations."""
+class _Simulator:
+    """What a run keeps between PPO iterations besides the checkpointed state (``run.live["simulator"]``): the
+    vectorised environments and their current observations."""
 
     def __init__(self, config: dict, saved: dict | None, rank: int) -> None:
+        # numba and gymnasium, loaded when training starts: importing the model registry stays free of them
         from deepfuse.envs.env import DriveVectorEnv
 
         self.envs = DriveVectorEnv(
@@ -128,9 +114,10 @@ class DrivingRLTask(Task):
     data_help = "nothing: driving-rl learns in the simulator (omit --data)"
     metric = "mean_return"
     maximize = True
-    defaults = {"epochs": 300, "batch_size": 512, "lr": 3e-4, "weight_decay": 0.0}
+    defaults = {"epochs": 300, "batch_size": 512, "lr": 3e-4, "weight_decay": 0.0, "max_grad_norm": 0.5}
+    scheduler_interval = "epoch"  # the learning rate anneals once per PPO iteration (CleanRL)
     options = {
-        "image_size": Option(64, "camera image size in pixels (a multiple of 16)"),
+        "image_size": Option(64, "camera image size in pixels (a multiple of 16)", minimum=16, check=_multiple_of_16),
         "num_envs": Option(16, "cars driving at once in the vectorised simulator"),
         "rollout_steps": Option(128, "simulator steps per car in each PPO iteration"),
         "update_epochs": Option(4, "passes over each rollout"),
@@ -139,30 +126,25 @@ class DrivingRLTask(Task):
         "max_steps": Option(1000, "steps before an episode is truncated"),
         "eval_tracks": Option(4, "unseen tracks driven for validation, and as many for the test"),
         "eval_steps": Option(1000, "steps on each of them"),
+        # PPO (CleanRL's continuous-control defaults)
+        "gamma": Option(0.99, "discount per simulator step", maximum=1.0),
+        "gae_lambda": Option(0.95, "the λ of generalised advantage estimation", maximum=1.0),
+        "clip_coef": Option(0.2, "how far an update may move the probability ratio (and the value)", check=positive),
+        "ent_coef": Option(0.0, "weight of the entropy bonus in the loss"),
+        "vf_coef": Option(0.5, "weight of the value loss in the loss"),
+        "norm_adv": Option(True, "normalise the advantages in each minibatch"),
+        "clip_vloss": Option(True, "clip the value loss as the policy's (PPO's paper)"),
+        "reward_scale": Option(0.1, "reward multiplier: keeps returns (metres of progress) near 1-10", check=positive),
+        "initial_log_std": Option(
+            -0.5, "the steering Gaussian's log standard deviation at the start", minimum=-5.0, maximum=2.0
+        ),
     }
 
     # --- data, network, optimizer -----------------------------------------------------------------------------
     def load_data(self, path: Path | None, config: dict, state: dict | None = None) -> Data:
         if path is not None:
             raise DataError(path, "driving-rl learns in the built-in simulator and reads no data; omit --data")
-        config = {name: option.default for name, option in self.options.items()} | config
-
-        for name in (
-            "num_envs",
-            "rollout_steps",
-            "update_epochs",
-            "minibatches",
-            "tracks",
-            "max_steps",
-            "eval_tracks",
-            "eval_steps",
-        ):
-            if config[name] < 1:
-                raise RunError(f"--{name.replace('_', '-')} must be >= 1, got {config[name]}")
-        if config["image_size"] % 16 or config["image_size"] < 16:
-            raise RunError(f"--image-size must be a multiple of 16, got {config['image_size']}")
-        if config["minibatches"] > config["num_envs"] * config["rollout_steps"]:
-            raise RunError("--minibatches cannot exceed num_envs x rollout_steps")
+        config = self.with_defaults(config)
         state = state or {"image_size": config["image_size"], "baselines": {}}
         tracks = list(range(config["eval_tracks"]))
         summary = (
@@ -170,8 +152,17 @@ class DrivingRLTask(Task):
         )
         return Data(train=None, val=tracks, test=tracks, state=state, summary=summary)
 
+    def settings_problem(self, config: dict) -> str | None:
+        samples = config["num_envs"] * config["rollout_steps"]
+        if config["minibatches"] > samples:
+            return (
+                f"--minibatches {config['minibatches']} exceeds the {samples} samples of a rollout "
+                "(--num-envs x --rollout-steps)"
+            )
+        return None
+
     def build(self, config: dict, state: dict) -> nn.Module:
-        return DrivingPolicy(state["image_size"])
+        return DrivingPolicy(state["image_size"], initial_log_std=self.with_defaults(config)["initial_log_std"])
 
     def optimizer(self, model: nn.Module, config: dict, steps_per_epoch: int):
         """Adam (eps 1e-5, as CleanRL) with the learning rate annealed linearly to 0 over the iterations."""
@@ -194,9 +185,9 @@ class DrivingRLTask(Task):
     # --- one PPO iteration ------------------------------------------------------------------------------------
     def train_epoch(self, run) -> dict[str, float]:
         config, model, device = run.config, run.model, run.device
-        live = getattr(run, "live", None)
-        if live is None:
-            live = run.live = _Live(config, run.extra.get("env"), run.place.rank)
+        live = run.live.get("simulator")
+        if live is None:  # the first iteration of this process (a resumed run restores the cars from ``extra``)
+            live = run.live["simulator"] = _Simulator(config, run.extra.get("env"), run.place.rank)
         envs, n, steps = live.envs, config["num_envs"], config["rollout_steps"]
         obs = torch.zeros((steps, n, *envs.single_observation_space.shape), dtype=torch.uint8)
         actions = torch.zeros((steps, n, 1))
@@ -213,12 +204,12 @@ class DrivingRLTask(Task):
                 action = dist.sample()
             actions[t], logprobs[t], values[t] = action.cpu(), dist.log_prob(action).sum(-1).cpu(), value.cpu()
             live.obs, reward, terminated, truncated, info = envs.step(actions[t].numpy())
-            reward = torch.as_tensor(reward, dtype=torch.float32) * HP.reward_scale
+            reward = torch.as_tensor(reward, dtype=torch.float32) * config["reward_scale"]
             cut = np.flatnonzero(truncated & ~terminated)
             if len(cut):  # the episode did not end, the clock did: bootstrap with the critic
                 final = torch.from_numpy(np.stack(info["final_obs"][cut])).to(device)
                 with torch.no_grad(), run.autocast():
-                    reward[cut] += HP.gamma * run.raw_model.distribution(final)[1].float().cpu()
+                    reward[cut] += config["gamma"] * run.raw_model.distribution(final)[1].float().cpu()
             rewards[t] = reward
             done = torch.as_tensor(terminated | truncated, dtype=torch.float32)
             if "final_info" in info:
@@ -228,7 +219,7 @@ class DrivingRLTask(Task):
         rollout_seconds = time.perf_counter() - start
         with torch.no_grad(), run.autocast():
             next_value = run.raw_model.distribution(torch.from_numpy(live.obs).to(device))[1].float().cpu()
-        advantages, returns = _gae(rewards, values, dones, done, next_value)
+        advantages, returns = _gae(rewards, values, dones, done, next_value, config["gamma"], config["gae_lambda"])
         stats = self._update(
             run,
             obs.flatten(0, 1),
@@ -238,9 +229,6 @@ class DrivingRLTask(Task):
             returns.flatten(),
             values.flatten(),
         )
-        if run.scheduler is not None:
-            run.scheduler.step()
-        run.global_step += n * steps
         run.extra["env"] = envs.state_dict()
         run.extra["env_steps"] = run.extra.get("env_steps", 0) + n * steps
         stats.update(
@@ -252,8 +240,10 @@ class DrivingRLTask(Task):
         return stats
 
     def _update(self, run, obs, actions, logprobs, advantages, returns, values) -> dict[str, float]:
-        """PPO's clipped-surrogate updates over one rollout (CleanRL's inner loop)."""
+        """PPO's clipped-surrogate updates over one rollout (CleanRL's inner loop), each minibatch one of the
+        engine's optimizer steps."""
         config, model, device = run.config, run.model, run.device
+        clip = config["clip_coef"]
         total, batch = len(obs), len(obs) // config["minibatches"]
         model.train()
         losses, value_losses, policy_losses, entropies, kls, clipped = [], [], [], [], [], []
@@ -275,32 +265,19 @@ class DrivingRLTask(Task):
                 ratio = log_ratio.exp()
                 with torch.no_grad():
                     kls.append(((ratio - 1) - log_ratio).mean().item())
-                    clipped.append(((ratio - 1.0).abs() > HP.clip_coef).float().mean().item())
-                if HP.norm_adv:
+                    clipped.append(((ratio - 1.0).abs() > clip).float().mean().item())
+                if config["norm_adv"]:
                     mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-                policy_loss = torch.max(
-                    -mb_adv * ratio, -mb_adv * ratio.clamp(1 - HP.clip_coef, 1 + HP.clip_coef)
-                ).mean()
-                if HP.clip_vloss:
-                    value_clipped = mb_old_value + (value - mb_old_value).clamp(-HP.clip_coef, HP.clip_coef)
+                policy_loss = torch.max(-mb_adv * ratio, -mb_adv * ratio.clamp(1 - clip, 1 + clip)).mean()
+                if config["clip_vloss"]:
+                    value_clipped = mb_old_value + (value - mb_old_value).clamp(-clip, clip)
                     value_loss = 0.5 * torch.max((value - mb_returns) ** 2, (value_clipped - mb_returns) ** 2).mean()
                 else:
                     value_loss = 0.5 * ((value - mb_returns) ** 2).mean()
-                loss = policy_loss - HP.ent_coef * entropy.mean() + HP.vf_coef * value_loss
-                run.optimizer.zero_grad(set_to_none=True)
-                if run.scaler is not None:
-                    run.scaler.scale(loss).backward()
-                    run.scaler.unscale_(run.optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), HP.max_grad_norm)
-                    run.scaler.step(run.optimizer)
-                    run.scaler.update()
-                else:
-                    loss.backward()
-                    nn.utils.clip_grad_norm_(model.parameters(), HP.max_grad_norm)
-                    run.optimizer.step()
+                loss = policy_loss - config["ent_coef"] * entropy.mean() + config["vf_coef"] * value_loss
+                losses.append(run.optimizer_step(loss))
                 if first_value_loss is None:
                     first_value_loss = value_loss.item()
-                losses.append(loss.item())
                 value_losses.append(value_loss.item())
                 policy_losses.append(policy_loss.item())
                 entropies.append(entropy.mean().item())
@@ -346,7 +323,7 @@ class DrivingRLTask(Task):
 
         return network_pilot("ppo", rl_camera(state["image_size"]), model, torch.from_numpy)
 
-    def predict(self, model, inputs, config, state, out_dir):
+    def predict_inputs(self, model, inputs, config, state, out_dir):
         from PIL import Image
 
         size, lines = state["image_size"], []
@@ -361,7 +338,7 @@ class DrivingRLTask(Task):
         return lines
 
 
-def _gae(rewards, values, dones, next_done, next_value):
+def _gae(rewards, values, dones, next_done, next_value, gamma: float, gae_lambda: float):
     """Generalised advantage estimates and returns (T, N); ``dones[t]`` marks observations that began a new
     episode (CleanRL's convention)."""
     steps = len(rewards)
@@ -372,8 +349,8 @@ def _gae(rewards, values, dones, next_done, next_value):
             not_done, following = 1.0 - next_done, next_value
         else:
             not_done, following = 1.0 - dones[t + 1], values[t + 1]
-        delta = rewards[t] + HP.gamma * following * not_done - values[t]
-        last = delta + HP.gamma * HP.gae_lambda * not_done * last
+        delta = rewards[t] + gamma * following * not_done - values[t]
+        last = delta + gamma * gae_lambda * not_done * last
         advantages[t] = last
     return advantages, advantages + values
 

@@ -311,14 +311,10 @@ class SentimentTask(Task):
         self.defaults = defaults
         self.options = COMMON | {"dropout": Option(dropout, COMMON["dropout"].help)} | ARCHS[arch]
 
-    def _settings(self, config: dict) -> dict:
-        """The options with their defaults (benchmarks and tests call build/example with a partial config)."""
-        return {name: option.default for name, option in self.options.items()} | config
-
     def load_data(self, path: Path | None, config: dict, state: dict | None = None) -> Data:
         if path is None:
             raise DataError(None, f"--data is required: {self.data_help}")
-        settings = self._settings(config)
+        settings = self.with_defaults(config)
         # bars on the main process only (torchrun sets RANK); every phase over a few seconds says what it does
         progress = bool(config.get("progress", True)) and os.environ.get("RANK", "0") == "0"
         root = imdb.find_root(path)
@@ -368,7 +364,7 @@ class SentimentTask(Task):
         )
 
     def build(self, config: dict, state: dict) -> nn.Module:
-        s = self._settings(config)
+        s = self.with_defaults(config)
         vocab, pad = state["vocab_size"], state.get("pad_id", 0)
         if self.arch == "lstm":
             return LSTMClassifier(
@@ -379,7 +375,7 @@ class SentimentTask(Task):
         )
 
     def example(self, batch_size: int, config: dict):
-        s = self._settings(config)
+        s = self.with_defaults(config)
         state = {"tokenizer": None, "vocab_size": s["vocab_size"], "pad_id": 0, "classes": CLASSES}
         generator = torch.Generator().manual_seed(0)
         lengths = torch.randint(s["max_len"] // 4, s["max_len"] + 1, (batch_size,), generator=generator)
@@ -390,7 +386,7 @@ class SentimentTask(Task):
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(outputs.to(torch.promote_types(outputs.dtype, torch.float32)), targets)
 
-    def evaluate(self, outputs, targets, state, split):
+    def metrics(self, outputs, targets, state, split):
         metrics = binary_metrics(positive_probability(outputs), targets.numpy())
         return {k: _finite_or_none(v) for k, v in metrics.items() if k != "threshold"}
 
@@ -408,7 +404,7 @@ class SentimentTask(Task):
             pictures.append(roc_curve_png(positive_probability(outputs), targets.numpy(), out_dir / "roc_curve.png"))
         return pictures
 
-    def predict(self, model, inputs, config, state, out_dir):
+    def predict_inputs(self, model, inputs, config, state, out_dir):
         names, texts = [], []
         for item in inputs:
             path = Path(item)
@@ -435,7 +431,7 @@ class SentimentTask(Task):
                 "review's text in quotes, a .txt file or a folder of them",
             )
         vocabulary = Vocabulary.from_json(state["tokenizer"])
-        ids = vocabulary.encode(texts, self._settings(config)["max_len"])
+        ids = vocabulary.encode(texts, self.with_defaults(config)["max_len"])
         device = next(model.parameters()).device
         lines = []
         for start in range(0, len(ids), 64):

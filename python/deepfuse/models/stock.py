@@ -132,13 +132,10 @@ class StockTask(Task):
         "test_fraction": Option(0.15, "share of windows (the latest) for the test"),
     }
 
-    def _settings(self, config: dict) -> dict:
-        return {name: option.default for name, option in self.options.items()} | config
-
     def load_data(self, path: Path | None, config: dict, state: dict | None = None) -> Data:
         if path is None:
             raise DataError(None, f"--data is required: {self.data_help}")
-        s = self._settings(config)
+        s = self.with_defaults(config)
         tables = read_prices(path)
         windows = make_windows(tables, s["window"])
         try:
@@ -184,11 +181,11 @@ class StockTask(Task):
         return Data(splits["train"], splits["val"], splits["test"], state=state, summary=summary)
 
     def build(self, config: dict, state: dict) -> nn.Module:
-        s = self._settings(config)
+        s = self.with_defaults(config)
         return StockLSTM(len(state["features"]), s["hidden_size"], s["layers"], s["dropout"])
 
     def example(self, batch_size: int, config: dict):
-        s = self._settings(config)
+        s = self.with_defaults(config)
         state = {
             "normaliser": {"mean": [0.0] * len(FEATURES), "std": [1.0] * len(FEATURES), "target_scale": 0.01},
             "window": s["window"],
@@ -202,7 +199,7 @@ class StockTask(Task):
         dtype = torch.promote_types(outputs.dtype, torch.float32)
         return F.mse_loss(outputs.to(dtype), targets[:, 0].to(dtype))
 
-    def evaluate(self, outputs, targets, state, split):
+    def metrics(self, outputs, targets, state, split):
         scale = state["normaliser"]["target_scale"]
         return close_metrics(outputs.double().numpy() * scale, targets.double().numpy())
 
@@ -241,7 +238,7 @@ class StockTask(Task):
         plt.close(figure)
         return [path]
 
-    def predict(self, model, inputs, config, state, out_dir):
+    def predict_inputs(self, model, inputs, config, state, out_dir):
         window, normaliser = state["window"], Normaliser.from_state(state["normaliser"])
         device = next(model.parameters()).device
         lines = []

@@ -1,12 +1,13 @@
-"""The one training engine every model uses: train, evaluate, predict.
+"""The one training engine every model uses: train a run, evaluate a checkpoint, predict with a checkpoint.
 
 A run reads its data, builds the network, trains for ``epochs`` epochs with AdamW and a per-step cosine schedule
-(a task may bring its own optimizer), evaluates the validation split after every epoch and keeps two
-checkpoints in ``out`` — ``last.pt`` (every epoch, and on Ctrl-C) and ``best.pt`` (best validation metric) —
-each written atomically. At the end it evaluates the test split with the best weights and writes
-``metrics.json``, ``history.csv`` and PNGs. ``resume=True`` continues from ``out/last.pt`` exactly: model,
-optimizer, scheduler, grad scaler, epoch and step, RNG states. Under torchrun, DistributedDataParallel;
-only the main process writes.
+(a task may bring its own optimizer and schedule; every model's optimizer step is ``Run.optimizer_step``: loss
+scaling, clipping to ``max_grad_norm``, the schedule, a non-finite loss stops the run), evaluates the validation
+split after every epoch and keeps two checkpoints in ``out`` — ``last.pt`` (every epoch, and on Ctrl-C) and
+``best.pt`` (best validation metric) — each written atomically. At the end it evaluates the test split with the
+best weights and writes ``metrics.json``, ``history.csv`` and PNGs. ``resume=True`` continues from
+``out/last.pt`` exactly: model, optimizer, scheduler, grad scaler, epoch and step, RNG states. Under torchrun,
+DistributedDataParallel; only the main process writes.
 
 Nothing lost, nothing silently wrong: a run owns its folder (``run_lock``), checked writable before the data is
 read and for room for one checkpoint before training; Ctrl-C anywhere saves the state after the last finished optimizer
@@ -51,7 +52,7 @@ from deepfuse.training.loops import NonFiniteLossError
 from deepfuse.training.metrics import append_history, write_json
 from deepfuse.training.plots import learning_curves_png
 from deepfuse.training.precision import resolve_amp
-from deepfuse.training.task import Data, Task
+from deepfuse.training.task import Data, Option, RunError, Task, check_settings, flag, positive
 
 GENERIC_DEFAULTS = {
     "data": None,
@@ -70,53 +71,56 @@ GENERIC_DEFAULTS = {
     "deterministic": False,
     "progress": True,  # tqdm bars (main process only)
     "patience": None,  # early stopping: stop after this many epochs without a better validation metric
+    "max_grad_norm": None,  # clip the gradients' total norm to this before each optimizer step (None: off)
 }
 AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class RunError(ValueError):
-    """A user mistake that stops a run before it starts (bad device, an --out holding another run...)."""
+def _whole(value) -> str | None:
+    return None if isinstance(value, int) and not isinstance(value, bool) else "a whole number"
+
+
+# the limits of the generic numeric settings (a task's ``defaults`` may change the defaults, not the limits)
+GENERIC_LIMITS = {
+    name: Option(GENERIC_DEFAULTS[name], help, minimum=minimum, check=check)
+    for name, help, minimum, check in (
+        ("epochs", "epochs to train", 1, _whole),
+        ("batch_size", "samples per optimizer step and process", 1, _whole),
+        ("lr", "learning rate", None, positive),
+        ("weight_decay", "weight decay", 0, None),
+        ("workers", "DataLoader worker processes", 0, _whole),
+        ("patience", "epochs without a better validation metric before stopping", 1, _whole),
+        ("max_grad_norm", "the gradients' largest total norm", None, positive),
+    )
+}
+
+
+def default_config(task: Task) -> dict:
+    """Every setting of ``task`` at its default: the generic ones, then the task's defaults and options."""
+    config = dict(GENERIC_DEFAULTS) | {"patience": task.default_patience} | dict(task.defaults)
+    return task.with_defaults(config)
 
 
 def make_config(task: Task, **overrides) -> dict:
     """Generic defaults, then the task's defaults and options, then ``overrides`` (None values ignored)."""
-    config = dict(GENERIC_DEFAULTS) | {"patience": task.default_patience} | dict(task.defaults)
-    config |= {name: o.default for name, o in task.options.items()}
+    config = default_config(task)
     unknown = set(overrides) - set(config) - {"resume"}
     if unknown:
         raise RunError(f"unknown settings for {task.name}: {', '.join(sorted(unknown))}")
     config.update({k: v for k, v in overrides.items() if v is not None and k != "resume"})
     config["model"] = task.name
-    _check_settings(task, config)
+    check_config(task, config)
     return config
 
 
-POSITIVE = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr"}
-NOT_NEGATIVE = {"weight_decay": "--weight-decay", "workers": "--workers"}
-
-
-def _check_settings(task: Task, config: dict) -> None:
-    """Numbers a run cannot use are a clear error, before anything is read or written."""
-    for key, value in config.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise RunError(f"--{key.replace('_', '-')} must be a finite number, got {value}")
-    if config["patience"] is not None and (not isinstance(config["patience"], int) or config["patience"] < 1):
-        raise RunError(f"--patience must be a whole number of epochs, 1 or more, got {config['patience']}")
-    for key, flag in POSITIVE.items():
-        if not config[key] > 0:
-            raise RunError(f"{flag} must be positive, got {config[key]}")
-    for key, flag in NOT_NEGATIVE.items():
-        if config[key] < 0:
-            raise RunError(f"{flag} must be 0 or more, got {config[key]}")
-    for name, option in task.options.items():
-        value, default = config[name], option.default
-        if isinstance(default, bool) or not isinstance(default, int | float):
-            continue
-        minimum = option.minimum
-        if minimum is None:
-            minimum = 1 if isinstance(default, int) and default > 0 else 0
-        if value < minimum:
-            raise RunError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
+def check_config(task: Task, config: dict) -> None:
+    """Settings a run cannot use are one clear RunError, before anything is read or written: each setting's
+    limits (``Option``), then the task's rules across settings (``Task.settings_problem``)."""
+    check_settings(GENERIC_LIMITS, config)
+    check_settings(task.options, config)
+    problem = task.settings_problem(config)
+    if problem is not None:
+        raise RunError(problem)
 
 
 def _check_cuda_graphs(task: Task, config: dict, device: torch.device) -> None:
@@ -183,6 +187,9 @@ class Run:
     best: float | None = None
     history: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)  # task-specific state to checkpoint (e.g. an RL agent's counters)
+    # task-specific state of this process's run that is never checkpointed (a vectorised simulator, the current
+    # observations): rebuilt from ``extra`` after a resume
+    live: dict = field(default_factory=dict)
     out: Path | None = None
     epoch_loss: list = field(default_factory=lambda: [0.0, 0])  # [sum of loss x samples, samples] this epoch
     lock: run_lock.RunLock | None = None  # this run owns ``out`` (main process)
@@ -213,20 +220,31 @@ class Run:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def backward_and_step(self, loss: torch.Tensor, samples: int = 0) -> float:
-        """Backward, optimizer and scheduler step; returns the loss's value. A Ctrl-C arriving meanwhile waits
-        until the step is finished and counted (inside ``fit``): a checkpoint never holds half a step."""
+    def optimizer_step(self, loss: torch.Tensor, samples: int = 0) -> float:
+        """The one optimizer step of every model: backward (through the fp16 grad scaler when there is one),
+        gradients clipped to ``max_grad_norm`` (unscaled first), the optimizer's step, the scheduler's when the
+        task schedules per step; returns the loss's value. ``samples`` counts into the epoch's mean loss.
+
+        A Ctrl-C arriving meanwhile waits until the step is finished and counted (inside ``fit``): a checkpoint
+        never holds half a step. A non-finite loss raises NonFiniteLossError after the step is counted (the engine
+        then saves nothing of the epoch)."""
         _STEP_GUARD.in_step = True
         try:
             self.optimizer.zero_grad(set_to_none=True)
+            max_norm = self.config.get("max_grad_norm")
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
+                if max_norm is not None:
+                    self.scaler.unscale_(self.optimizer)
+                    nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
             else:
                 loss.backward()
+                if max_norm is not None:
+                    nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm)
                 self.optimizer.step()
-            if self.scheduler is not None:
+            if self.scheduler is not None and self.task.scheduler_interval == "step":
                 self.scheduler.step()
             value = loss.item()
             self.epoch_loss[0] += value * samples
@@ -235,6 +253,8 @@ class Run:
         finally:
             _STEP_GUARD.in_step = False
         _STEP_GUARD.raise_pending()
+        if not math.isfinite(value):
+            raise NonFiniteLossError(self, value)
         return value
 
     def after_step(self) -> None:
@@ -247,7 +267,7 @@ class Run:
         """Remember the module buffers (BatchNorm statistics) and torch's RNG states between two optimizer steps:
         an interrupt inside the next batch rewinds to them (``rewind_unfinished_step``), so that the checkpoint
         saved on Ctrl-C holds exactly the state after the last finished step. Parameters and the optimizer only
-        change inside ``backward_and_step``, which an interrupt never cuts."""
+        change inside ``optimizer_step``, which an interrupt never cuts."""
         if self._finished_buffers is None:  # buffers are updated in place: walk the modules once
             self._live_buffers = list(self.raw_model.buffers())
             self._finished_buffers = [b.detach().clone() for b in self._live_buffers]
@@ -446,10 +466,6 @@ def _size(count: int) -> str:
 RESUME_MAY_CHANGE = ("device", "workers", "backend", "progress", "data")
 
 
-def _flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
-
-
 def _resumed_config(saved: dict, config: dict, given: set[str] | None) -> dict:
     given = set(config) if given is None else given
     if "epochs" in given and config["epochs"] != saved["epochs"]:
@@ -460,9 +476,9 @@ def _resumed_config(saved: dict, config: dict, given: set[str] | None) -> dict:
     fixed = sorted(given - set(RESUME_MAY_CHANGE) - {"out", "model", "resume"})
     changed = [k for k in fixed if k in config and config[k] != saved.get(k)]
     if changed:
-        was = "; ".join(f"{_flag(k)} {saved.get(k)}, not {config[k]}" for k in changed)
-        allowed = ", ".join(_flag(k) for k in RESUME_MAY_CHANGE if k != "progress")
-        without = ", ".join(_flag(k) for k in changed)
+        was = "; ".join(f"{flag(k)} {saved.get(k)}, not {config[k]}" for k in changed)
+        allowed = ", ".join(flag(k) for k in RESUME_MAY_CHANGE if k != "progress")
+        without = ", ".join(flag(k) for k in changed)
         raise RunError(
             f"--resume: this run was trained with {was}; a resumed run keeps its settings (only "
             f"{allowed} may change): resume without {without}, or start a new run elsewhere"
@@ -476,6 +492,8 @@ def prepare(task: Task, config: dict, resume: bool = False, given: set[str] | No
     ``given``: the settings the user gave (None: every key of ``config``); a resumed run keeps its own config
     except for where it runs (device, workers, backend, progress bars, the data's path). The caller releases
     the run folder with ``run.release()`` (``train`` does)."""
+    if task.scheduler_interval not in ("step", "epoch"):
+        raise ValueError(f"{task.name}: scheduler_interval must be 'step' or 'epoch', got {task.scheduler_interval!r}")
     device = resolve_device(config["device"])
     config["amp"], precision = resolve_amp(config["amp"], device)  # auto / fp32 -> what the run records
     if precision and not resume:  # a resumed run keeps its own precision
@@ -509,7 +527,8 @@ def _prepare_locked(task, config, resume, given, device, place, out) -> Run:
     payload = None
     if resume:
         payload = load_checkpoint(out / "last.pt", task.name)
-        config = _resumed_config(payload["config"], config, given)
+        # a checkpoint written before a setting existed runs with that setting's default
+        config = _resumed_config(default_config(task) | payload["config"], config, given)
     config["out"] = str(out)
     if config["data"]:  # absolute: eval and predict find it from any folder
         config["data"] = str(Path(config["data"]).expanduser().absolute())
@@ -620,6 +639,8 @@ def _train_epochs(run: Run, log) -> None:
                 break
             epoch_start = time.perf_counter()
             train_metrics = task.train_epoch(run)
+            if run.scheduler is not None and task.scheduler_interval == "epoch":
+                run.scheduler.step()
             loss = train_metrics.get("loss")
             if not supervised and loss is not None and not math.isfinite(loss):  # a task's own loop
                 raise NonFiniteLossError(run, loss)
@@ -756,7 +777,7 @@ def load_for_inference(
 ) -> tuple[nn.Module, dict, dict]:
     """(model in eval mode on the device, config, data state) from a checkpoint of ``task``."""
     payload = load_checkpoint(checkpoint, task.name)
-    config = payload["config"] | {"device": device or payload["config"]["device"]}
+    config = default_config(task) | payload["config"] | {"device": device or payload["config"]["device"]}
     if device is None and config["device"] == "cuda" and not torch.cuda.is_available():
         config["device"] = "cpu"
     if data is not None:
@@ -766,7 +787,7 @@ def load_for_inference(
     return model.to(resolve_device(config["device"])).eval(), config, payload["state"]
 
 
-def evaluate(
+def evaluate_checkpoint(
     task: Task,
     checkpoint: str | Path,
     data: str | Path | None = None,
@@ -795,7 +816,7 @@ def evaluate(
     return {**metrics, "split": split}
 
 
-def predict(
+def predict_with_checkpoint(
     task: Task,
     checkpoint: str | Path,
     inputs: list[str],
@@ -811,7 +832,17 @@ def predict(
     model, config, state = load_for_inference(task, checkpoint, device)
     config |= options or {}
     with deepfuse.use_backend(backend), torch.no_grad():
-        return task.predict(model, inputs, config, state, out)
+        return task.predict_inputs(model, inputs, config, state, out)
 
 
-__all__ = ["CheckpointError", "Run", "RunError", "evaluate", "fit", "make_config", "predict", "prepare", "train"]
+__all__ = [
+    "CheckpointError",
+    "Run",
+    "RunError",
+    "evaluate_checkpoint",
+    "fit",
+    "make_config",
+    "predict_with_checkpoint",
+    "prepare",
+    "train",
+]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -95,9 +94,7 @@ def supervised_epoch(run) -> dict[str, float]:
             outputs = run.forward(inputs)
             loss = run.task.loss(outputs, targets)
         count = len(targets)
-        value = run.backward_and_step(loss, count)
-        if not math.isfinite(value):
-            raise NonFiniteLossError(run, value)
+        value = run.optimizer_step(loss, count)  # a non-finite loss raises NonFiniteLossError
         seen += count
         progress.update(1)
         progress.set_postfix(loss=f"{value:.4f}", samples_per_s=f"{seen / (time.perf_counter() - start):.0f}")
@@ -111,7 +108,7 @@ def supervised_epoch(run) -> dict[str, float]:
 
 
 @torch.no_grad()
-def predict_split(run, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+def outputs_of_split(run, dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs and targets of a whole split in dataset order (each process runs its shard; all gather)."""
     run.model.eval()
     sampler = ShardBatches(len(dataset), run.config["batch_size"], run.place.rank, run.place.world)
@@ -125,12 +122,12 @@ def predict_split(run, dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def evaluate_split(run, split: str):
+def split_metrics(run, split: str):
     """Loss and the task's metrics over ``split`` ("val" or "test"), with the outputs and targets."""
     dataset = getattr(run.data, split)
     if dataset is None or len(dataset) == 0:
         return {}, None, None
-    outputs, targets = predict_split(run, dataset)
+    outputs, targets = outputs_of_split(run, dataset)
     metrics = {"loss": run.task.loss(outputs, targets).item()}
-    metrics.update(run.task.evaluate(outputs, targets, run.data.state, split))
+    metrics.update(run.task.metrics(outputs, targets, run.data.state, split))
     return metrics, outputs, targets
