@@ -51,27 +51,33 @@ def make_inputs(M, N, K, dtype, activation, bias, seed):
     return x, w, dy, saved
 
 
-def kernels_of(x, w, dy, saved, dtype, activation, bias, workspace):
+def kernels_of(x, w, dy, saved, activation, bias):
+    """The GEMM kernels _C picks for run_bwd's call, as _C.linear_act_bwd_kernel_name reports them."""
     pointers = [t.data_ptr() for t in (x, w, dy, saved)]
     kernels, _ = _C().linear_act_bwd_kernel_name(
         x.shape[0],
         w.shape[0],
         x.shape[1],
-        DTYPE_CODES[dtype],
+        DTYPE_CODES[x.dtype],
         90,
         activation=ACTIVATION_CODES[activation],
         x_stride_m=x.stride(0),
         w_stride_n=w.stride(0),
         aligned=all(p % 16 == 0 for p in pointers),
         bias=bias,
-        workspace=workspace,
     )
     return kernels
 
 
-def run_bwd(x, w, dy, saved, activation, bias, workspace=True, want=("x", "w", "b")):
-    """(grad_x, grad_w, grad_b) from _C.linear_act_bwd, each NaN-poisoned first (None when not wanted). With
-    workspace, the one _C.linear_act_bwd_workspace_bytes asks for (the sm_90a path); without, none (WMMA)."""
+def misaligned_copy(t):
+    """t's values at an address 2 bytes past a 16-byte boundary: TMA cannot take it, so _C runs the WMMA kernels."""
+    storage = torch.empty(t.numel() + 1, device=t.device, dtype=t.dtype)
+    return storage[1:].view_as(t).copy_(t)
+
+
+def run_bwd(x, w, dy, saved, activation, bias, want=("x", "w", "b")):
+    """(grad_x, grad_w, grad_b) from _C.linear_act_bwd, each NaN-poisoned first (None when not wanted), with the
+    workspace _C.linear_act_bwd_workspace_bytes asks for, as deepfuse's cuda backend passes it."""
     M, K = x.shape
     N = w.shape[0]
     dtype = DTYPE_CODES[x.dtype]
@@ -81,7 +87,7 @@ def run_bwd(x, w, dy, saved, activation, bias, workspace=True, want=("x", "w", "
         return torch.full(shape, float("nan"), device="cuda", dtype=x.dtype) if name in want else None
 
     gx, gw, gb = poisoned((M, K), "x"), poisoned((N, K), "w"), poisoned((N,), "b") if bias else None
-    nbytes = _C().linear_act_bwd_workspace_bytes(M, N, dtype, act, gb is not None) if workspace else 0
+    nbytes = _C().linear_act_bwd_workspace_bytes(M, N, dtype, act, gb is not None)
     scratch = torch.full((nbytes,), 0xFF, device="cuda", dtype=torch.uint8)  # stale bits must not leak through
     _C().linear_act_bwd(
         dy.data_ptr(),
@@ -121,9 +127,14 @@ def torch_in_dtype(x, w, dy, saved, activation):
 
 
 def check_against_spec_and_old_path(x, w, dy, saved, activation, bias, where):
+    """The sm_90a backward, and the WMMA one (the old path, on 2-byte-misaligned copies of x and w), against the
+    float64 specification and against each other."""
     dtype = x.dtype
+    assert "sm90" in kernels_of(x, w, dy, saved, activation, bias), where
     new = run_bwd(x, w, dy, saved, activation, bias)
-    old = run_bwd(x, w, dy, saved, activation, bias, workspace=False)
+    xm, wm = misaligned_copy(x), misaligned_copy(w)
+    assert "wmma" in kernels_of(xm, wm, dy, saved, activation, bias), where
+    old = run_bwd(xm, wm, dy, saved, activation, bias)
     spec = reference(x, w, dy, saved, activation)
     yardstick = torch_in_dtype(x, w, dy, saved, activation)
     for name, value, value_old, ref, tv in zip(("grad_x", "grad_w", "grad_b"), new, old, spec, yardstick, strict=True):
@@ -142,8 +153,6 @@ def check_against_spec_and_old_path(x, w, dy, saved, activation, bias, where):
 def test_sm90_bwd_matches_reference_and_the_wmma_kernels(activation, bias, dtype):
     for M, N, K in SHAPES:
         x, w, dy, saved = make_inputs(M, N, K, dtype, activation, bias, seed=M + N + K)
-        assert "sm90" in kernels_of(x, w, dy, saved, dtype, activation, bias, workspace=True), (M, N, K)
-        assert "wmma" in kernels_of(x, w, dy, saved, dtype, activation, bias, workspace=False), (M, N, K)
         check_against_spec_and_old_path(x, w, dy, saved, activation, bias, f"{activation} {dtype} M={M} N={N} K={K}")
 
 
@@ -151,7 +160,7 @@ def test_sm90_bwd_matches_reference_and_the_wmma_kernels(activation, bias, dtype
 def test_shapes_the_sm90_path_refuses_run_on_the_wmma_kernels(dtype):
     for M, N, K in REFUSED_SHAPES:
         x, w, dy, saved = make_inputs(M, N, K, dtype, "silu", True, seed=M)
-        assert "wmma" in kernels_of(x, w, dy, saved, dtype, "silu", True, workspace=True), (M, N, K)
+        assert "wmma" in kernels_of(x, w, dy, saved, "silu", True), (M, N, K)
         spec = reference(x, w, dy, saved, "silu")
         yardstick = torch_in_dtype(x, w, dy, saved, "silu")
         for name, value, ref, tv in zip(
@@ -167,7 +176,6 @@ def test_sm90_bwd_takes_padded_row_strides(dtype):
     x_wide, w_wide, dy, _ = make_inputs(M, N, K + 24, dtype, "gelu", True, seed=3)
     x, w = x_wide[:, :K], w_wide[:, :K]
     saved = F.linear(x, w)
-    assert "sm90" in kernels_of(x, w, dy, saved, dtype, "gelu", True, workspace=True)
     check_against_spec_and_old_path(x, w, dy, saved, "gelu", True, "padded strides")
 
 
