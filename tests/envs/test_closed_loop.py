@@ -6,7 +6,7 @@ random steering."""
 import numpy as np
 import pytest
 
-from deepfuse.envs import kernels
+from deepfuse.envs import physics
 from deepfuse.envs.closed_loop import baseline_pilots, drive, expert_pilot
 from deepfuse.envs.sim import Simulator
 from deepfuse.envs.tracks import LATERAL_ACCELERATION, NARROW_SPEED, STYLES, TrackSet, make_track, sharpest_bend
@@ -40,7 +40,7 @@ def test_a_wheel_off_the_road_ends_the_episode_though_the_centre_is_on_it():
     half = tracks.half_width[0]
     sim = Simulator(2, tracks, max_steps=10)
     # both centres on the road; car 1's left wheels 0.8 m further out, beyond the edge
-    sim.place([0, 1], 0, 50.0, [half - kernels.HALF_TRACK - 0.3, half - kernels.HALF_TRACK + 0.3])
+    sim.place([0, 1], 0, 50.0, [half - physics.HALF_TRACK - 0.3, half - physics.HALF_TRACK + 0.3])
     assert (np.abs(sim.offset) < half).all()
     assert sim.on_road().tolist() == [True, False]
     _, terminated, _ = sim.step(np.zeros(2))

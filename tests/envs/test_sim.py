@@ -9,7 +9,7 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-from deepfuse.envs import ENV_ID, kernels, reference
+from deepfuse.envs import ENV_ID, physics, reference
 from deepfuse.envs.camera import Camera, TopView, rl_camera, udacity_cameras
 from deepfuse.envs.closed_loop import drive, expert_pilot, random_pilot
 from deepfuse.envs.env import DriveEnv, DriveVectorEnv
@@ -53,10 +53,10 @@ def test_raster_marks_the_road_where_the_centreline_runs():
     track = make_track("val", 1)
     cells = np.floor((track.points - track.origin) / RESOLUTION).astype(int)
     on_centre = track.grid[cells[:, 1], cells[:, 0]]
-    assert np.isin(on_centre, [kernels.ROAD, kernels.CENTRE_LINE]).all()
-    assert (on_centre == kernels.CENTRE_LINE).mean() > 0.3  # the dashes
+    assert np.isin(on_centre, [physics.ROAD, physics.CENTRE_LINE]).all()
+    assert (on_centre == physics.CENTRE_LINE).mean() > 0.3  # the dashes
     corners = track.grid[[0, 0, -1, -1], [0, -1, 0, -1]]
-    assert np.isin(corners, [kernels.GRASS_A, kernels.GRASS_B]).all()
+    assert np.isin(corners, [physics.GRASS_A, physics.GRASS_B]).all()
 
 
 @pytest.mark.parametrize("auto_throttle", [True, False], ids=["auto-throttle", "agent-throttle"])
@@ -93,12 +93,12 @@ def test_compiled_step_equals_numpy_reference(tracks, auto_throttle):
 )
 def test_compiled_render_equals_numpy_reference(tracks, camera, threads):
     sim = _random_sim(tracks, n=5)
-    sim.cars[0, kernels.X] += 500.0  # one car far off the raster: grass everywhere
-    kernels.set_render_threads(threads)
+    sim.cars[0, physics.X] += 500.0  # one car far off the raster: grass everywhere
+    physics.set_render_threads(threads)
     try:
         images = sim.render(camera)
     finally:
-        kernels.set_render_threads("auto")
+        physics.set_render_threads("auto")
     expected = reference.render(sim.cars, sim.track, tracks, *camera.tables(), RESOLUTION)
     np.testing.assert_array_equal(images, expected)
     assert images.dtype == np.uint8 and images.shape == (5, *camera.tables()[0].shape, 3)
@@ -107,7 +107,7 @@ def test_compiled_render_equals_numpy_reference(tracks, camera, threads):
 
 def test_camera_sees_the_road_ahead_and_the_sky_above():
     forward, lateral, haze = Camera(64, 64, fov=90, pitch=15).tables()
-    assert (haze[0] == kernels.SKY_LEVEL).all() and (haze[-1] == 0).all()
+    assert (haze[0] == physics.SKY_LEVEL).all() and (haze[-1] == 0).all()
     assert (forward[-1] > 0).all() and np.diff(forward[-12:, 32]).max() < 0  # nearer further down the image
     assert lateral[-1, 0] > 0 > lateral[-1, -1]  # left of the image is left of the car
 
@@ -132,7 +132,7 @@ def test_simulation_is_deterministic_for_a_seed():
 
 def test_expert_completes_a_lap_on_unseen_tracks():
     tracks = TrackSet.split("test", 2)
-    laps = np.ceil(tracks.length.max() / 7.5 / kernels.DT).astype(int) + 20  # one lap at ~7.8 m/s, and some
+    laps = np.ceil(tracks.length.max() / 7.5 / physics.DT).astype(int) + 20  # one lap at ~7.8 m/s, and some
     expert = drive(expert_pilot(), tracks, int(laps))
     assert expert["interventions"] == 0 and expert["autonomy"] == 1.0
     assert expert["laps"] >= 1.0, expert

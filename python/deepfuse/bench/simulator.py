@@ -3,7 +3,7 @@ autoreset, 64x64 camera images), with uniformly random steering — so cars leav
 early in training.
 
 Rows: one per number of cars and renderer threading ("auto", "serial", "parallel"; see
-``kernels.render``), with the median time of one vector step, p20/p80, and ``steps_per_s`` = cars / median.
+``physics.render``), with the median time of one vector step, p20/p80, and ``steps_per_s`` = cars / median.
 Written beside the op benchmarks: ``<out_dir>/<gpu or cpu>/<date>-<sha>-drive_env.{json,md}``. The machine's
 load average is recorded with them: on a shared machine other processes take cores from the renderer.
 
@@ -23,7 +23,7 @@ import numba
 import numpy as np
 
 from deepfuse.bench import records
-from deepfuse.envs import kernels
+from deepfuse.envs import physics
 from deepfuse.envs.env import DriveVectorEnv
 
 GOAL = 20_000  # rendered 64x64 steps per second on 2 cores (the issue's goal)
@@ -31,7 +31,7 @@ GOAL = 20_000  # rendered 64x64 steps per second on 2 cores (the issue's goal)
 
 def measure(num_envs: int, threads: str, image_size: int = 64, steps: int = 200, repeats: int = 5) -> dict:
     """One row: ``repeats`` runs of ``steps`` vector steps after a warm-up."""
-    kernels.set_render_threads(threads)
+    physics.set_render_threads(threads)
     try:
         envs = DriveVectorEnv(num_envs, tracks=8, image_size=image_size)
         envs.reset(seed=0)
@@ -46,7 +46,7 @@ def measure(num_envs: int, threads: str, image_size: int = 64, steps: int = 200,
                 resets += int((terminated | truncated).sum())
             samples.append((time.perf_counter() - start) / steps * 1000)
     finally:
-        kernels.set_render_threads("auto")
+        physics.set_render_threads("auto")
     quantiles = statistics.quantiles(samples, n=10) if len(samples) > 1 else samples * 9
     median = statistics.median(samples)
     return {

@@ -1,6 +1,6 @@
 """Cameras as look-up tables: for every pixel, the ground point it sees in the car's frame (metres ahead, metres
 to the left) and how much haze lies over it. The tables depend on the camera alone, so rendering a frame is
-one rotation, one translation and one raster look-up per pixel (``kernels.render``).
+one rotation, one translation and one raster look-up per pixel (``physics.render``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepfuse.envs.kernels import SKY_LEVEL
+from deepfuse.envs.physics import SKY_LEVEL
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Closed-loop driving: a pilot (a trained network, the expert, or a baseline: straight, constant, mean, random
 steering) drives one car per track and the simulator scores it. A car has left the road when one of its wheels
-has (``kernels.WHEELS``: a 2.6 m wheelbase, 1.6 m track).
+has (``physics.WHEELS``: a 2.6 m wheelbase, 1.6 m track).
 
 Metrics, over the tracks:
 - ``mean_return``: the environment's return until the car first leaves the road (or the time budget ends),
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepfuse.envs import kernels
+from deepfuse.envs import physics
 from deepfuse.envs.camera import Camera
 from deepfuse.envs.sim import Simulator
 from deepfuse.envs.tracks import TrackSet
@@ -110,19 +110,19 @@ def drive(
         if on_step is not None:
             on_step(sim, images)
         steer = np.asarray(pilot.steer(images, sim), dtype=np.float64).reshape(n)
-        before = sim.cars[:, kernels.PROGRESS].copy()
+        before = sim.cars[:, physics.PROGRESS].copy()
         reward, left_road, _ = sim.step(steer)
-        laps += (sim.cars[:, kernels.PROGRESS] - before) / tracks.length
-        distance += sim.cars[:, kernels.SPEED] * kernels.DT
-        squared_offset += sim.cars[:, kernels.OFFSET] ** 2
+        laps += (sim.cars[:, physics.PROGRESS] - before) / tracks.length
+        distance += sim.cars[:, physics.SPEED] * physics.DT
+        squared_offset += sim.cars[:, physics.OFFSET] ** 2
         clean = np.isnan(first_exit)
         returns += np.where(clean, reward, 0.0)
         first_exit[clean & left_road] = distance[clean & left_road]
         if left_road.any():
             off = np.flatnonzero(left_road)
             interventions[off] += 1
-            sim.place(off, sim.track[off], sim.cars[off, kernels.S], 0.0, 0.0, sim.cars[off, kernels.SPEED])
-    seconds = steps * kernels.DT
+            sim.place(off, sim.track[off], sim.cars[off, physics.S], 0.0, 0.0, sim.cars[off, physics.SPEED])
+    seconds = steps * physics.DT
     autonomy = np.clip(1.0 - interventions * INTERVENTION_SECONDS / seconds, 0.0, 1.0)
     return {
         "mean_return": float(returns.mean()),

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepfuse.envs import kernels
+from deepfuse.envs import physics
 from deepfuse.envs.camera import udacity_cameras
 from deepfuse.envs.sim import Simulator
 from deepfuse.envs.tracks import TrackSet
@@ -66,8 +66,8 @@ def drive_expert(
             owed += steering
             steering = min(max(keyboard * round(owed / keyboard), -1.0), 1.0)
             owed -= steering
-        speed = float(sim.cars[0, kernels.SPEED])
-        pedal = min(max(kernels.THROTTLE_GAIN * (target_speed - speed), -1.0), 1.0)
+        speed = float(sim.cars[0, physics.SPEED])
+        pedal = min(max(physics.THROTTLE_GAIN * (target_speed - speed), -1.0), 1.0)
         frame.update(steering=steering, throttle=max(pedal, 0.0), brake=max(-pedal, 0.0), speed=speed * MPH)
         yield frame
         wobble = NOISE_DECAY * wobble + noise * NOISE_STEP * rng.standard_normal()

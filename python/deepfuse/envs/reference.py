@@ -1,11 +1,11 @@
-"""The simulator's step and renderer in plain numpy: the specification ``kernels.step`` and ``kernels.render``
+"""The simulator's step and renderer in plain numpy: the specification ``physics.step`` and ``physics.render``
 are tested against (same formulas, whole-batch array operations, no numba)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from deepfuse.envs import kernels as K
+from deepfuse.envs import physics as K
 
 
 def _project(points, cum, seglen, first, count, x, y, seg):
@@ -30,7 +30,7 @@ def _project(points, cum, seglen, first, count, x, y, seg):
 
 
 def step(cars, seg, track, steps, steer, throttle, auto_throttle, target_speed, max_steps, tracks):
-    """``kernels.step`` on copies: returns (cars, seg, steps, reward, terminated, truncated)."""
+    """``physics.step`` on copies: returns (cars, seg, steps, reward, terminated, truncated)."""
     cars, seg, steps = cars.copy(), seg.copy(), steps.copy()
     v = cars[:, K.SPEED]
     pedal = np.clip(K.THROTTLE_GAIN * (target_speed - v) if auto_throttle else throttle, -1.0, 1.0)
@@ -58,7 +58,7 @@ def step(cars, seg, track, steps, steer, throttle, auto_throttle, target_speed, 
 
 
 def worst_wheel(tracks, track, x, y, heading, seg):
-    """The largest |offset| of the four wheels (``kernels.WHEELS``) of each car."""
+    """The largest |offset| of the four wheels (``physics.WHEELS``) of each car."""
     c, s = np.cos(heading), np.sin(heading)
     worst = np.zeros(len(x))
     for ahead, left in K.WHEELS:
@@ -77,7 +77,7 @@ def worst_wheel(tracks, track, x, y, heading, seg):
 
 
 def render(cars, track, tracks, forward, lateral, haze, resolution):
-    """``kernels.render``: (N, H, W, 3) uint8."""
+    """``physics.render``: (N, H, W, 3) uint8."""
     c, s = np.cos(cars[:, K.HEADING])[:, None, None], np.sin(cars[:, K.HEADING])[:, None, None]
     x = (cars[:, K.X] - tracks.origin[track, 0])[:, None, None]
     y = (cars[:, K.Y] - tracks.origin[track, 1])[:, None, None]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deepfuse.envs import kernels
+from deepfuse.envs import physics
 from deepfuse.envs.camera import Camera, TopView
 from deepfuse.envs.tracks import RESOLUTION, TrackSet
 
@@ -38,12 +38,12 @@ class Simulator:
             raise ValueError(f"num_cars must be >= 1, got {num_cars}")
         if max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-        if not 0.0 < target_speed <= kernels.MAX_SPEED:
-            raise ValueError(f"target_speed must be in (0, {kernels.MAX_SPEED}] m/s, got {target_speed}")
+        if not 0.0 < target_speed <= physics.MAX_SPEED:
+            raise ValueError(f"target_speed must be in (0, {physics.MAX_SPEED}] m/s, got {target_speed}")
         self.tracks = tracks
         self.num_cars, self.max_steps, self.target_speed = num_cars, max_steps, float(target_speed)
         self.start_offset, self.start_heading = float(start_offset), float(start_heading)
-        self.cars = np.zeros((num_cars, kernels.STATE))
+        self.cars = np.zeros((num_cars, physics.STATE))
         self.seg = np.zeros(num_cars, dtype=np.int64)
         self.track = np.zeros(num_cars, dtype=np.int64)
         self.steps = np.zeros(num_cars, dtype=np.int64)
@@ -68,16 +68,16 @@ class Simulator:
             x, y, heading, segment = one.pose(s[chosen], offset[chosen])
             rows = cars[chosen]
             self.cars[rows] = 0.0
-            self.cars[rows, kernels.X], self.cars[rows, kernels.Y] = x, y
-            self.cars[rows, kernels.HEADING] = heading + heading_error[chosen]
-            self.cars[rows, kernels.SPEED] = speed[chosen]
-            self.cars[rows, kernels.S] = np.mod(s[chosen], one.length)
-            self.cars[rows, kernels.OFFSET] = offset[chosen]
+            self.cars[rows, physics.X], self.cars[rows, physics.Y] = x, y
+            self.cars[rows, physics.HEADING] = heading + heading_error[chosen]
+            self.cars[rows, physics.SPEED] = speed[chosen]
+            self.cars[rows, physics.S] = np.mod(s[chosen], one.length)
+            self.cars[rows, physics.OFFSET] = offset[chosen]
             self.seg[rows] = segment
         self.track[cars] = track
         self.steps[cars] = 0
         t = self.tracks
-        kernels.measure_wheels(self.cars, self.seg, self.track, t.points, t.cum, t.seglen, t.offset, t.count)
+        physics.measure_wheels(self.cars, self.seg, self.track, t.points, t.cum, t.seglen, t.offset, t.count)
 
     def reset(self, cars, rng: np.random.Generator) -> None:
         """Random starts for ``cars`` (indices), drawn from ``rng``."""
@@ -101,7 +101,7 @@ class Simulator:
         terminated = np.empty(self.num_cars, dtype=np.bool_)
         truncated = np.empty(self.num_cars, dtype=np.bool_)
         t = self.tracks
-        kernels.step(
+        physics.step(
             self.cars,
             self.seg,
             self.track,
@@ -128,7 +128,7 @@ class Simulator:
         """The pure-pursuit expert's steering for every car (N,)."""
         out = np.empty(self.num_cars)
         t = self.tracks
-        kernels.expert_steer(
+        physics.expert_steer(
             self.cars,
             self.seg,
             self.track,
@@ -156,7 +156,7 @@ class Simulator:
         state, track = (self.cars, self.track) if cars is None else (self.cars[cars], self.track[cars])
         out = np.empty((len(state), *forward.shape, 3), dtype=np.uint8)
         t = self.tracks
-        kernels.render(
+        physics.render(
             state,
             track,
             t.cells,
@@ -167,7 +167,7 @@ class Simulator:
             forward,
             lateral,
             haze,
-            kernels.SHADES,
+            physics.SHADES,
             out,
         )
         return out
@@ -175,25 +175,25 @@ class Simulator:
     # --- what the cars are doing ------------------------------------------------------------------------------
     @property
     def speed(self) -> np.ndarray:
-        return self.cars[:, kernels.SPEED].copy()
+        return self.cars[:, physics.SPEED].copy()
 
     @property
     def offset(self) -> np.ndarray:
         """Signed distance from the centre line, metres (> 0: left)."""
-        return self.cars[:, kernels.OFFSET].copy()
+        return self.cars[:, physics.OFFSET].copy()
 
     @property
     def progress(self) -> np.ndarray:
         """Metres along the centre line since the episode began (negative when driving backwards)."""
-        return self.cars[:, kernels.PROGRESS].copy()
+        return self.cars[:, physics.PROGRESS].copy()
 
     @property
     def odometer(self) -> np.ndarray:
-        return self.cars[:, kernels.ODOMETER].copy()
+        return self.cars[:, physics.ODOMETER].copy()
 
     def on_road(self) -> np.ndarray:
         """Whether all four wheels of each car are on the road."""
-        return self.cars[:, kernels.WHEEL] <= self.tracks.half_width[self.track]
+        return self.cars[:, physics.WHEEL] <= self.tracks.half_width[self.track]
 
     def state_dict(self) -> dict:
         return {
@@ -207,7 +207,7 @@ class Simulator:
         if state["cars"].shape[1:] != self.cars.shape[1:]:
             raise ValueError(
                 f"a saved state with {state['cars'].shape[1]} numbers per car comes from another version "
-                f"of the simulator (this one keeps {kernels.STATE}: the wheels' column was added)"
+                f"of the simulator (this one keeps {physics.STATE}: the wheels' column was added)"
             )
         if state["cars"].shape != self.cars.shape:
             raise ValueError(f"a saved state of {len(state['cars'])} cars cannot be loaded into {self.num_cars}")

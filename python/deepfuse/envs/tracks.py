@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepfuse.envs import kernels
+from deepfuse.envs import physics
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 RESOLUTION = 0.1  # metres per raster cell
@@ -34,7 +34,7 @@ NARROW_SPEED = 8.0  # m/s: the closed loop's target speed, which the narrow trac
 def sharpest_bend(speed: float) -> float:
     """The smallest bend radius (m) a real car can take at ``speed`` m/s: v² / LATERAL_ACCELERATION, and no
     smaller than the simulated car's turning circle."""
-    return max(speed**2 / LATERAL_ACCELERATION, kernels.WHEELBASE / np.tan(kernels.MAX_STEER))
+    return max(speed**2 / LATERAL_ACCELERATION, physics.WHEELBASE / np.tan(physics.MAX_STEER))
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ STYLES = {
 class Track:
     """One closed track. ``points`` (M, 2) lie every ~1 m along the centreline (x east, y north, metres);
     segment j runs from point j to point j + 1 (the last back to 0); ``cum[j]`` is the arc length at point j.
-    ``grid`` (H, W) holds the ground class of each 0.1 m cell (``kernels.GRASS_A`` ...), cell (0, 0)'s corner
+    ``grid`` (H, W) holds the ground class of each 0.1 m cell (``physics.GRASS_A`` ...), cell (0, 0)'s corner
     at ``origin``."""
 
     points: np.ndarray
@@ -155,7 +155,7 @@ def make_track(split: str, index: int, style: str = "road") -> Track:
     points, cum, seglen, length = _resample(dense)
     origin = points.min(0) - (half_width + MARGIN)
     height, width = np.ceil((points.max(0) + half_width + MARGIN - origin) / RESOLUTION).astype(int)[::-1]
-    grid = kernels.rasterize(points, cum, seglen, half_width, origin, RESOLUTION, int(height), int(width))
+    grid = physics.rasterize(points, cum, seglen, half_width, origin, RESOLUTION, int(height), int(width))
     for array in (points, cum, seglen, grid, origin):
         array.setflags(write=False)
     return Track(points, cum, seglen, length, half_width, grid, origin, (split, int(index)), style)

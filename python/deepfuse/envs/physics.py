@@ -1,5 +1,6 @@
-"""The simulator's compiled kernels (numba): step N cars, render N camera images, the expert's steering, and the
-rasterisation of a track. Rendering may run its image rows on numba's threads (see the note at ``render``);
+"""The simulator's physics and renderer, compiled with numba (numba kernels, apart from the Triton ``kernels``
+package): step N cars, render N camera images, the expert's steering, and the rasterisation of a track.
+Rendering may run its image rows on numba's threads (see the note at ``render``);
 every output element is written by one thread, so results do not depend on the thread count.
 
 Car model: kinematic bicycle, semi-implicit Euler, dt = 0.1 s (the Udacity simulator logs at ~10 Hz):
