@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = ROOT / "python" / "deepfuse"
 
 LAYERS = [  # lowest first
     {"deepfuse._C", "deepfuse.kernels", "deepfuse.backend", "deepfuse.profile", "deepfuse.provenance"},
@@ -44,17 +43,18 @@ CLI_MODULES = ("deepfuse.cli", "deepfuse.drive_cli")
 NOT_YET: set[tuple[str, str]] = set()
 
 
-def _module_files() -> dict[str, Path]:
-    files = {}
-    for path in PACKAGE.rglob("*.py"):
-        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+def module_files(root: Path = ROOT) -> dict[str, Path]:
+    """{module name: file} of the package in the checkout ``root`` (tools/code_stats.py reads older trees too)."""
+    package, files = root / "python" / "deepfuse", {}
+    for path in package.rglob("*.py"):
+        parts = list(path.relative_to(package.parent).with_suffix("").parts)
         files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    for path in (ROOT / "kernels").glob("*.py"):
+    for path in (root / "kernels").glob("*.py"):
         files["deepfuse.kernels" + ("" if path.stem == "__init__" else "." + path.stem)] = path
     return files
 
 
-FILES = _module_files()
+FILES = module_files()
 KNOWN = set(FILES) | {"deepfuse._C"}
 
 
@@ -66,7 +66,7 @@ def _layer(module: str) -> int:
     raise AssertionError(f"{module} is in no layer of the contract: add it to LAYERS")
 
 
-def _imports(module: str, path: Path):
+def _imports(module: str, path: Path, known: set[str] = KNOWN):
     """(imported deepfuse module, line, is function-local) for every import of a deepfuse module in ``path``."""
     tree = ast.parse(path.read_text())
     local = {
@@ -86,7 +86,7 @@ def _imports(module: str, path: Path):
                 base = ".".join(
                     [*package.split(".")[: len(package.split(".")) - node.level + 1], *filter(None, [base])]
                 )
-            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in KNOWN else base for a in node.names]
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
         else:
             continue
         for target in dict.fromkeys(targets):
@@ -94,16 +94,15 @@ def _imports(module: str, path: Path):
                 yield target, node.lineno, id(node) in local
 
 
-def _all_imports():
-    return [(m, t, line, is_local) for m, p in sorted(FILES.items()) for t, line, is_local in _imports(m, p)]
-
-
-def upward_imports() -> list[str]:
-    wrong = []
-    for module, target, line, _ in _all_imports():
-        forbidden = FORBIDDEN.get(".".join(module.split(".")[:2]), ())
-        if _layer(target) > _layer(module) or target.startswith(forbidden):
-            wrong.append(f"{FILES[module].relative_to(ROOT)}:{line}: {module} imports {target}")
+def upward_imports(root: Path = ROOT) -> list[str]:
+    """``file:line: module imports target`` for every import in the checkout ``root`` that breaks the contract."""
+    files = FILES if root == ROOT else module_files(root)
+    known, wrong = set(files) | {"deepfuse._C"}, []
+    for module, path in sorted(files.items()):
+        for target, line, _ in _imports(module, path, known):
+            forbidden = FORBIDDEN.get(".".join(module.split(".")[:2]), ())
+            if _layer(target) > _layer(module) or target.startswith(forbidden):
+                wrong.append(f"{path.relative_to(root)}:{line}: {module} imports {target}")
     return wrong
 
 
@@ -138,3 +137,15 @@ def test_function_local_imports_have_a_reason(module):
             f"{FILES[module].relative_to(ROOT)}:{line}: {target} imported inside a function, but it needs no "
             "optional package: import it at the top"
         )
+
+
+def test_code_stats_counts_this_checkout():
+    """tools/code_stats.py (issue 20's before/after table) on this checkout: no upward import, and its AST count
+    of function-local imports sees a local import in a probe."""
+    from tools import code_stats  # here, not at the top: it imports this module (the contract) itself
+
+    counts = code_stats.count(ROOT, "now", longest=3, duplicates=False)
+    assert counts.upward_imports == 0 and counts.local_imports > 0 and len(counts.longest) == 3
+    probe = "import os\ndef f():\n    import json\n    def g():\n        import re\n"
+    assert code_stats.local_imports(ast.parse(probe)) == 2
+    assert "| imports running back up the layers | 0 |" in code_stats.table([counts])
