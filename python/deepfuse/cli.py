@@ -3,11 +3,16 @@
 The CLI only parses and calls: models come from ``deepfuse.models``, training from ``deepfuse.training``.
 A user mistake (a missing file, an unknown model, a checkpoint of another model, ``--device cuda`` without a
 GPU) prints one line on stderr and exits with 2; a bug shows its traceback.
+
+torch and deepfuse are imported inside the functions (each such import marked "start-up"): ``main`` first decides
+whether Triton's interpreter is on (``--backend triton`` on a CPU), which must happen before triton is imported
+(importing deepfuse imports it), or the process has to start again.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import warnings
@@ -22,6 +27,7 @@ class UserError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    # start-up (see the module's note)
     from deepfuse.backend import BackendUnavailableError
     from deepfuse.data import DataError
     from deepfuse.training.checkpoint import CheckpointError
@@ -31,6 +37,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _task(name: str):
+    # start-up (see the module's note)
     from deepfuse import models
 
     try:
@@ -48,6 +55,7 @@ def _interpret_triton_on_cpu(argv: list[str]) -> None:
     device = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--device"), None)
     if backend != "triton" or device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         return
+    # start-up (see the module's note)
     import torch
 
     if device == "cpu" or not torch.cuda.is_available():
@@ -62,6 +70,7 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 # --- demo --------------------------------------------------------------------------------------------------
 def _demo(args) -> int:
+    # start-up (see the module's note)
     from deepfuse.demo import run
 
     result = run(epochs=args.epochs, out=args.out, backend=args.backend)
@@ -136,6 +145,7 @@ def _model_name(argv: list[str], command: str) -> str | None:
 
 
 def _train(args) -> int:
+    # start-up (see the module's note)
     from deepfuse.training import make_config, train
 
     task = _task(args.model)
@@ -149,6 +159,7 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
+    # start-up (see the module's note)
     from deepfuse.training import evaluate_checkpoint
 
     try:
@@ -162,6 +173,7 @@ def _eval(args) -> int:
 
 
 def _predict(args) -> int:
+    # start-up (see the module's note)
     from deepfuse.training import predict_with_checkpoint
 
     options = {"skip_bad": True} if getattr(args, "skip_bad", None) else {}
@@ -180,18 +192,20 @@ def _predict(args) -> int:
 
 # --- bench / profile ---------------------------------------------------------------------------------------
 def _bench(args) -> int:
-    import importlib
-
+    # start-up (see the module's note)
     import torch
 
+    # start-up (see the module's note)
     from deepfuse import models
 
     if args.op == "drive":
+        # start-up (see the module's note)
         from deepfuse.bench.simulator import main as bench_drive
 
         bench_drive(out_dir=args.out, quick=args.quick)
         return 0
     if args.op == "models" or args.op in models.names():
+        # start-up (see the module's note)
         from deepfuse.bench.models import main as bench_models
 
         names = models.names() if args.op == "models" else [args.op]
@@ -207,6 +221,7 @@ def _bench(args) -> int:
             raise UserError(str(error)) from None
         return 0
     if args.op == "overhead":
+        # start-up (see the module's note)
         from deepfuse.bench.overhead import main as bench_overhead
 
         bench_overhead(quick=args.quick, modes=args.modes.split(","), out_dir=args.out)
@@ -228,6 +243,7 @@ def _bench(args) -> int:
 
 
 def _report_changes(rows, previous_path) -> int:
+    # start-up (see the module's note)
     from deepfuse.bench.compare import compare_rows, load_rows
 
     previous = load_rows(previous_path)
@@ -244,6 +260,7 @@ def _report_changes(rows, previous_path) -> int:
 
 
 def _profile(args) -> int:
+    # start-up (see the module's note)
     from deepfuse import models
 
     if args.op in models.names():
@@ -256,10 +273,10 @@ def _profile(args) -> int:
 
 
 def _profile_op(args) -> int:
-    import importlib
-
+    # start-up (see the module's note)
     import torch
 
+    # start-up (see the module's note)
     import deepfuse
 
     module = importlib.import_module(f"deepfuse.bench.{args.op}")
@@ -283,8 +300,10 @@ def _profile_op(args) -> int:
 
 
 def _profile_model(args) -> int:
+    # start-up (see the module's note)
     import torch
 
+    # start-up (see the module's note)
     import deepfuse
     from deepfuse.bench.models import model_case
 
@@ -326,6 +345,7 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     demo.add_argument("--backend", choices=["auto", "torch", "triton", "cuda"], default=None, help="default: auto")
     demo.set_defaults(run=_demo)
 
+    # start-up (see the module's note)
     from deepfuse import models
 
     train = commands.add_parser("train", help="train a model; writes checkpoints, metrics.json, history.csv, PNGs")
@@ -383,6 +403,7 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     prof.set_defaults(run=_profile)
 
     try:
+        # start-up (see the module's note)
         from deepfuse.drive_cli import add_drive_commands
     except ModuleNotFoundError as error:  # the simulator needs gymnasium (and numba); say so when asked for it
         if error.name is None or error.name.startswith("deepfuse"):

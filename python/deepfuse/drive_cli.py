@@ -1,7 +1,7 @@
 """``deepfuse drive record | play``: record the expert in Udacity's format; watch a checkpoint (or the expert)
 drive. Added to deepfuse's command line by ``add_drive_commands``. Importing this module imports the simulator's
 package (gymnasium, numba: optional, ``deepfuse[drive]``), so that ``cli.py`` can say which one is missing; the
-recorder, the player and the models are imported by the commands that use them (the CLI's start-up time)."""
+recorder and the player (numba) are imported by the commands that use them (the CLI's start-up time)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import argparse
 from pathlib import Path
 
 import deepfuse.envs  # noqa: F401  (the simulator's optional packages: a missing one raises here, for cli.py)
-from deepfuse.training.engine import RunError
+from deepfuse import models  # the command line's parser has imported the registry already
+from deepfuse.training.checkpoint import CheckpointError, load_checkpoint
+from deepfuse.training.engine import RunError, load_for_inference
 
 
 def add_drive_commands(commands) -> None:
@@ -99,11 +101,6 @@ def _play(args: argparse.Namespace) -> int:
 
 
 def _pilot_from_checkpoint(path: str, device: str | None):
-    # CLI start-up time: the model registry imports every model file
-    from deepfuse import models
-    from deepfuse.training.checkpoint import CheckpointError, load_checkpoint
-    from deepfuse.training.engine import load_for_inference
-
     name = load_checkpoint(path)["model"]
     task = models.get(name)
     if not hasattr(task, "pilot"):

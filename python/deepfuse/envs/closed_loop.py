@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from deepfuse.envs import physics
 from deepfuse.envs.camera import Camera
@@ -42,8 +43,6 @@ class Pilot:
 def network_pilot(name: str, camera: Camera, model, to_input: Callable[[np.ndarray], object]) -> Pilot:
     """A network as the driver: ``to_input(images)`` -> the model's input (a CPU tensor); its first output
     column is the steering. Runs in eval mode without autograd and leaves the model's mode as it was."""
-    import torch
-
     device = next(model.parameters()).device
 
     @torch.no_grad()

@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
+from PIL import Image, ImageDraw
 
 from deepfuse.envs.camera import TopView, rl_camera
 from deepfuse.envs.sim import Simulator
@@ -47,8 +48,6 @@ def _controls(actions: np.ndarray, throttle: str, n: int):
 
 def picture(sim: Simulator, camera_image: np.ndarray, car: int = 0, view: TopView | None = None) -> np.ndarray:
     """The camera image (scaled to the top view's height) beside a top view with the car drawn in."""
-    from PIL import Image, ImageDraw
-
     view = view or TopView(160)
     top = Image.fromarray(sim.render(view, [car])[0])
     draw = ImageDraw.Draw(top)

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from deepfuse.envs.camera import TopView
+from deepfuse.envs.camera import TopView, udacity_cameras
 from deepfuse.envs.closed_loop import Pilot, drive
 from deepfuse.envs.env import picture
 from deepfuse.envs.tracks import TrackSet, make_track
@@ -38,8 +39,6 @@ def play(
             frames.append(picture(sim, camera, 0, view))
 
     metrics = drive(pilot, TrackSet.of([make_track(split, track, style)]), steps, on_step=record)
-    from PIL import Image
-
     if gif is not None:
         images = [Image.fromarray(f) for f in frames]
         images[0].save(gif, save_all=True, append_images=images[1:], duration=100 * every, loop=0, optimize=False)
@@ -50,6 +49,4 @@ def play(
 
 
 def _camera_for_pictures(pilot: Pilot):
-    from deepfuse.envs.camera import udacity_cameras
-
     return pilot.camera or udacity_cameras()["center"]

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from deepfuse.envs import physics
 from deepfuse.envs.camera import udacity_cameras
@@ -93,8 +94,6 @@ def record(
 ) -> Path:
     """Drive ``rows`` steps on the training tracks and write them to ``out`` in Udacity's format; returns the
     path of ``driving_log.csv``."""
-    from PIL import Image
-
     out = Path(out)
     (out / "IMG").mkdir(parents=True, exist_ok=True)
     lines = ["center,left,right,steering,throttle,brake,speed"]

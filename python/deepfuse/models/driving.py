@@ -80,6 +80,7 @@ class PilotNet(nn.Module):
 def _simulated_frames(rows: int, seed: int, split: str, tracks: int):
     """The expert's drive on ``split``'s tracks (road and narrow ones), preprocessed as a log read from disk
     would be."""
+    # the simulator (numba, gymnasium: optional, deepfuse[drive]); driving trains from recorded logs without it
     from deepfuse.envs.recorder import drive_expert
 
     images, steering = [], []
@@ -252,6 +253,7 @@ class DrivingTask(Task):
 
     def closed_loop(self, model: nn.Module, state: dict, tracks: int, steps: int) -> dict[str, float]:
         """The network drives ``tracks`` narrow test tracks; beside it the expert and the baseline pilots."""
+        # the simulator (numba, gymnasium: optional, deepfuse[drive]); driving trains from recorded logs without it
         from deepfuse.envs.closed_loop import baseline_pilots, drive, expert_pilot
         from deepfuse.envs.tracks import TrackSet
 
@@ -265,6 +267,7 @@ class DrivingTask(Task):
 
     def pilot(self, model: nn.Module, state: dict):
         """The network as the simulator's driver: the center camera, preprocessed as the training images."""
+        # the simulator (numba, gymnasium: optional, deepfuse[drive]); driving trains from recorded logs without it
         from deepfuse.envs.camera import udacity_cameras
         from deepfuse.envs.closed_loop import network_pilot
 

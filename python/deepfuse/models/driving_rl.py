@@ -296,6 +296,7 @@ class DrivingRLTask(Task):
 
     # --- evaluation -------------------------------------------------------------------------------------------
     def validate(self, run, split: str):
+        # the simulator (numba, gymnasium), loaded on first use: the model registry's start-up stays free of it
         from deepfuse.envs.closed_loop import drive, expert_pilot, random_pilot
         from deepfuse.envs.tracks import TrackSet, make_track
 
@@ -318,12 +319,14 @@ class DrivingRLTask(Task):
 
     def pilot(self, model: nn.Module, state: dict):
         """The policy's mean action as the simulator's driver (the RL camera, no exploration noise)."""
+        # the simulator (numba, gymnasium), loaded on first use: the model registry's start-up stays free of it
         from deepfuse.envs.camera import rl_camera
         from deepfuse.envs.closed_loop import network_pilot
 
         return network_pilot("ppo", rl_camera(state["image_size"]), model, torch.from_numpy)
 
     def predict_inputs(self, model, inputs, config, state, out_dir):
+        # Pillow: optional (deepfuse[models]); only predict reads image files
         from PIL import Image
 
         size, lines = state["image_size"], []

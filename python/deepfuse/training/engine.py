@@ -294,6 +294,7 @@ class Run:
     def progress(self, total: int, description: str):
         if not self.place.is_main or not self.config.get("progress", True):
             return _nothing_to_show(total, description)
+        # tqdm: optional (deepfuse[models]); only progress bars need it
         from tqdm.auto import tqdm
 
         return tqdm(total=total, desc=description, leave=False, dynamic_ncols=True, file=sys.stderr)

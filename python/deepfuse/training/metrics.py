@@ -13,6 +13,7 @@ import torch
 
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
     """Accuracy (and macro F1) of class logits (N, C) against integer targets (N,)."""
+    # scikit-learn: optional (deepfuse[models]), and ~1 s to import: loaded by the metrics that use it
     from sklearn.metrics import accuracy_score, f1_score
 
     predicted = logits.argmax(-1).cpu().numpy()
@@ -34,6 +35,7 @@ def positive_probability(logits: torch.Tensor) -> np.ndarray:
 def choose_threshold(probability: np.ndarray, truth: np.ndarray) -> float:
     """The threshold maximising Youden's J (sensitivity + specificity - 1) on these (validation) samples;
     0.5, with a warning, when they do not hold both classes."""
+    # scikit-learn: optional (deepfuse[models]), and ~1 s to import: loaded by the metrics that use it
     from sklearn.metrics import roc_curve
 
     if len(np.unique(truth)) < 2:
@@ -47,6 +49,7 @@ def choose_threshold(probability: np.ndarray, truth: np.ndarray) -> float:
 
 def binary_metrics(probability: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     """Accuracy, ROC-AUC, sensitivity (recall of class 1), specificity, precision and F1 at ``threshold``."""
+    # scikit-learn: optional (deepfuse[models]), and ~1 s to import: loaded by the metrics that use it
     from sklearn.metrics import confusion_matrix, f1_score, precision_score, roc_auc_score
 
     truth = np.asarray(truth).astype(int)
@@ -65,6 +68,7 @@ def binary_metrics(probability: np.ndarray, truth: np.ndarray, threshold: float 
 
 
 def regression_metrics(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    # scikit-learn: optional (deepfuse[models]), and ~1 s to import: loaded by the metrics that use it
     from sklearn.metrics import mean_absolute_error, mean_squared_error
 
     return {

@@ -11,6 +11,7 @@ import torch
 
 
 def _pyplot():
+    # matplotlib: optional (deepfuse[plots]); loaded when a picture is drawn
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,6 +46,7 @@ def learning_curves_png(history_csv: Path, path: Path, metric: str) -> Path:
 def confusion_matrix_png(
     logits: torch.Tensor, targets: torch.Tensor, path: Path, class_names: Sequence[str] | None = None
 ) -> Path:
+    # scikit-learn: optional (deepfuse[models]), and ~1 s to import: loaded by the metrics that use it
     from sklearn.metrics import confusion_matrix
 
     plt = _pyplot()
@@ -73,6 +75,7 @@ def confusion_matrix_png(
 
 
 def roc_curve_png(probability: np.ndarray, truth: np.ndarray, path: Path, threshold: float | None = None) -> Path:
+    # scikit-learn: optional (deepfuse[models]), and ~1 s to import: loaded by the metrics that use it
     from sklearn.metrics import roc_auc_score, roc_curve
 
     plt = _pyplot()

@@ -56,6 +56,7 @@ def diebold_mariano(
 ) -> SignificanceResult:
     """HLN-corrected Diebold-Mariano test of the first forecast's errors against the second's (same days, same
     order). A negative statistic: the first forecast has the smaller loss."""
+    # scipy: optional (it comes with scikit-learn, deepfuse[models]); loaded by the test that uses it
     from scipy.stats import t as student_t
 
     if loss not in LOSSES:
@@ -91,6 +92,7 @@ def diebold_mariano(
 def mcnemar_exact(first_right: np.ndarray, second_right: np.ndarray) -> SignificanceResult:
     """Exact McNemar test of two classifiers' right (True) / wrong calls on the same items. The statistic is the
     count of items only the first got right; n is the number of discordant items (only one got right)."""
+    # scipy: optional (it comes with scikit-learn, deepfuse[models]); loaded by the test that uses it
     from scipy.stats import binomtest
 
     first, second = np.asarray(first_right, dtype=bool), np.asarray(second_right, dtype=bool)
