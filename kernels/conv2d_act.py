@@ -19,14 +19,14 @@ import triton.language as tl
 
 from . import utils
 from .activations import apply_activation
-from .gemm_common import dot_flags, gemm_autotune, grouped_tile, load_grad_preact, mma
+from .gemm_common import dot_flags, gemm_autotune, grouped_tile, hopper_device, load_grad_preact, mma, tensor_descriptor
 
 
-@gemm_autotune(key=["M", "COUT_G", "CIN_G", "KH", "KW", "ACTIVATION"])
+@gemm_autotune(key=["M", "COUT_G", "CIN_G", "KH", "KW", "ACTIVATION"], w_desc=("BLOCK_N", "BLOCK_K"))
 @triton.jit
 def _conv2d_act_fwd_kernel(
-    # pointers
-    x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, preact_ptr,
+    # pointers; w_desc: the weight by TMA (weight_taps' (KH*KW, groups, COUT_G, CIN_G)) when W_TMA, else None
+    x_ptr, w_ptr, w_desc, bias_ptr, res_ptr, y_ptr, preact_ptr,
     # sizes: M = batch * OH * OW
     M, H, W, OH, OW, CIN_G, COUT_G,
     # geometry
@@ -36,7 +36,7 @@ def _conv2d_act_fwd_kernel(
     # meta-parameters
     KH: tl.constexpr, KW: tl.constexpr, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, SAVE_PREACT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    W_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
     group = tl.program_id(1)
     pid_m, pid_n = grouped_tile(tl.program_id(0).to(tl.int64), tl.cdiv(M, BLOCK_M), tl.cdiv(COUT_G, BLOCK_N), GROUP_M)
@@ -65,11 +65,14 @@ def _conv2d_act_fwd_kernel(
                 mask=row_ok[:, None] & mask_c[None, :],
                 other=0.0,
             )
-            b = tl.load(
-                w_ptr + offs_co[None, :] * swo + offs_c[:, None] * swi + kh * swh + kw * sww,
-                mask=mask_c[:, None] & mask_co[None, :],
-                other=0.0,
-            )
+            if W_TMA:  # zero past CIN_G and past this group's COUT_G
+                b = w_desc.load([tap, group, (pid_n * BLOCK_N).to(tl.int32), c0]).reshape(BLOCK_N, BLOCK_K).T
+            else:
+                b = tl.load(
+                    w_ptr + offs_co[None, :] * swo + offs_c[:, None] * swi + kh * swh + kw * sww,
+                    mask=mask_c[:, None] & mask_co[None, :],
+                    other=0.0,
+                )
             acc = mma(a, b, acc, DOT_PRECISION, UPCAST_DOT)
 
     out_mask = mask_m[:, None] & mask_co[None, :]
@@ -85,11 +88,11 @@ def _conv2d_act_fwd_kernel(
     tl.store(y_ptr + out_offsets, y.to(y_ptr.dtype.element_ty), mask=out_mask)
 
 
-@gemm_autotune(key=["M", "COUT_G", "CIN_G", "KH", "KW", "ACTIVATION"])
+@gemm_autotune(key=["M", "COUT_G", "CIN_G", "KH", "KW", "ACTIVATION"], w_desc=("BLOCK_K", "BLOCK_N"))
 @triton.jit
 def _conv2d_act_bwd_dx_kernel(
-    # pointers: dy and saved share strides
-    dy_ptr, saved_ptr, w_ptr, dx_ptr,
+    # pointers: dy and saved share strides; w_desc as in the forward kernel
+    dy_ptr, saved_ptr, w_ptr, w_desc, dx_ptr,
     # sizes: M = batch * H * W (input pixels)
     M, H, W, OH, OW, CIN_G, COUT_G,
     # geometry
@@ -98,7 +101,7 @@ def _conv2d_act_bwd_dx_kernel(
     sdn, sdc, sdh, sdw, swo, swi, swh, sww, sxn, sxc, sxh, sxw,
     # meta-parameters (BLOCK_N tiles input channels, BLOCK_K output channels)
     KH: tl.constexpr, KW: tl.constexpr, ACTIVATION: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    UPCAST_DOT: tl.constexpr,
+    UPCAST_DOT: tl.constexpr, W_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
     group = tl.program_id(1)
@@ -133,11 +136,14 @@ def _conv2d_act_bwd_dx_kernel(
                 row_ok[:, None] & mask_co[None, :],
                 ACTIVATION,
             )
-            w = tl.load(
-                w_ptr + offs_co[:, None] * swo + offs_ci_g[None, :] * swi + kh * swh + kw * sww,
-                mask=mask_co[:, None] & mask_ci[None, :],
-                other=0.0,
-            )
+            if W_TMA:
+                w = w_desc.load([tap, group, c0, (pid_n * BLOCK_N).to(tl.int32)]).reshape(BLOCK_K, BLOCK_N)
+            else:
+                w = tl.load(
+                    w_ptr + offs_co[:, None] * swo + offs_ci_g[None, :] * swi + kh * swh + kw * sww,
+                    mask=mask_co[:, None] & mask_ci[None, :],
+                    other=0.0,
+                )
             acc = mma(dz, w, acc, DOT_PRECISION, UPCAST_DOT)
 
     dx_offsets = (n_idx * sxn + ih * sxh + iw * sxw)[:, None] + (group * CIN_G + offs_ci_g)[None, :] * sxc
@@ -207,10 +213,46 @@ def _strides4(t: torch.Tensor) -> tuple[int, int, int, int]:
     return tuple(t.stride())
 
 
-def conv2d_act_fwd(x, weight, bias, residual, out, preact, stride, padding, dilation, groups, activation_code):
+def weight_taps(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """The weight (Cout, Cin_g, KH, KW) as (KH*KW, groups, Cout_g, Cin_g), contiguous: for each filter tap and
+    group a plain (output channel, input channel) matrix, the tile a TMA descriptor loads (a copy, except for 1x1
+    filters in the standard layout)."""
+    cout, cin_g, KH, KW = weight.shape
+    return weight.permute(2, 3, 0, 1).reshape(KH * KW, groups, cout // groups, cin_g).contiguous()
+
+
+def _weight_descriptor(variant: str | None, x: torch.Tensor, weight: torch.Tensor, groups: int):
+    """(W_TMA, descriptor or None): whether the weight comes by TMA. variant "tma" demands it, "pointer" refuses it,
+    None (the launchers' default) takes it on a Hopper device for 16-bit or TF32 dots when the taps matrix is
+    TMA-ready (Cin_g * element size a multiple of 16 bytes). The activations' im2col gather stays pointer-based: its
+    rows are pixels at a stride and its taps cross the image border, no tile a descriptor can describe."""
+    if variant not in (None, "tma", "pointer"):
+        raise ValueError(f"variant must be None, 'tma' or 'pointer', got {variant!r}")
+    if variant == "pointer":
+        return False, None
+    tensor_cores = x.dtype != torch.float32 or dot_flags(x.dtype)["DOT_PRECISION"] == "tf32"
+    if variant is None and not (hopper_device(x) and tensor_cores):
+        return False, None
+    ready = (weight.shape[1] * weight.element_size()) % 16 == 0
+    if not ready:
+        if variant == "tma":
+            raise ValueError(
+                "variant='tma' needs input channels per group times the element size to be a multiple of 16 bytes"
+            )
+        return False, None
+    taps = weight_taps(weight, groups)
+    if taps.data_ptr() % 16:  # a 1x1 filter's view of an unaligned weight: copy it
+        taps = taps.clone()
+    return True, tensor_descriptor(taps)
+
+
+def conv2d_act_fwd(
+    x, weight, bias, residual, out, preact, stride, padding, dilation, groups, activation_code, *, variant=None
+):
     """Launches the forward kernel into ``out`` (and ``preact`` when not None), both shaped (N, Cout, OH, OW).
 
-    padding is (top, left); out's shape fixes OH, OW. Inputs are validated by the caller.
+    padding is (top, left); out's shape fixes OH, OW. Inputs are validated by the caller. variant: see
+    _weight_descriptor.
     """
     batch, cin, H, W = x.shape
     cout, cin_g, KH, KW = weight.shape
@@ -218,9 +260,11 @@ def conv2d_act_fwd(x, weight, bias, residual, out, preact, stride, padding, dila
     M = batch * OH * OW
     if M == 0 or cout == 0:
         return
+    w_tma, w_desc = _weight_descriptor(variant, x, weight, groups)
     _conv2d_act_fwd_kernel[_grid(M, cout // groups, groups)](
         x,
         weight,
+        w_desc,
         bias if bias is not None else out,
         residual if residual is not None else out,
         out,
@@ -245,6 +289,7 @@ def conv2d_act_fwd(x, weight, bias, residual, out, preact, stride, padding, dila
         HAS_BIAS=bias is not None,
         HAS_RESIDUAL=residual is not None,
         SAVE_PREACT=preact is not None,
+        W_TMA=w_tma,
         **dot_flags(x.dtype),
     )
 
@@ -263,10 +308,13 @@ def conv2d_act_bwd(
     need_grad_x,
     need_grad_weight,
     memory_format,
+    *,
+    variant=None,
 ):
     """(grad_x, grad_weight, grad_bias) with dz = grad_z_source * act'(saved) formed in the loaders.
 
     grad_z_source and saved must share strides; grad_x comes in ``memory_format``. Outputs not asked for are None.
+    variant: see _weight_descriptor (the dx kernel's weight).
     """
     batch, cin, H, W = x.shape
     cout, cin_g, KH, KW = weight.shape
@@ -281,10 +329,12 @@ def conv2d_act_bwd(
             if cout_g == 0 or batch * OH * OW == 0:
                 grad_x.zero_()
             else:
+                w_tma, w_desc = _weight_descriptor(variant, x, weight, groups)
                 _conv2d_act_bwd_dx_kernel[_grid(batch * H * W, cin_g, groups)](
                     grad_z_source,
                     saved,
                     weight,
+                    w_desc,
                     grad_x,
                     batch * H * W,
                     H,
@@ -302,6 +352,7 @@ def conv2d_act_bwd(
                     KH=KH,
                     KW=KW,
                     ACTIVATION=activation_code,
+                    W_TMA=w_tma,
                     **flags,
                 )
     if need_grad_weight or has_bias:

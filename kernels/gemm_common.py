@@ -15,13 +15,15 @@ from .activations import activation_grad
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def autotune_configs(block_shapes):
+def autotune_configs(block_shapes, pre_hook=None):
     """Autotune configs from (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); one small config
     when interpreting (the interpreter cannot autotune over several)."""
     if INTERPRET:
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=1)]
+        block_shapes = [(32, 32, 32, 4, 1)]
     return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
+        triton.Config(
+            {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s, pre_hook=pre_hook
+        )
         for bm, bn, bk, w, s in block_shapes
     ]
 
@@ -77,11 +79,12 @@ def prune_configs(configs, named_args, **kwargs):
     return kept
 
 
-def gemm_autotune(key: list[str]):
+def gemm_autotune(key: list[str], **blocks: tuple[str, str]):
     """@triton.autotune over GEMM_SHAPES for a GEMM-shaped kernel, pruned (prune_configs) before anything is
-    compiled; the dot precision is part of the key (IEEE and TF32 keep their own choices)."""
+    compiled; the dot precision is part of the key (IEEE and TF32 keep their own choices). blocks: the block shapes
+    of optional descriptor arguments (see descriptor_blocks; e.g. conv2d_act's weight when it comes by TMA)."""
     return triton.autotune(
-        configs=autotune_configs(GEMM_SHAPES),
+        configs=autotune_configs(GEMM_SHAPES, descriptor_blocks(**blocks) if blocks else None),
         key=[*key, "DOT_PRECISION"],
         prune_configs_by={"early_config_prune": prune_configs},
     )
@@ -180,11 +183,14 @@ def tensor_descriptor(t: torch.Tensor) -> TensorDescriptor:
 
 def descriptor_blocks(**blocks: tuple[str, str]):
     """A config pre_hook setting each descriptor argument's block shape from the config, e.g.
-    descriptor_blocks(x_desc=("BLOCK_M", "BLOCK_K")): the descriptor loads (BLOCK_M, BLOCK_K) tiles."""
+    descriptor_blocks(x_desc=("BLOCK_M", "BLOCK_K")): the descriptor loads (BLOCK_M, BLOCK_K) tiles (of its last
+    two dims; one element of each leading dim). Arguments that are no descriptor in this launch are left alone."""
 
     def hook(nargs):
         for name, (rows, cols) in blocks.items():
-            nargs[name].block_shape = [nargs[rows], nargs[cols]]
+            descriptor = nargs[name]
+            if isinstance(descriptor, TensorDescriptor):
+                descriptor.block_shape = [1] * (len(descriptor.shape) - 2) + [nargs[rows], nargs[cols]]
 
     return hook
 
@@ -222,11 +228,12 @@ def _prune_tma(configs, element_size, named_args, kwargs):
     """prune_configs for the TMA kernels: shared memory as shared_bytes_estimate, one more stage and the fp32
     accumulator tile when warp-specialised (ptxas for sm_90: fp16 128x128x64 s3 took 98,328 B plain, 114,912 B
     warp-specialised; TF32 196,632 B and 262,368 B)."""
-    a_streams = 2 if kwargs.get("ACTIVATION", 0) != 0 and "saved_desc" in named_args else 1
+    saved = named_args.get("saved_desc", named_args.get("saved_ptr"))  # conv2d_act: pointer A, TMA weight
+    a_streams = 2 if kwargs.get("ACTIVATION", 0) != 0 and saved is not None else 1
     kept = []
     for config in configs:
         needed = shared_bytes_estimate(config, element_size, a_streams)
-        if config.kwargs["WARP_SPECIALIZE"]:
+        if config.kwargs.get("WARP_SPECIALIZE"):
             kw = config.kwargs
             needed += (a_streams * kw["BLOCK_M"] + kw["BLOCK_N"]) * kw["BLOCK_K"] * element_size
             needed += kw["BLOCK_M"] * kw["BLOCK_N"] * 4

@@ -143,13 +143,19 @@ def select(launches: list[Launch], full: bool, autotuned: set[str] = frozenset()
 
 
 def promised_markers(launch: Launch) -> tuple[str, ...]:
-    """The SASS instructions a launch's design promises on sm_90. The TMA GEMMs (``*_tma_kernel``; taken only
-    for 16-bit and TF32 dots): wgmma (HGMMA) fed by TMA loads (UTMALDG), and setmaxnreg (USETMAXREG) when
-    warp-specialised. The other kernels promise no particular path (their table row shows what they use)."""
-    if not launch.kernel.endswith("_tma_kernel"):
+    """The SASS instructions a launch's design promises on sm_90. A launch that loads by TMA (a ``*_tma_kernel``, or
+    any launch with a tensor-descriptor argument, e.g. conv2d_act's weight): TMA loads (UTMALDG); fed to wgmma
+    (HGMMA) for 16-bit and TF32 dots of 64+ rows (BLOCK_M; 32-row tiles lower to mma.sync); setmaxnreg (USETMAXREG)
+    when warp-specialised. The other kernels promise no particular path (their table row shows what they use)."""
+    loads_by_tma = launch.kernel.endswith("_tma_kernel") or any(
+        str(t).startswith("tensordesc") for t in launch.signature.values()
+    )
+    if not loads_by_tma:
         return ()
-    promised = ("UTMALDG",) if dtype_class(launch) == "fp32" else ("HGMMA", "UTMALDG")
-    if launch.constexpr_values().get("WARP_SPECIALIZE"):
+    values = launch.constexpr_values()
+    wgmma = dtype_class(launch) != "fp32" and int(values.get("BLOCK_M", 64)) >= 64
+    promised = ("HGMMA", "UTMALDG") if wgmma else ("UTMALDG",)
+    if values.get("WARP_SPECIALIZE"):
         promised += ("USETMAXREG",)
     return promised
 

@@ -88,6 +88,11 @@ def test_tma_kernels_promise_wgmma_tma_and_setmaxnreg_when_warp_specialised():
     assert check(tma(True), Compiled(markers={**shows, "USETMAXREG": 8}), autotuned=True) == []
     assert "HGMMA" in check(tma(False), Compiled(markers={"HMMA": 8, "UTMALDG": 3}), autotuned=True)[0]
     assert promised_markers(_launch("m._gemm_kernel", "fp16", 128, 0, False)) == ()
+    weight_by_tma = _launch("m._conv_kernel", "fp16", 128, 0, False)  # a pointer kernel with one descriptor
+    weight_by_tma.signature["w_desc"] = "tensordesc<fp16[1, 1, 64, 32]>"
+    assert promised_markers(weight_by_tma) == ("HGMMA", "UTMALDG")
+    assert promised_markers(_launch("m._gemm_tma_kernel", "fp16", 32, 0, False)) == ("UTMALDG",)  # 32 rows: HMMA
+    assert promised_markers(_launch("m._gemm_tma_kernel", "fp32", 128, 0, False)) == ("UTMALDG",)  # IEEE: FMAs
     loss = "ptxas info: (C7515) Potential Performance Loss: wgmma.mma_async instructions are serialized"
     assert "Potential Performance Loss" in check(tma(False), Compiled(markers=shows, performance_loss=loss), True)[0]
     pointer = _launch("m._gemm_kernel", "fp16", 128, 0, False)

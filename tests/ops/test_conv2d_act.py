@@ -216,3 +216,57 @@ def test_gpu_opcheck(backend):
     opcheck(conv2d_act_fwd.custom_op, (x.requires_grad_(), w, b, r, *geometry, "gelu", True, backend))
     dy, saved = torch.randn_like(r), torch.randn_like(r)
     opcheck(conv2d_act_bwd.custom_op, (dy, saved, x.detach(), w, *geometry, "gelu", True, True, True, True, backend))
+
+
+# Hopper: the weight by TMA (kernels/conv2d_act._weight_descriptor) where Cin_g * element size is a multiple of 16 B.
+# (batch, C_in, H, W, C_out, kernel, stride, padding, dilation, groups, activation, channels_last, residual):
+# grouped with 6 output channels per group (the descriptor zero-fills past each group's), 1x1 at stride 2, dilated.
+TMA_CASES = {
+    "grouped_3x3_residual": (2, 16, 7, 9, 12, 3, 1, 1, 1, 2, "relu", True, True),
+    "1x1_stride2_gelu": (2, 8, 6, 7, 5, 1, 2, 0, 1, 1, "gelu", False, False),
+    "dilated_same_silu": (1, 8, 9, 9, 10, 3, 1, "same", 2, 1, "silu", True, False),
+}
+
+
+@pytest.fixture
+def weight_by_tma(monkeypatch):
+    """The launchers believe the tensors live on a Hopper device; returns the W_TMA flags of their launches."""
+    from deepfuse.kernels import conv2d_act as kernels
+
+    monkeypatch.setattr(kernels, "hopper_device", lambda tensor: True)
+    taken = []
+    choose = kernels._weight_descriptor
+
+    def spy(*args):
+        chosen = choose(*args)
+        taken.append(chosen[0])
+        return chosen
+
+    monkeypatch.setattr(kernels, "_weight_descriptor", spy)
+    return taken
+
+
+@pytest.mark.parametrize(("dtype", "tf32"), [(torch.float16, False), (torch.float32, True)], ids=["fp16", "tf32"])
+@pytest.mark.parametrize("case", TMA_CASES.values(), ids=TMA_CASES.keys())
+@pytest.mark.usefixtures("poison_outputs")
+def test_triton_weight_by_tma_matches_reference(case, dtype, tf32, weight_by_tma, monkeypatch):
+    # fp32 takes TMA only with TF32 dots (the interpreter computes them in full fp32)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
+    check_case("triton", case, dtype)
+    assert weight_by_tma == [True, True]  # forward and dx
+
+
+def test_weight_stays_pointer_based_where_tma_cannot_load_it(weight_by_tma, monkeypatch):
+    from deepfuse.kernels import conv2d_act as kernels
+
+    x, w = torch.randn(1, 6, 5, 5, dtype=torch.float16), torch.randn(4, 6, 3, 3, dtype=torch.float16)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    assert kernels._weight_descriptor(None, x, w, 1) == (False, None)  # 6 channels: 12-byte rows
+    assert kernels._weight_descriptor(None, x.float(), w.float()[:, :4], 1) == (False, None)  # IEEE fp32: FMA dots
+    assert kernels._weight_descriptor("pointer", x, w[:, :4], 1) == (False, None)
+    with pytest.raises(ValueError, match="16 bytes"):
+        kernels._weight_descriptor("tma", x, w, 1)
+    with pytest.raises(ValueError, match="variant must be"):
+        kernels._weight_descriptor("wgmma", x, w, 1)
+    taps = kernels.weight_taps(torch.arange(2 * 3 * 2 * 2.0).view(2, 3, 2, 2), 1)
+    assert taps.shape == (4, 1, 2, 3) and taps[1, 0, 1, 2] == 1 * 12 + 2 * 4 + 0 * 2 + 1  # w[co=1, ci=2, kh=0, kw=1]
