@@ -22,8 +22,10 @@ def test_train_eval_predict_digits(tmp_path, capsys):
     from tests.models.test_digits import fake_mnist
 
     run = tmp_path / "run"
-    assert cli.main(["train", "digits", "--epochs", "1", "--out", str(run), "--no-progress", "--seed", "3"]) == 0
+    argv = ["train", "digits", "--epochs", "1", "--out", str(run), "--no-progress", "--seed", "3"]
+    assert cli.main([*argv, "--max-grad-norm", "5"]) == 0
     assert (run / "best.pt").exists()
+    assert json.loads((run / "metrics.json").read_text())["config"]["max_grad_norm"] == 5.0
     capsys.readouterr()
     assert cli.main(["eval", "digits", "--checkpoint", str(run / "best.pt")]) == 0
     assert "digits test (scikit-learn digits (8x8)" in capsys.readouterr().out
@@ -51,6 +53,9 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
         (["train", "digits", "--data", str(tmp_path)], "train-images-idx3-ubyte: missing"),
         (["eval", "digits", "--checkpoint", str(tmp_path / "none.pt")], "none.pt: no such checkpoint file"),
         (["predict", "digits", "--checkpoint", str(tmp_path / "none.pt"), "x.png"], "no such checkpoint"),
+        (["train", "digits", "--max-grad-norm", "0"], "--max-grad-norm must be positive, got 0.0"),
+        (["train", "driving-rl", "--gamma", "2"], "--gamma must be in [0, 1], got 2.0"),
+        (["train", "driving-rl", "--image-size", "24"], "--image-size must be a multiple of 16, got 24"),
     ]
     import torch
 

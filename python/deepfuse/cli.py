@@ -112,6 +112,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="stop when the validation metric has not improved for N epochs (default: off, or the "
         "model's own); best.pt is then tested",
     )
+    parser.add_argument(
+        "--max-grad-norm",
+        type=float,
+        metavar="N",
+        help="clip the gradients' total norm to N before each optimizer step (default: off, or the model's own)",
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None)
 
 

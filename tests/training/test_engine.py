@@ -13,7 +13,9 @@ from deepfuse import models
 from deepfuse.training import RunError, make_config, train
 from deepfuse.training.batching import EpochBatches
 from deepfuse.training.checkpoint import CheckpointError, load_checkpoint, save_atomically
+from deepfuse.training.distributed import Distributed
 from deepfuse.training.engine import Run
+from deepfuse.training.loops import NonFiniteLossError
 from tests.training.test_faults import assert_same_training_state
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -199,3 +201,49 @@ def test_unusable_numbers_are_clear_errors(setting, value, message):
 def test_unusable_model_options_are_clear_errors():
     with pytest.raises(RunError, match="--window must be at least 1, got 0"):
         make_config(models.get("stock"), window=0)
+
+
+class _Linear(models.Task):
+    name = "linear"
+
+
+def _one_step_run(scheduler_interval: str, max_grad_norm: float | None, amp: str | None = None) -> Run:
+    task = _Linear()
+    task.scheduler_interval = scheduler_interval
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    run = Run(task, {"max_grad_norm": max_grad_norm}, None, torch.device("cpu"), Distributed(), model, model)
+    run.optimizer, run.scheduler = optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    if amp == "fp16":
+        run.scaler = torch.amp.GradScaler("cpu")
+    return run
+
+
+@pytest.mark.parametrize("amp", [None, "fp16"])
+def test_the_optimizer_step_clips_to_max_grad_norm(amp):
+    """SGD with lr 1: the parameters move by exactly the (clipped) gradient; the scaler's scale is undone first."""
+    x = torch.full((8, 4), 10.0)
+    for max_norm in (None, 0.5):
+        run = _one_step_run("step", max_norm, amp)
+        before = [p.detach().clone() for p in run.raw_model.parameters()]
+        loss = (run.raw_model(x) ** 2).mean()
+        grads = torch.autograd.grad(loss, list(run.raw_model.parameters()), retain_graph=True)
+        full = torch.cat([g.flatten() for g in grads]).norm().item()
+        assert run.optimizer_step(loss, samples=8) == pytest.approx(loss.item())
+        moved = torch.cat(
+            [(b - p.detach()).flatten() for b, p in zip(before, run.raw_model.parameters(), strict=True)]
+        ).norm()
+        assert full > 1.0 and moved.item() == pytest.approx(full if max_norm is None else max_norm, rel=1e-4)
+        assert run.global_step == 1 and run.epoch_loss[1] == 8
+
+
+def test_the_scheduler_steps_per_step_or_per_epoch_and_a_non_finite_loss_stops():
+    per_step, per_epoch = _one_step_run("step", None), _one_step_run("epoch", None)
+    for run in (per_step, per_epoch):
+        run.optimizer_step((run.raw_model(torch.ones(2, 4)) ** 2).mean())
+    assert per_step.scheduler.get_last_lr() == [0.5] and per_epoch.scheduler.get_last_lr() == [1.0]  # fit steps it
+    run = _one_step_run("step", None)
+    with pytest.raises(NonFiniteLossError, match="the training loss is nan"):
+        run.optimizer_step(run.raw_model(torch.ones(2, 4)).sum() * float("nan"))
+    assert run.global_step == 1  # counted: the engine then saves nothing of the epoch
