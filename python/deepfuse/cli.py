@@ -19,6 +19,7 @@ import warnings
 
 BENCH_OPS = ("linear_act", "conv2d_act", "attention", "lstm")
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+BACKENDS = ["auto", "torch", "triton", "cuda"]
 EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
 
 
@@ -85,7 +86,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--weight-decay", type=float)
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
-    parser.add_argument("--backend", choices=["auto", "torch", "triton", "cuda"], help="default: auto")
+    parser.add_argument("--backend", choices=BACKENDS, help="default: auto")
     parser.add_argument(
         "--amp",
         choices=["auto", "fp32", "bf16", "fp16"],
@@ -344,13 +345,19 @@ def _profile_model(args) -> int:
 def _parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepfuse", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-
     demo = commands.add_parser("demo", help="train the digits CNN on the built-in data (the main job)")
     demo.add_argument("--epochs", type=int, default=5)
     demo.add_argument("--out", default=None, help="run folder (default runs/demo/TIMESTAMP)")
-    demo.add_argument("--backend", choices=["auto", "torch", "triton", "cuda"], default=None, help="default: auto")
+    demo.add_argument("--backend", choices=BACKENDS, default=None, help="default: auto")
     demo.set_defaults(run=_demo)
+    _add_model_commands(commands, argv)
+    _add_measuring_commands(commands)
+    _add_drive_commands(commands)
+    return parser
 
+
+def _add_model_commands(commands, argv: list[str]) -> None:
+    """train, eval, predict; a named model's own options join train's (and predict's --skip-bad)."""
     # start-up (see the module's note)
     from deepfuse import models
 
@@ -367,7 +374,7 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", required=True)
     evaluate.add_argument("--data", help="the dataset (default: the checkpoint's)")
     evaluate.add_argument("--device", choices=["cpu", "cuda"])
-    evaluate.add_argument("--backend", choices=["auto", "torch", "triton", "cuda"], default="auto")
+    evaluate.add_argument("--backend", choices=BACKENDS, default="auto")
     evaluate.set_defaults(run=_eval)
 
     predict = commands.add_parser("predict", help="predict for input files (or texts) with a checkpoint")
@@ -375,13 +382,16 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     predict.add_argument("inputs", metavar="INPUT", nargs="+")
     predict.add_argument("--checkpoint", required=True)
     predict.add_argument("--device", choices=["cpu", "cuda"])
-    predict.add_argument("--backend", choices=["auto", "torch", "triton", "cuda"], default="auto")
+    predict.add_argument("--backend", choices=BACKENDS, default="auto")
     predict.add_argument("--out", default=None, help="folder for files predict writes (default: here)")
     name = _model_name(argv, "predict")
     if name in models.names() and "skip_bad" in models.get(name).options:  # what the image checks suggest
         predict.add_argument("--skip-bad", action="store_true", help="skip unreadable input images (one warning)")
     predict.set_defaults(run=_predict)
 
+
+def _add_measuring_commands(commands) -> None:
+    """bench and profile."""
     bench = commands.add_parser("bench", help="benchmark ops or models against eager torch and torch.compile")
     bench.add_argument(
         "op",
@@ -402,12 +412,15 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     prof = commands.add_parser("profile", help="per-kernel profile of an op (fwd+bwd) or a model's training step")
     prof.add_argument("op", metavar="OP_OR_MODEL")
     prof.add_argument("--steps", type=int, default=5)
-    prof.add_argument("--backend", choices=["auto", "torch", "triton", "cuda"], default=None, help="default: auto")
+    prof.add_argument("--backend", choices=BACKENDS, default=None, help="default: auto")
     prof.add_argument("--dtype", default="bf16", choices=list(DTYPES))
     prof.add_argument("--trace", default=None, help="write a Chrome trace (chrome://tracing, Perfetto)")
     prof.add_argument("--out", default=None, help="folder for profile.md and the roofline PNG")
     prof.set_defaults(run=_profile)
 
+
+def _add_drive_commands(commands) -> None:
+    """drive record | play, or a drive command that names the simulator's missing package."""
     try:
         # start-up (see the module's note)
         from deepfuse.drive_cli import add_drive_commands
@@ -418,7 +431,6 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
         drive.set_defaults(run=_missing_package(error.name))
     else:
         add_drive_commands(commands)
-    return parser
 
 
 def _missing_package(package: str):

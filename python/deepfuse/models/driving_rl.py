@@ -184,17 +184,47 @@ class DrivingRLTask(Task):
 
     # --- one PPO iteration ------------------------------------------------------------------------------------
     def train_epoch(self, run) -> dict[str, float]:
-        config, model, device = run.config, run.model, run.device
+        config = run.config
         live = run.live.get("simulator")
         if live is None:  # the first iteration of this process (a resumed run restores the cars from ``extra``)
             live = run.live["simulator"] = _Simulator(config, run.extra.get("env"), run.place.rank)
+        start = time.perf_counter()
+        rollout, finished = self._rollout(run, live)
+        rollout_seconds = time.perf_counter() - start
+        obs, actions, logprobs, rewards, dones, values, done = rollout
+        with torch.no_grad(), run.autocast():
+            next_value = run.raw_model.distribution(torch.from_numpy(live.obs).to(run.device))[1].float().cpu()
+        advantages, returns = _gae(rewards, values, dones, done, next_value, config["gamma"], config["gae_lambda"])
+        stats = self._update(
+            run,
+            obs.flatten(0, 1),
+            actions.flatten(0, 1),
+            logprobs.flatten(),
+            advantages.flatten(),
+            returns.flatten(),
+            values.flatten(),
+        )
+        samples = config["num_envs"] * config["rollout_steps"]
+        run.extra["env"] = live.envs.state_dict()
+        run.extra["env_steps"] = run.extra.get("env_steps", 0) + samples
+        stats.update(
+            episode_return=float(np.mean(finished)) if finished else float("nan"),
+            episodes=float(len(finished)),
+            samples_per_s=samples / rollout_seconds,
+            env_steps=float(run.extra["env_steps"]),
+        )
+        return stats
+
+    def _rollout(self, run, live: _Simulator):
+        """``rollout_steps`` steps of every car with the current policy: ((observations, actions, log-probabilities,
+        rewards, dones, values, the last done), returns of the episodes that ended)."""
+        config, device = run.config, run.device
         envs, n, steps = live.envs, config["num_envs"], config["rollout_steps"]
         obs = torch.zeros((steps, n, *envs.single_observation_space.shape), dtype=torch.uint8)
         actions = torch.zeros((steps, n, 1))
         logprobs, rewards, dones, values = (torch.zeros((steps, n)) for _ in range(4))
         finished = []
-        start = time.perf_counter()
-        model.eval()  # no dropout or batch norm here; eval only selects the inference path of the layers
+        run.model.eval()  # no dropout or batch norm here; eval only selects the inference path of the layers
         progress = run.progress(steps, f"iteration {run.epoch + 1}/{config['epochs']}: rollout")
         done = torch.zeros(n)
         for t in range(steps):
@@ -216,28 +246,7 @@ class DrivingRLTask(Task):
                 finished += info["final_info"]["episode_return"][info["_final_info"]].tolist()
             progress.update(1)
         progress.close()
-        rollout_seconds = time.perf_counter() - start
-        with torch.no_grad(), run.autocast():
-            next_value = run.raw_model.distribution(torch.from_numpy(live.obs).to(device))[1].float().cpu()
-        advantages, returns = _gae(rewards, values, dones, done, next_value, config["gamma"], config["gae_lambda"])
-        stats = self._update(
-            run,
-            obs.flatten(0, 1),
-            actions.flatten(0, 1),
-            logprobs.flatten(),
-            advantages.flatten(),
-            returns.flatten(),
-            values.flatten(),
-        )
-        run.extra["env"] = envs.state_dict()
-        run.extra["env_steps"] = run.extra.get("env_steps", 0) + n * steps
-        stats.update(
-            episode_return=float(np.mean(finished)) if finished else float("nan"),
-            episodes=float(len(finished)),
-            samples_per_s=n * steps / rollout_seconds,
-            env_steps=float(run.extra["env_steps"]),
-        )
-        return stats
+        return (obs, actions, logprobs, rewards, dones, values, done), finished
 
     def _update(self, run, obs, actions, logprobs, advantages, returns, values) -> dict[str, float]:
         """PPO's clipped-surrogate updates over one rollout (CleanRL's inner loop), each minibatch one of the

@@ -646,28 +646,7 @@ def _train_epochs(run: Run, log) -> None:
             if not supervised and loss is not None and not math.isfinite(loss):  # a task's own loop
                 raise NonFiniteLossError(run, loss)
             val_metrics, _, _ = task.validate(run, "val")
-            value = val_metrics.get(task.metric, train_metrics.get(task.metric, float("nan")))
-            row = {
-                "epoch": run.epoch + 1,
-                "train_loss": loss,
-                "val_loss": val_metrics.get("loss"),
-                "val_metric": value,
-                "lr": run.optimizer.param_groups[0]["lr"] if run.optimizer else None,
-                "seconds": round(time.perf_counter() - epoch_start, 3),
-                "samples_per_s": train_metrics.get("samples_per_s"),
-            }
-            run.history.append(row)
-            run.epoch, run.step_in_epoch, run.epoch_loss = run.epoch + 1, 0, [0.0, 0]
-            best = run.improved(value)
-            if best:
-                run.best = value
-            run.save("last.pt")
-            if run.place.is_main:
-                append_history(run.out / "history.csv", row)
-            if best:
-                run.save("best.pt")
-            if run.place.is_main:
-                log(_epoch_line(row, task.metric, best))
+            _end_epoch(run, train_metrics, val_metrics, time.perf_counter() - epoch_start, log)
     except KeyboardInterrupt:
         if supervised:  # the supervised loop resumes within an epoch
             run.rewind_unfinished_step()
@@ -677,6 +656,33 @@ def _train_epochs(run: Run, log) -> None:
             where = f"during epoch {run.epoch + 1}: {run.out / 'last.pt'} (the last finished epoch) stands"
         log(f"interrupted {where}; continue with: deepfuse train {task.name} --out {run.out} --resume")
         raise
+
+
+def _end_epoch(run: Run, train_metrics: dict, val_metrics: dict, seconds: float, log) -> None:
+    """Count the finished epoch: its row in the history (and history.csv), last.pt, best.pt when it is the best."""
+    metric = run.task.metric
+    value = val_metrics.get(metric, train_metrics.get(metric, float("nan")))
+    row = {
+        "epoch": run.epoch + 1,
+        "train_loss": train_metrics.get("loss"),
+        "val_loss": val_metrics.get("loss"),
+        "val_metric": value,
+        "lr": run.optimizer.param_groups[0]["lr"] if run.optimizer else None,
+        "seconds": round(seconds, 3),
+        "samples_per_s": train_metrics.get("samples_per_s"),
+    }
+    run.history.append(row)
+    run.epoch, run.step_in_epoch, run.epoch_loss = run.epoch + 1, 0, [0.0, 0]
+    best = run.improved(value)
+    if best:
+        run.best = value
+    run.save("last.pt")
+    if run.place.is_main:
+        append_history(run.out / "history.csv", row)
+    if best:
+        run.save("best.pt")
+    if run.place.is_main:
+        log(_epoch_line(row, metric, best))
 
 
 @torch.no_grad()
