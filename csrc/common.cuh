@@ -135,65 +135,44 @@ inline void check_device_ready() {
   DEEPFUSE_CUDA_CHECK(cudaGetDevice(&device));
 }
 
-// Per device, an attribute that never changes while the process runs (capability, SM count), queried once: the
-// launchers read them on every call, and a driver query per call is host time an H200 kernel of 5 us cannot hide.
-// 0 means not yet known (no real device has 0 SMs or capability 0.0). Benign races: two threads store the same value.
-class DeviceAttributeCache {
- public:
-  template <typename Query>
-  int get(int device, Query query) {
-    if (device < 0 || device >= kMaxDevices) return query();
-    int value = values_[device].load(std::memory_order_relaxed);
-    if (value == 0) {
-      value = query();
-      values_[device].store(value, std::memory_order_relaxed);
-    }
-    return value;
-  }
-
- private:
-  static constexpr int kMaxDevices = 64;
-  std::atomic<int> values_[kMaxDevices] = {};
-};
-
+// Per device, an attribute that never changes while the process runs (capability, SM count, shared memory limit),
+// queried once: the launchers read them on every call, and a driver query per call is host time that a 5 us kernel
+// cannot hide. Slots hold value + 1, so 0 means not yet known. Benign race: two threads store the same value.
 inline int current_device() {
   int device = 0;
   DEEPFUSE_CUDA_CHECK(cudaGetDevice(&device));
   return device;
 }
 
+template <cudaDeviceAttr kAttribute>
+int device_attribute() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> slots[kMaxDevices] = {};
+  const int device = current_device();
+  int value = 0;
+  if (device < kMaxDevices && (value = slots[device].load(std::memory_order_relaxed)) != 0) return value - 1;
+  DEEPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&value, kAttribute, device));
+  if (device < kMaxDevices) slots[device].store(value + 1, std::memory_order_relaxed);
+  return value;
+}
+
 // Compute capability of the current device, major * 10 + minor (90 on an H100/H200): the launchers pick kernels by it.
 inline int device_capability() {
   if (const DryRun* dry = dry_run()) return dry->capability;
-  static DeviceAttributeCache cache;
-  const int device = current_device();
-  return cache.get(device, [device] {
-    int major = 0, minor = 0;
-    DEEPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    DEEPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-    return major * 10 + minor;
-  });
+  return device_attribute<cudaDevAttrComputeCapabilityMajor>() * 10 +
+         device_attribute<cudaDevAttrComputeCapabilityMinor>();
 }
 
 // Streaming multiprocessors of the current device (132 on an H200): persistent grids are sized by it.
 inline int multiprocessor_count() {
   if (const DryRun* dry = dry_run()) return dry->sms;
-  static DeviceAttributeCache cache;
-  const int device = current_device();
-  return cache.get(device, [device] {
-    int sms = 0;
-    DEEPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    return sms;
-  });
+  return device_attribute<cudaDevAttrMultiProcessorCount>();
 }
 
 // Dynamic shared memory per block that the current device allows with the opt-in (227 KiB on sm_90).
 inline int smem_optin_bytes() {
   if (const DryRun* dry = dry_run()) return dry->smem_optin;
-  int device = 0, optin = 0;
-  DEEPFUSE_CUDA_CHECK(cudaGetDevice(&device));
-  DEEPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  return optin;
+  return device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>();
 }
 
 // Dynamic shared memory above 48 KiB needs this opt-in, per kernel (and before occupancy queries).

@@ -70,18 +70,18 @@ LinearActKernelChoice choose_linear_act_fwd_kernel(const LinearActFwdArgs& args,
 // ------------------------------------------------------------------------------ dz stored, db summed (sm_90a path)
 namespace {
 
-// A block of 8 x 32 threads covers 64 columns (8 per thread: 16-byte loads) of a slab of rows; blockIdx.y picks the
-// slab. Each block leaves its 64 column sums of dz in partials[slab][column] (fp32); grad_bias_kernel adds the slabs
-// in order, so db is deterministic.
+// A block of 256 threads, as 8 across x 32 down, covers 64 columns (8 per thread: 16-byte loads) of a slab of rows;
+// blockIdx.y picks the slab. Each block leaves its 64 column sums of dz in partials[slab][column] (fp32);
+// linear_act_grad_bias_kernel adds the slabs in order, so db is deterministic.
 constexpr int kDzVector = 8, kDzThreadsX = 8, kDzThreadsY = 32;
-constexpr int kDzColumns = kDzVector * kDzThreadsX;
+constexpr int kDzColumns = kDzVector * kDzThreadsX, kDzThreads = kDzThreadsX * kDzThreadsY;
 constexpr int kDzMaxSlabs = 64;
 
 template <typename T>
 struct GradPreactParams {
   const T* grad_y;   // (M, N) contiguous, 16-byte aligned, N % 8 == 0
   const T* saved;    // like grad_y; unread for "none"
-  T* dz;             // like grad_y, or null (activation "none": the GEMMs read grad_y)
+  T* dz;             // like grad_y, or null (not stored: "none", whose dz is grad_y, or db alone)
   float* partials;   // (slabs, N), or null (no bias)
   T* grad_bias;      // (N,)
   int64_t M, N, rows_per_slab;
@@ -90,15 +90,16 @@ struct GradPreactParams {
 };
 
 template <typename T>
-__global__ void __launch_bounds__(kDzThreadsX* kDzThreadsY) linear_act_grad_preact_kernel(const GradPreactParams<T> p) {
+__global__ void __launch_bounds__(kDzThreads) linear_act_grad_preact_kernel(const GradPreactParams<T> p) {
   __shared__ float sums[kDzThreadsY][kDzColumns + 1];
+  const int tx = threadIdx.x % kDzThreadsX, ty = threadIdx.x / kDzThreadsX;
   const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kDzColumns;
-  const int64_t col = col0 + threadIdx.x * kDzVector;
+  const int64_t col = col0 + tx * kDzVector;
   const int64_t row_begin = blockIdx.y * p.rows_per_slab;
-  const int64_t row_end = min(p.M, row_begin + p.rows_per_slab);
+  const int64_t row_end = p.M < row_begin + p.rows_per_slab ? p.M : row_begin + p.rows_per_slab;
   float acc[kDzVector] = {};
   if (col < p.N) {
-    for (int64_t row = row_begin + threadIdx.y; row < row_end; row += kDzThreadsY) {
+    for (int64_t row = row_begin + ty; row < row_end; row += kDzThreadsY) {
       const int64_t offset = row * p.N + col;
       uint4 dy_bits = *reinterpret_cast<const uint4*>(p.grad_y + offset);
       uint4 saved_bits = dy_bits;
@@ -107,7 +108,9 @@ __global__ void __launch_bounds__(kDzThreadsX* kDzThreadsY) linear_act_grad_prea
       const T* saved = reinterpret_cast<const T*>(&saved_bits);
 #pragma unroll
       for (int i = 0; i < kDzVector; ++i) {
-        if (p.act != Activation::kNone) dz[i] = from_float<T>(to_float(dz[i]) * activation_grad(to_float(saved[i]), p.act));
+        if (p.act != Activation::kNone) {
+          dz[i] = from_float<T>(to_float(dz[i]) * activation_grad(to_float(saved[i]), p.act));
+        }
         acc[i] += to_float(dz[i]);  // db sums dz as the GEMMs read it: rounded to T, as the other paths do
       }
       if (p.dz != nullptr) *reinterpret_cast<uint4*>(p.dz + offset) = dy_bits;
@@ -115,9 +118,9 @@ __global__ void __launch_bounds__(kDzThreadsX* kDzThreadsY) linear_act_grad_prea
   }
   if (p.partials == nullptr) return;  // uniform across the block
 #pragma unroll
-  for (int i = 0; i < kDzVector; ++i) sums[threadIdx.y][threadIdx.x * kDzVector + i] = acc[i];
+  for (int i = 0; i < kDzVector; ++i) sums[ty][tx * kDzVector + i] = acc[i];
   __syncthreads();
-  const int t = threadIdx.y * kDzThreadsX + threadIdx.x;
+  const int t = threadIdx.x;
   if (t < kDzColumns && col0 + t < p.N) {
     float sum = 0.0f;
     for (int r = 0; r < kDzThreadsY; ++r) sum += sums[r][t];
@@ -175,9 +178,8 @@ void run_grad_preact(const LinearActBwdArgs& a, void* dz, cudaStream_t stream) {
   p.rows_per_slab = round_up(ceil_div(a.M, std::clamp<int64_t>(wanted, 1, max_slabs(a.M))), kDzThreadsY);
   p.slabs = static_cast<int>(ceil_div(a.M, p.rows_per_slab));
   const dim3 grid(static_cast<unsigned>(column_blocks), static_cast<unsigned>(p.slabs));
-  const dim3 block(kDzThreadsX, kDzThreadsY);
-  if (!dry_launch(&linear_act_grad_preact_kernel<T>, grid, block, 0, false)) {
-    linear_act_grad_preact_kernel<T><<<grid, block, 0, stream>>>(p);
+  if (!dry_launch(&linear_act_grad_preact_kernel<T>, grid, dim3(kDzThreads), 0, false)) {
+    linear_act_grad_preact_kernel<T><<<grid, kDzThreads, 0, stream>>>(p);
     DEEPFUSE_CUDA_CHECK(cudaGetLastError());
   }
   if (p.partials == nullptr) return;
@@ -188,9 +190,10 @@ void run_grad_preact(const LinearActBwdArgs& a, void* dz, cudaStream_t stream) {
   }
 }
 
-// dz (and db) by the grad_preact kernel, then the CUTLASS dgrad and wgrad GEMMs on it.
+// dz (and db) by the grad_preact kernel, then the CUTLASS dgrad and wgrad GEMMs on it. db alone stores no dz.
 void linear_act_bwd_sm90(const LinearActBwdArgs& a, cudaStream_t stream) {
-  const bool store_dz = a.activation != static_cast<int>(Activation::kNone);
+  const bool gemms = a.grad_x != nullptr || a.grad_weight != nullptr;
+  const bool store_dz = gemms && a.activation != static_cast<int>(Activation::kNone);
   if (store_dz || a.grad_bias != nullptr) {
     void* dz = store_dz ? a.workspace : nullptr;
     if (a.dtype == static_cast<int>(DType::kBFloat16)) {
@@ -199,8 +202,9 @@ void linear_act_bwd_sm90(const LinearActBwdArgs& a, cudaStream_t stream) {
       run_grad_preact<__half>(a, dz, stream);
     }
   }
-  if (a.grad_x != nullptr || a.grad_weight != nullptr) {
-    linear_act_bwd_sm90_gemms(a, store_dz ? a.workspace : a.grad_y, stream);
+  if (gemms) {
+    const bool dz_is_dy = a.activation == static_cast<int>(Activation::kNone);
+    linear_act_bwd_sm90_gemms(a, dz_is_dy ? a.grad_y : a.workspace, stream);
   }
 }
 

@@ -679,14 +679,9 @@ struct DeviceCaps {
 
 DeviceCaps device_caps() {
   if (const DryRun* dry = dry_run()) return DeviceCaps{dry->sms, dry->smem_optin, dry->cooperative};
-  int device = 0, cooperative = 0;
-  DeviceCaps caps;
-  DEEPFUSE_CUDA_CHECK(cudaGetDevice(&device));
-  DEEPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&caps.sms, cudaDevAttrMultiProcessorCount, device));
-  DEEPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&caps.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  DEEPFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device));
-  caps.cooperative = cooperative != 0;
-  return caps;
+  // Each queried once per device (common.cuh).
+  return DeviceCaps{multiprocessor_count(), smem_optin_bytes(),
+                    device_attribute<cudaDevAttrCooperativeLaunch>() != 0};
 }
 
 // Dynamic shared memory above 48 KB needs this opt-in, per kernel (also before occupancy queries).

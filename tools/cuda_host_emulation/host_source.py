@@ -4,7 +4,8 @@ syntax rewritten, the same way for every file:
 - ``#include <mma.h>`` / ``<cooperative_groups.h>`` dropped (shim.h provides both);
 - ``extern __shared__ unsigned char smem[];`` -> the block's dynamic shared memory (``shim::t_block->smem``);
 - ``__shared__ T name[N]...;`` -> ``auto& name = shim::static_shared<T[N]...>();`` (one array per block);
-- ``kernel<<<grid, block, smem, stream>>>(args);`` -> ``shim::launch_cfg(kernel, grid, block, smem, stream, args);``.
+- ``kernel<<<grid, block, smem, stream>>>(args);`` (``kernel<T>`` too) -> ``shim::launch_cfg(kernel, grid, block, smem,
+  stream, args);``.
 
 The CUDA runtime calls the launchers make are answered by cudart_stubs.inc. Files that need Hopper-only hardware
 (CUTLASS / CuTe, wgmma, setmaxnreg: the ``*_sm90.cu`` kernels) have no host emulation: ``hopper_only`` says why,
@@ -20,7 +21,7 @@ HOPPER_MARKERS = ("#include <cute/", "#include <cutlass/", "wgmma.mma_async", "s
 
 _DYNAMIC_SHARED = re.compile(r"extern __shared__ (?:__align__\(\d+\) )?unsigned char (\w+)\[\];")
 _STATIC_SHARED = re.compile(r"__shared__ (?:__align__\(\d+\) )?([\w:<>, ]+?) (\w+)((?:\[[^\]\n]+\])+);")
-_LAUNCH = re.compile(r"([\w:]+)<<<([^;]*?)>>>\(([^;]*?)\);")
+_LAUNCH = re.compile(r"([\w:]+(?:<[\w:, ]+>)?)<<<([^;]*?)>>>\(([^;]*?)\);")
 
 
 def hopper_only(cu: Path) -> str | None:

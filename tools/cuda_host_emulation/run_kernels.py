@@ -1,10 +1,12 @@
 """Builds deepfuse._C for the CPU: every csrc/*.cu through host_source.py and shim.h (lstm.cu through
 extract_lstm.py's seams), csrc/bindings.cpp unchanged, the CUDA runtime calls from cudart_stubs.inc; all under
-AddressSanitizer + UBSan. Then it runs the ops' own CUDA launchers (``deepfuse.ops.<op>._FWD["cuda"]`` /
-``_BWD["cuda"]``) on CPU tensors through that module and checks every output against the ops' torch implementations
-in float64, with the test suite's rule (error <= 2 x torch's own error in the same dtype + ATOL,
-tests/tolerances.py). Outputs start as NaN (an unwritten element fails). Files with Hopper-only code (``*_sm90.cu``:
-CUTLASS, wgmma) are skipped with the reason. See README.md.
+AddressSanitizer + UBSan, with DEEPFUSE_SM90_KERNELS=1 and the CUTLASS GEMMs replaced by sm90_standins.cpp, so
+that fp16/bf16 linear_act backward on the emulated 9.0 device takes the Hopper path's own host code and grad_preact
+kernels (the case lines name the backward's kernels). Then it runs the ops' own CUDA launchers
+(``deepfuse.ops.<op>._FWD["cuda"]`` / ``_BWD["cuda"]``) on CPU tensors through that module and checks every output
+against the ops' torch implementations in float64, with the test suite's rule (error <= 2 x torch's own error in the
+same dtype + ATOL, tests/tolerances.py). Outputs start as NaN (an unwritten element fails). Files with Hopper-only
+code (``*_sm90.cu``: CUTLASS, wgmma) are skipped with the reason. See README.md.
 
     python tools/cuda_host_emulation/run_kernels.py --quick         # linear_act, conv2d_act, attention
     python tools/cuda_host_emulation/run_kernels.py --op attention  # one op, every case
@@ -38,6 +40,7 @@ FLAGS = [
     "-fPIC",
     "-pthread",
     "-w",
+    "-DDEEPFUSE_SM90_KERNELS=1",
 ]
 STUBS = (
     '#include "shim.h"\n#include "cudart_stubs.inc"\nnamespace deepfuse { const char* ptxas_report() { return ""; } }\n'
@@ -63,6 +66,7 @@ def translation_units(out: Path) -> list[Path]:
         units.append(unit)
     (out / "stubs.cpp").write_text(STUBS)
     units.append(out / "stubs.cpp")
+    units.append(HERE / "sm90_standins.cpp")
     units.append(CSRC / "bindings.cpp")
     return units
 
@@ -139,8 +143,17 @@ def _randn(*shape, dtype):
 
 
 def linear_cases(quick: bool):
-    shapes = [(37, 29, 53), (1, 17, 1), (70, 64, 130)] if not quick else [(37, 29, 53), (70, 64, 130)]
-    for (M, K, N), activation in zip(shapes, ["gelu", "relu", "silu"], strict=False):
+    # (M, K, N, activation); N and K multiples of 8 take the sm_90a backward in fp16/bf16 (dz stored, "none": dz = dy).
+    shapes = [
+        (37, 29, 53, "gelu"),
+        (1, 17, 1, "relu"),
+        (70, 64, 130, "silu"),
+        (37, 24, 40, "tanh"),
+        (70, 16, 64, "none"),
+    ]
+    if quick:
+        shapes = [(37, 29, 53, "gelu"), (70, 64, 130, "relu"), (37, 24, 40, "tanh")]
+    for M, K, N, activation in shapes:
         for bias in (True, False):
 
             def make(dtype, M=M, K=K, N=N, activation=activation, bias=bias):
@@ -231,8 +244,9 @@ def _upcast(value):
     return value
 
 
-def check_case(op: str, make, dtype) -> list[str]:
-    """Forward and backward of the host-built kernels vs the op's torch implementation in float64; the problems."""
+def check_case(op: str, make, dtype, notes: list[str]) -> list[str]:
+    """Forward and backward of the host-built kernels vs the op's torch implementation in float64; the problems.
+    Appends what the case line should also say to ``notes``."""
     import importlib
 
     import torch
@@ -249,6 +263,10 @@ def check_case(op: str, make, dtype) -> list[str]:
         "ref": module._FWD["torch"](*ref_fwd_args),
     }
     grad = _randn(*forward["cuda"][0].shape, dtype=dtype)
+    if op == "linear_act":  # which kernels backward launches, from a dry run of the same launcher
+        C = sys.modules["deepfuse._C"]
+        planned = C.launch_plan(lambda: module._BWD["cuda"](*bwd_args(grad, forward["cuda"][1])))
+        notes.append(f"backward: {', '.join(launch['kernel'].split('<')[0] for launch in planned) or 'stand-ins only'}")
     backward = {}
     for name, out in forward.items():
         saved = out if op == "attention" else out[1]  # attention's backward takes (out, lse), the others preact
@@ -288,9 +306,10 @@ def run_checks(args) -> int:
             for dtype_name in args.dtype:
                 total += 1
                 torch.manual_seed(total)
-                problems = check_case(op, make, dtypes[dtype_name])
+                notes = []
+                problems = check_case(op, make, dtypes[dtype_name], notes)
                 failures += bool(problems)
-                print(f"{'FAIL' if problems else 'ok  '} {op} {case} {dtype_name}", flush=True)
+                print(f"{'FAIL' if problems else 'ok  '} {op} {case} {dtype_name} {'; '.join(notes)}", flush=True)
                 for problem in problems:
                     print(f"     {problem}", flush=True)
     print(f"{total - failures}/{total} cases passed in {time.time() - start:.0f} s", flush=True)
