@@ -11,6 +11,11 @@ loading tiles (as linear_act does), in
 Every tensor is addressed through its logical NCHW strides, so NCHW and channels_last inputs both work
 (channels_last gives unit-stride channel loads). Groups run on the second grid axis; depthwise is groups == C.
 Padding is (top, left); the output size, passed in, implies bottom/right padding (asymmetric "same").
+
+Hopper (capability 9.x): the forward and dx kernels load the weight by TMA (W_TMA: a 4-D descriptor over its
+(taps, groups, Cout_g, Cin_g) copy, weight_taps; each tile a plain (output, input channel) block, zero-filled past
+the group) for 16-bit and TF32 dots when Cin_g * element size is a multiple of 16 bytes; the im2col gather of the
+activations and the dW kernel stay pointer-based.
 """
 
 import torch

@@ -227,11 +227,19 @@ def tma_autotune(key: list[str], **blocks: tuple[str, str]):
 def _prune_tma(configs, element_size, named_args, kwargs):
     """prune_configs for the TMA kernels: shared memory as shared_bytes_estimate, one more stage and the fp32
     accumulator tile when warp-specialised (ptxas for sm_90: fp16 128x128x64 s3 took 98,328 B plain, 114,912 B
-    warp-specialised; TF32 196,632 B and 262,368 B)."""
+    warp-specialised; TF32 196,632 B and 262,368 B). For conv2d_act (its weight by TMA, the activations gathered
+    through pointers) also the tiles over 128x128.
+
+    NOTE (ptxas for sm_90, tests/compile_gate): the conv forward at fp16 128x256x64 on 8 warps with the weight by TMA
+    took 255 registers, spilled 112 B and serialised its wgmmas (C7515): the gather's addresses and the 128
+    accumulators per thread do not fit together."""
     saved = named_args.get("saved_desc", named_args.get("saved_ptr"))  # conv2d_act: pointer A, TMA weight
     a_streams = 2 if kwargs.get("ACTIVATION", 0) != 0 and saved is not None else 1
+    gather = "w_desc" in named_args
     kept = []
     for config in configs:
+        if gather and config.kwargs["BLOCK_M"] * config.kwargs["BLOCK_N"] > 128 * 128:
+            continue
         needed = shared_bytes_estimate(config, element_size, a_streams)
         if config.kwargs.get("WARP_SPECIALIZE"):
             kw = config.kwargs

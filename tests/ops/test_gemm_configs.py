@@ -77,3 +77,16 @@ def test_ieee_fp32_keeps_only_tiles_that_fit_registers():
     # ptxas for sm_90: IEEE fp32 dots run on FMAs; 64x64 on 4 warps spilled 6,268 B, 32x64 / 64x32 none
     kept = list(map(_shape, _prune("fp32", False, 0)))
     assert kept == [(64, 32, 32, 4, 5), (32, 64, 32, 4, 5)]
+
+
+def test_conv_with_the_weight_by_tma_drops_tiles_over_128x128():
+    # ptxas for sm_90: the conv forward at fp16 128x256x64 w8 with the weight by TMA took 255 registers, spilled and
+    # serialised its wgmmas (C7515); the pointer-weight launch keeps its tiles for the autotuner
+    from deepfuse.kernels.gemm_common import tensor_descriptor
+
+    x = torch.empty(4, 8, dtype=torch.float16)
+    by_tma = prune_configs(CONFIGS, {"x_ptr": x, "w_desc": tensor_descriptor(x)}, ACTIVATION=0, DOT_PRECISION="ieee")
+    assert (128, 256, 64, 8, 3) not in map(_shape, by_tma)
+    assert {_shape(c) for c in by_tma} == {_shape(c) for c in CONFIGS} - {(128, 256, 64, 8, 3)}
+    by_pointer = prune_configs(CONFIGS, {"x_ptr": x, "w_desc": None}, ACTIVATION=0, DOT_PRECISION="ieee")
+    assert (128, 256, 64, 8, 3) in map(_shape, by_pointer)
