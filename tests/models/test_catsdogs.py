@@ -152,6 +152,6 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     assert line == f"deepfuse train: error: {root / 'dogs'}: holds no image files (.jpg, .jpeg, .png ...)"
     root = class_folders(tmp_path / "ok")
     assert main([*run, "--data", str(root), "--out", str(tmp_path / "r3"), "--image-size", "16"]) == 2
-    assert "image_size 16 is too small for this network: at least 32" in _error_line(capsys)
+    assert "--image-size must be at least 32, got 16" in _error_line(capsys)
     assert main(["predict", "catsdogs", "--checkpoint", str(tmp_path / "none.pt"), str(root)]) == 2
     assert "none.pt" in _error_line(capsys)

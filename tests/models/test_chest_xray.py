@@ -289,9 +289,7 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     line = _error_line(capsys)
     assert line.startswith(f"deepfuse train: error: {bad}: not a readable image") and "--skip-bad" in line
     assert main([*run, "--data", str(root), "--out", str(tmp_path / "r4"), "--image-size", "32"]) == 2
-    assert _error_line(capsys).endswith(
-        "image_size 32 is too small for this network: at least 64, so that its last stage keeps 2x2 pixels"
-    )
+    assert _error_line(capsys).endswith("--image-size must be at least 64, got 32")
 
 
 def test_predict_needs_a_readable_input(tmp_path):

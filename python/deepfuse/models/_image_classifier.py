@@ -1,5 +1,5 @@
-"""What the two image classifiers (catsdogs, chest_xray) share: their residual CNN, channels-last batches on CUDA,
-the user's image files checked for predict, and P(class 1) per file."""
+"""What the two image classifiers (catsdogs, chest_xray) share: their options and the state a run keeps, their
+residual CNN, channels-last batches on CUDA, the user's image files checked for predict, and P(class 1) per file."""
 
 from __future__ import annotations
 
@@ -14,6 +14,34 @@ from deepfuse.data import DataError
 from deepfuse.data.images import ImageDataset, ImageTransform, check_images, input_images
 from deepfuse.nn import ConvBNAct, FusedLinear, ResidualBlock
 from deepfuse.training.metrics import positive_probability
+from deepfuse.training.task import Option
+
+
+def image_options(image_size: int, min_image_size: int, val_help: str) -> dict[str, Option]:
+    """--image-size (at least ``min_image_size``: BatchNorm in the last stage needs 2x2 pixels to train on),
+    --width, --val-fraction, --skip-bad."""
+    return {
+        "image_size": Option(
+            image_size,
+            "side of the square the images are resized to (the last stage keeps 1/16 or 1/32 of it)",
+            minimum=min_image_size,
+        ),
+        "width": Option(32, "channels of the first stage (then 2x, 4x, 8x)"),
+        "val_fraction": Option(0.1, val_help, maximum=0.9),
+        "skip_bad": Option(False, "skip unreadable image files (counted in one warning) instead of stopping"),
+    }
+
+
+def image_state(settings: dict, mean, std, classes: list[str]) -> dict:
+    """What a run fits and keeps (``Data.state``): the image size and network width it was built with, the
+    normalisation, the class names."""
+    return {
+        "image_size": int(settings["image_size"]),
+        "width": int(settings["width"]),
+        "mean": list(mean),
+        "std": list(std),
+        "classes": classes,
+    }
 
 
 def to_channels_last(images: torch.Tensor) -> torch.Tensor:

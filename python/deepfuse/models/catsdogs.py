@@ -25,10 +25,16 @@ from torch import nn
 from deepfuse.data import DataError
 from deepfuse.data.catsdogs import read_catsdogs, split_off
 from deepfuse.data.images import Augment, ImageDataset, ImageTransform
-from deepfuse.models._image_classifier import ResidualCNN, predict_probabilities, readable_inputs
+from deepfuse.models._image_classifier import (
+    ResidualCNN,
+    image_options,
+    image_state,
+    predict_probabilities,
+    readable_inputs,
+)
 from deepfuse.training.metrics import binary_metrics, positive_probability
 from deepfuse.training.plots import roc_curve_png
-from deepfuse.training.task import Data, Option, Task
+from deepfuse.training.task import Data, Task
 
 CLASSES = ["cat", "dog"]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's: photos of the same kind
@@ -41,12 +47,7 @@ class CatsDogsTask(Task):
     data_help = "Kaggle's folder (train/cat.0.jpg, train/dog.0.jpg ..., test1/) or cats/ and dogs/ (under train/)"
     metric = "accuracy"
     defaults = {"epochs": 40, "batch_size": 128, "lr": 2e-3, "weight_decay": 0.05}  # untested on the full set
-    options = {
-        "image_size": Option(128, "side of the square the images are resized to"),
-        "width": Option(32, "channels of the first stage (then 2x, 4x, 8x)"),
-        "val_fraction": Option(0.1, "fraction of train held out for validation (when there is no val/ folder)"),
-        "skip_bad": Option(False, "skip unreadable image files (counted in one warning) instead of stopping"),
-    }
+    options = image_options(128, MIN_IMAGE_SIZE, "fraction of train held out for validation (without a val/ folder)")
 
     def transform(self, state: dict, train: bool) -> ImageTransform:
         augment = Augment(scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3), flip=0.5) if train else None
@@ -55,24 +56,12 @@ class CatsDogsTask(Task):
     def load_data(self, path: Path | None, config: dict, state: dict | None = None) -> Data:
         if path is None:
             raise DataError(None, f"--data is required: {self.data_help}")
-        if state is None:
-            state = {
-                "image_size": int(config.get("image_size", 128)),
-                "width": int(config.get("width", 32)),
-                "mean": list(MEAN),
-                "std": list(STD),
-                "classes": CLASSES,
-            }
-        if state["image_size"] < MIN_IMAGE_SIZE:  # BatchNorm in the last stage needs >= 2x2 pixels to train on
-            raise DataError(
-                None,
-                f"image_size {state['image_size']} is too small for this network: at least "
-                f"{MIN_IMAGE_SIZE}, so that its last stage keeps 2x2 pixels",
-            )
-        files = read_catsdogs(path, bool(config.get("skip_bad", False)))
+        settings = self.with_defaults(config)
+        state = state or image_state(settings, MEAN, STD, CLASSES)
+        files = read_catsdogs(path, bool(settings["skip_bad"]))
         train, val = files.train, files.val
         if val is None:
-            train, val = split_off(train, float(config.get("val_fraction", 0.1)), int(config.get("seed", 0)))
+            train, val = split_off(train, float(settings["val_fraction"]), int(config.get("seed", 0)))
         if not val:
             raise DataError(path, "too few images to hold any out for validation")
 
@@ -97,14 +86,8 @@ class CatsDogsTask(Task):
         return ResidualCNN(3, width=state.get("width", 32), dropout=0.2)
 
     def example(self, batch_size: int, config: dict):
-        size = int(config.get("image_size", 128))
-        state = {
-            "image_size": size,
-            "width": int(config.get("width", 32)),
-            "mean": list(MEAN),
-            "std": list(STD),
-            "classes": CLASSES,
-        }
+        state = image_state(self.with_defaults(config), MEAN, STD, CLASSES)
+        size = state["image_size"]
         return state, torch.randn(batch_size, 3, size, size), torch.randint(0, 2, (batch_size,))
 
     def metrics(self, outputs: torch.Tensor, targets: torch.Tensor, state: dict, split: str) -> dict:

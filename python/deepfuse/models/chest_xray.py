@@ -29,11 +29,17 @@ from torch import nn
 from deepfuse.data import DataError
 from deepfuse.data.chest_xray import patient_id, patient_split, read_chest_xray
 from deepfuse.data.images import Augment, ImageDataset, ImageTransform
-from deepfuse.models._image_classifier import ResidualCNN, predict_probabilities, readable_inputs
+from deepfuse.models._image_classifier import (
+    ResidualCNN,
+    image_options,
+    image_state,
+    predict_probabilities,
+    readable_inputs,
+)
 from deepfuse.training.loops import split_metrics
 from deepfuse.training.metrics import binary_metrics, choose_threshold, positive_probability
 from deepfuse.training.plots import confusion_matrix_png, roc_curve_png
-from deepfuse.training.task import Data, Option, Task
+from deepfuse.training.task import Data, Task
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
 MEAN, STD = (0.50,), (0.22,)  # measured on the 19 real sample images; BN follows the stem, so roughly is enough
@@ -46,12 +52,7 @@ class ChestXrayTask(Task):
     data_help = "Kaggle's chest_xray folder: train/{NORMAL,PNEUMONIA}/*.jpeg, test/ likewise (val/ is not used)"
     metric = "roc_auc"
     defaults = {"epochs": 30, "batch_size": 32, "lr": 2e-3, "weight_decay": 0.05}  # untested on the full set
-    options = {
-        "image_size": Option(224, "side of the square the images are resized to"),
-        "width": Option(32, "channels of the first stage (then 2x, 4x, 8x)"),
-        "val_fraction": Option(0.1, "fraction of train's images (whole patients) held out for validation"),
-        "skip_bad": Option(False, "skip unreadable image files (counted in one warning) instead of stopping"),
-    }
+    options = image_options(224, MIN_IMAGE_SIZE, "fraction of train's images (whole patients) held out for validation")
 
     def transform(self, state: dict, train: bool) -> ImageTransform:
         augment = Augment(scale=(0.85, 1.0), ratio=(0.9, 1.1), flip=0.0, rotate=10.0) if train else None
@@ -60,23 +61,10 @@ class ChestXrayTask(Task):
     def load_data(self, path: Path | None, config: dict, state: dict | None = None) -> Data:
         if path is None:
             raise DataError(None, f"--data is required: {self.data_help}")
-        if state is None:
-            state = {
-                "image_size": int(config.get("image_size", 224)),
-                "width": int(config.get("width", 32)),
-                "mean": list(MEAN),
-                "std": list(STD),
-                "classes": CLASSES,
-                "threshold": 0.5,
-            }
-        if state["image_size"] < MIN_IMAGE_SIZE:  # BatchNorm in the last stage needs >= 2x2 pixels to train on
-            raise DataError(
-                None,
-                f"image_size {state['image_size']} is too small for this network: at least "
-                f"{MIN_IMAGE_SIZE}, so that its last stage keeps 2x2 pixels",
-            )
-        files = read_chest_xray(path, bool(config.get("skip_bad", False)))
-        train, val = patient_split(files.train, float(config.get("val_fraction", 0.1)), int(config.get("seed", 0)))
+        settings = self.with_defaults(config)
+        state = state or image_state(settings, MEAN, STD, CLASSES) | {"threshold": 0.5}
+        files = read_chest_xray(path, bool(settings["skip_bad"]))
+        train, val = patient_split(files.train, float(settings["val_fraction"]), int(config.get("seed", 0)))
         if not val:
             raise DataError(files.root / "train", "too few patients to hold any out for validation")
         labels = [label for _, label in train]
@@ -108,15 +96,8 @@ class ChestXrayTask(Task):
         return ResidualCNN(1, width=state.get("width", 32), dropout=0.3, stem_pool=True)
 
     def example(self, batch_size: int, config: dict):
-        size = int(config.get("image_size", 224))
-        state = {
-            "image_size": size,
-            "width": int(config.get("width", 32)),
-            "mean": list(MEAN),
-            "std": list(STD),
-            "classes": CLASSES,
-            "threshold": 0.5,
-        }
+        state = image_state(self.with_defaults(config), MEAN, STD, CLASSES) | {"threshold": 0.5}
+        size = state["image_size"]
         return state, torch.randn(batch_size, 1, size, size), torch.randint(0, 2, (batch_size,))
 
     def metrics(self, outputs: torch.Tensor, targets: torch.Tensor, state: dict, split: str) -> dict:

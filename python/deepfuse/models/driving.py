@@ -215,7 +215,7 @@ class DrivingTask(Task):
         return Data(train, val, test, state=state, summary=summary)
 
     def build(self, config: dict, state: dict) -> nn.Module:
-        return PilotNet(tuple(state["image_size"]), config.get("dropout", 0.0))
+        return PilotNet(tuple(state["image_size"]), self.with_defaults(config)["dropout"])
 
     def example(self, batch_size: int, config: dict):
         return {"image_size": list(IMAGE_SIZE)}, torch.randn(batch_size, 3, *IMAGE_SIZE), torch.randn(batch_size, 1)
@@ -240,11 +240,9 @@ class DrivingTask(Task):
             recorded = np.clip(frames.recorded[dataset.row].astype(np.float64), -1.0, 1.0)
             raw = steering_metrics(predicted, recorded, run.data.state.get("mean_steering", 0.0), "recorded_")
             metrics.update(raw, recorded_verdict=verdict(raw, len(recorded), "recorded_"))
-        tracks = run.config.get("closed_loop_tracks", 0)
+        tracks = run.config["closed_loop_tracks"]
         if split == "test" and tracks > 0 and run.place.is_main:
-            metrics.update(
-                self.closed_loop(run.raw_model, run.data.state, tracks, run.config.get("closed_loop_steps", 1000))
-            )
+            metrics.update(self.closed_loop(run.raw_model, run.data.state, tracks, run.config["closed_loop_steps"]))
         if split == "test" and metrics and run.place.is_main:
             print(f"{self.name} test: {metrics['verdict']}")
             if "recorded_verdict" in metrics:

@@ -171,7 +171,7 @@ class DrivingRLTask(Task):
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: max(0.0, 1.0 - i / iterations))
 
     def example(self, batch_size: int, config: dict):
-        size = config.get("image_size", 64)
+        size = self.with_defaults(config)["image_size"]
         images = torch.randint(0, 256, (batch_size, size, size, 3), dtype=torch.uint8)
         return {"image_size": size, "baselines": {}}, images, torch.randn(batch_size, 2)
 
@@ -313,7 +313,7 @@ class DrivingRLTask(Task):
         if not indices:
             return {}, None, None
         tracks = TrackSet.of(make_track(split, i) for i in indices)
-        steps = run.config.get("eval_steps", 1000)
+        steps = run.config["eval_steps"]
         baselines = run.data.state.setdefault("baselines", {})
         key = f"{split}:{len(indices)}:{steps}"
         if key not in baselines:  # the same tracks every time: drive the expert and the random policy once
