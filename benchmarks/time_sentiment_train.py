@@ -5,6 +5,10 @@ throughput (reviews/s and tokens/s over ``--steps`` steps after ``--warmup``), t
 Whatever deepfuse is on the path is timed (``PYTHONPATH=<an older worktree>/python`` times that commit), through
 its own command line: the arguments after ``--`` are ``deepfuse train``'s. One JSON line goes to stdout.
 
+Wall time is what a user waits; on a shared machine it also counts the other processes. The process's CPU time
+per step (``cpu_ms_per_step``, all its threads) hardly depends on them: with one thread it is the step's time on
+an idle core, the number to compare across runs made under different loads.
+
     OMP_NUM_THREADS=1 python benchmarks/time_sentiment_train.py --steps 30 --warmup 5 -- \\
         sentiment-transformer --data /tmp/imdb-full/aclImdb --max-len 256 --device cpu --no-progress --out /tmp/r
 """
@@ -28,6 +32,7 @@ class StepClock:
     def __init__(self, warmup: int, steps: int) -> None:
         self.warmup, self.steps = warmup, steps
         self.stamps: list[float] = []
+        self.cpu_stamps: list[float] = []  # process CPU time (all threads) at each step
         self.batches: list[tuple[int, int, int]] = []  # (reviews, real tokens, padded tokens)
 
     def collated(self, batch) -> None:
@@ -37,11 +42,13 @@ class StepClock:
     def stepped(self) -> bool:
         """Record a finished optimizer step; True once enough have been timed."""
         self.stamps.append(time.perf_counter())
+        self.cpu_stamps.append(time.process_time())
         return len(self.stamps) > self.warmup + self.steps
 
     def result(self) -> dict:
         timed = slice(self.warmup + 1, self.warmup + 1 + self.steps)  # step k's batch is batches[k - 1]
         seconds = self.stamps[self.warmup + self.steps] - self.stamps[self.warmup]
+        cpu_seconds = self.cpu_stamps[self.warmup + self.steps] - self.cpu_stamps[self.warmup]
         reviews, real, padded = (sum(b[i] for b in self.batches[timed]) for i in range(3))
         steps = [b - a for a, b in zip(self.stamps[self.warmup :], self.stamps[self.warmup + 1 :], strict=False)]
         return {
@@ -51,6 +58,9 @@ class StepClock:
             "ms_per_step_median": round(1000 * sorted(steps)[len(steps) // 2], 1),
             "reviews_per_s": round(reviews / seconds, 1),
             "tokens_per_s": round(real / seconds),
+            "cpu_ms_per_step": round(1000 * cpu_seconds / self.steps, 1),
+            "reviews_per_cpu_s": round(reviews / cpu_seconds, 1),
+            "load_average": os.getloadavg()[0],
             "padding_fraction": round(1 - real / padded, 4),
         }
 
