@@ -16,6 +16,11 @@ from deepfuse.envs.tracks import RESOLUTION, TrackSet
 EXPERT_LOOKAHEAD_TIME, EXPERT_MIN_LOOKAHEAD = 0.9, 4.0  # s, m: the pure-pursuit target point's distance
 
 
+def _car_column(column: int, doc: str) -> property:
+    """A read-only property: a copy of one column of the cars' state (one value per car)."""
+    return property(lambda self: self.cars[:, column].copy(), doc=doc)
+
+
 class Simulator:
     """``num_cars`` cars on ``tracks``; each car drives on one track of the set (``track[i]``).
 
@@ -173,23 +178,12 @@ class Simulator:
         return out
 
     # --- what the cars are doing ------------------------------------------------------------------------------
-    @property
-    def speed(self) -> np.ndarray:
-        return self.cars[:, physics.SPEED].copy()
-
-    @property
-    def offset(self) -> np.ndarray:
-        """Signed distance from the centre line, metres (> 0: left)."""
-        return self.cars[:, physics.OFFSET].copy()
-
-    @property
-    def progress(self) -> np.ndarray:
-        """Metres along the centre line since the episode began (negative when driving backwards)."""
-        return self.cars[:, physics.PROGRESS].copy()
-
-    @property
-    def odometer(self) -> np.ndarray:
-        return self.cars[:, physics.ODOMETER].copy()
+    speed = _car_column(physics.SPEED, "Speed of each car, m/s.")
+    offset = _car_column(physics.OFFSET, "Signed distance from the centre line, metres (> 0: left).")
+    progress = _car_column(
+        physics.PROGRESS, "Metres along the centre line since the episode began (negative when driving backwards)."
+    )
+    odometer = _car_column(physics.ODOMETER, "Metres driven since the episode began.")
 
     def on_road(self) -> np.ndarray:
         """Whether all four wheels of each car are on the road."""
