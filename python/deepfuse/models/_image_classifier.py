@@ -1,5 +1,6 @@
 """What the two image classifiers (catsdogs, chest_xray) share: their options and the state a run keeps, their
-residual CNN, channels-last batches on CUDA, the user's image files checked for predict, and P(class 1) per file."""
+Task's transform, example and datasets, their residual CNN, channels-last batches on CUDA, the user's image files
+checked for predict, and P(class 1) per file."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from deepfuse.data import DataError
-from deepfuse.data.images import ImageDataset, ImageTransform, check_images, input_images
+from deepfuse.data.images import Augment, ImageDataset, ImageTransform, check_images, input_images
 from deepfuse.nn import ConvBNAct, FusedLinear, ResidualBlock
 from deepfuse.training.metrics import positive_probability
-from deepfuse.training.task import Option
+from deepfuse.training.task import Data, Option, Task
 
 
 def image_options(image_size: int, min_image_size: int, val_help: str) -> dict[str, Option]:
@@ -42,6 +43,47 @@ def image_state(settings: dict, mean, std, classes: list[str]) -> dict:
         "std": list(std),
         "classes": classes,
     }
+
+
+class ImageClassifierTask(Task):
+    """A two-class image classifier: subclasses set ``channels``, ``mean``, ``std``, ``classes`` and the training
+    ``augment`` (besides Task's attributes), and build their Data with ``image_data``."""
+
+    channels: int = 3
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    classes: list[str] = []
+    augment: Augment | None = None
+
+    def initial_state(self, settings: dict) -> dict:
+        """The state a new run starts from (``image_state``); a subclass adds what it fits later."""
+        return image_state(settings, self.mean, self.std, self.classes)
+
+    def transform(self, state: dict, train: bool) -> ImageTransform:
+        augment = self.augment if train else None
+        return ImageTransform(state["image_size"], self.channels, tuple(state["mean"]), tuple(state["std"]), augment)
+
+    def settings_and_state(self, path: Path | None, config: dict, state: dict | None) -> tuple[dict, dict]:
+        """(the options with their defaults, ``state`` or a new run's); DataError when --data is missing."""
+        if path is None:
+            raise DataError(None, f"--data is required: {self.data_help}")
+        settings = self.with_defaults(config)
+        return settings, state or self.initial_state(settings)
+
+    def image_data(self, train: list, val: list, test: list | None, state: dict, **data) -> Data:
+        """Data of (file, label) lists: ``train`` augmented, ``val`` and ``test`` (None or empty: none) not;
+        ``data``: Data's other fields (summary, sample_weights)."""
+
+        def dataset(items, train_mode):
+            return ImageDataset([f for f, _ in items], [y for _, y in items], self.transform(state, train_mode))
+
+        test_set = dataset(test, False) if test else None
+        return Data(dataset(train, True), dataset(val, False), test_set, state=state, **data)
+
+    def example(self, batch_size: int, config: dict):
+        state = self.initial_state(self.with_defaults(config))
+        size = state["image_size"]
+        return state, torch.randn(batch_size, self.channels, size, size), torch.randint(0, 2, (batch_size,))
 
 
 def to_channels_last(images: torch.Tensor) -> torch.Tensor:

@@ -24,71 +24,51 @@ from torch import nn
 
 from deepfuse.data import DataError
 from deepfuse.data.catsdogs import read_catsdogs, split_off
-from deepfuse.data.images import Augment, ImageDataset, ImageTransform
+from deepfuse.data.images import Augment
 from deepfuse.models._image_classifier import (
+    ImageClassifierTask,
     ResidualCNN,
     image_options,
-    image_state,
     predict_probabilities,
     readable_inputs,
 )
 from deepfuse.training.metrics import binary_metrics, positive_probability
 from deepfuse.training.plots import roc_curve_png
-from deepfuse.training.task import Data, Task
+from deepfuse.training.task import Data
 
 CLASSES = ["cat", "dog"]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's: photos of the same kind
 MIN_IMAGE_SIZE = 32  # the last stage sees 1/16 of the image
 
 
-class CatsDogsTask(Task):
+class CatsDogsTask(ImageClassifierTask):
     name = "catsdogs"
     description = "cats vs dogs photos (residual CNN); Kaggle's train/cat.N.jpg, dog.N.jpg or cats/ and dogs/ folders"
     data_help = "Kaggle's folder (train/cat.0.jpg, train/dog.0.jpg ..., test1/) or cats/ and dogs/ (under train/)"
     metric = "accuracy"
     defaults = {"epochs": 40, "batch_size": 128, "lr": 2e-3, "weight_decay": 0.05}  # untested on the full set
     options = image_options(128, MIN_IMAGE_SIZE, "fraction of train held out for validation (without a val/ folder)")
-
-    def transform(self, state: dict, train: bool) -> ImageTransform:
-        augment = Augment(scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3), flip=0.5) if train else None
-        return ImageTransform(state["image_size"], 3, tuple(state["mean"]), tuple(state["std"]), augment)
+    channels, mean, std, classes = 3, MEAN, STD, CLASSES
+    augment = Augment(scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3), flip=0.5)
 
     def load_data(self, path: Path | None, config: dict, state: dict | None = None) -> Data:
-        if path is None:
-            raise DataError(None, f"--data is required: {self.data_help}")
-        settings = self.with_defaults(config)
-        state = state or image_state(settings, MEAN, STD, CLASSES)
+        settings, state = self.settings_and_state(path, config, state)
         files = read_catsdogs(path, bool(settings["skip_bad"]))
         train, val = files.train, files.val
         if val is None:
             train, val = split_off(train, float(settings["val_fraction"]), int(config.get("seed", 0)))
         if not val:
             raise DataError(path, "too few images to hold any out for validation")
-
-        def dataset(items, train_mode):
-            return ImageDataset([f for f, _ in items], [y for _, y in items], self.transform(state, train_mode))
-
         test1 = f"; test1/ ({len(list(files.test1.iterdir()))} files) is for predict" if files.test1 else ""
         summary = (
             f"{path} ({files.layout}): {len(train)} train / {len(val)} val"
             + (f" / {len(files.test)} test" if files.test else "")
             + test1
         )
-        return Data(
-            dataset(train, True),
-            dataset(val, False),
-            dataset(files.test, False) if files.test else None,
-            state=state,
-            summary=summary,
-        )
+        return self.image_data(train, val, files.test, state, summary=summary)
 
     def build(self, config: dict, state: dict) -> nn.Module:
         return ResidualCNN(3, width=state.get("width", 32), dropout=0.2)
-
-    def example(self, batch_size: int, config: dict):
-        state = image_state(self.with_defaults(config), MEAN, STD, CLASSES)
-        size = state["image_size"]
-        return state, torch.randn(batch_size, 3, size, size), torch.randint(0, 2, (batch_size,))
 
     def metrics(self, outputs: torch.Tensor, targets: torch.Tensor, state: dict, split: str) -> dict:
         """Accuracy, and the binary metrics of "dog" at probability 0.5 (ROC-AUC, F1, ...)."""

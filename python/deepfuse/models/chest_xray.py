@@ -28,41 +28,39 @@ from torch import nn
 
 from deepfuse.data import DataError
 from deepfuse.data.chest_xray import patient_id, patient_split, read_chest_xray
-from deepfuse.data.images import Augment, ImageDataset, ImageTransform
+from deepfuse.data.images import Augment
 from deepfuse.models._image_classifier import (
+    ImageClassifierTask,
     ResidualCNN,
     image_options,
-    image_state,
     predict_probabilities,
     readable_inputs,
 )
 from deepfuse.training.loops import split_metrics
 from deepfuse.training.metrics import binary_metrics, choose_threshold, positive_probability
 from deepfuse.training.plots import confusion_matrix_png, roc_curve_png
-from deepfuse.training.task import Data, Task
+from deepfuse.training.task import Data
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
 MEAN, STD = (0.50,), (0.22,)  # measured on the 19 real sample images; BN follows the stem, so roughly is enough
 MIN_IMAGE_SIZE = 64  # the last stage sees 1/32 of the image
 
 
-class ChestXrayTask(Task):
+class ChestXrayTask(ImageClassifierTask):
     name = "chest_xray"
     description = "pneumonia vs normal on chest X-rays (residual CNN, grayscale); Kaggle's chest_xray folders"
     data_help = "Kaggle's chest_xray folder: train/{NORMAL,PNEUMONIA}/*.jpeg, test/ likewise (val/ is not used)"
     metric = "roc_auc"
     defaults = {"epochs": 30, "batch_size": 32, "lr": 2e-3, "weight_decay": 0.05}  # untested on the full set
     options = image_options(224, MIN_IMAGE_SIZE, "fraction of train's images (whole patients) held out for validation")
+    channels, mean, std, classes = 1, MEAN, STD, CLASSES
+    augment = Augment(scale=(0.85, 1.0), ratio=(0.9, 1.1), flip=0.0, rotate=10.0)
 
-    def transform(self, state: dict, train: bool) -> ImageTransform:
-        augment = Augment(scale=(0.85, 1.0), ratio=(0.9, 1.1), flip=0.0, rotate=10.0) if train else None
-        return ImageTransform(state["image_size"], 1, tuple(state["mean"]), tuple(state["std"]), augment)
+    def initial_state(self, settings: dict) -> dict:
+        return super().initial_state(settings) | {"threshold": 0.5}  # chosen on validation by metrics()
 
     def load_data(self, path: Path | None, config: dict, state: dict | None = None) -> Data:
-        if path is None:
-            raise DataError(None, f"--data is required: {self.data_help}")
-        settings = self.with_defaults(config)
-        state = state or image_state(settings, MEAN, STD, CLASSES) | {"threshold": 0.5}
+        settings, state = self.settings_and_state(path, config, state)
         files = read_chest_xray(path, bool(settings["skip_bad"]))
         train, val = patient_split(files.train, float(settings["val_fraction"]), int(config.get("seed", 0)))
         if not val:
@@ -72,10 +70,6 @@ class ChestXrayTask(Task):
         if counts.min() == 0:
             raise DataError(files.root / "train", f"the training split holds no {CLASSES[int(counts.argmin())]} image")
         weights = [1.0 / counts[label] for label in labels]  # each class drawn as often as the other
-
-        def dataset(items, train_mode):
-            return ImageDataset([f for f, _ in items], [y for _, y in items], self.transform(state, train_mode))
-
         patients = len({patient_id(f) for f, _ in val})
         summary = (
             f"{files.root}: {len(train)} train / {len(val)} val ({patients} patients held out of train) / "
@@ -83,22 +77,10 @@ class ChestXrayTask(Task):
             + f"; train NORMAL:PNEUMONIA {counts[0]}:{counts[1]}, weighted sampling"
             + (f"; the published val/ ({files.unused_val} images) unused" if files.unused_val else "")
         )
-        return Data(
-            dataset(train, True),
-            dataset(val, False),
-            dataset(files.test, False) if files.test else None,
-            state=state,
-            sample_weights=weights,
-            summary=summary,
-        )
+        return self.image_data(train, val, files.test, state, sample_weights=weights, summary=summary)
 
     def build(self, config: dict, state: dict) -> nn.Module:
         return ResidualCNN(1, width=state.get("width", 32), dropout=0.3, stem_pool=True)
-
-    def example(self, batch_size: int, config: dict):
-        state = image_state(self.with_defaults(config), MEAN, STD, CLASSES) | {"threshold": 0.5}
-        size = state["image_size"]
-        return state, torch.randn(batch_size, 1, size, size), torch.randint(0, 2, (batch_size,))
 
     def metrics(self, outputs: torch.Tensor, targets: torch.Tensor, state: dict, split: str) -> dict:
         """Binary metrics at the threshold chosen on validation ("val" chooses it and stores it in ``state``)."""
