@@ -28,6 +28,45 @@ def _weights(IN, H, dtype, g, bias=True):
     return tuple(t.to(dtype) if t is not None else None for t in (w_ih, w_hh, *b))
 
 
+def _inputs(x_shape, H, g, **to):
+    """(x, h, c, w_ih, w_hh, b_ih, b_hh) drawn from ``g`` in that order in float32, then ``.to(**to)``: x of
+    ``x_shape`` (its last two dimensions batch and input size), h and c (batch, H)."""
+    *_, B, IN = x_shape
+    drawn = (
+        torch.randn(*x_shape, generator=g),
+        torch.randn(B, H, generator=g),
+        torch.randn(B, H, generator=g),
+        *_weights(IN, H, torch.float32, g),
+    )
+    return tuple(t.to(**to) for t in drawn)
+
+
+CELL_INPUTS = ("x", "h", "c", "w_ih", "w_hh", "b_ih", "b_hh")
+LAYER_INPUTS = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh")
+
+
+def _flat_cell(backend):
+    """lstm_cell's (h_next, c_next) flattened into one tensor, as check_against_reference compares them."""
+
+    def cell(*t):
+        return torch.cat([s.flatten() for s in lstm_cell(*t, backend=backend)])
+
+    return cell
+
+
+def _flat_cell_ref(*t):
+    return torch.cat([s.flatten() for s in lstm_cell_ref(*t)])
+
+
+def _flat_layer(backend, lengths):
+    """lstm_layer's (output, h_n, c_n) flattened into one tensor, as _layer_ref returns them."""
+
+    def layer(*t):
+        return torch.cat([s.flatten() for s in lstm_layer(*t, lengths=lengths, backend=backend)])
+
+    return layer
+
+
 def _layer_ref(lengths):
     """lstm_layer's spec: nn.LSTMCell steps; rows past their length output zeros and keep their state."""
 
@@ -51,21 +90,9 @@ def _layer_ref(lengths):
 def test_cell_matches_reference(shape, backend, dtype):
     B, IN, H = shape
     g = torch.Generator().manual_seed(B + IN + H)
-    tensors = (
-        torch.randn(B, IN, generator=g).to(dtype),
-        torch.randn(B, H, generator=g).to(dtype),
-        torch.randn(B, H, generator=g).to(dtype),
-        *_weights(IN, H, dtype, g),
-    )
+    tensors = _inputs((B, IN), H, g, dtype=dtype)
     dy = torch.randn(2 * B * H, generator=g).to(dtype)
-
-    def ours(*t):
-        return torch.cat([s.flatten() for s in lstm_cell(*t, backend=backend)])
-
-    def spec(*t):
-        return torch.cat([s.flatten() for s in lstm_cell_ref(*t)])
-
-    check_against_reference(ours, spec, tensors, dy, ("x", "h", "c", "w_ih", "w_hh", "b_ih", "b_hh"))
+    check_against_reference(_flat_cell(backend), _flat_cell_ref, tensors, dy, CELL_INPUTS)
 
 
 # (backend, sequence path): triton's persistent kernel with one program owning every hidden unit, or with
@@ -94,18 +121,9 @@ def test_layer_matches_reference(backend, path, sizes, with_lengths, monkeypatch
     lengths = torch.randint(0, T + 1, (B,), generator=g) if with_lengths else None
     if lengths is not None:
         lengths[:2] = torch.tensor([T, 0])  # a full row and an empty one
-    tensors = (
-        torch.randn(T, B, IN, generator=g),
-        torch.randn(B, H, generator=g),
-        torch.randn(B, H, generator=g),
-        *_weights(IN, H, torch.float32, g),
-    )
+    tensors = _inputs((T, B, IN), H, g)
     dy = torch.randn(T * B * H + 2 * B * H, generator=g)
-
-    def ours(*t):
-        return torch.cat([s.flatten() for s in lstm_layer(*t, lengths=lengths, backend=backend)])
-
-    check_against_reference(ours, _layer_ref(lengths), tensors, dy, ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh"))
+    check_against_reference(_flat_layer(backend, lengths), _layer_ref(lengths), tensors, dy, LAYER_INPUTS)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
@@ -117,17 +135,10 @@ def test_layer_inference_matches_reference(backend, path, dtype, monkeypatch):
     g = torch.Generator().manual_seed(13)
     lengths = torch.randint(0, T + 1, (B,), generator=g)
     lengths[:2] = torch.tensor([T, 0])
-    tensors = (
-        torch.randn(T, B, IN, generator=g),
-        torch.randn(B, H, generator=g),
-        torch.randn(B, H, generator=g),
-        *_weights(IN, H, torch.float32, g),
-    )
+    tensors = _inputs((T, B, IN), H, g)
     spec = _layer_ref(lengths)
     with torch.no_grad():
-        out = torch.cat(
-            [s.flatten() for s in lstm_layer(*(t.to(dtype) for t in tensors), lengths=lengths, backend=backend)]
-        )
+        out = _flat_layer(backend, lengths)(*(t.to(dtype) for t in tensors))
         reference = spec(*(t.double() for t in tensors))
         yardstick = spec(*(t.to(dtype) for t in tensors))
     assert_close_to_reference("output, h_n, c_n", out, reference, yardstick, dtype)
@@ -143,18 +154,9 @@ def test_layer_with_sizes_of_one(backend, path, sizes, with_lengths, monkeypatch
     _force_path(monkeypatch, path)
     g = torch.Generator().manual_seed(T + 10 * B + 100 * H)
     lengths = torch.arange(T, T - B, -1).clamp(min=0) if with_lengths else None
-    tensors = (
-        torch.randn(T, B, IN, generator=g),
-        torch.randn(B, H, generator=g),
-        torch.randn(B, H, generator=g),
-        *_weights(IN, H, torch.float32, g),
-    )
+    tensors = _inputs((T, B, IN), H, g)
     dy = torch.randn(T * B * H + 2 * B * H, generator=g)
-
-    def ours(*t):
-        return torch.cat([s.flatten() for s in lstm_layer(*t, lengths=lengths, backend=backend)])
-
-    check_against_reference(ours, _layer_ref(lengths), tensors, dy, ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh"))
+    check_against_reference(_flat_layer(backend, lengths), _layer_ref(lengths), tensors, dy, LAYER_INPUTS)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
@@ -169,19 +171,9 @@ def test_step_kernels_with_h200_tiles(dtype, monkeypatch):
     T, B, IN, H = 3, 5, 37, 70
     g = torch.Generator().manual_seed(21)
     lengths = torch.tensor([3, 0, 1, 2, 3])
-    tensors = (
-        torch.randn(T, B, IN, generator=g).to(dtype),
-        torch.randn(B, H, generator=g).to(dtype),
-        torch.randn(B, H, generator=g).to(dtype),
-        *_weights(IN, H, dtype, g),
-    )
+    tensors = _inputs((T, B, IN), H, g, dtype=dtype)
     dy = torch.randn(T * B * H + 2 * B * H, generator=g).to(dtype)
-
-    def layer(*t):
-        return torch.cat([s.flatten() for s in lstm_layer(*t, lengths=lengths, backend="triton")])
-
-    names = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh")
-    check_against_reference(layer, _layer_ref(lengths), tensors, dy, names)
+    check_against_reference(_flat_layer("triton", lengths), _layer_ref(lengths), tensors, dy, LAYER_INPUTS)
 
     def cell(x, *rest):
         return torch.cat([s.flatten() for s in lstm_cell(x[0], *rest, backend="triton")])
@@ -189,7 +181,7 @@ def test_step_kernels_with_h200_tiles(dtype, monkeypatch):
     def cell_spec(x, *rest):
         return torch.cat([s.flatten() for s in lstm_cell_ref(x[0], *rest)])
 
-    check_against_reference(cell, cell_spec, tensors, dy[: 2 * B * H], names)
+    check_against_reference(cell, cell_spec, tensors, dy[: 2 * B * H], LAYER_INPUTS)
 
 
 def test_layer_of_length_zero_and_one():
@@ -301,22 +293,11 @@ def test_gpu_layer(backend, path, sizes, dtype, monkeypatch):
     g = torch.Generator().manual_seed(12)
     lengths = torch.randint(1, T + 1, (B,), generator=g)
     lengths[0] = T
-    tensors = tuple(
-        t.to(device="cuda", dtype=dtype)
-        for t in (
-            torch.randn(T, B, IN, generator=g),
-            torch.randn(B, H, generator=g),
-            torch.randn(B, H, generator=g),
-            *_weights(IN, H, torch.float32, g),
-        )
-    )
+    tensors = _inputs((T, B, IN), H, g, device="cuda", dtype=dtype)
     dy = torch.randn(T * B * H + 2 * B * H, generator=g).to(device="cuda", dtype=dtype)
     spec = _layer_ref(lengths.cuda())
-
-    def ours(*t):
-        return torch.cat([s.flatten() for s in lstm_layer(*t, lengths=lengths, backend=backend)])
-
-    out, _ = check_against_reference(ours, spec, tensors, dy, ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh"))
+    ours = _flat_layer(backend, lengths)
+    out, _ = check_against_reference(ours, spec, tensors, dy, LAYER_INPUTS)
     with torch.no_grad():
         inferred = ours(*tensors)
     assert torch.equal(inferred, out), "inference and training forward differ"
@@ -330,21 +311,6 @@ def test_gpu_layer(backend, path, sizes, dtype, monkeypatch):
 def test_gpu_cell(backend, shape, dtype):
     B, IN, H = shape
     g = torch.Generator().manual_seed(14)
-    tensors = tuple(
-        t.to(device="cuda", dtype=dtype)
-        for t in (
-            torch.randn(B, IN, generator=g),
-            torch.randn(B, H, generator=g),
-            torch.randn(B, H, generator=g),
-            *_weights(IN, H, torch.float32, g),
-        )
-    )
+    tensors = _inputs((B, IN), H, g, device="cuda", dtype=dtype)
     dy = torch.randn(2 * B * H, generator=g).to(device="cuda", dtype=dtype)
-
-    def ours(*t):
-        return torch.cat([s.flatten() for s in lstm_cell(*t, backend=backend)])
-
-    def spec(*t):
-        return torch.cat([s.flatten() for s in lstm_cell_ref(*t)])
-
-    check_against_reference(ours, spec, tensors, dy, ("x", "h", "c", "w_ih", "w_hh", "b_ih", "b_hh"))
+    check_against_reference(_flat_cell(backend), _flat_cell_ref, tensors, dy, CELL_INPUTS)
