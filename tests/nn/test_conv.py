@@ -9,7 +9,9 @@ from deepfuse.nn import ConsumedBatchNorm2d, ConvBNAct, FusedConv2d, FusedConvBN
 from tests.tolerances import assert_close_to_reference
 
 
-def _randomise_bn(bn: nn.BatchNorm2d, seed: int) -> nn.BatchNorm2d:
+def randomise_bn(bn: nn.BatchNorm2d, seed: int) -> nn.BatchNorm2d:
+    """``bn`` with seeded random affine parameters and running statistics (variances and scales in [0.5, 1.5)), so
+    that folding it is not an identity."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         bn.weight.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
@@ -55,7 +57,7 @@ def test_forward_and_backward_match_conv_then_activation(backend):
 def test_from_torch_folds_batch_norm_in_eval(backend):
     torch.manual_seed(2)
     conv = nn.Conv2d(3, 5, 3, stride=2, padding=1, bias=True)
-    bn = _randomise_bn(nn.BatchNorm2d(5), seed=3).eval()
+    bn = randomise_bn(nn.BatchNorm2d(5), seed=3).eval()
     fused = FusedConv2d.from_torch(conv, bn, activation="relu")
     x = torch.randn(2, 3, 9, 8)
     with torch.no_grad(), deepfuse.use_backend(backend):
@@ -90,7 +92,7 @@ def test_conv_bn_act_state_dict_matches_sequential():
 def test_conv_bn_act_trains_and_evaluates_like_sequential(backend):
     torch.manual_seed(4)
     ours = ConvBNAct(3, 6, 3, stride=2, padding=1, activation="gelu")
-    _randomise_bn(ours[1], seed=5)
+    randomise_bn(ours[1], seed=5)
     theirs = nn.Sequential(nn.Conv2d(3, 6, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(6), nn.GELU())
     theirs.load_state_dict(ours.state_dict(), strict=True)
     reference = nn.Sequential(nn.Conv2d(3, 6, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(6), nn.GELU())
@@ -115,7 +117,7 @@ def test_conv_bn_act_trains_and_evaluates_like_sequential(backend):
 def _conv_bn_relu(seed: int) -> nn.Sequential:
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, padding_mode="reflect"), nn.BatchNorm2d(6), nn.ReLU())
-    _randomise_bn(model[1], seed)
+    randomise_bn(model[1], seed)
     return model
 
 

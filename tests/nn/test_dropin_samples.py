@@ -27,6 +27,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import deepfuse
 from deepfuse.nn import LSTM, ConvBNAct, FusedConv2d, FusedLinear, LSTMCell, MultiheadAttention, TransformerEncoderLayer
+from tests.nn.test_conv import randomise_bn
 from tests.tolerances import assert_close_to_reference
 
 TORCH_ACTIVATIONS = {
@@ -255,14 +256,8 @@ def conv_samples():
         )
 
 
-def _randomise_bn(model: nn.Module) -> nn.Module:
-    g = torch.Generator().manual_seed(5)
-    bn = model[1]
-    with torch.no_grad():
-        bn.weight.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
-        bn.bias.copy_(torch.randn(bn.num_features, generator=g))
-        bn.running_mean.copy_(torch.randn(bn.num_features, generator=g))
-        bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
+def _randomise_bn(model: ConvBNAct) -> ConvBNAct:
+    randomise_bn(model[1], seed=5)
     return model
 
 
