@@ -81,8 +81,7 @@ class Simulator:
             self.seg[rows] = segment
         self.track[cars] = track
         self.steps[cars] = 0
-        t = self.tracks
-        physics.measure_wheels(self.cars, self.seg, self.track, t.points, t.cum, t.seglen, t.offset, t.count)
+        physics.measure_wheels(self.cars, self.seg, self.track, *self._centre_lines())
 
     def reset(self, cars, rng: np.random.Generator) -> None:
         """Random starts for ``cars`` (indices), drawn from ``rng``."""
@@ -116,11 +115,7 @@ class Simulator:
             auto,
             self.target_speed,
             self.max_steps,
-            t.points,
-            t.cum,
-            t.seglen,
-            t.offset,
-            t.count,
+            *self._centre_lines(),
             t.length,
             t.half_width,
             reward,
@@ -128,6 +123,12 @@ class Simulator:
             truncated,
         )
         return reward, terminated, truncated
+
+    def _centre_lines(self) -> tuple:
+        """The tracks' centre lines as physics' kernels take them: every track's points (concatenated), the arc
+        length at each point, each segment's length, each track's first point and count of points."""
+        t = self.tracks
+        return t.points, t.cum, t.seglen, t.offset, t.count
 
     def expert(self) -> np.ndarray:
         """The pure-pursuit expert's steering for every car (N,)."""
@@ -139,11 +140,7 @@ class Simulator:
             self.track,
             EXPERT_LOOKAHEAD_TIME,
             EXPERT_MIN_LOOKAHEAD,
-            t.points,
-            t.cum,
-            t.seglen,
-            t.offset,
-            t.count,
+            *self._centre_lines(),
             t.length,
             out,
         )
