@@ -28,6 +28,16 @@ def poison_outputs(monkeypatch):
     monkeypatch.setattr(utils, "POISON_OUTPUTS", True)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: on small batches torch's second thread mostly waits on a busy 2-core machine
+    (seconds per step)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _realdata_folder():
     """../shared/realdata (real sample files of every dataset), found through DEEPFUSE_REALDATA (the Makefile
     sets it) or beside the repository; None when this machine has no copy."""
@@ -40,9 +50,10 @@ def _realdata_folder():
     return None
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def realdata():
-    """The real sample files' folder; the test is skipped, with the reason, where there is none."""
+    """The real sample files' folder; the test is skipped, with the reason, where there is none (session-scoped:
+    module fixtures that train once on the real sample use it too)."""
     folder = _realdata_folder()
     if folder is None:
         pytest.skip("no ../shared/realdata here (set DEEPFUSE_REALDATA to the folder of real sample files)")

@@ -1,5 +1,5 @@
 """Checks every model's tests share: a few training steps lower the loss; each kernel backend agrees with the
-torch backend (and both with float64) on the forward pass and every parameter gradient."""
+torch backend (and both with float64) on the forward pass and every parameter gradient; a CLI error is one line."""
 
 from __future__ import annotations
 
@@ -57,6 +57,13 @@ def assert_backend_agrees(
     assert set(ours[1]) == set(exact[1]), "the backends disagree on which parameters get gradients"
     for name in exact[1]:
         assert_close_to_reference(f"d{name}", ours[1][name], exact[1][name], theirs[1][name], torch.float32)
+
+
+def one_error_line(capsys) -> str:
+    """The one line the CLI wrote to stderr (fails when it wrote more or none)."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
 
 
 def assert_loss_falls(task, state: dict, config: dict, inputs, targets, steps: int = 8, lr: float = 1e-3) -> list:

@@ -1,4 +1,4 @@
-"""catsdogs: the CNN trains and agrees across backends, metrics agree with scikit-learn's, and the CLI runs
+"""catsdogs: the CNN trains (its backends agree: test_image_classifier.py), metrics agree with scikit-learn's, and the CLI runs
 train, eval and predict (Kaggle's submission.csv) on the real sample and on fixtures, failing in one line on
 bad input."""
 
@@ -13,7 +13,7 @@ from deepfuse import models
 from deepfuse.cli import main
 from tests.data.test_catsdogs import class_folders, kaggle_folder
 from tests.data.test_images import write_appledouble, write_corrupt
-from tests.models.helpers import assert_backend_agrees, assert_loss_falls
+from tests.models.helpers import assert_loss_falls, one_error_line
 
 TASK = models.get("catsdogs")
 FLAGS = ["--epochs", "1", "--image-size", "32", "--width", "4", "--batch-size", "8", "--no-progress"]
@@ -26,20 +26,6 @@ def test_a_few_steps_lower_the_loss(realdata):
     x, y = torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
     assert x.shape == (6, 3, 32, 32) and y.tolist() == [0, 0, 0, 1, 1, 1]
     assert_loss_falls(TASK, data.state, {}, x, y, steps=5, lr=3e-3)
-
-
-# ~18 s each through the interpreter on one core (measured 2026-12-05): in CI
-@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_triton_agrees_with_torch(train):
-    # 16 px, batch 6: the last stage is 1x1, BatchNorm sees 6 values per channel (2 would leave its gradient 0)
-    torch.manual_seed(0)
-    state, x, y = TASK.example(6, {"image_size": 16, "width": 4})
-    assert_backend_agrees(TASK, state, {}, x, y, "triton", train=train)
-
-
-def test_example_builds():
-    state, x, y = TASK.example(2, {"image_size": 32, "width": 4})
-    assert TASK.build({}, state)(x).shape == (2, 2) and x.shape == (2, 3, 32, 32)
 
 
 def test_metrics_agree_with_sklearn():
@@ -57,15 +43,10 @@ def test_metrics_agree_with_sklearn():
 
 # --- command line --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def trained_on_real_sample(tmp_path_factory):
-    from tests.conftest import _realdata_folder
-
-    folder = _realdata_folder()
-    if folder is None:
-        pytest.skip("no ../shared/realdata here (set DEEPFUSE_REALDATA to the folder of real sample files)")
+def trained_on_real_sample(realdata, tmp_path_factory):
     out = tmp_path_factory.mktemp("catsdogs") / "run"
-    code = main(["train", "catsdogs", "--data", str(folder / "catsdogs"), "--out", str(out), *FLAGS])
-    return code, out, folder
+    code = main(["train", "catsdogs", "--data", str(realdata / "catsdogs"), "--out", str(out), *FLAGS])
+    return code, out, realdata
 
 
 def test_cli_train_on_the_real_sample(trained_on_real_sample):
@@ -119,19 +100,13 @@ def test_cli_eval_and_predict_writes_a_submission(trained_on_real_sample, tmp_pa
     assert np.allclose(printed, [float(r[1]) for r in rows[1:]], atol=5e-5)
 
 
-def _error_line(capsys):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
-
-
 def test_cli_skip_bad_on_a_fixture_with_every_image_mode(tmp_path, capsys):
     root = kaggle_folder(tmp_path / "k")  # grayscale, CMYK and palette images among RGB ones
     write_appledouble(root / "train" / "._cat.0.jpg")
     bad = write_corrupt(root / "train" / "dog.3.jpg")
     run = ["train", "catsdogs", "--data", str(root), *FLAGS]
     assert main([*run, "--out", str(tmp_path / "r1")]) == 2
-    line = _error_line(capsys)
+    line = one_error_line(capsys)
     assert line.startswith(f"deepfuse train: error: {root / 'train' / '._cat.0.jpg'}: an AppleDouble file")
     assert "1 more unreadable image files" in line
     with pytest.warns(UserWarning, match=rf"skipped 2 unreadable image files of 12 \(first: {root}/train/\._cat"):
@@ -143,15 +118,15 @@ def test_cli_skip_bad_on_a_fixture_with_every_image_mode(tmp_path, capsys):
 def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     run = ["train", "catsdogs", *FLAGS]
     assert main([*run, "--data", str(tmp_path / "absent"), "--out", str(tmp_path / "r1")]) == 2
-    assert f"{tmp_path / 'absent'}: no such folder" in _error_line(capsys)
+    assert f"{tmp_path / 'absent'}: no such folder" in one_error_line(capsys)
     root = class_folders(tmp_path / "classes")
     for f in (root / "dogs").iterdir():
         f.unlink()
     assert main([*run, "--data", str(root), "--out", str(tmp_path / "r2")]) == 2
-    line = _error_line(capsys)
+    line = one_error_line(capsys)
     assert line == f"deepfuse train: error: {root / 'dogs'}: holds no image files (.jpg, .jpeg, .png ...)"
     root = class_folders(tmp_path / "ok")
     assert main([*run, "--data", str(root), "--out", str(tmp_path / "r3"), "--image-size", "16"]) == 2
-    assert "--image-size must be at least 32, got 16" in _error_line(capsys)
+    assert "--image-size must be at least 32, got 16" in one_error_line(capsys)
     assert main(["predict", "catsdogs", "--checkpoint", str(tmp_path / "none.pt"), str(root)]) == 2
-    assert "none.pt" in _error_line(capsys)
+    assert "none.pt" in one_error_line(capsys)

@@ -1,5 +1,5 @@
 """chest_xray: the fused residual block against torch's ResNet block (train and eval, torch and triton), the
-network trains, metrics with the validation threshold agree with scikit-learn's, and the CLI runs train, eval
+network trains (its backends agree: test_image_classifier.py), metrics with the validation threshold agree with scikit-learn's, and the CLI runs train, eval
 and predict on the real sample and on Kaggle-layout fixtures (and fails in one line on bad input)."""
 
 import copy
@@ -18,7 +18,7 @@ from deepfuse.cli import main
 from deepfuse.nn import ConvBNAct, ResidualBlock
 from tests.data.test_chest_xray import kaggle_xray_folder
 from tests.data.test_images import write_corrupt
-from tests.models.helpers import assert_backend_agrees, assert_loss_falls
+from tests.models.helpers import assert_loss_falls, one_error_line
 from tests.tolerances import assert_close_to_reference
 
 TASK = models.get("chest_xray")
@@ -120,21 +120,6 @@ def test_a_few_steps_lower_the_loss(realdata):
     assert_loss_falls(TASK, {**state, "width": 4}, {}, x, y, steps=5, lr=3e-3)
 
 
-# ~20 s each through the interpreter on one core (measured 2026-12-05): in CI
-@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_triton_agrees_with_torch(train):
-    # 32 px, batch 4: the last stage is 1x1, so BatchNorm sees 4 values per channel (with 2, its gradient is 0
-    # in exact arithmetic and the comparison would be of rounding noise)
-    torch.manual_seed(0)
-    state, x, y = TASK.example(4, {"image_size": 32, "width": 4})
-    assert_backend_agrees(TASK, state, {}, x, y, "triton", train=train)
-
-
-def test_example_builds():
-    state, x, y = TASK.example(2, TINY)
-    assert TASK.build({}, state)(x).shape == (2, 2) and x.shape == (2, 1, 64, 64)
-
-
 # --- metrics -------------------------------------------------------------------------------------------------
 def test_metrics_use_the_validation_threshold_and_agree_with_sklearn():
     from sklearn.metrics import (
@@ -184,12 +169,7 @@ FLAGS = ["--epochs", "1", "--image-size", "64", "--width", "4", "--batch-size", 
 
 
 @pytest.fixture(scope="module")
-def trained_on_real_sample(tmp_path_factory):
-    from tests.conftest import _realdata_folder
-
-    folder = _realdata_folder()
-    if folder is None:
-        pytest.skip("no ../shared/realdata here (set DEEPFUSE_REALDATA to the folder of real sample files)")
+def trained_on_real_sample(realdata, tmp_path_factory):
     out = tmp_path_factory.mktemp("xray") / "run"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -198,7 +178,7 @@ def trained_on_real_sample(tmp_path_factory):
                 "train",
                 "chest_xray",
                 "--data",
-                str(folder / "chest_xray"),
+                str(realdata / "chest_xray"),
                 "--out",
                 str(out),
                 *FLAGS,
@@ -206,7 +186,7 @@ def trained_on_real_sample(tmp_path_factory):
                 "0.2",
             ]
         )
-    return code, out, folder
+    return code, out, realdata
 
 
 def test_cli_train_on_the_real_sample(trained_on_real_sample):
@@ -234,7 +214,7 @@ def test_cli_eval_and_predict(trained_on_real_sample, capsys):
     bad = write_corrupt(out.parent / "scan.jpeg")
     assert main(["predict", "chest_xray", "--checkpoint", str(out / "best.pt"), str(normal), str(bad)]) == 2
     assert (
-        _error_line(capsys) == f"deepfuse predict: error: {bad}: not a readable image (UnidentifiedImageError: "
+        one_error_line(capsys) == f"deepfuse predict: error: {bad}: not a readable image (UnidentifiedImageError: "
         "cannot identify image file) (skip_bad / --skip-bad skips them)"
     )
 
@@ -268,28 +248,22 @@ def test_cli_on_kaggle_layout_uses_the_validation_threshold_on_test(tmp_path, ca
     assert capsys.readouterr().out.splitlines()[-2].startswith("test: loss ")
 
 
-def _error_line(capsys):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
-
-
 def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     run = ["train", "chest_xray", *FLAGS]
     assert main([*run, "--data", str(tmp_path / "absent"), "--out", str(tmp_path / "r1")]) == 2
-    assert f"{tmp_path / 'absent'}: no such folder" in _error_line(capsys)
+    assert f"{tmp_path / 'absent'}: no such folder" in one_error_line(capsys)
     root = kaggle_xray_folder(tmp_path / "k", nest=False)
     for f in (root / "test" / "NORMAL").iterdir():
         f.unlink()
     assert main([*run, "--data", str(root), "--out", str(tmp_path / "r2")]) == 2
-    assert "test/NORMAL: holds no image files" in _error_line(capsys)
+    assert "test/NORMAL: holds no image files" in one_error_line(capsys)
     root = kaggle_xray_folder(tmp_path / "c", with_test=False, nest=False)
     bad = write_corrupt(root / "train" / "NORMAL" / "IM-0999-0001.jpeg")
     assert main([*run, "--data", str(root), "--out", str(tmp_path / "r3")]) == 2
-    line = _error_line(capsys)
+    line = one_error_line(capsys)
     assert line.startswith(f"deepfuse train: error: {bad}: not a readable image") and "--skip-bad" in line
     assert main([*run, "--data", str(root), "--out", str(tmp_path / "r4"), "--image-size", "32"]) == 2
-    assert _error_line(capsys).endswith("--image-size must be at least 64, got 32")
+    assert one_error_line(capsys).endswith("--image-size must be at least 64, got 32")
 
 
 def test_predict_needs_a_readable_input(tmp_path):

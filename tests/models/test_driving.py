@@ -18,15 +18,6 @@ from tests.models.helpers import assert_backend_agrees, assert_loss_falls
 TASK = models.get("driving")
 
 
-@pytest.fixture
-def one_thread():
-    """Small batches: torch's second thread mostly waits on a busy 2-core machine (seconds per step)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory):
     folder = tmp_path_factory.mktemp("recording")

@@ -28,15 +28,6 @@ TINY = {
 }
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny convolutions: torch's second thread only waits (seconds per call on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_policy_outputs_action_mean_and_value():
     state, images, targets = TASK.example(3, {"image_size": 32})
     model = TASK.build({}, state)

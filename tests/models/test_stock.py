@@ -177,27 +177,18 @@ def _halted(path, days, flat_days):
     return path
 
 
+SMALL_NETWORK = ("--window", "5", "--hidden-size", "8", "--layers", "1")
+
+
+def _train_argv(data, out, epochs: int, *flags: str) -> list[str]:
+    """``deepfuse train stock`` on ``data`` for ``epochs`` into ``out``, without progress bars, then ``flags``."""
+    return ["train", "stock", "--data", str(data), "--epochs", str(epochs), "--no-progress", "--out", str(out), *flags]
+
+
 def test_cli_a_halted_ticker_trains_and_writes_strict_json(tmp_path, capsys):
     path = _halted(tmp_path / "HALT.csv", days=300, flat_days=60)
     run = tmp_path / "run"
-    argv = [
-        "train",
-        "stock",
-        "--data",
-        str(path),
-        "--epochs",
-        "2",
-        "--no-progress",
-        "--out",
-        str(run),
-        "--window",
-        "5",
-        "--hidden-size",
-        "8",
-        "--layers",
-        "1",
-    ]
-    assert cli.main(argv) == 0
+    assert cli.main(_train_argv(path, run, 2, *SMALL_NETWORK)) == 0
     text = (run / "metrics.json").read_text()
     metrics = json.loads(text, parse_constant=lambda name: pytest.fail(f"metrics.json holds {name}"))
     assert metrics["naive_rmse"] == 0.0 and metrics["rmse_ratio"] is None and "never moves" in metrics["ratio_reason"]
@@ -206,20 +197,7 @@ def test_cli_a_halted_ticker_trains_and_writes_strict_json(tmp_path, capsys):
 
 def test_cli_a_fully_flat_file_is_a_one_line_error(tmp_path, capsys):
     path = _halted(tmp_path / "FLAT.csv", days=120, flat_days=119)  # every row the first one
-    argv = [
-        "train",
-        "stock",
-        "--data",
-        str(path),
-        "--epochs",
-        "1",
-        "--no-progress",
-        "--out",
-        str(tmp_path / "r"),
-        "--window",
-        "5",
-    ]
-    assert cli.main(argv) == 2
+    assert cli.main(_train_argv(path, tmp_path / "r", 1, "--window", "5")) == 2
     err = capsys.readouterr().err.strip()
     assert "FLAT.csv: the close never changes over the training period" in err and "nothing to learn" in err
     assert len(err.splitlines()) == 1
@@ -228,26 +206,7 @@ def test_cli_a_fully_flat_file_is_a_one_line_error(tmp_path, capsys):
 def test_cli_train_eval_predict_on_the_real_samples(realdata, tmp_path, capsys):
     run = tmp_path / "run"
     folder = realdata / "stock" / "yahoo_web_export"
-    argv = [
-        "train",
-        "stock",
-        "--data",
-        str(folder),
-        "--epochs",
-        "1",
-        "--no-progress",
-        "--out",
-        str(run),
-        "--window",
-        "5",
-        "--hidden-size",
-        "8",
-        "--layers",
-        "1",
-        "--batch-size",
-        "256",
-    ]
-    assert cli.main(argv) == 0
+    assert cli.main(_train_argv(folder, run, 1, *SMALL_NETWORK, "--batch-size", "256")) == 0
     out = capsys.readouterr()
     assert "skipped 6 rows without prices" in out.err and "stock test: the model " in out.out
     assert "the naive last-value forecast (p = " in out.out or "cannot be tested" in out.out
@@ -271,6 +230,5 @@ def test_cli_bad_row_names_the_line(tmp_path, capsys):
     lines = path.read_text().split("\n")
     lines[9] = lines[9].replace(lines[9].split(",")[2], "12,5")  # a decimal comma: one field too many
     path.write_text("\n".join(lines))
-    argv = ["train", "stock", "--data", str(path), "--epochs", "1", "--no-progress", "--out", str(tmp_path / "r")]
-    assert cli.main(argv) == 2
+    assert cli.main(_train_argv(path, tmp_path / "r", 1)) == 2
     assert f"{path}, line 10: 7 fields, the header has 6" in capsys.readouterr().err
