@@ -4,6 +4,8 @@ torch backend (and both with float64) on the forward pass and every parameter gr
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -57,6 +59,15 @@ def assert_backend_agrees(
     assert set(ours[1]) == set(exact[1]), "the backends disagree on which parameters get gradients"
     for name in exact[1]:
         assert_close_to_reference(f"d{name}", ours[1][name], exact[1][name], theirs[1][name], torch.float32)
+
+
+def finished_run(code: int, out: Path, *pictures: str) -> dict:
+    """The metrics.json of a ``deepfuse train`` that returned ``code`` into ``out``, after checking that it
+    succeeded and wrote its checkpoints, its history and ``pictures``."""
+    assert code == 0
+    for name in ("best.pt", "last.pt", "metrics.json", "history.csv", *pictures):
+        assert (out / name).is_file(), name
+    return json.loads((out / "metrics.json").read_text())
 
 
 def one_error_line(capsys) -> str:
