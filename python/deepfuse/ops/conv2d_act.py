@@ -199,6 +199,17 @@ def _fwd_triton(x, weight, bias, residual, stride, pad, dilation, groups, activa
     return y, (preact if save_preact else nothing(x))
 
 
+def _bwd_operands(grad_y, saved, x, activation, need_grad_residual):
+    """``(grad_y, saved, activation, grad_residual)`` for a kernel backward, in x's memory format. With a residual
+    to differentiate, its gradient is dz: written once, the GEMMs then read it as grad_y with no activation."""
+    fmt = output_memory_format(x)
+    grad_y = grad_y.contiguous(memory_format=fmt)
+    if not need_grad_residual:
+        return grad_y, saved.contiguous(memory_format=fmt), activation, nothing(x)
+    grad_residual = _grad_residual(_grad_preact(grad_y, saved, activation), grad_y, x)
+    return grad_residual, grad_residual, "none", grad_residual
+
+
 def _bwd_triton(
     grad_y,
     saved,
@@ -217,15 +228,7 @@ def _bwd_triton(
     from deepfuse.kernels.conv2d_act import conv2d_act_bwd
 
     fmt = output_memory_format(x)
-    grad_y = grad_y.contiguous(memory_format=fmt)
-    code = ACTIVATION_CODES[activation]
-    grad_residual = nothing(x)
-    if need_grad_residual:
-        # The residual's gradient is dz: write it once and let the GEMMs read it without the activation.
-        grad_residual = _grad_residual(_grad_preact(grad_y, saved, activation), grad_y, x)
-        grad_y, saved, code = grad_residual, grad_residual, 0
-    else:
-        saved = saved.contiguous(memory_format=fmt)
+    grad_y, saved, activation, grad_residual = _bwd_operands(grad_y, saved, x, activation, need_grad_residual)
     grad_x, grad_weight, grad_bias = conv2d_act_bwd(
         grad_y,
         saved,
@@ -235,7 +238,7 @@ def _bwd_triton(
         (pad[0], pad[2]),
         dilation,
         groups,
-        code,
+        ACTIVATION_CODES[activation],
         has_bias,
         need_grad_x,
         need_grad_weight,
@@ -317,13 +320,7 @@ def _bwd_cuda(
     from deepfuse import _C
 
     fmt = output_memory_format(x)
-    grad_y = grad_y.contiguous(memory_format=fmt)
-    grad_residual = nothing(x)
-    if need_grad_residual:  # the residual's gradient is dz: write it once, read it without the activation
-        grad_residual = _grad_residual(_grad_preact(grad_y, saved, activation), grad_y, x)
-        grad_y, saved, activation = grad_residual, grad_residual, "none"
-    else:
-        saved = saved.contiguous(memory_format=fmt)
+    grad_y, saved, activation, grad_residual = _bwd_operands(grad_y, saved, x, activation, need_grad_residual)
     grad_x = _kernel_utils.empty_output(x.shape, x, fmt) if need_grad_x else nothing(x)
     grad_weight = _kernel_utils.empty_output(weight.shape, x) if need_grad_weight else nothing(x)
     grad_bias = _kernel_utils.empty_output(weight.shape[:1], x) if has_bias else nothing(x)
