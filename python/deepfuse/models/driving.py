@@ -36,7 +36,7 @@ from deepfuse.data.driving import Frames, SteeringDataset, block_split, preproce
 from deepfuse.nn import FusedConv2d, FusedLinear
 from deepfuse.training.loops import split_metrics
 from deepfuse.training.metrics import regression_metrics
-from deepfuse.training.plots import _pyplot
+from deepfuse.training.plots import pyplot, save_png
 from deepfuse.training.task import Data, Option, Task
 
 IMAGE_SIZE = (66, 200)
@@ -275,18 +275,14 @@ class DrivingTask(Task):
         return network_pilot("pilotnet", udacity_cameras()["center"], model, to_input)
 
     def plots(self, outputs, targets, state, out_dir, data):
-        plt = _pyplot()
+        plt = pyplot()
         figure, axis = plt.subplots(figsize=(9, 3.5))
         axis.plot(targets.flatten().numpy(), label="recorded", linewidth=1)
         axis.plot(outputs.flatten().numpy(), label="predicted", linewidth=1)
         axis.set_xlabel("frame of the test split")
         axis.set_ylabel("steering (> 0 right)")
         axis.legend()
-        figure.tight_layout()
-        path = out_dir / "steering.png"
-        figure.savefig(path, dpi=100)
-        plt.close(figure)
-        return [path]
+        return [save_png(figure, out_dir / "steering.png")]
 
     def predict_inputs(self, model, inputs, config, state, out_dir):
         lines = []

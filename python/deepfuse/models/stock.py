@@ -44,7 +44,7 @@ from deepfuse.data.stock import (
 )
 from deepfuse.nn import LSTM, FusedLinear
 from deepfuse.training.metrics import regression_metrics
-from deepfuse.training.plots import _pyplot
+from deepfuse.training.plots import pyplot, save_png
 from deepfuse.training.significance import diebold_mariano, mcnemar_exact, verdict
 from deepfuse.training.task import Data, Option, Task
 
@@ -210,7 +210,7 @@ class StockTask(Task):
         return metrics, outputs, targets
 
     def plots(self, outputs, targets, state, out_dir, data):
-        plt = _pyplot()
+        plt = pyplot()
         dataset = data.test if data.test is not None and len(data.test) else data.val
         scale = state["normaliser"]["target_scale"]
         predicted = targets[:, 2].numpy() * np.exp(outputs.double().numpy() * scale)
@@ -232,11 +232,7 @@ class StockTask(Task):
             axis.set(title=f"{ticker}: next-day close, test period", ylabel="close")
             axis.legend(loc="best", fontsize=8)
         figure.autofmt_xdate()
-        figure.tight_layout()
-        path = out_dir / "predicted_vs_actual.png"
-        figure.savefig(path, dpi=100)
-        plt.close(figure)
-        return [path]
+        return [save_png(figure, out_dir / "predicted_vs_actual.png")]
 
     def predict_inputs(self, model, inputs, config, state, out_dir):
         window, normaliser = state["window"], Normaliser.from_state(state["normaliser"])

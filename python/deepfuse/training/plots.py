@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 
-def _pyplot():
+def pyplot():
     # matplotlib: optional (deepfuse[plots]); loaded when a picture is drawn
     import matplotlib
 
@@ -20,9 +20,17 @@ def _pyplot():
     return plt
 
 
+def save_png(figure, path: Path) -> Path:
+    """Lays the figure out, writes it to ``path`` as a PNG (100 dpi) and frees it; returns ``path``."""
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot().close(figure)
+    return path
+
+
 def learning_curves_png(history_csv: Path, path: Path, metric: str) -> Path:
     """Train/val loss and the validation metric per epoch."""
-    plt = _pyplot()
+    plt = pyplot()
     with history_csv.open() as file:
         rows = list(csv.DictReader(file))
     epochs = [int(r["epoch"]) for r in rows]
@@ -37,10 +45,7 @@ def learning_curves_png(history_csv: Path, path: Path, metric: str) -> Path:
     loss_axes.legend()
     metric_axes.plot(epochs, column("val_metric"), "o-", color="tab:green")
     metric_axes.set(xlabel="epoch", ylabel=metric, title=f"validation {metric}")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_png(figure, path)
 
 
 def confusion_matrix_png(
@@ -49,7 +54,7 @@ def confusion_matrix_png(
     # scikit-learn: optional (deepfuse[models]), and ~1 s to import: loaded by the metrics that use it
     from sklearn.metrics import confusion_matrix
 
-    plt = _pyplot()
+    plt = pyplot()
     classes = logits.shape[-1]
     matrix = confusion_matrix(targets.cpu().numpy(), logits.argmax(-1).cpu().numpy(), labels=list(range(classes)))
     names = list(class_names) if class_names else [str(i) for i in range(classes)]
@@ -68,17 +73,14 @@ def confusion_matrix_png(
         ylabel="true",
         title="confusion matrix",
     )
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_png(figure, path)
 
 
 def roc_curve_png(probability: np.ndarray, truth: np.ndarray, path: Path, threshold: float | None = None) -> Path:
     # scikit-learn: optional (deepfuse[models]), and ~1 s to import: loaded by the metrics that use it
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    plt = _pyplot()
+    plt = pyplot()
     fpr, tpr, thresholds = roc_curve(truth, probability)
     figure, axes = plt.subplots(figsize=(4.5, 4.5))
     axes.plot(fpr, tpr, label=f"AUC {roc_auc_score(truth, probability):.3f}")
@@ -90,15 +92,12 @@ def roc_curve_png(probability: np.ndarray, truth: np.ndarray, path: Path, thresh
         xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)", title="ROC curve"
     )
     axes.legend(loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_png(figure, path)
 
 
 def image_grid_png(images: torch.Tensor, captions: Sequence[str], path: Path, title: str, columns: int = 8) -> Path:
     """Images (N, C, H, W) or (N, H, W) in a grid with a caption each (e.g. misclassified samples)."""
-    plt = _pyplot()
+    plt = pyplot()
     count = max(len(images), 1)
     rows = -(-count // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(1.4 * columns, 1.6 * rows), squeeze=False)
@@ -113,7 +112,4 @@ def image_grid_png(images: torch.Tensor, captions: Sequence[str], path: Path, ti
         ax.imshow(((image - low) / (high - low + 1e-8)).numpy(), cmap="gray" if image.dim() == 2 else None)
         ax.set_title(captions[index], fontsize=7)
     figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_png(figure, path)
