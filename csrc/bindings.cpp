@@ -9,6 +9,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "attention.h"
@@ -190,6 +191,36 @@ void conv2d_act_fwd(const Shape16& shape, std::uintptr_t x, const Strides& x_str
                                         strides4(y_strides), dtype, activation};
   py::gil_scoped_release release;
   deepfuse::conv2d_act_fwd(args, as_stream(stream));
+}
+
+// Which kernel conv2d_act_fwd would pick, and why, for a call of this shape (conv2d_act_fwd's 16 entries) on a device
+// of this capability: for deepfuse.explain. Strides are logical NCHW strides; omitted, channels_last ones (NHWC x and
+// y, KRSC weight). The pointers are fake (16-byte aligned, or 2 bytes off when not `aligned`); nothing runs.
+py::tuple conv2d_act_kernel_name(const Shape16& shape, int dtype, int capability, std::optional<Strides> x_strides,
+                                 std::optional<Strides> w_strides, std::optional<Strides> y_strides, bool aligned,
+                                 bool bias, bool residual, bool preact, int activation) {
+  const deepfuse::ConvShape s = conv_shape(shape);
+  const int64_t cin_g = s.groups > 0 ? s.in_channels / s.groups : s.in_channels;
+  const Strides x_nhwc{s.height * s.width * s.in_channels, 1, s.width * s.in_channels, s.in_channels};
+  const Strides w_krsc{s.kernel_h * s.kernel_w * cin_g, 1, s.kernel_w * cin_g, cin_g};
+  const Strides y_nhwc{s.out_height * s.out_width * s.out_channels, 1, s.out_width * s.out_channels, s.out_channels};
+  const std::uintptr_t address = aligned ? 1 << 20 : (1 << 20) + 2;
+  const deepfuse::Strides4 ys = strides4(y_strides.value_or(y_nhwc));
+  const deepfuse::Conv2dActFwdArgs args{s,
+                                        as_ptr(address),
+                                        strides4(x_strides.value_or(x_nhwc)),
+                                        as_ptr(address),
+                                        strides4(w_strides.value_or(w_krsc)),
+                                        bias ? as_ptr(address) : nullptr,
+                                        residual ? as_ptr(address) : nullptr,
+                                        ys,
+                                        as_mut_ptr(address),
+                                        preact ? as_mut_ptr(address) : nullptr,
+                                        ys,
+                                        dtype,
+                                        activation};
+  const deepfuse::Conv2dActKernelChoice choice = deepfuse::choose_conv2d_act_fwd_kernel(args, capability);
+  return py::make_tuple(std::string(choice.kernel), choice.reason);
 }
 
 void conv2d_act_bwd(const Shape16& shape, std::uintptr_t grad_y, std::uintptr_t saved, const Strides& grad_y_strides,
@@ -522,6 +553,13 @@ PYBIND11_MODULE(_C, m) {
         py::arg("shape"), py::arg("x"), py::arg("x_strides"), py::arg("weight"), py::arg("w_strides"),
         py::arg("bias"), py::arg("residual"), py::arg("residual_strides"), py::arg("y"), py::arg("preact"),
         py::arg("y_strides"), py::arg("dtype"), py::arg("activation"), py::arg("stream"));
+  m.def("conv2d_act_kernel_name", &conv2d_act_kernel_name,
+        "(kernel, why): the kernel conv2d_act_fwd would pick for this call (shape as conv2d_act_fwd's) on a device of "
+        "this compute capability (major * 10 + minor, 90 = H100/H200). Strides are logical NCHW strides, None: "
+        "channels_last (NHWC x/y/residual, KRSC weight); aligned: every pointer 16-byte aligned",
+        py::arg("shape"), py::arg("dtype"), py::arg("capability"), py::kw_only(), py::arg("x_strides") = py::none(),
+        py::arg("w_strides") = py::none(), py::arg("y_strides") = py::none(), py::arg("aligned") = true,
+        py::arg("bias") = true, py::arg("residual") = false, py::arg("preact") = false, py::arg("activation") = 3);
   m.def("conv2d_act_bwd", &conv2d_act_bwd,
         "dx, dW, db of conv2d_act with the activation derivative fused; grad_weight is contiguous",
         py::arg("shape"), py::arg("grad_y"), py::arg("saved"), py::arg("grad_y_strides"), py::arg("x"),

@@ -5,10 +5,16 @@
 //            only output pixels the stride reaches contribute
 //   dW (+db) rows = output channels, cols = (kh, kw, ci), reduction over output pixels
 // dz = dy * act'(saved) is formed in the loaders of both backward GEMMs; the group is blockIdx.z.
+// On a 9.0 device the forward takes the sm_90a CUTLASS kernel instead (conv2d_act_sm90.cu) when it can: fp16/bf16,
+// channels_last x/y/residual and weight, TMA-legal sizes, no groups, no pre-activation wanted.
 #include <stdexcept>
+#include <string>
 
 #include "conv2d_act.h"
 #include "fused_gemm.cuh"
+#if DEEPFUSE_SM90_KERNELS
+#include "conv2d_act_sm90.h"
+#endif
 
 namespace deepfuse {
 
@@ -131,8 +137,18 @@ struct WeightGradTaps {
   DEEPFUSE_KERNEL_LABEL(gemm_detail::fused_gemm_simt_kernel<FusedGemm<A, B, C>>),           \
       DEEPFUSE_KERNEL_LABEL(gemm_detail::fused_gemm_wmma_kernel<__half, FusedGemm<A, B, C>>), \
       DEEPFUSE_KERNEL_LABEL(gemm_detail::fused_gemm_wmma_kernel<__nv_bfloat16, FusedGemm<A, B, C>>)
+using ForwardGemm = FusedGemm<InputPatches, WeightTaps, PixelChannels>;
+// Spelled out: a label is its spelling, and the resource gate matches it with ptxas's name.
+const KernelLabel kForwardSimt =
+    DEEPFUSE_KERNEL_LABEL(gemm_detail::fused_gemm_simt_kernel<FusedGemm<InputPatches, WeightTaps, PixelChannels>>);
+const KernelLabel kForwardWmmaHalf = DEEPFUSE_KERNEL_LABEL(
+    gemm_detail::fused_gemm_wmma_kernel<__half, FusedGemm<InputPatches, WeightTaps, PixelChannels>>);
+const KernelLabel kForwardWmmaBf16 = DEEPFUSE_KERNEL_LABEL(
+    gemm_detail::fused_gemm_wmma_kernel<__nv_bfloat16, FusedGemm<InputPatches, WeightTaps, PixelChannels>>);
 const RegisterKernelLabels kKernelLabels{
-    DEEPFUSE_CONV_GEMM_LABELS(InputPatches, WeightTaps, PixelChannels),
+    kForwardSimt,
+    kForwardWmmaHalf,
+    kForwardWmmaBf16,
     DEEPFUSE_CONV_GEMM_LABELS(OutputGradTaps, WeightTaps, PixelChannels),
     DEEPFUSE_CONV_GEMM_LABELS(OutputGradByChannel, InputPatchesByPixel, WeightGradTaps),
 };
@@ -151,12 +167,43 @@ void check_args(const ConvShape& s, int dtype, int activation) {
 
 }  // namespace
 
+Conv2dActKernelChoice choose_conv2d_act_fwd_kernel(const Conv2dActFwdArgs& args, int capability) {
+  check_args(args.shape, args.dtype, args.activation);
+  const char* fallback = args.dtype == static_cast<int>(DType::kFloat32)   ? kForwardSimt.label
+                         : args.dtype == static_cast<int>(DType::kFloat16) ? kForwardWmmaHalf.label
+                                                                            : kForwardWmmaBf16.label;
+  const std::string path = args.dtype == static_cast<int>(DType::kFloat32) ? "SIMT fp32 implicit-GEMM kernel: "
+                                                                           : "WMMA (mma.sync) implicit-GEMM kernel: ";
+#if DEEPFUSE_SM90_KERNELS
+  if (capability != 90) {
+    return {fallback,
+            path + "device capability " + std::to_string(capability / 10) + "." + std::to_string(capability % 10) +
+                " (the sm_90a TMA + wgmma kernel needs 9.0)",
+            false};
+  }
+  if (const char* refusal = conv2d_act_fwd_sm90_refusal(args)) return {fallback, path + refusal, false};
+  return {conv2d_act_fwd_sm90_kernel_label(args.dtype),
+          "sm_90a CUTLASS implicit-GEMM kernel: TMA im2col loads, wgmma, warp-specialised (a producer and a consumer "
+          "warpgroup, not persistent); bias, residual and activation fused in its epilogue",
+          true};
+#else
+  (void)capability;
+  return {fallback, path + "this deepfuse._C was built without the sm_90a kernels (DEEPFUSE_SM90=0)", false};
+#endif
+}
+
 void conv2d_act_fwd(const Conv2dActFwdArgs& args, cudaStream_t stream) {
   const ConvShape& s = args.shape;
   check_args(s, args.dtype, args.activation);
   check_device_ready();
+#if DEEPFUSE_SM90_KERNELS
+  if (choose_conv2d_act_fwd_kernel(args, device_capability()).sm90) {
+    conv2d_act_fwd_sm90(args, stream);
+    return;
+  }
+#endif
   const int64_t cin_g = s.in_channels / s.groups, cout_g = s.out_channels / s.groups;
-  FusedGemm<InputPatches, WeightTaps, PixelChannels> p;
+  ForwardGemm p;
   p.a = args.x;
   p.a_addr = {s, args.x_strides, cin_g};
   p.b = args.weight;

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <string>
 
 namespace deepfuse {
 
@@ -49,6 +50,16 @@ struct Conv2dActBwdArgs {
   void* grad_bias;    // (Cout,), or null
   int dtype, activation;
 };
+
+// The kernel conv2d_act_fwd picks for a call on a device of compute capability `capability` (major * 10 + minor),
+// as its label, and why: the sm_90a CUTLASS kernel (capability 90, fp16/bf16, channels_last, TMA-legal) or the
+// portable implicit-GEMM WMMA/SIMT one.
+struct Conv2dActKernelChoice {
+  const char* kernel;
+  std::string reason;
+  bool sm90;
+};
+Conv2dActKernelChoice choose_conv2d_act_fwd_kernel(const Conv2dActFwdArgs& args, int capability);
 
 void conv2d_act_fwd(const Conv2dActFwdArgs& args, cudaStream_t stream);
 void conv2d_act_bwd(const Conv2dActBwdArgs& args, cudaStream_t stream);

@@ -285,3 +285,77 @@ def test_explain_names_the_cuda_kernels_forward_and_backward(monkeypatch):
     monkeypatch.setattr(linear_act_module, "_device_capability", lambda device: 80)
     ampere = deepfuse.explain("linear_act", x, w, b, "gelu").reasons["cuda"]
     assert ampere.count("fused_gemm_wmma_kernel<__half,") == 2 and ampere.count("device capability 8.0") == 2
+
+
+# conv2d_act_fwd's shape entries: (batch, C, H, W, Cout, OH, OW, KH, KW, SH, SW, pad_top, pad_left, DH, DW, groups).
+CONV_3X3 = (2, 64, 56, 56, 128, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1, 1)
+
+
+def _nchw(n, c, h, w):
+    return [c * h * w, h * w, w, 1]
+
+
+def test_conv2d_act_kernel_name_says_which_kernel_and_why():
+    _C = _import_C()
+    fp16, bf16, fp32 = 1, 2, 0
+    kernel, why = _C.conv2d_act_kernel_name(CONV_3X3, fp16, 90)
+    assert kernel == "conv2d_act_sm90_kernel<cutlass::half_t>" and "wgmma" in why and "im2col" in why
+    assert _C.conv2d_act_kernel_name(CONV_3X3, bf16, 90)[0] == "conv2d_act_sm90_kernel<cutlass::bfloat16_t>"
+    # Taken too: stride 2 on odd sizes, dilation, a 1x1 stride-2 conv (its exact bottom padding is -1), a residual.
+    for shape in [
+        (2, 64, 15, 15, 128, 8, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1),
+        (2, 16, 12, 10, 24, 12, 10, 3, 3, 1, 1, 2, 2, 2, 2, 1),
+        (2, 64, 8, 8, 64, 4, 4, 1, 1, 2, 2, 0, 0, 1, 1, 1),
+    ]:
+        kernel, why = _C.conv2d_act_kernel_name(shape, fp16, 90, residual=True)
+        assert "sm90" in kernel, (shape, why)
+    refused = {
+        "device capability 8.0": _C.conv2d_act_kernel_name(CONV_3X3, fp16, 80),
+        "float16 and bfloat16 only": _C.conv2d_act_kernel_name(CONV_3X3, fp32, 90),
+        "x is not channels_last": _C.conv2d_act_kernel_name(
+            CONV_3X3, fp16, 90, x_strides=_nchw(2, 64, 56, 56), y_strides=_nchw(2, 128, 56, 56)
+        ),
+        "weight is not channels_last": _C.conv2d_act_kernel_name(CONV_3X3, fp16, 90, w_strides=_nchw(128, 64, 3, 3)),
+        "y is not channels_last": _C.conv2d_act_kernel_name(CONV_3X3, fp16, 90, y_strides=_nchw(2, 128, 56, 56)),
+        "groups != 1": _C.conv2d_act_kernel_name((*CONV_3X3[:-1], 2), fp16, 90),
+        "not a multiple of 8": _C.conv2d_act_kernel_name((2, 60, 56, 56, *CONV_3X3[4:]), fp16, 90),
+        "stride over 8": _C.conv2d_act_kernel_name((2, 64, 56, 56, 128, 7, 7, 3, 3, 9, 9, 1, 1, 1, 1, 1), fp16, 90),
+        "pre-activation": _C.conv2d_act_kernel_name(CONV_3X3, fp16, 90, preact=True),
+        "16-byte aligned": _C.conv2d_act_kernel_name(CONV_3X3, bf16, 90, aligned=False),
+        "output size": _C.conv2d_act_kernel_name((*CONV_3X3[:5], 50, 50, *CONV_3X3[7:]), fp16, 90),
+    }
+    for reason, (kernel, why) in refused.items():
+        assert reason in why and "sm90" not in kernel, (reason, kernel, why)
+    assert refused["float16 and bfloat16 only"][0].startswith(
+        "gemm_detail::fused_gemm_simt_kernel<FusedGemm<InputPatches,"
+    )
+    assert refused["x is not channels_last"][0].startswith(
+        "gemm_detail::fused_gemm_wmma_kernel<__half, FusedGemm<InputPatches,"
+    )
+
+
+def test_conv2d_act_fwd_dispatches_by_capability_and_layout_in_a_dry_run():
+    _C = _import_C()
+    a = 1 << 20
+    nhwc_x, nhwc_y, krsc = [64 * 56 * 56, 1, 56 * 64, 64], [128 * 56 * 56, 1, 56 * 128, 128], [64 * 9, 1, 3 * 64, 64]
+
+    def forward(x_strides, w_strides, y_strides, dtype=1, preact=0):
+        return lambda: _C.conv2d_act_fwd(
+            CONV_3X3, a, x_strides, a, w_strides, a, a, y_strides, a, preact, y_strides, dtype, 3, 0
+        )
+
+    (hopper,) = _C.launch_plan(forward(nhwc_x, krsc, nhwc_y))
+    assert hopper["kernel"] == "conv2d_act_sm90_kernel<cutlass::half_t>"
+    # 256 threads: a producer and a consumer warpgroup; one CTA per 128 x 128 output tile (6272 pixels x 128).
+    assert hopper["block"] == 256 and math.prod(hopper["grid"]) == 49
+    assert hopper["smem_opt_in"] == hopper["smem"] > 48 << 10
+    wmma = "gemm_detail::fused_gemm_wmma_kernel<__half, FusedGemm<InputPatches,"
+    for case, device in {
+        "capability 8.0": dict(fn=forward(nhwc_x, krsc, nhwc_y), capability=80),
+        "NCHW": dict(fn=forward(_nchw(2, 64, 56, 56), _nchw(128, 64, 3, 3), _nchw(2, 128, 56, 56))),
+        "pre-activation wanted": dict(fn=forward(nhwc_x, krsc, nhwc_y, preact=a)),
+    }.items():
+        (launch,) = _C.launch_plan(**device)
+        assert launch["kernel"].startswith(wmma), (case, launch)
+    (fp32,) = _C.launch_plan(forward(nhwc_x, krsc, nhwc_y, dtype=0))
+    assert fp32["kernel"].startswith("gemm_detail::fused_gemm_simt_kernel<")

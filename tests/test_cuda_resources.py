@@ -69,7 +69,7 @@ def test_gate_fails_on_a_missing_opt_in(C):
     _, violations, _ = gate.check(Doctored(C, launch_plan=doctored_plan(C, forget_opt_in)), FEW_LSTM_SIZES)
     flagged = [v for v in violations if "MaxDynamicSharedMemorySize to 0" in v]
     assert flagged and all(any(name in v for name in ("attention", "lstm", "_sm90_kernel")) for v in flagged)
-    for gemm in ("linear_act_sm90", "linear_act_dgrad_sm90", "linear_act_wgrad_sm90"):
+    for gemm in ("linear_act_sm90", "linear_act_dgrad_sm90", "linear_act_wgrad_sm90", "conv2d_act_sm90"):
         assert [v for v in flagged if gemm in v], (gemm, violations)
 
 
@@ -151,6 +151,9 @@ def test_parse_ptxas_reads_entries_and_callee_spills():
 SM90_GEMMS = {
     f"linear_act_{part}sm90_kernel<{dtype}>" for part in ("", "dgrad_", "wgrad_") for dtype in ("half_t", "bfloat16_t")
 }
+# conv2d_act's implicit GEMM: TMA (im2col) loads and wgmma, but no setmaxnreg (CUTLASS 4.2's only sm_90 conv schedule
+# is the plain warp-specialised one; gate.SM90A_REQUIRED_BY_PREFIX).
+SM90_CONVS = {f"conv2d_act_sm90_kernel<{dtype}>" for dtype in ("half_t", "bfloat16_t")}
 
 
 @pytest.fixture(scope="module")
@@ -163,9 +166,11 @@ def test_every_sm90a_kernel_shows_its_hopper_instructions(C, sass):
     print(gate.format_sass_table(markers))
     assert not violations, "\n".join(violations)
     hopper = {label for label, arch in markers if arch == "sm_90a"}
-    assert hopper >= SM90_GEMMS, hopper
-    for label in SM90_GEMMS:  # TMA stores in the epilogue too, and no Ampere mma.sync
+    assert hopper >= SM90_GEMMS | SM90_CONVS, hopper
+    for label in SM90_GEMMS | SM90_CONVS:  # TMA stores in the epilogue too, and no Ampere mma.sync
         assert {"UTMASTG"} <= markers[label, "sm_90a"] and "HMMA.16816" not in markers[label, "sm_90a"]
+    for label in SM90_CONVS:  # as designed: see SM90_CONVS
+        assert {"HGMMA", "UTMALDG"} <= markers[label, "sm_90a"] and "USETMAXREG" not in markers[label, "sm_90a"]
     # The portable WMMA GEMMs (the path on other chips, and for calls TMA cannot take) are on mma.sync, as they were.
     wmma = [found for (label, arch), found in markers.items() if label.startswith("fused_gemm_wmma_kernel<")]
     assert wmma and all("HMMA.16816" in found and "HGMMA" not in found for found in wmma)
@@ -175,6 +180,13 @@ def test_sass_gate_fails_on_a_missing_marker(C, sass):
     without = "\n".join(line for line in sass.splitlines() if "USETMAXREG" not in line)
     _, violations = gate.check_sass(C, without)
     assert sorted(v.split(" ")[0] for v in violations if "lacks USETMAXREG" in v) == sorted(SM90_GEMMS), violations
+
+
+def test_sass_gate_fails_on_a_conv_kernel_without_tma_loads(C, sass):
+    without = "\n".join(line for line in sass.splitlines() if "UTMALDG" not in line)
+    _, violations = gate.check_sass(C, without)
+    flagged = sorted(v.split(" ")[0] for v in violations if "lacks" in v and "UTMALDG" in v)
+    assert flagged == sorted(SM90_GEMMS | SM90_CONVS), violations
 
 
 def test_sass_gate_fails_without_sm90a_kernels(C, sass):

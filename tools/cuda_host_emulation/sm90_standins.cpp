@@ -1,9 +1,10 @@
-// Host stand-ins for the sm_90a CUTLASS entry points (gemm_sm90.h, linear_act_bwd_sm90.h), which have no host
-// emulation: with them, linear_act.cu builds with DEEPFUSE_SM90_KERNELS=1 and the emulated 9.0 device (SHIM_CC)
-// takes the Hopper backward's own host code and kernels: the dispatch, the workspace handed in from Python, the
-// grad_preact kernel that stores dz and db's partial sums, and the reduction of those sums. Only the two CUTLASS GEMMs
-// are replaced, by plain loops over the same operands and strides (dz (M, N) row-major, W and x with their row
-// strides). The forward stand-in refuses every call, so the forward runs the WMMA kernel as before.
+// Host stand-ins for the sm_90a CUTLASS entry points (gemm_sm90.h, linear_act_bwd_sm90.h, conv2d_act_sm90.h),
+// which have no host emulation: with them, linear_act.cu and conv2d_act.cu build with DEEPFUSE_SM90_KERNELS=1 and
+// the emulated 9.0 device (SHIM_CC) takes the Hopper backward's own host code and kernels: the dispatch, the
+// workspace handed in from Python, the grad_preact kernel that stores dz and db's partial sums, and the reduction of
+// those sums. Only the two CUTLASS GEMMs are replaced, by plain loops over the same operands and strides (dz (M, N)
+// row-major, W and x with their row strides). The forward stand-ins (linear_act's and conv2d_act's) refuse every
+// call, so the forwards run the WMMA kernels as before.
 #include "shim.h"
 
 #include <cstdint>
@@ -11,6 +12,7 @@
 #include <string>
 
 #include "common.cuh"
+#include "conv2d_act_sm90.h"
 #include "gemm_sm90.h"
 #include "linear_act_bwd_sm90.h"
 
@@ -24,6 +26,16 @@ const char* linear_act_fwd_sm90_kernel_label(int) { return "linear_act_sm90_kern
 
 void linear_act_fwd_sm90(const LinearActFwdArgs&, cudaStream_t) {
   throw std::logic_error("host stand-in: the sm_90a forward refuses every call");
+}
+
+const char* conv2d_act_fwd_sm90_refusal(const Conv2dActFwdArgs&) {
+  return "the CUTLASS conv forward has no host emulation (tools/cuda_host_emulation/sm90_standins.cpp)";
+}
+
+const char* conv2d_act_fwd_sm90_kernel_label(int) { return "conv2d_act_sm90_kernel (host stand-in)"; }
+
+void conv2d_act_fwd_sm90(const Conv2dActFwdArgs&, cudaStream_t) {
+  throw std::logic_error("host stand-in: the sm_90a conv forward refuses every call");
 }
 
 // The real refusal's conditions that the grad_preact kernel relies on too (16-byte vectors of dy, saved, dz).
