@@ -156,18 +156,26 @@ int64_t output_size(int64_t in, int64_t kernel, int64_t stride, int64_t dilation
 template <typename ProblemShape>
 ProblemShape problem_shape(const Conv2dActFwdArgs& a) {
   const ConvShape& s = a.shape;
-  const int pad_bottom = static_cast<int>(upper_padding(s.height, s.out_height, s.kernel_h, s.stride_h, s.dilation_h, s.pad_top));
-  const int pad_right = static_cast<int>(upper_padding(s.width, s.out_width, s.kernel_w, s.stride_w, s.dilation_w, s.pad_left));
+  const int64_t pad_bottom = upper_padding(s.height, s.out_height, s.kernel_h, s.stride_h, s.dilation_h, s.pad_top);
+  const int64_t pad_right = upper_padding(s.width, s.out_width, s.kernel_w, s.stride_w, s.dilation_w, s.pad_left);
   return ProblemShape(cutlass::conv::Mode::kCrossCorrelation,
                       {static_cast<int>(s.batch), static_cast<int>(s.height), static_cast<int>(s.width),
                        static_cast<int>(s.in_channels)},
                       {a.x_strides.n, a.x_strides.h, a.x_strides.w, 1},
                       {static_cast<int>(s.out_channels), static_cast<int>(s.kernel_h), static_cast<int>(s.kernel_w),
                        static_cast<int>(s.in_channels)},
-                      {a.w_strides.n, a.w_strides.h, a.w_strides.w, 1}, {a.y_strides.n, a.y_strides.h, a.y_strides.w, 1},
-                      {static_cast<int>(s.pad_top), static_cast<int>(s.pad_left)}, {pad_bottom, pad_right},
+                      {a.w_strides.n, a.w_strides.h, a.w_strides.w, 1},
+                      {a.y_strides.n, a.y_strides.h, a.y_strides.w, 1},
+                      {static_cast<int>(s.pad_top), static_cast<int>(s.pad_left)},
+                      {static_cast<int>(pad_bottom), static_cast<int>(pad_right)},
                       {static_cast<int>(s.stride_h), static_cast<int>(s.stride_w)},
                       {static_cast<int>(s.dilation_h), static_cast<int>(s.dilation_w)}, 1);
+}
+
+// An NHWC output's strides as the epilogue takes them: ((ow, oh, n), channel, batch mode), CUTLASS's order.
+template <typename Stride>
+Stride epilogue_stride(const Strides4& t) {
+  return Stride{{t.w, t.h, t.n}, cute::_1{}, cute::_0{}};
 }
 
 template <typename Element>
@@ -179,10 +187,7 @@ typename conv_sm90::Conv2dActFprop<Element>::Kernel::Arguments kernel_arguments(
   args.problem_shape = problem_shape<typename Conv::ProblemShape>(a);
   args.mainloop.ptr_A = static_cast<const Element*>(a.x);
   args.mainloop.ptr_B = static_cast<const Element*>(a.weight);
-  // Epilogue strides: ((ow, oh, n), channel, batch mode) as CUTLASS's NHWC output layout orders them.
-  using StrideD = typename Kernel::CollectiveEpilogue::StrideD;
-  using StrideC = typename Kernel::CollectiveEpilogue::StrideC;
-  const StrideD dD{{a.y_strides.w, a.y_strides.h, a.y_strides.n}, cute::_1{}, cute::_0{}};
+  const auto dD = epilogue_stride<typename Kernel::CollectiveEpilogue::StrideD>(a.y_strides);
   auto& fusion = args.epilogue.thread;
   fusion.alpha = 1.0f;
   fusion.bias_ptr = static_cast<const Element*>(a.bias);  // null: no bias (the broadcast reads zeros)
@@ -190,7 +195,7 @@ typename conv_sm90::Conv2dActFprop<Element>::Kernel::Arguments kernel_arguments(
   if (a.residual != nullptr) {
     fusion.beta = 1.0f;
     args.epilogue.ptr_C = static_cast<const Element*>(a.residual);
-    args.epilogue.dC = StrideC{{a.residual_strides.w, a.residual_strides.h, a.residual_strides.n}, cute::_1{}, cute::_0{}};
+    args.epilogue.dC = epilogue_stride<typename Kernel::CollectiveEpilogue::StrideC>(a.residual_strides);
   } else {
     // beta = 0 skips the C load; its TMA descriptor still wants a valid tensor, so it describes y.
     fusion.beta = 0.0f;
