@@ -192,6 +192,22 @@ def _sequence(cu_seqlens_ptr, b, n, VARLEN: tl.constexpr):
 
 
 @triton.jit
+def _descriptor_origin(b, q_start, k_start, VARLEN: tl.constexpr):
+    """(batch, first query row, first key row) of sequence b in the TMA descriptors' coordinates: packed layouts
+    are one (1, H, T, D) view of all the tokens, so a sequence starts at its first token's row (int32, as TMA's
+    coordinates); padded ones at row 0 of batch b."""
+    if VARLEN:
+        tile_b = 0
+        q_row = q_start.to(tl.int32)
+        k_row = k_start.to(tl.int32)
+    else:
+        tile_b = b
+        q_row = 0
+        k_row = 0
+    return tile_b, q_row, k_row
+
+
+@triton.jit
 def _scores(
     q,
     k_t,
@@ -281,21 +297,21 @@ def _attention_fwd_kernel(
 
 @triton.autotune(
     configs=_fwd_tma_configs(),
-    key=["Nq", "Nk", "BH", "BLOCK_D", "CAUSAL", "HAS_MASK", "DOT_PRECISION"],
+    key=["Nq", "Nk", "BH", "BLOCK_D", "CAUSAL", "HAS_MASK", "VARLEN", "DOT_PRECISION"],
     prune_configs_by={"early_config_prune": _prune_fwd_tma},
 )
 @triton.jit
 def _attention_fwd_tma_kernel(
-    # descriptors of q (B, Hq, Nq, D), k and v (B, Hkv, Nk, D); pointers
-    q_desc, k_desc, v_desc, mask_ptr, out_ptr, lse_ptr,
-    # sizes: BH = batch * Hq
+    # descriptors of q (B, Hq, Nq, D), k and v (B, Hkv, Nk, D), packed: (1, H, T, D); pointers (cu_seqlens: VARLEN)
+    q_desc, k_desc, v_desc, mask_ptr, out_ptr, lse_ptr, cu_q_ptr, cu_k_ptr,
+    # sizes (varlen: the maxima): BH = batch * Hq
     Hq, Nq, Nk, D, GROUP, BH,
     # strides of out (batch, head, token, dim), of the mask (B, Nk) and lse (batch, head)
     sob, soh, son, sod, smb, smn, slb, slh,
     qk_scale,
     # meta-parameters (PERSISTENT only sizes the grid: programs loop over (query block, batch * head) tiles)
-    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     PERSISTENT: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
 ):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
     num_m = tl.cdiv(Nq, BLOCK_M)
@@ -309,39 +325,46 @@ def _attention_fwd_tma_kernel(
         b = bh // Hq
         h = bh % Hq
         kv_h = h // GROUP
+        q_start, q_len = _sequence(cu_q_ptr, b, Nq, VARLEN)
+        k_start, k_len = _sequence(cu_k_ptr, b, Nk, VARLEN)
+        tile_b, q_row, k_row = _descriptor_origin(b, q_start, k_start, VARLEN)
         q_pos = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         d = tl.arange(0, BLOCK_D)
-        # TMA zero-fills past Nq and D, as the pointer kernel's masked loads do
-        q = q_desc.load([b, h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, BLOCK_D)
+        # TMA zero-fills past N (packed: past all tokens) and D; rows of the next packed sequence are masked below
+        q = q_desc.load([tile_b, h, q_row + pid_m * BLOCK_M, 0]).reshape(BLOCK_M, BLOCK_D)
         mask_row = mask_ptr + b.to(tl.int64) * smb
 
         m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
         l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
         acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-        hi = tl.minimum(Nk, (pid_m + 1) * BLOCK_M) if CAUSAL else Nk
+        hi = tl.minimum(k_len, (pid_m + 1) * BLOCK_M) if CAUSAL else k_len
+        if VARLEN:  # a query block past this sequence's end (the grid covers the longest) has nothing to do
+            hi = tl.where(pid_m * BLOCK_M < q_len, hi, 0)
         for start_n in range(0, hi, BLOCK_N):
             k_pos = start_n + tl.arange(0, BLOCK_N)
-            k = k_desc.load([b, kv_h, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
-            s = _scores(q, k.T, q_pos, k_pos, mask_row, Nk, qk_scale, CAUSAL, HAS_MASK, DOT_PRECISION, UPCAST_DOT)
+            k = k_desc.load([tile_b, kv_h, k_row + start_n, 0]).reshape(BLOCK_N, BLOCK_D)
+            s = _scores(q, k.T, q_pos, k_pos, mask_row, k_len, qk_scale, CAUSAL, HAS_MASK, DOT_PRECISION, UPCAST_DOT)
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
             p = tl.math.exp2(s - m_safe[:, None])
             alpha = tl.math.exp2(m_i - m_safe)
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            v = v_desc.load([b, kv_h, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
+            v = v_desc.load([tile_b, kv_h, k_row + start_n, 0]).reshape(BLOCK_N, BLOCK_D)
             acc = mma(p.to(v.dtype), v, acc * alpha[:, None], DOT_PRECISION, UPCAST_DOT)
             m_i = m_new
 
         visible = l_i > 0.0
         out = tl.where(visible[:, None], acc / tl.where(visible, l_i, 1.0)[:, None], 0.0)
-        out_tile = out_ptr + b.to(tl.int64) * sob + h.to(tl.int64) * soh
+        # pointer stores bounded by the sequence: a tile's rows past its end belong to the next one
+        out_tile = out_ptr + b.to(tl.int64) * sob + h.to(tl.int64) * soh + q_start * son
         tl.store(
             out_tile + q_pos[:, None] * son + d[None, :] * sod,
             out.to(out_ptr.dtype.element_ty),
-            mask=(q_pos < Nq)[:, None] & (d < D)[None, :],
+            mask=(q_pos < q_len)[:, None] & (d < D)[None, :],
         )
         lse = tl.where(visible, m_i + tl.math.log2(tl.where(visible, l_i, 1.0)), float("inf"))
-        tl.store(lse_ptr + b.to(tl.int64) * slb + h.to(tl.int64) * slh + q_pos, lse, mask=q_pos < Nq)
+        lse_row = lse_ptr + b.to(tl.int64) * slb + h.to(tl.int64) * slh + q_start
+        tl.store(lse_row + q_pos, lse, mask=q_pos < q_len)
 
 
 @triton.jit
@@ -465,30 +488,34 @@ def _attention_bwd_dq_kernel(
 
 @triton.jit
 def _attention_bwd_dkdv_tma_kernel(
-    # descriptors of q and dO (B, Hq, Nq, D), k and v (B, Hkv, Nk, D); pointers: delta has lse's strides, dk and
-    # dv are fp32 per query head with strides sg*
-    q_desc, k_desc, v_desc, do_desc, mask_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
-    # sizes
+    # descriptors of q and dO (B, Hq, Nq, D), k and v (B, Hkv, Nk, D), packed: (1, H, T, D); pointers: delta has
+    # lse's strides, dk and dv are fp32 per query head with strides sg*; cu_seqlens (VARLEN)
+    q_desc, k_desc, v_desc, do_desc, mask_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, cu_q_ptr, cu_k_ptr,
+    # sizes (varlen: the maxima)
     Hq, Nq, Nk, D, GROUP,
     # strides of the mask (B, Nk), lse (batch, head), dk and dv (batch, head, token, dim)
     smb, smn, slb, slh, sgb, sgh, sgn, sgd,
     qk_scale, scale,
     # meta-parameters
-    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // Hq
     h = bh % Hq
     kv_h = h // GROUP
-    lse_ptr += b.to(tl.int64) * slb + h.to(tl.int64) * slh
-    delta_ptr += b.to(tl.int64) * slb + h.to(tl.int64) * slh
+    q_start, Nq = _sequence(cu_q_ptr, b, Nq, VARLEN)
+    k_start, Nk = _sequence(cu_k_ptr, b, Nk, VARLEN)
+    tile_b, q_row, k_row = _descriptor_origin(b, q_start, k_start, VARLEN)
+    lse_ptr += b.to(tl.int64) * slb + h.to(tl.int64) * slh + q_start
+    delta_ptr += b.to(tl.int64) * slb + h.to(tl.int64) * slh + q_start
     k_pos = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     d = tl.arange(0, BLOCK_D)
-    # TMA zero-fills past Nk, Nq and D, as the pointer kernel's masked loads do
-    k = k_desc.load([b, kv_h, pid_n * BLOCK_N, 0]).reshape(BLOCK_N, BLOCK_D)
-    v = v_desc.load([b, kv_h, pid_n * BLOCK_N, 0]).reshape(BLOCK_N, BLOCK_D)
+    # TMA zero-fills past N (packed: past all tokens) and D; rows of the next packed sequence are masked below (keys
+    # by k_pos < Nk, queries by their lse of +inf, so p = 0) and not stored
+    k = k_desc.load([tile_b, kv_h, k_row + pid_n * BLOCK_N, 0]).reshape(BLOCK_N, BLOCK_D)
+    v = v_desc.load([tile_b, kv_h, k_row + pid_n * BLOCK_N, 0]).reshape(BLOCK_N, BLOCK_D)
     key_visible = k_pos < Nk
     if HAS_MASK:
         key_visible = key_visible & (tl.load(mask_ptr + b.to(tl.int64) * smb + k_pos, mask=k_pos < Nk, other=1) == 0)
@@ -498,10 +525,13 @@ def _attention_bwd_dkdv_tma_kernel(
     dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     lo = (pid_n * BLOCK_N // BLOCK_M) * BLOCK_M if CAUSAL else 0
-    for start_m in range(lo, Nq, BLOCK_M):
+    hi = Nq
+    if VARLEN:  # a key block past this sequence's end (the grid covers the longest) has nothing to do
+        hi = tl.where(pid_n * BLOCK_N < Nk, Nq, 0)
+    for start_m in range(lo, hi, BLOCK_M):
         q_pos = start_m + tl.arange(0, BLOCK_M)
-        q = q_desc.load([b, h, start_m, 0]).reshape(BLOCK_M, BLOCK_D)
-        do = do_desc.load([b, h, start_m, 0]).reshape(BLOCK_M, BLOCK_D)
+        q = q_desc.load([tile_b, h, q_row + start_m, 0]).reshape(BLOCK_M, BLOCK_D)
+        do = do_desc.load([tile_b, h, q_row + start_m, 0]).reshape(BLOCK_M, BLOCK_D)
         lse = tl.load(lse_ptr + q_pos, mask=q_pos < Nq, other=float("inf"))
         delta = tl.load(delta_ptr + q_pos, mask=q_pos < Nq, other=0.0)
         s_t = mma(k, q.T, tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32), DOT_PRECISION, UPCAST_DOT) * qk_scale
@@ -514,7 +544,7 @@ def _attention_bwd_dkdv_tma_kernel(
         ds_t = p_t * (dp_t - delta[None, :])
         dk = mma(ds_t.to(q.dtype), q, dk, DOT_PRECISION, UPCAST_DOT)
 
-    out_offsets = b.to(tl.int64) * sgb + h.to(tl.int64) * sgh + k_pos[:, None] * sgn + d[None, :] * sgd
+    out_offsets = b.to(tl.int64) * sgb + h.to(tl.int64) * sgh + (k_start + k_pos[:, None]) * sgn + d[None, :] * sgd
     kv_mask = (k_pos < Nk)[:, None] & (d < D)[None, :]
     tl.store(dk_ptr + out_offsets, dk * scale, mask=kv_mask)
     tl.store(dv_ptr + out_offsets, dv, mask=kv_mask)
@@ -522,44 +552,51 @@ def _attention_bwd_dkdv_tma_kernel(
 
 @triton.jit
 def _attention_bwd_dq_tma_kernel(
-    # descriptors of q and dO (B, Hq, Nq, D), k and v (B, Hkv, Nk, D); pointers: dq in q's dtype with strides sd*
-    q_desc, k_desc, v_desc, do_desc, mask_ptr, lse_ptr, delta_ptr, dq_ptr,
-    # sizes
+    # descriptors of q and dO (B, Hq, Nq, D), k and v (B, Hkv, Nk, D), packed: (1, H, T, D); pointers: dq in q's
+    # dtype with strides sd*; cu_seqlens (VARLEN)
+    q_desc, k_desc, v_desc, do_desc, mask_ptr, lse_ptr, delta_ptr, dq_ptr, cu_q_ptr, cu_k_ptr,
+    # sizes (varlen: the maxima)
     Hq, Nq, Nk, D, GROUP,
     # strides of the mask (B, Nk), lse (batch, head), dq (batch, head, token, dim)
     smb, smn, slb, slh, sdb, sdh, sdn, sdd,
     qk_scale, scale,
     # meta-parameters
-    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // Hq
     h = bh % Hq
     kv_h = h // GROUP
+    q_start, Nq = _sequence(cu_q_ptr, b, Nq, VARLEN)
+    k_start, Nk = _sequence(cu_k_ptr, b, Nk, VARLEN)
+    tile_b, q_row, k_row = _descriptor_origin(b, q_start, k_start, VARLEN)
     q_pos = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     d = tl.arange(0, BLOCK_D)
-    q = q_desc.load([b, h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, BLOCK_D)
-    do = do_desc.load([b, h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, BLOCK_D)
-    row = b.to(tl.int64) * slb + h.to(tl.int64) * slh + q_pos
+    # as in dK/dV: rows past the sequence (the next one's, or TMA's zeros) are masked and not stored
+    q = q_desc.load([tile_b, h, q_row + pid_m * BLOCK_M, 0]).reshape(BLOCK_M, BLOCK_D)
+    do = do_desc.load([tile_b, h, q_row + pid_m * BLOCK_M, 0]).reshape(BLOCK_M, BLOCK_D)
+    row = b.to(tl.int64) * slb + h.to(tl.int64) * slh + q_start + q_pos
     lse = tl.load(lse_ptr + row, mask=q_pos < Nq, other=float("inf"))
     delta = tl.load(delta_ptr + row, mask=q_pos < Nq, other=0.0)
     mask_row = mask_ptr + b.to(tl.int64) * smb
 
     dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     hi = tl.minimum(Nk, (pid_m + 1) * BLOCK_M) if CAUSAL else Nk
+    if VARLEN:  # a query block past this sequence's end has nothing to do
+        hi = tl.where(pid_m * BLOCK_M < Nq, hi, 0)
     for start_n in range(0, hi, BLOCK_N):
         k_pos = start_n + tl.arange(0, BLOCK_N)
-        k = k_desc.load([b, kv_h, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
-        v = v_desc.load([b, kv_h, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
+        k = k_desc.load([tile_b, kv_h, k_row + start_n, 0]).reshape(BLOCK_N, BLOCK_D)
+        v = v_desc.load([tile_b, kv_h, k_row + start_n, 0]).reshape(BLOCK_N, BLOCK_D)
         s = _scores(q, k.T, q_pos, k_pos, mask_row, Nk, qk_scale, CAUSAL, HAS_MASK, DOT_PRECISION, UPCAST_DOT)
         p = tl.math.exp2(s - lse[:, None])
         dp = mma(do, v.T, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT_PRECISION, UPCAST_DOT)
         ds = p * (dp - delta[:, None])
         dq = mma(ds.to(k.dtype), k, dq, DOT_PRECISION, UPCAST_DOT)
 
-    dq_tile = dq_ptr + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
+    dq_tile = dq_ptr + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh + q_start * sdn
     tl.store(
         dq_tile + q_pos[:, None] * sdn + d[None, :] * sdd,
         (dq * scale).to(dq_ptr.dtype.element_ty),
@@ -629,21 +666,28 @@ def _take_tma(variant: str | None, *tensors: torch.Tensor, rows: int = 64) -> bo
     return hopper_device(q) and tensor_cores and ready and rows >= 64
 
 
-def _descriptors(tensors, rows):
-    """4-D host descriptors of (B, H, N, D) tensors loading (rows, BLOCK_D) tiles of one (batch, head)."""
+def _tma_view(t: torch.Tensor, packed: bool) -> torch.Tensor:
+    """The (B, H, N, D) view the 4-D descriptors take: packed (T, H, D) tensors as one batch of all the tokens,
+    (1, H, T, D), as FlashAttention-3 serves varlen (tiles run into the next sequence, which the kernels mask)."""
+    return t.transpose(0, 1).unsqueeze(0) if packed else t
+
+
+def _descriptors(tensors, rows, packed):
+    """4-D host descriptors of (B, H, N, D) tensors (packed: _tma_view) loading (rows, BLOCK_D) tiles of one
+    (batch, head)."""
     block_d = _block_d(tensors[0].shape[-1])
     found = []
     for t, r in zip(tensors, rows, strict=True):
-        descriptor = tensor_descriptor(t)
+        descriptor = tensor_descriptor(_tma_view(t, packed))
         descriptor.block_shape = [1, 1, r, block_d]
         found.append(descriptor)
     return found
 
 
-def _launch_fwd_tma(q, k, v, mask, out, lse, sizes, strides, scale, meta, config):
+def _launch_fwd_tma(q, k, v, mask, out, lse, cu_seqlens, sizes, strides, scale, meta, config):
     """The TMA forward, autotuned over FWD_TMA_VARIANTS, or with ``config`` (a FwdVariant) alone (tests)."""
     batch, Hq, Hkv, Nq, Nk, D = sizes
-    flags = {name: meta[name] for name in ("CAUSAL", "HAS_MASK", "BLOCK_D", "DOT_PRECISION", "UPCAST_DOT")}
+    flags = {n: meta[n] for n in ("CAUSAL", "HAS_MASK", "VARLEN", "BLOCK_D", "DOT_PRECISION", "UPCAST_DOT")}
     programs = num_sms(q)
 
     def grid(launch):
@@ -651,7 +695,8 @@ def _launch_fwd_tma(q, k, v, mask, out, lse, sizes, strides, scale, meta, config
         return (min(tiles, programs) if launch["PERSISTENT"] else tiles,)
 
     # block shapes are set by the config's pre_hook (_fwd_tma_blocks)
-    args = (*(tensor_descriptor(t) for t in (q, k, v)), mask, out, lse, Hq, Nq, Nk, D, Hq // Hkv, batch * Hq)
+    descriptors = (tensor_descriptor(_tma_view(t, meta["VARLEN"])) for t in (q, k, v))
+    args = (*descriptors, mask, out, lse, *cu_seqlens, Hq, Nq, Nk, D, Hq // Hkv, batch * Hq)
     args = (*args, *strides, scale * 1.4426950408889634)
     if config is None:
         _attention_fwd_tma_kernel[grid](*args, **flags)
@@ -678,7 +723,7 @@ def attention_fwd(
     """(out, lse). Padded: q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D); lse (B, Hq, Nq). Packed (cu_seqlens =
     (cu_q, cu_k) int32, max_seqlens = (max_q, max_k)): q (Tq, Hq, D), k/v (Tk, Hkv, D); lse (Hq, Tq).
     out is contiguous in q's layout and dtype; lse is fp32, base 2, +inf where a query sees no key. variant: see
-    _take_tma (padded layouts only; packed ones always take the pointer kernel); config: one FwdVariant for the TMA
+    _take_tma (packed layouts included: their descriptors are _tma_view's); config: one FwdVariant for the TMA
     kernel instead of autotuning (tests)."""
     packed = cu_seqlens is not None
     D, Hq, Hkv = q.shape[-1], q.shape[-2 if packed else 1], k.shape[-2 if packed else 1]
@@ -698,9 +743,10 @@ def attention_fwd(
         return out, lse
     mask, smb, smn, has_mask = _mask_args(key_padding_mask, q)
     meta = _launch_meta("fwd", causal, has_mask, packed, D, q.dtype)
-    if not packed and _take_tma(variant, q, k, v, rows=meta["BLOCK_M"]):
-        strides = (*out.stride(), smb, smn, *lse_strides)
-        _launch_fwd_tma(q, k, v, mask, out, lse, (batch, Hq, Hkv, Nq, Nk, D), strides, scale, meta, config)
+    if _take_tma(variant, q, k, v, rows=meta["BLOCK_M"]):
+        strides = (*_layout(out, packed), smb, smn, *lse_strides)
+        sizes = (batch, Hq, Hkv, Nq, Nk, D)
+        _launch_fwd_tma(q, k, v, mask, out, lse, (cu_q, cu_k), sizes, strides, scale, meta, config)
         return out, lse
     _attention_fwd_kernel[(triton.cdiv(Nq, meta["BLOCK_M"]), batch * Hq)](
         q,
@@ -745,7 +791,7 @@ def attention_bwd(
     variant: str | None = None,
 ):
     """(dq, dk, dv) in the inputs' layouts and dtypes; dk, dv summed over each GQA group. variant: see _take_tma,
-    for each of the two kernels (padded layouts only; packed ones always take the pointer kernels)."""
+    for each of the two kernels (packed layouts included)."""
     packed = cu_seqlens is not None
     D, Hq, Hkv = q.shape[-1], q.shape[-2 if packed else 1], k.shape[-2 if packed else 1]
     group = Hq // Hkv
@@ -774,14 +820,12 @@ def attention_bwd(
         scales = (scale * 1.4426950408889634, scale)
         meta = _launch_meta("dkdv", causal, has_mask, packed, D, q.dtype)
         grid = (triton.cdiv(Nk, meta["BLOCK_N"]), batch * Hq)
-        if not packed and _take_tma(variant, q, k, v, grad_out, rows=meta["BLOCK_N"]):
-            del meta["VARLEN"]
-            descriptors = _descriptors(
-                (q, k, v, grad_out), [meta[n] for n in ("BLOCK_M", "BLOCK_N", "BLOCK_N", "BLOCK_M")]
-            )
-            tail = (smb, smn, *lse_strides, *dk.stride(), *scales)
+        if _take_tma(variant, q, k, v, grad_out, rows=meta["BLOCK_N"]):
+            rows = [meta[n] for n in ("BLOCK_M", "BLOCK_N", "BLOCK_N", "BLOCK_M")]
+            descriptors = _descriptors((q, k, v, grad_out), rows, packed)
+            tail = (smb, smn, *lse_strides, *_layout(dk, packed), *scales)
             _attention_bwd_dkdv_tma_kernel[grid](
-                *descriptors, mask, lse, delta, dk, dv, Hq, Nq, Nk, D, group, *tail, **meta
+                *descriptors, mask, lse, delta, dk, dv, cu_q, cu_k, Hq, Nq, Nk, D, group, *tail, **meta
             )
         else:
             _attention_bwd_dkdv_kernel[grid](
@@ -789,13 +833,13 @@ def attention_bwd(
             )
         meta = _launch_meta("dq", causal, has_mask, packed, D, q.dtype)
         grid = (triton.cdiv(Nq, meta["BLOCK_M"]), batch * Hq)
-        if not packed and _take_tma(variant, q, k, v, grad_out, rows=meta["BLOCK_M"]):
-            del meta["VARLEN"]
-            descriptors = _descriptors(
-                (q, k, v, grad_out), [meta[n] for n in ("BLOCK_M", "BLOCK_N", "BLOCK_N", "BLOCK_M")]
+        if _take_tma(variant, q, k, v, grad_out, rows=meta["BLOCK_M"]):
+            rows = [meta[n] for n in ("BLOCK_M", "BLOCK_N", "BLOCK_N", "BLOCK_M")]
+            descriptors = _descriptors((q, k, v, grad_out), rows, packed)
+            tail = (smb, smn, *lse_strides, *_layout(dq, packed), *scales)
+            _attention_bwd_dq_tma_kernel[grid](
+                *descriptors, mask, lse, delta, dq, cu_q, cu_k, Hq, Nq, Nk, D, group, *tail, **meta
             )
-            tail = (smb, smn, *lse_strides, *dq.stride(), *scales)
-            _attention_bwd_dq_tma_kernel[grid](*descriptors, mask, lse, delta, dq, Hq, Nq, Nk, D, group, *tail, **meta)
         else:
             _attention_bwd_dq_kernel[grid](q, k, v, mask, grad_out, lse, delta, dq, cu_q, cu_k, *args, *scales, **meta)
     if packed:  # (Tk, Hq, D) -> (Tk, Hkv, D)

@@ -4,6 +4,7 @@ through the interpreter against the float64 specification, and when the launcher
 persistent grid is 3 programs (gemm_common.num_sms), so the tile loop runs several tiles. Whether they compile to
 wgmma + TMA (+ setmaxnreg) on sm_90 is the compile gate's check."""
 
+import itertools
 import math
 
 import pytest
@@ -84,6 +85,73 @@ def test_tma_backward_matches_reference(name, dtype):
     assert all(torch.equal(a, b) for a, b in zip(grads, again, strict=True))  # deterministic: no atomics
 
 
+# (q lengths, k lengths, Hq, Hkv, D): packed sequences through one (1, H, T, D) descriptor. Lengths 0 and 1, none a
+# multiple of the interpreter's 32-row tiles, so tiles start mid-sequence and run into the next one; the last
+# sequence ends mid-tile at the end of the tensor (TMA's zeros); GQA; queries and keys of different lengths.
+VARLEN_CASES = {
+    "self gqa D40": ([5, 0, 33, 64, 17, 1], [5, 0, 33, 64, 17, 1], 4, 2, 40),
+    "cross mqa D16": ([3, 0, 40, 1], [7, 5, 33, 20], 2, 1, 16),
+}
+
+
+def _varlen_case(name, dtype):
+    lengths_q, lengths_k, Hq, Hkv, D = VARLEN_CASES[name]
+    g = torch.Generator().manual_seed(len(name) * 31 + D)
+    q = torch.randn(sum(lengths_q), Hq, D, generator=g, dtype=torch.float64).to(dtype)
+    k, v = (torch.randn(sum(lengths_k), Hkv, D, generator=g, dtype=torch.float64).to(dtype) for _ in range(2))
+    dy = torch.randn(q.shape, generator=g, dtype=torch.float64).to(dtype)
+    cu_q, cu_k = (torch.tensor([0, *itertools.accumulate(n)], dtype=torch.int32) for n in (lengths_q, lengths_k))
+    return (q, k, v), dy, (cu_q, cu_k), (max(lengths_q), max(lengths_k))
+
+
+def _packed_spec(cu_seqlens, causal):
+    """attention_ref on each packed sequence alone, as one function of the packed (T, H, D) tensors."""
+    bounds_q, bounds_k = (list(itertools.pairwise(cu.tolist())) for cu in cu_seqlens)
+
+    def spec(q, k, v):
+        outs = []
+        for (q0, q1), (k0, k1) in zip(bounds_q, bounds_k, strict=True):
+            batch = [t[a:b].transpose(0, 1).unsqueeze(0) for t, (a, b) in ((q, (q0, q1)), (k, (k0, k1)), (v, (k0, k1)))]
+            outs.append(attention_ref(*batch, causal=causal)[0].transpose(0, 1))
+        return torch.cat(outs)
+
+    return spec
+
+
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("variant", FWD_VARIANTS)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("name", VARLEN_CASES)
+def test_tma_varlen_forward_matches_reference(name, dtype, causal, variant):
+    tensors, _, cu_seqlens, max_seqlens = _varlen_case(name, dtype)
+    scale = 1 / math.sqrt(tensors[0].shape[-1])
+    args = (None, causal, scale, cu_seqlens, max_seqlens)
+    out, lse = kernels.attention_fwd(*tensors, *args, variant="tma", config=FWD_VARIANTS[variant])
+    spec = _packed_spec(cu_seqlens, causal)
+    assert_close_to_reference("out", out, spec(*(t.double() for t in tensors)), spec(*tensors), dtype)
+    _, pointer_lse = kernels.attention_fwd(*tensors, *args, variant="pointer")
+    assert torch.allclose(lse, pointer_lse, atol=1e-5, rtol=1e-5)
+    assert torch.equal(torch.isinf(lse), torch.isinf(pointer_lse))
+
+
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("name", VARLEN_CASES)
+def test_tma_varlen_backward_matches_reference(name, dtype, causal):
+    tensors, dy, cu_seqlens, max_seqlens = _varlen_case(name, dtype)
+    scale = 1 / math.sqrt(tensors[0].shape[-1])
+    args = (None, causal, scale, cu_seqlens, max_seqlens)
+    out, lse = kernels.attention_fwd(*tensors, *args, variant="pointer")
+    grads = kernels.attention_bwd(dy, *tensors, out, lse, *args, variant="tma")
+    spec = _packed_spec(cu_seqlens, causal)
+    _, theirs = forward_backward(spec, tensors, dy)
+    _, expected = forward_backward(spec, [t.double() for t in tensors], dy.double())
+    for grad_name, got, reference, yardstick in zip(("dq", "dk", "dv"), grads, expected, theirs, strict=True):
+        assert_close_to_reference(grad_name, got, reference, yardstick, dtype)
+
+
 @pytest.fixture
 def on_hopper(monkeypatch):
     monkeypatch.setattr(kernels, "hopper_device", lambda tensor: True)
@@ -137,10 +205,27 @@ def test_backward_launcher_takes_tma_where_the_h200_tiles_allow(D, expected, mon
     kernels.attention_bwd(q, q, k, v, q, lse, None, True, 0.1)
     assert launches.names == expected
     launches.names.clear()
-    cu = torch.tensor([0, 40], dtype=torch.int32)
-    packed = [t[0].transpose(0, 1) for t in (q, k, v)]  # varlen (T, H, D): the pointer kernels
-    kernels.attention_bwd(packed[0], *packed, packed[0], lse[0], None, True, 0.1, (cu, cu), (40, 40))
+    cu = torch.tensor([0, 15, 40], dtype=torch.int32)
+    packed = [t[0].transpose(0, 1) for t in (q, k, v)]  # varlen (T, H, D): the same choice, by its (1, H, T, D) view
+    kernels.attention_bwd(packed[0], *packed, packed[0], lse[0], None, True, 0.1, (cu, cu), (25, 25))
+    assert launches.names == expected
+    launches.names.clear()
+    packed = [t[..., 1:] for t in packed]  # base off 16 bytes: the pointer kernels
+    kernels.attention_bwd(packed[0], *packed, packed[0], lse[0], None, True, 0.1, (cu, cu), (25, 25))
     assert launches.names == ["_attention_bwd_dkdv_kernel", "_attention_bwd_dq_kernel"]
+
+
+@pytest.mark.usefixtures("on_hopper")
+def test_varlen_forward_launcher_takes_tma_when_inputs_qualify(monkeypatch):
+    monkeypatch.setattr(kernels, "INTERPRET", False)  # the H200's tile table: 64-row query tiles
+    launches = _Launches()
+    monkeypatch.setattr(kernels, "_attention_fwd_kernel", launches.kernel("_attention_fwd_kernel"))
+    monkeypatch.setattr(kernels, "_launch_fwd_tma", lambda *args: launches.names.append("_launch_fwd_tma"))
+    (q, k, v), _, cu_seqlens, max_seqlens = _varlen_case("self gqa D40", torch.float16)
+    kernels.attention_fwd(q, k, v, None, True, 0.1, cu_seqlens, max_seqlens)
+    kernels.attention_fwd(q.float(), k.float(), v.float(), None, True, 0.1, cu_seqlens, max_seqlens)  # IEEE fp32
+    kernels.attention_fwd(q[..., 1:], k[..., 1:], v[..., 1:], None, True, 0.1, cu_seqlens, max_seqlens)  # unaligned
+    assert launches.names == ["_launch_fwd_tma", "_attention_fwd_kernel", "_attention_fwd_kernel"]
 
 
 @pytest.mark.gpu
