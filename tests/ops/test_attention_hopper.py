@@ -290,3 +290,34 @@ def test_gpu_tma_backward_matches_reference(causal, D, dtype):
     expected, theirs = _gradients(q, k, v, mask, causal, dy, dtype)
     for grad_name, got, reference, yardstick in zip(("dq", "dk", "dv"), grads, expected, theirs, strict=True):
         assert_close_to_reference(grad_name, got, reference, yardstick, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("D", [64, 128, 256])
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_tma_varlen_matches_reference(causal, D, dtype):
+    # Packed sequences on the H200's 64-row tiles (lengths 0 and 1, starts and ends mid-tile, the last one ending
+    # mid-tile at the tensor's end) through the launcher's choice: the TMA forward (autotuned, then each variant),
+    # TMA dQ at every D and TMA dK/dV up to D = 128.
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the TMA kernels are taken on capability 9.x")
+    lengths = [64, 1, 511, 0, 300, 129]
+    g = torch.Generator().manual_seed(D)
+    q, k, v, dy = (torch.randn(sum(lengths), h, D, generator=g).to("cuda", dtype) for h in (4, 2, 2, 4))
+    cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device="cuda")
+    args = (None, causal, 1 / math.sqrt(D), (cu, cu), (max(lengths), max(lengths)))
+    assert kernels._take_tma(None, q, k, v, dy)
+    spec = _packed_spec((cu, cu), causal)
+    reference, yardstick = spec(q.double(), k.double(), v.double()), spec(q, k, v)
+    out, lse = kernels.attention_fwd(q, k, v, *args)
+    assert_close_to_reference("out", out, reference, yardstick, dtype)
+    for variant in kernels.fwd_tma_variants(D, dtype, "ieee"):
+        out_variant, _ = kernels.attention_fwd(q, k, v, *args, variant="tma", config=variant)
+        assert_close_to_reference(f"out {variant}", out_variant, reference, yardstick, dtype)
+    grads = kernels.attention_bwd(dy, q, k, v, out, lse, *args)
+    _, theirs = forward_backward(spec, (q, k, v), dy)
+    _, expected = forward_backward(spec, [t.double() for t in (q, k, v)], dy.double())
+    for grad_name, got, grad_reference, grad_yardstick in zip(("dq", "dk", "dv"), grads, expected, theirs, strict=True):
+        assert_close_to_reference(grad_name, got, grad_reference, grad_yardstick, dtype)
