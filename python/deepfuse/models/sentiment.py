@@ -446,8 +446,10 @@ class SentimentTask(Task):
 
 TASKS = [
     SentimentTask("sentiment-lstm", "lstm", {"epochs": 5, "batch_size": 64, "lr": 2e-3, "weight_decay": 1e-2}, 0.3),
-    # NOTE: amp auto = bf16 autocast on a CPU with native bf16 (its GEMMs run ~5x faster than fp32 ones); the step
-    # times and learning curves, fp32 vs bf16: benchmarks/results/cpu/2026-12-05-sentiment-transformer-train.md
+    # NOTE: amp auto = bf16 autocast on a CPU with native bf16: the training step at --max-len 256 1.1x (in a run,
+    # every batch a new shape) to 1.27x (repeated shapes) faster than fp32, one thread of a Zen 5, the same learning
+    # curve; torch's CPU flash attention is half of the bf16 step and bf16 does not speed it up
+    # (benchmarks/results/cpu/2026-12-05-sentiment-transformer-train.md)
     SentimentTask(
         "sentiment-transformer",
         "transformer",
