@@ -9,12 +9,16 @@ and the caller sums each group.
 
 Masks: causal (SDPA's top-left alignment: key j is visible to query i when j <= i) and a key-padding
 mask (B, Nk), nonzero = ignore. A query whose keys are all masked outputs zeros (its LSE is +inf).
-Hopper (capability 9.x): in the padded layout each kernel has a twin whose Q, K, V (and dO) tiles come by TMA (4-D
-host tensor descriptors over (B, H, N, D), zero-filled past each sequence and past D), taken for fp16/bf16 and TF32
-when the tensors are TMA-ready (last dim contiguous, 16-byte aligned base and strides) and the kernel's dots have
-64+ rows (wgmma's); otherwise, and for packed (varlen) layouts, whose sequences a descriptor cannot bound, the
-pointer kernel. The TMA forward autotunes over FWD_TMA_VARIANTS: one program per tile, persistent (a program per
-SM looping over tiles), and for fp16/bf16 warp-specialised (a TMA producer warpgroup beside the consumers).
+Hopper (capability 9.x): each kernel has a twin whose Q, K, V (and dO) tiles come by TMA (4-D host tensor
+descriptors over (B, H, N, D), zero-filled past each sequence and past D), taken for fp16/bf16 and TF32 when the
+tensors are TMA-ready (last dim contiguous, 16-byte aligned base and strides) and the kernel's dots have 64+ rows
+(wgmma's); otherwise the pointer kernel. Packed (varlen) layouts take the twins too, as FlashAttention-3 does: one
+descriptor over the (1, H, T, D) view of all the tokens, a sequence's tiles starting at its first token's row; a tile
+running past the sequence's end loads the next sequence's rows (TMA's zeros past the last), which are masked as keys
+(position vs the sequence's length; p = 0, so finite rows of V and dO add nothing) and as queries not stored (the
+stores stay pointer-based, bounded by the sequence). The TMA forward autotunes over FWD_TMA_VARIANTS: one program
+per tile, persistent (a program per SM looping over tiles), and for fp16/bf16 warp-specialised (a TMA producer
+warpgroup beside the consumers).
 delta = rowsum(dO * O) stays a torch reduction (memory-bound: TMA gives it nothing), so O takes no descriptor.
 
 Layouts: (B, H, N, D) with any strides; D up to 256, padded to a power of two inside the kernel. Tiles depend on
