@@ -191,3 +191,42 @@ def test_gate_sees_launches_as_a_gpu_and_reports_failures(tmp_path):
     ok, one = report["errors"]
     assert ok == "" and "CompilationError" in one
     assert report["unreached"] == ["gate_probe.kernels._never_launched_kernel"]
+
+
+_VARLEN_PROBE = """
+import json
+from tests.compile_gate import device
+
+recorder = device.install()
+from tests.compile_gate.cases import ATTENTION, DTYPES, tf32
+from tests.compile_gate.gate import dtype_class, promised_markers, record
+
+errors = record(recorder, {"attention": ATTENTION}, DTYPES, tf32, only="varlen D64")
+kernels = {}
+for launch in recorder.launches.values():
+    name = launch.kernel.rsplit(".", 1)[-1]
+    kernels.setdefault(dtype_class(launch), {})[name] = list(promised_markers(launch))
+print(json.dumps({"errors": errors, "kernels": kernels}))
+"""
+
+
+def test_gate_compiles_packed_attention_on_its_tma_kernels(tmp_path):
+    # The varlen cases reach the TMA twins on the pretend H200 (so the gate demands wgmma + TMA of them) wherever the
+    # padded layout would: fp16/bf16 and TF32 at D = 64; IEEE fp32 keeps the pointer kernels.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    done = subprocess.run(
+        [sys.executable, "-c", _VARLEN_PROBE], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["errors"] == []
+    tma = ["_attention_bwd_dkdv_tma_kernel", "_attention_bwd_dq_tma_kernel", "_attention_fwd_tma_kernel"]
+    for dtype in ("fp16", "bf16", "tf32"):
+        assert sorted(report["kernels"][dtype]) == tma, dtype
+        assert all(markers[:2] == ["HGMMA", "UTMALDG"] for markers in report["kernels"][dtype].values())
+    assert sorted(report["kernels"]["fp32"]) == [
+        "_attention_bwd_dkdv_kernel",
+        "_attention_bwd_dq_kernel",
+        "_attention_fwd_kernel",
+    ]
