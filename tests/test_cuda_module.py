@@ -278,13 +278,34 @@ def test_explain_names_the_cuda_kernels_forward_and_backward(monkeypatch):
 
     monkeypatch.setattr(backend, "unusable_reason", lambda op, name, *args, **kwargs: None)
     x, w, b = torch.randn(4, 300, 64, dtype=torch.float16), torch.randn(200, 64, dtype=torch.float16), None
-    monkeypatch.setattr(linear_act_module, "_device_capability", lambda device: 90)
+    monkeypatch.setattr(linear_act_module, "device_capability", lambda device: 90)
     hopper = deepfuse.explain("linear_act", x, w, b, "gelu").reasons["cuda"]
     assert "forward: linear_act_sm90_kernel<cutlass::half_t> (sm_90a CUTLASS kernel" in hopper
     assert "backward: linear_act_dgrad_sm90_kernel<cutlass::half_t> + linear_act_wgrad_sm90_kernel" in hopper
-    monkeypatch.setattr(linear_act_module, "_device_capability", lambda device: 80)
+    monkeypatch.setattr(linear_act_module, "device_capability", lambda device: 80)
     ampere = deepfuse.explain("linear_act", x, w, b, "gelu").reasons["cuda"]
     assert ampere.count("fused_gemm_wmma_kernel<__half,") == 2 and ampere.count("device capability 8.0") == 2
+
+
+def test_explain_names_the_cuda_conv_kernel(monkeypatch):
+    """deepfuse.explain for conv2d_act on a usable cuda backend names the _C forward kernel: the sm_90a one for a
+    channels_last half-precision call on a 9.0 device, the WMMA one for NCHW (saying why)."""
+    _import_C()
+    import torch
+
+    import deepfuse
+    from deepfuse import backend
+
+    conv_module = importlib.import_module("deepfuse.ops.conv2d_act")  # deepfuse.ops.conv2d_act is the function
+    monkeypatch.setattr(backend, "unusable_reason", lambda op, name, *args, **kwargs: None)
+    monkeypatch.setattr(conv_module, "device_capability", lambda device: 90)
+    x = torch.randn(2, 64, 15, 15, dtype=torch.float16)
+    w = torch.randn(128, 64, 3, 3, dtype=torch.float16)
+    channels_last = [t.contiguous(memory_format=torch.channels_last) for t in (x, w)]
+    hopper = deepfuse.explain("conv2d_act", *channels_last, None, 2, 1, activation="relu").reasons["cuda"]
+    assert "forward: conv2d_act_sm90_kernel<cutlass::half_t>" in hopper, hopper
+    nchw = deepfuse.explain("conv2d_act", x, w, None, 2, 1, activation="relu").reasons["cuda"]
+    assert "sm90" not in nchw.split("(")[0] and "channels_last" in nchw, nchw
 
 
 # conv2d_act_fwd's shape entries: (batch, C, H, W, Cout, OH, OW, KH, KW, SH, SW, pad_top, pad_left, DH, DW, groups).

@@ -1,4 +1,5 @@
-"""Small helpers every op file uses: autocast casting, output placeholders, raw pointers for deepfuse._C."""
+"""Small helpers every op file uses: autocast casting, output placeholders, raw pointers and the device capability
+for deepfuse._C."""
 
 import torch
 
@@ -25,3 +26,9 @@ def nothing(like: torch.Tensor) -> torch.Tensor:
 def pointer(t: torch.Tensor | None) -> int:
     """The device address deepfuse._C takes; 0 for absent or empty tensors."""
     return 0 if t is None or t.numel() == 0 else t.data_ptr()
+
+
+def device_capability(device: torch.device) -> int:
+    """major * 10 + minor, as deepfuse._C's kernel choices take it (90: H100/H200)."""
+    major, minor = torch.cuda.get_device_capability(device)
+    return major * 10 + minor

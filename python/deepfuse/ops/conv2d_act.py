@@ -19,7 +19,7 @@ from deepfuse import backend as _backend
 from deepfuse.kernels import utils as _kernel_utils
 from deepfuse.ops._dispatch import fused_op, torch_path
 from deepfuse.ops._interop import accepts_cupy
-from deepfuse.ops._shared import autocast_inputs, nothing, pointer
+from deepfuse.ops._shared import autocast_inputs, device_capability, nothing, pointer
 from deepfuse.ops._validation import check_same_dtype_and_device, check_tensor, kernel_dtype_reason
 from deepfuse.ops.activations import (
     ACTIVATION_CODES,
@@ -552,7 +552,38 @@ def _preference(x, weight, *args, **kwargs):
     return ("torch",)
 
 
-_backend.register_op(_backend.OpSpec("conv2d_act", _supports, _preference, lambda x, *a, **k: x.device))
+def _cuda_kernels(
+    x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation="none", *, residual=None, **_
+):
+    """Which _C kernel the cuda backend runs forward for this call on x's device, and why."""
+    from deepfuse import _C
+
+    x = x.unsqueeze(0) if x.ndim == 3 else x
+    stride, dilation = _pair("stride", stride), _pair("dilation", dilation)
+    pad = resolve_padding(padding, weight.shape[2:], dilation, stride)
+    out_shape = _out_shape(x, weight, stride, pad, dilation)
+    y = torch.empty(out_shape, device="meta").contiguous(memory_format=output_memory_format(x))  # as the launcher
+    operands = [t for t in (x, weight, bias, residual) if t is not None]
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in operands)
+    kernel, why = _C.conv2d_act_kernel_name(
+        _cuda_shape(x, weight, out_shape, stride, pad, dilation, groups),
+        _backend.DTYPE_CODES[x.dtype],
+        device_capability(x.device),
+        x_strides=list(x.stride()),
+        w_strides=list(weight.stride()),
+        y_strides=list(y.stride()),
+        aligned=all(t.data_ptr() % 16 == 0 for t in operands),
+        bias=bias is not None,
+        residual=residual is not None,
+        preact=needs_grad and activation in NEEDS_PREACTIVATION,
+        activation=ACTIVATION_CODES[activation],
+    )
+    return f"forward: {kernel} ({why})"
+
+
+_backend.register_op(
+    _backend.OpSpec("conv2d_act", _supports, _preference, lambda x, *a, **k: x.device, cuda_kernels=_cuda_kernels)
+)
 
 
 def _validate(x, weight, bias, residual, groups, activation):

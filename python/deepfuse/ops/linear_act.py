@@ -19,7 +19,7 @@ from deepfuse import backend as _backend
 from deepfuse.kernels import utils as _kernel_utils
 from deepfuse.ops._dispatch import fused_op, torch_path
 from deepfuse.ops._interop import accepts_cupy
-from deepfuse.ops._shared import autocast_inputs, nothing, pointer
+from deepfuse.ops._shared import autocast_inputs, device_capability, nothing, pointer
 from deepfuse.ops._validation import check_same_dtype_and_device, check_tensor, kernel_dtype_reason
 from deepfuse.ops.activations import (
     ACTIVATION_CODES,
@@ -271,16 +271,11 @@ def _preference(x, weight, bias=None, activation="none"):
     return ("torch",)
 
 
-def _device_capability(device: torch.device) -> int:
-    major, minor = torch.cuda.get_device_capability(device)
-    return major * 10 + minor
-
-
 def _cuda_kernels(x, weight, bias=None, activation="none"):
     """Which _C kernels the cuda backend runs forward and backward for this call on x's device, and why."""
     from deepfuse import _C
 
-    capability = _device_capability(x.device)
+    capability = device_capability(x.device)
     M, K, N = math.prod(x.shape[:-1]), x.shape[-1], weight.shape[0]
     x = x.reshape(M, K)  # what linear_act passes: a view, or a copy where no view exists
     pointers = [x.data_ptr(), weight.data_ptr()] + ([] if bias is None else [bias.data_ptr()])
