@@ -26,60 +26,13 @@
 #include <stdexcept>
 #include <string>
 
+#include "activation_sm90.cuh"
 #include "common.cuh"
 #include "conv2d_act_sm90.h"
 
 namespace deepfuse {
 
 namespace conv_sm90 {
-
-// deepfuse's activation by its code (common.cuh's apply_activation, so every path computes the same formulas), as
-// a CUTLASS epilogue compute functor; Sm90Compute passes Arguments through from the host. gemm_sm90.cu has the same
-// functor for linear_act (a shared header would need an edit there; kept apart under this namespace).
-template <typename T>
-struct ActivationByCode {
-  struct Arguments {
-    int code = 0;
-  };
-  __device__ float operator()(float z, Arguments const& args) const {
-    return apply_activation(z, static_cast<Activation>(args.code));
-  }
-};
-
-template <int N>
-struct ActivationByCode<cutlass::Array<float, N>> {
-  using Arguments = typename ActivationByCode<float>::Arguments;
-
-  template <Activation kAct>
-  __device__ static cutlass::Array<float, N> map(cutlass::Array<float, N> const& z) {
-    cutlass::Array<float, N> out;
-    CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < N; ++i) out[i] = apply_activation(z[i], kAct);
-    return out;
-  }
-
-  // The switch sits outside the loop over the fragment.
-  __device__ cutlass::Array<float, N> operator()(cutlass::Array<float, N> const& z, Arguments const& args) const {
-    switch (static_cast<Activation>(args.code)) {
-      case Activation::kRelu:
-        return map<Activation::kRelu>(z);
-      case Activation::kLeakyRelu:
-        return map<Activation::kLeakyRelu>(z);
-      case Activation::kGelu:
-        return map<Activation::kGelu>(z);
-      case Activation::kGeluTanh:
-        return map<Activation::kGeluTanh>(z);
-      case Activation::kSilu:
-        return map<Activation::kSilu>(z);
-      case Activation::kSigmoid:
-        return map<Activation::kSigmoid>(z);
-      case Activation::kTanh:
-        return map<Activation::kTanh>(z);
-      default:
-        return z;
-    }
-  }
-};
 
 // 16-byte TMA strides and vector accesses: 8 elements of a 2-byte type.
 constexpr int kAlignment = 8;
@@ -95,7 +48,7 @@ struct Conv2dActFprop {
   using Layout = cutlass::layout::TensorNHWC;
   using TileShape = cute::Shape<cute::_128, cute::_128, cute::Shape<cute::_64>>;
   using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
-  using Fusion = cutlass::epilogue::fusion::LinCombPerColBiasEltAct<ActivationByCode, Element, float, /*bias*/ Element,
+  using Fusion = cutlass::epilogue::fusion::LinCombPerColBiasEltAct<sm90::ActivationByCode, Element, float, /*bias*/ Element,
                                                                     /*source*/ Element, float, kAlignment>;
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
