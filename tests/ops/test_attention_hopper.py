@@ -87,10 +87,11 @@ def test_tma_backward_matches_reference(name, dtype):
 
 # (q lengths, k lengths, Hq, Hkv, D): packed sequences through one (1, H, T, D) descriptor. Lengths 0 and 1, none a
 # multiple of the interpreter's 32-row tiles, so tiles start mid-sequence and run into the next one; the last
-# sequence ends mid-tile at the end of the tensor (TMA's zeros); GQA; queries and keys of different lengths.
+# sequence ends mid-tile at the end of the tensor (TMA's zeros); GQA; queries and keys of different lengths, queries
+# with no key (zeros out, lse +inf).
 VARLEN_CASES = {
     "self gqa D40": ([5, 0, 33, 64, 17, 1], [5, 0, 33, 64, 17, 1], 4, 2, 40),
-    "cross mqa D16": ([3, 0, 40, 1], [7, 5, 33, 20], 2, 1, 16),
+    "cross mqa D16": ([3, 0, 40, 1, 2], [7, 5, 33, 20, 0], 2, 1, 16),
 }
 
 
