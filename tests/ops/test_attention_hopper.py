@@ -85,10 +85,10 @@ def test_tma_backward_matches_reference(name, dtype):
     assert all(torch.equal(a, b) for a, b in zip(grads, again, strict=True))  # deterministic: no atomics
 
 
-# (q lengths, k lengths, Hq, Hkv, D): packed sequences through one (1, H, T, D) descriptor. Lengths 0 and 1, none a
-# multiple of the interpreter's 32-row tiles, so tiles start mid-sequence and run into the next one; the last
-# sequence ends mid-tile at the end of the tensor (TMA's zeros); GQA; queries and keys of different lengths, queries
-# with no key (zeros out, lse +inf).
+# (q lengths, k lengths, Hq, Hkv, D): packed sequences through one (1, H, T, D) descriptor. Lengths 0 and 1 and
+# lengths off the interpreter's 32-row tiles, so sequences start at odd token rows and their last tiles run into the
+# next sequence; the last one ends mid-tile at the end of the tensor (TMA's zeros); GQA; queries and keys of
+# different lengths, queries with no key (zeros out, lse +inf).
 VARLEN_CASES = {
     "self gqa D40": ([5, 0, 33, 64, 17, 1], [5, 0, 33, 64, 17, 1], 4, 2, 40),
     "cross mqa D16": ([3, 0, 40, 1, 2], [7, 5, 33, 20, 0], 2, 1, 16),
