@@ -742,7 +742,8 @@ def attention_fwd(
         lse = torch.empty((batch, Hq, Nq), device=q.device, dtype=torch.float32)
         lse_strides = (lse.stride(0), lse.stride(1))
         cu_q = cu_k = q  # never read without VARLEN
-    if out.numel() == 0 or batch == 0 or Nq == 0:
+    if out.numel() == 0 or batch == 0 or Nq == 0 or k.numel() == 0:  # (a TMA descriptor cannot have an empty dim)
+        out.zero_()  # no key anywhere: every query sees none
         lse.fill_(float("inf"))
         return out, lse
     mask, smb, smn, has_mask = _mask_args(key_padding_mask, q)

@@ -141,6 +141,25 @@ def test_tma_varlen_forward_matches_reference(name, causal, dtype, variant):
 
 
 @pytest.mark.usefixtures("poison_outputs")
+def test_tma_varlen_without_any_key_gives_zeros(monkeypatch):
+    # every key sequence empty: no descriptor is made (TMA takes no empty dimension); out 0, lse +inf, gradients 0
+    def descriptor(t):
+        assert t.numel() > 0, "a TMA descriptor over an empty tensor"
+        return tensor_descriptor(t)
+
+    tensor_descriptor = kernels.tensor_descriptor
+    monkeypatch.setattr(kernels, "tensor_descriptor", descriptor)
+    q, dy = torch.randn(2, 6, 2, 16, dtype=torch.float16)
+    k = v = torch.empty(0, 1, 16, dtype=torch.float16)
+    cu_seqlens = (torch.tensor([0, 2, 6], dtype=torch.int32), torch.zeros(3, dtype=torch.int32))
+    args = (None, False, 0.25, cu_seqlens, (4, 0))
+    out, lse = kernels.attention_fwd(q, k, v, *args, variant="tma")
+    assert torch.equal(out, torch.zeros_like(q)) and torch.isinf(lse).all()
+    dq, dk, dv = kernels.attention_bwd(dy, q, k, v, out, lse, *args, variant="tma")
+    assert torch.equal(dq, torch.zeros_like(q)) and dk.shape == dv.shape == k.shape
+
+
+@pytest.mark.usefixtures("poison_outputs")
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("name", VARLEN_CASES)
