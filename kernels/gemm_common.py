@@ -38,6 +38,7 @@ GEMM_SHAPES = [
     (64, 64, 64, 4, 4),
     (64, 32, 32, 4, 5),
     (32, 64, 32, 4, 5),
+    (32, 32, 32, 4, 3),  # for the conv kernels' IEEE fp32 (FMA) gathers only: see prune_configs
 ]
 
 
@@ -53,15 +54,66 @@ def shared_bytes_estimate(config: triton.Config, element_size: int, a_streams: i
     return config.num_stages * (a_streams * block_m + block_n) * block_k * element_size
 
 
+# Registers per thread a pointer-fed tile may take (see pointer_tile_registers). ptxas for sm_90 (Triton 3.6, the
+# compile gate's table): every 16-bit or TF32 config estimated over 80 spilled in some kernel (0.2-18 KB; 16-bit
+# 128x128x64 on 8 warps: 96, spilled 324 B in linear dW and 4.6 KB in the conv forward; TF32 64x64x64: 96, 784 B and
+# wgmma serialised), and none at or under it spilled over the gate's budget.
+POINTER_TILE_REGISTERS = 80
+
+# IEEE fp32 dots run on FMAs: accumulators per thread a tile may have (ptxas for sm_90: 64x64 on 4 warps, 32, spilled
+# 6.3 KB in linear); the conv kernels, which keep a 64-bit address per gathered element in flight through the
+# cp.async pipeline, half of that (conv 32x64 / 64x32 on 4 warps, 16 accumulators, spilled 0.4-1 KB).
+FMA_ACCUMULATORS = 16
+FMA_ACCUMULATORS_GATHER = 8
+
+# The conv dW kernel gathers its B tile (BLOCK_K pixels x BLOCK_N (kh, kw, ci) columns) element by element: at most
+# this many gathered elements per thread and stage (ptxas for sm_90: 16-bit 32x64x32 on 4 warps, 16 of them,
+# spilled 632 B; 64x64x64, 32 of them, 2.5 KB; 64x32x32, 8, none).
+DW_GATHERED_PER_THREAD = 8
+
+
+def accumulators_per_thread(config: triton.Config) -> int:
+    """fp32 accumulator registers of one thread: the BLOCK_M x BLOCK_N tile over the block's threads."""
+    return config.kwargs["BLOCK_M"] * config.kwargs["BLOCK_N"] // (32 * config.num_warps)
+
+
+def pointer_tile_registers(config: triton.Config, element_size: int, a_streams: int) -> int:
+    """Registers per thread of a pointer-fed GEMM tile: the fp32 accumulators plus one K step of the operand tiles
+    (a_streams A tiles, BLOCK_M x BLOCK_K, and the BLOCK_K x BLOCK_N B tile) in 32-bit registers. Loads through
+    pointers also keep their addresses live; the budget (POINTER_TILE_REGISTERS) is fitted to ptxas' spills."""
+    kw = config.kwargs
+    operand_bytes = (a_streams * kw["BLOCK_M"] + kw["BLOCK_N"]) * kw["BLOCK_K"] * element_size
+    return accumulators_per_thread(config) + operand_bytes // (4 * 32 * config.num_warps)
+
+
+def _fits_fma(config: triton.Config, gather: bool) -> bool:
+    """IEEE fp32 (FMA) tiles: within the accumulator budget, and over half of it (a smaller tile only does the
+    same work with more programs; it is there for the kernels whose budget is lower)."""
+    limit = FMA_ACCUMULATORS_GATHER if gather else FMA_ACCUMULATORS
+    return limit // 2 < accumulators_per_thread(config) <= limit
+
+
+def _fits_tensor_cores(config: triton.Config, element_size: int, a_streams: int, gathered_b: bool) -> bool:
+    """16-bit and TF32 tiles fed through pointers: within POINTER_TILE_REGISTERS, at least 16 accumulators per
+    thread (a smaller tile, there for the FMA gathers, leaves the tensor cores idle), and for the conv dW kernel
+    within DW_GATHERED_PER_THREAD."""
+    if accumulators_per_thread(config) < 16:
+        return False
+    if pointer_tile_registers(config, element_size, a_streams) > POINTER_TILE_REGISTERS:
+        return False
+    gathered = config.kwargs["BLOCK_K"] * config.kwargs["BLOCK_N"] // (32 * config.num_warps)
+    return not gathered_b or gathered <= DW_GATHERED_PER_THREAD
+
+
 def prune_configs(configs, named_args, **kwargs):
     """early_config_prune for the GEMM-shaped kernels, before the autotuner compiles anything: drops the configs
-    whose tiles cannot fit a block's shared memory (a launch would fail with OutOfResources), and for IEEE fp32
-    dots (FMAs, no tensor cores) the tiles too large for registers (over 16 accumulators per thread).
+    whose tiles cannot fit a block's shared memory (a launch would fail with OutOfResources), and those that would
+    spill registers on sm_90 (the compile gate fails on them): for IEEE fp32 dots (FMAs, no tensor cores) the tiles
+    over FMA_ACCUMULATORS, for 16-bit and TF32 dots the tiles over POINTER_TILE_REGISTERS; the conv kernels
+    (gathering im2col operands element by element) tighter, see FMA_ACCUMULATORS_GATHER and DW_GATHERED_PER_THREAD.
 
     NOTE: ptxas for sm_90 (tests/compile_gate; speed unmeasured): fp32 128x256x64 with 3 stages needs 294,912 B
-    of shared memory, and 21 such fp32 configs of the three GEMM and three conv kernels could never launch. With
-    IEEE fp32, every tile over 16 accumulators per thread spilled in some kernel (0.1-26 KB; e.g. linear 64x64x64
-    on 4 warps 6.3 KB, 128x128x64 on 8 warps 8.8 KB, conv fwd 128x256x64 26 KB) and compiled in 5-40 s.
+    of shared memory, and 21 such fp32 configs of the three GEMM and three conv kernels could never launch.
     """
     descriptors = [arg.base for arg in named_args.values() if isinstance(arg, TensorDescriptor)]
     if descriptors:  # a TMA kernel
@@ -69,14 +121,23 @@ def prune_configs(configs, named_args, **kwargs):
     element_size = next(arg.element_size() for arg in named_args.values() if isinstance(arg, torch.Tensor))
     a_streams = 2 if named_args.get("saved_ptr") is not None and kwargs.get("ACTIVATION", 0) != 0 else 1
     fma = kwargs.get("DOT_PRECISION") == "ieee" and element_size == 4
+    gather = _is_conv(named_args, kwargs)
+    gathered_b = gather and "dw_ptr" in named_args
     kept = []
     for config in configs:
         if shared_bytes_estimate(config, element_size, a_streams) > MAX_SHARED_BYTES:
             continue
-        if fma and config.kwargs["BLOCK_M"] * config.kwargs["BLOCK_N"] > 16 * 32 * config.num_warps:
+        if fma and not _fits_fma(config, gather):
+            continue
+        if not fma and not _fits_tensor_cores(config, element_size, a_streams, gathered_b):
             continue
         kept.append(config)
     return kept
+
+
+def _is_conv(named_args, kwargs) -> bool:
+    """Whether the launch is one of conv2d_act's kernels (implicit GEMM: operands gathered through pointers)."""
+    return "KH" in named_args or "KH" in kwargs
 
 
 def gemm_autotune(key: list[str], **blocks: tuple[str, str]):
@@ -228,17 +289,24 @@ def _prune_tma(configs, element_size, named_args, kwargs):
     """prune_configs for the TMA kernels: shared memory as shared_bytes_estimate, one more stage and the fp32
     accumulator tile when warp-specialised (ptxas for sm_90: fp16 128x128x64 s3 took 98,328 B plain, 114,912 B
     warp-specialised; TF32 196,632 B and 262,368 B). For conv2d_act (its weight by TMA, the activations gathered
-    through pointers) also the tiles over 128x128.
+    through pointers) the register rules of the pointer-fed tiles (prune_configs). With an activation-gradient
+    prologue (dy and the saved input streamed, their product formed in registers) at most 128x128 outputs.
 
     NOTE (ptxas for sm_90, tests/compile_gate): the conv forward at fp16 128x256x64 on 8 warps with the weight by TMA
     took 255 registers, spilled 112 B and serialised its wgmmas (C7515): the gather's addresses and the 128
-    accumulators per thread do not fit together."""
+    accumulators per thread do not fit together; conv 128x128x64 on 8 warps still spilled 3.9-4.6 KB. Linear dW
+    with an activation at 16-bit 128x256x64 on 8 warps spilled 676 B."""
     saved = named_args.get("saved_desc", named_args.get("saved_ptr"))  # conv2d_act: pointer A, TMA weight
     a_streams = 2 if kwargs.get("ACTIVATION", 0) != 0 and saved is not None else 1
     gather = "w_desc" in named_args
+    fma = kwargs.get("DOT_PRECISION") == "ieee" and element_size == 4
     kept = []
     for config in configs:
-        if gather and config.kwargs["BLOCK_M"] * config.kwargs["BLOCK_N"] > 128 * 128:
+        if gather and fma and not _fits_fma(config, gather=True):
+            continue
+        if gather and not fma and not _fits_tensor_cores(config, element_size, a_streams, gathered_b=False):
+            continue
+        if a_streams == 2 and config.kwargs["BLOCK_M"] * config.kwargs["BLOCK_N"] > 128 * 128:
             continue
         needed = shared_bytes_estimate(config, element_size, a_streams)
         if config.kwargs.get("WARP_SPECIALIZE"):
