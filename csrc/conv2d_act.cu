@@ -6,7 +6,8 @@
 //   dW (+db) rows = output channels, cols = (kh, kw, ci), reduction over output pixels
 // dz = dy * act'(saved) is formed in the loaders of both backward GEMMs; the group is blockIdx.z.
 // On a 9.0 device the forward takes the sm_90a CUTLASS kernel instead (conv2d_act_sm90.cu) when it can: fp16/bf16,
-// channels_last x/y/residual and weight, TMA-legal sizes, no groups, no pre-activation wanted.
+// channels_last x/y/residual and weight, TMA-legal sizes, no groups; a call that wants the pre-activation gets it from
+// the same kernel (activation "none") followed by an activation pass.
 #include <stdexcept>
 #include <string>
 
@@ -182,9 +183,17 @@ Conv2dActKernelChoice choose_conv2d_act_fwd_kernel(const Conv2dActFwdArgs& args,
             false};
   }
   if (const char* refusal = conv2d_act_fwd_sm90_refusal(args)) return {fallback, path + refusal, false};
-  return {conv2d_act_fwd_sm90_kernel_label(args.dtype),
-          "sm_90a CUTLASS implicit-GEMM kernel: TMA im2col loads, wgmma, warp-specialised (a producer and a consumer "
-          "warpgroup, not persistent); bias, residual and activation fused in its epilogue",
+  const std::string kernel =
+      "sm_90a CUTLASS implicit-GEMM kernel: TMA im2col loads, wgmma, warp-specialised (a producer and a consumer "
+      "warpgroup, not persistent); ";
+  if (args.preact != nullptr) {
+    return {conv2d_act_fwd_sm90_kernel_label(args.dtype),
+            kernel + "bias and residual fused in its epilogue, which stores the pre-activation z (its aux store cannot "
+                     "tile a conv output) + an activation pass (" +
+                conv2d_act_fwd_sm90_activation_pass_label(args.dtype) + ": y = act(z))",
+            true};
+  }
+  return {conv2d_act_fwd_sm90_kernel_label(args.dtype), kernel + "bias, residual and activation fused in its epilogue",
           true};
 #else
   (void)capability;

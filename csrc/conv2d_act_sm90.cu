@@ -8,8 +8,12 @@
 //             conv dispatch policy static_asserts "Persistent schedules not support for conv yet", and the plain
 //             warp-specialised kernel does not use setmaxnreg.
 //   epilogue  LinCombPerColBiasEltAct: z = acc + residual (the C source, beta = 1; beta = 0 skips its load)
-//             + bias[cout] (fp32), D = act(z) through an im2col TMA store. No pre-activation output: CUTLASS 4.2's
-//             aux store cannot tile the conv output (see the refusal), so calls that want z take the WMMA kernel.
+//             + bias[cout] (fp32), D = act(z) through an im2col TMA store.
+//   pre-activation  CUTLASS 4.2's aux store (Sm90AuxStore) has only a tiled TMA store, which cannot tile the conv
+//             output's (ow, oh, n) pixel mode (its make_tma_copy fails to compile), so a call that wants z runs the
+//             same kernel with activation "none" and D = z, then conv2d_act_activation_pass_kernel: y = act(z),
+//             16 bytes a thread. The extra pass re-reads z and writes y (2 bytes a pixel-channel each way more than
+//             a fused aux store would); only training with gelu/gelu_tanh/silu/sigmoid/tanh pays it.
 // GEMM view: M = output pixels (n, oh, ow), N = output channels, K = (kh, kw, ci).
 #include <cute/tensor.hpp>
 #include <cutlass/cutlass.h>
@@ -21,10 +25,12 @@
 #include <cutlass/epilogue/collective/collective_builder.hpp>
 #include <cutlass/epilogue/fusion/operations.hpp>
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "activation_sm90.cuh"
 #include "common.cuh"
@@ -65,6 +71,29 @@ struct Conv2dActFprop {
   using Params = typename Kernel::Params;
 };
 
+// The activation pass: 8 elements (16 bytes) a vector, 256 threads a block, a grid-stride loop over a grid of at
+// most kPassBlocksPerSm blocks per SM.
+constexpr int kPassVector = 8;
+constexpr int kPassThreads = 256;
+constexpr int kPassBlocksPerSm = 8;
+
+// The pass over the output's vectors: pixels (n, oh, ow) times channels / 8, with y's strides (z has the same ones).
+template <typename T>
+struct ActivationPass {
+  const T* z;
+  T* y;
+  Activation act;
+  int64_t out_height, out_width, channel_vectors, vectors;
+  Strides4 strides;
+  bool dense;  // NHWC without padding: vector i is at element 8 i
+  __device__ __forceinline__ int64_t offset(int64_t i) const {
+    if (dense) return i * kPassVector;
+    const int64_t pixel = i / channel_vectors, vector = i % channel_vectors;
+    const int64_t ow = pixel % out_width, rest = pixel / out_width;
+    return (rest / out_height) * strides.n + (rest % out_height) * strides.h + ow * strides.w + vector * kPassVector;
+  }
+};
+
 }  // namespace conv_sm90
 
 // CUTLASS's device_kernel under deepfuse's own name, so that ptxas's report, the SASS and the dry runs name it
@@ -78,11 +107,34 @@ __global__ void __launch_bounds__(conv_sm90::Conv2dActFprop<Element>::Kernel::Ma
   op(params, smem);
 }
 
+// y = act(z) for a call that wants the pre-activation z (which the CUTLASS kernel stored with activation "none").
+// T is __half or __nv_bfloat16; every vector is 16-byte aligned (the refusal checked pointers, strides, channels).
+template <typename T>
+__global__ void __launch_bounds__(conv_sm90::kPassThreads)
+    conv2d_act_activation_pass_kernel(const conv_sm90::ActivationPass<T> pass) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < pass.vectors; i += step) {
+    const int64_t offset = pass.offset(i);
+    union {
+      uint4 bits;
+      T values[conv_sm90::kPassVector];
+    } v;
+    v.bits = *reinterpret_cast<const uint4*>(pass.z + offset);
+#pragma unroll
+    for (int e = 0; e < conv_sm90::kPassVector; ++e) {
+      v.values[e] = from_float<T>(apply_activation(to_float<T>(v.values[e]), pass.act));
+    }
+    *reinterpret_cast<uint4*>(pass.y + offset) = v.bits;
+  }
+}
+
 namespace {
 
 const RegisterKernelLabels kKernelLabels{
     DEEPFUSE_KERNEL_LABEL(conv2d_act_sm90_kernel<cutlass::half_t>),
     DEEPFUSE_KERNEL_LABEL(conv2d_act_sm90_kernel<cutlass::bfloat16_t>),
+    DEEPFUSE_KERNEL_LABEL(conv2d_act_activation_pass_kernel<__half>),
+    DEEPFUSE_KERNEL_LABEL(conv2d_act_activation_pass_kernel<__nv_bfloat16>),
 };
 
 bool aligned(const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % conv_sm90::kAlignmentBytes == 0; }
@@ -144,18 +196,20 @@ typename conv_sm90::Conv2dActFprop<Element>::Kernel::Arguments kernel_arguments(
   auto& fusion = args.epilogue.thread;
   fusion.alpha = 1.0f;
   fusion.bias_ptr = static_cast<const Element*>(a.bias);  // null: no bias (the broadcast reads zeros)
-  fusion.activation.code = a.activation;
+  // A wanted pre-activation leaves the kernel as D; the activation pass then makes y from it.
+  fusion.activation.code = a.preact != nullptr ? static_cast<int>(Activation::kNone) : a.activation;
+  void* d = a.preact != nullptr ? a.preact : a.y;
   if (a.residual != nullptr) {
     fusion.beta = 1.0f;
     args.epilogue.ptr_C = static_cast<const Element*>(a.residual);
     args.epilogue.dC = epilogue_stride<typename Kernel::CollectiveEpilogue::StrideC>(a.residual_strides);
   } else {
-    // beta = 0 skips the C load; its TMA descriptor still wants a valid tensor, so it describes y.
+    // beta = 0 skips the C load; its TMA descriptor still wants a valid tensor, so it describes D.
     fusion.beta = 0.0f;
-    args.epilogue.ptr_C = static_cast<const Element*>(a.y);
+    args.epilogue.ptr_C = static_cast<const Element*>(d);
     args.epilogue.dC = dD;
   }
-  args.epilogue.ptr_D = static_cast<Element*>(a.y);
+  args.epilogue.ptr_D = static_cast<Element*>(d);
   args.epilogue.dD = dD;
   return args;  // hw_info stays unset: the kernel is not persistent (one CTA per output tile)
 }
@@ -163,6 +217,30 @@ typename conv_sm90::Conv2dActFprop<Element>::Kernel::Arguments kernel_arguments(
 template <typename Element>
 bool cutlass_can_implement(const Conv2dActFwdArgs& a) {
   return conv_sm90::Conv2dActFprop<Element>::Kernel::can_implement(kernel_arguments<Element>(a));
+}
+
+// y = act(z) over the output, z = a.preact (same strides as y).
+template <typename T>
+void run_activation_pass(const Conv2dActFwdArgs& a, cudaStream_t stream) {
+  const ConvShape& s = a.shape;
+  const Strides4& t = a.y_strides;
+  conv_sm90::ActivationPass<T> pass{};
+  pass.z = static_cast<const T*>(a.preact);
+  pass.y = static_cast<T*>(a.y);
+  pass.act = static_cast<Activation>(a.activation);
+  pass.out_height = s.out_height;
+  pass.out_width = s.out_width;
+  pass.channel_vectors = s.out_channels / conv_sm90::kPassVector;
+  pass.vectors = s.batch * s.out_height * s.out_width * pass.channel_vectors;
+  pass.strides = t;
+  pass.dense = t.w == s.out_channels && t.h == s.out_width * t.w && t.n == s.out_height * t.h;
+  const int64_t blocks = std::min<int64_t>(ceil_div(pass.vectors, conv_sm90::kPassThreads),
+                                           static_cast<int64_t>(multiprocessor_count()) * conv_sm90::kPassBlocksPerSm);
+  auto* kernel = &conv2d_act_activation_pass_kernel<T>;
+  const dim3 grid(static_cast<unsigned>(blocks));
+  if (dry_launch(kernel, grid, conv_sm90::kPassThreads, 0, false)) return;
+  kernel<<<grid, conv_sm90::kPassThreads, 0, stream>>>(pass);
+  DEEPFUSE_CUDA_CHECK(cudaGetLastError());
 }
 
 template <typename Element>
@@ -179,18 +257,25 @@ void run(const Conv2dActFwdArgs& a, cudaStream_t stream) {
     params.problem_shape = Conv::CollectiveMainloop::get_problem_shape_MNKL(args.problem_shape);
     set_max_dynamic_smem(kernel, smem);
     dry_launch(kernel, Kernel::get_grid_shape(params), block, smem, false);
-    return;
+  } else {
+    if (Kernel::get_workspace_size(args) != 0) {
+      throw std::logic_error(
+          "conv2d_act sm_90a: the kernel asks for a workspace, which this launcher never allocates");
+    }
+    if (!Kernel::can_implement(args)) {
+      throw std::logic_error("conv2d_act sm_90a: CUTLASS refused a call that conv2d_act_fwd_sm90_refusal accepted");
+    }
+    const typename Kernel::Params params = Kernel::to_underlying_arguments(args, nullptr);
+    set_max_dynamic_smem(kernel, smem);
+    kernel<<<Kernel::get_grid_shape(params), block, smem, stream>>>(params);
+    DEEPFUSE_CUDA_CHECK(cudaGetLastError());
   }
-  if (Kernel::get_workspace_size(args) != 0) {
-    throw std::logic_error("conv2d_act sm_90a: the kernel asks for a workspace, which this launcher never allocates");
+  if (a.preact == nullptr) return;
+  if (std::is_same_v<Element, cutlass::bfloat16_t>) {
+    run_activation_pass<__nv_bfloat16>(a, stream);
+  } else {
+    run_activation_pass<__half>(a, stream);
   }
-  if (!Kernel::can_implement(args)) {
-    throw std::logic_error("conv2d_act sm_90a: CUTLASS refused a call that conv2d_act_fwd_sm90_refusal accepted");
-  }
-  const typename Kernel::Params params = Kernel::to_underlying_arguments(args, nullptr);
-  set_max_dynamic_smem(kernel, smem);
-  kernel<<<Kernel::get_grid_shape(params), block, smem, stream>>>(params);
-  DEEPFUSE_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace
@@ -207,12 +292,6 @@ const char* conv2d_act_fwd_sm90_refusal(const Conv2dActFwdArgs& a) {
   if (s.batch > INT_MAX || s.height > INT_MAX || s.width > INT_MAX || s.in_channels > INT_MAX ||
       s.out_channels > INT_MAX || s.batch * s.out_height * s.out_width > INT_MAX) {
     return "a size (or N * OH * OW) exceeds 2^31 - 1";
-  }
-  if (a.preact != nullptr) {
-    // Sm90AuxStore (the aux output of CUTLASS's epilogue fusions) has only a tiled TMA store, which cannot tile the
-    // conv output's (ow, oh, n) pixel mode: its make_tma_copy fails to compile ("TMA requires CTA_Tile and SLayout
-    // top-level size equivalence"); D itself leaves through an im2col TMA store, which can.
-    return "the pre-activation is wanted (CUTLASS 4.2's sm_90 conv epilogue cannot store an aux output)";
   }
   if (a.x_strides.c != 1) return "x is not channels_last (TMA im2col needs NHWC)";
   if (a.w_strides.c != 1) return "weight is not channels_last (the kernel reads it as KRSC)";
@@ -255,6 +334,11 @@ const char* conv2d_act_fwd_sm90_refusal(const Conv2dActFwdArgs& a) {
 const char* conv2d_act_fwd_sm90_kernel_label(int dtype) {
   return dtype == static_cast<int>(DType::kBFloat16) ? "conv2d_act_sm90_kernel<cutlass::bfloat16_t>"
                                                      : "conv2d_act_sm90_kernel<cutlass::half_t>";
+}
+
+const char* conv2d_act_fwd_sm90_activation_pass_label(int dtype) {
+  return dtype == static_cast<int>(DType::kBFloat16) ? "conv2d_act_activation_pass_kernel<__nv_bfloat16>"
+                                                     : "conv2d_act_activation_pass_kernel<__half>";
 }
 
 void conv2d_act_fwd_sm90(const Conv2dActFwdArgs& args, cudaStream_t stream) {

@@ -190,12 +190,13 @@ def _conv2d_act(C, dtype: int) -> None:
 
 
 def _conv2d_act_channels_last(C, dtype: int) -> None:
-    """Forward with a residual and no pre-activation: 8x256x56x56 -> 256 channels, 3x3 padding 1, all channels_last
-    (on the H200 in fp16/bf16: the sm_90a kernel); gelu."""
+    """Forward with a residual, without and with the pre-activation: 8x256x56x56 -> 256 channels, 3x3 padding 1, all
+    channels_last (on the H200 in fp16/bf16: the sm_90a kernel, and with z wanted its activation pass); gelu."""
     a = FAKE_ADDRESS
     shape = (8, 256, 56, 56, 256, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1, 1)
     nhwc, krsc = (256 * 56 * 56, 1, 56 * 256, 256), (256 * 9, 1, 3 * 256, 256)
     C.conv2d_act_fwd(shape, a, nhwc, a, krsc, a, a, nhwc, a, 0, nhwc, dtype, 3, 0)
+    C.conv2d_act_fwd(shape, a, nhwc, a, krsc, a, a, nhwc, a, a, nhwc, dtype, 3, 0)
 
 
 def _attention(C, dtype: int, d: int) -> None:
@@ -357,7 +358,11 @@ SM90A_REQUIRED = ("HGMMA", "UTMALDG", "USETMAXREG")
 # Kernels whose design promises something else, by label prefix. conv2d_act's implicit GEMM: CUTLASS 4.2 has no
 # persistent (cooperative, ping-pong) conv schedule, and its plain warp-specialised kernel (one producer, one consumer
 # warpgroup) hands no registers over, so no USETMAXREG; its TMA loads are im2col ones and D leaves by TMA store.
-SM90A_REQUIRED_BY_PREFIX = {"conv2d_act_sm90_kernel<": ("HGMMA", "UTMALDG", "UTMASTG")}
+# Its activation pass (y = act(z) when z is wanted) is elementwise: no MMA and no TMA by design.
+SM90A_REQUIRED_BY_PREFIX = {
+    "conv2d_act_sm90_kernel<": ("HGMMA", "UTMALDG", "UTMASTG"),
+    "conv2d_act_activation_pass_kernel<": (),
+}
 
 
 def sm90a_required(label: str) -> tuple[str, ...]:

@@ -330,6 +330,11 @@ def test_conv2d_act_kernel_name_says_which_kernel_and_why():
     ]:
         kernel, why = _C.conv2d_act_kernel_name(shape, fp16, 90, residual=True)
         assert "sm90" in kernel, (shape, why)
+    # A wanted pre-activation: the same kernel stores z, then an activation pass makes y; fused otherwise.
+    kernel, why = _C.conv2d_act_kernel_name(CONV_3X3, bf16, 90, preact=True, activation=3)
+    assert kernel == "conv2d_act_sm90_kernel<cutlass::bfloat16_t>", why
+    assert "+ an activation pass (conv2d_act_activation_pass_kernel<__nv_bfloat16>" in why, why
+    assert "activation pass" not in _C.conv2d_act_kernel_name(CONV_3X3, bf16, 90, activation=3)[1]
     refused = {
         "device capability 8.0": _C.conv2d_act_kernel_name(CONV_3X3, fp16, 80),
         "float16 and bfloat16 only": _C.conv2d_act_kernel_name(CONV_3X3, fp32, 90),
@@ -341,7 +346,6 @@ def test_conv2d_act_kernel_name_says_which_kernel_and_why():
         "groups != 1": _C.conv2d_act_kernel_name((*CONV_3X3[:-1], 2), fp16, 90),
         "not a multiple of 8": _C.conv2d_act_kernel_name((2, 60, 56, 56, *CONV_3X3[4:]), fp16, 90),
         "stride over 8": _C.conv2d_act_kernel_name((2, 64, 56, 56, 128, 7, 7, 3, 3, 9, 9, 1, 1, 1, 1, 1), fp16, 90),
-        "pre-activation": _C.conv2d_act_kernel_name(CONV_3X3, fp16, 90, preact=True),
         "16-byte aligned": _C.conv2d_act_kernel_name(CONV_3X3, bf16, 90, aligned=False),
         "output size": _C.conv2d_act_kernel_name((*CONV_3X3[:5], 50, 50, *CONV_3X3[7:]), fp16, 90),
     }
@@ -374,9 +378,16 @@ def test_conv2d_act_fwd_dispatches_by_capability_and_layout_in_a_dry_run():
     for case, device in {
         "capability 8.0": dict(fn=forward(nhwc_x, krsc, nhwc_y), capability=80),
         "NCHW": dict(fn=forward(_nchw(2, 64, 56, 56), _nchw(128, 64, 3, 3), _nchw(2, 128, 56, 56))),
-        "pre-activation wanted": dict(fn=forward(nhwc_x, krsc, nhwc_y, preact=a)),
     }.items():
         (launch,) = _C.launch_plan(**device)
         assert launch["kernel"].startswith(wmma), (case, launch)
+    # The pre-activation wanted: the kernel stores z, then y = act(z) in 16-byte vectors (6272 pixels x 128 channels
+    # / 8 = 100352 vectors, 256 a block: 392 blocks, under the grid-stride cap of 8 blocks per SM).
+    conv, activation_pass = _C.launch_plan(forward(nhwc_x, krsc, nhwc_y, preact=a))
+    assert conv["kernel"] == "conv2d_act_sm90_kernel<cutlass::half_t>" and math.prod(conv["grid"]) == 49
+    assert activation_pass["kernel"] == "conv2d_act_activation_pass_kernel<__half>"
+    assert activation_pass["block"] == 256 and activation_pass["grid"] == (392, 1, 1)
+    (_, capped) = _C.launch_plan(forward(nhwc_x, krsc, nhwc_y, preact=a), sms=16)
+    assert capped["grid"] == (128, 1, 1)
     (fp32,) = _C.launch_plan(forward(nhwc_x, krsc, nhwc_y, dtype=0))
     assert fp32["kernel"].startswith("gemm_detail::fused_gemm_simt_kernel<")

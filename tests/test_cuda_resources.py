@@ -171,6 +171,8 @@ def test_every_sm90a_kernel_shows_its_hopper_instructions(C, sass):
         assert {"UTMASTG"} <= markers[label, "sm_90a"] and "HMMA.16816" not in markers[label, "sm_90a"]
     for label in SM90_CONVS:  # as designed: see SM90_CONVS
         assert {"HGMMA", "UTMALDG"} <= markers[label, "sm_90a"] and "USETMAXREG" not in markers[label, "sm_90a"]
+    for dtype in ("__half", "__nv_bfloat16"):  # the conv's activation pass: elementwise, nothing to promise
+        assert not markers[f"conv2d_act_activation_pass_kernel<{dtype}>", "sm_90a"] & {"HGMMA", "HMMA.16816"}
     # The portable WMMA GEMMs (the path on other chips, and for calls TMA cannot take) are on mma.sync, as they were.
     wmma = [found for (label, arch), found in markers.items() if label.startswith("fused_gemm_wmma_kernel<")]
     assert wmma and all("HMMA.16816" in found and "HGMMA" not in found for found in wmma)

@@ -53,12 +53,16 @@ def shape16(x, w, stride, padding, dilation):
     return [batch, channels, height, width, out_channels, oh, ow, *geometry]
 
 
-def run_fwd(x, w, b, r, activation, stride, padding, dilation):
-    """_C.conv2d_act_fwd; y keeps x's memory format and starts as NaN (unwritten elements show)."""
+def run_fwd(x, w, b, r, activation, stride, padding, dilation, preact=None):
+    """_C.conv2d_act_fwd; y keeps x's memory format (or takes preact's strides, where the pre-activation is wanted
+    into preact) and starts as NaN (unwritten elements show)."""
     shape = shape16(x, w, stride, padding, dilation)
     fmt = torch.channels_last if x.stride(1) == 1 else torch.contiguous_format
     y = torch.full((shape[0], shape[4], shape[5], shape[6]), float("nan"), device=x.device, dtype=x.dtype)
-    y = y.contiguous(memory_format=fmt)
+    if preact is None:
+        y = y.contiguous(memory_format=fmt)
+    else:
+        y = torch.empty_strided(preact.shape, preact.stride(), device=x.device, dtype=x.dtype).fill_(float("nan"))
     _C().conv2d_act_fwd(
         shape,
         x.data_ptr(),
@@ -69,7 +73,7 @@ def run_fwd(x, w, b, r, activation, stride, padding, dilation):
         0 if r is None else r.data_ptr(),
         [0, 0, 0, 0] if r is None else list(r.stride()),
         y.data_ptr(),
-        0,
+        0 if preact is None else preact.data_ptr(),
         list(y.stride()),
         DTYPE_CODES[x.dtype],
         ACTIVATION_CODES[activation],
@@ -176,11 +180,49 @@ def test_sm90_takes_padded_strides(dtype):
     assert_close_to_reference("y", y, y_ref, torch_in_dtype(x, w, b, r, "silu", *geometry), dtype)
 
 
-def test_sm90_refuses_a_wanted_preact_and_is_deterministic():
+def nan_output(x, w, stride, padding, dilation, pad_channels=0):
+    """A NaN channels_last output for the call; with pad_channels, a channel slice of a wider one (the activation
+    pass's strided path: pixel stride Cout + pad_channels)."""
+    shape = shape16(x, w, stride, padding, dilation)
+    wide = torch.full((shape[0], shape[4] + pad_channels, shape[5], shape[6]), float("nan"), device="cuda")
+    return wide.to(x.dtype).contiguous(memory_format=torch.channels_last)[:, : shape[4]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "relu"])
+@pytest.mark.parametrize("case", ["3x3_s2_odd", "c200"])
+def test_sm90_stores_the_preactivation(case, activation, dtype):
+    """z from the kernel (activation "none"), y = act(z) from the activation pass: z against the specification of
+    the pre-activation, y bit-equal to the activation of the stored z, and y as the fused call gives it."""
+    *_, stride, padding, dilation = CASES[case]
+    geometry = (stride, padding, dilation)
+    x, w, b, r = make_inputs(case, dtype, bias=True, residual=True, seed=3)
+    for pad_channels in (0, 16):
+        z = nan_output(x, w, *geometry, pad_channels)
+        kernel, why = kernel_of(x, w, b, r, *geometry, preact=True)
+        assert "sm90" in kernel and "activation pass" in why, why
+        y = run_fwd(x, w, b, r, activation, *geometry, preact=z)
+        where = f"{case} {activation} {dtype} pad_channels={pad_channels}"
+        z_ref = reference(x, w, b, r, "none", *geometry)
+        assert_close_to_reference(f"z ({where})", z, z_ref, torch_in_dtype(x, w, b, r, "none", *geometry), dtype)
+        y_ref = reference(x, w, b, r, activation, *geometry)
+        assert_close_to_reference(f"y ({where})", y, y_ref, torch_in_dtype(x, w, b, r, activation, *geometry), dtype)
+        # The pass computes act in fp32 from the stored z and rounds once, as activation_ref on z in fp32 does:
+        # at most an ulp apart (CUDA's erff/tanhf/expf against torch's).
+        y_of_z = activation_ref(z.float(), activation).to(dtype)
+        torch.testing.assert_close(y, y_of_z, rtol=torch.finfo(dtype).eps, atol=ATOL[dtype], msg=where)
+        fused = run_fwd(x, w, b, r, activation, *geometry)
+        bound = 2 * max_error(torch_in_dtype(x, w, b, r, activation, *geometry), y_ref) + ATOL[dtype]
+        assert max_error(y, fused) <= bound, f"{where}: y with and without z differ by {max_error(y, fused)}"
+
+
+def test_sm90_is_deterministic_with_and_without_the_preactivation():
     x, w, b, r = make_inputs("large", torch.bfloat16, bias=True, residual=False)
     geometry = CASES["large"][-3:]
-    kernel, why = kernel_of(x, w, b, r, *geometry, preact=True)
-    assert "wmma" in kernel and "pre-activation" in why
     first = run_fwd(x, w, b, r, "gelu_tanh", *geometry)
     second = run_fwd(x, w, b, r, "gelu_tanh", *geometry)
     assert torch.equal(first, second)
+    z1, z2 = (nan_output(x, w, *geometry) for _ in range(2))
+    y1 = run_fwd(x, w, b, r, "gelu_tanh", *geometry, preact=z1)
+    y2 = run_fwd(x, w, b, r, "gelu_tanh", *geometry, preact=z2)
+    assert torch.equal(z1, z2) and torch.equal(y1, y2)

@@ -34,6 +34,10 @@ const char* conv2d_act_fwd_sm90_refusal(const Conv2dActFwdArgs&) {
 
 const char* conv2d_act_fwd_sm90_kernel_label(int) { return "conv2d_act_sm90_kernel (host stand-in)"; }
 
+const char* conv2d_act_fwd_sm90_activation_pass_label(int) {
+  return "conv2d_act_activation_pass_kernel (host stand-in)";
+}
+
 void conv2d_act_fwd_sm90(const Conv2dActFwdArgs&, cudaStream_t) {
   throw std::logic_error("host stand-in: the sm_90a conv forward refuses every call");
 }
