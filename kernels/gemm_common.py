@@ -38,7 +38,7 @@ GEMM_SHAPES = [
     (64, 64, 64, 4, 4),
     (64, 32, 32, 4, 5),
     (32, 64, 32, 4, 5),
-    (32, 32, 32, 4, 3),  # for the conv kernels' IEEE fp32 (FMA) gathers only: see prune_configs
+    (32, 32, 32, 4, 3),  # FALLBACK_SHAPE: where every larger tile is pruned (prune_configs)
 ]
 
 
@@ -55,14 +55,16 @@ def shared_bytes_estimate(config: triton.Config, element_size: int, a_streams: i
 
 
 # Registers per thread a pointer-fed tile may take (see pointer_tile_registers). ptxas for sm_90 (Triton 3.6, the
-# compile gate's table): every 16-bit or TF32 config estimated over 80 spilled in some kernel (0.2-18 KB; 16-bit
-# 128x128x64 on 8 warps: 96, spilled 324 B in linear dW and 4.6 KB in the conv forward; TF32 64x64x64: 96, 784 B and
-# wgmma serialised), and none at or under it spilled over the gate's budget.
+# compile gate's table): every 16-bit or TF32 config estimated over 80 spilled in some linear kernel (16-bit
+# 128x128x64 on 8 warps: 96, spilled 324 B in dW; TF32 64x64x64: 96, 784 B and wgmma serialised). The conv kernels
+# gather their im2col operand element by element and keep a 64-bit address per gathered element in flight through
+# the cp.async pipeline: 16-bit 64x64x64 (64) spilled 260-980 B, TF32 32x64x32 and 64x32x32 (40) 384-1,112 B, 16-bit
+# 64x32x32 and 32x64x32 (28-36) none over the gate's budget.
 POINTER_TILE_REGISTERS = 80
+POINTER_TILE_REGISTERS_GATHER = 36
 
 # IEEE fp32 dots run on FMAs: accumulators per thread a tile may have (ptxas for sm_90: 64x64 on 4 warps, 32, spilled
-# 6.3 KB in linear); the conv kernels, which keep a 64-bit address per gathered element in flight through the
-# cp.async pipeline, half of that (conv 32x64 / 64x32 on 4 warps, 16 accumulators, spilled 0.4-1 KB).
+# 6.3 KB in linear); the conv gathers half of that (32x64 / 64x32 on 4 warps, 16 accumulators, spilled 0.4-1 KB).
 FMA_ACCUMULATORS = 16
 FMA_ACCUMULATORS_GATHER = 8
 
@@ -71,46 +73,75 @@ FMA_ACCUMULATORS_GATHER = 8
 # spilled 632 B; 64x64x64, 32 of them, 2.5 KB; 64x32x32, 8, none).
 DW_GATHERED_PER_THREAD = 8
 
+# Accumulators per thread of the linear TMA kernels (see _prune_tma).
+TMA_ACCUMULATORS = 64
+
+# The smallest tile of GEMM_SHAPES: kept only where every other tile is pruned (it does the same work in more
+# programs), e.g. the conv kernels' FMA and TF32 gathers.
+FALLBACK_SHAPE = (32, 32, 32, 4, 3)
+
 
 def accumulators_per_thread(config: triton.Config) -> int:
-    """fp32 accumulator registers of one thread: the BLOCK_M x BLOCK_N tile over the block's threads."""
-    return config.kwargs["BLOCK_M"] * config.kwargs["BLOCK_N"] // (32 * config.num_warps)
+    """fp32 accumulator registers of one thread: the BLOCK_M x BLOCK_N tile over the threads holding it (when
+    warp-specialised, two consumer warpgroups of num_warps warps each; the producer holds none)."""
+    consumers = 2 * config.num_warps if config.kwargs.get("WARP_SPECIALIZE") else config.num_warps
+    return config.kwargs["BLOCK_M"] * config.kwargs["BLOCK_N"] // (32 * consumers)
 
 
 def pointer_tile_registers(config: triton.Config, element_size: int, a_streams: int) -> int:
     """Registers per thread of a pointer-fed GEMM tile: the fp32 accumulators plus one K step of the operand tiles
     (a_streams A tiles, BLOCK_M x BLOCK_K, and the BLOCK_K x BLOCK_N B tile) in 32-bit registers. Loads through
-    pointers also keep their addresses live; the budget (POINTER_TILE_REGISTERS) is fitted to ptxas' spills."""
+    pointers also keep their addresses live; the budgets (POINTER_TILE_REGISTERS*) are fitted to ptxas' spills."""
     kw = config.kwargs
     operand_bytes = (a_streams * kw["BLOCK_M"] + kw["BLOCK_N"]) * kw["BLOCK_K"] * element_size
     return accumulators_per_thread(config) + operand_bytes // (4 * 32 * config.num_warps)
 
 
-def _fits_fma(config: triton.Config, gather: bool) -> bool:
-    """IEEE fp32 (FMA) tiles: within the accumulator budget, and over half of it (a smaller tile only does the
-    same work with more programs; it is there for the kernels whose budget is lower)."""
-    limit = FMA_ACCUMULATORS_GATHER if gather else FMA_ACCUMULATORS
-    return limit // 2 < accumulators_per_thread(config) <= limit
-
-
-def _fits_tensor_cores(config: triton.Config, element_size: int, a_streams: int, gathered_b: bool) -> bool:
-    """16-bit and TF32 tiles fed through pointers: within POINTER_TILE_REGISTERS, at least 16 accumulators per
-    thread (a smaller tile, there for the FMA gathers, leaves the tensor cores idle), and for the conv dW kernel
-    within DW_GATHERED_PER_THREAD."""
-    if accumulators_per_thread(config) < 16:
+def _fits_registers(config: triton.Config, element_size: int, a_streams: int, fma: bool, kernel: set) -> bool:
+    """Whether a pointer-fed (or, in conv, gathered) tile fits the registers of sm_90 without spilling. kernel: what
+    the launch is ("conv": im2col gathers; "dw": the weight gradient, whose A tile is dy transposed)."""
+    conv = "conv" in kernel
+    if fma:
+        return accumulators_per_thread(config) <= (FMA_ACCUMULATORS_GATHER if conv else FMA_ACCUMULATORS)
+    budget = POINTER_TILE_REGISTERS_GATHER if conv else POINTER_TILE_REGISTERS
+    if pointer_tile_registers(config, element_size, a_streams) > budget:
         return False
-    if pointer_tile_registers(config, element_size, a_streams) > POINTER_TILE_REGISTERS:
+    if "dw" in kernel and element_size == 4 and config.kwargs["BLOCK_M"] >= 64:
+        # wgmma takes TF32 operands K-major from shared memory only: dW's transposed dy tile goes through registers
+        # and ptxas serialised the wgmmas (C7515; linear and conv dW at 64x32x32, 64x64x64, 128x128x32). 32-row
+        # tiles lower to mma.sync.
         return False
     gathered = config.kwargs["BLOCK_K"] * config.kwargs["BLOCK_N"] // (32 * config.num_warps)
-    return not gathered_b or gathered <= DW_GATHERED_PER_THREAD
+    return not (conv and "dw" in kernel) or gathered <= DW_GATHERED_PER_THREAD
+
+
+def _shape(config: triton.Config) -> tuple:
+    kw = config.kwargs
+    return (kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps, config.num_stages)
+
+
+def _without_fallback(kept: list) -> list:
+    """kept, less the FALLBACK_SHAPE tile when another tile survived."""
+    larger = [config for config in kept if _shape(config) != FALLBACK_SHAPE]
+    return larger or kept
+
+
+def _kernel_kind(named_args, kwargs) -> set:
+    """{"conv"} for conv2d_act's kernels (implicit GEMM: the im2col operand gathered through pointers), plus "dw"
+    for a weight-gradient kernel."""
+    kind = set()
+    if "KH" in named_args or "KH" in kwargs:
+        kind.add("conv")
+    if "dw_ptr" in named_args:
+        kind.add("dw")
+    return kind
 
 
 def prune_configs(configs, named_args, **kwargs):
     """early_config_prune for the GEMM-shaped kernels, before the autotuner compiles anything: drops the configs
     whose tiles cannot fit a block's shared memory (a launch would fail with OutOfResources), and those that would
-    spill registers on sm_90 (the compile gate fails on them): for IEEE fp32 dots (FMAs, no tensor cores) the tiles
-    over FMA_ACCUMULATORS, for 16-bit and TF32 dots the tiles over POINTER_TILE_REGISTERS; the conv kernels
-    (gathering im2col operands element by element) tighter, see FMA_ACCUMULATORS_GATHER and DW_GATHERED_PER_THREAD.
+    spill registers or serialise wgmma on sm_90 (the compile gate fails on them; see _fits_registers and the
+    budgets above); the FALLBACK_SHAPE tile only stays where nothing larger does.
 
     NOTE: ptxas for sm_90 (tests/compile_gate; speed unmeasured): fp32 128x256x64 with 3 stages needs 294,912 B
     of shared memory, and 21 such fp32 configs of the three GEMM and three conv kernels could never launch.
@@ -121,23 +152,14 @@ def prune_configs(configs, named_args, **kwargs):
     element_size = next(arg.element_size() for arg in named_args.values() if isinstance(arg, torch.Tensor))
     a_streams = 2 if named_args.get("saved_ptr") is not None and kwargs.get("ACTIVATION", 0) != 0 else 1
     fma = kwargs.get("DOT_PRECISION") == "ieee" and element_size == 4
-    gather = _is_conv(named_args, kwargs)
-    gathered_b = gather and "dw_ptr" in named_args
-    kept = []
-    for config in configs:
-        if shared_bytes_estimate(config, element_size, a_streams) > MAX_SHARED_BYTES:
-            continue
-        if fma and not _fits_fma(config, gather):
-            continue
-        if not fma and not _fits_tensor_cores(config, element_size, a_streams, gathered_b):
-            continue
-        kept.append(config)
-    return kept
-
-
-def _is_conv(named_args, kwargs) -> bool:
-    """Whether the launch is one of conv2d_act's kernels (implicit GEMM: operands gathered through pointers)."""
-    return "KH" in named_args or "KH" in kwargs
+    kind = _kernel_kind(named_args, kwargs)
+    kept = [
+        config
+        for config in configs
+        if shared_bytes_estimate(config, element_size, a_streams) <= MAX_SHARED_BYTES
+        and _fits_registers(config, element_size, a_streams, fma, kind)
+    ]
+    return _without_fallback(kept)
 
 
 def gemm_autotune(key: list[str], **blocks: tuple[str, str]):
@@ -289,33 +311,42 @@ def _prune_tma(configs, element_size, named_args, kwargs):
     """prune_configs for the TMA kernels: shared memory as shared_bytes_estimate, one more stage and the fp32
     accumulator tile when warp-specialised (ptxas for sm_90: fp16 128x128x64 s3 took 98,328 B plain, 114,912 B
     warp-specialised; TF32 196,632 B and 262,368 B). For conv2d_act (its weight by TMA, the activations gathered
-    through pointers) the register rules of the pointer-fed tiles (prune_configs). With an activation-gradient
-    prologue (dy and the saved input streamed, their product formed in registers) at most 128x128 outputs.
+    through pointers) the register rules of the pointer-fed tiles (_fits_registers). The linear kernels at most
+    TMA_ACCUMULATORS per thread next to their epilogue (bias, activation, residual, the saved pre-activation) or
+    prologue (dz = dy * act'(saved)); dW also forms its A tile (dz transposed) in registers: accumulators plus that
+    tile within POINTER_TILE_REGISTERS. The backward kernels at most 128x128 outputs.
 
     NOTE (ptxas for sm_90, tests/compile_gate): the conv forward at fp16 128x256x64 on 8 warps with the weight by TMA
     took 255 registers, spilled 112 B and serialised its wgmmas (C7515): the gather's addresses and the 128
-    accumulators per thread do not fit together; conv 128x128x64 on 8 warps still spilled 3.9-4.6 KB. Linear dW
-    with an activation at 16-bit 128x256x64 on 8 warps spilled 676 B."""
+    accumulators per thread do not fit together. Linear forward at 16-bit spilled 324-452 B at 128x256x64 on 8 warps
+    and 808 B at 128x128x32 on 4 warps (128 accumulators each); dW 676 B at 128x256x64 on 8 warps, 2,076 B at
+    128x128x64 on 4 warps and 1,374 B at 128x64x64 on 4 warps (64 accumulators + a 32-register dz tile)."""
     saved = named_args.get("saved_desc", named_args.get("saved_ptr"))  # conv2d_act: pointer A, TMA weight
     a_streams = 2 if kwargs.get("ACTIVATION", 0) != 0 and saved is not None else 1
-    gather = "w_desc" in named_args
+    kind = _kernel_kind(named_args, kwargs)
     fma = kwargs.get("DOT_PRECISION") == "ieee" and element_size == 4
+    backward = "dy_desc" in named_args
     kept = []
     for config in configs:
-        if gather and fma and not _fits_fma(config, gather=True):
+        kw = config.kwargs
+        if "conv" in kind:
+            if not _fits_registers(config, element_size, a_streams, fma, kind):
+                continue
+        elif accumulators_per_thread(config) > TMA_ACCUMULATORS:
             continue
-        if gather and not fma and not _fits_tensor_cores(config, element_size, a_streams, gathered_b=False):
+        if backward and kw["BLOCK_M"] * kw["BLOCK_N"] > 128 * 128:
             continue
-        if a_streams == 2 and config.kwargs["BLOCK_M"] * config.kwargs["BLOCK_N"] > 128 * 128:
+        threads = 32 * config.num_warps * (2 if kw.get("WARP_SPECIALIZE") else 1)
+        dz_tile = kw["BLOCK_M"] * kw["BLOCK_K"] * element_size // (4 * threads)
+        if "dw" in kind and "conv" not in kind and accumulators_per_thread(config) + dz_tile > POINTER_TILE_REGISTERS:
             continue
         needed = shared_bytes_estimate(config, element_size, a_streams)
-        if config.kwargs.get("WARP_SPECIALIZE"):
-            kw = config.kwargs
+        if kw.get("WARP_SPECIALIZE"):
             needed += (a_streams * kw["BLOCK_M"] + kw["BLOCK_N"]) * kw["BLOCK_K"] * element_size
             needed += kw["BLOCK_M"] * kw["BLOCK_N"] * 4
         if needed <= MAX_SHARED_BYTES:
             kept.append(config)
-    return kept
+    return _without_fallback(kept)
 
 
 def tma_grid(rows: int, cols: int, programs: int):

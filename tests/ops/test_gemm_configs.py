@@ -7,6 +7,7 @@ import torch
 import triton
 
 from deepfuse.kernels.gemm_common import (
+    FALLBACK_SHAPE,
     GEMM_SHAPES,
     MAX_SHARED_BYTES,
     POINTER_TILE_REGISTERS,
@@ -103,35 +104,50 @@ def test_ieee_fp32_keeps_only_tiles_that_fit_registers():
 def _conv_prune(dtype_name, weight_by_tma=False, dw=False):
     dtype, precision = DTYPES[dtype_name]
     x = torch.empty(4, 8, dtype=dtype)
-    named_args = {"x_ptr": x, "w_desc": tensor_descriptor(x) if weight_by_tma else None, "KH": 3}
+    named_args = {"x_ptr": x, "w_desc": tensor_descriptor(x) if weight_by_tma else None}
     if dw:
-        named_args = {"dy_ptr": x, "saved_ptr": x, "x_ptr": x, "dw_ptr": x, "KH": 3}
-    return [_shape(c) for c in prune_configs(CONFIGS, named_args, ACTIVATION=0, DOT_PRECISION=precision)]
+        named_args = {"dy_ptr": x, "saved_ptr": x, "x_ptr": x, "dw_ptr": x}
+    return [_shape(c) for c in prune_configs(CONFIGS, named_args, KH=3, ACTIVATION=0, DOT_PRECISION=precision)]
 
 
 def test_conv_keeps_the_tiles_whose_gathers_fit_registers():
     # ptxas for sm_90: the conv forward at fp16 128x256x64 w8 with the weight by TMA took 255 registers, spilled and
-    # serialised its wgmmas (C7515); 128x128x64 w8 spilled 3.9-4.6 KB, 64x64x64 w4 none
+    # serialised its wgmmas (C7515); 64x64x64 w4 spilled 260-980 B, 64x32x32 and 32x64x32 at most 12 B
     for weight_by_tma in (False, True):
-        assert _conv_prune("fp16", weight_by_tma) == [(64, 64, 64, 4, 4), (64, 32, 32, 4, 5), (32, 64, 32, 4, 5)]
-        assert _conv_prune("tf32", weight_by_tma) == [(64, 32, 32, 4, 5), (32, 64, 32, 4, 5)]
+        assert _conv_prune("fp16", weight_by_tma) == [(64, 32, 32, 4, 5), (32, 64, 32, 4, 5)]
     # dW gathers its B tile: 16-bit 32x64x32 (16 gathered elements per thread) spilled 632 B, 64x32x32 (8) none
     assert _conv_prune("bf16", dw=True) == [(64, 32, 32, 4, 5)]
-    # IEEE fp32 (FMA) gathers: 32x64 / 64x32 (16 accumulators per thread) spilled 0.4-1 KB; the 32x32 tile is theirs
-    assert _conv_prune("fp32") == _conv_prune("fp32", dw=True) == [(32, 32, 32, 4, 3)]
-    assert (32, 32, 32, 4, 3) not in map(_shape, _prune("fp32", False, 0))  # linear's FMA tiles are larger
-    assert (32, 32, 32, 4, 3) not in map(_shape, _prune("bf16", False, 0))  # too small for the tensor cores
+    # IEEE fp32 (FMA) and TF32 gathers: 32x64 / 64x32 spilled 0.4-1.1 KB; only the fallback tile is left to them
+    for dtype_name in ("fp32", "tf32"):
+        assert _conv_prune(dtype_name) == _conv_prune(dtype_name, dw=True) == [FALLBACK_SHAPE]
+    assert FALLBACK_SHAPE not in map(_shape, _prune("fp32", False, 0))  # linear keeps larger tiles
+    assert FALLBACK_SHAPE not in map(_shape, _prune("bf16", True, 3))
 
 
-def test_tma_with_an_activation_gradient_prologue_drops_tiles_over_128x128():
-    # ptxas for sm_90: linear dW with an activation at 16-bit 128x256x64 on 8 warps spilled 676 B
+def test_tf32_weight_gradient_keeps_32_row_tiles():
+    # ptxas for sm_90: TF32 dW at 64x32x32 and 64x64x64 serialised its wgmmas (C7515): wgmma takes TF32 operands
+    # K-major from shared memory only, and dW's A tile is dy transposed
+    tensor = torch.empty(4, dtype=torch.float32)
+    named_args = {"dy_ptr": tensor, "saved_ptr": tensor, "x_ptr": tensor, "dw_ptr": tensor}
+    kept = prune_configs(CONFIGS, named_args, ACTIVATION=0, DOT_PRECISION="tf32")
+    assert [_shape(c) for c in kept] == [(32, 64, 32, 4, 5)]
+
+
+def test_tma_linear_kernels_keep_64_accumulators_per_thread_and_dw_its_dz_tile():
+    # ptxas for sm_90: linear forward at 16-bit 128x256x64 on 8 warps spilled 324-452 B, 128x128x32 on 4 warps
+    # 808 B (128 accumulators each); dW 128x64x64 on 4 warps 1,374 B (64 accumulators + 32 registers of dz)
     x = torch.empty(4, 8, dtype=torch.float16)
     configs = [tma_config(shape, None) for shape in TMA_SHAPES]
 
-    def kept(activation):
-        named_args = {"dy_desc": tensor_descriptor(x), "saved_desc": tensor_descriptor(x)}
-        pruned = prune_configs(configs, named_args, ACTIVATION=activation, DOT_PRECISION="ieee")
-        return {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in pruned}
+    def kept(named_args):
+        pruned = prune_configs(configs, named_args, ACTIVATION=0, DOT_PRECISION="ieee")
+        return {tuple(TMA_SHAPES[configs.index(c)]) for c in pruned}
 
-    assert (128, 256) in kept(0) and (128, 256) not in kept(3)
-    assert (128, 128) in kept(3)
+    forward = kept({"x_desc": tensor_descriptor(x), "w_desc": tensor_descriptor(x)})
+    dx = kept({"dy_desc": tensor_descriptor(x), "saved_desc": None, "w_desc": tensor_descriptor(x)})
+    dw = kept({"dy_desc": tensor_descriptor(x), "saved_desc": None, "x_desc": tensor_descriptor(x), "dw_ptr": x})
+    assert (128, 128, 64, 8, 3, False, False) in forward and (128, 128, 64, 4, 3, True, True) in forward
+    assert not any(shape[:2] == (128, 256) for shape in forward | dx | dw)
+    assert (128, 128, 32, 4, 4, False, False) not in forward | dx | dw
+    assert (128, 64, 64, 4, 4, False, False) in dx and (128, 64, 64, 4, 4, False, False) not in dw
+    assert (128, 128, 64, 8, 3, False, False) in dw and (64, 128, 64, 4, 4, False, False) in dw
