@@ -23,6 +23,7 @@
 
 #include "activation_sm90.cuh"
 #include "common.cuh"
+#include "gemm_launch_sm90.cuh"
 #include "gemm_sm90.h"
 
 namespace deepfuse {
@@ -100,34 +101,7 @@ void run(const LinearActFwdArgs& a, cudaStream_t stream) {
   args.epilogue.dC = {a.N, cute::_1{}, a.M * a.N};
   args.epilogue.ptr_D = static_cast<Element*>(a.y);
   args.epilogue.dD = {a.N, cute::_1{}, a.M * a.N};
-  args.hw_info.device_id = dry_run() == nullptr ? current_device() : 0;
-  args.hw_info.sm_count = multiprocessor_count();  // cached per device (common.cuh)
-
-  auto* kernel = &linear_act_sm90_kernel<Element>;
-  constexpr size_t smem = Kernel::SharedStorageSize;
-  const dim3 block = Kernel::get_block_shape();
-  if (dry_run() != nullptr) {
-    // The grid as the kernel's own scheduler sizes it; the TMA descriptors (driver calls) are left out.
-    typename Kernel::Params params{};
-    params.problem_shape = args.problem_shape;
-    params.hw_info = args.hw_info;
-    params.scheduler = Kernel::TileScheduler::to_underlying_arguments(
-        cute::append<4>(args.problem_shape, 1), typename Gemm::TileShape{}, typename Gemm::ClusterShape{},
-        args.hw_info, args.scheduler, nullptr);
-    set_max_dynamic_smem(kernel, smem);
-    dry_launch(kernel, Kernel::get_grid_shape(params), block, smem, false);
-    return;
-  }
-  if (Kernel::get_workspace_size(args) != 0) {
-    throw std::logic_error("linear_act sm_90a: the kernel asks for a workspace, which this launcher never allocates");
-  }
-  if (!Kernel::can_implement(args)) {
-    throw std::logic_error("linear_act sm_90a: CUTLASS refused a call that linear_act_fwd_sm90_refusal accepted");
-  }
-  const typename Kernel::Params params = Kernel::to_underlying_arguments(args, nullptr);
-  set_max_dynamic_smem(kernel, smem);
-  kernel<<<Kernel::get_grid_shape(params), block, smem, stream>>>(params);
-  DEEPFUSE_CUDA_CHECK(cudaGetLastError());
+  sm90::launch_gemm<Gemm>(&linear_act_sm90_kernel<Element>, args, "linear_act sm_90a", stream);
 }
 
 }  // namespace

@@ -22,6 +22,7 @@
 #include <string>
 
 #include "common.cuh"
+#include "gemm_launch_sm90.cuh"
 #include "linear_act_bwd_sm90.h"
 
 namespace deepfuse {
@@ -112,34 +113,7 @@ void run_gemm(void (*kernel)(const typename Gemm::Params), int64_t m, int64_t n,
   args.epilogue.dC = {ldd, cute::_1{}, m * ldd};
   args.epilogue.ptr_D = d;
   args.epilogue.dD = {ldd, cute::_1{}, m * ldd};
-  args.hw_info.device_id = dry_run() == nullptr ? current_device() : 0;
-  args.hw_info.sm_count = multiprocessor_count();  // cached per device (common.cuh)
-
-  constexpr size_t smem = Kernel::SharedStorageSize;
-  const dim3 block = Kernel::get_block_shape();
-  if (dry_run() != nullptr) {
-    // The grid as the kernel's own scheduler sizes it; the TMA descriptors (driver calls) are left out.
-    typename Kernel::Params params{};
-    params.problem_shape = args.problem_shape;
-    params.hw_info = args.hw_info;
-    params.scheduler = Kernel::TileScheduler::to_underlying_arguments(
-        cute::append<4>(args.problem_shape, 1), typename Gemm::TileShape{}, typename Gemm::ClusterShape{},
-        args.hw_info, args.scheduler, nullptr);
-    set_max_dynamic_smem(kernel, smem);
-    dry_launch(kernel, Kernel::get_grid_shape(params), block, smem, false);
-    return;
-  }
-  if (Kernel::get_workspace_size(args) != 0) {
-    throw std::logic_error("linear_act sm_90a backward: a GEMM asks for a workspace, which is never allocated");
-  }
-  if (!Kernel::can_implement(args)) {
-    throw std::logic_error("linear_act sm_90a backward: CUTLASS refused a call that linear_act_bwd_sm90_refusal "
-                           "accepted");
-  }
-  const typename Kernel::Params params = Kernel::to_underlying_arguments(args, nullptr);
-  set_max_dynamic_smem(kernel, smem);
-  kernel<<<Kernel::get_grid_shape(params), block, smem, stream>>>(params);
-  DEEPFUSE_CUDA_CHECK(cudaGetLastError());
+  sm90::launch_gemm<Gemm>(kernel, args, "linear_act sm_90a backward", stream);
 }
 
 template <typename Element>
