@@ -14,6 +14,7 @@ from deepfuse import cli, models
 from deepfuse.backend import record_choices
 from deepfuse.data import DataError
 from deepfuse.data.text import Vocabulary, collate_padded
+from deepfuse.models.sentiment import CheapMaskDropout
 from deepfuse.training.checkpoint import load_checkpoint
 from tests.data.test_imdb import write_imdb
 from tests.models.helpers import assert_backend_agrees, assert_loss_falls, forward_and_grads
@@ -92,6 +93,42 @@ def test_transformer_packed_tokens_match_the_padded_key_mask_path():
     torch.testing.assert_close(
         model(ids, lengths), model.forward_padded(ids, lengths), rtol=0, atol=ATOL[torch.float64]
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cheap_mask_dropout_drops_p_in_every_lane_and_keeps_the_mean(dtype):
+    torch.manual_seed(0)
+    dropout = CheapMaskDropout(0.1)
+    x = torch.ones(1000, 1000, dtype=dtype, requires_grad=True)
+    out = dropout(x)
+    assert out.dtype == dtype
+    kept_value = 65536 / (65536 - 6554)  # p = 0.1 is 6554 of the 65536 values of a 16-bit draw
+    assert set(out.unique().tolist()) == {0.0, torch.tensor(kept_value, dtype=dtype).item()}
+    # each of a 64-bit draw's four 16-bit lanes drops p of its elements (torch's default int64 random_ never sets
+    # the top bit: the fourth lane would then drop nothing)
+    dropped_per_lane = (out == 0).view(-1, 4).float().mean(0)
+    torch.testing.assert_close(dropped_per_lane, torch.full((4,), 0.1), rtol=0, atol=0.003)
+    out.backward(torch.ones_like(out))
+    torch.testing.assert_close(x.grad, out.detach())  # the gradient goes through the same mask and scale
+
+
+def test_cheap_mask_dropout_is_reproducible_and_the_identity_in_eval():
+    dropout, x = CheapMaskDropout(0.3), torch.randn(7, 33)
+    torch.manual_seed(1)
+    first = dropout(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(dropout(x), first, rtol=0, atol=0)
+    assert not torch.equal(dropout(x), first)  # a new draw without the seed
+    assert torch.equal(dropout.eval()(x), x)
+    assert torch.equal(CheapMaskDropout(1.0)(x), torch.zeros_like(x))
+    assert torch.equal(CheapMaskDropout(0.0)(x), x)
+
+
+def test_the_transformer_drops_out_with_cheap_masks_everywhere():
+    model = TRANSFORMER.build(TINY["sentiment-transformer"], {"vocab_size": 60, "pad_id": 0})
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(dropouts) == 1 + 3 * TINY["sentiment-transformer"]["layers"]
+    assert all(type(m) is CheapMaskDropout for m in dropouts)
 
 
 @pytest.mark.parametrize("task", TASKS, ids=IDS)
