@@ -226,7 +226,8 @@ py::tuple conv2d_act_kernel_name(const Shape16& shape, int dtype, int capability
 void conv2d_act_bwd(const Shape16& shape, std::uintptr_t grad_y, std::uintptr_t saved, const Strides& grad_y_strides,
                     std::uintptr_t x, const Strides& x_strides, std::uintptr_t weight, const Strides& w_strides,
                     std::uintptr_t grad_x, const Strides& grad_x_strides, std::uintptr_t grad_weight,
-                    std::uintptr_t grad_bias, int dtype, int activation, std::uintptr_t stream) {
+                    const Strides& grad_weight_strides, std::uintptr_t grad_bias, int dtype, int activation,
+                    std::uintptr_t stream, std::uintptr_t workspace, int64_t workspace_bytes) {
   const deepfuse::ConvShape s = conv_shape(shape);
   if (s.batch * s.out_height * s.out_width > 0 && s.out_channels > 0) {
     require_pointer("grad_y", grad_y);
@@ -234,22 +235,68 @@ void conv2d_act_bwd(const Shape16& shape, std::uintptr_t grad_y, std::uintptr_t 
     require_pointer("weight", weight);
     require_pointer("x", x);
   }
-  const deepfuse::Conv2dActBwdArgs args{s,
-                                        as_ptr(grad_y),
-                                        as_ptr(saved),
-                                        strides4(grad_y_strides),
-                                        as_ptr(x),
-                                        strides4(x_strides),
-                                        as_ptr(weight),
-                                        strides4(w_strides),
-                                        as_mut_ptr(grad_x),
-                                        strides4(grad_x_strides),
-                                        as_mut_ptr(grad_weight),
-                                        as_mut_ptr(grad_bias),
-                                        dtype,
-                                        activation};
+  require_positive_or_zero("workspace_bytes", workspace_bytes);
+  deepfuse::Conv2dActBwdArgs args{s,
+                                  as_ptr(grad_y),
+                                  as_ptr(saved),
+                                  strides4(grad_y_strides),
+                                  as_ptr(x),
+                                  strides4(x_strides),
+                                  as_ptr(weight),
+                                  strides4(w_strides),
+                                  as_mut_ptr(grad_x),
+                                  strides4(grad_x_strides),
+                                  as_mut_ptr(grad_weight),
+                                  strides4(grad_weight_strides),
+                                  as_mut_ptr(grad_bias),
+                                  dtype,
+                                  activation};
+  args.workspace = as_mut_ptr(workspace);
+  args.workspace_bytes = workspace_bytes;
   py::gil_scoped_release release;
   deepfuse::conv2d_act_bwd(args, as_stream(stream));
+}
+
+int64_t conv2d_act_bwd_workspace_bytes(const Shape16& shape, int dtype, int activation, bool grad_bias) {
+  return deepfuse::conv2d_act_bwd_workspace_bytes(conv_shape(shape), dtype, activation, grad_bias);
+}
+
+// Which kernels conv2d_act_bwd would run for dx and for dW (+db), and why, on a device of this capability: for
+// deepfuse.explain. Strides as conv2d_act_kernel_name's (None: channels_last, packed; grad_x and dy like x and y,
+// grad_weight like the weight); fake pointers, and the workspace conv2d_act_bwd_workspace_bytes asks for unless
+// workspace=False; nothing runs.
+py::tuple conv2d_act_bwd_kernel_name(const Shape16& shape, int dtype, int capability, std::optional<Strides> x_strides,
+                                     std::optional<Strides> w_strides, std::optional<Strides> y_strides, bool aligned,
+                                     bool bias, int activation, bool workspace) {
+  const deepfuse::ConvShape s = conv_shape(shape);
+  const int64_t cin_g = s.groups > 0 ? s.in_channels / s.groups : s.in_channels;
+  const Strides x_nhwc{s.height * s.width * s.in_channels, 1, s.width * s.in_channels, s.in_channels};
+  const Strides w_krsc{s.kernel_h * s.kernel_w * cin_g, 1, s.kernel_w * cin_g, cin_g};
+  const Strides y_nhwc{s.out_height * s.out_width * s.out_channels, 1, s.out_width * s.out_channels, s.out_channels};
+  const std::uintptr_t address = aligned ? 1 << 20 : (1 << 20) + 2;
+  const deepfuse::Strides4 xs = strides4(x_strides.value_or(x_nhwc)), ws = strides4(w_strides.value_or(w_krsc));
+  deepfuse::Conv2dActBwdArgs args{s,
+                                  as_ptr(address),
+                                  as_ptr(address),
+                                  strides4(y_strides.value_or(y_nhwc)),
+                                  as_ptr(address),
+                                  xs,
+                                  as_ptr(address),
+                                  ws,
+                                  as_mut_ptr(address),
+                                  xs,
+                                  as_mut_ptr(address),
+                                  ws,
+                                  bias ? as_mut_ptr(address) : nullptr,
+                                  dtype,
+                                  activation};
+  if (workspace) {
+    args.workspace = as_mut_ptr(1 << 20);  // the caching allocator's blocks are 512-byte aligned
+    args.workspace_bytes = INT64_MAX;
+  }
+  const deepfuse::Conv2dActBwdKernelChoice choice = deepfuse::choose_conv2d_act_bwd_kernels(args, capability);
+  return py::make_tuple(py::make_tuple(std::string(choice.dgrad.kernel), choice.dgrad.reason),
+                        py::make_tuple(std::string(choice.wgrad.kernel), choice.wgrad.reason));
 }
 
 using Sizes6 = std::array<int64_t, 6>;
@@ -561,10 +608,23 @@ PYBIND11_MODULE(_C, m) {
         py::arg("w_strides") = py::none(), py::arg("y_strides") = py::none(), py::arg("aligned") = true,
         py::arg("bias") = true, py::arg("residual") = false, py::arg("preact") = false, py::arg("activation") = 3);
   m.def("conv2d_act_bwd", &conv2d_act_bwd,
-        "dx, dW, db of conv2d_act with the activation derivative fused; grad_weight is contiguous",
+        "dx, dW, db of conv2d_act with the activation derivative fused. workspace: device scratch of "
+        "conv2d_act_bwd_workspace_bytes(...) bytes for the sm_90a kernels (0: the WMMA kernels)",
         py::arg("shape"), py::arg("grad_y"), py::arg("saved"), py::arg("grad_y_strides"), py::arg("x"),
         py::arg("x_strides"), py::arg("weight"), py::arg("w_strides"), py::arg("grad_x"), py::arg("grad_x_strides"),
-        py::arg("grad_weight"), py::arg("grad_bias"), py::arg("dtype"), py::arg("activation"), py::arg("stream"));
+        py::arg("grad_weight"), py::arg("grad_weight_strides"), py::arg("grad_bias"), py::arg("dtype"),
+        py::arg("activation"), py::arg("stream"), py::arg("workspace") = 0, py::arg("workspace_bytes") = 0);
+  m.def("conv2d_act_bwd_workspace_bytes", &conv2d_act_bwd_workspace_bytes,
+        "bytes of device scratch conv2d_act_bwd wants for this call (shape as conv2d_act_fwd's): dz and db's "
+        "partial sums for the sm_90a kernels on a 9.0 device (fp16/bf16, groups 1), else 0",
+        py::arg("shape"), py::arg("dtype"), py::arg("activation"), py::arg("grad_bias"));
+  m.def("conv2d_act_bwd_kernel_name", &conv2d_act_bwd_kernel_name,
+        "((dgrad kernel, why), (wgrad kernel, why)): the kernels conv2d_act_bwd would run for dx and for dW (+db) on "
+        "a device of this compute capability, given the workspace conv2d_act_bwd_workspace_bytes asks for "
+        "(workspace=False: none). Arguments as conv2d_act_kernel_name; y_strides are grad_y's",
+        py::arg("shape"), py::arg("dtype"), py::arg("capability"), py::kw_only(), py::arg("x_strides") = py::none(),
+        py::arg("w_strides") = py::none(), py::arg("y_strides") = py::none(), py::arg("aligned") = true,
+        py::arg("bias") = true, py::arg("activation") = 3, py::arg("workspace") = true);
   m.def("attention_fwd", &attention_fwd,
         "flash attention forward: out (B, Hq, Nq, D) contiguous and lse (B, Hq, Nq) fp32 base 2 (+inf: no key). "
         "sizes: (B, Hq, Hkv, Nq, Nk, D); strides in (batch, head, token, dim) order; key_padding_mask uint8 "

@@ -7,14 +7,18 @@
 // dz = dy * act'(saved) is formed in the loaders of both backward GEMMs; the group is blockIdx.z.
 // On a 9.0 device the forward takes the sm_90a CUTLASS kernel instead (conv2d_act_sm90.cu) when it can: fp16/bf16,
 // channels_last x/y/residual and weight, TMA-legal sizes, no groups; a call that wants the pre-activation gets it from
-// the same kernel (activation "none") followed by an activation pass.
+// the same kernel (activation "none") followed by an activation pass. Backward there stores dz once (grad_preact.cu,
+// db with it) and runs CUTLASS's dgrad and wgrad (conv2d_act_bwd_sm90.cu), each where it can (dgrad: unit stride;
+// wgrad: packed x and dW); the other gradient keeps its implicit GEMM here.
 #include <stdexcept>
 #include <string>
 
 #include "conv2d_act.h"
 #include "fused_gemm.cuh"
 #if DEEPFUSE_SM90_KERNELS
+#include "conv2d_act_bwd_sm90.h"
 #include "conv2d_act_sm90.h"
+#include "grad_preact.h"
 #endif
 
 namespace deepfuse {
@@ -120,40 +124,49 @@ struct InputPatchesByPixel {
   __device__ __forceinline__ bool cols_contiguous() const { return patches.cols_contiguous(); }
 };
 
-// dW C: (co of the group, j = (kh, kw, ci)) -> dW[g * cout_g + co, ci, kh, kw], contiguous.
+// dW C: (co of the group, j = (kh, kw, ci)) -> dW[g * cout_g + co, ci, kh, kw] with dW's strides.
 struct WeightGradTaps {
   ConvShape s;
+  Strides4 dw;
   int64_t cin_g, cout_g;
   __device__ __forceinline__ bool offset(int64_t co, int64_t j, int64_t& off) const {
     if (co >= cout_g || j >= s.kernel_h * s.kernel_w * cin_g) return false;
     const int64_t ci = j % cin_g, tap = j / cin_g;
-    off = ((blockIdx.z * cout_g + co) * cin_g + ci) * s.kernel_h * s.kernel_w + tap;
+    off = (blockIdx.z * cout_g + co) * dw.n + ci * dw.c + (tap / s.kernel_w) * dw.h + (tap % s.kernel_w) * dw.w;
     return true;
   }
   __device__ __forceinline__ bool cols_contiguous() const { return false; }
 };
 
-// The three implicit GEMMs (forward, dx, dW), each in every dtype.
-#define DEEPFUSE_CONV_GEMM_LABELS(A, B, C)                                                   \
-  DEEPFUSE_KERNEL_LABEL(gemm_detail::fused_gemm_simt_kernel<FusedGemm<A, B, C>>),           \
-      DEEPFUSE_KERNEL_LABEL(gemm_detail::fused_gemm_wmma_kernel<__half, FusedGemm<A, B, C>>), \
-      DEEPFUSE_KERNEL_LABEL(gemm_detail::fused_gemm_wmma_kernel<__nv_bfloat16, FusedGemm<A, B, C>>)
+// The three implicit GEMMs (forward, dx, dW), each in every dtype. A label is its spelling (one space after each
+// comma, as ptxas prints the name the resource gate matches it with).
 using ForwardGemm = FusedGemm<InputPatches, WeightTaps, PixelChannels>;
-// Spelled out: a label is its spelling, and the resource gate matches it with ptxas's name.
-const KernelLabel kForwardSimt =
-    DEEPFUSE_KERNEL_LABEL(gemm_detail::fused_gemm_simt_kernel<FusedGemm<InputPatches, WeightTaps, PixelChannels>>);
-const KernelLabel kForwardWmmaHalf = DEEPFUSE_KERNEL_LABEL(
-    gemm_detail::fused_gemm_wmma_kernel<__half, FusedGemm<InputPatches, WeightTaps, PixelChannels>>);
-const KernelLabel kForwardWmmaBf16 = DEEPFUSE_KERNEL_LABEL(
-    gemm_detail::fused_gemm_wmma_kernel<__nv_bfloat16, FusedGemm<InputPatches, WeightTaps, PixelChannels>>);
-const RegisterKernelLabels kKernelLabels{
-    kForwardSimt,
-    kForwardWmmaHalf,
-    kForwardWmmaBf16,
-    DEEPFUSE_CONV_GEMM_LABELS(OutputGradTaps, WeightTaps, PixelChannels),
-    DEEPFUSE_CONV_GEMM_LABELS(OutputGradByChannel, InputPatchesByPixel, WeightGradTaps),
+using DgradGemm = FusedGemm<OutputGradTaps, WeightTaps, PixelChannels>;
+using WgradGemm = FusedGemm<OutputGradByChannel, InputPatchesByPixel, WeightGradTaps>;
+
+// A portable kernel per dtype: SIMT for fp32, WMMA for fp16 and bf16.
+struct PortableLabels {
+  KernelLabel simt, wmma_half, wmma_bf16;
+  const char* pick(int dtype) const {
+    return dtype == static_cast<int>(DType::kFloat32)   ? simt.label
+           : dtype == static_cast<int>(DType::kFloat16) ? wmma_half.label
+                                                         : wmma_bf16.label;
+  }
 };
+#define DEEPFUSE_CONV_GEMM_LABELS(A, B, C)                                                            \
+  PortableLabels {                                                                                    \
+    DEEPFUSE_KERNEL_LABEL(gemm_detail::fused_gemm_simt_kernel<FusedGemm<A, B, C>>),                   \
+        DEEPFUSE_KERNEL_LABEL(gemm_detail::fused_gemm_wmma_kernel<__half, FusedGemm<A, B, C>>),       \
+        DEEPFUSE_KERNEL_LABEL(gemm_detail::fused_gemm_wmma_kernel<__nv_bfloat16, FusedGemm<A, B, C>>) \
+  }
+const PortableLabels kForward = DEEPFUSE_CONV_GEMM_LABELS(InputPatches, WeightTaps, PixelChannels);
+const PortableLabels kDgrad = DEEPFUSE_CONV_GEMM_LABELS(OutputGradTaps, WeightTaps, PixelChannels);
+const PortableLabels kWgrad = DEEPFUSE_CONV_GEMM_LABELS(OutputGradByChannel, InputPatchesByPixel, WeightGradTaps);
 #undef DEEPFUSE_CONV_GEMM_LABELS
+const RegisterKernelLabels kKernelLabels{
+    kForward.simt, kForward.wmma_half, kForward.wmma_bf16, kDgrad.simt, kDgrad.wmma_half,
+    kDgrad.wmma_bf16,  kWgrad.simt,    kWgrad.wmma_half,   kWgrad.wmma_bf16,
+};
 
 void check_args(const ConvShape& s, int dtype, int activation) {
   if (dtype < 0 || dtype > static_cast<int>(DType::kBFloat16)) throw std::invalid_argument("conv2d_act: bad dtype code");
@@ -166,22 +179,24 @@ void check_args(const ConvShape& s, int dtype, int activation) {
   }
 }
 
+std::string portable_path(int dtype) {
+  return dtype == static_cast<int>(DType::kFloat32) ? "SIMT fp32 implicit-GEMM kernel: "
+                                                    : "WMMA (mma.sync) implicit-GEMM kernel: ";
+}
+
+std::string not_hopper(int capability) {
+  return "device capability " + std::to_string(capability / 10) + "." + std::to_string(capability % 10) +
+         " (the sm_90a TMA + wgmma kernels need 9.0)";
+}
+
 }  // namespace
 
 Conv2dActKernelChoice choose_conv2d_act_fwd_kernel(const Conv2dActFwdArgs& args, int capability) {
   check_args(args.shape, args.dtype, args.activation);
-  const char* fallback = args.dtype == static_cast<int>(DType::kFloat32)   ? kForwardSimt.label
-                         : args.dtype == static_cast<int>(DType::kFloat16) ? kForwardWmmaHalf.label
-                                                                            : kForwardWmmaBf16.label;
-  const std::string path = args.dtype == static_cast<int>(DType::kFloat32) ? "SIMT fp32 implicit-GEMM kernel: "
-                                                                           : "WMMA (mma.sync) implicit-GEMM kernel: ";
+  const char* fallback = kForward.pick(args.dtype);
+  const std::string path = portable_path(args.dtype);
 #if DEEPFUSE_SM90_KERNELS
-  if (capability != 90) {
-    return {fallback,
-            path + "device capability " + std::to_string(capability / 10) + "." + std::to_string(capability % 10) +
-                " (the sm_90a TMA + wgmma kernel needs 9.0)",
-            false};
-  }
+  if (capability != 90) return {fallback, path + not_hopper(capability), false};
   if (const char* refusal = conv2d_act_fwd_sm90_refusal(args)) return {fallback, path + refusal, false};
   const std::string kernel =
       "sm_90a CUTLASS implicit-GEMM kernel: TMA im2col loads, wgmma, warp-specialised (a producer and a consumer "
@@ -199,6 +214,61 @@ Conv2dActKernelChoice choose_conv2d_act_fwd_kernel(const Conv2dActFwdArgs& args,
   (void)capability;
   return {fallback, path + "this deepfuse._C was built without the sm_90a kernels (DEEPFUSE_SM90=0)", false};
 #endif
+}
+
+int64_t conv2d_act_bwd_workspace_bytes(const ConvShape& s, int dtype, int activation, bool grad_bias) {
+  check_args(s, dtype, activation);
+#if DEEPFUSE_SM90_KERNELS
+  if (dtype == static_cast<int>(DType::kFloat32) || s.groups != 1 || device_capability() != 90) return 0;
+  return grad_preact_workspace_bytes(s.batch * s.out_height * s.out_width, s.out_channels, activation, grad_bias);
+#else
+  (void)grad_bias;
+  return 0;
+#endif
+}
+
+Conv2dActBwdKernelChoice choose_conv2d_act_bwd_kernels(const Conv2dActBwdArgs& args, int capability) {
+  const ConvShape& s = args.shape;
+  check_args(s, args.dtype, args.activation);
+  const std::string path = portable_path(args.dtype) + "dz formed while loading tiles; ";
+  Conv2dActBwdKernelChoice choice{{kDgrad.pick(args.dtype), path, false}, {kWgrad.pick(args.dtype), path, false}};
+#if DEEPFUSE_SM90_KERNELS
+  if (capability != 90) {
+    choice.dgrad.reason += not_hopper(capability);
+    choice.wgrad.reason += not_hopper(capability);
+    return choice;
+  }
+  const int64_t needed = args.dtype == static_cast<int>(DType::kFloat32)
+                             ? 0
+                             : grad_preact_workspace_bytes(s.batch * s.out_height * s.out_width, s.out_channels,
+                                                           args.activation, args.grad_bias != nullptr);
+  const bool workspace_given = needed == 0 || (args.workspace != nullptr && args.workspace_bytes >= needed);
+  const std::string no_workspace = "no workspace of " + std::to_string(needed) +
+                                   " bytes was passed for dz (see _C.conv2d_act_bwd_workspace_bytes)";
+  const std::string kernel =
+      "sm_90a CUTLASS implicit-GEMM kernel: TMA im2col loads, wgmma, warp-specialised (a producer and a consumer "
+      "warpgroup, not persistent), on dz = dy * act'(saved) stored once ";
+  if (const char* refusal = conv2d_act_dgrad_sm90_refusal(args)) {
+    choice.dgrad.reason += refusal;
+  } else if (!workspace_given) {
+    choice.dgrad.reason += no_workspace;
+  } else {
+    choice.dgrad = {conv2d_act_dgrad_sm90_kernel_label(args.dtype), kernel + "(grad_preact_kernel)", true};
+  }
+  if (const char* refusal = conv2d_act_wgrad_sm90_refusal(args)) {
+    choice.wgrad.reason += refusal;
+  } else if (!workspace_given) {
+    choice.wgrad.reason += no_workspace;
+  } else {
+    choice.wgrad = {conv2d_act_wgrad_sm90_kernel_label(args.dtype),
+                    kernel + "(grad_preact_kernel, which sums db with it in a fixed order)", true};
+  }
+#else
+  (void)capability;
+  choice.dgrad.reason += "this deepfuse._C was built without the sm_90a kernels (DEEPFUSE_SM90=0)";
+  choice.wgrad.reason = choice.dgrad.reason;
+#endif
+  return choice;
 }
 
 void conv2d_act_fwd(const Conv2dActFwdArgs& args, cudaStream_t stream) {
@@ -236,11 +306,31 @@ void conv2d_act_bwd(const Conv2dActBwdArgs& args, cudaStream_t stream) {
   const ConvShape& s = args.shape;
   check_args(s, args.dtype, args.activation);
   check_device_ready();
+  const bool wants_dx = args.grad_x != nullptr, wants_dw = args.grad_weight != nullptr || args.grad_bias != nullptr;
+  bool dx_done = false, dw_done = false;
+#if DEEPFUSE_SM90_KERNELS
+  if (s.batch * s.out_height * s.out_width > 0 && s.out_channels > 0) {
+    const Conv2dActBwdKernelChoice choice = choose_conv2d_act_bwd_kernels(args, device_capability());
+    dx_done = wants_dx && choice.dgrad.sm90;
+    dw_done = wants_dw && choice.wgrad.sm90;
+    if (dx_done || dw_done) {
+      // dz once for the sm_90a kernels (db with it when they take dW); the WMMA kernels form their own dz.
+      const bool store_dz = dx_done || (dw_done && args.grad_weight != nullptr);
+      const GradPreactArgs preact{args.grad_y,       args.saved,       dw_done ? args.grad_bias : nullptr,
+                                  args.workspace,    s.batch * s.out_height * s.out_width,
+                                  s.out_channels,    args.dtype,       args.activation,
+                                  store_dz};
+      const void* dz = run_grad_preact(preact, stream);
+      if (dx_done) conv2d_act_dgrad_sm90(args, dz, stream);
+      if (dw_done && args.grad_weight != nullptr) conv2d_act_wgrad_sm90(args, dz, stream);
+    }
+  }
+#endif
   const int64_t cin_g = s.in_channels / s.groups, cout_g = s.out_channels / s.groups;
   const auto act = static_cast<Activation>(args.activation);
   const auto dtype = static_cast<DType>(args.dtype);
-  if (args.grad_x != nullptr) {
-    FusedGemm<OutputGradTaps, WeightTaps, PixelChannels> p;
+  if (wants_dx && !dx_done) {
+    DgradGemm p;
     p.a = args.grad_y;
     p.a_saved = args.saved;
     p.grad_act = act;
@@ -255,8 +345,8 @@ void conv2d_act_bwd(const Conv2dActBwdArgs& args, cudaStream_t stream) {
     p.groups = static_cast<int>(s.groups);
     launch_fused_gemm(p, dtype, stream);
   }
-  if (args.grad_weight != nullptr || args.grad_bias != nullptr) {
-    FusedGemm<OutputGradByChannel, InputPatchesByPixel, WeightGradTaps> p;
+  if (wants_dw && !dw_done) {
+    WgradGemm p;
     p.a = args.grad_y;
     p.a_saved = args.saved;
     p.grad_act = act;
@@ -264,7 +354,7 @@ void conv2d_act_bwd(const Conv2dActBwdArgs& args, cudaStream_t stream) {
     p.b = args.x;
     p.b_addr = {InputPatches{s, args.x_strides, cin_g}};
     p.c = args.grad_weight;
-    p.c_addr = {s, cin_g, cout_g};
+    p.c_addr = {s, args.grad_weight_strides, cin_g, cout_g};
     p.row_sum = args.grad_bias;
     p.group_channels = cout_g;
     p.M = cout_g;

@@ -46,9 +46,14 @@ struct Conv2dActBwdArgs {
   Strides4 w_strides;
   void* grad_x;  // or null
   Strides4 grad_x_strides;
-  void* grad_weight;  // (Cout, Cin/groups, KH, KW) contiguous, or null
-  void* grad_bias;    // (Cout,), or null
+  void* grad_weight;  // (Cout, Cin/groups, KH, KW), or null
+  Strides4 grad_weight_strides;
+  void* grad_bias;  // (Cout,), or null
   int dtype, activation;
+  // Device scratch of conv2d_act_bwd_workspace_bytes(...) bytes (16-byte aligned), or null: the sm_90a backward
+  // stores dz and db's partial sums there; without it backward takes the WMMA kernels.
+  void* workspace = nullptr;
+  int64_t workspace_bytes = 0;
 };
 
 // The kernel conv2d_act_fwd picks for a call on a device of compute capability `capability` (major * 10 + minor),
@@ -60,6 +65,17 @@ struct Conv2dActKernelChoice {
   bool sm90;
 };
 Conv2dActKernelChoice choose_conv2d_act_fwd_kernel(const Conv2dActFwdArgs& args, int capability);
+
+// The kernels conv2d_act_bwd picks for dx (dgrad) and for dW and db (wgrad), each with why: on a 9.0 device the
+// sm_90a CUTLASS convolutions where they can run (and the workspace is given), else the portable implicit-GEMM ones.
+struct Conv2dActBwdKernelChoice {
+  Conv2dActKernelChoice dgrad, wgrad;
+};
+Conv2dActBwdKernelChoice choose_conv2d_act_bwd_kernels(const Conv2dActBwdArgs& args, int capability);
+
+// Bytes of Conv2dActBwdArgs::workspace the backward wants on the current device (0 on a device whose backward needs
+// none, and for fp32).
+int64_t conv2d_act_bwd_workspace_bytes(const ConvShape& shape, int dtype, int activation, bool grad_bias);
 
 void conv2d_act_fwd(const Conv2dActFwdArgs& args, cudaStream_t stream);
 void conv2d_act_bwd(const Conv2dActBwdArgs& args, cudaStream_t stream);

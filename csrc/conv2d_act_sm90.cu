@@ -26,7 +26,6 @@
 #include <cutlass/epilogue/fusion/operations.hpp>
 
 #include <algorithm>
-#include <climits>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -35,19 +34,11 @@
 #include "activation_sm90.cuh"
 #include "common.cuh"
 #include "conv2d_act_sm90.h"
+#include "conv_sm90_common.cuh"
 
 namespace deepfuse {
 
 namespace conv_sm90 {
-
-// 16-byte TMA strides and vector accesses: 8 elements of a 2-byte type.
-constexpr int kAlignment = 8;
-constexpr int64_t kAlignmentBytes = 16;
-// TMA im2col limits for 2 spatial dimensions (cuTensorMapEncodeIm2col): traversal strides up to 8, the box
-// corners (-padding) in [-128, 127], filter offsets (k - 1) * dilation below 255.
-constexpr int64_t kMaxStride = 8;
-constexpr int64_t kMaxCorner = 128;
-constexpr int64_t kMaxFilterReach = 254;
 
 template <typename Element>
 struct Conv2dActFprop {
@@ -137,51 +128,8 @@ const RegisterKernelLabels kKernelLabels{
     DEEPFUSE_KERNEL_LABEL(conv2d_act_activation_pass_kernel<__nv_bfloat16>),
 };
 
-bool aligned(const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % conv_sm90::kAlignmentBytes == 0; }
-
-bool strides_aligned(const Strides4& s) {
-  return s.n % conv_sm90::kAlignment == 0 && s.h % conv_sm90::kAlignment == 0 && s.w % conv_sm90::kAlignment == 0;
-}
-
-// Bottom/right padding as CUTLASS wants it: the problem shape derives the output size from the padding on both
-// sides, while deepfuse's caller gives the output size. Any value in [exact, exact + stride - 1] gives the same
-// (floored) size; taps beyond the image read as zeros either way. Negative exact values (a strided conv that
-// never reaches the last rows) become 0, which TMA im2col needs.
-int64_t upper_padding(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t dilation, int64_t lower) {
-  const int64_t exact = (out - 1) * stride + (kernel - 1) * dilation + 1 - in - lower;
-  return exact < 0 ? 0 : exact;
-}
-
-int64_t output_size(int64_t in, int64_t kernel, int64_t stride, int64_t dilation, int64_t lower, int64_t upper) {
-  return (in + lower + upper - (kernel - 1) * dilation - 1) / stride + 1;
-}
-
-// x as NHWC, W as KRSC, y as NPQK (each stride array in that order; the channel stride is 1, which the refusal
-// checked).
-template <typename ProblemShape>
-ProblemShape problem_shape(const Conv2dActFwdArgs& a) {
-  const ConvShape& s = a.shape;
-  const int64_t pad_bottom = upper_padding(s.height, s.out_height, s.kernel_h, s.stride_h, s.dilation_h, s.pad_top);
-  const int64_t pad_right = upper_padding(s.width, s.out_width, s.kernel_w, s.stride_w, s.dilation_w, s.pad_left);
-  return ProblemShape(cutlass::conv::Mode::kCrossCorrelation,
-                      {static_cast<int>(s.batch), static_cast<int>(s.height), static_cast<int>(s.width),
-                       static_cast<int>(s.in_channels)},
-                      {a.x_strides.n, a.x_strides.h, a.x_strides.w, 1},
-                      {static_cast<int>(s.out_channels), static_cast<int>(s.kernel_h), static_cast<int>(s.kernel_w),
-                       static_cast<int>(s.in_channels)},
-                      {a.w_strides.n, a.w_strides.h, a.w_strides.w, 1},
-                      {a.y_strides.n, a.y_strides.h, a.y_strides.w, 1},
-                      {static_cast<int>(s.pad_top), static_cast<int>(s.pad_left)},
-                      {static_cast<int>(pad_bottom), static_cast<int>(pad_right)},
-                      {static_cast<int>(s.stride_h), static_cast<int>(s.stride_w)},
-                      {static_cast<int>(s.dilation_h), static_cast<int>(s.dilation_w)}, 1);
-}
-
-// An NHWC output's strides as the epilogue takes them: ((ow, oh, n), channel, batch mode), CUTLASS's order.
-template <typename Stride>
-Stride epilogue_stride(const Strides4& t) {
-  return Stride{{t.w, t.h, t.n}, cute::_1{}, cute::_0{}};
-}
+using conv_sm90::aligned;
+using conv_sm90::strides_aligned;
 
 template <typename Element>
 typename conv_sm90::Conv2dActFprop<Element>::Kernel::Arguments kernel_arguments(const Conv2dActFwdArgs& a) {
@@ -189,10 +137,10 @@ typename conv_sm90::Conv2dActFprop<Element>::Kernel::Arguments kernel_arguments(
   using Kernel = typename Conv::Kernel;
   typename Kernel::Arguments args{};
   args.mode = cutlass::gemm::GemmUniversalMode::kGemm;
-  args.problem_shape = problem_shape<typename Conv::ProblemShape>(a);
+  args.problem_shape = conv_sm90::problem_shape<typename Conv::ProblemShape>(a.shape, a.x_strides, a.w_strides, a.y_strides);
   args.mainloop.ptr_A = static_cast<const Element*>(a.x);
   args.mainloop.ptr_B = static_cast<const Element*>(a.weight);
-  const auto dD = epilogue_stride<typename Kernel::CollectiveEpilogue::StrideD>(a.y_strides);
+  const auto dD = conv_sm90::nhwc_epilogue_stride<typename Kernel::CollectiveEpilogue::StrideD>(a.y_strides);
   auto& fusion = args.epilogue.thread;
   fusion.alpha = 1.0f;
   fusion.bias_ptr = static_cast<const Element*>(a.bias);  // null: no bias (the broadcast reads zeros)
@@ -202,7 +150,7 @@ typename conv_sm90::Conv2dActFprop<Element>::Kernel::Arguments kernel_arguments(
   if (a.residual != nullptr) {
     fusion.beta = 1.0f;
     args.epilogue.ptr_C = static_cast<const Element*>(a.residual);
-    args.epilogue.dC = epilogue_stride<typename Kernel::CollectiveEpilogue::StrideC>(a.residual_strides);
+    args.epilogue.dC = conv_sm90::nhwc_epilogue_stride<typename Kernel::CollectiveEpilogue::StrideC>(a.residual_strides);
   } else {
     // beta = 0 skips the C load; its TMA descriptor still wants a valid tensor, so it describes D.
     fusion.beta = 0.0f;
@@ -245,31 +193,8 @@ void run_activation_pass(const Conv2dActFwdArgs& a, cudaStream_t stream) {
 
 template <typename Element>
 void run(const Conv2dActFwdArgs& a, cudaStream_t stream) {
-  using Conv = conv_sm90::Conv2dActFprop<Element>;
-  using Kernel = typename Conv::Kernel;
-  const typename Kernel::Arguments args = kernel_arguments<Element>(a);
-  auto* kernel = &conv2d_act_sm90_kernel<Element>;
-  constexpr size_t smem = Kernel::SharedStorageSize;
-  const dim3 block = Kernel::get_block_shape();
-  if (dry_run() != nullptr) {
-    // The grid as the kernel sizes it (one CTA per output tile); the TMA descriptors (driver calls) are left out.
-    typename Kernel::Params params{};
-    params.problem_shape = Conv::CollectiveMainloop::get_problem_shape_MNKL(args.problem_shape);
-    set_max_dynamic_smem(kernel, smem);
-    dry_launch(kernel, Kernel::get_grid_shape(params), block, smem, false);
-  } else {
-    if (Kernel::get_workspace_size(args) != 0) {
-      throw std::logic_error(
-          "conv2d_act sm_90a: the kernel asks for a workspace, which this launcher never allocates");
-    }
-    if (!Kernel::can_implement(args)) {
-      throw std::logic_error("conv2d_act sm_90a: CUTLASS refused a call that conv2d_act_fwd_sm90_refusal accepted");
-    }
-    const typename Kernel::Params params = Kernel::to_underlying_arguments(args, nullptr);
-    set_max_dynamic_smem(kernel, smem);
-    kernel<<<Kernel::get_grid_shape(params), block, smem, stream>>>(params);
-    DEEPFUSE_CUDA_CHECK(cudaGetLastError());
-  }
+  conv_sm90::launch_conv<conv_sm90::Conv2dActFprop<Element>>(&conv2d_act_sm90_kernel<Element>,
+                                                              kernel_arguments<Element>(a), "conv2d_act sm_90a", stream);
   if (a.preact == nullptr) return;
   if (std::is_same_v<Element, cutlass::bfloat16_t>) {
     run_activation_pass<__nv_bfloat16>(a, stream);
@@ -278,28 +203,30 @@ void run(const Conv2dActFwdArgs& a, cudaStream_t stream) {
   }
 }
 
+// The call with every size-1 dimension's stride settled (conv_sm90::settle_unit_dims).
+Conv2dActFwdArgs settled(Conv2dActFwdArgs a) {
+  const ConvShape& s = a.shape;
+  a.x_strides = conv_sm90::settle_unit_dims(a.x_strides, s.batch, s.in_channels, s.height, s.width);
+  a.w_strides = conv_sm90::settle_unit_dims(a.w_strides, s.out_channels, s.in_channels, s.kernel_h, s.kernel_w);
+  a.y_strides = conv_sm90::settle_unit_dims(a.y_strides, s.batch, s.out_channels, s.out_height, s.out_width);
+  a.residual_strides =
+      conv_sm90::settle_unit_dims(a.residual_strides, s.batch, s.out_channels, s.out_height, s.out_width);
+  return a;
+}
+
 }  // namespace
 
-const char* conv2d_act_fwd_sm90_refusal(const Conv2dActFwdArgs& a) {
+const char* conv2d_act_fwd_sm90_refusal(const Conv2dActFwdArgs& call) {
+  const Conv2dActFwdArgs a = settled(call);
   const ConvShape& s = a.shape;
   if (a.dtype != static_cast<int>(DType::kFloat16) && a.dtype != static_cast<int>(DType::kBFloat16)) {
     return "the sm_90a kernel takes float16 and bfloat16 only";
   }
-  if (s.groups != 1) return "groups != 1 (CUTLASS 4.2's sm_90 conv kernel refuses grouped convolutions)";
-  if (s.batch == 0 || s.out_height == 0 || s.out_width == 0 || s.out_channels == 0 || s.in_channels == 0) {
-    return "an empty convolution";
-  }
-  if (s.batch > INT_MAX || s.height > INT_MAX || s.width > INT_MAX || s.in_channels > INT_MAX ||
-      s.out_channels > INT_MAX || s.batch * s.out_height * s.out_width > INT_MAX) {
-    return "a size (or N * OH * OW) exceeds 2^31 - 1";
-  }
+  if (const char* refusal = conv_sm90::geometry_refusal(s)) return refusal;
   if (a.x_strides.c != 1) return "x is not channels_last (TMA im2col needs NHWC)";
   if (a.w_strides.c != 1) return "weight is not channels_last (the kernel reads it as KRSC)";
   if (a.y_strides.c != 1) return "y is not channels_last (the epilogue stores NHWC)";
   if (a.residual != nullptr && a.residual_strides.c != 1) return "residual is not channels_last";
-  if (s.in_channels % conv_sm90::kAlignment != 0 || s.out_channels % conv_sm90::kAlignment != 0) {
-    return "in_channels or out_channels is not a multiple of 8 (TMA needs 16-byte rows)";
-  }
   if (!strides_aligned(a.x_strides) || !strides_aligned(a.w_strides) || !strides_aligned(a.y_strides) ||
       (a.residual != nullptr && !strides_aligned(a.residual_strides))) {
     return "a stride of x, weight, y or residual is not a multiple of 8 elements (TMA needs 16-byte strides)";
@@ -307,22 +234,6 @@ const char* conv2d_act_fwd_sm90_refusal(const Conv2dActFwdArgs& a) {
   if (!aligned(a.x) || !aligned(a.weight) || !aligned(a.y) || !aligned(a.bias) || !aligned(a.residual) ||
       !aligned(a.preact)) {
     return "a pointer is not 16-byte aligned (TMA needs it)";
-  }
-  if (s.stride_h > conv_sm90::kMaxStride || s.stride_w > conv_sm90::kMaxStride) {
-    return "a stride over 8 (TMA im2col's traversal stride limit)";
-  }
-  if (s.pad_top < 0 || s.pad_left < 0 || s.pad_top > conv_sm90::kMaxCorner || s.pad_left > conv_sm90::kMaxCorner) {
-    return "padding outside [0, 128] (TMA im2col's corner limit)";
-  }
-  if ((s.kernel_h - 1) * s.dilation_h > conv_sm90::kMaxFilterReach ||
-      (s.kernel_w - 1) * s.dilation_w > conv_sm90::kMaxFilterReach) {
-    return "(kernel - 1) * dilation over 254 (TMA im2col's filter offset limit)";
-  }
-  const int64_t pad_bottom = upper_padding(s.height, s.out_height, s.kernel_h, s.stride_h, s.dilation_h, s.pad_top);
-  const int64_t pad_right = upper_padding(s.width, s.out_width, s.kernel_w, s.stride_w, s.dilation_w, s.pad_left);
-  if (output_size(s.height, s.kernel_h, s.stride_h, s.dilation_h, s.pad_top, pad_bottom) != s.out_height ||
-      output_size(s.width, s.kernel_w, s.stride_w, s.dilation_w, s.pad_left, pad_right) != s.out_width) {
-    return "the output size is not one that zero padding on the bottom/right gives";
   }
   const bool implementable = a.dtype == static_cast<int>(DType::kBFloat16)
                                  ? cutlass_can_implement<cutlass::bfloat16_t>(a)
@@ -346,9 +257,9 @@ void conv2d_act_fwd_sm90(const Conv2dActFwdArgs& args, cudaStream_t stream) {
     throw std::invalid_argument(std::string("conv2d_act sm_90a: ") + refusal);
   }
   if (args.dtype == static_cast<int>(DType::kBFloat16)) {
-    run<cutlass::bfloat16_t>(args, stream);
+    run<cutlass::bfloat16_t>(settled(args), stream);
   } else {
-    run<cutlass::half_t>(args, stream);
+    run<cutlass::half_t>(settled(args), stream);
   }
 }
 

@@ -186,17 +186,20 @@ def _conv2d_act(C, dtype: int) -> None:
     shape = (2, 64, 56, 56, 128, 28, 28, 3, 3, 2, 2, 1, 1, 1, 1, 2)
     xs, ys, ws = (64 * 56 * 56, 56 * 56, 56, 1), (128 * 28 * 28, 28 * 28, 28, 1), (32 * 9, 9, 3, 1)
     C.conv2d_act_fwd(shape, a, xs, a, ws, a, a, ys, a, a, ys, dtype, 3, 0)
-    C.conv2d_act_bwd(shape, a, a, ys, a, xs, a, ws, a, xs, a, a, dtype, 3, 0)
+    C.conv2d_act_bwd(shape, a, a, ys, a, xs, a, ws, a, xs, a, ws, a, dtype, 3, 0)
 
 
 def _conv2d_act_channels_last(C, dtype: int) -> None:
-    """Forward with a residual, without and with the pre-activation: 8x256x56x56 -> 256 channels, 3x3 padding 1, all
-    channels_last (on the H200 in fp16/bf16: the sm_90a kernel, and with z wanted its activation pass); gelu."""
+    """Forward with a residual, without and with the pre-activation, and backward with the workspace deepfuse passes:
+    8x256x56x56 -> 256 channels, 3x3 padding 1, all channels_last (on the H200 in fp16/bf16: the sm_90a kernel, and
+    with z wanted its activation pass; backward dz and db stored, then the sm_90a dgrad and wgrad); gelu."""
     a = FAKE_ADDRESS
     shape = (8, 256, 56, 56, 256, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1, 1)
     nhwc, krsc = (256 * 56 * 56, 1, 56 * 256, 256), (256 * 9, 1, 3 * 256, 256)
     C.conv2d_act_fwd(shape, a, nhwc, a, krsc, a, a, nhwc, a, 0, nhwc, dtype, 3, 0)
     C.conv2d_act_fwd(shape, a, nhwc, a, krsc, a, a, nhwc, a, a, nhwc, dtype, 3, 0)
+    workspace = dict(workspace=a, workspace_bytes=C.conv2d_act_bwd_workspace_bytes(shape, dtype, 3, True))
+    C.conv2d_act_bwd(shape, a, a, nhwc, a, nhwc, a, krsc, a, nhwc, a, krsc, a, dtype, 3, 0, **workspace)
 
 
 def _attention(C, dtype: int, d: int) -> None:
@@ -355,12 +358,15 @@ SASS_MARKERS = ("HGMMA", "HMMA.16816", "UTMALDG", "UTMASTG", "USETMAXREG", "LDGS
 # What every sm_90a kernel's design promises (the CUTLASS warp-specialised TMA + wgmma GEMMs: linear_act's forward,
 # and its backward's dgrad and wgrad).
 SM90A_REQUIRED = ("HGMMA", "UTMALDG", "USETMAXREG")
-# Kernels whose design promises something else, by label prefix. conv2d_act's implicit GEMM: CUTLASS 4.2 has no
-# persistent (cooperative, ping-pong) conv schedule, and its plain warp-specialised kernel (one producer, one consumer
-# warpgroup) hands no registers over, so no USETMAXREG; its TMA loads are im2col ones and D leaves by TMA store.
+# Kernels whose design promises something else, by label prefix. conv2d_act's implicit GEMMs (forward, dgrad,
+# wgrad): CUTLASS 4.2 has no persistent (cooperative, ping-pong) conv schedule, and its plain warp-specialised kernel
+# (one producer, one consumer warpgroup) hands no registers over, so no USETMAXREG; its TMA loads are im2col ones
+# (wgrad: dz tiled, x im2col) and D leaves by TMA store.
 # Its activation pass (y = act(z) when z is wanted) is elementwise: no MMA and no TMA by design.
 SM90A_REQUIRED_BY_PREFIX = {
     "conv2d_act_sm90_kernel<": ("HGMMA", "UTMALDG", "UTMASTG"),
+    "conv2d_act_dgrad_sm90_kernel<": ("HGMMA", "UTMALDG", "UTMASTG"),
+    "conv2d_act_wgrad_sm90_kernel<": ("HGMMA", "UTMALDG", "UTMASTG"),
     "conv2d_act_activation_pass_kernel<": (),
 }
 

@@ -239,9 +239,9 @@ def test_linear_act_bwd_dispatches_by_capability_in_a_dry_run():
         return call
 
     preact, bias_sum, dgrad, wgrad = _C.launch_plan(backward(64))
-    assert preact["kernel"] == "linear_act_grad_preact_kernel<__half>" and preact["block"] == 256
+    assert preact["kernel"] == "grad_preact_kernel<__half>" and preact["block"] == 256
     assert preact["grid"][0] == 4 and preact["grid"][1] >= 1  # 64 columns per block, slabs of rows
-    assert bias_sum["kernel"] == "linear_act_grad_bias_kernel<__half>" and bias_sum["grid"] == (1, 1, 1)
+    assert bias_sum["kernel"] == "grad_bias_kernel<__half>" and bias_sum["grid"] == (1, 1, 1)
     # 384 threads: a producer and two consumer warpgroups; persistent grids over the 128 x 256 tiles of dx (300 x 64:
     # 3 tiles) and dW (200 x 64: 2 tiles).
     assert dgrad["kernel"] == "linear_act_dgrad_sm90_kernel<cutlass::half_t>" and dgrad["block"] == 384
@@ -304,8 +304,14 @@ def test_explain_names_the_cuda_conv_kernel(monkeypatch):
     channels_last = [t.contiguous(memory_format=torch.channels_last) for t in (x, w)]
     hopper = deepfuse.explain("conv2d_act", *channels_last, None, 2, 1, activation="relu").reasons["cuda"]
     assert "forward: conv2d_act_sm90_kernel<cutlass::half_t>" in hopper, hopper
+    assert "backward" not in hopper  # nothing needs a gradient
     nchw = deepfuse.explain("conv2d_act", x, w, None, 2, 1, activation="relu").reasons["cuda"]
     assert "sm90" not in nchw.split("(")[0] and "channels_last" in nchw, nchw
+    # With gradients: backward's kernels too, each with why (stride 2: dx on WMMA, dW on sm_90a).
+    training = [t.detach().requires_grad_() for t in channels_last]
+    hopper = deepfuse.explain("conv2d_act", *training, None, 2, 1, activation="relu").reasons["cuda"]
+    assert "backward dx: gemm_detail::fused_gemm_wmma_kernel<__half, FusedGemm<OutputGradTaps," in hopper, hopper
+    assert "backward dW, db: conv2d_act_wgrad_sm90_kernel<cutlass::half_t>" in hopper, hopper
 
 
 # conv2d_act_fwd's shape entries: (batch, C, H, W, Cout, OH, OW, KH, KW, SH, SW, pad_top, pad_left, DH, DW, groups).
@@ -391,3 +397,148 @@ def test_conv2d_act_fwd_dispatches_by_capability_and_layout_in_a_dry_run():
     assert capped["grid"] == (128, 1, 1)
     (fp32,) = _C.launch_plan(forward(nhwc_x, krsc, nhwc_y, dtype=0))
     assert fp32["kernel"].startswith("gemm_detail::fused_gemm_simt_kernel<")
+
+
+# conv2d_act_bwd's refusal cases and kernels: CONV_3X3 unless said. On a 9.0 device dz is stored once
+# (grad_preact_kernel, db with it), then CUTLASS's dgrad and wgrad, each where it can; the other keeps its WMMA GEMM.
+CONV_STRIDE_2 = (2, 64, 15, 15, 128, 8, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1)
+DGRAD_SM90, WGRAD_SM90 = (
+    "conv2d_act_dgrad_sm90_kernel<cutlass::half_t>",
+    "conv2d_act_wgrad_sm90_kernel<cutlass::half_t>",
+)
+DGRAD_WMMA = "gemm_detail::fused_gemm_wmma_kernel<__half, FusedGemm<OutputGradTaps,"
+WGRAD_WMMA = "gemm_detail::fused_gemm_wmma_kernel<__half, FusedGemm<OutputGradByChannel,"
+
+
+def test_conv2d_act_bwd_kernel_name_says_which_kernels_and_why():
+    _C = _import_C()
+    fp16, bf16, fp32 = 1, 2, 0
+    (dgrad, dgrad_why), (wgrad, wgrad_why) = _C.conv2d_act_bwd_kernel_name(CONV_3X3, fp16, 90)
+    assert (dgrad, wgrad) == (DGRAD_SM90, WGRAD_SM90), (dgrad_why, wgrad_why)
+    assert all("wgmma" in why and "grad_preact_kernel" in why for why in (dgrad_why, wgrad_why))
+    assert "db" in wgrad_why
+    bf16_kernels = [kernel for kernel, _ in _C.conv2d_act_bwd_kernel_name(CONV_3X3, bf16, 90)]
+    assert bf16_kernels == [k.replace("half_t", "bfloat16_t") for k in (DGRAD_SM90, WGRAD_SM90)]
+    # Strided: dgrad on WMMA (CUTLASS 4.2 tests its sm_90 dgrad at unit stride only), wgrad on sm_90a.
+    (dgrad, dgrad_why), (wgrad, _) = _C.conv2d_act_bwd_kernel_name(CONV_STRIDE_2, fp16, 90)
+    assert dgrad.startswith(DGRAD_WMMA) and "strided" in dgrad_why and wgrad == WGRAD_SM90, dgrad_why
+    # A contiguous 1x1 weight is channels_last too (its size-1 strides are settled): both on sm_90a.
+    one_by_one = (2, 64, 8, 8, 64, 8, 8, 1, 1, 1, 1, 0, 0, 1, 1, 1)
+    kernels = _C.conv2d_act_bwd_kernel_name(one_by_one, fp16, 90, w_strides=_nchw(64, 64, 1, 1))
+    assert [k for k, _ in kernels] == [DGRAD_SM90, WGRAD_SM90], kernels
+    # "none" without a bias needs no workspace (the GEMMs read dy itself).
+    none = _C.conv2d_act_bwd_kernel_name(CONV_3X3, fp16, 90, activation=0, bias=False, workspace=False)
+    assert [k for k, _ in none] == [DGRAD_SM90, WGRAD_SM90], none
+    nchw_x = dict(x_strides=_nchw(2, 64, 56, 56))
+    refused = {  # reason: (call, whether dgrad refuses, whether wgrad refuses)
+        "device capability 8.0": (_C.conv2d_act_bwd_kernel_name(CONV_3X3, fp16, 80), True, True),
+        "float16 and bfloat16 only": (_C.conv2d_act_bwd_kernel_name(CONV_3X3, fp32, 90), True, True),
+        "grad_y is not packed channels_last": (
+            _C.conv2d_act_bwd_kernel_name(CONV_3X3, fp16, 90, y_strides=_nchw(2, 128, 56, 56)),
+            True,
+            True,
+        ),
+        "grad_x is not channels_last": (_C.conv2d_act_bwd_kernel_name(CONV_3X3, fp16, 90, **nchw_x), True, False),
+        "x is not packed channels_last": (_C.conv2d_act_bwd_kernel_name(CONV_3X3, fp16, 90, **nchw_x), False, True),
+        "weight is not channels_last": (
+            _C.conv2d_act_bwd_kernel_name(CONV_3X3, fp16, 90, w_strides=_nchw(128, 64, 3, 3)),
+            True,
+            False,
+        ),
+        "grad_weight is not packed channels_last": (
+            _C.conv2d_act_bwd_kernel_name(CONV_3X3, fp16, 90, w_strides=_nchw(128, 64, 3, 3)),
+            False,
+            True,
+        ),
+        "groups != 1": (_C.conv2d_act_bwd_kernel_name((*CONV_3X3[:-1], 2), fp16, 90), True, True),
+        "not a multiple of 8": (
+            _C.conv2d_act_bwd_kernel_name((2, 60, 56, 56, *CONV_3X3[4:]), fp16, 90),
+            True,
+            True,
+        ),
+        "16-byte aligned": (_C.conv2d_act_bwd_kernel_name(CONV_3X3, bf16, 90, aligned=False), True, True),
+        "no workspace": (_C.conv2d_act_bwd_kernel_name(CONV_3X3, fp16, 90, workspace=False), True, True),
+    }
+    for reason, (((dgrad, dgrad_why), (wgrad, wgrad_why)), dgrad_refuses, wgrad_refuses) in refused.items():
+        for refuses, kernel, why in ((dgrad_refuses, dgrad, dgrad_why), (wgrad_refuses, wgrad, wgrad_why)):
+            if refuses:
+                assert reason in why and "sm90" not in kernel and "loading tiles" in why, (reason, kernel, why)
+            else:
+                assert reason not in why, (reason, kernel, why)
+    assert refused["float16 and bfloat16 only"][0][0][0].startswith(
+        "gemm_detail::fused_gemm_simt_kernel<FusedGemm<OutputGradTaps,"
+    )
+    assert refused["device capability 8.0"][0][1][0].startswith(WGRAD_WMMA)
+
+
+def test_conv2d_act_bwd_workspace_bytes_by_device_dtype_and_groups():
+    _C = _import_C()
+    fp16, fp32, gelu, none = 1, 0, 3, 0
+    pixels, channels = 2 * 56 * 56, 128
+    with_bias, _ = _planned(_C, lambda: _C.conv2d_act_bwd_workspace_bytes(CONV_3X3, fp16, gelu, True))
+    without_bias, _ = _planned(_C, lambda: _C.conv2d_act_bwd_workspace_bytes(CONV_3X3, fp16, gelu, False))
+    assert without_bias >= pixels * channels * 2 and with_bias >= without_bias + channels * 4  # dz, then db partials
+    assert _planned(_C, lambda: _C.conv2d_act_bwd_workspace_bytes(CONV_3X3, fp16, none, False))[0] == 0  # dz = dy
+    assert _planned(_C, lambda: _C.conv2d_act_bwd_workspace_bytes(CONV_3X3, fp32, gelu, True))[0] == 0
+    assert _planned(_C, lambda: _C.conv2d_act_bwd_workspace_bytes(CONV_3X3, fp16, gelu, True), capability=80)[0] == 0
+    grouped = (*CONV_3X3[:-1], 2)
+    assert _planned(_C, lambda: _C.conv2d_act_bwd_workspace_bytes(grouped, fp16, gelu, True))[0] == 0
+
+
+def test_conv2d_act_bwd_dispatches_each_gradient_in_a_dry_run():
+    _C = _import_C()
+    a = 1 << 20
+
+    def backward(shape, grad_x=a, grad_weight=a, grad_bias=a, dtype=1, workspace=True):
+        n, c, h, w, k, oh, ow, kh, kw = shape[:9]
+        x, y = [c * h * w, 1, w * c, c], [k * oh * ow, 1, ow * k, k]
+        krsc = [kh * kw * c, 1, kw * c, c]
+
+        def call():
+            nbytes = _C.conv2d_act_bwd_workspace_bytes(shape, dtype, 3, grad_bias != 0) if workspace else 0
+            _C.conv2d_act_bwd(
+                shape,
+                a,
+                a,
+                y,
+                a,
+                x,
+                a,
+                krsc,
+                grad_x,
+                x,
+                grad_weight,
+                krsc,
+                grad_bias,
+                dtype,
+                3,
+                0,
+                workspace=a,
+                workspace_bytes=nbytes,
+            )
+
+        return call
+
+    preact, bias_sum, dgrad, wgrad = _C.launch_plan(backward(CONV_3X3))
+    # dz: 6272 pixels x 128 channels, 64 columns a block; db's slabs added in order by one block of 256.
+    assert preact["kernel"] == "grad_preact_kernel<__half>" and preact["grid"][0] == 2 and preact["grid"][1] >= 1
+    assert bias_sum["kernel"] == "grad_bias_kernel<__half>" and bias_sum["grid"] == (1, 1, 1)
+    # 256 threads (a producer and a consumer warpgroup), a CTA per 128 x 128 tile: dx is 6272 pixels x 64 channels
+    # (49 tiles); dW is 128 output channels x (64 channels, 3 x 3 taps), and wgrad's N tile spans the channels of one
+    # tap only: 1 x (1 x 9) tiles (half of each tile idle at 64 channels).
+    assert dgrad["kernel"] == DGRAD_SM90 and dgrad["block"] == 256 and math.prod(dgrad["grid"]) == 49
+    assert wgrad["kernel"] == WGRAD_SM90 and wgrad["block"] == 256 and wgrad["grid"] == (1, 9, 1)
+    assert all(g["smem_opt_in"] == g["smem"] > 48 << 10 for g in (dgrad, wgrad))
+    # Strided: the sm_90a side first (dz, db, wgrad), then dx on WMMA from dy and saved.
+    kernels = [g["kernel"] for g in _C.launch_plan(backward(CONV_STRIDE_2))]
+    assert kernels[:3] == ["grad_preact_kernel<__half>", "grad_bias_kernel<__half>", WGRAD_SM90], kernels
+    assert len(kernels) == 4 and kernels[3].startswith(DGRAD_WMMA), kernels
+    # db alone (a frozen weight, x needs no gradient): column sums only, no GEMM.
+    db_only = [g["kernel"] for g in _C.launch_plan(backward(CONV_3X3, grad_x=0, grad_weight=0))]
+    assert db_only == ["grad_preact_kernel<__half>", "grad_bias_kernel<__half>"], db_only
+    for case, plan in {
+        "capability 8.0": dict(fn=backward(CONV_3X3), capability=80),
+        "no workspace": dict(fn=backward(CONV_3X3, workspace=False)),
+    }.items():
+        kernels = [g["kernel"] for g in _C.launch_plan(**plan)]
+        assert len(kernels) == 2 and kernels[0].startswith(DGRAD_WMMA) and kernels[1].startswith(WGRAD_WMMA), case

@@ -69,7 +69,14 @@ def test_gate_fails_on_a_missing_opt_in(C):
     _, violations, _ = gate.check(Doctored(C, launch_plan=doctored_plan(C, forget_opt_in)), FEW_LSTM_SIZES)
     flagged = [v for v in violations if "MaxDynamicSharedMemorySize to 0" in v]
     assert flagged and all(any(name in v for name in ("attention", "lstm", "_sm90_kernel")) for v in flagged)
-    for gemm in ("linear_act_sm90", "linear_act_dgrad_sm90", "linear_act_wgrad_sm90", "conv2d_act_sm90"):
+    for gemm in (
+        "linear_act_sm90",
+        "linear_act_dgrad_sm90",
+        "linear_act_wgrad_sm90",
+        "conv2d_act_sm90",
+        "conv2d_act_dgrad_sm90",
+        "conv2d_act_wgrad_sm90",
+    ):
         assert [v for v in flagged if gemm in v], (gemm, violations)
 
 
@@ -153,7 +160,9 @@ SM90_GEMMS = {
 }
 # conv2d_act's implicit GEMM: TMA (im2col) loads and wgmma, but no setmaxnreg (CUTLASS 4.2's only sm_90 conv schedule
 # is the plain warp-specialised one; gate.SM90A_REQUIRED_BY_PREFIX).
-SM90_CONVS = {f"conv2d_act_sm90_kernel<{dtype}>" for dtype in ("half_t", "bfloat16_t")}
+SM90_CONVS = {
+    f"conv2d_act_{part}sm90_kernel<{dtype}>" for part in ("", "dgrad_", "wgrad_") for dtype in ("half_t", "bfloat16_t")
+}
 
 
 @pytest.fixture(scope="module")

@@ -322,11 +322,19 @@ def _bwd_cuda(
     fmt = output_memory_format(x)
     grad_y, saved, activation, grad_residual = _bwd_operands(grad_y, saved, x, activation, need_grad_residual)
     grad_x = _kernel_utils.empty_output(x.shape, x, fmt) if need_grad_x else nothing(x)
-    grad_weight = _kernel_utils.empty_output(weight.shape, x) if need_grad_weight else nothing(x)
+    # dW in W's own layout, as torch gives it (the sm_90a wgrad stores channels_last, KRSC).
+    grad_weight = (
+        _kernel_utils.empty_output(weight.shape, x, output_memory_format(weight)) if need_grad_weight else nothing(x)
+    )
     grad_bias = _kernel_utils.empty_output(weight.shape[:1], x) if has_bias else nothing(x)
+    shape = _cuda_shape(x, weight, grad_y.shape, stride, pad, dilation, groups)
+    dtype, act = _backend.DTYPE_CODES[x.dtype], ACTIVATION_CODES[activation]
     with torch.cuda.device(x.device):
+        # Scratch for the sm_90a backward (dz stored once, db's partial sums); 0 bytes on other devices and dtypes.
+        workspace_bytes = _C.conv2d_act_bwd_workspace_bytes(shape, dtype, act, has_bias)
+        workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=x.device) if workspace_bytes else None
         _C.conv2d_act_bwd(
-            _cuda_shape(x, weight, grad_y.shape, stride, pad, dilation, groups),
+            shape,
             pointer(grad_y),
             pointer(saved) if activation != "none" else 0,
             list(grad_y.stride()),
@@ -337,10 +345,13 @@ def _bwd_cuda(
             pointer(grad_x),
             list(grad_x.stride()) if need_grad_x else [0, 0, 0, 0],
             pointer(grad_weight),
+            list(grad_weight.stride()) if need_grad_weight else [0, 0, 0, 0],
             pointer(grad_bias),
-            _backend.DTYPE_CODES[x.dtype],
-            ACTIVATION_CODES[activation],
+            dtype,
+            act,
             torch.cuda.current_stream().cuda_stream,
+            workspace=pointer(workspace),
+            workspace_bytes=workspace_bytes,
         )
     return grad_x, grad_weight, grad_bias, grad_residual
 
@@ -555,7 +566,7 @@ def _preference(x, weight, *args, **kwargs):
 def _cuda_kernels(
     x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation="none", *, residual=None, **_
 ):
-    """Which _C kernel the cuda backend runs forward for this call on x's device, and why."""
+    """Which _C kernels the cuda backend runs forward and backward for this call on x's device, and why."""
     from deepfuse import _C
 
     x = x.unsqueeze(0) if x.ndim == 3 else x
@@ -565,20 +576,29 @@ def _cuda_kernels(
     y = torch.empty(out_shape, device="meta").contiguous(memory_format=output_memory_format(x))  # as the launcher
     operands = [t for t in (x, weight, bias, residual) if t is not None]
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in operands)
-    kernel, why = _C.conv2d_act_kernel_name(
-        _cuda_shape(x, weight, out_shape, stride, pad, dilation, groups),
-        _backend.DTYPE_CODES[x.dtype],
-        device_capability(x.device),
+    shape = _cuda_shape(x, weight, out_shape, stride, pad, dilation, groups)
+    dtype, capability, act = _backend.DTYPE_CODES[x.dtype], device_capability(x.device), ACTIVATION_CODES[activation]
+    layout = dict(
         x_strides=list(x.stride()),
         w_strides=list(weight.stride()),
         y_strides=list(y.stride()),
         aligned=all(t.data_ptr() % 16 == 0 for t in operands),
         bias=bias is not None,
+        activation=act,
+    )
+    kernel, why = _C.conv2d_act_kernel_name(
+        shape,
+        dtype,
+        capability,
         residual=residual is not None,
         preact=needs_grad and activation in NEEDS_PREACTIVATION,
-        activation=ACTIVATION_CODES[activation],
+        **layout,
     )
-    return f"forward: {kernel} ({why})"
+    if not needs_grad:
+        return f"forward: {kernel} ({why})"
+    # Backward as _bwd_cuda calls it: x's layout for dx and dy, dW in W's layout (its strides are W's).
+    (dgrad, dgrad_why), (wgrad, wgrad_why) = _C.conv2d_act_bwd_kernel_name(shape, dtype, capability, **layout)
+    return f"forward: {kernel} ({why}); backward dx: {dgrad} ({dgrad_why}); backward dW, db: {wgrad} ({wgrad_why})"
 
 
 _backend.register_op(
