@@ -9,7 +9,8 @@ syntax rewritten, the same way for every file:
 
 The CUDA runtime calls the launchers make are answered by cudart_stubs.inc. Files that need Hopper-only hardware
 (CUTLASS / CuTe, wgmma, setmaxnreg: the ``*_sm90.cu`` kernels) have no host emulation: ``hopper_only`` says why,
-and the runner skips them.
+and the runner skips them. Of conv_sm90_common.cuh, which includes CuTe, the CUTLASS-free checks are cut out
+(``conv_sm90_checks``) for the stand-ins of the conv backward's refusals (sm90_standins.cpp).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import re
 from pathlib import Path
 
 HOPPER_MARKERS = ("#include <cute/", "#include <cutlass/", "wgmma.mma_async", "setmaxnreg.", "cp.async.bulk")
+
+# conv_sm90_common.cuh's CUTLASS-free part lies between these two seams (inside namespace conv_sm90).
+CONV_SM90_CHECKS = ("namespace conv_sm90 {\n", "// CUTLASS's problem shape")
 
 _DYNAMIC_SHARED = re.compile(r"extern __shared__ (?:__align__\(\d+\) )?unsigned char (\w+)\[\];")
 _STATIC_SHARED = re.compile(r"__shared__ (?:__align__\(\d+\) )?([\w:<>, ]+?) (\w+)((?:\[[^\]\n]+\])+);")
@@ -56,7 +60,22 @@ def host_source(cu: Path) -> str:
 
 def write_host_headers(csrc: Path, out_dir: Path) -> None:
     """csrc's headers, rewritten, into ``out_dir`` (put it before csrc on the include path): fused_gemm.cuh's
-    kernels and launch need the same rewrite as a .cu file's."""
+    kernels and launch need the same rewrite as a .cu file's. Also conv_sm90_checks.inc (``conv_sm90_checks``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for header in [*csrc.glob("*.cuh"), *csrc.glob("*.h")]:
-        (out_dir / header.name).write_text(host_text(header.read_text()))
+        if hopper_only(header) is None:  # CUTLASS's headers (sm90_kernel.cuh, ...) are never compiled for the host
+            (out_dir / header.name).write_text(host_text(header.read_text()))
+    (out_dir / "conv_sm90_checks.inc").write_text(conv_sm90_checks(csrc / "conv_sm90_common.cuh"))
+
+
+def conv_sm90_checks(header: Path) -> str:
+    """The CUTLASS-free checks of conv_sm90_common.cuh (alignment, settled strides, TMA im2col limits), as the text
+    between its two seams; raises if a seam moved or CuTe/CUTLASS code crept in between."""
+    text = header.read_text()
+    begin, end = CONV_SM90_CHECKS
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ValueError(f"host_source: {header.name} lost its seams {CONV_SM90_CHECKS!r}; update CONV_SM90_CHECKS")
+    part = text[text.index(begin) + len(begin) : text.index(end)]
+    if "cute::" in part or "cutlass::" in part:
+        raise ValueError(f"host_source: {header.name}'s checks before {end!r} now use CuTe/CUTLASS")
+    return part

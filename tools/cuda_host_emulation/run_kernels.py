@@ -23,7 +23,9 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -136,6 +138,18 @@ def load_host_module(path: str):
     return module
 
 
+@dataclass(frozen=True)
+class Case:
+    """One shape of an op: ``make(dtype) -> (forward args, backward args from (grad, saved))``. ``backward``: the
+    kernels the cuda backward must launch, in order, for a dtype (``backward_kernels``), or None when not checked;
+    ``dtypes``: the dtypes it runs in (None: all asked for)."""
+
+    name: str
+    make: Callable
+    backward: Callable | None = None
+    dtypes: tuple[str, ...] | None = None
+
+
 def _randn(*shape, dtype):
     import torch
 
@@ -162,7 +176,7 @@ def linear_cases(quick: bool):
                 fwd = (x, w, b, activation, True)
                 return fwd, lambda grad, saved: (grad, saved, x, w, activation, bias, True, True)
 
-            yield f"M{M}K{K}N{N}-{activation}-bias{int(bias)}", make
+            yield Case(f"M{M}K{K}N{N}-{activation}-bias{int(bias)}", make)
 
 
 def conv_cases(quick: bool):
@@ -200,7 +214,81 @@ def conv_cases(quick: bool):
                 residual,
             )
 
-        yield f"N{N}C{C}H{H}W{W}O{C_out}k{k}s{s}p{p}d{d}g{g}-{activation}{'-residual' if residual else ''}", make
+        yield Case(f"N{N}C{C}H{H}W{W}O{C_out}k{k}s{s}p{p}d{d}g{g}-{activation}{'-residual' if residual else ''}", make)
+
+
+# The cuda backward's launches on the emulated 9.0 device, by role: grad_preact.cu's dz (and db's partial sums) and
+# db, the sm_90a stand-ins, the portable WMMA implicit GEMMs. A launch matches when its label starts so.
+def backward_kernels(roles: tuple[str, ...]) -> Callable:
+    def labels(dtype_name: str) -> list[str]:
+        elem, cutlass = {"float16": ("__half", "half_t"), "bfloat16": ("__nv_bfloat16", "bfloat16_t")}[dtype_name]
+        by_role = {
+            "preact": f"grad_preact_kernel<{elem}>",
+            "bias": f"grad_bias_kernel<{elem}>",
+            "dgrad_sm90": f"conv2d_act_dgrad_sm90_kernel<cutlass::{cutlass}> (host stand-in)",
+            "wgrad_sm90": f"conv2d_act_wgrad_sm90_kernel<cutlass::{cutlass}> (host stand-in)",
+            "dgrad_wmma": f"gemm_detail::fused_gemm_wmma_kernel<{elem}, FusedGemm<OutputGradTaps,",
+            "wgrad_wmma": f"gemm_detail::fused_gemm_wmma_kernel<{elem}, FusedGemm<OutputGradByChannel,",
+        }
+        return [by_role[role] for role in roles]
+
+    return labels
+
+
+def conv_sm90_inputs(dtype, geometry, activation, bias, residual, need_x, need_w, w_layout):
+    """channels_last x (and residual) and W in ``w_layout``: the forward's and the backward's arguments."""
+    import torch
+
+    from deepfuse.ops.conv2d_act import _out_shape
+
+    N, C, H, W, C_out, k, s, p = geometry
+    x = _randn(N, C, H, W, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = (_randn(C_out, C, k, k, dtype=dtype) / (C * k * k) ** 0.5).contiguous(memory_format=w_layout)
+    b = _randn(C_out, dtype=dtype) if bias else None
+    stride, pad, dilation = (s, s), (p, p, p, p), (1, 1)
+    r = None
+    if residual:
+        r = _randn(*_out_shape(x, w, stride, pad, dilation), dtype=dtype).contiguous(memory_format=torch.channels_last)
+    fwd = (x, w, b, r, stride, pad, dilation, 1, activation, True)
+    return fwd, lambda grad, saved: (
+        grad,
+        saved,
+        x,
+        w,
+        stride,
+        pad,
+        dilation,
+        1,
+        activation,
+        bias,
+        need_x,
+        need_w,
+        residual,
+    )
+
+
+def conv_sm90_cases(quick: bool):
+    """channels_last fp16/bf16 convolutions whose backward reaches the sm_90a side (stand-ins) on the emulated 9.0
+    device, each with the launches it must make: a case that falls back to WMMA fails."""
+    import torch
+
+    cl, contiguous = torch.channels_last, torch.contiguous_format
+    both = ("preact", "bias", "dgrad_sm90", "wgrad_sm90")
+    strided = ("preact", "bias", "wgrad_sm90", "dgrad_wmma")  # CUTLASS 4.2's dgrad: unit stride only
+    db_only = ("preact", "bias")  # no GEMM: grad_preact.cu sums db
+    dz_is_dy = ("dgrad_sm90", "wgrad_sm90")  # "none", no bias: nothing to store
+    cases = [  # name, (N, C_in, H, W, C_out, k, stride, pad), activation, bias, residual, (dx, dW), W layout, launches
+        ("unit-stride", (2, 8, 7, 9, 16, 3, 1, 1), "relu", True, False, (True, True), cl, both),
+        ("stride2", (2, 8, 9, 8, 8, 3, 2, 1), "silu", True, False, (True, True), cl, strided),
+        ("db-alone", (2, 16, 5, 6, 8, 3, 1, 1), "gelu", True, False, (False, False), cl, db_only),
+        ("none-nobias", (1, 8, 6, 7, 8, 3, 1, 0), "none", False, False, (True, True), cl, dz_is_dy),
+        ("1x1-contiguous-weight", (2, 16, 5, 7, 24, 1, 1, 0), "tanh", True, False, (True, True), contiguous, both),
+        ("residual", (2, 8, 6, 6, 16, 3, 1, 1), "gelu", True, True, (True, True), cl, both),
+    ]
+    for name, geometry, activation, bias, residual, (need_x, need_w), w_layout, roles in cases[: 2 if quick else None]:
+        spec = (geometry, activation, bias, residual, need_x, need_w, w_layout)
+        make = lambda dtype, spec=spec: conv_sm90_inputs(dtype, *spec)  # noqa: E731
+        yield Case(f"sm90-{name}-{activation}", make, backward_kernels(roles), ("float16", "bfloat16"))
 
 
 def attention_cases(quick: bool):
@@ -224,10 +312,17 @@ def attention_cases(quick: bool):
             fwd = (q, k, v, mask, causal, scale)
             return fwd, lambda grad, saved: (grad, q, k, v, saved[0], saved[1], mask, causal, scale)
 
-        yield f"B{B}Hq{Hq}Hkv{Hkv}Nq{Nq}Nk{Nk}D{D}{'-causal' if causal else ''}{'-padding' if padding else ''}", make
+        yield Case(
+            f"B{B}Hq{Hq}Hkv{Hkv}Nq{Nq}Nk{Nk}D{D}{'-causal' if causal else ''}{'-padding' if padding else ''}", make
+        )
 
 
-OPS = {"linear_act": linear_cases, "conv2d_act": conv_cases, "attention": attention_cases}
+def conv2d_act_cases(quick: bool):
+    yield from conv_cases(quick)
+    yield from conv_sm90_cases(quick)
+
+
+OPS = {"linear_act": linear_cases, "conv2d_act": conv2d_act_cases, "attention": attention_cases}
 # What each op's backward returns, in order.
 GRADIENTS = {
     "linear_act": ("grad_x", "grad_weight", "grad_bias"),
@@ -244,17 +339,43 @@ def _upcast(value):
     return value
 
 
-def check_case(op: str, make, dtype, notes: list[str]) -> list[str]:
+def standin_calls() -> tuple[int, int]:
+    """How often the real (not dry-run) backward reached the conv dgrad and wgrad stand-ins (sm90_standins.cpp)."""
+    import ctypes
+
+    library = ctypes.CDLL(os.environ[CHILD_FLAG])  # the loaded module itself: dlopen hands back the same handle
+    calls = library.deepfuse_host_conv_standin_calls
+    calls.restype = ctypes.c_long
+    return calls(0), calls(1)
+
+
+def planned_backward(module, case: Case, dtype_name: str, run, notes: list[str]) -> list[str]:
+    """The kernels the cuda backward launches, from a dry run of the same launcher (``run``), in the case line's
+    notes; the problems when they are not the case's expected ones."""
+    C = sys.modules["deepfuse._C"]
+    planned = [launch["kernel"] for launch in C.launch_plan(run)]
+    notes.append(f"backward: {', '.join(label.split('<')[0] for label in planned) or 'stand-ins only'}")
+    if case.backward is None:
+        return []
+    expected = case.backward(dtype_name)
+    if len(planned) != len(expected) or not all(map(str.startswith, planned, expected)):
+        return [f"backward launches {planned}, expected {expected}"]
+    return []
+
+
+def check_case(op: str, case: Case, dtype_name: str, notes: list[str]) -> list[str]:
     """Forward and backward of the host-built kernels vs the op's torch implementation in float64; the problems.
-    Appends what the case line should also say to ``notes``."""
+    Appends what the case line should also say to ``notes``. For a case that names its backward kernels, also checks
+    that a dry run plans exactly those and that the real run reached the conv stand-ins as often."""
     import importlib
 
     import torch
 
     from tests.tolerances import assert_close_to_reference
 
+    dtype = getattr(torch, dtype_name)
     module = importlib.import_module(f"deepfuse.ops.{op}")
-    fwd_args, bwd_args = make(dtype)
+    fwd_args, bwd_args = case.make(dtype)
     ref_fwd_args = tuple(map(_upcast, fwd_args))
     problems = []
     forward = {
@@ -262,11 +383,12 @@ def check_case(op: str, make, dtype, notes: list[str]) -> list[str]:
         "torch": module._FWD["torch"](*fwd_args),
         "ref": module._FWD["torch"](*ref_fwd_args),
     }
-    grad = _randn(*forward["cuda"][0].shape, dtype=dtype)
-    if op == "linear_act":  # which kernels backward launches, from a dry run of the same launcher
-        C = sys.modules["deepfuse._C"]
-        planned = C.launch_plan(lambda: module._BWD["cuda"](*bwd_args(grad, forward["cuda"][1])))
-        notes.append(f"backward: {', '.join(launch['kernel'].split('<')[0] for launch in planned) or 'stand-ins only'}")
+    # In the output's own layout (channels_last for a channels_last x), as autograd would hand it over.
+    grad = torch.empty_like(forward["cuda"][0]).copy_(_randn(*forward["cuda"][0].shape, dtype=dtype))
+    if op != "attention":
+        cuda_backward_args = bwd_args(grad, forward["cuda"][1])
+        problems += planned_backward(module, case, dtype_name, lambda: module._BWD["cuda"](*cuda_backward_args), notes)
+    calls_before = standin_calls()
     backward = {}
     for name, out in forward.items():
         saved = out if op == "attention" else out[1]  # attention's backward takes (out, lse), the others preact
@@ -274,6 +396,16 @@ def check_case(op: str, make, dtype, notes: list[str]) -> list[str]:
         backward[name] = module._BWD["torch" if name == "ref" else name](
             *(map(_upcast, args) if name == "ref" else args)
         )
+    if case.backward is not None:
+        expected = case.backward(dtype_name)
+        wanted = tuple(sum(f"_{kind}_sm90_kernel" in label for label in expected) for kind in ("dgrad", "wgrad"))
+        reached = tuple(after - before for before, after in zip(calls_before, standin_calls(), strict=True))
+        if reached != wanted:
+            problems.append(f"the backward reached the (dgrad, wgrad) stand-ins {reached} times, expected {wanted}")
+    if op == "conv2d_act" and backward["cuda"][1].numel():
+        weight = fwd_args[1]
+        if backward["cuda"][1].stride() != weight.stride():  # dW in W's own layout, as torch gives it
+            problems.append(f"grad_weight strides {backward['cuda'][1].stride()}, W's are {weight.stride()}")
     labels = ["out", *GRADIENTS[op]]
     values = {name: [forward[name][0], *backward[name]] for name in forward}
     if any(len(values[name]) != len(labels) for name in values):
@@ -298,18 +430,19 @@ def run_checks(args) -> int:
     import torch
 
     load_host_module(os.environ[CHILD_FLAG])
-    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     failures = total = 0
     start = time.time()
     for op in args.op:
-        for case, make in OPS[op](args.quick):
+        for case in OPS[op](args.quick):
             for dtype_name in args.dtype:
+                if case.dtypes is not None and dtype_name not in case.dtypes:
+                    continue
                 total += 1
                 torch.manual_seed(total)
                 notes = []
-                problems = check_case(op, make, dtypes[dtype_name], notes)
+                problems = check_case(op, case, dtype_name, notes)
                 failures += bool(problems)
-                print(f"{'FAIL' if problems else 'ok  '} {op} {case} {dtype_name} {'; '.join(notes)}", flush=True)
+                print(f"{'FAIL' if problems else 'ok  '} {op} {case.name} {dtype_name} {'; '.join(notes)}", flush=True)
                 for problem in problems:
                     print(f"     {problem}", flush=True)
     print(f"{total - failures}/{total} cases passed in {time.time() - start:.0f} s", flush=True)
