@@ -24,135 +24,158 @@ import triton.language as tl
 
 from . import utils
 from .activations import apply_activation
-from .gemm_common import dot_flags, gemm_autotune, grouped_tile, hopper_device, load_grad_preact, mma, tensor_descriptor
+from .gemm_common import (
+    conv_autotune,
+    dot_flags,
+    gemm_autotune,
+    grouped_tile,
+    hopper_device,
+    launch_tma,
+    load_grad_preact,
+    mma,
+    num_sms,
+    tensor_descriptor,
+)
 
 
-@gemm_autotune(key=["M", "COUT_G", "CIN_G", "KH", "KW", "ACTIVATION"], w_desc=("BLOCK_N", "BLOCK_K"))
+@conv_autotune(key=["M", "COUT_G", "CIN_G", "KH", "KW", "ACTIVATION"], w_desc=("BLOCK_N", "BLOCK_K"))
 @triton.jit
 def _conv2d_act_fwd_kernel(
     # pointers; w_desc: the weight by TMA (weight_taps' (KH*KW, groups, COUT_G, CIN_G)) when W_TMA, else None
     x_ptr, w_ptr, w_desc, bias_ptr, res_ptr, y_ptr, preact_ptr,
     # sizes: M = batch * OH * OW
-    M, H, W, OH, OW, CIN_G, COUT_G,
+    M, H, W, OH, OW, CIN_G, COUT_G, GROUPS,
     # geometry
     SH, SW, PH, PW, DH, DW,
     # strides (logical NCHW order for x, residual, y; (Cout, Cin_g, KH, KW) for W)
     sxn, sxc, sxh, sxw, swo, swi, swh, sww, srn, src, srh, srw, syn, syc, syh, syw,
-    # meta-parameters
+    # meta-parameters (PERSISTENT only sizes the grid; see _tile_grid)
     KH: tl.constexpr, KW: tl.constexpr, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, SAVE_PREACT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     W_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    PERSISTENT: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
 ):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
-    group = tl.program_id(1)
-    pid_m, pid_n = grouped_tile(tl.program_id(0).to(tl.int64), tl.cdiv(M, BLOCK_M), tl.cdiv(COUT_G, BLOCK_N), GROUP_M)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
-    n_idx = offs_m // (OH * OW)
-    oh = (offs_m // OW) % OH
-    ow = offs_m % OW
-    offs_co_g = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_co = offs_co_g < COUT_G
-    offs_co = group * COUT_G + offs_co_g
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(COUT_G, BLOCK_N)
+    for tile in tl.range(
+        tl.program_id(0), GROUPS * num_m * num_n, tl.num_programs(0), flatten=False, warp_specialize=WARP_SPECIALIZE
+    ):
+        group = tile // (num_m * num_n)
+        pid_m, pid_n = grouped_tile(tile % (num_m * num_n), num_m, num_n, GROUP_M)
+        offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < M
+        n_idx = offs_m // (OH * OW)
+        oh = (offs_m // OW) % OH
+        ow = offs_m % OW
+        offs_co_g = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_co = offs_co_g < COUT_G
+        offs_co = group * COUT_G + offs_co_g
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for tap in range(KH * KW):
-        kh = tap // KW
-        kw = tap % KW
-        ih = oh * SH - PH + kh * DH
-        iw = ow * SW - PW + kw * DW
-        row_ok = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        x_rows = x_ptr + n_idx * sxn + ih * sxh + iw * sxw
-        for c0 in range(0, CIN_G, BLOCK_K):
-            offs_c = c0 + tl.arange(0, BLOCK_K)
-            mask_c = offs_c < CIN_G
-            a = tl.load(
-                x_rows[:, None] + (group * CIN_G + offs_c)[None, :] * sxc,
-                mask=row_ok[:, None] & mask_c[None, :],
-                other=0.0,
-            )
-            if W_TMA:  # zero past CIN_G and past this group's COUT_G
-                b = w_desc.load([tap, group, (pid_n * BLOCK_N).to(tl.int32), c0]).reshape(BLOCK_N, BLOCK_K).T
-            else:
-                b = tl.load(
-                    w_ptr + offs_co[None, :] * swo + offs_c[:, None] * swi + kh * swh + kw * sww,
-                    mask=mask_c[:, None] & mask_co[None, :],
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for tap in range(KH * KW):
+            kh = tap // KW
+            kw = tap % KW
+            ih = oh * SH - PH + kh * DH
+            iw = ow * SW - PW + kw * DW
+            row_ok = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            x_rows = x_ptr + n_idx * sxn + ih * sxh + iw * sxw
+            for c0 in range(0, CIN_G, BLOCK_K):
+                offs_c = c0 + tl.arange(0, BLOCK_K)
+                mask_c = offs_c < CIN_G
+                a = tl.load(
+                    x_rows[:, None] + (group * CIN_G + offs_c)[None, :] * sxc,
+                    mask=row_ok[:, None] & mask_c[None, :],
                     other=0.0,
                 )
-            acc = mma(a, b, acc, DOT_PRECISION, UPCAST_DOT)
+                if W_TMA:  # zero past CIN_G and past this group's COUT_G
+                    b = w_desc.load([tap, group, pid_n * BLOCK_N, c0]).reshape(BLOCK_N, BLOCK_K).T
+                else:
+                    b = tl.load(
+                        w_ptr + offs_co[None, :] * swo + offs_c[:, None] * swi + kh * swh + kw * sww,
+                        mask=mask_c[:, None] & mask_co[None, :],
+                        other=0.0,
+                    )
+                acc = mma(a, b, acc, DOT_PRECISION, UPCAST_DOT)
 
-    out_mask = mask_m[:, None] & mask_co[None, :]
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_co, mask=mask_co, other=0.0).to(tl.float32)[None, :]
-    if HAS_RESIDUAL:
-        res_offsets = (n_idx * srn + oh * srh + ow * srw)[:, None] + offs_co[None, :] * src
-        acc += tl.load(res_ptr + res_offsets, mask=out_mask, other=0.0).to(tl.float32)
-    out_offsets = (n_idx * syn + oh * syh + ow * syw)[:, None] + offs_co[None, :] * syc
-    if SAVE_PREACT:
-        tl.store(preact_ptr + out_offsets, acc.to(preact_ptr.dtype.element_ty), mask=out_mask)
-    y = apply_activation(acc, ACTIVATION)
-    tl.store(y_ptr + out_offsets, y.to(y_ptr.dtype.element_ty), mask=out_mask)
+        out_mask = mask_m[:, None] & mask_co[None, :]
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + offs_co, mask=mask_co, other=0.0).to(tl.float32)[None, :]
+        if HAS_RESIDUAL:
+            res_offsets = (n_idx * srn + oh * srh + ow * srw)[:, None] + offs_co[None, :] * src
+            acc += tl.load(res_ptr + res_offsets, mask=out_mask, other=0.0).to(tl.float32)
+        out_offsets = (n_idx * syn + oh * syh + ow * syw)[:, None] + offs_co[None, :] * syc
+        if SAVE_PREACT:
+            tl.store(preact_ptr + out_offsets, acc.to(preact_ptr.dtype.element_ty), mask=out_mask)
+        y = apply_activation(acc, ACTIVATION)
+        tl.store(y_ptr + out_offsets, y.to(y_ptr.dtype.element_ty), mask=out_mask)
 
 
-@gemm_autotune(key=["M", "COUT_G", "CIN_G", "KH", "KW", "ACTIVATION"], w_desc=("BLOCK_K", "BLOCK_N"))
+@conv_autotune(key=["M", "COUT_G", "CIN_G", "KH", "KW", "ACTIVATION"], w_desc=("BLOCK_K", "BLOCK_N"))
 @triton.jit
 def _conv2d_act_bwd_dx_kernel(
     # pointers: dy and saved share strides; w_desc as in the forward kernel
     dy_ptr, saved_ptr, w_ptr, w_desc, dx_ptr,
     # sizes: M = batch * H * W (input pixels)
-    M, H, W, OH, OW, CIN_G, COUT_G,
+    M, H, W, OH, OW, CIN_G, COUT_G, GROUPS,
     # geometry
     SH, SW, PH, PW, DH, DW,
     # strides
     sdn, sdc, sdh, sdw, swo, swi, swh, sww, sxn, sxc, sxh, sxw,
-    # meta-parameters (BLOCK_N tiles input channels, BLOCK_K output channels)
+    # meta-parameters (BLOCK_N tiles input channels, BLOCK_K output channels; PERSISTENT only sizes the grid)
     KH: tl.constexpr, KW: tl.constexpr, ACTIVATION: tl.constexpr, DOT_PRECISION: tl.constexpr,
     UPCAST_DOT: tl.constexpr, W_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    PERSISTENT: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
 ):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
-    group = tl.program_id(1)
-    pid_m, pid_n = grouped_tile(tl.program_id(0).to(tl.int64), tl.cdiv(M, BLOCK_M), tl.cdiv(CIN_G, BLOCK_N), GROUP_M)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
-    n_idx = offs_m // (H * W)
-    ih = (offs_m // W) % H
-    iw = offs_m % W
-    offs_ci_g = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_ci = offs_ci_g < CIN_G
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(CIN_G, BLOCK_N)
+    for tile in tl.range(
+        tl.program_id(0), GROUPS * num_m * num_n, tl.num_programs(0), flatten=False, warp_specialize=WARP_SPECIALIZE
+    ):
+        group = tile // (num_m * num_n)
+        pid_m, pid_n = grouped_tile(tile % (num_m * num_n), num_m, num_n, GROUP_M)
+        offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < M
+        n_idx = offs_m // (H * W)
+        ih = (offs_m // W) % H
+        iw = offs_m % W
+        offs_ci_g = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_ci = offs_ci_g < CIN_G
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for tap in range(KH * KW):
-        kh = tap // KW
-        kw = tap % KW
-        th = ih + PH - kh * DH
-        tw = iw + PW - kw * DW
-        # Clamp before dividing: the bounds checks below reject what the clamp changed.
-        oh = tl.maximum(th, 0) // SH
-        ow = tl.maximum(tw, 0) // SW
-        row_ok = mask_m & (th >= 0) & (tw >= 0) & (th % SH == 0) & (tw % SW == 0) & (oh < OH) & (ow < OW)
-        dy_rows = n_idx * sdn + oh * sdh + ow * sdw
-        for c0 in range(0, COUT_G, BLOCK_K):
-            offs_co_g = c0 + tl.arange(0, BLOCK_K)
-            mask_co = offs_co_g < COUT_G
-            offs_co = group * COUT_G + offs_co_g
-            dz = load_grad_preact(
-                dy_ptr,
-                saved_ptr,
-                dy_rows[:, None] + offs_co[None, :] * sdc,
-                row_ok[:, None] & mask_co[None, :],
-                ACTIVATION,
-            )
-            if W_TMA:
-                w = w_desc.load([tap, group, c0, (pid_n * BLOCK_N).to(tl.int32)]).reshape(BLOCK_K, BLOCK_N)
-            else:
-                w = tl.load(
-                    w_ptr + offs_co[:, None] * swo + offs_ci_g[None, :] * swi + kh * swh + kw * sww,
-                    mask=mask_co[:, None] & mask_ci[None, :],
-                    other=0.0,
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for tap in range(KH * KW):
+            kh = tap // KW
+            kw = tap % KW
+            th = ih + PH - kh * DH
+            tw = iw + PW - kw * DW
+            # Clamp before dividing: the bounds checks below reject what the clamp changed.
+            oh = tl.maximum(th, 0) // SH
+            ow = tl.maximum(tw, 0) // SW
+            row_ok = mask_m & (th >= 0) & (tw >= 0) & (th % SH == 0) & (tw % SW == 0) & (oh < OH) & (ow < OW)
+            dy_rows = n_idx * sdn + oh * sdh + ow * sdw
+            for c0 in range(0, COUT_G, BLOCK_K):
+                offs_co_g = c0 + tl.arange(0, BLOCK_K)
+                mask_co = offs_co_g < COUT_G
+                offs_co = group * COUT_G + offs_co_g
+                dz = load_grad_preact(
+                    dy_ptr,
+                    saved_ptr,
+                    dy_rows[:, None] + offs_co[None, :] * sdc,
+                    row_ok[:, None] & mask_co[None, :],
+                    ACTIVATION,
                 )
-            acc = mma(dz, w, acc, DOT_PRECISION, UPCAST_DOT)
+                if W_TMA:
+                    w = w_desc.load([tap, group, c0, pid_n * BLOCK_N]).reshape(BLOCK_K, BLOCK_N)
+                else:
+                    w = tl.load(
+                        w_ptr + offs_co[:, None] * swo + offs_ci_g[None, :] * swi + kh * swh + kw * sww,
+                        mask=mask_co[:, None] & mask_ci[None, :],
+                        other=0.0,
+                    )
+                acc = mma(dz, w, acc, DOT_PRECISION, UPCAST_DOT)
 
-    dx_offsets = (n_idx * sxn + ih * sxh + iw * sxw)[:, None] + (group * CIN_G + offs_ci_g)[None, :] * sxc
-    tl.store(dx_ptr + dx_offsets, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_ci[None, :])
+        dx_offsets = (n_idx * sxn + ih * sxh + iw * sxw)[:, None] + (group * CIN_G + offs_ci_g)[None, :] * sxc
+        tl.store(dx_ptr + dx_offsets, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_ci[None, :])
 
 
 @gemm_autotune(key=["M", "COUT_G", "CIN_G", "KH", "KW", "ACTIVATION"])
@@ -214,6 +237,17 @@ def _grid(rows: int, cols: int, groups: int):
     return lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(cols, meta["BLOCK_N"]), groups)
 
 
+def _tile_grid(rows: int, cols: int, groups: int, programs: int):
+    """Programs of the forward and dx kernels' tile loop (every group's tiles on one axis): one per tile, or at most
+    ``programs`` (the SMs) when the config is persistent."""
+
+    def grid(meta):
+        tiles = groups * triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(cols, meta["BLOCK_N"])
+        return (min(tiles, programs) if meta["PERSISTENT"] else tiles,)
+
+    return grid
+
+
 def _strides4(t: torch.Tensor) -> tuple[int, int, int, int]:
     return tuple(t.stride())
 
@@ -252,12 +286,26 @@ def _weight_descriptor(variant: str | None, x: torch.Tensor, weight: torch.Tenso
 
 
 def conv2d_act_fwd(
-    x, weight, bias, residual, out, preact, stride, padding, dilation, groups, activation_code, *, variant=None
+    x,
+    weight,
+    bias,
+    residual,
+    out,
+    preact,
+    stride,
+    padding,
+    dilation,
+    groups,
+    activation_code,
+    *,
+    variant=None,
+    config=None,
 ):
     """Launches the forward kernel into ``out`` (and ``preact`` when not None), both shaped (N, Cout, OH, OW).
 
     padding is (top, left); out's shape fixes OH, OW. Inputs are validated by the caller. variant: see
-    _weight_descriptor.
+    _weight_descriptor; config: one row of gemm_common.TMA_SHAPES' form (tiles, warps, stages, PERSISTENT,
+    WARP_SPECIALIZE) instead of autotuning (tests reach every variant this way).
     """
     batch, cin, H, W = x.shape
     cout, cin_g, KH, KW = weight.shape
@@ -266,36 +314,45 @@ def conv2d_act_fwd(
     if M == 0 or cout == 0:
         return
     w_tma, w_desc = _weight_descriptor(variant, x, weight, groups)
-    _conv2d_act_fwd_kernel[_grid(M, cout // groups, groups)](
-        x,
-        weight,
-        w_desc,
-        bias if bias is not None else out,
-        residual if residual is not None else out,
-        out,
-        preact if preact is not None else out,
-        M,
-        H,
-        W,
-        OH,
-        OW,
-        cin_g,
-        cout // groups,
-        *stride,
-        *padding,
-        *dilation,
-        *_strides4(x),
-        *_strides4(weight),
-        *_strides4(residual if residual is not None else out),
-        *_strides4(out),
-        KH=KH,
-        KW=KW,
-        ACTIVATION=activation_code,
-        HAS_BIAS=bias is not None,
-        HAS_RESIDUAL=residual is not None,
-        SAVE_PREACT=preact is not None,
-        W_TMA=w_tma,
-        **dot_flags(x.dtype),
+    res = residual if residual is not None else out
+    launch_tma(
+        _conv2d_act_fwd_kernel,
+        _tile_grid(M, cout // groups, groups, num_sms(x)),
+        (
+            x,
+            weight,
+            w_desc,
+            bias if bias is not None else out,
+            res,
+            out,
+            preact if preact is not None else out,
+            M,
+            H,
+            W,
+            OH,
+            OW,
+            cin_g,
+            cout // groups,
+            groups,
+            *stride,
+            *padding,
+            *dilation,
+            *_strides4(x),
+            *_strides4(weight),
+            *_strides4(res),
+            *_strides4(out),
+        ),
+        dict(
+            KH=KH,
+            KW=KW,
+            ACTIVATION=activation_code,
+            HAS_BIAS=bias is not None,
+            HAS_RESIDUAL=residual is not None,
+            SAVE_PREACT=preact is not None,
+            W_TMA=w_tma,
+            **dot_flags(x.dtype),
+        ),
+        config,
     )
 
 
@@ -315,11 +372,13 @@ def conv2d_act_bwd(
     memory_format,
     *,
     variant=None,
+    config=None,
 ):
     """(grad_x, grad_weight, grad_bias) with dz = grad_z_source * act'(saved) formed in the loaders.
 
     grad_z_source and saved must share strides; grad_x comes in ``memory_format``. Outputs not asked for are None.
-    variant: see _weight_descriptor (the dx kernel's weight).
+    variant: see _weight_descriptor (the dx kernel's weight); config: as conv2d_act_fwd's, for the dx kernel (the dW
+    kernel is autotuned over one-program-per-tile configs only).
     """
     batch, cin, H, W = x.shape
     cout, cin_g, KH, KW = weight.shape
@@ -335,30 +394,32 @@ def conv2d_act_bwd(
                 grad_x.zero_()
             else:
                 w_tma, w_desc = _weight_descriptor(variant, x, weight, groups)
-                _conv2d_act_bwd_dx_kernel[_grid(batch * H * W, cin_g, groups)](
-                    grad_z_source,
-                    saved,
-                    weight,
-                    w_desc,
-                    grad_x,
-                    batch * H * W,
-                    H,
-                    W,
-                    OH,
-                    OW,
-                    cin_g,
-                    cout_g,
-                    *stride,
-                    *padding,
-                    *dilation,
-                    *_strides4(grad_z_source),
-                    *_strides4(weight),
-                    *_strides4(grad_x),
-                    KH=KH,
-                    KW=KW,
-                    ACTIVATION=activation_code,
-                    W_TMA=w_tma,
-                    **flags,
+                launch_tma(
+                    _conv2d_act_bwd_dx_kernel,
+                    _tile_grid(batch * H * W, cin_g, groups, num_sms(x)),
+                    (
+                        grad_z_source,
+                        saved,
+                        weight,
+                        w_desc,
+                        grad_x,
+                        batch * H * W,
+                        H,
+                        W,
+                        OH,
+                        OW,
+                        cin_g,
+                        cout_g,
+                        groups,
+                        *stride,
+                        *padding,
+                        *dilation,
+                        *_strides4(grad_z_source),
+                        *_strides4(weight),
+                        *_strides4(grad_x),
+                    ),
+                    dict(KH=KH, KW=KW, ACTIVATION=activation_code, W_TMA=w_tma, **flags),
+                    config,
                 )
     if need_grad_weight or has_bias:
         dw = utils.empty_output(weight.shape, x)

@@ -369,3 +369,39 @@ def launch_tma(kernel, grid, args, kwargs, config: tuple | None):
     meta = {**dict(zip(kernel.arg_names, args, strict=False)), **kwargs, **chosen.all_kwargs()}
     chosen.pre_hook(meta)
     kernel.fn[grid](*args, **kwargs, **chosen.all_kwargs())
+
+
+# conv2d_act's forward and dx kernels run one body as a program per tile (GEMM_SHAPES) and, with the weight by TMA
+# (Hopper), also as these persistent rows (a program per SM looping over tiles), in TMA_SHAPES' form: the tiles their
+# im2col gather leaves registers for (_fits_registers: 16-bit 64x32x32 on 4 warps, wgmma; TF32 32x32x32, mma.sync).
+# NOTE (Triton 3.6, sm_90): no warp-specialised row. tl.range(warp_specialize=True) with num_warps=4 and
+# flatten=False fails to compile ("PassManager::run failed" in NVGPUWarpSpecialization) for any tile loop whose dot
+# takes one operand through pointer loads: the conv forward at 64x32x32 (s3), 128x32x32 and 128x64x32, and a plain
+# GEMM loop with A by pointers and B by TMA; the same GEMM with both operands by TMA compiles (USETMAXREG, HGMMA).
+# The im2col gather has no descriptor form (rows are pixels at a stride, taps cross the image border).
+CONV_HOPPER_SHAPES = [
+    (64, 32, 32, 4, 5, True, False),
+    (32, 32, 32, 4, 3, True, False),
+]
+
+
+def prune_conv_configs(configs, named_args, **kwargs):
+    """prune_configs for conv2d_act's forward and dx kernels: the persistent and warp-specialised rows only where the
+    weight comes by TMA (a launch with a descriptor), since they are the Hopper variants."""
+    if not any(isinstance(arg, TensorDescriptor) for arg in named_args.values()):
+        configs = [config for config in configs if not config.kwargs["PERSISTENT"]]
+    return prune_configs(configs, named_args, **kwargs)
+
+
+def conv_autotune(key: list[str], **blocks: tuple[str, str]):
+    """@triton.autotune for conv2d_act's forward and dx kernels: GEMM_SHAPES one program per tile, plus
+    CONV_HOPPER_SHAPES (one small config under the interpreter), pruned by prune_conv_configs; blocks: as
+    gemm_autotune's."""
+    hook = descriptor_blocks(**blocks)
+    plain = [(*shape, False, False) for shape in GEMM_SHAPES]
+    shapes = [INTERPRET_TMA_CONFIG] if INTERPRET else [*plain, *CONV_HOPPER_SHAPES]
+    return triton.autotune(
+        configs=[tma_config(shape, hook) for shape in shapes],
+        key=[*key, "DOT_PRECISION"],
+        prune_configs_by={"early_config_prune": prune_conv_configs},
+    )

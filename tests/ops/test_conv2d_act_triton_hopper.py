@@ -1,0 +1,123 @@
+"""conv2d_act's Triton forward and dx kernels as Hopper variants: one program per tile and persistent (a program per
+SM looping over every group's tiles), the weight by TMA or through pointers, each forced by ``config=`` and run
+through the interpreter against the float64 specification (forward, dx, dW, db, d(residual)). On the CPU the
+persistent grid is 3 programs (gemm_common.num_sms), so each program runs several tiles of several groups. Whether
+they compile to wgmma + TMA on sm_90 is the compile gate's check; why there is no warp-specialised variant is
+gemm_common.CONV_HOPPER_SHAPES' note."""
+
+import functools
+
+import pytest
+import torch
+import triton
+
+from deepfuse.kernels import conv2d_act as kernels
+from deepfuse.kernels.gemm_common import (
+    CONV_HOPPER_SHAPES,
+    FALLBACK_SHAPE,
+    GEMM_SHAPES,
+    prune_conv_configs,
+    tensor_descriptor,
+    tma_config,
+)
+from tests.ops.test_conv2d_act import check_case
+
+# (weight, config): the weight by TMA ("tma") or through pointers ("pointer"), and a config row (BLOCK_M, BLOCK_N,
+# BLOCK_K, num_warps, num_stages, PERSISTENT, WARP_SPECIALIZE) with interpreter-sized tiles. The plain kernel with
+# the weight through pointers is what tests/ops/test_conv2d_act.py runs.
+VARIANTS = {
+    "plain_tma": ("tma", (32, 32, 32, 4, 1, False, False)),
+    "persistent_tma": ("tma", (32, 32, 32, 4, 1, True, False)),
+    "persistent_pointer": ("pointer", (32, 32, 32, 4, 1, True, False)),
+}
+# (batch, C_in, H, W, C_out, kernel, stride, padding, dilation, groups, activation, channels_last, residual):
+# more tiles than the 3 persistent programs, in every case; input channels per group a multiple of 8 (TMA's 16-byte
+# rows in fp16); odd pixel counts, 6 output channels per group, 2 output-channel tiles, 2 input-channel tiles.
+CASES = {
+    "grouped_3x3_residual": (2, 16, 9, 11, 12, 3, 1, 1, 1, 2, "relu", True, True),
+    "stride2_dilated_gelu": (3, 8, 13, 10, 40, 3, 2, 2, 2, 1, "gelu", False, False),
+    "1x1_channels_last_silu": (2, 40, 7, 9, 24, 1, 1, 0, 1, 1, "silu", True, False),
+}
+
+
+@pytest.fixture
+def forced(monkeypatch):
+    """force(variant, config): the op's Triton launchers run ``config`` (a VARIANTS row) with the weight by TMA
+    ("tma") or through pointers ("pointer"); returns the list of (kernel, programs, tiles) they launched."""
+    launched = []
+    launch = kernels.launch_tma
+
+    def spy(kernel, grid, args, kwargs, config):
+        meta = dict(zip(("BLOCK_M", "BLOCK_N", "PERSISTENT"), (config[0], config[1], config[5]), strict=True))
+        programs = grid(meta)[0]
+        tiles = grid({**meta, "PERSISTENT": False})[0]
+        launched.append((kernel.fn.fn.__name__, programs, tiles, kwargs["W_TMA"]))
+        launch(kernel, grid, args, kwargs, config)
+
+    def force(variant, config):
+        monkeypatch.setattr(kernels, "launch_tma", spy)
+        for name in ("conv2d_act_fwd", "conv2d_act_bwd"):
+            launcher = getattr(kernels, name)
+            monkeypatch.setattr(kernels, name, functools.partial(launcher, variant=variant, config=config))
+        return launched
+
+    return force
+
+
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+@pytest.mark.parametrize(("dtype", "tf32"), [(torch.float16, False), (torch.float32, True)], ids=["fp16", "tf32"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variant_matches_reference(variant, dtype, tf32, case, forced, monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)  # the interpreter computes fp32 dots exactly
+    weight, config = VARIANTS[variant]
+    launched = forced(weight, config)
+    check_case("triton", case, dtype)
+    assert [name for name, *_ in launched] == ["_conv2d_act_fwd_kernel", "_conv2d_act_bwd_dx_kernel"]
+    for _, programs, tiles, w_tma in launched:
+        assert w_tma == (weight == "tma")
+        assert tiles > 3
+        assert programs == (3 if config[5] else tiles)
+
+
+def _space(dtype, precision, weight_by_tma, dx=False):
+    """The conv forward's (or dx's) autotune space on an H200 after pruning, as TMA_SHAPES-style rows."""
+    plain = [(*shape, False, False) for shape in GEMM_SHAPES]
+    configs = [tma_config(shape, None) for shape in plain + CONV_HOPPER_SHAPES]
+    x = torch.empty(4, 8, dtype=dtype)
+    named_args = {"x_ptr": x, "w_desc": tensor_descriptor(x) if weight_by_tma else None}
+    if dx:
+        named_args = {"dy_ptr": x, "saved_ptr": x, "w_ptr": x, "w_desc": named_args["w_desc"]}
+    kept = prune_conv_configs(configs, named_args, KH=3, ACTIVATION=1, DOT_PRECISION=precision)
+    return [
+        (*(c.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")), c.num_warps, c.num_stages, c.kwargs["PERSISTENT"])
+        for c in kept
+    ]
+
+
+@pytest.mark.parametrize("dx", [False, True], ids=["forward", "dx"])
+def test_autotune_space_has_persistent_configs_only_with_the_weight_by_tma(dx):
+    fp16, tf32 = (torch.float16, "ieee"), (torch.float32, "tf32")
+    assert _space(*fp16, weight_by_tma=True, dx=dx) == [
+        (64, 32, 32, 4, 5, False),
+        (32, 64, 32, 4, 5, False),
+        (64, 32, 32, 4, 5, True),  # wgmma (64 rows), the weight by TMA
+    ]
+    assert _space(*fp16, weight_by_tma=False, dx=dx) == [(64, 32, 32, 4, 5, False), (32, 64, 32, 4, 5, False)]
+    assert _space(*tf32, weight_by_tma=True, dx=dx) == [(*FALLBACK_SHAPE, False), (*FALLBACK_SHAPE, True)]
+    assert _space(*tf32, weight_by_tma=False, dx=dx) == [(*FALLBACK_SHAPE, False)]
+    assert _space(torch.float32, "ieee", weight_by_tma=False, dx=dx) == [(*FALLBACK_SHAPE, False)]
+
+
+def test_no_warp_specialised_row_while_the_gather_is_pointer_based():
+    # Triton 3.6 fails to compile a warp-specialised tile loop whose dot takes an operand through pointer loads
+    # (gemm_common.CONV_HOPPER_SHAPES' note): such a row would break every Hopper launch that autotunes over it.
+    assert not any(shape[6] for shape in CONV_HOPPER_SHAPES)
+    assert {kernels._conv2d_act_fwd_kernel.fn.arg_names.count(n) for n in ("PERSISTENT", "WARP_SPECIALIZE")} == {1}
+
+
+def test_persistent_grid_is_capped_at_the_programs_given():
+    grid = kernels._tile_grid(rows=100, cols=40, groups=3, programs=5)
+    assert grid({"BLOCK_M": 32, "BLOCK_N": 32, "PERSISTENT": False}) == (3 * 4 * 2,)
+    assert grid({"BLOCK_M": 32, "BLOCK_N": 32, "PERSISTENT": True}) == (5,)
+    assert grid({"BLOCK_M": 64, "BLOCK_N": 64, "PERSISTENT": True}) == (min(5, 3 * triton.cdiv(100, 64)),)
