@@ -402,10 +402,13 @@ def check_case(op: str, case: Case, dtype_name: str, notes: list[str]) -> list[s
         reached = tuple(after - before for before, after in zip(calls_before, standin_calls(), strict=True))
         if reached != wanted:
             problems.append(f"the backward reached the (dgrad, wgrad) stand-ins {reached} times, expected {wanted}")
-    if op == "conv2d_act" and backward["cuda"][1].numel():
+    grad_weight = backward["cuda"][1]
+    if op == "conv2d_act" and grad_weight.numel():  # dW in W's own layout, as torch gives it
         weight = fwd_args[1]
-        if backward["cuda"][1].stride() != weight.stride():  # dW in W's own layout, as torch gives it
-            problems.append(f"grad_weight strides {backward['cuda'][1].stride()}, W's are {weight.stride()}")
+        for layout in (torch.contiguous_format, torch.channels_last):
+            if grad_weight.is_contiguous(memory_format=layout) != weight.is_contiguous(memory_format=layout):
+                problems.append(f"grad_weight strides {grad_weight.stride()}, W's are {weight.stride()}")
+                break
     labels = ["out", *GRADIENTS[op]]
     values = {name: [forward[name][0], *backward[name]] for name in forward}
     if any(len(values[name]) != len(labels) for name in values):
@@ -458,10 +461,15 @@ def main() -> int:
     )
     parser.add_argument("--build-dir", type=Path, help="build there and keep the sources (default: a temporary one)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="parallel compiles")
+    parser.add_argument("--module", type=Path, help="run a module an earlier --build-dir built (no build)")
     args = parser.parse_args()
     if os.environ.get(CHILD_FLAG):
         sys.path.insert(0, str(REPO))
         return run_checks(args)
+    if args.module is not None:
+        if not args.module.is_file():
+            parser.error(f"--module: no such file {args.module} (expected a _C*.so from --build-dir)")
+        return run_child(args.module.resolve(), sys.argv[1:])
     with contextlib.ExitStack() as stack:
         out = args.build_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="deepfuse-host-c-")))
         module = build(out, args.jobs)
