@@ -15,7 +15,9 @@ Padding is (top, left); the output size, passed in, implies bottom/right padding
 Hopper (capability 9.x): the forward and dx kernels load the weight by TMA (W_TMA: a 4-D descriptor over its
 (taps, groups, Cout_g, Cin_g) copy, weight_taps; each tile a plain (output, input channel) block, zero-filled past
 the group) for 16-bit and TF32 dots when Cin_g * element size is a multiple of 16 bytes; the im2col gather of the
-activations and the dW kernel stay pointer-based.
+activations and the dW kernel stay pointer-based. The forward and dx kernels loop over tiles (every group's, on one
+grid axis): one program per tile, or persistent (PERSISTENT: a program per SM) where the weight comes by TMA
+(gemm_common.conv_autotune). No warp-specialised variant: see gemm_common.CONV_HOPPER_SHAPES.
 """
 
 import torch
