@@ -63,24 +63,9 @@ using Conv2dWgrad = Conv2dGrad<Element, cutlass::conv::Operator::kWgrad>;
 
 }  // namespace conv_sm90
 
-// CUTLASS's device_kernel under deepfuse's own names, so that ptxas's report, the SASS and the dry runs name them.
-template <typename Element>
-__global__ void __launch_bounds__(conv_sm90::Conv2dDgrad<Element>::Kernel::MaxThreadsPerBlock,
-                                  conv_sm90::Conv2dDgrad<Element>::Kernel::MinBlocksPerMultiprocessor)
-    conv2d_act_dgrad_sm90_kernel(const __grid_constant__ typename conv_sm90::Conv2dDgrad<Element>::Params params) {
-  extern __shared__ char smem[];
-  typename conv_sm90::Conv2dDgrad<Element>::Kernel op;
-  op(params, smem);
-}
+DEEPFUSE_SM90_KERNEL(conv2d_act_dgrad_sm90_kernel, conv_sm90::Conv2dDgrad)
 
-template <typename Element>
-__global__ void __launch_bounds__(conv_sm90::Conv2dWgrad<Element>::Kernel::MaxThreadsPerBlock,
-                                  conv_sm90::Conv2dWgrad<Element>::Kernel::MinBlocksPerMultiprocessor)
-    conv2d_act_wgrad_sm90_kernel(const __grid_constant__ typename conv_sm90::Conv2dWgrad<Element>::Params params) {
-  extern __shared__ char smem[];
-  typename conv_sm90::Conv2dWgrad<Element>::Kernel op;
-  op(params, smem);
-}
+DEEPFUSE_SM90_KERNEL(conv2d_act_wgrad_sm90_kernel, conv_sm90::Conv2dWgrad)
 
 namespace {
 
@@ -185,11 +170,10 @@ const char* conv2d_act_dgrad_sm90_refusal(const Conv2dActBwdArgs& call) {
     return "a stride of weight or grad_x is not a multiple of 8 elements (TMA needs 16-byte strides)";
   }
   if (!aligned(a.weight) || !aligned(a.grad_x)) return "a pointer is not 16-byte aligned (TMA needs it)";
-  const bool implementable =
-      a.dtype == static_cast<int>(DType::kBFloat16)
-          ? conv_sm90::Conv2dDgrad<cutlass::bfloat16_t>::Kernel::can_implement(
-                dgrad_arguments<cutlass::bfloat16_t>(a, a.grad_y))
-          : conv_sm90::Conv2dDgrad<cutlass::half_t>::Kernel::can_implement(dgrad_arguments<cutlass::half_t>(a, a.grad_y));
+  const bool implementable = sm90::by_dtype(a.dtype, [&](auto element) {
+    using Element = decltype(element);
+    return conv_sm90::Conv2dDgrad<Element>::Kernel::can_implement(dgrad_arguments<Element>(a, a.grad_y));
+  });
   if (!implementable) return "CUTLASS's can_implement refused the problem (TMA im2col corner or alignment limits)";
   return nullptr;
 }
@@ -206,11 +190,10 @@ const char* conv2d_act_wgrad_sm90_refusal(const Conv2dActBwdArgs& call) {
     return "grad_weight is not packed channels_last (the kernel stores it as packed KRSC)";
   }
   if (!aligned(a.x) || !aligned(a.grad_weight)) return "a pointer is not 16-byte aligned (TMA needs it)";
-  const bool implementable =
-      a.dtype == static_cast<int>(DType::kBFloat16)
-          ? conv_sm90::Conv2dWgrad<cutlass::bfloat16_t>::Kernel::can_implement(
-                wgrad_arguments<cutlass::bfloat16_t>(a, a.grad_y))
-          : conv_sm90::Conv2dWgrad<cutlass::half_t>::Kernel::can_implement(wgrad_arguments<cutlass::half_t>(a, a.grad_y));
+  const bool implementable = sm90::by_dtype(a.dtype, [&](auto element) {
+    using Element = decltype(element);
+    return conv_sm90::Conv2dWgrad<Element>::Kernel::can_implement(wgrad_arguments<Element>(a, a.grad_y));
+  });
   if (!implementable) return "CUTLASS's can_implement refused the problem (TMA im2col corner or alignment limits)";
   return nullptr;
 }
@@ -230,15 +213,12 @@ void conv2d_act_dgrad_sm90(const Conv2dActBwdArgs& call, const void* dz, cudaStr
     throw std::invalid_argument(std::string("conv2d_act sm_90a dgrad: ") + refusal);
   }
   const Conv2dActBwdArgs args = settled(call);
-  if (args.dtype == static_cast<int>(DType::kBFloat16)) {
-    conv_sm90::launch_conv<conv_sm90::Conv2dDgrad<cutlass::bfloat16_t>>(
-        &conv2d_act_dgrad_sm90_kernel<cutlass::bfloat16_t>, dgrad_arguments<cutlass::bfloat16_t>(args, dz),
-        "conv2d_act sm_90a dgrad", stream);
-  } else {
-    conv_sm90::launch_conv<conv_sm90::Conv2dDgrad<cutlass::half_t>>(&conv2d_act_dgrad_sm90_kernel<cutlass::half_t>,
-                                                                  dgrad_arguments<cutlass::half_t>(args, dz),
-                                                                  "conv2d_act sm_90a dgrad", stream);
-  }
+  sm90::by_dtype(args.dtype, [&](auto element) {
+    using Element = decltype(element);
+    conv_sm90::launch_conv<conv_sm90::Conv2dDgrad<Element>>(&conv2d_act_dgrad_sm90_kernel<Element>,
+                                                             dgrad_arguments<Element>(args, dz),
+                                                             "conv2d_act sm_90a dgrad", stream);
+  });
 }
 
 void conv2d_act_wgrad_sm90(const Conv2dActBwdArgs& call, const void* dz, cudaStream_t stream) {
@@ -246,15 +226,12 @@ void conv2d_act_wgrad_sm90(const Conv2dActBwdArgs& call, const void* dz, cudaStr
     throw std::invalid_argument(std::string("conv2d_act sm_90a wgrad: ") + refusal);
   }
   const Conv2dActBwdArgs args = settled(call);
-  if (args.dtype == static_cast<int>(DType::kBFloat16)) {
-    conv_sm90::launch_conv<conv_sm90::Conv2dWgrad<cutlass::bfloat16_t>>(
-        &conv2d_act_wgrad_sm90_kernel<cutlass::bfloat16_t>, wgrad_arguments<cutlass::bfloat16_t>(args, dz),
-        "conv2d_act sm_90a wgrad", stream);
-  } else {
-    conv_sm90::launch_conv<conv_sm90::Conv2dWgrad<cutlass::half_t>>(&conv2d_act_wgrad_sm90_kernel<cutlass::half_t>,
-                                                                  wgrad_arguments<cutlass::half_t>(args, dz),
-                                                                  "conv2d_act sm_90a wgrad", stream);
-  }
+  sm90::by_dtype(args.dtype, [&](auto element) {
+    using Element = decltype(element);
+    conv_sm90::launch_conv<conv_sm90::Conv2dWgrad<Element>>(&conv2d_act_wgrad_sm90_kernel<Element>,
+                                                             wgrad_arguments<Element>(args, dz),
+                                                             "conv2d_act sm_90a wgrad", stream);
+  });
 }
 
 }  // namespace deepfuse

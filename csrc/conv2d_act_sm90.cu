@@ -87,16 +87,7 @@ struct ActivationPass {
 
 }  // namespace conv_sm90
 
-// CUTLASS's device_kernel under deepfuse's own name, so that ptxas's report, the SASS and the dry runs name it
-// alike (conv2d_act_sm90_kernel<half_t>) rather than by the whole CUTLASS type.
-template <typename Element>
-__global__ void __launch_bounds__(conv_sm90::Conv2dActFprop<Element>::Kernel::MaxThreadsPerBlock,
-                                  conv_sm90::Conv2dActFprop<Element>::Kernel::MinBlocksPerMultiprocessor)
-    conv2d_act_sm90_kernel(const __grid_constant__ typename conv_sm90::Conv2dActFprop<Element>::Params params) {
-  extern __shared__ char smem[];
-  typename conv_sm90::Conv2dActFprop<Element>::Kernel op;
-  op(params, smem);
-}
+DEEPFUSE_SM90_KERNEL(conv2d_act_sm90_kernel, conv_sm90::Conv2dActFprop)
 
 // y = act(z) for a call that wants the pre-activation z (which the CUTLASS kernel stored with activation "none").
 // T is __half or __nv_bfloat16; every vector is 16-byte aligned (the refusal checked pointers, strides, channels).
@@ -235,9 +226,8 @@ const char* conv2d_act_fwd_sm90_refusal(const Conv2dActFwdArgs& call) {
       !aligned(a.preact)) {
     return "a pointer is not 16-byte aligned (TMA needs it)";
   }
-  const bool implementable = a.dtype == static_cast<int>(DType::kBFloat16)
-                                 ? cutlass_can_implement<cutlass::bfloat16_t>(a)
-                                 : cutlass_can_implement<cutlass::half_t>(a);
+  const bool implementable =
+      sm90::by_dtype(a.dtype, [&](auto element) { return cutlass_can_implement<decltype(element)>(a); });
   if (!implementable) return "CUTLASS's can_implement refused the problem (TMA im2col corner or alignment limits)";
   return nullptr;
 }
@@ -256,11 +246,7 @@ void conv2d_act_fwd_sm90(const Conv2dActFwdArgs& args, cudaStream_t stream) {
   if (const char* refusal = conv2d_act_fwd_sm90_refusal(args)) {
     throw std::invalid_argument(std::string("conv2d_act sm_90a: ") + refusal);
   }
-  if (args.dtype == static_cast<int>(DType::kBFloat16)) {
-    run<cutlass::bfloat16_t>(settled(args), stream);
-  } else {
-    run<cutlass::half_t>(settled(args), stream);
-  }
+  sm90::by_dtype(args.dtype, [&](auto element) { run<decltype(element)>(settled(args), stream); });
 }
 
 }  // namespace deepfuse

@@ -1,6 +1,6 @@
 // What conv2d_act's sm_90a CUTLASS convolutions share (the forward in conv2d_act_sm90.cu, dgrad and wgrad in
 // conv2d_act_bwd_sm90.cu): TMA's alignment and im2col limits, CUTLASS's problem shape from deepfuse's ConvShape, and
-// the launch (or, in a dry run, the recorded launch) of a ConvUniversal kernel under deepfuse's own name.
+// the launch of a ConvUniversal kernel (in a dry run, its grid: one CTA per output tile).
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -9,12 +9,11 @@
 
 #include <climits>
 #include <cstdint>
-#include <stdexcept>
-#include <string>
 
 #include "common.cuh"
 #include "conv2d_act.h"
 #include "dry_run.h"
+#include "sm90_kernel.cuh"
 
 namespace deepfuse {
 
@@ -123,32 +122,19 @@ Stride nhwc_epilogue_stride(const Strides4& t) {
   return Stride{{t.w, t.h, t.n}, cute::_1{}, cute::_0{}};
 }
 
-// Launches one CUTLASS ConvUniversal kernel under deepfuse's name (`kernel`, a __global__ wrapper of Conv::Kernel),
-// one CTA per output tile (not persistent), or records the launch in a dry run (the TMA descriptors, driver calls,
-// left out). `what` names the call in the errors; its refusal check accepted it, so CUTLASS refusing it is a bug.
+// Launches one CUTLASS ConvUniversal kernel under deepfuse's name (`kernel`, a DEEPFUSE_SM90_KERNEL of Conv::Kernel),
+// one CTA per output tile (not persistent), or records the launch in a dry run. `what` names the call in the errors.
 template <typename Conv>
 void launch_conv(void (*kernel)(const typename Conv::Params), const typename Conv::Kernel::Arguments& args,
                  const char* what, cudaStream_t stream) {
   using Kernel = typename Conv::Kernel;
-  constexpr size_t smem = Kernel::SharedStorageSize;
-  const dim3 block = Kernel::get_block_shape();
-  if (dry_run() != nullptr) {
-    typename Kernel::Params params{};
-    params.problem_shape = Conv::CollectiveMainloop::get_problem_shape_MNKL(args.problem_shape);
-    set_max_dynamic_smem(kernel, smem);
-    dry_launch(kernel, Kernel::get_grid_shape(params), block, smem, false);
+  if (dry_run() == nullptr) {
+    sm90::launch_checked<Kernel>(kernel, args, what, stream);
     return;
   }
-  if (Kernel::get_workspace_size(args) != 0) {
-    throw std::logic_error(std::string(what) + ": the kernel asks for a workspace, which this launcher never allocates");
-  }
-  if (!Kernel::can_implement(args)) {
-    throw std::logic_error(std::string(what) + ": CUTLASS refused a call that its refusal check accepted");
-  }
-  const typename Kernel::Params params = Kernel::to_underlying_arguments(args, nullptr);
-  set_max_dynamic_smem(kernel, smem);
-  kernel<<<Kernel::get_grid_shape(params), block, smem, stream>>>(params);
-  DEEPFUSE_CUDA_CHECK(cudaGetLastError());
+  typename Kernel::Params params{};
+  params.problem_shape = Conv::CollectiveMainloop::get_problem_shape_MNKL(args.problem_shape);
+  sm90::record_launch<Kernel>(kernel, params);
 }
 
 }  // namespace conv_sm90

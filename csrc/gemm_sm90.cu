@@ -59,16 +59,7 @@ struct LinearActGemm {
 
 }  // namespace sm90
 
-// CUTLASS's device_kernel under deepfuse's own name, so that ptxas's report, the SASS and the dry runs name it
-// alike (linear_act_sm90_kernel<half_t>) rather than by the whole CUTLASS type.
-template <typename Element>
-__global__ void __launch_bounds__(sm90::LinearActGemm<Element>::Kernel::MaxThreadsPerBlock,
-                                  sm90::LinearActGemm<Element>::Kernel::MinBlocksPerMultiprocessor)
-    linear_act_sm90_kernel(const __grid_constant__ typename sm90::LinearActGemm<Element>::Params params) {
-  extern __shared__ char smem[];
-  typename sm90::LinearActGemm<Element>::Kernel op;
-  op(params, smem);
-}
+DEEPFUSE_SM90_KERNEL(linear_act_sm90_kernel, sm90::LinearActGemm)
 
 namespace {
 
@@ -135,11 +126,7 @@ void linear_act_fwd_sm90(const LinearActFwdArgs& args, cudaStream_t stream) {
   if (const char* refusal = linear_act_fwd_sm90_refusal(args)) {
     throw std::invalid_argument(std::string("linear_act sm_90a: ") + refusal);
   }
-  if (args.dtype == static_cast<int>(DType::kBFloat16)) {
-    run<cutlass::bfloat16_t>(args, stream);
-  } else {
-    run<cutlass::half_t>(args, stream);
-  }
+  sm90::by_dtype(args.dtype, [&](auto element) { run<decltype(element)>(args, stream); });
 }
 
 }  // namespace deepfuse

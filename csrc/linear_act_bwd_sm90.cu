@@ -61,24 +61,9 @@ using WgradGemm = PlainGemm<Element, cutlass::layout::ColumnMajor, cutlass::layo
 
 }  // namespace sm90
 
-// CUTLASS's device_kernel under deepfuse's own names, so that ptxas's report, the SASS and the dry runs name them.
-template <typename Element>
-__global__ void __launch_bounds__(sm90::DgradGemm<Element>::Kernel::MaxThreadsPerBlock,
-                                  sm90::DgradGemm<Element>::Kernel::MinBlocksPerMultiprocessor)
-    linear_act_dgrad_sm90_kernel(const __grid_constant__ typename sm90::DgradGemm<Element>::Params params) {
-  extern __shared__ char smem[];
-  typename sm90::DgradGemm<Element>::Kernel op;
-  op(params, smem);
-}
+DEEPFUSE_SM90_KERNEL(linear_act_dgrad_sm90_kernel, sm90::DgradGemm)
 
-template <typename Element>
-__global__ void __launch_bounds__(sm90::WgradGemm<Element>::Kernel::MaxThreadsPerBlock,
-                                  sm90::WgradGemm<Element>::Kernel::MinBlocksPerMultiprocessor)
-    linear_act_wgrad_sm90_kernel(const __grid_constant__ typename sm90::WgradGemm<Element>::Params params) {
-  extern __shared__ char smem[];
-  typename sm90::WgradGemm<Element>::Kernel op;
-  op(params, smem);
-}
+DEEPFUSE_SM90_KERNEL(linear_act_wgrad_sm90_kernel, sm90::WgradGemm)
 
 namespace {
 
@@ -168,11 +153,7 @@ void linear_act_bwd_sm90_gemms(const LinearActBwdArgs& args, const void* dz, cud
   if (const char* refusal = linear_act_bwd_sm90_refusal(args)) {
     throw std::invalid_argument(std::string("linear_act sm_90a backward: ") + refusal);
   }
-  if (args.dtype == static_cast<int>(DType::kBFloat16)) {
-    run<cutlass::bfloat16_t>(args, dz, stream);
-  } else {
-    run<cutlass::half_t>(args, dz, stream);
-  }
+  sm90::by_dtype(args.dtype, [&](auto element) { run<decltype(element)>(args, dz, stream); });
 }
 
 }  // namespace deepfuse
