@@ -277,13 +277,18 @@ def conv_sm90_cases(quick: bool):
     strided = ("preact", "bias", "wgrad_sm90", "dgrad_wmma")  # CUTLASS 4.2's dgrad: unit stride only
     db_only = ("preact", "bias")  # no GEMM: grad_preact.cu sums db
     dz_is_dy = ("dgrad_sm90", "wgrad_sm90")  # "none", no bias: nothing to store
+    dx_db = ("preact", "bias", "dgrad_sm90")  # db on grad_preact.cu with dz
+    strided_dx_db = ("preact", "bias", "dgrad_wmma")  # dz not stored (no sm_90a GEMM reads it), db still summed
     cases = [  # name, (N, C_in, H, W, C_out, k, stride, pad), activation, bias, residual, (dx, dW), W layout, launches
         ("unit-stride", (2, 8, 7, 9, 16, 3, 1, 1), "relu", True, False, (True, True), cl, both),
         ("stride2", (2, 8, 9, 8, 8, 3, 2, 1), "silu", True, False, (True, True), cl, strided),
         ("db-alone", (2, 16, 5, 6, 8, 3, 1, 1), "gelu", True, False, (False, False), cl, db_only),
         ("none-nobias", (1, 8, 6, 7, 8, 3, 1, 0), "none", False, False, (True, True), cl, dz_is_dy),
         ("1x1-contiguous-weight", (2, 16, 5, 7, 24, 1, 1, 0), "tanh", True, False, (True, True), contiguous, both),
-        ("residual", (2, 8, 6, 6, 16, 3, 1, 1), "gelu", True, True, (True, True), cl, both),
+        ("residual", (2, 8, 6, 6, 72, 3, 1, 1), "gelu", True, True, (True, True), cl, both),  # 2 column blocks of dz
+        ("dx-db", (2, 8, 6, 5, 16, 3, 1, 1), "relu", True, False, (True, False), cl, dx_db),
+        ("dW-only", (2, 8, 6, 5, 16, 3, 1, 1), "silu", False, False, (False, True), cl, ("preact", "wgrad_sm90")),
+        ("stride2-dx-db", (2, 8, 9, 8, 8, 3, 2, 1), "tanh", True, False, (True, False), cl, strided_dx_db),
     ]
     for name, geometry, activation, bias, residual, (need_x, need_w), w_layout, roles in cases[: 2 if quick else None]:
         spec = (geometry, activation, bias, residual, need_x, need_w, w_layout)
@@ -363,6 +368,33 @@ def planned_backward(module, case: Case, dtype_name: str, run, notes: list[str])
     return []
 
 
+def explained_conv_backward(module, case: Case, dtype_name: str, fwd_args) -> list[str]:
+    """deepfuse.explain's account (``_cuda_kernels`` on a 9.0 device) of the dx and dW kernels, against the launches
+    the case expects; for cases that run both gradients (explain describes a backward wanting all of them)."""
+
+    expected = case.backward(dtype_name)
+    wanted = [
+        next((label for label in expected if f"_{kind}_sm90_kernel" in label or f"<{grads}," in label), None)
+        for kind, grads in (("dgrad", "OutputGradTaps"), ("wgrad", "OutputGradByChannel"))
+    ]
+    if None in wanted:
+        return []
+    x, w, b, r, stride, pad, dilation, groups, activation, _ = fwd_args
+    capability = module.device_capability
+    module.device_capability = lambda device: 90
+    try:
+        explained = module._cuda_kernels(
+            x.detach().requires_grad_(), w, b, stride, pad[::2], dilation, groups, activation, residual=r
+        )
+    finally:
+        module.device_capability = capability
+    kernels = [part.split(": ", 1)[1].split(" (")[0] for part in explained.split("; ") if part.startswith("backward")]
+    for kernel, label in zip(kernels, wanted, strict=True):
+        if not kernel.startswith(label.removesuffix(" (host stand-in)")):
+            return [f"explain says {kernels}, the backward launches {wanted}"]
+    return []
+
+
 def check_case(op: str, case: Case, dtype_name: str, notes: list[str]) -> list[str]:
     """Forward and backward of the host-built kernels vs the op's torch implementation in float64; the problems.
     Appends what the case line should also say to ``notes``. For a case that names its backward kernels, also checks
@@ -388,6 +420,8 @@ def check_case(op: str, case: Case, dtype_name: str, notes: list[str]) -> list[s
     if op != "attention":
         cuda_backward_args = bwd_args(grad, forward["cuda"][1])
         problems += planned_backward(module, case, dtype_name, lambda: module._BWD["cuda"](*cuda_backward_args), notes)
+        if op == "conv2d_act" and case.backward is not None:
+            problems += explained_conv_backward(module, case, dtype_name, fwd_args)
     calls_before = standin_calls()
     backward = {}
     for name, out in forward.items():
