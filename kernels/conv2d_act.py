@@ -29,7 +29,7 @@ from .activations import apply_activation
 from .gemm_common import (
     conv_autotune,
     dot_flags,
-    gemm_autotune,
+    grad_preact,
     grouped_tile,
     hopper_device,
     launch_tma,
@@ -37,6 +37,7 @@ from .gemm_common import (
     mma,
     num_sms,
     tensor_descriptor,
+    tma_ready,
 )
 
 
@@ -180,67 +181,80 @@ def _conv2d_act_bwd_dx_kernel(
         tl.store(dx_ptr + dx_offsets, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_ci[None, :])
 
 
-@gemm_autotune(key=["M", "COUT_G", "CIN_G", "KH", "KW", "ACTIVATION"])
+@conv_autotune(
+    key=["M", "COUT_G", "CIN_G", "KH", "KW", "ACTIVATION"],
+    dy_desc=("BLOCK_K", "BLOCK_M"),
+    saved_desc=("BLOCK_K", "BLOCK_M"),
+)
 @triton.jit
 def _conv2d_act_bwd_dw_kernel(
-    # pointers: dy and saved share strides; dw is (Cout, Cin_g, KH, KW) contiguous
-    dy_ptr, saved_ptr, x_ptr, dw_ptr, db_ptr,
+    # pointers: dy and saved share strides; dy_desc, saved_desc: the same as (pixels, Cout) matrices by TMA when
+    # DY_TMA (channels_last), else None; dw is (Cout, Cin_g, KH, KW) contiguous
+    dy_ptr, saved_ptr, dy_desc, saved_desc, x_ptr, dw_ptr, db_ptr,
     # sizes: M = batch * OH * OW (the reduction)
-    M, H, W, OH, OW, CIN_G, COUT_G,
+    M, H, W, OH, OW, CIN_G, COUT_G, GROUPS,
     # geometry
     SH, SW, PH, PW, DH, DW,
     # strides
     sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw,
-    # meta-parameters (BLOCK_M tiles output channels, BLOCK_N the (kh, kw, ci) columns, BLOCK_K pixels)
+    # meta-parameters (BLOCK_M tiles output channels, BLOCK_N the (kh, kw, ci) columns, BLOCK_K pixels; PERSISTENT
+    # only sizes the grid)
     KH: tl.constexpr, KW: tl.constexpr, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, DY_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    PERSISTENT: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
 ):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
-    group = tl.program_id(1)
     num_cols = CIN_G * KH * KW
-    pid_co, pid_j = grouped_tile(
-        tl.program_id(0).to(tl.int64), tl.cdiv(COUT_G, BLOCK_M), tl.cdiv(num_cols, BLOCK_N), GROUP_M
-    )
-    offs_co_g = pid_co * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_co = offs_co_g < COUT_G
-    offs_co = group * COUT_G + offs_co_g
-    offs_j = pid_j * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_j = offs_j < num_cols
-    kh = offs_j // (KW * CIN_G)
-    kw = (offs_j // CIN_G) % KW
-    ci = group * CIN_G + offs_j % CIN_G
+    num_co = tl.cdiv(COUT_G, BLOCK_M)
+    num_j = tl.maximum(tl.cdiv(num_cols, BLOCK_N), 1)  # one column of tiles even without columns, for db
+    for tile in tl.range(
+        tl.program_id(0), GROUPS * num_co * num_j, tl.num_programs(0), flatten=False, warp_specialize=WARP_SPECIALIZE
+    ):
+        group = tile // (num_co * num_j)
+        pid_co, pid_j = grouped_tile(tile % (num_co * num_j), num_co, num_j, GROUP_M)
+        offs_co_g = pid_co * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask_co = offs_co_g < COUT_G
+        offs_co = group * COUT_G + offs_co_g
+        offs_j = pid_j * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_j = offs_j < num_cols
+        kh = offs_j // (KW * CIN_G)
+        kw = (offs_j // CIN_G) % KW
+        ci = group * CIN_G + offs_j % CIN_G
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    db = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for m0 in range(0, M, BLOCK_K):
-        offs_m = m0 + tl.arange(0, BLOCK_K)
-        mask_m = offs_m < M
-        n_idx = offs_m // (OH * OW)
-        oh = (offs_m // OW) % OH
-        ow = offs_m % OW
-        dz_offsets = (n_idx * sdn + oh * sdh + ow * sdw)[None, :] + offs_co[:, None] * sdc
-        dz_t = load_grad_preact(dy_ptr, saved_ptr, dz_offsets, mask_co[:, None] & mask_m[None, :], ACTIVATION)
-        ih = oh[:, None] * SH - PH + kh[None, :] * DH
-        iw = ow[:, None] * SW - PW + kw[None, :] * DW
-        x_ok = mask_m[:, None] & mask_j[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        x = tl.load(x_ptr + n_idx[:, None] * sxn + ci[None, :] * sxc + ih * sxh + iw * sxw, mask=x_ok, other=0.0)
-        acc = mma(dz_t, x, acc, DOT_PRECISION, UPCAST_DOT)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        db = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for m0 in range(0, M, BLOCK_K):
+            offs_m = m0 + tl.arange(0, BLOCK_K)
+            mask_m = offs_m < M
+            n_idx = offs_m // (OH * OW)
+            oh = (offs_m // OW) % OH
+            ow = offs_m % OW
+            if DY_TMA:  # (BLOCK_K pixels, BLOCK_M channels): zero past M; channels past the group's are not stored
+                dz = dy_desc.load([m0, group * COUT_G + pid_co * BLOCK_M])
+                if ACTIVATION != 0:
+                    dz = grad_preact(dz, saved_desc.load([m0, group * COUT_G + pid_co * BLOCK_M]), ACTIVATION)
+                dz_t = dz.T
+            else:
+                dz_offsets = (n_idx * sdn + oh * sdh + ow * sdw)[None, :] + offs_co[:, None] * sdc
+                dz_t = load_grad_preact(dy_ptr, saved_ptr, dz_offsets, mask_co[:, None] & mask_m[None, :], ACTIVATION)
+            ih = oh[:, None] * SH - PH + kh[None, :] * DH
+            iw = ow[:, None] * SW - PW + kw[None, :] * DW
+            x_ok = mask_m[:, None] & mask_j[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            x = tl.load(x_ptr + n_idx[:, None] * sxn + ci[None, :] * sxc + ih * sxh + iw * sxw, mask=x_ok, other=0.0)
+            acc = mma(dz_t, x, acc, DOT_PRECISION, UPCAST_DOT)
+            if HAS_BIAS:
+                db += tl.sum(dz_t.to(tl.float32), axis=1)
+
+        # dw[co, ci_local, kh, kw], contiguous
+        dw_offsets = offs_co[:, None] * num_cols + ((offs_j % CIN_G) * (KH * KW) + kh * KW + kw)[None, :]
+        tl.store(dw_ptr + dw_offsets, acc.to(dw_ptr.dtype.element_ty), mask=mask_co[:, None] & mask_j[None, :])
         if HAS_BIAS:
-            db += tl.sum(dz_t.to(tl.float32), axis=1)
-
-    # dw[co, ci_local, kh, kw], contiguous
-    dw_offsets = offs_co[:, None] * num_cols + ((offs_j % CIN_G) * (KH * KW) + kh * KW + kw)[None, :]
-    tl.store(dw_ptr + dw_offsets, acc.to(dw_ptr.dtype.element_ty), mask=mask_co[:, None] & mask_j[None, :])
-    if HAS_BIAS:
-        tl.store(db_ptr + offs_co, db.to(db_ptr.dtype.element_ty), mask=mask_co & (pid_j == 0))
-
-
-def _grid(rows: int, cols: int, groups: int):
-    return lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(cols, meta["BLOCK_N"]), groups)
+            # Every column of tiles summed the same dz; the first one writes it.
+            tl.store(db_ptr + offs_co, db.to(db_ptr.dtype.element_ty), mask=mask_co & (pid_j == 0))
 
 
 def _tile_grid(rows: int, cols: int, groups: int, programs: int):
-    """Programs of the forward and dx kernels' tile loop (every group's tiles on one axis): one per tile, or at most
+    """Programs of a kernel's tile loop (every group's tiles on one axis): one per tile, or at most
     ``programs`` (the SMs) when the config is persistent."""
 
     def grid(meta):
@@ -285,6 +299,36 @@ def _weight_descriptor(variant: str | None, x: torch.Tensor, weight: torch.Tenso
     if taps.data_ptr() % 16:  # a 1x1 filter's view of an unaligned weight: copy it
         taps = taps.clone()
     return True, tensor_descriptor(taps)
+
+
+def _grad_descriptors(
+    variant: str | None, grad_z_source: torch.Tensor, saved: torch.Tensor, groups: int, activation_code: int
+):
+    """(dy descriptor, saved descriptor) of the dW kernel, or (None, None): whether dy (and the saved activation
+    input) come by TMA, as (pixels, Cout) matrices. variant as _weight_descriptor's: "tma" demands it, "pointer"
+    refuses it, None takes it on a Hopper device for 16-bit or TF32 dots when dy is TMA-ready: channels_last and
+    contiguous (each pixel's channels are one row), output channels per group times the element size a multiple of
+    16 bytes (a group's first channel is a tile's start, which TMA wants 16-byte aligned)."""
+    if variant == "pointer":
+        return None, None
+    rows = [t.permute(0, 2, 3, 1).reshape(-1, t.shape[1]) for t in (grad_z_source, saved)]
+    ready = (
+        all(t.is_contiguous(memory_format=torch.channels_last) for t in (grad_z_source, saved))
+        and (saved.shape[1] // groups * saved.element_size()) % 16 == 0
+        and tma_ready(*rows)
+    )
+    if variant == "tma":
+        if not ready:
+            raise ValueError(
+                "variant='tma' needs grad_y and saved channels_last and contiguous, with output channels per group "
+                "times the element size a multiple of 16 bytes"
+            )
+    else:
+        tensor_cores = saved.dtype != torch.float32 or dot_flags(saved.dtype)["DOT_PRECISION"] == "tf32"
+        if not (ready and tensor_cores and hopper_device(saved)):
+            return None, None
+    dy_desc = tensor_descriptor(rows[0])
+    return dy_desc, tensor_descriptor(rows[1]) if activation_code != 0 else dy_desc
 
 
 def conv2d_act_fwd(
@@ -379,8 +423,8 @@ def conv2d_act_bwd(
     """(grad_x, grad_weight, grad_bias) with dz = grad_z_source * act'(saved) formed in the loaders.
 
     grad_z_source and saved must share strides; grad_x comes in ``memory_format``. Outputs not asked for are None.
-    variant: see _weight_descriptor (the dx kernel's weight); config: as conv2d_act_fwd's, for the dx kernel (the dW
-    kernel is autotuned over one-program-per-tile configs only).
+    variant: see _weight_descriptor (the dx kernel's weight) and _grad_descriptors (the dW kernel's dy); config: as
+    conv2d_act_fwd's, for both kernels.
     """
     batch, cin, H, W = x.shape
     cout, cin_g, KH, KW = weight.shape
@@ -432,29 +476,41 @@ def conv2d_act_bwd(
                 if db is not None:
                     db.zero_()
             else:
-                _conv2d_act_bwd_dw_kernel[_grid(cout_g, max(cin_g * KH * KW, 1), groups)](
-                    grad_z_source,
-                    saved,
-                    x,
-                    dw,
-                    db if db is not None else dw,
-                    batch * OH * OW,
-                    H,
-                    W,
-                    OH,
-                    OW,
-                    cin_g,
-                    cout_g,
-                    *stride,
-                    *padding,
-                    *dilation,
-                    *_strides4(grad_z_source),
-                    *_strides4(x),
-                    KH=KH,
-                    KW=KW,
-                    ACTIVATION=activation_code,
-                    HAS_BIAS=has_bias,
-                    **flags,
+                dy_desc, saved_desc = _grad_descriptors(variant, grad_z_source, saved, groups, activation_code)
+                launch_tma(
+                    _conv2d_act_bwd_dw_kernel,
+                    _tile_grid(cout_g, max(cin_g * KH * KW, 1), groups, num_sms(x)),
+                    (
+                        grad_z_source,
+                        saved,
+                        dy_desc,
+                        saved_desc,
+                        x,
+                        dw,
+                        db if db is not None else dw,
+                        batch * OH * OW,
+                        H,
+                        W,
+                        OH,
+                        OW,
+                        cin_g,
+                        cout_g,
+                        groups,
+                        *stride,
+                        *padding,
+                        *dilation,
+                        *_strides4(grad_z_source),
+                        *_strides4(x),
+                    ),
+                    dict(
+                        KH=KH,
+                        KW=KW,
+                        ACTIVATION=activation_code,
+                        HAS_BIAS=has_bias,
+                        DY_TMA=dy_desc is not None,
+                        **flags,
+                    ),
+                    config,
                 )
         grad_weight = dw if need_grad_weight else None
         grad_bias = db

@@ -1,9 +1,9 @@
-"""conv2d_act's Triton forward and dx kernels as Hopper variants: one program per tile and persistent (a program per
-SM looping over every group's tiles), the weight by TMA or through pointers, each forced by ``config=`` and run
-through the interpreter against the float64 specification (forward, dx, dW, db, d(residual)). On the CPU the
-persistent grid is 3 programs (gemm_common.num_sms), so each program runs several tiles of several groups. Whether
-they compile to wgmma + TMA on sm_90 is the compile gate's check; why there is no warp-specialised variant is
-gemm_common.CONV_HOPPER_SHAPES' note."""
+"""conv2d_act's Triton kernels as Hopper variants: one program per tile and persistent (a program per SM looping
+over every group's tiles), the weight (forward, dx) and dy (dW) by TMA or through pointers, each forced by
+``config=`` and run through the interpreter against the float64 specification (forward, dx, dW, db, d(residual)).
+On the CPU the persistent grid is 3 programs (gemm_common.num_sms), so each program runs several tiles of several
+groups. Whether they compile to wgmma + TMA on sm_90 is the compile gate's check; why there is no warp-specialised
+variant is gemm_common.CONV_HOPPER_SHAPES' note."""
 
 import functools
 
@@ -31,19 +31,20 @@ VARIANTS = {
     "persistent_pointer": ("pointer", (32, 32, 32, 4, 1, True, False)),
 }
 # (batch, C_in, H, W, C_out, kernel, stride, padding, dilation, groups, activation, channels_last, residual):
-# more tiles than the 3 persistent programs, in every case; input channels per group a multiple of 8 (TMA's 16-byte
-# rows in fp16); odd pixel counts, 6 output channels per group, 2 output-channel tiles, 2 input-channel tiles.
+# more tiles than the 3 persistent programs, in every case; channels_last with input and output channels multiples
+# of 8 (TMA's 16-byte rows in fp16); odd pixel counts, 8 output channels per group (dW's dy tile reads the next
+# group's channels, which it must not store), 2 output-channel tiles, 3 input-channel tiles.
 CASES = {
-    "grouped_3x3_residual": (2, 16, 9, 11, 12, 3, 1, 1, 1, 2, "relu", True, True),
-    "stride2_dilated_gelu": (3, 8, 13, 10, 40, 3, 2, 2, 2, 1, "gelu", False, False),
-    "1x1_channels_last_silu": (2, 40, 7, 9, 24, 1, 1, 0, 1, 1, "silu", True, False),
+    "grouped_3x3_residual": (2, 16, 9, 11, 16, 3, 1, 1, 1, 2, "relu", True, True),
+    "stride2_dilated_gelu": (3, 8, 13, 10, 40, 3, 2, 2, 2, 1, "gelu", True, False),
+    "1x1_channels_last_silu": (2, 72, 7, 9, 40, 1, 1, 0, 1, 1, "silu", True, False),
 }
 
 
 @pytest.fixture
 def forced(monkeypatch):
-    """force(variant, config): the op's Triton launchers run ``config`` (a VARIANTS row) with the weight by TMA
-    ("tma") or through pointers ("pointer"); returns the list of (kernel, programs, tiles) they launched."""
+    """force(variant, config): the op's Triton launchers run ``config`` (a VARIANTS row) with the weight and dy by TMA
+    ("tma") or through pointers ("pointer"); returns the (kernel, programs, tiles, by TMA) they launched."""
     launched = []
     launch = kernels.launch_tma
 
@@ -51,7 +52,7 @@ def forced(monkeypatch):
         meta = dict(zip(("BLOCK_M", "BLOCK_N", "PERSISTENT"), (config[0], config[1], config[5]), strict=True))
         programs = grid(meta)[0]
         tiles = grid({**meta, "PERSISTENT": False})[0]
-        launched.append((kernel.fn.fn.__name__, programs, tiles, kwargs["W_TMA"]))
+        launched.append((kernel.fn.fn.__name__, programs, tiles, kwargs.get("W_TMA", kwargs.get("DY_TMA"))))
         launch(kernel, grid, args, kwargs, config)
 
     def force(variant, config):
@@ -73,15 +74,17 @@ def test_variant_matches_reference(variant, dtype, tf32, case, forced, monkeypat
     weight, config = VARIANTS[variant]
     launched = forced(weight, config)
     check_case("triton", case, dtype)
-    assert [name for name, *_ in launched] == ["_conv2d_act_fwd_kernel", "_conv2d_act_bwd_dx_kernel"]
-    for _, programs, tiles, w_tma in launched:
-        assert w_tma == (weight == "tma")
+    kernel_names = ["_conv2d_act_fwd_kernel", "_conv2d_act_bwd_dx_kernel", "_conv2d_act_bwd_dw_kernel"]
+    assert [name for name, *_ in launched] == kernel_names
+    for _, programs, tiles, by_tma in launched:
+        assert by_tma == (weight == "tma")
         assert tiles > 3
         assert programs == (3 if config[5] else tiles)
 
 
 def _space(dtype, precision, weight_by_tma, dx=False):
-    """The conv forward's (or dx's) autotune space on an H200 after pruning, as TMA_SHAPES-style rows."""
+    """The conv forward's (or dx's) autotune space on an H200 after pruning, as TMA_SHAPES-style rows (weight_by_tma:
+    a launch with a descriptor argument)."""
     plain = [(*shape, False, False) for shape in GEMM_SHAPES]
     configs = [tma_config(shape, None) for shape in plain + CONV_HOPPER_SHAPES]
     x = torch.empty(4, 8, dtype=dtype)
@@ -121,3 +124,44 @@ def test_persistent_grid_is_capped_at_the_programs_given():
     assert grid({"BLOCK_M": 32, "BLOCK_N": 32, "PERSISTENT": False}) == (3 * 4 * 2,)
     assert grid({"BLOCK_M": 32, "BLOCK_N": 32, "PERSISTENT": True}) == (5,)
     assert grid({"BLOCK_M": 64, "BLOCK_N": 64, "PERSISTENT": True}) == (min(5, 3 * triton.cdiv(100, 64)),)
+
+
+def test_dw_space_on_hopper_keeps_its_gather_tile_plain_and_persistent():
+    # dW gathers its B tile (x) through pointers: 16-bit 64x32x32 only (gemm_common._fits_registers); TF32 with dy by
+    # TMA keeps 32-row tiles (the transposed dy tile would serialise wgmma)
+    plain = [(*shape, False, False) for shape in GEMM_SHAPES]
+    configs = [tma_config(shape, None) for shape in plain + CONV_HOPPER_SHAPES]
+    for dtype, precision, expected in [
+        (torch.float16, "ieee", [(64, 32, 32, 4, 5, False), (64, 32, 32, 4, 5, True)]),
+        (torch.float32, "tf32", [(*FALLBACK_SHAPE, False), (*FALLBACK_SHAPE, True)]),
+    ]:
+        rows = torch.empty(8, 8, dtype=dtype)
+        descriptor = tensor_descriptor(rows)
+        named_args = {"dy_ptr": rows, "saved_ptr": rows, "dy_desc": descriptor, "saved_desc": descriptor}
+        named_args |= {"x_ptr": rows, "dw_ptr": rows}
+        kept = prune_conv_configs(configs, named_args, KH=3, ACTIVATION=1, DOT_PRECISION=precision)
+        shapes = [(*(c.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")), c.num_warps, c.num_stages) for c in kept]
+        assert [(*shape, c.kwargs["PERSISTENT"]) for shape, c in zip(shapes, kept, strict=True)] == expected
+
+
+def test_dy_by_tma_only_where_tma_can_load_it(monkeypatch):
+    monkeypatch.setattr(kernels, "hopper_device", lambda tensor: True)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    dy = torch.randn(2, 16, 5, 7, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    dy_desc, saved_desc = kernels._grad_descriptors(None, dy, dy, 1, 1)
+    assert dy_desc.shape == [2 * 5 * 7, 16] and dy_desc.strides == [16, 1]
+    assert saved_desc.shape == dy_desc.shape and saved_desc is not dy_desc
+    no_activation = kernels._grad_descriptors(None, dy, dy, 1, 0)
+    assert no_activation[1] is no_activation[0]  # saved is not read
+    assert kernels._grad_descriptors(None, dy.contiguous(), dy.contiguous(), 1, 1) == (None, None)  # NCHW
+    assert kernels._grad_descriptors(None, dy[:, :12], dy[:, :12], 1, 1) == (None, None)  # not contiguous
+    odd = torch.randn(2, 12, 5, 7, dtype=torch.float16).contiguous(memory_format=torch.channels_last)  # 24-byte rows
+    assert kernels._grad_descriptors(None, odd, odd, 1, 1) == (None, None)
+    assert kernels._grad_descriptors(None, dy.float(), dy.float(), 1, 1) == (None, None)  # IEEE fp32: FMA dots
+    assert kernels._grad_descriptors("pointer", dy, dy, 1, 1) == (None, None)
+    assert kernels._grad_descriptors(None, dy, dy, 4, 1) == (None, None)  # 4 channels per group: 8-byte starts
+    assert kernels._grad_descriptors(None, dy, dy, 2, 1)[0] is not None
+    with pytest.raises(ValueError, match="channels_last"):
+        kernels._grad_descriptors("tma", odd, odd, 1, 1)
+    monkeypatch.setattr(kernels, "hopper_device", lambda tensor: False)
+    assert kernels._grad_descriptors(None, dy, dy, 1, 1) == (None, None)
