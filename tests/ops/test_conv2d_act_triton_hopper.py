@@ -165,3 +165,28 @@ def test_dy_by_tma_only_where_tma_can_load_it(monkeypatch):
         kernels._grad_descriptors("tma", odd, odd, 1, 1)
     monkeypatch.setattr(kernels, "hopper_device", lambda tensor: False)
     assert kernels._grad_descriptors(None, dy, dy, 1, 1) == (None, None)
+
+
+# The H200's 16-bit wgmma configs: the plain tile and the persistent ones. (The TF32 rows are checked through the
+# interpreter only: torch's fp32 conv, the tests' yardstick, need not run on TF32 tensor cores.)
+GPU_CONFIGS = [(64, 32, 32, 4, 5, False, False), *(shape for shape in CONV_HOPPER_SHAPES if shape[0] >= 64)]
+# More tiles than the 132 SMs; grouped with 32 channels per group.
+GPU_HOPPER_CASES = {
+    "resnet_56_residual": (16, 64, 56, 56, 64, 3, 1, 1, 1, 1, "relu", True, True),
+    "grouped_28_silu": (8, 64, 28, 28, 64, 3, 1, 1, 1, 2, "silu", True, False),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("case", GPU_HOPPER_CASES.values(), ids=GPU_HOPPER_CASES.keys())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("config", GPU_CONFIGS, ids=lambda c: "x".join(map(str, c[:3])) + ("p" if c[5] else ""))
+def test_gpu_every_hopper_config_matches_reference(config, dtype, case, forced):
+    # What Triton's Hopper passes generate (wgmma, TMA, the persistent loop) is beyond the interpreter: each 16-bit
+    # config of the Hopper autotune space on the H200, forced, the weight and dy by TMA.
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the weight and dy come by TMA on capability 9.x")
+    launched = forced("tma", config)
+    check_case("triton", case, dtype, device="cuda")
+    assert [by_tma for *_, by_tma in launched] == [True, True, True]
