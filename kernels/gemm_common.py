@@ -1,7 +1,8 @@
 """Pieces shared by the Triton GEMM-shaped kernels (linear_act, conv2d_act): autotune configs, the dot
 with its precision switches, tile ordering and the fused activation-gradient prologue; and for Hopper, when the
 TMA kernels may run (hopper_device, tma_ready), their autotune space (TMA_SHAPES: plain, persistent and
-warp-specialised) and the host tensor descriptors whose block shapes each config sets."""
+warp-specialised) and the host tensor descriptors whose block shapes each config sets; conv2d_act's space
+(conv_autotune: a program per tile, and persistent where an operand comes by TMA)."""
 
 import os
 
@@ -378,6 +379,7 @@ def launch_tma(kernel, grid, args, kwargs, config: tuple | None):
 # flatten=False fails to compile ("PassManager::run failed" in NVGPUWarpSpecialization) for any tile loop whose dot
 # takes one operand through pointer loads: the conv forward at 64x32x32 (s3), 128x32x32 and 128x64x32, and a plain
 # GEMM loop with A by pointers and B by TMA; the same GEMM with both operands by TMA compiles (USETMAXREG, HGMMA).
+# Known: triton-lang/triton issue 9728 (open), a pointer-based tl.dot loop crashes NVGPUWarpSpecialization on sm_90.
 # The im2col gather has no descriptor form (rows are pixels at a stride, taps cross the image border).
 CONV_HOPPER_SHAPES = [
     (64, 32, 32, 4, 5, True, False),
