@@ -15,7 +15,8 @@ Variable lengths without work on padding:
   ``deepfuse.nn.TransformerEncoderLayer``s (nn.TransformerEncoderLayer's state_dict): ``forward_padded`` runs them
   the padded way, with ``src_key_padding_mask``, and the tests check both give the same outputs. Mean over each
   review's tokens → ``FusedLinear`` → 2 logits. Attention-probability dropout is off (the flash kernels have none);
-  dropout acts on the embeddings, the residual branches and the feed-forward block.
+  dropout acts on the embeddings, the residual branches and the feed-forward block (on a CPU with masks of 16
+  random bits per element, ``CheapMaskDropout``: torch's ``bernoulli_`` was 16 % of the training step).
 
 Beside each model's metrics, a TF-IDF (words and word pairs) + logistic-regression baseline trained on the same
 training split reports ``baseline_accuracy`` (about 0.88-0.90 on the full IMDb in the literature): one fit, with
@@ -102,9 +103,10 @@ class CheapMaskDropout(nn.Dropout):
         dropped = round(self.p * 65536)
         if dropped >= 65536:
             return x * 0.0
-        # NOTE: torch's CPU bernoulli_ draws ~4-5 ns per element, the 64-bit draws here ~0.6: F.dropout of
-        # 12,390 x 256 floats 15.1 ms, this 5.3 ms (fp32) / 6.4 ms (bf16), one thread of a Zen 5; dropout was 16 %
-        # of the bf16 training step (benchmarks/results/cpu/2026-12-05-sentiment-transformer-train-2.md)
+        # NOTE: torch's CPU bernoulli_ draws ~4-5 ns per element, the 64-bit draws here ~0.6: on 12,390 x 256
+        # elements forward + backward 18.5 -> 6.4 ms (fp32), 16.0 -> 5.3 ms (bf16); the Transformer's bf16 training
+        # step at the full IMDb's shapes 416 -> 367 ms CPU (one thread), 257 -> 206 ms wall (two), 2 vCPUs of a
+        # Zen 5 (benchmarks/results/cpu/2026-12-05-sentiment-transformer-train-2.md)
         words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
         keep = words.view(torch.int16)[: x.numel()].view(x.shape) >= dropped - 32768
         # bool -> uint8 -> float: torch's uint8 cast is vectorised, its bool cast is not (1.4 ms vs 0.2 ms here)
