@@ -15,9 +15,11 @@ Padding is (top, left); the output size, passed in, implies bottom/right padding
 Hopper (capability 9.x): the forward and dx kernels load the weight by TMA (W_TMA: a 4-D descriptor over its
 (taps, groups, Cout_g, Cin_g) copy, weight_taps; each tile a plain (output, input channel) block, zero-filled past
 the group) for 16-bit and TF32 dots when Cin_g * element size is a multiple of 16 bytes; the im2col gather of the
-activations and the dW kernel stay pointer-based. The forward and dx kernels loop over tiles (every group's, on one
-grid axis): one program per tile, or persistent (PERSISTENT: a program per SM) where the weight comes by TMA
-(gemm_common.conv_autotune). No warp-specialised variant: see gemm_common.CONV_HOPPER_SHAPES.
+activations stays pointer-based, except in a pointwise forward (1x1, stride 1, no padding, channels_last: X_TMA, x
+as a (pixels, Cin) matrix), and the dW kernel loads dy (and the saved input) by TMA where it is channels_last
+(DY_TMA). Every kernel loops over tiles (every group's, on one grid axis): one program per tile, or persistent
+(PERSISTENT: a program per SM) where an operand comes by TMA, and warp-specialised only in the pointwise forward
+(gemm_common.CONV_HOPPER_SHAPES says why).
 """
 
 import torch
@@ -41,11 +43,14 @@ from .gemm_common import (
 )
 
 
-@conv_autotune(key=["M", "COUT_G", "CIN_G", "KH", "KW", "ACTIVATION"], w_desc=("BLOCK_N", "BLOCK_K"))
+@conv_autotune(
+    key=["M", "COUT_G", "CIN_G", "KH", "KW", "ACTIVATION"], x_desc=("BLOCK_M", "BLOCK_K"), w_desc=("BLOCK_N", "BLOCK_K")
+)
 @triton.jit
 def _conv2d_act_fwd_kernel(
-    # pointers; w_desc: the weight by TMA (weight_taps' (KH*KW, groups, COUT_G, CIN_G)) when W_TMA, else None
-    x_ptr, w_ptr, w_desc, bias_ptr, res_ptr, y_ptr, preact_ptr,
+    # pointers; w_desc: the weight by TMA (weight_taps' (KH*KW, groups, COUT_G, CIN_G)) when W_TMA, else None;
+    # x_desc: x as a (pixels, Cin) matrix by TMA when X_TMA (a pointwise conv: 1x1, stride 1, no padding), else None
+    x_ptr, x_desc, w_ptr, w_desc, bias_ptr, res_ptr, y_ptr, preact_ptr,
     # sizes: M = batch * OH * OW
     M, H, W, OH, OW, CIN_G, COUT_G, GROUPS,
     # geometry
@@ -55,7 +60,8 @@ def _conv2d_act_fwd_kernel(
     # meta-parameters (PERSISTENT only sizes the grid; see _tile_grid)
     KH: tl.constexpr, KW: tl.constexpr, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, SAVE_PREACT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    W_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    W_TMA: tl.constexpr, X_TMA: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     PERSISTENT: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
 ):  # fmt: skip # keeps the signature one line per group: pointers, sizes, strides, meta-parameters
     num_m = tl.cdiv(M, BLOCK_M)
@@ -75,30 +81,36 @@ def _conv2d_act_fwd_kernel(
         offs_co = group * COUT_G + offs_co_g
 
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for tap in range(KH * KW):
-            kh = tap // KW
-            kw = tap % KW
-            ih = oh * SH - PH + kh * DH
-            iw = ow * SW - PW + kw * DW
-            row_ok = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            x_rows = x_ptr + n_idx * sxn + ih * sxh + iw * sxw
+        if X_TMA:  # a plain GEMM over input channels; past CIN_G, x's next group meets the weight's zero fill
             for c0 in range(0, CIN_G, BLOCK_K):
-                offs_c = c0 + tl.arange(0, BLOCK_K)
-                mask_c = offs_c < CIN_G
-                a = tl.load(
-                    x_rows[:, None] + (group * CIN_G + offs_c)[None, :] * sxc,
-                    mask=row_ok[:, None] & mask_c[None, :],
-                    other=0.0,
-                )
-                if W_TMA:  # zero past CIN_G and past this group's COUT_G
-                    b = w_desc.load([tap, group, pid_n * BLOCK_N, c0]).reshape(BLOCK_N, BLOCK_K).T
-                else:
-                    b = tl.load(
-                        w_ptr + offs_co[None, :] * swo + offs_c[:, None] * swi + kh * swh + kw * sww,
-                        mask=mask_c[:, None] & mask_co[None, :],
+                a = x_desc.load([pid_m * BLOCK_M, group * CIN_G + c0])
+                b = w_desc.load([0, group, pid_n * BLOCK_N, c0]).reshape(BLOCK_N, BLOCK_K)
+                acc = mma(a, b.T, acc, DOT_PRECISION, UPCAST_DOT)
+        else:
+            for tap in range(KH * KW):
+                kh = tap // KW
+                kw = tap % KW
+                ih = oh * SH - PH + kh * DH
+                iw = ow * SW - PW + kw * DW
+                row_ok = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                x_rows = x_ptr + n_idx * sxn + ih * sxh + iw * sxw
+                for c0 in range(0, CIN_G, BLOCK_K):
+                    offs_c = c0 + tl.arange(0, BLOCK_K)
+                    mask_c = offs_c < CIN_G
+                    a = tl.load(
+                        x_rows[:, None] + (group * CIN_G + offs_c)[None, :] * sxc,
+                        mask=row_ok[:, None] & mask_c[None, :],
                         other=0.0,
                     )
-                acc = mma(a, b, acc, DOT_PRECISION, UPCAST_DOT)
+                    if W_TMA:  # zero past CIN_G and past this group's COUT_G
+                        b = w_desc.load([tap, group, pid_n * BLOCK_N, c0]).reshape(BLOCK_N, BLOCK_K).T
+                    else:
+                        b = tl.load(
+                            w_ptr + offs_co[None, :] * swo + offs_c[:, None] * swi + kh * swh + kw * sww,
+                            mask=mask_c[:, None] & mask_co[None, :],
+                            other=0.0,
+                        )
+                    acc = mma(a, b, acc, DOT_PRECISION, UPCAST_DOT)
 
         out_mask = mask_m[:, None] & mask_co[None, :]
         if HAS_BIAS:
@@ -301,6 +313,20 @@ def _weight_descriptor(variant: str | None, x: torch.Tensor, weight: torch.Tenso
     return True, tensor_descriptor(taps)
 
 
+def _pointwise_descriptor(x: torch.Tensor, weight: torch.Tensor, stride, padding, groups: int):
+    """x as a (pixels, Cin) matrix by TMA, or None: for a pointwise conv (1x1, stride 1, no padding) the forward is
+    a plain GEMM of that matrix and the weight, and with both operands by TMA its tile loop can be warp-specialised.
+    Taken beside the weight's descriptor when x is channels_last and contiguous with input channels per group a
+    multiple of 16 bytes (a group's first channel starts a tile, which TMA wants 16-byte aligned)."""
+    pointwise = weight.shape[2:] == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
+    if not (pointwise and x.is_contiguous(memory_format=torch.channels_last)):
+        return None
+    rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+    if (weight.shape[1] * x.element_size()) % 16 or not tma_ready(rows):
+        return None
+    return tensor_descriptor(rows)
+
+
 def _grad_descriptors(
     variant: str | None, grad_z_source: torch.Tensor, saved: torch.Tensor, groups: int, activation_code: int
 ):
@@ -360,12 +386,14 @@ def conv2d_act_fwd(
     if M == 0 or cout == 0:
         return
     w_tma, w_desc = _weight_descriptor(variant, x, weight, groups)
+    x_desc = _pointwise_descriptor(x, weight, stride, padding, groups) if w_tma else None
     res = residual if residual is not None else out
     launch_tma(
         _conv2d_act_fwd_kernel,
         _tile_grid(M, cout // groups, groups, num_sms(x)),
         (
             x,
+            x_desc,
             weight,
             w_desc,
             bias if bias is not None else out,
@@ -396,6 +424,7 @@ def conv2d_act_fwd(
             HAS_RESIDUAL=residual is not None,
             SAVE_PREACT=preact is not None,
             W_TMA=w_tma,
+            X_TMA=x_desc is not None,
             **dot_flags(x.dtype),
         ),
         config,

@@ -372,26 +372,37 @@ def launch_tma(kernel, grid, args, kwargs, config: tuple | None):
     kernel.fn[grid](*args, **kwargs, **chosen.all_kwargs())
 
 
-# conv2d_act's forward and dx kernels run one body as a program per tile (GEMM_SHAPES) and, with the weight by TMA
-# (Hopper), also as these persistent rows (a program per SM looping over tiles), in TMA_SHAPES' form: the tiles their
-# im2col gather leaves registers for (_fits_registers: 16-bit 64x32x32 on 4 warps, wgmma; TF32 32x32x32, mma.sync).
-# NOTE (Triton 3.6, sm_90): no warp-specialised row. tl.range(warp_specialize=True) with num_warps=4 and
-# flatten=False fails to compile ("PassManager::run failed" in NVGPUWarpSpecialization) for any tile loop whose dot
-# takes one operand through pointer loads: the conv forward at 64x32x32 (s3), 128x32x32 and 128x64x32, and a plain
-# GEMM loop with A by pointers and B by TMA; the same GEMM with both operands by TMA compiles (USETMAXREG, HGMMA).
-# Known: triton-lang/triton issue 9728 (open), a pointer-based tl.dot loop crashes NVGPUWarpSpecialization on sm_90.
-# The im2col gather has no descriptor form (rows are pixels at a stride, taps cross the image border).
+# conv2d_act's kernels run one body as a program per tile (GEMM_SHAPES) and, with an operand by TMA (Hopper), also as
+# these persistent rows (a program per SM looping over tiles), in TMA_SHAPES' form: first the tiles their im2col
+# gather leaves registers for (_fits_registers: 16-bit 64x32x32 on 4 warps, wgmma; TF32 32x32x32, mma.sync), then
+# POINTWISE_SHAPES. NOTE (Triton 3.6, sm_90): tl.range(warp_specialize=True) with num_warps=4 and flatten=False fails
+# to compile ("PassManager::run failed" in NVGPUWarpSpecialization) for any tile loop whose dot takes an operand
+# through pointer loads: the conv forward at 64x32x32 (s3), 128x32x32 and 128x64x32, and a plain GEMM loop with A by
+# pointers and B by TMA (triton-lang/triton issue 9728, open). The im2col gather has no descriptor form (rows are
+# pixels at a stride, taps cross the image border), so only a pointwise conv's forward (1x1, stride 1, no padding,
+# channels_last: x by TMA as a (pixels, Cin) matrix, X_TMA) is warp-specialised: a plain GEMM with both operands by
+# TMA, pruned as linear's TMA kernels are (prune_conv_configs); the gathering launches cannot afford its tiles.
+POINTWISE_SHAPES = [
+    (128, 128, 64, 8, 3, True, False),
+    (128, 128, 64, 4, 3, True, True),
+    (128, 64, 64, 4, 4, True, True),
+]
 CONV_HOPPER_SHAPES = [
     (64, 32, 32, 4, 5, True, False),
     (32, 32, 32, 4, 3, True, False),
+    *POINTWISE_SHAPES,
 ]
 
 
 def prune_conv_configs(configs, named_args, **kwargs):
-    """prune_configs for conv2d_act's forward and dx kernels: the persistent and warp-specialised rows only where the
-    weight comes by TMA (a launch with a descriptor), since they are the Hopper variants."""
+    """prune_configs for conv2d_act's kernels: the persistent and warp-specialised rows only where an operand comes by
+    TMA (a launch with a descriptor), since they are the Hopper variants; a pointwise forward with x by TMA as
+    linear's TMA kernels (no gather)."""
     if not any(isinstance(arg, TensorDescriptor) for arg in named_args.values()):
         configs = [config for config in configs if not config.kwargs["PERSISTENT"]]
+    if isinstance(named_args.get("x_desc"), TensorDescriptor):  # both operands by TMA: linear's rules
+        gemm_kwargs = {name: value for name, value in kwargs.items() if name not in ("KH", "KW")}
+        return _prune_tma(configs, named_args["x_desc"].base.element_size(), named_args, gemm_kwargs)
     return prune_configs(configs, named_args, **kwargs)
 
 

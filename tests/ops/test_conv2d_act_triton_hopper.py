@@ -38,13 +38,16 @@ CASES = {
     "grouped_3x3_residual": (2, 16, 9, 11, 16, 3, 1, 1, 1, 2, "relu", True, True),
     "stride2_dilated_gelu": (3, 8, 13, 10, 40, 3, 2, 2, 2, 1, "gelu", True, False),
     "1x1_channels_last_silu": (2, 72, 7, 9, 40, 1, 1, 0, 1, 1, "silu", True, False),
+    "pointwise_grouped_residual": (2, 32, 7, 9, 80, 1, 1, 0, 1, 2, "gelu", True, True),
 }
+# Pointwise (1x1, stride 1, no padding, channels_last): the forward takes x by TMA too, and warp-specialised configs.
+POINTWISE = ("1x1_channels_last_silu", "pointwise_grouped_residual")
 
 
 @pytest.fixture
 def forced(monkeypatch):
     """force(variant, config): the op's Triton launchers run ``config`` (a VARIANTS row) with the weight and dy by TMA
-    ("tma") or through pointers ("pointer"); returns the (kernel, programs, tiles, by TMA) they launched."""
+    ("tma") or through pointers ("pointer"); returns the (kernel, programs, tiles, by TMA, x by TMA) they launched."""
     launched = []
     launch = kernels.launch_tma
 
@@ -52,7 +55,8 @@ def forced(monkeypatch):
         meta = dict(zip(("BLOCK_M", "BLOCK_N", "PERSISTENT"), (config[0], config[1], config[5]), strict=True))
         programs = grid(meta)[0]
         tiles = grid({**meta, "PERSISTENT": False})[0]
-        launched.append((kernel.fn.fn.__name__, programs, tiles, kwargs.get("W_TMA", kwargs.get("DY_TMA"))))
+        by_tma = kwargs.get("W_TMA", kwargs.get("DY_TMA"))
+        launched.append((kernel.fn.fn.__name__, programs, tiles, by_tma, kwargs.get("X_TMA", False)))
         launch(kernel, grid, args, kwargs, config)
 
     def force(variant, config):
@@ -76,10 +80,27 @@ def test_variant_matches_reference(variant, dtype, tf32, case, forced, monkeypat
     check_case("triton", case, dtype)
     kernel_names = ["_conv2d_act_fwd_kernel", "_conv2d_act_bwd_dx_kernel", "_conv2d_act_bwd_dw_kernel"]
     assert [name for name, *_ in launched] == kernel_names
-    for _, programs, tiles, by_tma in launched:
+    for name, programs, tiles, by_tma, x_by_tma in launched:
         assert by_tma == (weight == "tma")
+        assert x_by_tma == (by_tma and name == "_conv2d_act_fwd_kernel" and case in map(CASES.get, POINTWISE))
         assert tiles > 3
         assert programs == (3 if config[5] else tiles)
+
+
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("name", POINTWISE)
+@pytest.mark.parametrize(("dtype", "tf32"), [(torch.float16, False), (torch.float32, True)], ids=["fp16", "tf32"])
+def test_pointwise_warp_specialised_config_matches_reference(name, dtype, tf32, forced, monkeypatch):
+    # Under the interpreter warp_specialize changes nothing; on sm_90 it builds producer and consumer warpgroups
+    # (the compile gate checks USETMAXREG), which only a loop with every dot operand by TMA compiles to.
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
+    launched = forced("tma", (32, 64, 32, 4, 1, True, True))
+    check_case("triton", CASES[name], dtype)
+    assert [(name, x_by_tma) for name, *_, x_by_tma in launched] == [
+        ("_conv2d_act_fwd_kernel", True),
+        ("_conv2d_act_bwd_dx_kernel", False),
+        ("_conv2d_act_bwd_dw_kernel", False),
+    ]
 
 
 def _space(dtype, precision, weight_by_tma, dx=False):
@@ -112,11 +133,26 @@ def test_autotune_space_has_persistent_configs_only_with_the_weight_by_tma(dx):
     assert _space(torch.float32, "ieee", weight_by_tma=False, dx=dx) == [(*FALLBACK_SHAPE, False)]
 
 
-def test_no_warp_specialised_row_while_the_gather_is_pointer_based():
+@pytest.mark.parametrize("dtype_name", ["fp16", "bf16", "tf32", "fp32"])
+def test_no_warp_specialised_config_survives_where_a_dot_operand_is_gathered(dtype_name):
     # Triton 3.6 fails to compile a warp-specialised tile loop whose dot takes an operand through pointer loads
-    # (gemm_common.CONV_HOPPER_SHAPES' note): such a row would break every Hopper launch that autotunes over it.
-    assert not any(shape[6] for shape in CONV_HOPPER_SHAPES)
-    assert {kernels._conv2d_act_fwd_kernel.fn.arg_names.count(n) for n in ("PERSISTENT", "WARP_SPECIALIZE")} == {1}
+    # (gemm_common.CONV_HOPPER_SHAPES' note): such a config would break every launch that autotunes over it.
+    dtype, precision = {"fp16": (torch.float16, "ieee"), "bf16": (torch.bfloat16, "ieee")}.get(
+        dtype_name, (torch.float32, "tf32" if dtype_name == "tf32" else "ieee")
+    )
+    plain = [(*shape, False, False) for shape in GEMM_SHAPES]
+    configs = [tma_config(shape, None) for shape in plain + CONV_HOPPER_SHAPES]
+    assert any(c.kwargs["WARP_SPECIALIZE"] for c in configs)
+    rows = torch.empty(8, 8, dtype=dtype)
+    descriptor = tensor_descriptor(rows)
+    launches = {
+        "forward": {"x_ptr": rows, "x_desc": None, "w_ptr": rows, "w_desc": descriptor},
+        "dx": {"dy_ptr": rows, "saved_ptr": rows, "w_ptr": rows, "w_desc": descriptor},
+        "dw": {"dy_ptr": rows, "saved_ptr": rows, "dy_desc": descriptor, "saved_desc": descriptor, "dw_ptr": rows},
+    }
+    for named_args in launches.values():
+        kept = prune_conv_configs(configs, named_args, KH=3, KW=3, ACTIVATION=1, DOT_PRECISION=precision)
+        assert kept and not any(c.kwargs["WARP_SPECIALIZE"] for c in kept)
 
 
 def test_persistent_grid_is_capped_at_the_programs_given():
@@ -189,4 +225,34 @@ def test_gpu_every_hopper_config_matches_reference(config, dtype, case, forced):
         pytest.skip("the weight and dy come by TMA on capability 9.x")
     launched = forced("tma", config)
     check_case("triton", case, dtype, device="cuda")
-    assert [by_tma for *_, by_tma in launched] == [True, True, True]
+    assert [by_tma for _, _, _, by_tma, _ in launched] == [True, True, True]
+
+
+def test_pointwise_forward_space_adds_warp_specialised_configs_when_x_comes_by_tma():
+    plain = [(*shape, False, False) for shape in GEMM_SHAPES]
+    configs = [tma_config(shape, None) for shape in plain + CONV_HOPPER_SHAPES]
+    rows = torch.empty(8, 8, dtype=torch.float16)
+    descriptor = tensor_descriptor(rows)
+
+    def space(x_desc):
+        named_args = {"x_ptr": rows, "x_desc": x_desc, "w_ptr": rows, "w_desc": descriptor}
+        kept = prune_conv_configs(configs, named_args, KH=1, KW=1, ACTIVATION=1, DOT_PRECISION="ieee")
+        return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["WARP_SPECIALIZE"], c.num_warps) for c in kept]
+
+    with_x = space(descriptor)
+    assert (128, 128, True, 4) in with_x and (128, 64, True, 4) in with_x  # warp-specialised: 4 warps
+    assert (128, 128, False, 8) in with_x and (128, 256, False, 8) not in with_x  # at most 64 accumulators a thread
+    assert not any(ws for *_, ws, _ in space(None))  # the gather (x through pointers) keeps no warp-specialised row
+    assert max(m * n for m, n, *_ in space(None)) == 64 * 32
+
+
+def test_x_by_tma_only_for_a_pointwise_conv_whose_rows_tma_can_load():
+    x = torch.randn(2, 16, 5, 7, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(8, 16, 1, 1, dtype=torch.float16)
+    descriptor = kernels._pointwise_descriptor(x, w, (1, 1), (0, 0), 1)
+    assert descriptor.shape == [2 * 5 * 7, 16] and descriptor.strides == [16, 1]
+    assert kernels._pointwise_descriptor(x, w, (2, 2), (0, 0), 1) is None  # strided
+    assert kernels._pointwise_descriptor(x, w, (1, 1), (0, 1), 1) is None  # padded
+    assert kernels._pointwise_descriptor(x, torch.randn(8, 16, 3, 3).half(), (1, 1), (0, 0), 1) is None  # 3x3
+    assert kernels._pointwise_descriptor(x.contiguous(), w, (1, 1), (0, 0), 1) is None  # NCHW
+    assert kernels._pointwise_descriptor(x, w[:, :4], (1, 1), (0, 0), 4) is None  # 4 channels per group: 8 bytes
