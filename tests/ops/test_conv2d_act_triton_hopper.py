@@ -16,6 +16,7 @@ from deepfuse.kernels.gemm_common import (
     CONV_HOPPER_SHAPES,
     FALLBACK_SHAPE,
     GEMM_SHAPES,
+    POINTWISE_SHAPES,
     prune_conv_configs,
     tensor_descriptor,
     tma_config,
@@ -46,22 +47,25 @@ POINTWISE = ("1x1_channels_last_silu", "pointwise_grouped_residual")
 
 @pytest.fixture
 def forced(monkeypatch):
-    """force(variant, config): the op's Triton launchers run ``config`` (a VARIANTS row) with the weight and dy by TMA
-    ("tma") or through pointers ("pointer"); returns the (kernel, programs, tiles, by TMA, x by TMA) they launched."""
+    """force(variant, config, launchers): the op's Triton launchers (both, or those named) run ``config`` (a VARIANTS
+    row) with the weight and dy by TMA ("tma") or through pointers ("pointer"), the others autotune as usual; returns
+    the (kernel, programs, tiles, by TMA, x by TMA) they launched (programs and tiles None where autotuned)."""
     launched = []
     launch = kernels.launch_tma
 
     def spy(kernel, grid, args, kwargs, config):
-        meta = dict(zip(("BLOCK_M", "BLOCK_N", "PERSISTENT"), (config[0], config[1], config[5]), strict=True))
-        programs = grid(meta)[0]
-        tiles = grid({**meta, "PERSISTENT": False})[0]
+        programs = tiles = None
+        if config is not None:
+            meta = dict(zip(("BLOCK_M", "BLOCK_N", "PERSISTENT"), (config[0], config[1], config[5]), strict=True))
+            programs = grid(meta)[0]
+            tiles = grid({**meta, "PERSISTENT": False})[0]
         by_tma = kwargs.get("W_TMA", kwargs.get("DY_TMA"))
         launched.append((kernel.fn.fn.__name__, programs, tiles, by_tma, kwargs.get("X_TMA", False)))
         launch(kernel, grid, args, kwargs, config)
 
-    def force(variant, config):
+    def force(variant, config, launchers=("conv2d_act_fwd", "conv2d_act_bwd")):
         monkeypatch.setattr(kernels, "launch_tma", spy)
-        for name in ("conv2d_act_fwd", "conv2d_act_bwd"):
+        for name in launchers:
             launcher = getattr(kernels, name)
             monkeypatch.setattr(kernels, name, functools.partial(launcher, variant=variant, config=config))
         return launched
@@ -92,9 +96,10 @@ def test_variant_matches_reference(variant, dtype, tf32, case, forced, monkeypat
 @pytest.mark.parametrize(("dtype", "tf32"), [(torch.float16, False), (torch.float32, True)], ids=["fp16", "tf32"])
 def test_pointwise_warp_specialised_config_matches_reference(name, dtype, tf32, forced, monkeypatch):
     # Under the interpreter warp_specialize changes nothing; on sm_90 it builds producer and consumer warpgroups
-    # (the compile gate checks USETMAXREG), which only a loop with every dot operand by TMA compiles to.
+    # (the compile gate checks USETMAXREG), which only a loop with every dot operand by TMA compiles to: the forward
+    # alone is forced (backward gathers).
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
-    launched = forced("tma", (32, 64, 32, 4, 1, True, True))
+    launched = forced("tma", (32, 64, 32, 4, 1, True, True), launchers=["conv2d_act_fwd"])
     check_case("triton", CASES[name], dtype)
     assert [(name, x_by_tma) for name, *_, x_by_tma in launched] == [
         ("_conv2d_act_fwd_kernel", True),
@@ -203,29 +208,43 @@ def test_dy_by_tma_only_where_tma_can_load_it(monkeypatch):
     assert kernels._grad_descriptors(None, dy, dy, 1, 1) == (None, None)
 
 
-# The H200's 16-bit wgmma configs: the plain tile and the persistent ones. (The TF32 rows are checked through the
-# interpreter only: torch's fp32 conv, the tests' yardstick, need not run on TF32 tensor cores.)
-GPU_CONFIGS = [(64, 32, 32, 4, 5, False, False), *(shape for shape in CONV_HOPPER_SHAPES if shape[0] >= 64)]
-# More tiles than the 132 SMs; grouped with 32 channels per group.
+# The H200's 16-bit wgmma configs. Every kernel where x is gathered: the plain tile and the persistent one; the
+# pointwise forward (x by TMA): those and POINTWISE_SHAPES (warp-specialised ones included). (The TF32 rows are
+# checked through the interpreter only: torch's fp32 conv, the tests' yardstick, need not run on TF32 tensor cores.)
+GATHER_CONFIGS = [(64, 32, 32, 4, 5, False, False), (64, 32, 32, 4, 5, True, False)]
+# More tiles than the 132 SMs; grouped with 32 channels per group; a ResNet-style pointwise layer.
 GPU_HOPPER_CASES = {
     "resnet_56_residual": (16, 64, 56, 56, 64, 3, 1, 1, 1, 1, "relu", True, True),
     "grouped_28_silu": (8, 64, 28, 28, 64, 3, 1, 1, 1, 2, "silu", True, False),
+    "pointwise_28_residual": (16, 128, 28, 28, 256, 1, 1, 0, 1, 1, "relu", True, True),
 }
+GPU_RUNS = [
+    *((name, config, ("conv2d_act_fwd", "conv2d_act_bwd")) for name in GPU_HOPPER_CASES for config in GATHER_CONFIGS),
+    *(("pointwise_28_residual", config, ("conv2d_act_fwd",)) for config in POINTWISE_SHAPES),
+]
+
+
+def _run_id(run):
+    name, config, launchers = run
+    tile = "x".join(map(str, config[:3])) + ("p" if config[5] else "") + ("ws" if config[6] else "")
+    return f"{name}-{tile}" + ("-fwd" if len(launchers) == 1 else "")
 
 
 @pytest.mark.gpu
 @pytest.mark.usefixtures("poison_outputs")
-@pytest.mark.parametrize("case", GPU_HOPPER_CASES.values(), ids=GPU_HOPPER_CASES.keys())
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("config", GPU_CONFIGS, ids=lambda c: "x".join(map(str, c[:3])) + ("p" if c[5] else ""))
-def test_gpu_every_hopper_config_matches_reference(config, dtype, case, forced):
-    # What Triton's Hopper passes generate (wgmma, TMA, the persistent loop) is beyond the interpreter: each 16-bit
-    # config of the Hopper autotune space on the H200, forced, the weight and dy by TMA.
+@pytest.mark.parametrize("run", GPU_RUNS, ids=map(_run_id, GPU_RUNS))
+def test_gpu_every_hopper_config_matches_reference(run, dtype, forced):
+    # What Triton's Hopper passes generate (wgmma, TMA, the persistent and warp-specialised loops) is beyond the
+    # interpreter: each 16-bit config of the Hopper autotune space on the H200, forced, the weight and dy by TMA (the
+    # pointwise rows in the forward only; backward then autotunes).
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the weight and dy come by TMA on capability 9.x")
-    launched = forced("tma", config)
-    check_case("triton", case, dtype, device="cuda")
+    name, config, launchers = run
+    launched = forced("tma", config, launchers)
+    check_case("triton", GPU_HOPPER_CASES[name], dtype, device="cuda")
     assert [by_tma for _, _, _, by_tma, _ in launched] == [True, True, True]
+    assert launched[0][4] == (name == "pointwise_28_residual")  # x by TMA in the pointwise forward
 
 
 def test_pointwise_forward_space_adds_warp_specialised_configs_when_x_comes_by_tma():
