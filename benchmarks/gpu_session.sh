@@ -176,11 +176,12 @@ SPEC="(test_gpu_backends_match_reference and gelu and 4096x1024x256) or (test_gp
   or (test_gpu_kernels and imdb_padded_d64) or (test_gpu_cuda_fp32 and n127_d64) or test_gpu_triton_varlen
   or test_gpu_cuda_varlen or (test_gpu_layer and None-T64B64I256H256) or (test_sm90_matches and gelu-bias)
   or models_shape or test_linear_act_bwd_sm90 or test_conv2d_act_sm90 or test_sm90_backward_matches
+  or (test_gpu_every_hopper_config and float16)
   or (test_gpu_tma_forward_matches_reference and 128) or (test_gpu_tma_backward_matches_reference and 64)
   or (test_gpu_tma_varlen and 64)"
 FILES=$(ls tests/ops/test_linear_act.py tests/ops/test_linear_act_sm90.py tests/ops/test_linear_act_bwd_sm90.py \
   tests/ops/test_conv2d_act.py tests/ops/test_conv2d_act_sm90.py tests/ops/test_conv2d_act_bwd_sm90.py \
-  tests/ops/test_attention.py tests/ops/test_attention_hopper.py tests/ops/test_lstm.py tests/models/test_stock.py \
+  tests/ops/test_conv2d_act_triton_hopper.py tests/ops/test_attention.py tests/ops/test_attention_hopper.py tests/ops/test_lstm.py tests/models/test_stock.py \
   tests/models/test_sentiment.py 2>/dev/null)
 # shellcheck disable=SC2086
 step "$S" spec "$(limit 150)" $PY -m pytest -q -m gpu -p no:cacheprovider $PARALLEL -rfE --junitxml="$S/spec.xml" \
