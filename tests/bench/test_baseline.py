@@ -29,6 +29,8 @@ def test_twin_is_plain_torch_with_the_models_weights_and_results(name):
     task, model, inputs, targets = _example(name)
     twin = plain_torch_twin(model, inputs)
     assert not [type(m).__name__ for m in twin.modules() if isinstance(m, DEEPFUSE_LAYERS)]
+    # torch's own dropout, not a model's subclass of it (the sentiment Transformer's cheaper CPU masks)
+    assert all(type(m) is nn.Dropout for m in twin.modules() if isinstance(m, nn.Dropout))
     twin_parameters = dict(twin.named_parameters())
     assert twin_parameters.keys() == dict(model.named_parameters()).keys()  # the same weights under the same names
     model.eval(), twin.eval()

@@ -2,8 +2,8 @@
 
 The twin is the network a user would write without deepfuse — nn.Linear then the activation module, nn.Conv2d then
 nn.BatchNorm2d then the activation, torch's nn.LSTM / nn.LSTMCell / nn.MultiheadAttention /
-nn.TransformerEncoderLayer — holding a copy of the model's weights. A model whose forward reads packed tokens
-through deepfuse's varlen attention (no plain-torch equivalent) runs its padded twin ``forward_padded`` (a
+nn.TransformerEncoderLayer / nn.Dropout — holding a copy of the model's weights. A model whose forward reads packed
+tokens through deepfuse's varlen attention (no plain-torch equivalent) runs its padded twin ``forward_padded`` (a
 key-padding mask), which is what plain torch offers. ``plain_torch_twin`` refuses a model whose twin would still
 call a deepfuse op, saying which.
 """
@@ -75,6 +75,8 @@ def _twin_of(module: nn.Module) -> nn.Module | None:
         twin.load_state_dict(module.state_dict())
         twin.self_attn.dropout = module.self_attn.dropout
         return twin.to(module.linear1.weight.device, module.linear1.weight.dtype)
+    if isinstance(module, nn.Dropout) and type(module) is not nn.Dropout:  # e.g. a model's own cheaper CPU masks
+        return nn.Dropout(module.p, module.inplace)
     for deepfuse_class, torch_class in (
         (dfnn.MultiheadAttention, nn.MultiheadAttention),
         (dfnn.LSTM, nn.LSTM),
