@@ -305,6 +305,9 @@ def test_explain_names_the_cuda_conv_kernel(monkeypatch):
     hopper = deepfuse.explain("conv2d_act", *channels_last, None, 2, 1, activation="relu").reasons["cuda"]
     assert "forward: conv2d_act_sm90_kernel<cutlass::half_t>" in hopper, hopper
     assert "backward" not in hopper  # nothing needs a gradient
+    # An NCHW weight (as nn.Conv2d makes it) beside a channels_last x: the cuda backend passes W channels_last.
+    nchw_weight = deepfuse.explain("conv2d_act", channels_last[0], w, None, 2, 1, activation="relu").reasons["cuda"]
+    assert "forward: conv2d_act_sm90_kernel<cutlass::half_t>" in nchw_weight, nchw_weight
     nchw = deepfuse.explain("conv2d_act", x, w, None, 2, 1, activation="relu").reasons["cuda"]
     assert "sm90" not in nchw.split("(")[0] and "channels_last" in nchw, nchw
     # With gradients: backward's kernels too, each with why (stride 2: dx on WMMA, dW on sm_90a).

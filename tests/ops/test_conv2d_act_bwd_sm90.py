@@ -104,3 +104,21 @@ def test_sm90_backward_is_deterministic():
     first = gradients(x, w, b, r, dy, "silu", geometry, backend="cuda")
     second = gradients(x, w, b, r, dy, "silu", geometry, backend="cuda")
     assert all(torch.equal(a, c) for a, c in zip(first[:3], second[:3], strict=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_sm90_takes_an_nchw_weight_beside_channels_last_x(dtype):
+    """nn.Conv2d's weight is NCHW: the cuda backend passes a channels_last copy to the sm_90a kernels, and dW comes
+    back in W's own layout."""
+    x, w, b, r = make_inputs("3x3_p1", dtype, bias=True, residual=False, seed=11)
+    w = w.contiguous()
+    geometry = CASES["3x3_p1"][-3:]
+    why = explain_backward(x, w, b, r, "gelu", geometry)
+    assert "forward: conv2d_act_sm90_kernel" in why and "conv2d_act_wgrad_sm90_kernel" in why, why
+    dy = torch.randn(3, 136, 13, 17, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
+    ours = gradients(x, w, b, r, dy, "gelu", geometry, backend="cuda")
+    spec = gradients(x, w, b, r, dy, "gelu", geometry, dtype=torch.float64)
+    same_dtype = gradients(x, w, b, r, dy, "gelu", geometry)
+    assert ours[1].is_contiguous()
+    for name, value, reference, torch_value in zip(("dx", "dW", "db"), ours, spec, same_dtype, strict=False):
+        assert_close_to_reference(f"{name} ({dtype})", value, reference, torch_value, dtype)

@@ -285,6 +285,8 @@ def conv_sm90_cases(quick: bool):
         ("db-alone", (2, 16, 5, 6, 8, 3, 1, 1), "gelu", True, False, (False, False), cl, db_only),
         ("none-nobias", (1, 8, 6, 7, 8, 3, 1, 0), "none", False, False, (True, True), cl, dz_is_dy),
         ("1x1-contiguous-weight", (2, 16, 5, 7, 24, 1, 1, 0), "tanh", True, False, (True, True), contiguous, both),
+        # nn.Conv2d's NCHW 3x3 weight beside a channels_last x: the cuda backend passes a channels_last copy
+        ("nchw-weight", (2, 8, 7, 9, 16, 3, 1, 1), "gelu", True, False, (True, True), contiguous, both),
         ("residual", (2, 8, 6, 6, 72, 3, 1, 1), "gelu", True, True, (True, True), cl, both),  # 2 column blocks of dz
         ("dx-db", (2, 8, 6, 5, 16, 3, 1, 1), "relu", True, False, (True, False), cl, dx_db),
         ("dW-only", (2, 8, 6, 5, 16, 3, 1, 1), "silu", False, False, (False, True), cl, ("preact", "wgrad_sm90")),

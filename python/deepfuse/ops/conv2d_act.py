@@ -274,10 +274,21 @@ def _cuda_shape(x, weight, out_shape, stride, pad, dilation, groups):
     ]
 
 
+def _cuda_weight(x, weight):
+    """W as the cuda backend passes it: channels_last (KRSC) when x is, since the sm_90a kernels read it so; a copy of
+    Cout x Cin x KH x KW elements only when W is NCHW (as nn.Conv2d creates it), none for a 1x1 W (both layouts)."""
+    return (
+        weight.contiguous(memory_format=torch.channels_last)
+        if output_memory_format(x) == torch.channels_last
+        else weight
+    )
+
+
 def _fwd_cuda(x, weight, bias, residual, stride, pad, dilation, groups, activation, save_preact):
     from deepfuse import _C
 
     fmt = output_memory_format(x)
+    weight = _cuda_weight(x, weight)
     shape = _out_shape(x, weight, stride, pad, dilation)
     y = _kernel_utils.empty_output(shape, x, fmt)
     preact = _kernel_utils.empty_output(shape, x, fmt) if save_preact else nothing(x)
@@ -321,8 +332,10 @@ def _bwd_cuda(
 
     fmt = output_memory_format(x)
     grad_y, saved, activation, grad_residual = _bwd_operands(grad_y, saved, x, activation, need_grad_residual)
+    weight_format = output_memory_format(weight)
+    weight = _cuda_weight(x, weight)
     grad_x = _kernel_utils.empty_output(x.shape, x, fmt) if need_grad_x else nothing(x)
-    # dW in W's own layout, as torch gives it (the sm_90a wgrad stores channels_last, KRSC).
+    # dW in the layout of the W passed (the sm_90a wgrad stores channels_last, KRSC), returned in W's own layout.
     grad_weight = (
         _kernel_utils.empty_output(weight.shape, x, output_memory_format(weight)) if need_grad_weight else nothing(x)
     )
@@ -353,6 +366,8 @@ def _bwd_cuda(
             workspace=pointer(workspace),
             workspace_bytes=workspace_bytes,
         )
+    if need_grad_weight:
+        grad_weight = grad_weight.contiguous(memory_format=weight_format)
     return grad_x, grad_weight, grad_bias, grad_residual
 
 
@@ -574,8 +589,9 @@ def _cuda_kernels(
     pad = resolve_padding(padding, weight.shape[2:], dilation, stride)
     out_shape = _out_shape(x, weight, stride, pad, dilation)
     y = torch.empty(out_shape, device="meta").contiguous(memory_format=output_memory_format(x))  # as the launcher
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias, residual) if t is not None)
+    weight = _cuda_weight(x, weight.detach())
     operands = [t for t in (x, weight, bias, residual) if t is not None]
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in operands)
     shape = _cuda_shape(x, weight, out_shape, stride, pad, dilation, groups)
     dtype, capability, act = _backend.DTYPE_CODES[x.dtype], device_capability(x.device), ACTIVATION_CODES[activation]
     layout = dict(
@@ -596,7 +612,7 @@ def _cuda_kernels(
     )
     if not needs_grad:
         return f"forward: {kernel} ({why})"
-    # Backward as _bwd_cuda calls it: x's layout for dx and dy, dW in W's layout (its strides are W's).
+    # Backward as _bwd_cuda calls it: x's layout for dx and dy, dW in the passed W's layout (its strides are W's).
     (dgrad, dgrad_why), (wgrad, wgrad_why) = _C.conv2d_act_bwd_kernel_name(shape, dtype, capability, **layout)
     return f"forward: {kernel} ({why}); backward dx: {dgrad} ({dgrad_why}); backward dW, db: {wgrad} ({wgrad_why})"
 
