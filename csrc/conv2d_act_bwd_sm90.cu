@@ -139,14 +139,10 @@ Conv2dActBwdArgs settled(Conv2dActBwdArgs a) {
   return a;
 }
 
-bool is_16bit(int dtype) {
-  return dtype == static_cast<int>(DType::kFloat16) || dtype == static_cast<int>(DType::kBFloat16);
-}
-
 // What both directions need: dz formed as an (N * OH * OW, Cout) matrix from dy and saved.
 const char* shared_refusal(const Conv2dActBwdArgs& a) {
   const ConvShape& s = a.shape;
-  if (!is_16bit(a.dtype)) return "the sm_90a kernels take float16 and bfloat16 only";
+  if (const char* refusal = sm90::dtype_refusal(a.dtype)) return refusal;
   if (const char* refusal = conv_sm90::geometry_refusal(s)) return refusal;
   if (!conv_sm90::packed_nhwc(a.grad_y_strides, s.out_channels, s.out_height, s.out_width)) {
     return "grad_y is not packed channels_last (dz is formed from it as an (N * OH * OW, Cout) matrix)";

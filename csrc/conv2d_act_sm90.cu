@@ -210,9 +210,7 @@ Conv2dActFwdArgs settled(Conv2dActFwdArgs a) {
 const char* conv2d_act_fwd_sm90_refusal(const Conv2dActFwdArgs& call) {
   const Conv2dActFwdArgs a = settled(call);
   const ConvShape& s = a.shape;
-  if (a.dtype != static_cast<int>(DType::kFloat16) && a.dtype != static_cast<int>(DType::kBFloat16)) {
-    return "the sm_90a kernel takes float16 and bfloat16 only";
-  }
+  if (const char* refusal = sm90::dtype_refusal(a.dtype)) return refusal;
   if (const char* refusal = conv_sm90::geometry_refusal(s)) return refusal;
   if (a.x_strides.c != 1) return "x is not channels_last (TMA im2col needs NHWC)";
   if (a.w_strides.c != 1) return "weight is not channels_last (the kernel reads it as KRSC)";

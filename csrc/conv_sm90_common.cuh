@@ -19,16 +19,13 @@ namespace deepfuse {
 
 namespace conv_sm90 {
 
-// 16-byte TMA strides and vector accesses: 8 elements of a 2-byte type.
-constexpr int kAlignment = 8;
-constexpr int64_t kAlignmentBytes = 16;
+using sm90::aligned;
+using sm90::kAlignment;
 // TMA im2col limits for 2 spatial dimensions (cuTensorMapEncodeIm2col): traversal strides up to 8, the box
 // corners (-padding) in [-128, 127], filter offsets (k - 1) * dilation below 255.
 constexpr int64_t kMaxStride = 8;
 constexpr int64_t kMaxCorner = 128;
 constexpr int64_t kMaxFilterReach = 254;
-
-inline bool aligned(const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % kAlignmentBytes == 0; }
 
 inline bool strides_aligned(const Strides4& s) {
   return s.n % kAlignment == 0 && s.h % kAlignment == 0 && s.w % kAlignment == 0;

@@ -5,6 +5,9 @@
 #include <cute/tensor.hpp>
 #include <cutlass/cutlass.h>
 
+#include <climits>
+#include <cstdint>
+
 #include "common.cuh"
 #include "dry_run.h"
 #include "sm90_kernel.cuh"
@@ -12,6 +15,21 @@
 namespace deepfuse {
 
 namespace sm90 {
+
+// Why linear_act's sm_90a GEMMs (forward, dgrad, wgrad) cannot read x (M x K) and W (N x K) by TMA, or null: the
+// sizes, the contiguous K dimension, 16-byte row strides. Dtype and pointers are each caller's to check.
+inline const char* operand_refusal(int64_t M, int64_t N, int64_t K, int64_t x_stride_m, int64_t x_stride_k,
+                                   int64_t w_stride_n, int64_t w_stride_k) {
+  if (M == 0 || N == 0 || K == 0) return "an empty product (M, N or K is 0)";
+  if (M > INT_MAX || N > INT_MAX || K > INT_MAX) return "M, N or K exceeds 2^31 - 1";
+  if (x_stride_k != 1 || w_stride_k != 1) return "x or weight has a non-contiguous K dimension (TMA needs it)";
+  if (N % kAlignment != 0 || K % kAlignment != 0) return "N or K is not a multiple of 8 (TMA needs 16-byte row strides)";
+  if (x_stride_m % kAlignment != 0 || w_stride_n % kAlignment != 0) {
+    return "a row stride of x or weight is not a multiple of 8 elements (TMA needs 16-byte strides)";
+  }
+  if (x_stride_m < K || w_stride_n < K) return "x or weight rows overlap (row stride < K)";
+  return nullptr;
+}
 
 // `Gemm` has Kernel (a cutlass::gemm::kernel::GemmUniversal), Params, TileShape and ClusterShape; `what` names the
 // call in the errors.

@@ -16,7 +16,6 @@
 #include <cutlass/gemm/kernel/gemm_universal.hpp>
 #include <cutlass/kernel_hardware_info.h>
 
-#include <climits>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -31,8 +30,6 @@ namespace deepfuse {
 namespace sm90 {
 
 // 16-byte TMA strides and vector accesses: 8 elements of a 2-byte type.
-constexpr int kAlignment = 8;
-constexpr int64_t kAlignmentBytes = 16;
 
 template <typename Element>
 struct LinearActGemm {
@@ -68,8 +65,6 @@ const RegisterKernelLabels kKernelLabels{
     DEEPFUSE_KERNEL_LABEL(linear_act_sm90_kernel<cutlass::bfloat16_t>),
 };
 
-bool aligned(const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % sm90::kAlignmentBytes == 0; }
-
 template <typename Element>
 void run(const LinearActFwdArgs& a, cudaStream_t stream) {
   using Gemm = sm90::LinearActGemm<Element>;
@@ -98,19 +93,12 @@ void run(const LinearActFwdArgs& a, cudaStream_t stream) {
 }  // namespace
 
 const char* linear_act_fwd_sm90_refusal(const LinearActFwdArgs& a) {
-  if (a.dtype != static_cast<int>(DType::kFloat16) && a.dtype != static_cast<int>(DType::kBFloat16)) {
-    return "the sm_90a kernel takes float16 and bfloat16 only";
+  if (const char* refusal = sm90::dtype_refusal(a.dtype)) return refusal;
+  if (const char* refusal =
+          sm90::operand_refusal(a.M, a.N, a.K, a.x_stride_m, a.x_stride_k, a.w_stride_n, a.w_stride_k)) {
+    return refusal;
   }
-  if (a.M == 0 || a.N == 0 || a.K == 0) return "an empty product (M, N or K is 0)";
-  if (a.M > INT_MAX || a.N > INT_MAX || a.K > INT_MAX) return "M, N or K exceeds 2^31 - 1";
-  if (a.x_stride_k != 1 || a.w_stride_k != 1) return "x or weight has a non-contiguous K dimension (TMA needs it)";
-  if (a.N % sm90::kAlignment != 0 || a.K % sm90::kAlignment != 0) {
-    return "N or K is not a multiple of 8 (TMA needs 16-byte row strides)";
-  }
-  if (a.x_stride_m % sm90::kAlignment != 0 || a.w_stride_n % sm90::kAlignment != 0) {
-    return "a row stride of x or weight is not a multiple of 8 elements (TMA needs 16-byte strides)";
-  }
-  if (a.x_stride_m < a.K || a.w_stride_n < a.K) return "x or weight rows overlap (row stride < K)";
+  using sm90::aligned;
   if (!aligned(a.x) || !aligned(a.weight) || !aligned(a.y) || !aligned(a.bias) || !aligned(a.preact)) {
     return "a pointer is not 16-byte aligned (TMA needs it)";
   }

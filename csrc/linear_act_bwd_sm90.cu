@@ -16,7 +16,6 @@
 #include <cutlass/gemm/kernel/gemm_universal.hpp>
 #include <cutlass/kernel_hardware_info.h>
 
-#include <climits>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -29,9 +28,6 @@ namespace deepfuse {
 
 namespace sm90 {
 
-// 16-byte TMA strides and vector accesses: 8 elements of a 2-byte type.
-constexpr int kBwdAlignment = 8;
-constexpr int64_t kBwdAlignmentBytes = 16;
 
 // D (row-major) = A B in fp32, stored once in Element. LayoutA/LayoutB are CUTLASS's tags for (M', K') and (K', N').
 template <typename Element, typename LayoutA, typename LayoutB>
@@ -41,11 +37,11 @@ struct PlainGemm {
   using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, float, float, /*C*/ void, LayoutD, kBwdAlignment, Element,
-      LayoutD, kBwdAlignment, cutlass::epilogue::TmaWarpSpecializedCooperative>::CollectiveOp;
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, /*C*/ void, LayoutD, kAlignment, Element,
+      LayoutD, kAlignment, cutlass::epilogue::TmaWarpSpecializedCooperative>::CollectiveOp;
   using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, LayoutA, kBwdAlignment, Element, LayoutB,
-      kBwdAlignment, float, TileShape, ClusterShape,
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, LayoutA, kAlignment, Element, LayoutB,
+      kAlignment, float, TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
           sizeof(typename CollectiveEpilogue::SharedStorage))>,
       cutlass::gemm::KernelTmaWarpSpecializedCooperative>::CollectiveOp;
@@ -73,8 +69,6 @@ const RegisterKernelLabels kKernelLabels{
     DEEPFUSE_KERNEL_LABEL(linear_act_wgrad_sm90_kernel<cutlass::half_t>),
     DEEPFUSE_KERNEL_LABEL(linear_act_wgrad_sm90_kernel<cutlass::bfloat16_t>),
 };
-
-bool aligned(const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % sm90::kBwdAlignmentBytes == 0; }
 
 // One GEMM D (M' x N', row-major, leading dimension ldd) = A B, launched (or, in a dry run, recorded) on `stream`.
 template <typename Gemm>
@@ -123,19 +117,12 @@ void run(const LinearActBwdArgs& a, const void* dz_ptr, cudaStream_t stream) {
 }  // namespace
 
 const char* linear_act_bwd_sm90_refusal(const LinearActBwdArgs& a) {
-  if (a.dtype != static_cast<int>(DType::kFloat16) && a.dtype != static_cast<int>(DType::kBFloat16)) {
-    return "the sm_90a kernels take float16 and bfloat16 only";
+  if (const char* refusal = sm90::dtype_refusal(a.dtype)) return refusal;
+  if (const char* refusal =
+          sm90::operand_refusal(a.M, a.N, a.K, a.x_stride_m, a.x_stride_k, a.w_stride_n, a.w_stride_k)) {
+    return refusal;
   }
-  if (a.M == 0 || a.N == 0 || a.K == 0) return "an empty product (M, N or K is 0)";
-  if (a.M > INT_MAX || a.N > INT_MAX || a.K > INT_MAX) return "M, N or K exceeds 2^31 - 1";
-  if (a.x_stride_k != 1 || a.w_stride_k != 1) return "x or weight has a non-contiguous K dimension (TMA needs it)";
-  if (a.N % sm90::kBwdAlignment != 0 || a.K % sm90::kBwdAlignment != 0) {
-    return "N or K is not a multiple of 8 (TMA needs 16-byte row strides)";
-  }
-  if (a.x_stride_m % sm90::kBwdAlignment != 0 || a.w_stride_n % sm90::kBwdAlignment != 0) {
-    return "a row stride of x or weight is not a multiple of 8 elements (TMA needs 16-byte strides)";
-  }
-  if (a.x_stride_m < a.K || a.w_stride_n < a.K) return "x or weight rows overlap (row stride < K)";
+  using sm90::aligned;
   if (!aligned(a.grad_y) || !aligned(a.saved) || !aligned(a.x) || !aligned(a.weight) || !aligned(a.grad_x) ||
       !aligned(a.grad_weight) || !aligned(a.workspace)) {
     return "a pointer is not 16-byte aligned (TMA needs it)";

@@ -1,11 +1,12 @@
 // What every sm_90a CUTLASS kernel of deepfuse._C shares (gemm_sm90.cu, linear_act_bwd_sm90.cu, conv2d_act_sm90.cu,
-// conv2d_act_bwd_sm90.cu): CUTLASS's device_kernel under deepfuse's own name, the choice of instantiation by dtype
-// code, and the launch after CUTLASS's own checks (or its record in a dry run).
+// conv2d_act_bwd_sm90.cu): TMA's alignment, the dtypes they take, CUTLASS's device_kernel under deepfuse's own name,
+// the choice of instantiation by dtype code, and the launch after CUTLASS's own checks (or its record in a dry run).
 #pragma once
 
 #include <cutlass/cutlass.h>
 #include <cutlass/numeric_types.h>
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -28,6 +29,19 @@
 namespace deepfuse {
 
 namespace sm90 {
+
+// 16-byte TMA strides, pointers and vector accesses: 8 elements of a 2-byte type.
+constexpr int kAlignment = 8;
+constexpr int64_t kAlignmentBytes = 16;
+
+inline bool aligned(const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % kAlignmentBytes == 0; }
+
+// Why the sm_90a kernels cannot take a dtype code, or null for float16 and bfloat16.
+inline const char* dtype_refusal(int dtype) {
+  return dtype == static_cast<int>(DType::kFloat16) || dtype == static_cast<int>(DType::kBFloat16)
+             ? nullptr
+             : "the sm_90a kernels take float16 and bfloat16 only";
+}
 
 // fn(cutlass::bfloat16_t{}) for a bfloat16 call, fn(cutlass::half_t{}) otherwise: the refusals let only these two
 // dtypes through, and fn picks its instantiation from its argument's type.
